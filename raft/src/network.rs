@@ -1,0 +1,291 @@
+//! Peer transport client: openraft RPCs as HTTP POSTs to `/peer/raft/*` on the target's
+//! peer address, bodies in the versioned postcard format of [`crate::codec`].
+//!
+//! Each RPC carries the cluster token (`Authorization: Bearer`), this node's cluster id
+//! (`Keel-Cluster-Id`) and id (`Keel-Node-Id`). Every request has a timeout taken from
+//! openraft's [`RPCOption`] plus a short connect timeout, so a dead or black-holed peer costs
+//! one bounded wait in that peer's own replication task and never blocks the Raft loop.
+//! Connect failures map to [`Unreachable`] (openraft backs off), everything else to
+//! [`NetworkError`].
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::codec::{decode, encode};
+use crate::store::StateView;
+use crate::{BasicNode, NodeId, TypeConfig};
+
+/// Header carrying the sender's cluster id; a receiver of another cluster answers 409.
+pub const CLUSTER_ID_HEADER: &str = "keel-cluster-id";
+/// Header carrying the sender's node id (for logs and reachability).
+pub const NODE_ID_HEADER: &str = "keel-node-id";
+/// Connect timeout for every peer request: loopback and LAN peers connect in well under this.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// What this node last saw of each peer: used for `reachable` in the cluster view.
+#[derive(Debug, Clone, Default)]
+pub struct PeerStatus {
+    pub last_ok: Option<Instant>,
+    pub last_error: Option<String>,
+    /// Set when the peer answered that it belongs to another cluster.
+    pub cluster_mismatch: Option<String>,
+}
+
+/// Reachability of peers as seen by this node's outgoing requests.
+#[derive(Debug, Clone, Default)]
+pub struct PeerHealth {
+    inner: Arc<Mutex<BTreeMap<NodeId, PeerStatus>>>,
+}
+
+impl PeerHealth {
+    pub fn record_ok(&self, peer: NodeId) {
+        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let s = m.entry(peer).or_default();
+        s.last_ok = Some(Instant::now());
+        s.last_error = None;
+        s.cluster_mismatch = None;
+    }
+
+    pub fn record_err(&self, peer: NodeId, err: String, mismatch: Option<String>) {
+        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let s = m.entry(peer).or_default();
+        s.last_error = Some(err);
+        if mismatch.is_some() {
+            s.cluster_mismatch = mismatch;
+        }
+    }
+
+    pub fn get(&self, peer: NodeId) -> PeerStatus {
+        let m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&peer).cloned().unwrap_or_default()
+    }
+
+    /// True when a request to `peer` succeeded within `within`.
+    pub fn reachable(&self, peer: NodeId, within: Duration) -> bool {
+        self.get(peer).last_ok.is_some_and(|t| t.elapsed() <= within)
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<NodeId, PeerStatus> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Shared client state: one connection pool for all peers.
+#[derive(Clone)]
+pub struct PeerClient {
+    http: reqwest::Client,
+    self_id: NodeId,
+    token: Option<String>,
+    state: watch::Receiver<Arc<StateView>>,
+    health: PeerHealth,
+}
+
+/// Why a peer request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("peer {addr} unreachable: {message}")]
+    Unreachable { addr: String, message: String },
+    #[error("peer {addr}: {message}")]
+    Network { addr: String, message: String },
+    #[error("peer {addr} belongs to another cluster: {message}")]
+    ClusterMismatch { addr: String, message: String },
+    #[error("peer {addr} refused the cluster token (401)")]
+    Unauthorized { addr: String },
+    #[error("peer {addr} answered {status}: {body}")]
+    Status { addr: String, status: u16, body: String },
+    #[error("decode answer from {addr}: {message}")]
+    Decode { addr: String, message: String },
+}
+
+impl PeerClient {
+    pub fn new(
+        self_id: NodeId,
+        token: Option<String>,
+        state: watch::Receiver<Arc<StateView>>,
+        health: PeerHealth,
+    ) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .no_proxy()
+            .build()?;
+        Ok(PeerClient { http, self_id, token, state, health })
+    }
+
+    pub fn health(&self) -> &PeerHealth {
+        &self.health
+    }
+
+    /// POST an encoded body to `http://{addr}{path}` and decode the answer. Records the
+    /// outcome in [`PeerHealth`] when `peer` is given.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        peer: Option<NodeId>,
+        addr: &str,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
+        let res = self.call_inner(addr, path, req, timeout).await;
+        if let Some(p) = peer {
+            match &res {
+                Ok(_) => self.health.record_ok(p),
+                Err(PeerError::ClusterMismatch { message, .. }) => {
+                    self.health.record_err(p, res.as_ref().err().map(|e| e.to_string()).unwrap_or_default(), Some(message.clone()))
+                }
+                Err(e) => self.health.record_err(p, e.to_string(), None),
+            }
+        }
+        res
+    }
+
+    async fn call_inner<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
+        let url = format!("http://{addr}{path}");
+        let mut rb = self
+            .http
+            .post(&url)
+            .timeout(timeout)
+            .header(NODE_ID_HEADER, self.self_id.to_string())
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(encode(req));
+        if let Some(t) = &self.token {
+            rb = rb.bearer_auth(t);
+        }
+        let cluster_id = self.state.borrow().state.cluster_id.clone();
+        if let Some(c) = cluster_id {
+            rb = rb.header(CLUSTER_ID_HEADER, c);
+        }
+        let resp = rb.send().await.map_err(|e| {
+            let message = error_chain(&e);
+            if e.is_connect() {
+                PeerError::Unreachable { addr: addr.to_string(), message }
+            } else {
+                PeerError::Network { addr: addr.to_string(), message }
+            }
+        })?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| PeerError::Network { addr: addr.to_string(), message: error_chain(&e) })?;
+        match status.as_u16() {
+            200 => decode(&body).map_err(|e| PeerError::Decode { addr: addr.to_string(), message: e.to_string() }),
+            401 => Err(PeerError::Unauthorized { addr: addr.to_string() }),
+            409 => Err(PeerError::ClusterMismatch {
+                addr: addr.to_string(),
+                message: String::from_utf8_lossy(&body).into_owned(),
+            }),
+            s => Err(PeerError::Status { addr: addr.to_string(), status: s, body: String::from_utf8_lossy(&body).into_owned() }),
+        }
+    }
+}
+
+/// The whole `source()` chain of an error on one line (reqwest hides the useful part).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// openraft network factory.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    client: PeerClient,
+}
+
+impl PeerNetwork {
+    pub fn new(client: PeerClient) -> Self {
+        PeerNetwork { client }
+    }
+}
+
+/// A connection to one peer.
+pub struct PeerConnection {
+    client: PeerClient,
+    target: NodeId,
+    addr: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        PeerConnection { client: self.client.clone(), target, addr: node.addr.clone() }
+    }
+}
+
+impl PeerConnection {
+    async fn rpc<Req: Serialize, Resp: DeserializeOwned, E: std::error::Error + DeserializeOwned>(
+        &self,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, E>> {
+        let res: Result<Result<Resp, E>, PeerError> =
+            self.client.call(Some(self.target), &self.addr, path, req, timeout).await;
+        match res {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Err(e @ PeerError::Unreachable { .. })
+            | Err(e @ PeerError::ClusterMismatch { .. })
+            | Err(e @ PeerError::Unauthorized { .. }) => Err(RPCError::Unreachable(Unreachable::new(&e))),
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.rpc("/peer/raft/append", &rpc, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        // Snapshot chunks may be large and land on a busy disk: give them more room.
+        self.rpc("/peer/raft/snapshot", &rpc, option.hard_ttl().max(Duration::from_secs(10))).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.rpc("/peer/raft/vote", &rpc, option.hard_ttl()).await
+    }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        // Retry an unreachable peer every 200 ms: quick to notice a restarted node, and the
+        // request itself is bounded by the connect timeout.
+        openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
+    }
+}
