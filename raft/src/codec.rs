@@ -65,7 +65,10 @@ mod tests {
         ));
         let mut trailing = bytes.clone();
         trailing.push(0);
-        assert!(matches!(decode::<(u64, String, Vec<u8>)>(&trailing), Err(CodecError::TrailingBytes(1))));
+        assert!(matches!(
+            decode::<(u64, String, Vec<u8>)>(&trailing),
+            Err(CodecError::TrailingBytes(1))
+        ));
         assert!(decode::<(u64, String, Vec<u8>)>(&bytes[..3]).is_err());
     }
 }

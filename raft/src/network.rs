@@ -12,9 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -123,7 +121,13 @@ impl PeerClient {
             .tcp_nodelay(true)
             .no_proxy()
             .build()?;
-        Ok(PeerClient { http, self_id, token, state, health })
+        Ok(PeerClient {
+            http,
+            self_id,
+            token,
+            state,
+            health,
+        })
     }
 
     pub fn health(&self) -> &PeerHealth {
@@ -144,9 +148,11 @@ impl PeerClient {
         if let Some(p) = peer {
             match &res {
                 Ok(_) => self.health.record_ok(p),
-                Err(PeerError::ClusterMismatch { message, .. }) => {
-                    self.health.record_err(p, res.as_ref().err().map(|e| e.to_string()).unwrap_or_default(), Some(message.clone()))
-                }
+                Err(PeerError::ClusterMismatch { message, .. }) => self.health.record_err(
+                    p,
+                    res.as_ref().err().map(|e| e.to_string()).unwrap_or_default(),
+                    Some(message.clone()),
+                ),
                 Err(e) => self.health.record_err(p, e.to_string(), None),
             }
         }
@@ -178,21 +184,37 @@ impl PeerClient {
         let resp = rb.send().await.map_err(|e| {
             let message = error_chain(&e);
             if e.is_connect() {
-                PeerError::Unreachable { addr: addr.to_string(), message }
+                PeerError::Unreachable {
+                    addr: addr.to_string(),
+                    message,
+                }
             } else {
-                PeerError::Network { addr: addr.to_string(), message }
+                PeerError::Network {
+                    addr: addr.to_string(),
+                    message,
+                }
             }
         })?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| PeerError::Network { addr: addr.to_string(), message: error_chain(&e) })?;
+        let body = resp.bytes().await.map_err(|e| PeerError::Network {
+            addr: addr.to_string(),
+            message: error_chain(&e),
+        })?;
         match status.as_u16() {
-            200 => decode(&body).map_err(|e| PeerError::Decode { addr: addr.to_string(), message: e.to_string() }),
+            200 => decode(&body).map_err(|e| PeerError::Decode {
+                addr: addr.to_string(),
+                message: e.to_string(),
+            }),
             401 => Err(PeerError::Unauthorized { addr: addr.to_string() }),
             409 => Err(PeerError::ClusterMismatch {
                 addr: addr.to_string(),
                 message: String::from_utf8_lossy(&body).into_owned(),
             }),
-            s => Err(PeerError::Status { addr: addr.to_string(), status: s, body: String::from_utf8_lossy(&body).into_owned() }),
+            s => Err(PeerError::Status {
+                addr: addr.to_string(),
+                status: s,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            }),
         }
     }
 }
@@ -232,7 +254,11 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        PeerConnection { client: self.client.clone(), target, addr: node.addr.clone() }
+        PeerConnection {
+            client: self.client.clone(),
+            target,
+            addr: node.addr.clone(),
+        }
     }
 }
 
@@ -243,8 +269,10 @@ impl PeerConnection {
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, E>> {
-        let res: Result<Result<Resp, E>, PeerError> =
-            self.client.call(Some(self.target), &self.addr, path, req, timeout).await;
+        let res: Result<Result<Resp, E>, PeerError> = self
+            .client
+            .call(Some(self.target), &self.addr, path, req, timeout)
+            .await;
         match res {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
@@ -272,7 +300,12 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
     {
         // Snapshot chunks may be large and land on a busy disk: give them more room.
-        self.rpc("/peer/raft/snapshot", &rpc, option.hard_ttl().max(Duration::from_secs(10))).await
+        self.rpc(
+            "/peer/raft/snapshot",
+            &rpc,
+            option.hard_ttl().max(Duration::from_secs(10)),
+        )
+        .await
     }
 
     async fn vote(

@@ -31,7 +31,11 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
 
 /// Encode an answer with the versioned codec.
 pub fn encoded<T: Serialize>(value: &T) -> Response {
-    ([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], encode(value)).into_response()
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        encode(value),
+    )
+        .into_response()
 }
 
 async fn append(State(raft): State<Raft>, body: Bytes) -> Response {

@@ -106,16 +106,33 @@ pub struct ClusterState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Set the cluster id if none is set yet (first writer wins).
-    InitClusterId { cluster_id: String },
+    InitClusterId {
+        cluster_id: String,
+    },
     /// Create or update a member's metadata; `None` fields are left as they are.
-    UpsertMember { id: NodeId, api_addr: Option<String>, tags: Option<Tags> },
+    UpsertMember {
+        id: NodeId,
+        api_addr: Option<String>,
+        tags: Option<Tags>,
+    },
     /// Forget a member's metadata (after it left the Raft membership).
-    RemoveMember { id: NodeId },
-    SetMaintenance { enabled: bool },
-    SetConfig { config: DynamicConfig },
+    RemoveMember {
+        id: NodeId,
+    },
+    SetMaintenance {
+        enabled: bool,
+    },
+    SetConfig {
+        config: DynamicConfig,
+    },
     /// Make `node` the primary of `epoch`; refused unless `epoch` is exactly one more than the
     /// current epoch (so two racing promotions cannot both win).
-    Promote { node: NodeId, epoch: u64, reason: String, at_ms: u64 },
+    Promote {
+        node: NodeId,
+        epoch: u64,
+        reason: String,
+        at_ms: u64,
+    },
 }
 
 /// The outcome of applying one log entry.
@@ -124,10 +141,17 @@ pub enum Response {
     /// Blank and membership entries.
     None,
     Ok,
-    ClusterId { cluster_id: String },
-    Promoted { node: NodeId, epoch: u64 },
+    ClusterId {
+        cluster_id: String,
+    },
+    Promoted {
+        node: NodeId,
+        epoch: u64,
+    },
     /// The command was well-formed but not applicable to the current state.
-    Rejected { reason: String },
+    Rejected {
+        reason: String,
+    },
 }
 
 impl ClusterState {
@@ -165,7 +189,12 @@ impl ClusterState {
                 self.config = config.clone();
                 Response::Ok
             }
-            Request::Promote { node, epoch, reason, at_ms } => {
+            Request::Promote {
+                node,
+                epoch,
+                reason,
+                at_ms,
+            } => {
                 let current = self.epoch();
                 if *epoch != current + 1 {
                     return Response::Rejected {
@@ -183,8 +212,14 @@ impl ClusterState {
                     let excess = self.history.len() - MAX_HISTORY;
                     self.history.drain(..excess);
                 }
-                self.primary = Some(PrimaryRecord { node: *node, epoch: *epoch });
-                Response::Promoted { node: *node, epoch: *epoch }
+                self.primary = Some(PrimaryRecord {
+                    node: *node,
+                    epoch: *epoch,
+                });
+                Response::Promoted {
+                    node: *node,
+                    epoch: *epoch,
+                }
             }
         }
     }
@@ -207,10 +242,27 @@ mod tests {
     #[test]
     fn upsert_keeps_unset_fields() {
         let mut s = ClusterState::default();
-        s.apply(&Request::UpsertMember { id: 1, api_addr: Some("h:1".into()), tags: None });
-        let tags = Tags { nofailover: true, priority: 5 };
-        s.apply(&Request::UpsertMember { id: 1, api_addr: None, tags: Some(tags.clone()) });
-        assert_eq!(s.members[&1], MemberMeta { api_addr: "h:1".into(), tags });
+        s.apply(&Request::UpsertMember {
+            id: 1,
+            api_addr: Some("h:1".into()),
+            tags: None,
+        });
+        let tags = Tags {
+            nofailover: true,
+            priority: 5,
+        };
+        s.apply(&Request::UpsertMember {
+            id: 1,
+            api_addr: None,
+            tags: Some(tags.clone()),
+        });
+        assert_eq!(
+            s.members[&1],
+            MemberMeta {
+                api_addr: "h:1".into(),
+                tags
+            }
+        );
         s.apply(&Request::RemoveMember { id: 1 });
         assert!(s.members.is_empty());
     }
@@ -225,7 +277,12 @@ mod tests {
             (2, 2, true),
         ];
         for (node, epoch, ok) in cases {
-            let r = s.apply(&Request::Promote { node, epoch, reason: "test".into(), at_ms: 0 });
+            let r = s.apply(&Request::Promote {
+                node,
+                epoch,
+                reason: "test".into(),
+                at_ms: 0,
+            });
             assert_eq!(matches!(r, Response::Promoted { .. }), ok, "node {node} epoch {epoch}");
         }
         assert_eq!(s.primary, Some(PrimaryRecord { node: 2, epoch: 2 }));

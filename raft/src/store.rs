@@ -49,7 +49,10 @@ pub enum StoreError {
     #[error("initialise {path}: {message}")]
     Init { path: String, message: String },
     #[error("decode stored state in {path}: {source}")]
-    Decode { path: String, source: crate::codec::CodecError },
+    Decode {
+        path: String,
+        source: crate::codec::CodecError,
+    },
 }
 
 type SResult<T> = Result<T, StorageError<NodeId>>;
@@ -70,12 +73,23 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> SResult<T> + Send + 'st
 }
 
 fn open_db(path: &Path) -> Result<Database, StoreError> {
-    Database::create(path).map_err(|source| StoreError::Open { path: path.display().to_string(), source })
+    Database::create(path).map_err(|source| StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Create the tables so that readers never see "table does not exist".
-fn init_tables(db: &Database, path: &Path, tables: &[TableDefinition<'_, &str, &[u8]>], log: bool) -> Result<(), StoreError> {
-    let err = |e: &dyn std::fmt::Display| StoreError::Init { path: path.display().to_string(), message: e.to_string() };
+fn init_tables(
+    db: &Database,
+    path: &Path,
+    tables: &[TableDefinition<'_, &str, &[u8]>],
+    log: bool,
+) -> Result<(), StoreError> {
+    let err = |e: &dyn std::fmt::Display| StoreError::Init {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
     let tx = db.begin_write().map_err(|e| err(&e))?;
     for t in tables {
         tx.open_table(*t).map_err(|e| err(&e))?;
@@ -165,7 +179,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Some((_, v)) => Some(decode::<Entry<TypeConfig>>(v.value()).map_err(read_err)?.log_id),
                 None => None,
             };
-            Ok(LogState { last_purged_log_id, last_log_id: last.or(last_purged_log_id) })
+            Ok(LogState {
+                last_purged_log_id,
+                last_log_id: last.or(last_purged_log_id),
+            })
         })
         .await
     }
@@ -287,13 +304,18 @@ pub struct StateMachineStore {
 
 impl StateMachineStore {
     fn load(db: Arc<Database>, path: &Path) -> Result<Self, StoreError> {
-        let err = |e: &dyn std::fmt::Display| StoreError::Init { path: path.display().to_string(), message: e.to_string() };
+        let err = |e: &dyn std::fmt::Display| StoreError::Init {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
         let view = {
             let tx = db.begin_read().map_err(|e| err(&e))?;
             let t = tx.open_table(SM).map_err(|e| err(&e))?;
             match t.get(KEY_SM).map_err(|e| err(&e))? {
-                Some(v) => decode(v.value())
-                    .map_err(|source| StoreError::Decode { path: path.display().to_string(), source })?,
+                Some(v) => decode(v.value()).map_err(|source| StoreError::Decode {
+                    path: path.display().to_string(),
+                    source,
+                })?,
                 None => StateView::default(),
             }
         };
@@ -343,8 +365,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             Some(l) => format!("{}-{}-{}", l.leader_id, l.index, unix_ms()),
             None => format!("none-{}", unix_ms()),
         };
-        let meta = SnapshotMeta { last_log_id: last, last_membership: self.view.membership.clone(), snapshot_id };
-        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
+        let meta = SnapshotMeta {
+            last_log_id: last,
+            last_membership: self.view.membership.clone(),
+            snapshot_id,
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        };
         let db = self.db.clone();
         blocking(move || {
             let tx = db.begin_write().map_err(write_err)?;
@@ -355,12 +384,18 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             tx.commit().map_err(write_err)
         })
         .await?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
     }
 }
 
 fn unix_ms() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -393,7 +428,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { db: self.db.clone(), view: self.view.clone() }
+        SnapshotBuilder {
+            db: self.db.clone(),
+            view: self.view.clone(),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> SResult<Box<Cursor<Vec<u8>>>> {
@@ -413,7 +451,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         view.last_applied = meta.last_log_id;
         view.membership = meta.last_membership.clone();
         self.view = view;
-        self.persist(Some(StoredSnapshot { meta: meta.clone(), data })).await?;
+        self.persist(Some(StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        }))
+        .await?;
         self.publish();
         Ok(())
     }
@@ -429,7 +471,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
         })
         .await?;
-        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
     }
 }
 

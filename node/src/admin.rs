@@ -1,0 +1,395 @@
+//! Admin operations that must run on the coordinator (the Raft leader), and the routing that
+//! gets them there from any node.
+//!
+//! An HTTP handler on any node calls [`submit`]. If this node is the leader the operation
+//! runs here; otherwise it is sent to the leader over the peer port (`/peer/admin`, whose
+//! address is always known from the Raft membership, even before members announced their
+//! API addresses). The leader never forwards again, so there are no loops; a leader change
+//! mid-flight answers `not_leader` and `submit` retries until its deadline.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use keel_raft::state::{Request, Response, Tags};
+use keel_raft::{BasicNode, NodeId};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use crate::error::ApiError;
+use crate::node::Node;
+
+/// An operation that needs the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AdminOp {
+    /// Propose a state-machine command.
+    Write(Request),
+    AddMember {
+        id: NodeId,
+        api_addr: String,
+        peer_addr: String,
+    },
+    PromoteMember {
+        id: NodeId,
+    },
+    RemoveMember {
+        id: NodeId,
+        force: bool,
+    },
+}
+
+/// A member as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub id: NodeId,
+    pub api_addr: String,
+    pub peer_addr: String,
+    pub voter: bool,
+    pub reachable: bool,
+    pub tags: Tags,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AdminReply {
+    Applied(Response),
+    Member(MemberView),
+    Removed(NodeId),
+}
+
+/// How long a learner may take to catch up before `promote` gives up.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Run `op` on the leader, wherever it is, retrying across leader changes until `timeout`.
+pub async fn submit(node: &Node, op: AdminOp, timeout: Duration) -> Result<AdminReply, ApiError> {
+    let deadline = Instant::now() + timeout;
+    let mut metrics = node.raft.metrics();
+    loop {
+        let m = metrics.borrow_and_update().clone();
+        let attempt = match m.current_leader {
+            Some(l) if l == node.id && m.state == ServerState::Leader => execute(node, op.clone()).await,
+            Some(l) => match node.peer_addr_of(l) {
+                Some(addr) => forward(node, l, &addr, &op, deadline).await,
+                None => Err(not_leader(format!("leader {l} has no known peer address"))),
+            },
+            None => Err(no_leader()),
+        };
+        match attempt {
+            Err(e) if retryable(&e) && Instant::now() < deadline => {
+                // Wait for the leadership to settle (or a short pause), then try again.
+                let wait = deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(200));
+                let _ = tokio::time::timeout(wait, metrics.changed()).await;
+                if wait < Duration::from_millis(200) {
+                    return Err(e);
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+fn retryable(e: &ApiError) -> bool {
+    matches!(e.code.as_str(), "not_leader" | "no_leader" | "leader_unreachable")
+}
+
+pub fn no_leader() -> ApiError {
+    ApiError::unavailable(
+        "no_leader",
+        "the cluster has no leader right now (no quorum of voters reachable?)",
+    )
+}
+
+fn not_leader(message: String) -> ApiError {
+    ApiError::unavailable("not_leader", message)
+}
+
+async fn forward(
+    node: &Node,
+    leader: NodeId,
+    addr: &str,
+    op: &AdminOp,
+    deadline: Instant,
+) -> Result<AdminReply, ApiError> {
+    let timeout = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(100));
+    let res: Result<Result<AdminReply, ApiError>, _> =
+        node.peers.call(Some(leader), addr, "/peer/admin", op, timeout).await;
+    match res {
+        Ok(r) => r,
+        Err(e) => Err(ApiError::unavailable(
+            "leader_unreachable",
+            format!("forward to leader {leader}: {e}"),
+        )),
+    }
+}
+
+/// Execute on this node, which must be the leader.
+pub async fn execute(node: &Node, op: AdminOp) -> Result<AdminReply, ApiError> {
+    let m = node.metrics();
+    if m.state != ServerState::Leader {
+        return Err(not_leader(format!(
+            "node {} is not the leader (leader: {:?})",
+            node.id, m.current_leader
+        )));
+    }
+    match op {
+        AdminOp::Write(req) => write(node, req).await.map(AdminReply::Applied),
+        AdminOp::AddMember {
+            id,
+            api_addr,
+            peer_addr,
+        } => add_member(node, id, api_addr, peer_addr).await,
+        AdminOp::PromoteMember { id } => promote_member(node, id).await,
+        AdminOp::RemoveMember { id, force } => remove_member(node, id, force).await,
+    }
+}
+
+/// Propose a command and wait until it is committed and applied.
+pub async fn write(node: &Node, req: Request) -> Result<Response, ApiError> {
+    match node.raft.client_write(req).await {
+        Ok(r) => match r.data {
+            Response::Rejected { reason } => Err(ApiError::conflict("rejected", reason)),
+            other => Ok(other),
+        },
+        Err(e) => Err(map_write_error(e)),
+    }
+}
+
+fn map_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ApiError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            not_leader(format!("leadership moved to {:?} during the request", f.leader_id))
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => match c {
+            ChangeMembershipError::InProgress(p) => ApiError::conflict(
+                "membership_change_in_progress",
+                format!("another membership change is still in progress ({p}); retry in a moment"),
+            ),
+            ChangeMembershipError::EmptyMembership(_) => {
+                ApiError::conflict("empty_membership", "the change would leave the cluster without voters")
+            }
+            ChangeMembershipError::LearnerNotFound(l) => {
+                ApiError::not_found(format!("node {} is not a learner of this cluster", l.node_id))
+            }
+        },
+        RaftError::Fatal(f) => ApiError::unavailable("shutting_down", format!("raft stopped: {f}")),
+    }
+}
+
+/// Every member of the current membership, with metadata and reachability.
+pub fn member_views(node: &Node) -> Vec<MemberView> {
+    let m = node.metrics();
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let view = node.view();
+    membership
+        .nodes()
+        .map(|(id, n)| {
+            let meta = view.state.members.get(id).cloned().unwrap_or_default();
+            MemberView {
+                id: *id,
+                api_addr: meta.api_addr,
+                peer_addr: n.addr.clone(),
+                voter: voters.contains(id),
+                reachable: node.reachable(*id),
+                tags: meta.tags,
+            }
+        })
+        .collect()
+}
+
+fn member_view(node: &Node, id: NodeId) -> Option<MemberView> {
+    member_views(node).into_iter().find(|m| m.id == id)
+}
+
+/// Validate a `host:port` address given to the admin API.
+fn check_addr(field: &str, addr: &str) -> Result<(), ApiError> {
+    crate::config::check_host_port(addr, true)
+        .map_err(|reason| ApiError::bad_request(format!("{field} {addr:?} is not a valid host:port: {reason}")))
+}
+
+async fn add_member(node: &Node, id: NodeId, api_addr: String, peer_addr: String) -> Result<AdminReply, ApiError> {
+    if id == 0 {
+        return Err(ApiError::bad_request("member id must be a positive integer"));
+    }
+    check_addr("api_addr", &api_addr)?;
+    check_addr("peer_addr", &peer_addr)?;
+    let members = member_views(node);
+    if let Some(existing) = members.iter().find(|m| m.id == id) {
+        // Idempotent: the same node asking again (a joining node retrying) gets its record.
+        if existing.peer_addr == peer_addr && (existing.api_addr == api_addr || existing.api_addr.is_empty()) {
+            return Ok(AdminReply::Member(existing.clone()));
+        }
+        return Err(ApiError::conflict(
+            "duplicate_id",
+            format!("member {id} already exists (peer {})", existing.peer_addr),
+        ));
+    }
+    if let Some(other) = members.iter().find(|m| m.peer_addr == peer_addr) {
+        return Err(ApiError::conflict(
+            "duplicate_address",
+            format!("peer address {peer_addr} is already used by member {}", other.id),
+        ));
+    }
+    if let Some(other) = members.iter().find(|m| m.api_addr == api_addr) {
+        return Err(ApiError::conflict(
+            "duplicate_address",
+            format!("API address {api_addr} is already used by member {}", other.id),
+        ));
+    }
+    // Metadata first, so the member never appears without its API address.
+    write(
+        node,
+        Request::UpsertMember {
+            id,
+            api_addr: Some(api_addr),
+            tags: None,
+        },
+    )
+    .await?;
+    node.raft
+        .add_learner(id, BasicNode { addr: peer_addr }, false)
+        .await
+        .map_err(map_write_error)?;
+    info!(member = id, "added learner");
+    member_view(node, id)
+        .map(AdminReply::Member)
+        .ok_or_else(|| ApiError::internal("learner missing after add"))
+}
+
+async fn promote_member(node: &Node, id: NodeId) -> Result<AdminReply, ApiError> {
+    let Some(member) = member_view(node, id) else {
+        return Err(ApiError::not_found(format!("no member {id}")));
+    };
+    if member.voter {
+        return Err(ApiError::conflict(
+            "already_voter",
+            format!("member {id} is already a voter"),
+        ));
+    }
+    // Wait until the learner has replicated what the leader had when we were asked.
+    let target = node.metrics().last_log_index.unwrap_or(0);
+    let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+    let mut metrics = node.raft.metrics();
+    loop {
+        let matched = metrics
+            .borrow_and_update()
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&id).cloned().flatten())
+            .map(|l| l.index);
+        if matched.is_some_and(|i| i >= target) {
+            break;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ApiError::conflict(
+                "not_caught_up",
+                format!(
+                    "learner {id} has replicated up to {:?} of {target} after {}s; is it running and reachable? retry when it has caught up",
+                    matched,
+                    CATCH_UP_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+        let _ = tokio::time::timeout(left, metrics.changed()).await;
+    }
+    node.raft
+        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+        .await
+        .map_err(map_write_error)?;
+    info!(member = id, "promoted learner to voter");
+    member_view(node, id)
+        .map(AdminReply::Member)
+        .ok_or_else(|| ApiError::internal("member missing after promote"))
+}
+
+/// Would removing `id` leave fewer reachable voters than the new configuration's quorum?
+/// Pure, so the rule is tested as a table.
+pub fn removal_risk(voters: &BTreeSet<NodeId>, reachable: &BTreeSet<NodeId>, id: NodeId) -> Option<String> {
+    if !voters.contains(&id) {
+        return None;
+    }
+    let remaining: BTreeSet<NodeId> = voters.iter().copied().filter(|v| *v != id).collect();
+    if remaining.is_empty() {
+        return Some(format!(
+            "member {id} is the last voter; a cluster cannot run without voters"
+        ));
+    }
+    let live = remaining.iter().filter(|v| reachable.contains(v)).count();
+    let quorum = remaining.len() / 2 + 1;
+    if live < quorum {
+        return Some(format!(
+            "removing voter {id} would leave {live} reachable voter(s) of {} (quorum {quorum}); bring the unreachable voters back first, or pass force=true",
+            remaining.len()
+        ));
+    }
+    None
+}
+
+async fn remove_member(node: &Node, id: NodeId, force: bool) -> Result<AdminReply, ApiError> {
+    let members = member_views(node);
+    let Some(member) = members.iter().find(|m| m.id == id) else {
+        return Err(ApiError::not_found(format!("no member {id}")));
+    };
+    let voters: BTreeSet<NodeId> = members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+    let reachable: BTreeSet<NodeId> = members.iter().filter(|m| m.reachable).map(|m| m.id).collect();
+    if let Some(risk) = removal_risk(&voters, &reachable, id) {
+        if !force || voters.len() == 1 {
+            return Err(ApiError::conflict("quorum_at_risk", risk));
+        }
+    }
+    let change = if member.voter {
+        ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+    } else {
+        ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+    };
+    // retain = false: a removed voter does not linger as a learner.
+    node.raft
+        .change_membership(change, false)
+        .await
+        .map_err(map_write_error)?;
+    // The old leader may have stepped down if it removed itself; the metadata cleanup is then
+    // done best-effort by whoever leads next time an operator looks (it is harmless).
+    if node.metrics().state == ServerState::Leader {
+        write(node, Request::RemoveMember { id }).await?;
+    }
+    info!(member = id, force, "removed member");
+    Ok(AdminReply::Removed(id))
+}
+
+/// Used by `/v1/cluster` to expose the leader's view of learners' progress.
+pub fn matched_indexes(node: &Node) -> BTreeMap<NodeId, u64> {
+    node.metrics()
+        .replication
+        .map(|r| r.into_iter().filter_map(|(id, l)| l.map(|l| (id, l.index))).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removal_risk_table() {
+        let s = |v: &[u64]| v.iter().copied().collect::<BTreeSet<u64>>();
+        // (voters, reachable, remove, refused?)
+        let cases = [
+            (s(&[1, 2, 3]), s(&[1, 2, 3]), 3, false), // healthy: 2 of 2 remain
+            (s(&[1, 2, 3]), s(&[1, 2]), 3, false),    // removing the dead one
+            (s(&[1, 2, 3]), s(&[1, 2]), 2, true),     // leaves 1 live of 2
+            (s(&[1, 2, 3, 4]), s(&[1, 2, 3]), 4, false),
+            (s(&[1, 2, 3, 4]), s(&[1, 2]), 3, false), // 3 remain, 2 live, quorum 2
+            (s(&[1, 2, 3, 4]), s(&[1]), 3, true),     // 3 remain, 1 live
+            (s(&[1]), s(&[1]), 1, true),              // last voter
+            (s(&[1, 2, 3]), s(&[1]), 9, false),       // not a voter (learner): no quorum effect
+        ];
+        for (i, (voters, reachable, id, refused)) in cases.into_iter().enumerate() {
+            let got = removal_risk(&voters, &reachable, id);
+            assert_eq!(got.is_some(), refused, "case {i}: {got:?}");
+        }
+    }
+}

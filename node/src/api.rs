@@ -1,0 +1,380 @@
+//! The HTTP API on `--api-addr`: status, cluster view, membership, history, maintenance,
+//! and the load-balancer probes. JSON in and out; every error is an [`ApiError`].
+//!
+//! Layers, outermost first: body size limit (413 before reading a byte too many), request
+//! timeout (503 `timeout`), admin-token check for mutating endpoints (401).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use keel_raft::state::Request as Command;
+use keel_raft::NodeId;
+use openraft::ServerState;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::admin::{self, AdminOp, AdminReply};
+use crate::error::ApiError;
+use crate::node::Node;
+use crate::util::{bearer_matches, rfc3339};
+
+type ApiResult = Result<Response, ApiError>;
+
+pub fn router(node: Arc<Node>) -> Router {
+    let timeout = Duration::from_millis(node.config.request_timeout_ms);
+    let limit = node.config.max_body_bytes;
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/members", get(members_list).post(members_add))
+        .route("/v1/members/{id}", delete(members_remove))
+        .route("/v1/members/{id}/promote", post(members_promote))
+        .route("/v1/history", get(history))
+        .route("/v1/maintenance", put(maintenance))
+        .route("/health", get(health))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::not_found("no such endpoint; see the API reference in README.md") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this endpoint",
+            )
+        })
+        .with_state(node.clone())
+        .layer(middleware::from_fn_with_state(node, admin_auth))
+        .layer(middleware::from_fn(move |req, next| timeout_mw(timeout, req, next)))
+        .layer(middleware::from_fn(move |req, next| body_limit_mw(limit, req, next)))
+        .layer(DefaultBodyLimit::max(limit))
+}
+
+/// Endpoints that change cluster state need the admin token (when one is configured).
+pub fn requires_admin(method: &Method, path: &str) -> bool {
+    let mutating = matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
+    // Data-plane writes and webhooks carry their own authorisation.
+    mutating && path.starts_with("/v1/") && !path.starts_with("/v1/kv") && path != "/v1/gitsync/webhook"
+}
+
+async fn admin_auth(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    if let Some(token) = &node.config.admin_token {
+        if requires_admin(req.method(), req.uri().path()) {
+            let auth = req
+                .headers()
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            if !bearer_matches(auth, token.expose()) {
+                return ApiError::unauthorized(
+                    "this endpoint needs the admin token: send `Authorization: Bearer <token>` (keel --admin-token)",
+                )
+                .into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// Bound every request's handling time; used on both listeners.
+pub async fn timeout_mw(timeout: Duration, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::unavailable(
+            "timeout",
+            format!("request not finished within {} ms", timeout.as_millis()),
+        )
+        .into_response(),
+    }
+}
+
+/// Refuse a declared oversized body before reading it (chunked bodies are cut off by
+/// `DefaultBodyLimit` while reading and reported by [`body_bytes`]).
+async fn body_limit_mw(limit: usize, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return ApiError::too_large(format!("request body over the limit of {limit} bytes")).into_response();
+    }
+    next.run(req).await
+}
+
+/// A body, with a read failure mapped to the JSON error format (413 over the limit).
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large("request body over the size limit")
+        } else {
+            ApiError::bad_request(format!("could not read the request body: {e}"))
+        }
+    })
+}
+
+fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = body_bytes(body)?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+}
+
+fn parse_id(raw: &str) -> Result<NodeId, ApiError> {
+    match raw.parse::<NodeId>() {
+        Ok(id) if id > 0 => Ok(id),
+        _ => Err(ApiError::bad_request(format!(
+            "member id {raw:?} is not a positive integer"
+        ))),
+    }
+}
+
+fn parse_query(raw: Option<String>) -> HashMap<String, String> {
+    raw.unwrap_or_default()
+        .split('&')
+        .filter(|s| !s.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (kv.to_string(), String::new()),
+        })
+        .collect()
+}
+
+fn parse_bool(name: &str, v: Option<&String>) -> Result<bool, ApiError> {
+    match v.map(|s| s.as_str()) {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("") | Some("true") | Some("1") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "{name}={other:?}: expected true or false"
+        ))),
+    }
+}
+
+fn server_state(s: ServerState) -> &'static str {
+    match s {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+/// This node's role as the contract names it.
+pub fn role(node: &Node) -> &'static str {
+    let m = node.metrics();
+    let voter = m.membership_config.membership().voter_ids().any(|v| v == node.id);
+    if !voter {
+        return "learner";
+    }
+    if m.state == ServerState::Candidate {
+        return "candidate";
+    }
+    match node.view().state.primary {
+        Some(p) if p.node == node.id => "primary",
+        _ => "replica",
+    }
+}
+
+async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
+    let m = node.metrics();
+    let view = node.view();
+    let voter = m.membership_config.membership().voter_ids().any(|v| v == node.id);
+    Json(json!({
+        "node_id": node.id,
+        "role": role(&node),
+        "raft": {
+            "state": server_state(m.state),
+            "term": m.current_term,
+            "leader": m.current_leader,
+            "last_applied": m.last_applied.map(|l| l.index),
+            "last_log_index": m.last_log_index,
+            "voter": voter,
+        },
+        "primary": view.state.primary,
+        "lease_remaining_ms": Value::Null,
+        "maintenance": view.state.maintenance,
+        "cluster_id": view.state.cluster_id,
+        "api_addr": node.config.advertise_api_addr,
+        "peer_addr": node.config.advertise_peer_addr,
+        "uptime_ms": node.started.elapsed().as_millis() as u64,
+        "cluster_id_mismatch": node.cluster_mismatch().map(|(id, m)| json!({"peer": id, "message": m})),
+        "replication": {},
+        "gitsync": Value::Null,
+    }))
+}
+
+async fn cluster(State(node): State<Arc<Node>>) -> Json<Value> {
+    let m = node.metrics();
+    let view = node.view();
+    let matched = admin::matched_indexes(&node);
+    let members: Vec<Value> = admin::member_views(&node)
+        .into_iter()
+        .map(|mv| {
+            let mut v = serde_json::to_value(&mv).unwrap_or(Value::Null);
+            if let Some(i) = matched.get(&mv.id) {
+                v["matched_index"] = json!(i);
+            }
+            v
+        })
+        .collect();
+    Json(json!({
+        "cluster_id": view.state.cluster_id,
+        "leader": m.current_leader,
+        "term": m.current_term,
+        "members": members,
+        "primary": view.state.primary,
+        "maintenance": view.state.maintenance,
+        "config": view.state.config,
+    }))
+}
+
+async fn members_list(State(node): State<Arc<Node>>) -> Json<Value> {
+    Json(json!({ "members": admin::member_views(&node) }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddMember {
+    id: NodeId,
+    api_addr: String,
+    peer_addr: String,
+}
+
+fn admin_timeout(node: &Node) -> Duration {
+    // Leave room inside the request timeout for the answer to travel back.
+    Duration::from_millis(node.config.request_timeout_ms.saturating_sub(500).max(100))
+}
+
+async fn members_add(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let req: AddMember = parse_json(body)?;
+    let op = AdminOp::AddMember {
+        id: req.id,
+        api_addr: req.api_addr,
+        peer_addr: req.peer_addr,
+    };
+    match admin::submit(&node, op, admin_timeout(&node)).await? {
+        AdminReply::Member(m) => Ok((StatusCode::CREATED, Json(json!({ "member": m }))).into_response()),
+        other => Err(ApiError::internal(format!("unexpected reply {other:?}"))),
+    }
+}
+
+async fn members_promote(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult {
+    let id = parse_id(&id)?;
+    match admin::submit(&node, AdminOp::PromoteMember { id }, admin_timeout(&node)).await? {
+        AdminReply::Member(m) => Ok(Json(json!({ "member": m })).into_response()),
+        other => Err(ApiError::internal(format!("unexpected reply {other:?}"))),
+    }
+}
+
+async fn members_remove(State(node): State<Arc<Node>>, Path(id): Path<String>, RawQuery(q): RawQuery) -> ApiResult {
+    let id = parse_id(&id)?;
+    let q = parse_query(q);
+    let force = parse_bool("force", q.get("force"))?;
+    match admin::submit(&node, AdminOp::RemoveMember { id, force }, admin_timeout(&node)).await? {
+        AdminReply::Removed(id) => Ok(Json(json!({ "removed": id })).into_response()),
+        other => Err(ApiError::internal(format!("unexpected reply {other:?}"))),
+    }
+}
+
+async fn history(State(node): State<Arc<Node>>) -> Json<Value> {
+    let view = node.view();
+    let items: Vec<Value> = view
+        .state
+        .history
+        .iter()
+        .map(|h| json!({"epoch": h.epoch, "from": h.from, "to": h.to, "reason": h.reason, "at": rfc3339(h.at_ms), "at_ms": h.at_ms}))
+        .collect();
+    Json(json!({ "history": items }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Maintenance {
+    enabled: bool,
+}
+
+async fn maintenance(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let req: Maintenance = parse_json(body)?;
+    admin::submit(
+        &node,
+        AdminOp::Write(Command::SetMaintenance { enabled: req.enabled }),
+        admin_timeout(&node),
+    )
+    .await?;
+    Ok(Json(json!({ "maintenance": req.enabled })).into_response())
+}
+
+/// 200 when the process is up and its data dir readable.
+async fn health(State(node): State<Arc<Node>>) -> ApiResult {
+    let dir = node.config.data_dir.clone();
+    match tokio::fs::metadata(dir.join("raft-state.redb")).await {
+        Ok(_) if node.metrics().running_state.is_ok() => Ok(Json(json!({"status": "ok"})).into_response()),
+        Ok(_) => Err(ApiError::unavailable("raft_stopped", "the raft core has stopped")),
+        Err(e) => Err(ApiError::unavailable(
+            "data_unreadable",
+            format!("data dir {}: {e}", dir.display()),
+        )),
+    }
+}
+
+/// 200 when this node is a member of a cluster that has a leader; otherwise 503 naming the
+/// failed check.
+async fn readyz(State(node): State<Arc<Node>>) -> ApiResult {
+    let m = node.metrics();
+    if let Some((peer, msg)) = node.cluster_mismatch() {
+        return Err(ApiError::unavailable(
+            "cluster_id_mismatch",
+            format!("peer {peer}: {msg}"),
+        ));
+    }
+    if m.membership_config.membership().get_node(&node.id).is_none() {
+        return Err(ApiError::unavailable(
+            "not_member",
+            "this node is not (yet) a member of a cluster",
+        ));
+    }
+    match m.current_leader {
+        Some(l) => Ok(Json(json!({"status": "ready", "leader": l})).into_response()),
+        None => Err(ApiError::unavailable("no_leader", "this node does not know a leader")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_endpoints_table() {
+        let cases = [
+            (Method::GET, "/v1/status", false),
+            (Method::POST, "/v1/members", true),
+            (Method::DELETE, "/v1/members/3", true),
+            (Method::PUT, "/v1/maintenance", true),
+            (Method::PUT, "/v1/kv/a", false),
+            (Method::POST, "/v1/gitsync/webhook", false),
+            (Method::POST, "/v1/gitsync/sync", true),
+            (Method::GET, "/health", false),
+        ];
+        for (m, p, want) in cases {
+            assert_eq!(requires_admin(&m, p), want, "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn query_and_bool_parsing() {
+        let q = parse_query(Some("force=true&x".into()));
+        assert!(parse_bool("force", q.get("force")).unwrap());
+        assert!(parse_bool("x", q.get("x")).unwrap());
+        assert!(!parse_bool("y", q.get("y")).unwrap());
+        assert!(parse_bool("force", Some(&"maybe".to_string())).is_err());
+        assert!(parse_id("0").is_err());
+        assert!(parse_id("abc").is_err());
+        assert_eq!(parse_id("7").unwrap(), 7);
+    }
+}

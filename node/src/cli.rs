@@ -1,0 +1,1065 @@
+//! Client side of the `keel` CLI: `status`, `members`, `history` and `maintenance` talk JSON over HTTP to
+//! the API of any node (`--addr`, env `KEEL_ADDR`).
+//!
+//! Every command returns the process exit code instead of exiting, so it can be tested in-process.
+//! `keel status` follows the Nagios convention (0 healthy, 1 degraded, 2 critical); its decision is the
+//! pure [`verdict`] function. Everything else exits 0 on success and 1 on any error. Tables are rendered
+//! by one helper, [`render_table`], with column widths taken from the content.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Map, Value};
+use tokio::task::JoinSet;
+
+use crate::config::Secret;
+
+/// Timeout of each per-node `GET /v1/status` made by `keel status`.
+const NODE_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+/// Printed under every "cannot reach" error.
+const UNREACHABLE_HINT: &str = "hint: is a node running there? set --addr or KEEL_ADDR";
+/// Longest raw (non-JSON) error body echoed to the user.
+const MAX_RAW_BODY_CHARS: usize = 1000;
+
+const EXIT_OK: i32 = 0;
+const EXIT_ERROR: i32 = 1;
+const EXIT_CRITICAL: i32 = 2;
+
+/// How results are printed.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// The server's JSON, pretty-printed, for scripts.
+    Json,
+}
+
+/// Argument of `keel maintenance`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+/// Options shared by every client subcommand. `global` so they are accepted after the subcommand too.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClientOpts {
+    /// API address of any node
+    #[arg(long, env = "KEEL_ADDR", default_value = "http://127.0.0.1:7101", global = true)]
+    pub addr: String,
+
+    /// Admin token, sent as `Authorization: Bearer <token>`
+    // `Secret`, the type `keel serve --admin-token` uses: a global arg shares its id with the subcommand's
+    // arg of the same name, and clap panics when their value types differ. `Debug` also prints `***`.
+    #[arg(long, env = "KEEL_ADMIN_TOKEN", global = true, hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+
+    /// table or json
+    #[arg(long, value_enum, default_value = "table", global = true)]
+    pub output: OutputFormat,
+
+    /// Timeout of each request, in milliseconds
+    #[arg(long, default_value_t = 5000, global = true)]
+    pub timeout_ms: u64,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum ClientCommand {
+    /// cluster health table; exit 0 healthy, 1 degraded, 2 critical
+    Status,
+    /// membership
+    #[command(subcommand)]
+    Members(MembersCommand),
+    /// failover history
+    History,
+    /// maintenance on|off
+    Maintenance {
+        #[arg(value_enum)]
+        state: OnOff,
+    },
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum MembersCommand {
+    /// list members: ID, VOTER, REACHABLE, API, PEER, NOFAILOVER, PRIORITY
+    List,
+    /// add a node to the cluster as a learner
+    Add {
+        /// id of the new node
+        id: u64,
+        /// its API address, host:port
+        #[arg(long)]
+        api_addr: String,
+        /// its Raft peer address, host:port
+        #[arg(long)]
+        peer_addr: String,
+    },
+    /// remove a node from the cluster
+    Remove {
+        id: u64,
+        /// remove even when the server's safety checks refuse
+        #[arg(long)]
+        force: bool,
+    },
+    /// turn a learner into a voter
+    Promote { id: u64 },
+}
+
+/// Outcome of `keel status`, ordered by severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verdict {
+    Healthy,
+    Degraded,
+    Critical,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Healthy => "healthy",
+            Verdict::Degraded => "degraded",
+            Verdict::Critical => "critical",
+        }
+    }
+
+    /// Nagios exit code.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Verdict::Healthy => EXIT_OK,
+            Verdict::Degraded => EXIT_ERROR,
+            Verdict::Critical => EXIT_CRITICAL,
+        }
+    }
+}
+
+/// Runs one client subcommand and returns the process exit code. Errors the user should see (HTTP errors,
+/// unreachable node) are printed to stderr here and turned into an exit code; `Err` is left for bad local
+/// input such as an unparsable `--addr`.
+pub async fn run(cmd: ClientCommand, opts: &ClientOpts) -> anyhow::Result<i32> {
+    let api = Api::new(opts)?;
+    let unreachable_code = match cmd {
+        ClientCommand::Status => EXIT_CRITICAL,
+        _ => EXIT_ERROR,
+    };
+    let result = match cmd {
+        ClientCommand::Status => status(&api, opts.output).await,
+        ClientCommand::Members(members_cmd) => members(&api, members_cmd, opts.output).await,
+        ClientCommand::History => history(&api, opts.output).await,
+        ClientCommand::Maintenance { state } => maintenance(&api, state, opts.output).await,
+    };
+    match result {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!("{}", e.describe(&api.base));
+            Ok(match e {
+                CallError::Unreachable(_) => unreachable_code,
+                _ => EXIT_ERROR,
+            })
+        }
+    }
+}
+
+/// Adds `http://` when `addr` has no scheme and strips trailing slashes. Only plain HTTP is supported.
+pub fn normalize_addr(addr: &str) -> anyhow::Result<String> {
+    let trimmed = addr.trim();
+    if trimmed.is_empty() {
+        bail!("the node address is empty");
+    }
+    let with_scheme = if trimmed.contains("://") {
+        trimmed.to_string()
+    } else {
+        format!("http://{trimmed}")
+    };
+    let base = with_scheme.trim_end_matches('/').to_string();
+    let url = reqwest::Url::parse(&base).with_context(|| format!("parse node address {addr:?}"))?;
+    if url.scheme() != "http" {
+        bail!("unsupported scheme in node address {addr:?}: only http:// is supported");
+    }
+    Ok(base)
+}
+
+/// Why a request failed; each variant is reported differently.
+#[derive(Debug)]
+enum CallError {
+    /// No HTTP answer at all (connect error, timeout, connection dropped); the cause chain, joined.
+    Unreachable(String),
+    /// A non-2xx answer. `code` is `None` when the body was not the JSON error shape; `message` then holds
+    /// the raw body.
+    Status {
+        status: StatusCode,
+        code: Option<String>,
+        message: String,
+    },
+    /// A 2xx answer whose body is not JSON.
+    Invalid(String),
+}
+
+impl CallError {
+    fn describe(&self, base: &str) -> String {
+        match self {
+            CallError::Unreachable(cause) => format!("error: cannot reach {base}: {cause}\n{UNREACHABLE_HINT}"),
+            CallError::Status {
+                status,
+                code: Some(code),
+                message,
+            } => {
+                format!("error: {message} ({code}, HTTP {})", status.as_u16())
+            }
+            CallError::Status {
+                status,
+                code: None,
+                message,
+            } if message.is_empty() => format!("error: HTTP {status}"),
+            CallError::Status {
+                status,
+                code: None,
+                message,
+            } => format!("error: HTTP {status}: {message}"),
+            CallError::Invalid(cause) => format!("error: invalid answer from {base}: {cause}"),
+        }
+    }
+}
+
+/// Turns a non-2xx answer into a [`CallError::Status`], reading the `{"error": {"code", "message"}}` body.
+fn status_error(status: StatusCode, body: &[u8]) -> CallError {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        if let Some(message) = v["error"]["message"].as_str() {
+            let code = v["error"]["code"].as_str().unwrap_or("error").to_string();
+            return CallError::Status {
+                status,
+                code: Some(code),
+                message: message.to_string(),
+            };
+        }
+    }
+    let raw = String::from_utf8_lossy(body);
+    let raw = raw.trim();
+    let mut message: String = raw.chars().take(MAX_RAW_BODY_CHARS).collect();
+    if raw.chars().count() > MAX_RAW_BODY_CHARS {
+        message.push('…');
+    }
+    CallError::Status {
+        status,
+        code: None,
+        message,
+    }
+}
+
+/// `err` and its sources joined with `": "`, skipping a source that repeats its parent.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if parts.last() != Some(&s) {
+            parts.push(s);
+        }
+        source = e.source();
+    }
+    parts.join(": ")
+}
+
+/// A client bound to one node.
+struct Api {
+    http: reqwest::Client,
+    /// Normalised `--addr`, e.g. `http://127.0.0.1:7101`.
+    base: String,
+    token: Option<String>,
+}
+
+impl Api {
+    fn new(opts: &ClientOpts) -> anyhow::Result<Self> {
+        let base = normalize_addr(&opts.addr).context("check --addr")?;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_millis(opts.timeout_ms))
+            .build()
+            .context("build http client")?;
+        let token = opts
+            .admin_token
+            .as_ref()
+            .map(|t| t.expose().to_string())
+            .filter(|t| !t.is_empty());
+        Ok(Api { http, base, token })
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, CallError> {
+        let url = format!("{}{path}", self.base);
+        send(&self.http, method, &url, self.token.as_deref(), body, None).await
+    }
+}
+
+async fn send(
+    http: &reqwest::Client,
+    method: Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+    timeout: Option<Duration>,
+) -> Result<Value, CallError> {
+    let mut req = http.request(method, url);
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    if let Some(timeout) = timeout {
+        req = req.timeout(timeout);
+    }
+    let resp = req.send().await.map_err(|e| CallError::Unreachable(error_chain(&e)))?;
+    let status = resp.status();
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| CallError::Unreachable(error_chain(&e)))?;
+    if !status.is_success() {
+        return Err(status_error(status, &bytes));
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&bytes).map_err(|e| CallError::Invalid(e.to_string()))
+}
+
+/// Writes to stdout, ignoring a closed pipe (`keel history | head`) instead of panicking like `print!`.
+pub(crate) fn print_out(text: &str) {
+    // `print!` is what the test harness captures.
+    if cfg!(test) {
+        print!("{text}");
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+fn print_json(v: &Value) {
+    let text = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
+    print_out(&format!("{text}\n"));
+}
+
+/// Renders rows under headers, columns separated by two spaces and as wide as their widest cell. The last
+/// column is not padded, so no line has trailing whitespace. Missing cells are blank; extra cells dropped.
+pub fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let cols = headers.len();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let header: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, width) in widths.iter().enumerate() {
+            let cell = row.get(i).map_or("", String::as_str);
+            if i > 0 {
+                line.push_str("  ");
+            }
+            if i + 1 == cols {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}"));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// One table cell from a JSON value: `-` for null, missing or empty string, `yes`/`no` for booleans.
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_string(),
+        Value::Bool(true) => "yes".to_string(),
+        Value::Bool(false) => "no".to_string(),
+        Value::String(s) if s.is_empty() => "-".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The `members` array of a `/v1/cluster` or `/v1/members` answer, sorted by id.
+fn member_list(v: &Value) -> Vec<&Value> {
+    let mut members: Vec<&Value> = v["members"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
+    members.sort_by_key(|m| m["id"].as_u64().unwrap_or(u64::MAX));
+    members
+}
+
+/// "1", "1 and 2", "1, 2 and 3".
+fn join_ids(ids: &[u64]) -> String {
+    match ids {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [rest @ .., last] => {
+            format!(
+                "{} and {last}",
+                rest.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+            )
+        }
+    }
+}
+
+/// Health of the cluster from the `/v1/cluster` answer of one node and the `/v1/status` answer of every
+/// member (`None`: it did not answer). Critical when no member that answered knows a leader; degraded when
+/// a voter did not answer or the members that answered disagree on who leads; healthy otherwise. The
+/// string is the reason, empty when healthy.
+pub fn verdict(cluster: &Value, statuses: &BTreeMap<u64, Option<Value>>) -> (Verdict, String) {
+    let reports: BTreeMap<u64, Option<u64>> = statuses
+        .iter()
+        .filter_map(|(id, status)| status.as_ref().map(|s| (*id, s["raft"]["leader"].as_u64())))
+        .collect();
+    if reports.is_empty() {
+        return (Verdict::Critical, "no member answered /v1/status".to_string());
+    }
+    if reports.values().all(Option::is_none) {
+        return (Verdict::Critical, "no leader".to_string());
+    }
+
+    let mut problems = Vec::new();
+    let unreachable_voters: Vec<u64> = member_list(cluster)
+        .into_iter()
+        .filter(|m| m["voter"].as_bool().unwrap_or(true))
+        .filter_map(|m| m["id"].as_u64())
+        .filter(|id| statuses.get(id).is_none_or(Option::is_none))
+        .collect();
+    match unreachable_voters.as_slice() {
+        [] => {}
+        [id] => problems.push(format!("voter {id} unreachable")),
+        ids => problems.push(format!("voters {} unreachable", join_ids(ids))),
+    }
+    let leaders: BTreeSet<Option<u64>> = reports.values().copied().collect();
+    if leaders.len() > 1 {
+        let views: Vec<String> = reports
+            .iter()
+            .map(|(id, leader)| format!("{id} says {}", leader.map_or("none".to_string(), |l| l.to_string())))
+            .collect();
+        problems.push(format!("members disagree on the leader ({})", views.join(", ")));
+    }
+    if problems.is_empty() {
+        (Verdict::Healthy, String::new())
+    } else {
+        (Verdict::Degraded, problems.join("; "))
+    }
+}
+
+/// `healthy`, or `degraded: <reason>`.
+fn verdict_line(v: Verdict, reason: &str) -> String {
+    if reason.is_empty() {
+        v.as_str().to_string()
+    } else {
+        format!("{}: {reason}", v.as_str())
+    }
+}
+
+/// The summary line, the per-node table and the verdict line of `keel status`.
+fn render_status(cluster: &Value, statuses: &BTreeMap<u64, Option<Value>>, verdict: Verdict, reason: &str) -> String {
+    let cluster_id = cluster["cluster_id"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .unwrap_or("(none)");
+    let leader = cluster["leader"].as_u64().map_or("none".to_string(), |l| l.to_string());
+    let primary = match cluster["primary"]["node"].as_u64() {
+        Some(node) => format!("primary {node} (epoch {})", cell(&cluster["primary"]["epoch"])),
+        None => "primary none".to_string(),
+    };
+    let maintenance = if cluster["maintenance"].as_bool().unwrap_or(false) {
+        "on"
+    } else {
+        "off"
+    };
+    let mut out = format!("cluster {cluster_id} — leader {leader}, {primary}, maintenance {maintenance}\n");
+
+    let rows: Vec<Vec<String>> = member_list(cluster)
+        .into_iter()
+        .map(|m| {
+            let id = m["id"].as_u64();
+            let status = id.and_then(|id| statuses.get(&id)).and_then(Option::as_ref);
+            let per_node = |f: &dyn Fn(&Value) -> &Value| status.map_or("-".to_string(), |s| cell(f(s)));
+            vec![
+                cell(&m["id"]),
+                per_node(&|s| &s["role"]),
+                per_node(&|s| &s["raft"]["state"]),
+                per_node(&|s| &s["raft"]["term"]),
+                per_node(&|s| &s["raft"]["leader"]),
+                if status.is_some() { "yes" } else { "no" }.to_string(),
+                per_node(&|s| &s["raft"]["last_applied"]),
+                cell(&m["voter"]),
+                cell(&m["api_addr"]),
+            ]
+        })
+        .collect();
+    let headers = [
+        "NODE",
+        "ROLE",
+        "RAFT",
+        "TERM",
+        "LEADER",
+        "REACHABLE",
+        "APPLIED",
+        "VOTER",
+        "API",
+    ];
+    out.push_str(&render_table(&headers, &rows));
+    out.push_str(&verdict_line(verdict, reason));
+    out.push('\n');
+    out
+}
+
+/// `GET /v1/status` of every member at its own API address, concurrently, [`NODE_STATUS_TIMEOUT`] each.
+async fn fetch_statuses(api: &Api, cluster: &Value) -> BTreeMap<u64, Option<Value>> {
+    let mut set = JoinSet::new();
+    let mut statuses = BTreeMap::new();
+    for m in member_list(cluster) {
+        let Some(id) = m["id"].as_u64() else { continue };
+        statuses.insert(id, None);
+        // A member that has not announced its API address cannot be asked; it counts as unreachable.
+        let Some(base) = m["api_addr"].as_str().and_then(|a| normalize_addr(a).ok()) else {
+            continue;
+        };
+        let http = api.http.clone();
+        let token = api.token.clone();
+        set.spawn(async move {
+            let url = format!("{base}/v1/status");
+            let status = send(
+                &http,
+                Method::GET,
+                &url,
+                token.as_deref(),
+                None,
+                Some(NODE_STATUS_TIMEOUT),
+            )
+            .await;
+            (id, status.ok())
+        });
+    }
+    while let Some(joined) = set.join_next().await {
+        if let Ok((id, status)) = joined {
+            statuses.insert(id, status);
+        }
+    }
+    statuses
+}
+
+async fn status(api: &Api, output: OutputFormat) -> Result<i32, CallError> {
+    let cluster = api.call(Method::GET, "/v1/cluster", None).await?;
+    let statuses = fetch_statuses(api, &cluster).await;
+    let (v, reason) = verdict(&cluster, &statuses);
+    match output {
+        OutputFormat::Json => {
+            let nodes: Map<String, Value> = statuses
+                .iter()
+                .map(|(id, s)| (id.to_string(), s.clone().unwrap_or(Value::Null)))
+                .collect();
+            print_json(&json!({"cluster": cluster, "nodes": nodes, "verdict": v.as_str(), "reason": reason}));
+        }
+        OutputFormat::Table => print_out(&render_status(&cluster, &statuses, v, &reason)),
+    }
+    Ok(v.exit_code())
+}
+
+fn render_members(answer: &Value) -> String {
+    let rows: Vec<Vec<String>> = member_list(answer)
+        .into_iter()
+        .map(|m| {
+            vec![
+                cell(&m["id"]),
+                cell(&m["voter"]),
+                cell(&m["reachable"]),
+                cell(&m["api_addr"]),
+                cell(&m["peer_addr"]),
+                cell(&m["tags"]["nofailover"]),
+                cell(&m["tags"]["priority"]),
+            ]
+        })
+        .collect();
+    render_table(
+        &["ID", "VOTER", "REACHABLE", "API", "PEER", "NOFAILOVER", "PRIORITY"],
+        &rows,
+    )
+}
+
+/// `voter` or `learner`, from a member object.
+fn member_kind(member: &Value) -> &'static str {
+    if member["voter"].as_bool().unwrap_or(false) {
+        "voter"
+    } else {
+        "learner"
+    }
+}
+
+async fn members(api: &Api, cmd: MembersCommand, output: OutputFormat) -> Result<i32, CallError> {
+    let (answer, confirmation) = match cmd {
+        MembersCommand::List => {
+            let answer = api.call(Method::GET, "/v1/members", None).await?;
+            let table = render_members(&answer);
+            (answer, table)
+        }
+        MembersCommand::Add {
+            id,
+            api_addr,
+            peer_addr,
+        } => {
+            let body = json!({"id": id, "api_addr": api_addr, "peer_addr": peer_addr});
+            let answer = api.call(Method::POST, "/v1/members", Some(body)).await?;
+            let line = format!(
+                "added member {id} as {} (api {api_addr}, peer {peer_addr})\n",
+                member_kind(&answer["member"])
+            );
+            (answer, line)
+        }
+        MembersCommand::Remove { id, force } => {
+            let answer = api
+                .call(Method::DELETE, &format!("/v1/members/{id}?force={force}"), None)
+                .await?;
+            (answer, format!("removed member {id}\n"))
+        }
+        MembersCommand::Promote { id } => {
+            let answer = api
+                .call(Method::POST, &format!("/v1/members/{id}/promote"), None)
+                .await?;
+            let line = format!("member {id} is now a {}\n", member_kind(&answer["member"]));
+            (answer, line)
+        }
+    };
+    match output {
+        OutputFormat::Json => print_json(&answer),
+        OutputFormat::Table => print_out(&confirmation),
+    }
+    Ok(EXIT_OK)
+}
+
+fn render_history(answer: &Value) -> String {
+    let rows: Vec<Vec<String>> = answer["history"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|h| {
+            let at = if h["at"].is_null() { &h["at_ms"] } else { &h["at"] };
+            vec![
+                cell(&h["epoch"]),
+                cell(&h["from"]),
+                cell(&h["to"]),
+                cell(&h["reason"]),
+                cell(at),
+            ]
+        })
+        .collect();
+    render_table(&["EPOCH", "FROM", "TO", "REASON", "AT"], &rows)
+}
+
+async fn history(api: &Api, output: OutputFormat) -> Result<i32, CallError> {
+    let answer = api.call(Method::GET, "/v1/history", None).await?;
+    match output {
+        OutputFormat::Json => print_json(&answer),
+        OutputFormat::Table => print_out(&render_history(&answer)),
+    }
+    Ok(EXIT_OK)
+}
+
+async fn maintenance(api: &Api, state: OnOff, output: OutputFormat) -> Result<i32, CallError> {
+    let enabled = state == OnOff::On;
+    let answer = api
+        .call(Method::PUT, "/v1/maintenance", Some(json!({"enabled": enabled})))
+        .await?;
+    match output {
+        OutputFormat::Json => print_json(&answer),
+        OutputFormat::Table => {
+            let now = answer["maintenance"].as_bool().unwrap_or(enabled);
+            print_out(&format!("maintenance {}\n", if now { "on" } else { "off" }));
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    fn member(id: u64, voter: bool) -> Value {
+        json!({"id": id, "api_addr": format!("127.0.0.1:710{id}"), "peer_addr": format!("127.0.0.1:720{id}"),
+               "voter": voter, "reachable": true, "tags": {"nofailover": false, "priority": 0}})
+    }
+
+    fn cluster(members: &[(u64, bool)]) -> Value {
+        let members: Vec<Value> = members.iter().map(|(id, voter)| member(*id, *voter)).collect();
+        json!({"cluster_id": "abc", "leader": 1, "term": 3, "members": members,
+               "primary": {"node": 1, "epoch": 2}, "maintenance": false, "config": {}})
+    }
+
+    fn node_status(id: u64, leader: Option<u64>) -> Value {
+        json!({"node_id": id, "role": if leader == Some(id) { "primary" } else { "replica" },
+               "raft": {"state": if leader == Some(id) { "leader" } else { "follower" }, "term": 3,
+                        "leader": leader, "last_applied": 12, "last_log_index": 12, "voter": true},
+               "primary": null, "lease_remaining_ms": null, "maintenance": false, "cluster_id": "abc",
+               "api_addr": format!("127.0.0.1:710{id}"), "peer_addr": format!("127.0.0.1:720{id}")})
+    }
+
+    /// `(id, Some(leader seen) | None = unreachable)`; `Some(None)` = answered without a leader.
+    fn statuses(views: &[(u64, Option<Option<u64>>)]) -> BTreeMap<u64, Option<Value>> {
+        views
+            .iter()
+            .map(|(id, view)| (*id, view.map(|leader| node_status(*id, leader))))
+            .collect()
+    }
+
+    #[test]
+    fn verdict_table() {
+        let three = [(1, true), (2, true), (3, true)];
+        let with_learner = [(1, true), (2, true), (3, true), (4, false)];
+        #[allow(clippy::type_complexity)]
+        let cases: Vec<(&str, &[(u64, bool)], Vec<(u64, Option<Option<u64>>)>, Verdict, &str)> = vec![
+            (
+                "all agree",
+                &three,
+                vec![(1, Some(Some(1))), (2, Some(Some(1))), (3, Some(Some(1)))],
+                Verdict::Healthy,
+                "",
+            ),
+            (
+                "one voter down",
+                &three,
+                vec![(1, Some(Some(1))), (2, Some(Some(1))), (3, None)],
+                Verdict::Degraded,
+                "voter 3 unreachable",
+            ),
+            (
+                "two voters down",
+                &three,
+                vec![(1, Some(Some(1))), (2, None), (3, None)],
+                Verdict::Degraded,
+                "voters 2 and 3 unreachable",
+            ),
+            (
+                "learner down is fine",
+                &with_learner,
+                vec![(1, Some(Some(1))), (2, Some(Some(1))), (3, Some(Some(1))), (4, None)],
+                Verdict::Healthy,
+                "",
+            ),
+            (
+                "disagreement",
+                &three,
+                vec![(1, Some(Some(1))), (2, Some(Some(2))), (3, Some(Some(1)))],
+                Verdict::Degraded,
+                "members disagree on the leader (1 says 1, 2 says 2, 3 says 1)",
+            ),
+            (
+                "one member sees no leader",
+                &three,
+                vec![(1, Some(Some(1))), (2, Some(Some(1))), (3, Some(None))],
+                Verdict::Degraded,
+                "members disagree on the leader (1 says 1, 2 says 1, 3 says none)",
+            ),
+            (
+                "down and disagreeing",
+                &three,
+                vec![(1, Some(Some(1))), (2, Some(Some(2))), (3, None)],
+                Verdict::Degraded,
+                "voter 3 unreachable; members disagree on the leader (1 says 1, 2 says 2)",
+            ),
+            (
+                "no leader anywhere",
+                &three,
+                vec![(1, Some(None)), (2, Some(None)), (3, None)],
+                Verdict::Critical,
+                "no leader",
+            ),
+            (
+                "nobody answers",
+                &three,
+                vec![(1, None), (2, None), (3, None)],
+                Verdict::Critical,
+                "no member answered /v1/status",
+            ),
+            (
+                "single node",
+                &[(1, true)],
+                vec![(1, Some(Some(1)))],
+                Verdict::Healthy,
+                "",
+            ),
+        ];
+        for (name, members, views, want, want_reason) in cases {
+            let (got, reason) = verdict(&cluster(members), &statuses(&views));
+            assert_eq!((got, reason.as_str()), (want, want_reason), "case {name}");
+        }
+    }
+
+    #[test]
+    fn verdict_exit_codes() {
+        assert_eq!(Verdict::Healthy.exit_code(), 0);
+        assert_eq!(Verdict::Degraded.exit_code(), 1);
+        assert_eq!(Verdict::Critical.exit_code(), 2);
+    }
+
+    #[test]
+    fn table_widths_follow_content() {
+        let rows = vec![
+            vec!["1".to_string(), "primary".to_string(), "x".to_string()],
+            vec!["10".to_string()],
+        ];
+        let got = render_table(&["ID", "ROLE", "API"], &rows);
+        assert_eq!(got, "ID  ROLE     API\n1   primary  x\n10\n");
+    }
+
+    #[test]
+    fn table_header_only_and_unicode() {
+        assert_eq!(render_table(&["A", "B"], &[]), "A  B\n");
+        let rows = vec![
+            vec!["é".to_string(), "z".to_string()],
+            vec!["ab".to_string(), "".to_string()],
+        ];
+        assert_eq!(render_table(&["A", "B"], &rows), "A   B\né   z\nab\n");
+    }
+
+    #[test]
+    fn cells() {
+        assert_eq!(cell(&Value::Null), "-");
+        assert_eq!(cell(&json!("")), "-");
+        assert_eq!(cell(&json!(true)), "yes");
+        assert_eq!(cell(&json!(false)), "no");
+        assert_eq!(cell(&json!(12)), "12");
+        assert_eq!(cell(&json!("a b")), "a b");
+    }
+
+    #[test]
+    fn normalize_addr_cases() {
+        let ok = [
+            ("127.0.0.1:7101", "http://127.0.0.1:7101"),
+            ("http://127.0.0.1:7101/", "http://127.0.0.1:7101"),
+            ("  localhost:7101//", "http://localhost:7101"),
+            ("http://[::1]:7101", "http://[::1]:7101"),
+        ];
+        for (input, want) in ok {
+            assert_eq!(normalize_addr(input).unwrap(), want, "{input}");
+        }
+        for bad in ["", "https://127.0.0.1:7101", "http://"] {
+            assert!(normalize_addr(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn error_messages() {
+        let body = br#"{"error":{"code":"not_found","message":"no member 9"}}"#;
+        let e = status_error(StatusCode::NOT_FOUND, body);
+        assert_eq!(e.describe("http://a"), "error: no member 9 (not_found, HTTP 404)");
+
+        let e = status_error(StatusCode::BAD_GATEWAY, b"upstream down\n");
+        assert_eq!(e.describe("http://a"), "error: HTTP 502 Bad Gateway: upstream down");
+
+        let e = status_error(StatusCode::SERVICE_UNAVAILABLE, b"");
+        assert_eq!(e.describe("http://a"), "error: HTTP 503 Service Unavailable");
+
+        let e = CallError::Unreachable("connection refused".into());
+        assert_eq!(
+            e.describe("http://a"),
+            format!("error: cannot reach http://a: connection refused\n{UNREACHABLE_HINT}")
+        );
+    }
+
+    #[test]
+    fn status_rendering() {
+        let c = cluster(&[(1, true), (2, true), (3, false)]);
+        let s = statuses(&[(1, Some(Some(1))), (2, Some(Some(1))), (3, None)]);
+        let (v, reason) = verdict(&c, &s);
+        let text = render_status(&c, &s, v, &reason);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "cluster abc — leader 1, primary 1 (epoch 2), maintenance off");
+        assert_eq!(
+            lines[1],
+            "NODE  ROLE     RAFT      TERM  LEADER  REACHABLE  APPLIED  VOTER  API"
+        );
+        assert_eq!(
+            lines[2],
+            "1     primary  leader    3     1       yes        12       yes    127.0.0.1:7101"
+        );
+        assert_eq!(
+            lines[4],
+            "3     -        -         -     -       no         -        no     127.0.0.1:7103"
+        );
+        assert_eq!(lines[5], "healthy");
+
+        let c = json!({"cluster_id": null, "leader": null, "members": [], "primary": null, "maintenance": true});
+        let text = render_status(&c, &BTreeMap::new(), Verdict::Critical, "no leader");
+        assert!(
+            text.starts_with("cluster (none) — leader none, primary none, maintenance on\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("critical: no leader\n"), "{text}");
+    }
+
+    #[test]
+    fn members_and_history_rendering() {
+        let mut answer = json!({"members": [member(2, false), member(1, true)]});
+        answer["members"][0]["api_addr"] = json!("");
+        let text = render_members(&answer);
+        assert_eq!(
+            text,
+            "ID  VOTER  REACHABLE  API             PEER            NOFAILOVER  PRIORITY\n\
+             1   yes    yes        127.0.0.1:7101  127.0.0.1:7201  no          0\n\
+             2   no     yes        -               127.0.0.1:7202  no          0\n"
+        );
+        let answer = json!({"history": [
+            {"epoch": 1, "from": null, "to": 1, "reason": "bootstrap", "at": "2024-01-01T00:00:00Z", "at_ms": 1},
+            {"epoch": 2, "from": 1, "to": 2, "reason": "switchover", "at_ms": 1700000000000u64},
+        ]});
+        assert_eq!(
+            render_history(&answer),
+            "EPOCH  FROM  TO  REASON      AT\n\
+             1      -     1   bootstrap   2024-01-01T00:00:00Z\n\
+             2      1     2   switchover  1700000000000\n"
+        );
+        assert_eq!(render_history(&json!({})), "EPOCH  FROM  TO  REASON  AT\n");
+    }
+
+    /// The `keel` command line the lead wires in main.rs: client options flattened at the top level.
+    #[derive(clap::Parser, Debug)]
+    #[command(name = "keel")]
+    struct TestCli {
+        #[command(flatten)]
+        client: ClientOpts,
+        #[command(subcommand)]
+        command: TestCommand,
+    }
+
+    #[derive(clap::Subcommand, Debug)]
+    enum TestCommand {
+        Serve(Box<crate::config::ServeArgs>),
+        Up(crate::up::UpArgs),
+        #[command(flatten)]
+        Client(ClientCommand),
+    }
+
+    #[test]
+    fn command_line_shape() {
+        TestCli::command().debug_assert();
+        let cli = TestCli::try_parse_from(["keel", "status", "--addr", "10.0.0.1:7101", "--output", "json"]).unwrap();
+        assert!(matches!(cli.command, TestCommand::Client(ClientCommand::Status)));
+        assert_eq!(cli.client.addr, "10.0.0.1:7101");
+        assert_eq!(cli.client.output, OutputFormat::Json);
+
+        let cli = TestCli::try_parse_from(["keel", "members", "remove", "4", "--force", "--timeout-ms", "10"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            TestCommand::Client(ClientCommand::Members(MembersCommand::Remove { id: 4, force: true }))
+        ));
+        assert_eq!(cli.client.timeout_ms, 10);
+
+        let cli = TestCli::try_parse_from(["keel", "maintenance", "on", "--admin-token", "t"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            TestCommand::Client(ClientCommand::Maintenance { state: OnOff::On })
+        ));
+        assert_eq!(cli.client.admin_token.as_ref().map(Secret::expose), Some("t"));
+
+        let cli = TestCli::try_parse_from(["keel", "up", "--nodes", "5", "--", "--heartbeat-ms", "50"]).unwrap();
+        let TestCommand::Up(up) = cli.command else {
+            panic!("not up")
+        };
+        assert_eq!(
+            (up.nodes, up.serve_args),
+            (5, vec!["--heartbeat-ms".to_string(), "50".to_string()])
+        );
+        assert!(TestCli::try_parse_from(["keel", "up", "--nodes", "10"]).is_err());
+
+        // `serve` has its own `--admin-token`; the global one must not clash with it.
+        let cli = TestCli::try_parse_from(["keel", "serve", "--id", "1", "--admin-token", "s"]).unwrap();
+        let TestCommand::Serve(serve) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(serve.admin_token.as_ref().map(Secret::expose), Some("s"));
+        assert!(format!("{:?}", cli.client).contains("***"));
+    }
+
+    /// A tiny HTTP server answering fixed JSON per path, for end-to-end runs of [`run`].
+    async fn mock(routes: Vec<(&'static str, u16, String)>) -> String {
+        use axum::http::StatusCode as S;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let routes: Vec<(String, u16, String)> = routes
+            .into_iter()
+            .map(|(p, s, b)| (p.to_string(), s, b.replace("SELF", &addr)))
+            .collect();
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+            let routes = routes.clone();
+            async move {
+                match routes.iter().find(|(p, _, _)| *p == uri.path()) {
+                    Some((_, status, body)) => (S::from_u16(*status).unwrap(), body.clone()),
+                    None => (
+                        S::NOT_FOUND,
+                        r#"{"error":{"code":"not_found","message":"no route"}}"#.to_string(),
+                    ),
+                }
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    }
+
+    fn opts(addr: &str) -> ClientOpts {
+        ClientOpts {
+            addr: addr.to_string(),
+            admin_token: None,
+            output: OutputFormat::Table,
+            timeout_ms: 2000,
+        }
+    }
+
+    #[tokio::test]
+    async fn run_against_mock_node() {
+        let cluster = r#"{"cluster_id":"abc","leader":1,"term":3,"primary":{"node":1,"epoch":2},"maintenance":false,
+            "members":[{"id":1,"api_addr":"SELF","peer_addr":"x","voter":true,"reachable":true,"tags":{}},
+                       {"id":2,"api_addr":"127.0.0.1:1","peer_addr":"y","voter":true,"reachable":false,"tags":{}}]}"#;
+        let status = r#"{"node_id":1,"role":"primary","raft":{"state":"leader","term":3,"leader":1,"last_applied":5}}"#;
+        let addr = mock(vec![
+            ("/v1/cluster", 200, cluster.to_string()),
+            ("/v1/status", 200, status.to_string()),
+            ("/v1/history", 200, r#"{"history":[]}"#.to_string()),
+            ("/v1/maintenance", 503, "overloaded".to_string()),
+        ])
+        .await;
+        let o = opts(&addr);
+        // Node 2 (a voter) is unreachable: degraded.
+        assert_eq!(run(ClientCommand::Status, &o).await.unwrap(), 1);
+        assert_eq!(run(ClientCommand::History, &o).await.unwrap(), 0);
+        assert_eq!(
+            run(ClientCommand::Members(MembersCommand::Promote { id: 9 }), &o)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            run(ClientCommand::Maintenance { state: OnOff::On }, &o).await.unwrap(),
+            1
+        );
+        let json_opts = ClientOpts {
+            output: OutputFormat::Json,
+            ..o
+        };
+        assert_eq!(run(ClientCommand::Status, &json_opts).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn run_unreachable() {
+        // Bind then drop to get a port nothing listens on.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        let o = opts(&addr);
+        assert_eq!(run(ClientCommand::Status, &o).await.unwrap(), 2);
+        assert_eq!(run(ClientCommand::History, &o).await.unwrap(), 1);
+        assert!(run(ClientCommand::Status, &opts("https://x")).await.is_err());
+    }
+}

@@ -1,0 +1,18 @@
+//! keel-node: the Keel daemon and CLI.
+//!
+//! Owns configuration ([`config::Config`]), the node life cycle ([`node::Node::start`] →
+//! [`node::NodeHandle`]), the HTTP API ([`api`]), the peer listener ([`peer`]), admin
+//! operations routed to the coordinator ([`admin`]), and the CLI: the client commands
+//! ([`cli`]) and the local-cluster launcher `keel up` ([`up`]).
+
+pub mod admin;
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod join;
+pub mod node;
+pub mod peer;
+pub mod serve;
+pub mod up;
+pub mod util;

@@ -1,0 +1,54 @@
+//! `keel`: the Keel daemon (`keel serve`), a local cluster in one command (`keel up`), and
+//! the admin CLI over the HTTP API.
+
+use clap::{Parser, Subcommand};
+use keel_node::cli::{self, ClientCommand, ClientOpts};
+use keel_node::config::ServeArgs;
+use keel_node::{serve, up};
+
+/// Keel: a high-availability cluster manager.
+#[derive(Parser)]
+#[command(name = "keel", version, about, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    client: ClientOpts,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a Keel node
+    Serve(Box<ServeArgs>),
+    /// Start a local cluster of child processes (default three nodes) and stream their logs
+    Up(up::UpArgs),
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let res = rt.block_on(async move {
+        match cli.command {
+            Cmd::Serve(a) => serve::run(*a).await,
+            Cmd::Up(a) => up::run(a).await,
+            Cmd::Client(c) => cli::run(c, &cli.client).await,
+        }
+    });
+    // Don't wait for stray blocking tasks (e.g. a stdin reader) on the way out.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match res {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The peer listener (`--peer-addr`): openraft RPCs, pings, and admin operations forwarded to
+//! the coordinator. Everything here requires the cluster token when one is configured, and
+//! refuses requests from another cluster (`Keel-Cluster-Id` differs) with 409.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use keel_raft::network::{CLUSTER_ID_HEADER, NODE_ID_HEADER};
+use keel_raft::server::{decode_body, encoded, raft_router};
+use keel_raft::NodeId;
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::admin::{self, AdminOp};
+use crate::node::Node;
+use crate::util::bearer_matches;
+
+/// Largest peer request: Raft snapshot chunks are up to 3 MiB by openraft's default.
+pub const PEER_MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// Answer to `/peer/ping`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ping {
+    pub node_id: NodeId,
+    pub cluster_id: Option<String>,
+}
+
+pub fn router(node: Arc<Node>) -> Router {
+    let timeout = Duration::from_millis(node.config.request_timeout_ms);
+    Router::new()
+        .route("/peer/ping", post(ping))
+        .route("/peer/admin", post(admin_op))
+        .with_state(node.clone())
+        .merge(raft_router(node.raft.clone()))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "no such peer endpoint") })
+        .layer(middleware::from_fn_with_state(node, guard))
+        .layer(middleware::from_fn(move |req, next| {
+            crate::api::timeout_mw(timeout, req, next)
+        }))
+        .layer(DefaultBodyLimit::max(PEER_MAX_BODY))
+}
+
+/// Cluster token and cluster id checks, before any handler runs.
+async fn guard(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    if let Some(token) = &node.config.cluster_token {
+        let auth = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if !bearer_matches(auth, token.expose()) {
+            return (StatusCode::UNAUTHORIZED, "missing or wrong cluster token").into_response();
+        }
+    }
+    let theirs = req
+        .headers()
+        .get(CLUSTER_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let ours = node.view().state.cluster_id.clone();
+    if let (Some(theirs), Some(ours)) = (theirs, ours) {
+        if theirs != ours {
+            let from = req
+                .headers()
+                .get(NODE_ID_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("?")
+                .to_string();
+            warn!(from, their_cluster = %theirs, our_cluster = %ours, "refused a peer of another cluster: its data dir belongs to a different cluster");
+            return (
+                StatusCode::CONFLICT,
+                format!("cluster id mismatch: this node is in cluster {ours}, the request came from cluster {theirs} (node {from}); a data dir of another cluster cannot join"),
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn ping(State(node): State<Arc<Node>>) -> Response {
+    encoded(&Ping {
+        node_id: node.id,
+        cluster_id: node.view().state.cluster_id.clone(),
+    })
+}
+
+/// Runs an admin operation here, only if this node leads (never forwards again).
+async fn admin_op(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    match decode_body::<AdminOp>(&body) {
+        Ok(op) => encoded(&admin::execute(&node, op).await),
+        Err(r) => r,
+    }
+}

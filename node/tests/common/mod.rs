@@ -1,0 +1,301 @@
+//! Shared fixture for multi-process tests: real `keel serve` processes on loopback.
+//!
+//! Each cluster picks its own random 127.x.y.1 address, so tests running in parallel (one
+//! process each under nextest) cannot collide on ports, and ports are found by binding to
+//! port 0. Every child is killed when the fixture drops, so no process outlives its test.
+//! Waits poll observable state until a deadline; there are no fixed sleeps.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const KEEL: &str = env!("CARGO_BIN_EXE_keel");
+
+/// A loopback address of its own for this test process.
+pub fn test_ip() -> String {
+    let r: u32 = rand::random();
+    format!("127.{}.{}.1", 1 + (r % 250), 1 + ((r >> 8) % 250))
+}
+
+pub fn free_port(ip: &str) -> u16 {
+    let l = TcpListener::bind(format!("{ip}:0")).expect("bind port 0");
+    l.local_addr().unwrap().port()
+}
+
+pub struct TestNode {
+    pub id: u64,
+    pub api: SocketAddr,
+    pub peer: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+    pub extra: Vec<String>,
+}
+
+impl TestNode {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub ip: String,
+    pub nodes: Vec<TestNode>,
+    /// Flags added to every node (tokens, timings).
+    pub common: Vec<String>,
+    pub http: reqwest::Client,
+}
+
+impl Cluster {
+    /// Lay out `n` nodes (ids 1..=n) without starting them.
+    pub fn new(n: u64, common: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ip = test_ip();
+        let mut c = Cluster {
+            dir,
+            ip,
+            nodes: Vec::new(),
+            common: common.iter().map(|s| s.to_string()).collect(),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+        };
+        for _ in 0..n {
+            c.add_node();
+        }
+        c
+    }
+
+    /// Lay out one more node (not started, not in `--peers` of the others).
+    pub fn add_node(&mut self) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        let api = format!("{}:{}", self.ip, free_port(&self.ip)).parse().unwrap();
+        let peer = format!("{}:{}", self.ip, free_port(&self.ip)).parse().unwrap();
+        let data_dir = self.dir.path().join(format!("node-{id}"));
+        let log = self.dir.path().join(format!("node-{id}.log"));
+        self.nodes.push(TestNode {
+            id,
+            api,
+            peer,
+            data_dir,
+            log,
+            child: None,
+            extra: Vec::new(),
+        });
+        id
+    }
+
+    /// `--peers` value for the first `n` nodes.
+    pub fn peers(&self, n: usize) -> String {
+        self.nodes[..n]
+            .iter()
+            .map(|x| format!("{}={}", x.id, x.peer))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn node(&self, id: u64) -> &TestNode {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut TestNode {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// The `keel serve` arguments of node `id`, bootstrapping from the first `peers` nodes.
+    pub fn serve_args(&self, id: u64, peers: Option<usize>) -> Vec<String> {
+        let n = self.node(id);
+        let mut a: Vec<String> = vec![
+            "serve".into(),
+            "--id".into(),
+            id.to_string(),
+            "--api-addr".into(),
+            n.api.to_string(),
+            "--peer-addr".into(),
+            n.peer.to_string(),
+            "--data-dir".into(),
+            n.data_dir.display().to_string(),
+        ];
+        if let Some(p) = peers {
+            a.push("--peers".into());
+            a.push(self.peers(p));
+        }
+        a.extend(self.common.iter().cloned());
+        a.extend(n.extra.iter().cloned());
+        a
+    }
+
+    /// Start node `id` with `--peers` listing the first `peers` nodes (all nodes when `None`).
+    pub fn start(&mut self, id: u64) {
+        let n = self.nodes.len();
+        let args = self.serve_args(id, Some(n));
+        self.spawn(id, args);
+    }
+
+    /// Start node `id` with arbitrary serve arguments.
+    pub fn spawn(&mut self, id: u64, args: Vec<String>) {
+        let node = self.node_mut(id);
+        assert!(node.child.is_none(), "node {id} already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .unwrap();
+        let child = Command::new(KEEL)
+            .args(&args)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn keel");
+        node.child = Some(child);
+    }
+
+    pub fn start_all(&mut self) {
+        for id in 1..=self.nodes.len() as u64 {
+            self.start(id);
+        }
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.node_mut(id).child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub fn stop(&mut self, id: u64) -> Option<i32> {
+        let mut c = self.node_mut(id).child.take()?;
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(s)) = c.try_wait() {
+                return s.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.node(id).log).unwrap_or_default()
+    }
+
+    pub async fn get(&self, id: u64, path: &str) -> Option<Value> {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.node(id).url()))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
+    pub async fn status(&self, id: u64) -> Option<Value> {
+        self.get(id, "/v1/status").await
+    }
+
+    /// Wait until `f` returns Some, polling every 50 ms, or panic with `what` after `timeout`.
+    pub async fn wait_for<T, F, Fut>(&self, timeout: Duration, what: &str, mut f: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            if Instant::now() > deadline {
+                self.dump_logs();
+                panic!("timed out after {timeout:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until all of `ids` agree on one leader (that is one of them) and report three
+    /// agreeing terms; returns the leader.
+    pub async fn wait_leader(&self, ids: &[u64], timeout: Duration) -> u64 {
+        self.wait_for(timeout, "a leader agreed by all running nodes", || async {
+            let mut leader = None;
+            for id in ids {
+                let s = self.status(*id).await?;
+                let l = s["raft"]["leader"].as_u64()?;
+                if leader.is_some_and(|x| x != l) {
+                    return None;
+                }
+                leader = Some(l);
+            }
+            leader.filter(|l| ids.contains(l))
+        })
+        .await
+    }
+
+    /// Run the `keel` CLI.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(KEEL)
+            .args(args)
+            .env_remove("KEEL_ADDR")
+            .env_remove("KEEL_ADMIN_TOKEN")
+            .output()
+            .expect("run keel")
+    }
+
+    pub fn dump_logs(&self) {
+        for n in &self.nodes {
+            let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            eprintln!("----- node {} log (last 40 lines) -----\n{}", n.id, tail.join("\n"));
+        }
+    }
+
+    pub fn data_dir(&self, id: u64) -> &Path {
+        &self.node(id).data_dir
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

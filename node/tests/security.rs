@@ -1,0 +1,205 @@
+//! Acceptance 5: tokens, malformed and oversized input, garbage bytes.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(15);
+
+async fn error_code(r: reqwest::Response) -> (u16, String) {
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    (
+        status,
+        v["error"]["code"]
+            .as_str()
+            .unwrap_or("<not the JSON error format>")
+            .to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_limits_and_garbage() {
+    let mut c = Cluster::new(
+        3,
+        &[
+            "--cluster-token",
+            "peer-secret",
+            "--admin-token",
+            "admin-secret",
+            "--max-body-bytes",
+            "65536",
+        ],
+    );
+    c.start_all();
+    c.wait_leader(&[1, 2, 3], T).await;
+    let api = c.node(1).url();
+    let peer = format!("http://{}", c.node(1).peer);
+
+    // Peer endpoints: 401 without the cluster token, and with a wrong one.
+    for path in ["/peer/raft/vote", "/peer/raft/append", "/peer/ping", "/peer/admin"] {
+        let r = c
+            .http
+            .post(format!("{peer}{path}"))
+            .body(vec![1u8, 0])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path} without token");
+        let r = c
+            .http
+            .post(format!("{peer}{path}"))
+            .bearer_auth("wrong")
+            .body(vec![1u8, 0])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path} with a wrong token");
+    }
+    // With the token but a garbage body: 400, not a crash.
+    let r = c
+        .http
+        .post(format!("{peer}/peer/raft/vote"))
+        .bearer_auth("peer-secret")
+        .body(vec![1u8, 0xff])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Mutating admin endpoints: 401 without the admin token; reads stay open.
+    let r = c
+        .http
+        .put(format!("{api}/v1/maintenance"))
+        .json(&serde_json::json!({"enabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (401, "unauthorized".into()));
+    let r = c.http.delete(format!("{api}/v1/members/3")).send().await.unwrap();
+    assert_eq!(error_code(r).await, (401, "unauthorized".into()));
+    let r = c.http.get(format!("{api}/v1/cluster")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .http
+        .put(format!("{api}/v1/maintenance"))
+        .bearer_auth("admin-secret")
+        .json(&serde_json::json!({"enabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The CLI passes the token too.
+    let out = c.cli(&["maintenance", "off", "--addr", &api, "--admin-token", "admin-secret"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = c.cli(&["maintenance", "off", "--addr", &api]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("admin token"), "{}", stderr(&out));
+
+    // Malformed JSON: 400 in the error format; unknown fields too.
+    for body in [
+        "{not json",
+        "{\"enabled\": \"yes\"}",
+        "{\"enabled\": true, \"extra\": 1}",
+        "",
+    ] {
+        let r = c
+            .http
+            .put(format!("{api}/v1/maintenance"))
+            .bearer_auth("admin-secret")
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_code(r).await, (400, "bad_request".into()), "body {body:?}");
+    }
+    // Oversized body: 413 in the error format, declared or chunked.
+    let big = vec![b'x'; 200_000];
+    let r = c
+        .http
+        .post(format!("{api}/v1/members"))
+        .bearer_auth("admin-secret")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (413, "too_large".into()));
+    let chunked = raw_chunked_post(c.node(1).api, "/v1/members", "admin-secret", &big);
+    assert!(chunked.starts_with("HTTP/1.1 413"), "chunked oversized body: {chunked}");
+    assert!(chunked.contains("too_large"), "{chunked}");
+    // Unknown endpoint: JSON 404; bad id: 400.
+    let r = c.http.get(format!("{api}/v1/nope")).send().await.unwrap();
+    assert_eq!(error_code(r).await, (404, "not_found".into()));
+    let r = c
+        .http
+        .post(format!("{api}/v1/members/abc/promote"))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (400, "bad_request".into()));
+
+    // A burst of garbage bytes on both ports of every node.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for n in &c.nodes {
+        for addr in [n.api, n.peer] {
+            for i in 0..20 {
+                let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+                    continue;
+                };
+                let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
+                let mut junk = vec![0u8; 512 + i * 97];
+                for b in junk.iter_mut() {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    *b = seed as u8;
+                }
+                if i % 3 == 0 {
+                    junk.splice(
+                        0..0,
+                        b"POST /v1/members HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n"
+                            .iter()
+                            .copied(),
+                    );
+                }
+                let _ = s.write_all(&junk);
+                let mut buf = [0u8; 256];
+                let _ = s.read(&mut buf);
+            }
+        }
+    }
+    for id in 1..=3u64 {
+        let r = c.http.get(format!("{}/health", c.node(id).url())).send().await.unwrap();
+        assert_eq!(r.status(), 200, "node {id} unhealthy after garbage");
+    }
+    c.wait_leader(&[1, 2, 3], T).await;
+}
+
+/// A chunked (no Content-Length) POST over a raw socket; returns the response head and body.
+fn raw_chunked_post(addr: std::net::SocketAddr, path: &str, token: &str, body: &[u8]) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    let _ = s.write_all(head.as_bytes());
+    for chunk in body.chunks(8192) {
+        if s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).is_err()
+            || s.write_all(chunk).is_err()
+            || s.write_all(b"\r\n").is_err()
+        {
+            break; // the server may answer and close early
+        }
+    }
+    let _ = s.write_all(b"0\r\n\r\n");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
