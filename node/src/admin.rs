@@ -37,6 +37,10 @@ pub enum AdminOp {
         id: NodeId,
         force: bool,
     },
+    Switchover { to: Option<NodeId> },
+    Failover { to: NodeId, force: bool },
+    /// Renew the lease of `node` for `epoch` (sent by the primary every lease/3).
+    Lease { node: NodeId, epoch: u64 },
 }
 
 /// A member as the API shows it.
@@ -55,6 +59,8 @@ pub enum AdminReply {
     Applied(Response),
     Member(MemberView),
     Removed(NodeId),
+    Promoted(crate::primary::Promoted),
+    Granted,
 }
 
 /// How long a learner may take to catch up before `promote` gives up.
@@ -144,6 +150,9 @@ pub async fn execute(node: &Node, op: AdminOp) -> Result<AdminReply, ApiError> {
         } => add_member(node, id, api_addr, peer_addr).await,
         AdminOp::PromoteMember { id } => promote_member(node, id).await,
         AdminOp::RemoveMember { id, force } => remove_member(node, id, force).await,
+        AdminOp::Switchover { to } => crate::primary::switchover(node, to).await.map(AdminReply::Promoted),
+        AdminOp::Failover { to, force } => crate::primary::failover(node, to, force).await.map(AdminReply::Promoted),
+        AdminOp::Lease { node: who, epoch } => node.coordinator.grant(node, who, epoch).await.map(|()| AdminReply::Granted),
     }
 }
 

@@ -41,6 +41,12 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/members/{id}/promote", post(members_promote))
         .route("/v1/history", get(history))
         .route("/v1/maintenance", put(maintenance))
+        .route("/v1/switchover", post(switchover))
+        .route("/v1/failover", post(failover))
+        .route("/v1/config", axum::routing::patch(patch_config))
+        .route("/primary", get(probe_primary))
+        .route("/replica", get(probe_replica))
+        .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::not_found("no such endpoint; see the API reference in README.md") })
@@ -176,7 +182,11 @@ pub fn role(node: &Node) -> &'static str {
         return "candidate";
     }
     match node.view().state.primary {
-        Some(p) if p.node == node.id => "primary",
+        Some(p) if p.node == node.id => match node.lease.valid_epoch() {
+            Some(e) if e == p.epoch => "primary",
+            // Named primary in the (possibly stale) state, but no valid lease: not writing.
+            _ => "fenced",
+        },
         _ => "replica",
     }
 }
@@ -197,7 +207,9 @@ async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
             "voter": voter,
         },
         "primary": view.state.primary,
-        "lease_remaining_ms": Value::Null,
+        "lease_remaining_ms": node.lease.remaining().map(|d| d.as_millis() as u64),
+        "failover_blocked": node.coordinator.blocked_reason(),
+        "hook": node.hook.status(),
         "maintenance": view.state.maintenance,
         "cluster_id": view.state.cluster_id,
         "api_addr": node.config.advertise_api_addr,
@@ -231,6 +243,7 @@ async fn cluster(State(node): State<Arc<Node>>) -> Json<Value> {
         "primary": view.state.primary,
         "maintenance": view.state.maintenance,
         "config": view.state.config,
+        "failover_blocked": node.coordinator.blocked_reason(),
     }))
 }
 
@@ -308,6 +321,152 @@ async fn maintenance(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRej
     )
     .await?;
     Ok(Json(json!({ "maintenance": req.enabled })).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SwitchoverReq {
+    to: Option<NodeId>,
+}
+
+fn promoted(reply: AdminReply) -> ApiResult {
+    match reply {
+        AdminReply::Promoted(p) => Ok(Json(json!({ "from": p.from, "to": p.to, "epoch": p.epoch })).into_response()),
+        other => Err(ApiError::internal(format!("unexpected reply {other:?}"))),
+    }
+}
+
+async fn switchover(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let bytes = body_bytes(body)?;
+    let req: SwitchoverReq = if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        SwitchoverReq::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?
+    };
+    promoted(admin::submit(&node, AdminOp::Switchover { to: req.to }, admin_timeout(&node)).await?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailoverReq {
+    to: NodeId,
+    #[serde(default)]
+    force: bool,
+}
+
+async fn failover(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let req: FailoverReq = parse_json(body)?;
+    promoted(admin::submit(&node, AdminOp::Failover { to: req.to, force: req.force }, admin_timeout(&node)).await?)
+}
+
+/// A partial update of the dynamic config; the result is validated as a whole.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigPatch {
+    lease_ms: Option<u64>,
+    failover_timeout_ms: Option<u64>,
+    min_failover_interval_ms: Option<u64>,
+    replication_mode: Option<keel_raft::state::ReplicationMode>,
+    min_acks: Option<u32>,
+    max_lag_on_failover: Option<u64>,
+}
+
+/// Check a dynamic config against this node's Raft timings (raft/DESIGN.md, "Fencing").
+pub fn validate_dynamic(c: &keel_raft::state::DynamicConfig, election_timeout_max_ms: u64) -> Result<(), String> {
+    if c.lease_ms < 50 {
+        return Err(format!("lease_ms = {} is too short (minimum 50)", c.lease_ms));
+    }
+    if c.failover_timeout_ms * 2 < c.lease_ms * 3 {
+        return Err(format!(
+            "failover_timeout_ms = {} must be at least 1.5 x lease_ms = {}",
+            c.failover_timeout_ms,
+            c.lease_ms * 3 / 2
+        ));
+    }
+    if c.lease_ms * 4 > election_timeout_max_ms * 3 {
+        // Not unsafe (the node caps its lease at 3/4 of election_timeout_max), but say so.
+        return Err(format!(
+            "lease_ms = {} exceeds 3/4 of election_timeout_max_ms = {election_timeout_max_ms}; the lease must end before followers may vote again",
+            c.lease_ms
+        ));
+    }
+    if c.min_acks == 0 {
+        return Err("min_acks must be at least 1".into());
+    }
+    Ok(())
+}
+
+async fn patch_config(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let p: ConfigPatch = parse_json(body)?;
+    let mut c = node.view().state.config.clone();
+    if let Some(v) = p.lease_ms {
+        c.lease_ms = v;
+    }
+    if let Some(v) = p.failover_timeout_ms {
+        c.failover_timeout_ms = v;
+    }
+    if let Some(v) = p.min_failover_interval_ms {
+        c.min_failover_interval_ms = v;
+    }
+    if let Some(v) = p.replication_mode {
+        c.replication_mode = v;
+    }
+    if let Some(v) = p.min_acks {
+        c.min_acks = v;
+    }
+    if let Some(v) = p.max_lag_on_failover {
+        c.max_lag_on_failover = v;
+    }
+    validate_dynamic(&c, node.config.raft.election_timeout_max_ms).map_err(ApiError::bad_request)?;
+    admin::submit(&node, AdminOp::Write(Command::SetConfig { config: c.clone() }), admin_timeout(&node)).await?;
+    Ok(Json(json!({ "config": c })).into_response())
+}
+
+/// Load-balancer probe: 200 only on the primary holding a valid lease.
+async fn probe_primary(State(node): State<Arc<Node>>) -> ApiResult {
+    let primary = node.view().state.primary;
+    match (primary, node.lease.valid_epoch()) {
+        (Some(p), Some(e)) if p.node == node.id && p.epoch == e => {
+            Ok(Json(json!({"role": "primary", "epoch": e, "lease_remaining_ms": node.lease.remaining().map(|d| d.as_millis() as u64)})).into_response())
+        }
+        (Some(p), _) if p.node == node.id => {
+            Err(ApiError::unavailable("no_lease", "named primary but holding no valid lease (fenced)"))
+        }
+        (p, _) => Err(ApiError::unavailable(
+            "not_primary",
+            format!("this node is not the primary (primary: {:?})", p.map(|p| p.node)),
+        )),
+    }
+}
+
+/// Load-balancer probe: 200 on a healthy non-primary.
+async fn probe_replica(State(node): State<Arc<Node>>, RawQuery(q): RawQuery) -> ApiResult {
+    let q = parse_query(q);
+    let max_lag_ms = match q.get("max_lag_ms") {
+        Some(v) => Some(v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("max_lag_ms={v:?} is not a number")))?),
+        None => None,
+    };
+    let m = node.metrics();
+    let view = node.view();
+    if view.state.primary.is_some_and(|p| p.node == node.id) {
+        return Err(ApiError::unavailable("is_primary", "this node is the primary"));
+    }
+    if m.membership_config.membership().get_node(&node.id).is_none() {
+        return Err(ApiError::unavailable("not_member", "this node is not a member of a cluster"));
+    }
+    if m.current_leader.is_none() {
+        return Err(ApiError::unavailable("no_leader", "this node does not know a leader"));
+    }
+    // Replication lag is 0 until the datastore exists (replication issue).
+    let lag_ms = 0u64;
+    if max_lag_ms.is_some_and(|max| lag_ms > max) {
+        return Err(ApiError::unavailable("lagging", format!("replication lag {lag_ms} ms over {max_lag_ms:?}")));
+    }
+    Ok(Json(json!({"role": role(&node), "lag_ms": lag_ms})).into_response())
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render(&node)).into_response()
 }
 
 /// 200 when the process is up and its data dir readable.

@@ -24,9 +24,9 @@ pub mod defaults {
     pub const PEER_ADDR: &str = "127.0.0.1:7201";
     /// Parent of the default data dir, which is `keel-data/node-{id}`.
     pub const DATA_DIR_PARENT: &str = "keel-data";
-    pub const HEARTBEAT_MS: u64 = 100;
-    pub const ELECTION_TIMEOUT_MIN_MS: u64 = 400;
-    pub const ELECTION_TIMEOUT_MAX_MS: u64 = 800;
+    pub const HEARTBEAT_MS: u64 = 50;
+    pub const ELECTION_TIMEOUT_MIN_MS: u64 = 200;
+    pub const ELECTION_TIMEOUT_MAX_MS: u64 = 400;
     pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
     /// 2 MiB of value plus 64 KiB of headroom for the request envelope.
     pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024 + 64 * 1024;
@@ -114,15 +114,15 @@ pub struct ServeArgs {
     #[arg(long, env = "KEEL_ROLE_CHANGE_HOOK", value_name = "CMD")]
     pub role_change_hook: Option<String>,
 
-    /// Raft heartbeat interval in ms; at most half of --election-timeout-min-ms [default: 100].
+    /// Raft heartbeat interval in ms; at most half of --election-timeout-min-ms [default: 50].
     #[arg(long, env = "KEEL_HEARTBEAT_MS", value_name = "MS")]
     pub heartbeat_ms: Option<u64>,
 
-    /// Lower bound of the randomised Raft election timeout in ms [default: 400].
+    /// Lower bound of the randomised Raft election timeout in ms [default: 200].
     #[arg(long, env = "KEEL_ELECTION_TIMEOUT_MIN_MS", value_name = "MS")]
     pub election_timeout_min_ms: Option<u64>,
 
-    /// Upper bound of the randomised Raft election timeout in ms, above the minimum [default: 800].
+    /// Upper bound of the randomised Raft election timeout in ms, above the minimum [default: 400].
     #[arg(long, env = "KEEL_ELECTION_TIMEOUT_MAX_MS", value_name = "MS")]
     pub election_timeout_max_ms: Option<u64>,
 
@@ -1084,7 +1084,7 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("keel-data/node-1"));
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.raft, RaftTimings::default());
-        assert_eq!(c.raft.heartbeat_ms, 100);
+        assert_eq!(c.raft.heartbeat_ms, 50);
         assert_eq!(c.request_timeout_ms, 10_000);
         assert_eq!(c.max_body_bytes, 2_162_688);
         assert_eq!(c.replication.mode, ReplicationMode::Async);
@@ -1160,7 +1160,7 @@ mod tests {
         // Defaults.
         assert_eq!(g.branch, "main");
         assert_eq!(g.interval_ms, 60_000);
-        assert_eq!(c.raft.election_timeout_min_ms, 400);
+        assert_eq!(c.raft.election_timeout_min_ms, 200);
         assert_eq!(c.max_body_bytes, defaults::MAX_BODY_BYTES);
         assert_eq!(c.data_dir, PathBuf::from("keel-data/node-3"));
         assert_eq!(c.peer_addr, "127.0.0.1:7203".parse().unwrap());
@@ -1331,7 +1331,7 @@ mod tests {
             ("heartbeat too slow", |a| a.heartbeat_ms = Some(201), "at most half"),
             (
                 "election window empty",
-                |a| a.election_timeout_max_ms = Some(400),
+                |a| a.election_timeout_max_ms = Some(200),
                 "greater than raft.election_timeout_min_ms",
             ),
             (

@@ -30,6 +30,8 @@ use crate::config::Config;
 
 /// A peer counts as reachable when a request to it succeeded this recently.
 pub const REACHABLE_WITHIN: Duration = Duration::from_millis(2000);
+/// Longest a role-change hook may run before it is killed.
+pub const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often followers probe peers they have not heard from (the leader's heartbeats already do).
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -76,6 +78,12 @@ pub struct Node {
     pub peer_bound: SocketAddr,
     /// Set when the node stopped itself because it cannot go on (e.g. refused to join).
     pub fatal: std::sync::Mutex<Option<String>>,
+    /// This node's write lease as primary.
+    pub lease: crate::primary::Lease,
+    /// Coordinator memory (used while this node is the Raft leader).
+    pub coordinator: crate::primary::Coordinator,
+    /// Runs the role-change hook.
+    pub hook: crate::hook::HookRunner,
 }
 
 impl Node {
@@ -108,6 +116,16 @@ impl Node {
             .membership()
             .get_node(&id)
             .map(|n| n.addr.clone())
+    }
+
+    /// After start, this node neither votes nor campaigns for this long (raft/DESIGN.md).
+    pub fn vote_quiet_period(&self) -> Duration {
+        Duration::from_millis(self.config.raft.election_timeout_max_ms)
+    }
+
+    /// Still inside [`Node::vote_quiet_period`].
+    pub fn in_vote_quiet_period(&self) -> bool {
+        self.started.elapsed() < self.vote_quiet_period()
     }
 
     /// Stop the node because it cannot go on; `keel serve` then exits non-zero with `reason`.
@@ -201,6 +219,9 @@ fn raft_config(config: &Config) -> Result<openraft::Config, StartError> {
         // followers that are slightly behind.
         snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
         max_in_snapshot_log_to_keep: 200,
+        // No campaigning until election_timeout_max after start: a restarted node must not
+        // help elect a coordinator while an old lease may still run (raft/DESIGN.md, step 3).
+        enable_elect: false,
         ..Default::default()
     };
     c.validate().map_err(|e| StartError::RaftConfig(e.to_string()))
@@ -250,6 +271,13 @@ impl Node {
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
+        let cancel = CancellationToken::new();
+        let hook = crate::hook::HookRunner::start(
+            config.role_change_hook.clone(),
+            config.id,
+            HOOK_TIMEOUT,
+            cancel.clone(),
+        );
         let node = Arc::new(Node {
             id: config.id,
             config,
@@ -257,10 +285,13 @@ impl Node {
             state,
             peers,
             started: Instant::now(),
-            cancel: CancellationToken::new(),
+            cancel,
             api_bound,
             peer_bound,
             fatal: std::sync::Mutex::new(None),
+            lease: Default::default(),
+            coordinator: Default::default(),
+            hook,
         });
 
         let peer_task = tokio::spawn(serve(
@@ -280,10 +311,22 @@ impl Node {
         if !node.config.peers.is_empty() {
             bootstrap(&node).await?;
         }
+        {
+            let node = node.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(node.vote_quiet_period()).await;
+                node.raft.runtime_config().elect(true);
+                debug!("elections enabled");
+            });
+        }
         let mut background = vec![
             tokio::spawn(announce_task(node.clone())),
             tokio::spawn(probe_task(node.clone())),
             tokio::spawn(leader_duties_task(node.clone())),
+            tokio::spawn(crate::primary::renew_task(node.clone())),
+            tokio::spawn(crate::primary::lease_expiry_task(node.clone())),
+            tokio::spawn(crate::primary::controller_task(node.clone())),
+            tokio::spawn(role_task(node.clone())),
         ];
         if let Some(join) = node.config.join.clone() {
             background.push(tokio::spawn(crate::join::join_task(node.clone(), join)));
@@ -430,4 +473,44 @@ async fn leader_duties_task(node: Arc<Node>) {
 fn random_cluster_id() -> String {
     let v: u128 = rand::random();
     format!("{v:032x}")
+}
+
+/// The role the hook and the logs talk about: `primary` only while holding a lease.
+pub fn hook_role(node: &Node) -> &'static str {
+    match crate::api::role(node) {
+        "primary" => "primary",
+        "learner" => "learner",
+        _ => "replica",
+    }
+}
+
+/// Track role and leader changes: log them, count them, run the role-change hook.
+async fn role_task(node: Arc<Node>) {
+    let mut metrics = node.raft.metrics();
+    let mut state = node.state.clone();
+    let mut lease = node.lease.subscribe();
+    let mut role = hook_role(&node);
+    let mut leader = node.metrics().current_leader;
+    info!(role, "initial role");
+    loop {
+        tokio::select! {
+            _ = node.cancel.cancelled() => return,
+            r = metrics.changed() => if r.is_err() { return },
+            r = state.changed() => if r.is_err() { return },
+            r = lease.changed() => if r.is_err() { return },
+        }
+        let l = node.metrics().current_leader;
+        if l != leader {
+            crate::metrics::leader_changed();
+            leader = l;
+        }
+        let now = hook_role(&node);
+        if now != role {
+            let epoch = node.view().state.epoch();
+            info!(from = role, to = now, epoch, "role changed");
+            crate::metrics::role_changed();
+            node.hook.role_changed(role, now, epoch);
+            role = now;
+        }
+    }
 }

@@ -37,6 +37,8 @@ pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/peer/ping", post(ping))
         .route("/peer/admin", post(admin_op))
+        .route("/peer/lease", post(lease))
+        .route("/peer/stepdown", post(stepdown))
         .with_state(node.clone())
         .merge(raft_router(node.raft.clone()))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such peer endpoint") })
@@ -80,6 +82,11 @@ async fn guard(State(node): State<Arc<Node>>, req: Request, next: Next) -> Respo
                 .into_response();
         }
     }
+    if req.uri().path() == "/peer/raft/vote" && node.in_vote_quiet_period() {
+        // A restarted node has forgotten which leader it acknowledged last; refusing votes
+        // for election_timeout_max keeps that leader's lease promise (raft/DESIGN.md, step 3).
+        return (StatusCode::SERVICE_UNAVAILABLE, "just started: not voting yet").into_response();
+    }
     next.run(req).await
 }
 
@@ -94,6 +101,32 @@ async fn ping(State(node): State<Arc<Node>>) -> Response {
 async fn admin_op(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     match decode_body::<AdminOp>(&body) {
         Ok(op) => encoded(&admin::execute(&node, op).await),
+        Err(r) => r,
+    }
+}
+
+/// A primary renews its lease here (on the coordinator).
+async fn lease(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    match decode_body::<crate::primary::LeaseRequest>(&body) {
+        Ok(req) => {
+            let res = match admin::execute(&node, AdminOp::Lease { node: req.node, epoch: req.epoch }).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            };
+            encoded(&res)
+        }
+        Err(r) => r,
+    }
+}
+
+/// The coordinator tells this (old) primary to stop accepting writes for `epoch` now.
+async fn stepdown(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    match decode_body::<crate::primary::StepDown>(&body) {
+        Ok(req) => {
+            node.lease.drop_now(Some(req.epoch));
+            tracing::info!(epoch = req.epoch, "stepped down at the coordinator's request: writes stopped");
+            encoded(&Ok::<(), crate::error::ApiError>(()))
+        }
         Err(r) => r,
     }
 }

@@ -280,7 +280,7 @@ async fn membership_add_promote_remove() {
         (member(&v, 3)?["reachable"] == Value::Bool(false)).then_some(())
     })
     .await;
-    let out = c.cli(&["members", "remove", "2", "--addr", &url]);
+    let out = c.cli(&["members", "remove", "2", "--addr", &url, "--timeout-ms", "20000"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("quorum"), "{}", stderr(&out));
     let v = c.get(1, "/v1/cluster").await.unwrap();

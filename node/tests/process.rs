@@ -156,7 +156,7 @@ async fn data_dir_of_another_cluster_is_refused() {
         })
         .await;
     assert_eq!(s["cluster_id_mismatch"]["peer"], 3);
-    let s3 = a.status(3).await.unwrap();
+    let s3 = a.wait_for(T, "node 3 answers", || a.status(3)).await;
     assert_ne!(
         s3["cluster_id"].as_str(),
         Some(a_id.as_str()),

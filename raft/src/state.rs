@@ -67,9 +67,11 @@ pub struct DynamicConfig {
 impl Default for DynamicConfig {
     fn default() -> Self {
         DynamicConfig {
-            lease_ms: 1000,
-            failover_timeout_ms: 2000,
-            min_failover_interval_ms: 10_000,
+            // Chosen with the failover benchmark; see raft/DESIGN.md for the constraints
+            // (lease <= 3/4 election_timeout_max, failover timeout > 1.5 x lease).
+            lease_ms: 300,
+            failover_timeout_ms: 600,
+            min_failover_interval_ms: 3_000,
             replication_mode: ReplicationMode::Async,
             min_acks: 1,
             max_lag_on_failover: 1_000_000,

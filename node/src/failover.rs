@@ -1,0 +1,284 @@
+//! The failover controller's decision, as a pure function.
+//!
+//! The coordinator (Raft leader) periodically builds a [`ClusterView`] — what it knows now,
+//! with times as milliseconds on its own monotonic clock — and calls [`decide`]. The caller
+//! carries out the [`Decision`] (commit a `Promote` through Raft) and publishes the reason
+//! when no failover is possible. Nothing here does I/O, so the rules are tested as a table.
+
+use keel_raft::state::{DynamicConfig, PrimaryRecord};
+use keel_raft::NodeId;
+use serde::Serialize;
+
+/// One member as the coordinator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub id: NodeId,
+    pub voter: bool,
+    /// The coordinator heard from it recently.
+    pub reachable: bool,
+    pub nofailover: bool,
+    pub priority: i32,
+    /// Replication position it reported (higher is more advanced); `None` if unknown.
+    pub position: Option<u64>,
+}
+
+/// What the coordinator knows when deciding.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    /// This node (the coordinator).
+    pub me: NodeId,
+    /// Current time (ms, coordinator's monotonic clock).
+    pub now_ms: u64,
+    /// When this node became the coordinator (ms). A new coordinator counts from here.
+    pub leader_since_ms: u64,
+    pub primary: Option<PrimaryRecord>,
+    /// Last time the coordinator granted the current primary's epoch a lease (ms).
+    pub last_renewal_ms: Option<u64>,
+    /// At election, the current primary did not answer a probe (dead or cut off): the fast
+    /// path may promote without waiting `failover_timeout_ms` (see raft/DESIGN.md).
+    pub primary_lost_at_election: bool,
+    pub maintenance: bool,
+    pub config: DynamicConfig,
+    pub members: Vec<Candidate>,
+    /// Last automatic failover committed by this coordinator (ms), for anti-flap.
+    pub last_auto_failover_ms: Option<u64>,
+}
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Decision {
+    /// Nothing to do: the primary is healthy (or this node is not the coordinator).
+    Healthy,
+    /// Commit `Promote { node, epoch, reason }`.
+    Promote { node: NodeId, epoch: u64, reason: String },
+    /// A failover is due but cannot happen; `reason` says why (shown in status).
+    Blocked { reason: String },
+}
+
+/// Decide whether to promote a new primary, and whom.
+pub fn decide(v: &ClusterView) -> Decision {
+    let epoch = v.primary.map(|p| p.epoch).unwrap_or(0) + 1;
+    let reason = match v.primary {
+        None => "no primary yet".to_string(),
+        Some(p) if p.node == v.me => return Decision::Healthy,
+        Some(p) => {
+            let still_member = v.members.iter().any(|m| m.id == p.node && m.voter);
+            let since = v.last_renewal_ms.unwrap_or(0).max(v.leader_since_ms);
+            let silent_ms = v.now_ms.saturating_sub(since);
+            if !still_member {
+                format!("primary {} is no longer a voter", p.node)
+            } else if v.primary_lost_at_election && v.last_renewal_ms.is_none() {
+                format!("primary {} unreachable when coordinator {} was elected", p.node, v.me)
+            } else if silent_ms > v.config.failover_timeout_ms {
+                format!("primary {} did not renew its lease for {silent_ms} ms", p.node)
+            } else {
+                return Decision::Healthy;
+            }
+        }
+    };
+    if v.maintenance {
+        return Decision::Blocked { reason: format!("{reason}; maintenance mode is on: automatic failover is paused") };
+    }
+    if let (Some(last), Some(_)) = (v.last_auto_failover_ms, v.primary) {
+        let since = v.now_ms.saturating_sub(last);
+        if since < v.config.min_failover_interval_ms {
+            return Decision::Blocked {
+                reason: format!(
+                    "{reason}; last automatic failover was {since} ms ago (min_failover_interval_ms = {})",
+                    v.config.min_failover_interval_ms
+                ),
+            };
+        }
+    }
+    match pick(v) {
+        Ok(node) => Decision::Promote { node, epoch, reason },
+        Err(why) => Decision::Blocked { reason: format!("{reason}; no candidate qualifies: {why}") },
+    }
+}
+
+/// Rank candidates: most advanced position, then priority, then the coordinator itself (the
+/// fast path: a primary that is also the Raft leader renews its lease locally), then lowest id.
+fn pick(v: &ClusterView) -> Result<NodeId, String> {
+    let old = v.primary.map(|p| p.node);
+    let best_pos = v.members.iter().filter(|m| m.voter).filter_map(|m| m.position).max().unwrap_or(0);
+    let mut skipped = Vec::new();
+    let mut ok: Vec<&Candidate> = Vec::new();
+    for m in &v.members {
+        let why = if Some(m.id) == old {
+            Some("current primary")
+        } else if !m.voter {
+            Some("learner")
+        } else if m.nofailover {
+            Some("nofailover tag")
+        } else if !m.reachable {
+            Some("unreachable")
+        } else if best_pos.saturating_sub(m.position.unwrap_or(0)) > v.config.max_lag_on_failover {
+            Some("lagging more than max_lag_on_failover")
+        } else {
+            None
+        };
+        match why {
+            Some(w) => skipped.push(format!("{}: {w}", m.id)),
+            None => ok.push(m),
+        }
+    }
+    ok.sort_by_key(|m| {
+        (std::cmp::Reverse(m.position.unwrap_or(0)), std::cmp::Reverse(m.priority), m.id != v.me, m.id)
+    });
+    ok.first().map(|m| m.id).ok_or_else(|| if skipped.is_empty() { "no members".into() } else { skipped.join(", ") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: NodeId) -> Candidate {
+        Candidate { id, voter: true, reachable: true, nofailover: false, priority: 0, position: Some(10) }
+    }
+
+    fn view() -> ClusterView {
+        ClusterView {
+            me: 2,
+            now_ms: 10_000,
+            leader_since_ms: 1_000,
+            primary: Some(PrimaryRecord { node: 1, epoch: 4 }),
+            last_renewal_ms: Some(9_900),
+            primary_lost_at_election: false,
+            maintenance: false,
+            config: DynamicConfig { failover_timeout_ms: 1000, min_failover_interval_ms: 3000, ..Default::default() },
+            members: vec![member(1), member(2), member(3)],
+            last_auto_failover_ms: None,
+        }
+    }
+
+    fn promote(node: NodeId) -> impl Fn(&Decision) -> bool {
+        move |d| matches!(d, Decision::Promote { node: n, epoch: 5, .. } if *n == node)
+    }
+    fn healthy(d: &Decision) -> bool {
+        *d == Decision::Healthy
+    }
+    fn blocked(needle: &'static str) -> impl Fn(&Decision) -> bool {
+        move |d| matches!(d, Decision::Blocked { reason } if reason.contains(needle))
+    }
+
+    #[test]
+    fn decision_table() {
+        type Case = (&'static str, Box<dyn Fn(&mut ClusterView)>, Box<dyn Fn(&Decision) -> bool>);
+        let cases: Vec<Case> = vec![
+            ("renewed recently", Box::new(|_| {}), Box::new(healthy)),
+            ("silent but within timeout", Box::new(|v| v.last_renewal_ms = Some(9_100)), Box::new(healthy)),
+            ("silent past timeout: coordinator preferred", Box::new(|v| v.last_renewal_ms = Some(8_000)), Box::new(promote(2))),
+            (
+                "new coordinator counts from its election",
+                Box::new(|v| {
+                    v.last_renewal_ms = None;
+                    v.leader_since_ms = 9_500;
+                }),
+                Box::new(healthy),
+            ),
+            (
+                "fast path: primary lost at election",
+                Box::new(|v| {
+                    v.last_renewal_ms = None;
+                    v.leader_since_ms = 9_950;
+                    v.primary_lost_at_election = true;
+                }),
+                Box::new(promote(2)),
+            ),
+            (
+                "fast path ignored once the primary renewed",
+                Box::new(|v| v.primary_lost_at_election = true),
+                Box::new(healthy),
+            ),
+            ("I am the primary", Box::new(|v| v.me = 1), Box::new(healthy)),
+            (
+                "no primary yet: promote at once",
+                Box::new(|v| {
+                    v.primary = None;
+                    v.last_auto_failover_ms = Some(9_999);
+                }),
+                Box::new(|d: &Decision| matches!(d, Decision::Promote { node: 2, epoch: 1, .. })),
+            ),
+            (
+                "maintenance blocks",
+                Box::new(|v| {
+                    v.last_renewal_ms = Some(1_000);
+                    v.maintenance = true;
+                }),
+                Box::new(blocked("maintenance")),
+            ),
+            (
+                "anti-flap blocks",
+                Box::new(|v| {
+                    v.last_renewal_ms = Some(1_000);
+                    v.last_auto_failover_ms = Some(8_000);
+                }),
+                Box::new(blocked("min_failover_interval_ms")),
+            ),
+            (
+                "anti-flap expired",
+                Box::new(|v| {
+                    v.last_renewal_ms = Some(1_000);
+                    v.last_auto_failover_ms = Some(5_000);
+                }),
+                Box::new(promote(2)),
+            ),
+            (
+                "most advanced position wins over coordinator",
+                Box::new(|v| {
+                    v.last_renewal_ms = Some(1_000);
+                    v.members[2].position = Some(11);
+                }),
+                Box::new(promote(3)),
+            ),
+            (
+                "priority breaks a position tie",
+                Box::new(|v| {
+                    v.last_renewal_ms = Some(1_000);
+                    v.members[2].priority = 5;
+                }),
+                Box::new(promote(3)),
+            ),
+            (
+                "nofailover and learner skipped",
+                Box::new(|v| {
+                    v.last_renewal_ms = Some(1_000);
+                    v.members[1].nofailover = true;
+                    v.members[2].voter = false;
+                }),
+                Box::new(blocked("2: nofailover tag, 3: learner")),
+            ),
+            (
+                "unreachable skipped",
+                Box::new(|v| {
+                    v.last_renewal_ms = Some(1_000);
+                    v.members[1].reachable = false;
+                }),
+                Box::new(promote(3)),
+            ),
+            (
+                "lagging skipped",
+                Box::new(|v| {
+                    v.last_renewal_ms = Some(1_000);
+                    v.config.max_lag_on_failover = 5;
+                    v.members[0].position = Some(100); // the dead primary was far ahead
+                    v.members[1].position = Some(90);
+                    v.members[2].position = Some(20);
+                }),
+                Box::new(blocked("lagging")),
+            ),
+            (
+                "primary removed from voters",
+                Box::new(|v| v.members[0].voter = false),
+                Box::new(promote(2)),
+            ),
+        ];
+        for (name, setup, check) in cases {
+            let mut v = view();
+            setup(&mut v);
+            let d = decide(&v);
+            assert!(check(&d), "{name}: got {d:?}");
+        }
+    }
+}

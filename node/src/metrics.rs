@@ -1,0 +1,125 @@
+//! Prometheus text exposition for `GET /metrics`, rendered from the node's live state plus a
+//! few process-wide counters. Hand-rendered (a dozen series) rather than through the
+//! `metrics` crates: it keeps the dependency tree small and every series is read from the
+//! same source of truth the API uses.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::node::Node;
+
+static FAILOVERS: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
+static LEADER_CHANGES: AtomicU64 = AtomicU64::new(0);
+static ROLE_CHANGES: AtomicU64 = AtomicU64::new(0);
+
+/// Reason label for a promotion reason text.
+pub fn reason_label(reason: &str) -> &'static str {
+    if reason.starts_with("no primary yet") {
+        "bootstrap"
+    } else if reason.contains("did not renew") {
+        "lease_expired"
+    } else if reason.contains("unreachable when coordinator") {
+        "primary_lost"
+    } else if reason.contains("no longer a voter") {
+        "primary_removed"
+    } else if reason.starts_with("switchover") {
+        "switchover"
+    } else if reason.starts_with("manual failover") {
+        "manual"
+    } else {
+        "other"
+    }
+}
+
+/// Count a promotion committed by this node.
+pub fn failover(reason: &str) {
+    let mut m = FAILOVERS.lock().unwrap_or_else(|e| e.into_inner());
+    *m.entry(reason_label(reason)).or_default() += 1;
+}
+
+pub fn leader_changed() {
+    LEADER_CHANGES.fetch_add(1, Ordering::Relaxed);
+}
+
+pub fn role_changed() {
+    ROLE_CHANGES.fetch_add(1, Ordering::Relaxed);
+}
+
+fn series(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        let _ = writeln!(out, "{name}{labels} {v}");
+    }
+}
+
+/// Render every series.
+pub fn render(node: &Node) -> String {
+    let m = node.metrics();
+    let view = node.view();
+    let role = crate::api::role(node);
+    let mut out = String::new();
+    let roles = ["primary", "replica", "candidate", "learner", "fenced"];
+    let samples: Vec<(String, f64)> =
+        roles.iter().map(|r| (format!("{{role=\"{r}\"}}"), if *r == role { 1.0 } else { 0.0 })).collect();
+    series(&mut out, "keel_role", "gauge", "1 for this node's current role.", &samples);
+    series(&mut out, "keel_epoch", "gauge", "Epoch of the current primary.", &[(String::new(), view.state.epoch() as f64)]);
+    let lease = node.lease.remaining().map(|d| d.as_millis() as f64).unwrap_or(0.0);
+    series(&mut out, "keel_lease_remaining_ms", "gauge", "Milliseconds left on this node's primary lease.", &[(String::new(), lease)]);
+    let failovers = FAILOVERS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut samples: Vec<(String, f64)> = Vec::new();
+    for r in ["bootstrap", "lease_expired", "primary_lost", "primary_removed", "switchover", "manual", "other"] {
+        samples.push((format!("{{reason=\"{r}\"}}"), *failovers.get(r).unwrap_or(&0) as f64));
+    }
+    series(&mut out, "keel_failovers_total", "counter", "Promotions committed by this node as coordinator, by reason.", &samples);
+    series(&mut out, "keel_raft_term", "gauge", "Current Raft term.", &[(String::new(), m.current_term as f64)]);
+    let leader = m.current_leader.map(|l| l as f64).unwrap_or(0.0);
+    series(&mut out, "keel_raft_leader", "gauge", "Id of the Raft leader this node knows (0: none).", &[(String::new(), leader)]);
+    series(
+        &mut out,
+        "keel_raft_leader_changes_total",
+        "counter",
+        "Times this node saw the Raft leader change.",
+        &[(String::new(), LEADER_CHANGES.load(Ordering::Relaxed) as f64)],
+    );
+    series(
+        &mut out,
+        "keel_role_changes_total",
+        "counter",
+        "Times this node's role changed.",
+        &[(String::new(), ROLE_CHANGES.load(Ordering::Relaxed) as f64)],
+    );
+    let applied = m.last_applied.map(|l| l.index as f64).unwrap_or(0.0);
+    series(&mut out, "keel_raft_last_applied", "gauge", "Index of the last applied Raft log entry.", &[(String::new(), applied)]);
+    series(
+        &mut out,
+        "keel_maintenance",
+        "gauge",
+        "1 while maintenance mode (automatic failover paused) is on.",
+        &[(String::new(), if view.state.maintenance { 1.0 } else { 0.0 })],
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_labels() {
+        let cases = [
+            ("no primary yet", "bootstrap"),
+            ("primary 1 did not renew its lease for 900 ms", "lease_expired"),
+            ("primary 1 unreachable when coordinator 2 was elected", "primary_lost"),
+            ("primary 1 is no longer a voter", "primary_removed"),
+            ("switchover from 1 to 2", "switchover"),
+            ("manual failover to 3", "manual"),
+            ("??", "other"),
+        ];
+        for (r, want) in cases {
+            assert_eq!(reason_label(r), want, "{r}");
+        }
+    }
+}

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The test command of Keel: `sudo ./scripts/test.sh` (or `./scripts/test.sh` as root).
+#
+#  1. As root on Debian/Ubuntu, installs the system packages a fresh machine lacks (see scripts/lib.sh);
+#     otherwise only reports them, and the tests that need them skip with a message.
+#  2. Installs cargo-nextest when it is missing.
+#  3. Builds the whole workspace with its tests (the multi-process tests run the `keel` binary).
+#  4. Runs every test with nextest (profile `ci` from .config/nextest.toml when $CI is set) and prints
+#     the wall time. Extra arguments go to `cargo nextest run`, e.g. `./scripts/test.sh -E 'test(up)'`.
+#
+# Exits non-zero when anything fails. Works from any directory and without a terminal.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+
+started=$(date +%s)
+
+# 1. System packages.
+if ! keel_ensure_packages "${KEEL_TEST_PACKAGES[@]}"; then
+    keel_warn "going on without them: tests that need a missing tool skip with a message"
+fi
+
+# 2. Rust and cargo-nextest.
+keel_find_cargo || {
+    keel_no_cargo
+    exit 1
+}
+trap 'keel_give_back_to_sudo_user target .config ${KEEL_USER_TOOLCHAIN:+"$KEEL_USER_TOOLCHAIN"}' EXIT
+if ! cargo nextest --version >/dev/null 2>&1; then
+    keel_log "cargo-nextest is missing; installing it: cargo install cargo-nextest --locked (a few minutes)"
+    cargo install cargo-nextest --locked
+fi
+
+# 3. Build everything, including the test targets and the keel binary they start.
+keel_log "cargo build --workspace --all-targets"
+cargo build --workspace --all-targets
+
+# 4. Run the tests.
+profile=()
+if [ -n "${CI:-}" ]; then
+    profile=(--profile ci)
+fi
+keel_log "cargo nextest run --workspace --no-fail-fast ${profile[*]} $*"
+tests_started=$(date +%s)
+set +e
+cargo nextest run --workspace --no-fail-fast "${profile[@]}" "$@"
+rc=$?
+set -e
+finished=$(date +%s)
+
+keel_log "test suite wall time: $((finished - tests_started)) s (whole script: $((finished - started)) s)"
+if [ "$rc" -ne 0 ]; then
+    printf 'error: tests failed (cargo nextest exit code %s)\n' "$rc" >&2
+fi
+exit "$rc"
