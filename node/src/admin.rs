@@ -37,10 +37,18 @@ pub enum AdminOp {
         id: NodeId,
         force: bool,
     },
-    Switchover { to: Option<NodeId> },
-    Failover { to: NodeId, force: bool },
+    Switchover {
+        to: Option<NodeId>,
+    },
+    Failover {
+        to: NodeId,
+        force: bool,
+    },
     /// Renew the lease of `node` for `epoch` (sent by the primary every lease/3).
-    Lease { node: NodeId, epoch: u64 },
+    Lease {
+        node: NodeId,
+        epoch: u64,
+    },
 }
 
 /// A member as the API shows it.
@@ -151,8 +159,14 @@ pub async fn execute(node: &Node, op: AdminOp) -> Result<AdminReply, ApiError> {
         AdminOp::PromoteMember { id } => promote_member(node, id).await,
         AdminOp::RemoveMember { id, force } => remove_member(node, id, force).await,
         AdminOp::Switchover { to } => crate::primary::switchover(node, to).await.map(AdminReply::Promoted),
-        AdminOp::Failover { to, force } => crate::primary::failover(node, to, force).await.map(AdminReply::Promoted),
-        AdminOp::Lease { node: who, epoch } => node.coordinator.grant(node, who, epoch).await.map(|()| AdminReply::Granted),
+        AdminOp::Failover { to, force } => crate::primary::failover(node, to, force)
+            .await
+            .map(AdminReply::Promoted),
+        AdminOp::Lease { node: who, epoch } => node
+            .coordinator
+            .grant(node, who, epoch)
+            .await
+            .map(|()| AdminReply::Granted),
     }
 }
 

@@ -356,7 +356,17 @@ struct FailoverReq {
 
 async fn failover(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let req: FailoverReq = parse_json(body)?;
-    promoted(admin::submit(&node, AdminOp::Failover { to: req.to, force: req.force }, admin_timeout(&node)).await?)
+    promoted(
+        admin::submit(
+            &node,
+            AdminOp::Failover {
+                to: req.to,
+                force: req.force,
+            },
+            admin_timeout(&node),
+        )
+        .await?,
+    )
 }
 
 /// A partial update of the dynamic config; the result is validated as a whole.
@@ -418,7 +428,12 @@ async fn patch_config(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRe
         c.max_lag_on_failover = v;
     }
     validate_dynamic(&c, node.config.raft.election_timeout_max_ms).map_err(ApiError::bad_request)?;
-    admin::submit(&node, AdminOp::Write(Command::SetConfig { config: c.clone() }), admin_timeout(&node)).await?;
+    admin::submit(
+        &node,
+        AdminOp::Write(Command::SetConfig { config: c.clone() }),
+        admin_timeout(&node),
+    )
+    .await?;
     Ok(Json(json!({ "config": c })).into_response())
 }
 
@@ -443,7 +458,10 @@ async fn probe_primary(State(node): State<Arc<Node>>) -> ApiResult {
 async fn probe_replica(State(node): State<Arc<Node>>, RawQuery(q): RawQuery) -> ApiResult {
     let q = parse_query(q);
     let max_lag_ms = match q.get("max_lag_ms") {
-        Some(v) => Some(v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("max_lag_ms={v:?} is not a number")))?),
+        Some(v) => Some(
+            v.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("max_lag_ms={v:?} is not a number")))?,
+        ),
         None => None,
     };
     let m = node.metrics();
@@ -452,7 +470,10 @@ async fn probe_replica(State(node): State<Arc<Node>>, RawQuery(q): RawQuery) -> 
         return Err(ApiError::unavailable("is_primary", "this node is the primary"));
     }
     if m.membership_config.membership().get_node(&node.id).is_none() {
-        return Err(ApiError::unavailable("not_member", "this node is not a member of a cluster"));
+        return Err(ApiError::unavailable(
+            "not_member",
+            "this node is not a member of a cluster",
+        ));
     }
     if m.current_leader.is_none() {
         return Err(ApiError::unavailable("no_leader", "this node does not know a leader"));
@@ -460,13 +481,20 @@ async fn probe_replica(State(node): State<Arc<Node>>, RawQuery(q): RawQuery) -> 
     // Replication lag is 0 until the datastore exists (replication issue).
     let lag_ms = 0u64;
     if max_lag_ms.is_some_and(|max| lag_ms > max) {
-        return Err(ApiError::unavailable("lagging", format!("replication lag {lag_ms} ms over {max_lag_ms:?}")));
+        return Err(ApiError::unavailable(
+            "lagging",
+            format!("replication lag {lag_ms} ms over {max_lag_ms:?}"),
+        ));
     }
     Ok(Json(json!({"role": role(&node), "lag_ms": lag_ms})).into_response())
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render(&node)).into_response()
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(&node),
+    )
+        .into_response()
 }
 
 /// 200 when the process is up and its data dir readable.

@@ -76,6 +76,21 @@ pub enum ClientCommand {
     Members(MembersCommand),
     /// failover history
     History,
+    /// planned switchover: stop writes on the primary, promote the target (default: best candidate)
+    Switchover {
+        /// node to promote
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// forced failover to a node, for when the primary is dead
+    Failover {
+        /// node to promote
+        #[arg(long)]
+        to: u64,
+        /// promote even though the current primary still renews its lease
+        #[arg(long)]
+        force: bool,
+    },
     /// maintenance on|off
     Maintenance {
         #[arg(value_enum)]
@@ -150,6 +165,16 @@ pub async fn run(cmd: ClientCommand, opts: &ClientOpts) -> anyhow::Result<i32> {
         ClientCommand::Members(members_cmd) => members(&api, members_cmd, opts.output).await,
         ClientCommand::History => history(&api, opts.output).await,
         ClientCommand::Maintenance { state } => maintenance(&api, state, opts.output).await,
+        ClientCommand::Switchover { to } => {
+            let body = match to {
+                Some(t) => json!({"to": t}),
+                None => json!({}),
+            };
+            promotion(&api, "/v1/switchover", body, opts.output).await
+        }
+        ClientCommand::Failover { to, force } => {
+            promotion(&api, "/v1/failover", json!({"to": to, "force": force}), opts.output).await
+        }
     };
     match result {
         Ok(code) => Ok(code),
@@ -676,6 +701,24 @@ async fn maintenance(api: &Api, state: OnOff, output: OutputFormat) -> Result<i3
             let now = answer["maintenance"].as_bool().unwrap_or(enabled);
             print_out(&format!("maintenance {}\n", if now { "on" } else { "off" }));
         }
+    }
+    Ok(EXIT_OK)
+}
+
+async fn promotion(api: &Api, path: &str, body: Value, output: OutputFormat) -> Result<i32, CallError> {
+    let answer = api.call(Method::POST, path, Some(body)).await?;
+    match output {
+        OutputFormat::Json => print_json(&answer),
+        OutputFormat::Table => print_out(&format!(
+            "primary is now node {} (epoch {}), was {}\n",
+            answer["to"],
+            answer["epoch"],
+            if answer["from"].is_null() {
+                "none".to_string()
+            } else {
+                format!("node {}", answer["from"])
+            }
+        )),
     }
     Ok(EXIT_OK)
 }

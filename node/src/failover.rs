@@ -78,7 +78,9 @@ pub fn decide(v: &ClusterView) -> Decision {
         }
     };
     if v.maintenance {
-        return Decision::Blocked { reason: format!("{reason}; maintenance mode is on: automatic failover is paused") };
+        return Decision::Blocked {
+            reason: format!("{reason}; maintenance mode is on: automatic failover is paused"),
+        };
     }
     if let (Some(last), Some(_)) = (v.last_auto_failover_ms, v.primary) {
         let since = v.now_ms.saturating_sub(last);
@@ -93,7 +95,9 @@ pub fn decide(v: &ClusterView) -> Decision {
     }
     match pick(v) {
         Ok(node) => Decision::Promote { node, epoch, reason },
-        Err(why) => Decision::Blocked { reason: format!("{reason}; no candidate qualifies: {why}") },
+        Err(why) => Decision::Blocked {
+            reason: format!("{reason}; no candidate qualifies: {why}"),
+        },
     }
 }
 
@@ -101,7 +105,13 @@ pub fn decide(v: &ClusterView) -> Decision {
 /// fast path: a primary that is also the Raft leader renews its lease locally), then lowest id.
 fn pick(v: &ClusterView) -> Result<NodeId, String> {
     let old = v.primary.map(|p| p.node);
-    let best_pos = v.members.iter().filter(|m| m.voter).filter_map(|m| m.position).max().unwrap_or(0);
+    let best_pos = v
+        .members
+        .iter()
+        .filter(|m| m.voter)
+        .filter_map(|m| m.position)
+        .max()
+        .unwrap_or(0);
     let mut skipped = Vec::new();
     let mut ok: Vec<&Candidate> = Vec::new();
     for m in &v.members {
@@ -124,9 +134,20 @@ fn pick(v: &ClusterView) -> Result<NodeId, String> {
         }
     }
     ok.sort_by_key(|m| {
-        (std::cmp::Reverse(m.position.unwrap_or(0)), std::cmp::Reverse(m.priority), m.id != v.me, m.id)
+        (
+            std::cmp::Reverse(m.position.unwrap_or(0)),
+            std::cmp::Reverse(m.priority),
+            m.id != v.me,
+            m.id,
+        )
     });
-    ok.first().map(|m| m.id).ok_or_else(|| if skipped.is_empty() { "no members".into() } else { skipped.join(", ") })
+    ok.first().map(|m| m.id).ok_or_else(|| {
+        if skipped.is_empty() {
+            "no members".into()
+        } else {
+            skipped.join(", ")
+        }
+    })
 }
 
 #[cfg(test)]
@@ -134,7 +155,14 @@ mod tests {
     use super::*;
 
     fn member(id: NodeId) -> Candidate {
-        Candidate { id, voter: true, reachable: true, nofailover: false, priority: 0, position: Some(10) }
+        Candidate {
+            id,
+            voter: true,
+            reachable: true,
+            nofailover: false,
+            priority: 0,
+            position: Some(10),
+        }
     }
 
     fn view() -> ClusterView {
@@ -146,7 +174,11 @@ mod tests {
             last_renewal_ms: Some(9_900),
             primary_lost_at_election: false,
             maintenance: false,
-            config: DynamicConfig { failover_timeout_ms: 1000, min_failover_interval_ms: 3000, ..Default::default() },
+            config: DynamicConfig {
+                failover_timeout_ms: 1000,
+                min_failover_interval_ms: 3000,
+                ..Default::default()
+            },
             members: vec![member(1), member(2), member(3)],
             last_auto_failover_ms: None,
         }
@@ -164,11 +196,23 @@ mod tests {
 
     #[test]
     fn decision_table() {
-        type Case = (&'static str, Box<dyn Fn(&mut ClusterView)>, Box<dyn Fn(&Decision) -> bool>);
+        type Case = (
+            &'static str,
+            Box<dyn Fn(&mut ClusterView)>,
+            Box<dyn Fn(&Decision) -> bool>,
+        );
         let cases: Vec<Case> = vec![
             ("renewed recently", Box::new(|_| {}), Box::new(healthy)),
-            ("silent but within timeout", Box::new(|v| v.last_renewal_ms = Some(9_100)), Box::new(healthy)),
-            ("silent past timeout: coordinator preferred", Box::new(|v| v.last_renewal_ms = Some(8_000)), Box::new(promote(2))),
+            (
+                "silent but within timeout",
+                Box::new(|v| v.last_renewal_ms = Some(9_100)),
+                Box::new(healthy),
+            ),
+            (
+                "silent past timeout: coordinator preferred",
+                Box::new(|v| v.last_renewal_ms = Some(8_000)),
+                Box::new(promote(2)),
+            ),
             (
                 "new coordinator counts from its election",
                 Box::new(|v| {

@@ -62,21 +62,67 @@ pub fn render(node: &Node) -> String {
     let role = crate::api::role(node);
     let mut out = String::new();
     let roles = ["primary", "replica", "candidate", "learner", "fenced"];
-    let samples: Vec<(String, f64)> =
-        roles.iter().map(|r| (format!("{{role=\"{r}\"}}"), if *r == role { 1.0 } else { 0.0 })).collect();
-    series(&mut out, "keel_role", "gauge", "1 for this node's current role.", &samples);
-    series(&mut out, "keel_epoch", "gauge", "Epoch of the current primary.", &[(String::new(), view.state.epoch() as f64)]);
+    let samples: Vec<(String, f64)> = roles
+        .iter()
+        .map(|r| (format!("{{role=\"{r}\"}}"), if *r == role { 1.0 } else { 0.0 }))
+        .collect();
+    series(
+        &mut out,
+        "keel_role",
+        "gauge",
+        "1 for this node's current role.",
+        &samples,
+    );
+    series(
+        &mut out,
+        "keel_epoch",
+        "gauge",
+        "Epoch of the current primary.",
+        &[(String::new(), view.state.epoch() as f64)],
+    );
     let lease = node.lease.remaining().map(|d| d.as_millis() as f64).unwrap_or(0.0);
-    series(&mut out, "keel_lease_remaining_ms", "gauge", "Milliseconds left on this node's primary lease.", &[(String::new(), lease)]);
+    series(
+        &mut out,
+        "keel_lease_remaining_ms",
+        "gauge",
+        "Milliseconds left on this node's primary lease.",
+        &[(String::new(), lease)],
+    );
     let failovers = FAILOVERS.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut samples: Vec<(String, f64)> = Vec::new();
-    for r in ["bootstrap", "lease_expired", "primary_lost", "primary_removed", "switchover", "manual", "other"] {
+    for r in [
+        "bootstrap",
+        "lease_expired",
+        "primary_lost",
+        "primary_removed",
+        "switchover",
+        "manual",
+        "other",
+    ] {
         samples.push((format!("{{reason=\"{r}\"}}"), *failovers.get(r).unwrap_or(&0) as f64));
     }
-    series(&mut out, "keel_failovers_total", "counter", "Promotions committed by this node as coordinator, by reason.", &samples);
-    series(&mut out, "keel_raft_term", "gauge", "Current Raft term.", &[(String::new(), m.current_term as f64)]);
+    series(
+        &mut out,
+        "keel_failovers_total",
+        "counter",
+        "Promotions committed by this node as coordinator, by reason.",
+        &samples,
+    );
+    series(
+        &mut out,
+        "keel_raft_term",
+        "gauge",
+        "Current Raft term.",
+        &[(String::new(), m.current_term as f64)],
+    );
     let leader = m.current_leader.map(|l| l as f64).unwrap_or(0.0);
-    series(&mut out, "keel_raft_leader", "gauge", "Id of the Raft leader this node knows (0: none).", &[(String::new(), leader)]);
+    series(
+        &mut out,
+        "keel_raft_leader",
+        "gauge",
+        "Id of the Raft leader this node knows (0: none).",
+        &[(String::new(), leader)],
+    );
     series(
         &mut out,
         "keel_raft_leader_changes_total",
@@ -92,7 +138,13 @@ pub fn render(node: &Node) -> String {
         &[(String::new(), ROLE_CHANGES.load(Ordering::Relaxed) as f64)],
     );
     let applied = m.last_applied.map(|l| l.index as f64).unwrap_or(0.0);
-    series(&mut out, "keel_raft_last_applied", "gauge", "Index of the last applied Raft log entry.", &[(String::new(), applied)]);
+    series(
+        &mut out,
+        "keel_raft_last_applied",
+        "gauge",
+        "Index of the last applied Raft log entry.",
+        &[(String::new(), applied)],
+    );
     series(
         &mut out,
         "keel_maintenance",

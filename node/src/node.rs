@@ -272,12 +272,8 @@ impl Node {
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
         let cancel = CancellationToken::new();
-        let hook = crate::hook::HookRunner::start(
-            config.role_change_hook.clone(),
-            config.id,
-            HOOK_TIMEOUT,
-            cancel.clone(),
-        );
+        let hook =
+            crate::hook::HookRunner::start(config.role_change_hook.clone(), config.id, HOOK_TIMEOUT, cancel.clone());
         let node = Arc::new(Node {
             id: config.id,
             config,

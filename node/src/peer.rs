@@ -109,7 +109,15 @@ async fn admin_op(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 async fn lease(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     match decode_body::<crate::primary::LeaseRequest>(&body) {
         Ok(req) => {
-            let res = match admin::execute(&node, AdminOp::Lease { node: req.node, epoch: req.epoch }).await {
+            let res = match admin::execute(
+                &node,
+                AdminOp::Lease {
+                    node: req.node,
+                    epoch: req.epoch,
+                },
+            )
+            .await
+            {
                 Ok(_) => Ok(()),
                 Err(e) => Err(e),
             };
@@ -124,7 +132,10 @@ async fn stepdown(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     match decode_body::<crate::primary::StepDown>(&body) {
         Ok(req) => {
             node.lease.drop_now(Some(req.epoch));
-            tracing::info!(epoch = req.epoch, "stepped down at the coordinator's request: writes stopped");
+            tracing::info!(
+                epoch = req.epoch,
+                "stepped down at the coordinator's request: writes stopped"
+            );
             encoded(&Ok::<(), crate::error::ApiError>(()))
         }
         Err(r) => r,

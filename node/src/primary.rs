@@ -65,7 +65,10 @@ impl Lease {
     }
 
     pub fn remaining(&self) -> Option<Duration> {
-        self.lock().until.map(|u| u.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero())
+        self.lock()
+            .until
+            .map(|u| u.saturating_duration_since(Instant::now()))
+            .filter(|d| !d.is_zero())
     }
 
     fn extend(&self, epoch: u64, until: Instant) -> bool {
@@ -159,7 +162,10 @@ impl Coordinator {
         {
             let c = self.lock();
             if c.refused_epoch == Some(epoch) {
-                return Err(ApiError::conflict("stepped_down", format!("epoch {epoch} is being replaced")));
+                return Err(ApiError::conflict(
+                    "stepped_down",
+                    format!("epoch {epoch} is being replaced"),
+                ));
             }
             if let Some(f) = c.fence_until {
                 if Instant::now() < f {
@@ -252,7 +258,11 @@ async fn renew_once(node: &Node, epoch: u64, lease_len: Duration) {
         Some(l) => match node.peer_addr_of(l) {
             Some(addr) => {
                 let req = LeaseRequest { node: node.id, epoch };
-                match node.peers.call(Some(l), &addr, "/peer/lease", &req, lease_len / 3).await {
+                match node
+                    .peers
+                    .call(Some(l), &addr, "/peer/lease", &req, lease_len / 3)
+                    .await
+                {
                     Ok(r) => r,
                     Err(e) => Err(ApiError::unavailable("coordinator_unreachable", e.to_string())),
                 }
@@ -265,7 +275,11 @@ async fn renew_once(node: &Node, epoch: u64, lease_len: Duration) {
         Ok(()) => {
             let had = node.lease.valid_epoch();
             if node.lease.extend(epoch, sent + lease_len) && had.is_none() {
-                info!(epoch, lease_ms = lease_len.as_millis() as u64, "lease granted: accepting writes as primary");
+                info!(
+                    epoch,
+                    lease_ms = lease_len.as_millis() as u64,
+                    "lease granted: accepting writes as primary"
+                );
             }
         }
         Err(e) => debug!(epoch, error = %e, "lease renewal refused"),
@@ -275,7 +289,11 @@ async fn renew_once(node: &Node, epoch: u64, lease_len: Duration) {
 /// Wake when the lease deadline passes so the role tracker sees the expiry promptly.
 pub async fn lease_expiry_task(node: Arc<Node>) {
     loop {
-        let wait = node.lease.remaining().unwrap_or(Duration::from_millis(50)).max(Duration::from_millis(1));
+        let wait = node
+            .lease
+            .remaining()
+            .unwrap_or(Duration::from_millis(50))
+            .max(Duration::from_millis(1));
         tokio::select! {
             _ = node.cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
@@ -360,7 +378,11 @@ pub async fn controller_task(node: Arc<Node>) {
                 }
                 c.blocked = Some(reason);
             }
-            Decision::Promote { node: to, epoch, reason } => {
+            Decision::Promote {
+                node: to,
+                epoch,
+                reason,
+            } => {
                 let automatic = primary.is_some();
                 match promote(&node, to, epoch, &reason).await {
                     Ok(()) => {
@@ -381,9 +403,13 @@ pub async fn controller_task(node: Arc<Node>) {
 
 /// Is `peer` alive? One quick ping (used only to decide whether to wait, never for safety).
 async fn probe(node: &Node, peer: NodeId) -> bool {
-    let Some(addr) = node.peer_addr_of(peer) else { return false };
-    let r: Result<crate::peer::Ping, _> =
-        node.peers.call(Some(peer), &addr, "/peer/ping", &(), Duration::from_millis(300)).await;
+    let Some(addr) = node.peer_addr_of(peer) else {
+        return false;
+    };
+    let r: Result<crate::peer::Ping, _> = node
+        .peers
+        .call(Some(peer), &addr, "/peer/ping", &(), Duration::from_millis(300))
+        .await;
     r.is_ok()
 }
 
@@ -401,7 +427,16 @@ async fn promote(node: &Node, to: NodeId, epoch: u64, reason: &str) -> Result<()
             }
         }
     }
-    admin::write(node, Request::Promote { node: to, epoch, reason: reason.to_string(), at_ms: unix_ms() }).await?;
+    admin::write(
+        node,
+        Request::Promote {
+            node: to,
+            epoch,
+            reason: reason.to_string(),
+            at_ms: unix_ms(),
+        },
+    )
+    .await?;
     info!(to, epoch, reason, "promoted a new primary");
     Ok(())
 }
@@ -413,13 +448,22 @@ fn check_target(node: &Node, to: NodeId) -> Result<(), ApiError> {
         return Err(ApiError::not_found(format!("no member {to}")));
     };
     if !m.voter {
-        return Err(ApiError::conflict("bad_target", format!("member {to} is a learner; promote it to voter first")));
+        return Err(ApiError::conflict(
+            "bad_target",
+            format!("member {to} is a learner; promote it to voter first"),
+        ));
     }
     if m.tags.nofailover {
-        return Err(ApiError::conflict("bad_target", format!("member {to} has the nofailover tag")));
+        return Err(ApiError::conflict(
+            "bad_target",
+            format!("member {to} has the nofailover tag"),
+        ));
     }
     if !m.reachable {
-        return Err(ApiError::conflict("bad_target", format!("member {to} is unreachable from the coordinator")));
+        return Err(ApiError::conflict(
+            "bad_target",
+            format!("member {to} is unreachable from the coordinator"),
+        ));
     }
     Ok(())
 }
@@ -437,7 +481,10 @@ pub struct Promoted {
 pub async fn switchover(node: &Node, to: Option<NodeId>) -> Result<Promoted, ApiError> {
     let state = node.view().state.clone();
     let Some(old) = state.primary else {
-        return Err(ApiError::conflict("no_primary", "there is no primary to switch over from"));
+        return Err(ApiError::conflict(
+            "no_primary",
+            "there is no primary to switch over from",
+        ));
     };
     let to = match to {
         Some(t) => t,
@@ -447,11 +494,16 @@ pub async fn switchover(node: &Node, to: Option<NodeId>) -> Result<Promoted, Api
                 .filter(|m| m.voter && m.reachable && !m.tags.nofailover && m.id != old.node)
                 .collect();
             c.sort_by_key(|m| (std::cmp::Reverse(m.tags.priority), m.id));
-            c.first().map(|m| m.id).ok_or_else(|| ApiError::conflict("no_candidate", "no member qualifies as target"))?
+            c.first()
+                .map(|m| m.id)
+                .ok_or_else(|| ApiError::conflict("no_candidate", "no member qualifies as target"))?
         }
     };
     if to == old.node {
-        return Err(ApiError::conflict("bad_target", format!("member {to} is already the primary")));
+        return Err(ApiError::conflict(
+            "bad_target",
+            format!("member {to} is already the primary"),
+        ));
     }
     check_target(node, to)?;
     // 1. Stop the old primary: refuse its renewals, ask it to drop its lease now.
@@ -464,7 +516,13 @@ pub async fn switchover(node: &Node, to: Option<NodeId>) -> Result<Promoted, Api
             Some(addr) => {
                 let r: Result<Result<(), ApiError>, _> = node
                     .peers
-                    .call(Some(old.node), &addr, "/peer/stepdown", &StepDown { epoch: old.epoch }, Duration::from_secs(1))
+                    .call(
+                        Some(old.node),
+                        &addr,
+                        "/peer/stepdown",
+                        &StepDown { epoch: old.epoch },
+                        Duration::from_secs(1),
+                    )
                     .await;
                 matches!(r, Ok(Ok(())))
             }
@@ -478,7 +536,11 @@ pub async fn switchover(node: &Node, to: Option<NodeId>) -> Result<Promoted, Api
     if acked {
         node.coordinator.lock().fence_until = None;
     }
-    res.map(|()| Promoted { from: Some(old.node), to, epoch })
+    res.map(|()| Promoted {
+        from: Some(old.node),
+        to,
+        epoch,
+    })
 }
 
 /// Forced failover to `to`, for when the primary is dead. Refused while the primary renews.
@@ -486,7 +548,10 @@ pub async fn failover(node: &Node, to: NodeId, force: bool) -> Result<Promoted, 
     let state = node.view().state.clone();
     check_target(node, to)?;
     if state.primary.is_some_and(|p| p.node == to) {
-        return Err(ApiError::conflict("bad_target", format!("member {to} is already the primary")));
+        return Err(ApiError::conflict(
+            "bad_target",
+            format!("member {to} is already the primary"),
+        ));
     }
     if let (Some(p), Some(since)) = (state.primary, node.coordinator.since_last_grant(state.primary)) {
         if since.as_millis() < state.config.failover_timeout_ms as u128 && !force {

@@ -1,0 +1,334 @@
+//! Primary election, lease fencing and automatic failover, with real processes.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(20);
+
+/// Which nodes answer 200 on `/primary` right now (all polled concurrently).
+async fn primaries(http: &reqwest::Client, urls: &[(u64, String)]) -> Vec<u64> {
+    let mut set = tokio::task::JoinSet::new();
+    for (id, url) in urls.iter().cloned() {
+        let http = http.clone();
+        set.spawn(async move {
+            let r = http
+                .get(format!("{url}/primary"))
+                .timeout(Duration::from_millis(300))
+                .send()
+                .await;
+            (id, r.map(|r| r.status().as_u16() == 200).unwrap_or(false))
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(Ok((id, ok))) = set.join_next().await {
+        if ok {
+            out.push(id);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn urls(c: &Cluster) -> Vec<(u64, String)> {
+    c.nodes.iter().map(|n| (n.id, n.url())).collect()
+}
+
+/// Polls every node's `/primary` every 50 ms in the background and remembers every round in
+/// which more than one node answered 200, and every node seen as primary.
+struct Poller {
+    stop: Arc<AtomicBool>,
+    doubles: Arc<Mutex<Vec<Vec<u64>>>>,
+    seen: Arc<Mutex<Vec<(Duration, Vec<u64>)>>>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl Poller {
+    fn start(c: &Cluster) -> Poller {
+        let stop = Arc::new(AtomicBool::new(false));
+        let doubles: Arc<Mutex<Vec<Vec<u64>>>> = Arc::default();
+        let seen: Arc<Mutex<Vec<(Duration, Vec<u64>)>>> = Arc::default();
+        let (s, d, sn, u, http) = (
+            Arc::clone(&stop),
+            Arc::clone(&doubles),
+            Arc::clone(&seen),
+            urls(c),
+            c.http.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let t0 = Instant::now();
+            let mut rounds = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                let p = primaries(&http, &u).await;
+                rounds += 1;
+                if p.len() > 1 {
+                    d.lock().unwrap().push(p.clone());
+                }
+                sn.lock().unwrap().push((t0.elapsed(), p));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            rounds
+        });
+        Poller {
+            stop,
+            doubles,
+            seen,
+            task,
+        }
+    }
+
+    async fn finish(self) -> (u64, Vec<Vec<u64>>, Vec<(Duration, Vec<u64>)>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let rounds = self.task.await.unwrap();
+        let d = self.doubles.lock().unwrap().clone();
+        let s = self.seen.lock().unwrap().clone();
+        (rounds, d, s)
+    }
+}
+
+async fn wait_single_primary(c: &Cluster, exclude: &[u64]) -> u64 {
+    let u: Vec<(u64, String)> = urls(c).into_iter().filter(|(id, _)| !exclude.contains(id)).collect();
+    c.wait_for(T, "exactly one node answering 200 on /primary", || async {
+        let p = primaries(&c.http, &u).await;
+        (p.len() == 1).then(|| p[0])
+    })
+    .await
+}
+
+async fn epoch(c: &Cluster, id: u64) -> u64 {
+    c.status(id)
+        .await
+        .and_then(|s| s["primary"]["epoch"].as_u64())
+        .unwrap_or(0)
+}
+
+fn hook_cluster(n: u64) -> (Cluster, std::path::PathBuf) {
+    let c = Cluster::new(n, &[]);
+    let dir = c.dir.path().to_path_buf();
+    let script = dir.join("hook.sh");
+    std::fs::write(&script, "#!/bin/sh\necho \"$KEEL_PREVIOUS_ROLE>$KEEL_ROLE@$KEEL_EPOCH\" >> \"$(dirname \"$0\")/hook-$KEEL_NODE_ID.log\"\n").unwrap();
+    let mut c = c;
+    c.common = vec!["--role-change-hook".into(), format!("sh {}", script.display())];
+    (c, dir)
+}
+
+fn hook_lines(dir: &std::path::Path, id: u64) -> Vec<String> {
+    std::fs::read_to_string(dir.join(format!("hook-{id}.log")))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Acceptance 1 and 6: exactly one primary; kill -9 it; another node takes over with epoch + 1,
+/// history says why, and the role-change hook recorded each node's role sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_primary_promotes_another() {
+    let (mut c, dir) = hook_cluster(3);
+    c.start_all();
+    let first = wait_single_primary(&c, &[]).await;
+    let e1 = epoch(&c, first).await;
+    assert!(e1 >= 1);
+    c.wait_for(T, "hook ran on the first primary", || async {
+        hook_lines(&dir, first)
+            .iter()
+            .any(|l| l.ends_with(&format!(">primary@{e1}")))
+            .then_some(())
+    })
+    .await;
+
+    let t0 = Instant::now();
+    c.kill(first);
+    let second = wait_single_primary(&c, &[first]).await;
+    let took = t0.elapsed();
+    println!("kill -9 primary n{first} -> n{second} answers /primary 200 after {took:?}");
+    assert_ne!(second, first);
+    let e2 = epoch(&c, second).await;
+    assert_eq!(e2, e1 + 1, "epoch must go up by one");
+    let h = c.get(second, "/v1/history").await.unwrap();
+    let last = h["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["epoch"], e2);
+    assert_eq!(last["from"], first);
+    assert_eq!(last["to"], second);
+    let reason = last["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("primary {first}")),
+        "reason should name the dead primary: {reason}"
+    );
+
+    c.wait_for(T, "hook ran on the new primary", || async {
+        hook_lines(&dir, second)
+            .contains(&format!("replica>primary@{e2}"))
+            .then_some(())
+    })
+    .await;
+    // Every node's hook saw a consistent sequence: each line starts where the previous ended.
+    for id in 1..=3u64 {
+        let lines = hook_lines(&dir, id);
+        for w in lines.windows(2) {
+            let prev_to = w[0].split('>').nth(1).unwrap().split('@').next().unwrap();
+            let next_from = w[1].split('>').next().unwrap();
+            assert_eq!(prev_to, next_from, "node {id} hook sequence {lines:?}");
+        }
+    }
+    // The old primary comes back as a replica.
+    c.start(first);
+    c.wait_for(T, "old primary back as replica", || async {
+        let s = c.status(first).await?;
+        (s["role"] == "replica").then_some(())
+    })
+    .await;
+    assert_eq!(
+        wait_single_primary(&c, &[]).await,
+        second,
+        "a healthy primary stays primary"
+    );
+}
+
+/// Acceptance 2: SIGSTOP the primary past the failover timeout, SIGCONT: a new primary took
+/// over and the old one never answers 200 again; never two 200s in one poll round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_primary_is_fenced() {
+    let mut c = Cluster::new(3, &[]);
+    c.start_all();
+    let old = wait_single_primary(&c, &[]).await;
+    let poller = Poller::start(&c);
+    let pid = c.node(old).child.as_ref().unwrap().id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let new = wait_single_primary(&c, &[old]).await;
+    // Keep it stopped well past the failover timeout, then resume it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let resumed_at = Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    c.wait_for(T, "resumed node steps down to replica", || async {
+        let s = c.status(old).await?;
+        (s["role"] == "replica").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rounds, doubles, seen) = poller.finish().await;
+    assert!(doubles.is_empty(), "two primaries in one round: {doubles:?}");
+    let resumed_since = resumed_at.elapsed();
+    let end = seen.last().unwrap().0;
+    let old_after_resume = seen
+        .iter()
+        .filter(|(t, p)| *t + resumed_since >= end && p.contains(&old))
+        .count();
+    assert_eq!(old_after_resume, 0, "resumed old primary answered 200");
+    assert_ne!(new, old);
+    println!("{rounds} poll rounds, no double primary");
+}
+
+/// Acceptance 4: with maintenance on, killing the primary promotes nobody and status says why;
+/// with maintenance off, promotion follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_pauses_failover() {
+    let mut c = Cluster::new(3, &[]);
+    c.start_all();
+    let old = wait_single_primary(&c, &[]).await;
+    let e1 = epoch(&c, old).await;
+    let survivor = (1..=3).find(|i| *i != old).unwrap();
+    let out = c.cli(&["maintenance", "on", "--addr", &c.node(survivor).url()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    c.kill(old);
+    let rest: Vec<u64> = (1..=3).filter(|i| *i != old).collect();
+    let reason = c
+        .wait_for(T, "coordinator reports failover blocked by maintenance", || async {
+            for id in &rest {
+                let s = c.status(*id).await?;
+                if let Some(r) = s["failover_blocked"].as_str() {
+                    return Some(r.to_string());
+                }
+            }
+            None
+        })
+        .await;
+    assert!(reason.contains("maintenance"), "{reason}");
+    for id in &rest {
+        assert_eq!(epoch(&c, *id).await, e1, "no promotion during maintenance");
+    }
+    let out = c.cli(&["maintenance", "off", "--addr", &c.node(survivor).url()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let new = wait_single_primary(&c, &[old]).await;
+    assert_ne!(new, old);
+    assert_eq!(epoch(&c, new).await, e1 + 1);
+}
+
+/// Acceptance 5: switchover to a named node with no poll round of two primaries; bad targets
+/// are refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_is_clean_and_validated() {
+    let mut c = Cluster::new(3, &[]);
+    c.start_all();
+    let old = wait_single_primary(&c, &[]).await;
+    let target = (1..=3).find(|i| *i != old).unwrap();
+    let poller = Poller::start(&c);
+    let any = c.node((1..=3).find(|i| *i != target && *i != old).unwrap()).url();
+    let out = c.cli(&["switchover", "--to", &target.to_string(), "--addr", &any]);
+    assert_eq!(out.status.code(), Some(0), "{} {}", stdout(&out), stderr(&out));
+    assert_eq!(wait_single_primary(&c, &[]).await, target);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, doubles, _) = poller.finish().await;
+    assert!(doubles.is_empty(), "two primaries during switchover: {doubles:?}");
+    let h = c.get(1, "/v1/history").await.unwrap();
+    let last = h["history"].as_array().unwrap().last().unwrap().clone();
+    assert!(last["reason"].as_str().unwrap().starts_with("switchover"), "{last}");
+
+    let url = c.node(1).url();
+    let http = c.http.clone();
+    let post = |body: Value| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let r = http
+                .post(format!("{url}/v1/switchover"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap();
+            let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status} {text:?}: {e}"));
+            (status, v["error"]["message"].as_str().unwrap_or("").to_string())
+        }
+    };
+    let (s, m) = post(serde_json::json!({"to": 42})).await;
+    assert_eq!(s, 404, "{m}");
+    let (s, m) = post(serde_json::json!({"to": target})).await;
+    assert_eq!(s, 409);
+    assert!(m.contains("already the primary"), "{m}");
+    let down = old;
+    c.kill(down);
+    c.wait_for(T, "killed node seen unreachable", || async {
+        let v = c.get(target, "/v1/cluster").await?;
+        let m = v["members"].as_array()?.iter().find(|m| m["id"] == down)?.clone();
+        (m["reachable"] == Value::Bool(false)).then_some(())
+    })
+    .await;
+    let (s, m) = post(serde_json::json!({"to": down})).await;
+    assert_eq!(s, 409);
+    assert!(m.contains("unreachable"), "{m}");
+    // A forced failover while the primary is healthy is refused without force.
+    let other = (1..=3).find(|i| *i != target && *i != down).unwrap();
+    let r = c
+        .http
+        .post(format!("{url}/v1/failover"))
+        .json(&serde_json::json!({"to": other}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    assert!(r.text().await.unwrap().contains("renewed its lease"));
+}
