@@ -35,6 +35,9 @@ async fn primaries(http: &reqwest::Client, urls: &[(u64, String)]) -> Vec<u64> {
     out
 }
 
+/// Every poll round: when, and which nodes answered 200.
+type Rounds = Arc<Mutex<Vec<(Duration, Vec<u64>)>>>;
+
 fn urls(c: &Cluster) -> Vec<(u64, String)> {
     c.nodes.iter().map(|n| (n.id, n.url())).collect()
 }
@@ -44,7 +47,7 @@ fn urls(c: &Cluster) -> Vec<(u64, String)> {
 struct Poller {
     stop: Arc<AtomicBool>,
     doubles: Arc<Mutex<Vec<Vec<u64>>>>,
-    seen: Arc<Mutex<Vec<(Duration, Vec<u64>)>>>,
+    seen: Rounds,
     task: tokio::task::JoinHandle<u64>,
 }
 
@@ -52,7 +55,7 @@ impl Poller {
     fn start(c: &Cluster) -> Poller {
         let stop = Arc::new(AtomicBool::new(false));
         let doubles: Arc<Mutex<Vec<Vec<u64>>>> = Arc::default();
-        let seen: Arc<Mutex<Vec<(Duration, Vec<u64>)>>> = Arc::default();
+        let seen: Rounds = Arc::default();
         let (s, d, sn, u, http) = (
             Arc::clone(&stop),
             Arc::clone(&doubles),
