@@ -71,6 +71,9 @@ pub enum AdminReply {
     Granted,
 }
 
+/// A voter counts as live for the quorum check of a removal if heard from this recently.
+const QUORUM_CHECK_WITHIN: Duration = Duration::from_millis(1000);
+
 /// How long a learner may take to catch up before `promote` gives up.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -359,7 +362,14 @@ async fn remove_member(node: &Node, id: NodeId, force: bool) -> Result<AdminRepl
         return Err(ApiError::not_found(format!("no member {id}")));
     };
     let voters: BTreeSet<NodeId> = members.iter().filter(|m| m.voter).map(|m| m.id).collect();
-    let reachable: BTreeSet<NodeId> = members.iter().filter(|m| m.reachable).map(|m| m.id).collect();
+    // Stricter than the displayed `reachable`: the leader hears from live voters every
+    // heartbeat, so a voter silent for a second is counted as down. A removal that needs a
+    // dead voter to commit would leave the cluster stuck in a joint configuration.
+    let reachable: BTreeSet<NodeId> = members
+        .iter()
+        .filter(|m| m.id == node.id || node.health().reachable(m.id, QUORUM_CHECK_WITHIN))
+        .map(|m| m.id)
+        .collect();
     if let Some(risk) = removal_risk(&voters, &reachable, id) {
         if !force || voters.len() == 1 {
             return Err(ApiError::conflict("quorum_at_risk", risk));

@@ -275,9 +275,14 @@ async fn membership_add_promote_remove() {
 
     // Quorum guard: with node 3 down, removing node 2 would leave 1 live voter of 2.
     c.kill(3);
-    c.wait_for(T, "node 3 seen unreachable", || async {
-        let v = c.get(1, "/v1/cluster").await?;
-        (member(&v, 3)?["reachable"] == Value::Bool(false)).then_some(())
+    c.wait_for(T, "node 3 seen unreachable by both live nodes", || async {
+        for id in [1, 2] {
+            let v = c.get(id, "/v1/cluster").await?;
+            if member(&v, 3)?["reachable"] != Value::Bool(false) {
+                return None;
+            }
+        }
+        Some(())
     })
     .await;
     let out = c.cli(&["members", "remove", "2", "--addr", &url, "--timeout-ms", "20000"]);

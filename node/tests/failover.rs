@@ -290,7 +290,8 @@ async fn switchover_is_clean_and_validated() {
     let last = h["history"].as_array().unwrap().last().unwrap().clone();
     assert!(last["reason"].as_str().unwrap().starts_with("switchover"), "{last}");
 
-    let url = c.node(1).url();
+    // Ask the new primary: the old one is killed below.
+    let url = c.node(target).url();
     let http = c.http.clone();
     let post = |body: Value| {
         let (http, url) = (http.clone(), url.clone());
