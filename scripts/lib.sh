@@ -2,6 +2,9 @@
 # Shared helpers for scripts/test.sh and .ci/run. Source it (it only defines functions and lists);
 # the one place that knows which system packages Keel needs and how to install them.
 
+# The lists and KEEL_USER_TOOLCHAIN are read by the scripts that source this file.
+# shellcheck disable=SC2034
+
 # Debian/Ubuntu packages needed to build the workspace: pkg-config and libssl-dev (git2/libgit2 with
 # https, for Git Sync), a C compiler and libc headers (crates with C parts: libgit2-sys, ring),
 # ca-certificates and curl (fetching crates), git.
@@ -36,12 +39,16 @@ keel_pkg_present() {
     esac >/dev/null 2>&1
 }
 
-# keel_apt_install PKG...: apt-get update + install, non-interactive; one retry after a failure.
+# keel_apt_install PKG...: apt-get update + install, non-interactive, one retry after a failure. apt's
+# chatter goes to a temporary log that is shown only when the install fails.
 keel_apt_install() {
-    local attempt apt=(apt-get -o DPkg::Lock::Timeout=120 -q)
+    local attempt log apt=(apt-get -o DPkg::Lock::Timeout=120 -q)
+    log=$(mktemp)
     for attempt in 1 2; do
-        if DEBIAN_FRONTEND=noninteractive "${apt[@]}" update </dev/null &&
-            DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y --no-install-recommends "$@" </dev/null; then
+        if { DEBIAN_FRONTEND=noninteractive "${apt[@]}" update &&
+            DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y --no-install-recommends "$@"; } \
+            </dev/null >"$log" 2>&1; then
+            rm -f "$log"
             return 0
         fi
         if [ "$attempt" = 1 ]; then
@@ -49,6 +56,9 @@ keel_apt_install() {
             sleep 5
         fi
     done
+    keel_warn "apt-get failed twice; its last lines:"
+    tail -n 25 "$log" >&2
+    rm -f "$log"
     return 1
 }
 
@@ -65,6 +75,7 @@ keel_ensure_packages() {
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
         keel_log "installing missing packages: ${missing[*]}"
         if keel_apt_install "${missing[@]}"; then
+            keel_log "installed: ${missing[*]}"
             return 0
         fi
         keel_warn "could not install: ${missing[*]}"

@@ -39,14 +39,15 @@ keel_log "cargo build --workspace --all-targets"
 cargo build --workspace --all-targets
 
 # 4. Run the tests.
-profile=()
+cmd=(cargo nextest run --workspace --no-fail-fast)
 if [ -n "${CI:-}" ]; then
-    profile=(--profile ci)
+    cmd+=(--profile ci)
 fi
-keel_log "cargo nextest run --workspace --no-fail-fast ${profile[*]} $*"
+cmd+=("$@")
+keel_log "${cmd[*]}"
 tests_started=$(date +%s)
 set +e
-cargo nextest run --workspace --no-fail-fast "${profile[@]}" "$@"
+"${cmd[@]}"
 rc=$?
 set -e
 finished=$(date +%s)
