@@ -131,6 +131,9 @@ struct CoordInner {
     refused_epoch: Option<u64>,
     primary_lost_at_election: bool,
     last_auto_failover: Option<Instant>,
+    /// Last promotion committed here: the new primary's silence is counted from it, since it
+    /// cannot have renewed before it was promoted.
+    last_promotion: Option<Instant>,
     /// Why a due failover cannot happen, for status.
     blocked: Option<String>,
     last_decision: Option<String>,
@@ -357,7 +360,11 @@ pub async fn controller_task(node: Arc<Node>) {
         let view = ClusterView {
             me: node.id,
             now_ms: ms_since(origin, Instant::now()),
-            leader_since_ms: c.leader_since.map(|t| ms_since(origin, t)).unwrap_or(0),
+            leader_since_ms: c
+                .leader_since
+                .max(c.last_promotion)
+                .map(|t| ms_since(origin, t))
+                .unwrap_or(0),
             primary,
             last_renewal_ms,
             primary_lost_at_election: c.primary_lost_at_election,
@@ -392,7 +399,6 @@ pub async fn controller_task(node: Arc<Node>) {
                         if automatic {
                             c.last_auto_failover = Some(Instant::now());
                         }
-                        crate::metrics::failover(&reason);
                     }
                     Err(e) => warn!(error = %e, to, epoch, "promotion failed"),
                 }
@@ -437,6 +443,8 @@ async fn promote(node: &Node, to: NodeId, epoch: u64, reason: &str) -> Result<()
         },
     )
     .await?;
+    node.coordinator.lock().last_promotion = Some(Instant::now());
+    crate::metrics::failover(reason);
     info!(to, epoch, reason, "promoted a new primary");
     Ok(())
 }
