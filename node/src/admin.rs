@@ -75,7 +75,7 @@ pub enum AdminReply {
 const QUORUM_CHECK_WITHIN: Duration = Duration::from_millis(1000);
 
 /// How long a learner may take to catch up before `promote` gives up.
-const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Run `op` on the leader, wherever it is, retrying across leader changes until `timeout`.
 pub async fn submit(node: &Node, op: AdminOp, timeout: Duration) -> Result<AdminReply, ApiError> {
@@ -148,8 +148,9 @@ pub async fn execute(node: &Node, op: AdminOp) -> Result<AdminReply, ApiError> {
     let m = node.metrics();
     if m.state != ServerState::Leader {
         return Err(not_leader(format!(
-            "node {} is not the leader (leader: {:?})",
-            node.id, m.current_leader
+            "node {} is not the leader (leader: {})",
+            node.id,
+            crate::util::opt(m.current_leader)
         )));
     }
     match op {
@@ -186,9 +187,10 @@ pub async fn write(node: &Node, req: Request) -> Result<Response, ApiError> {
 
 fn map_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ApiError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-            not_leader(format!("leadership moved to {:?} during the request", f.leader_id))
-        }
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(format!(
+            "leadership moved to {} during the request",
+            crate::util::opt(f.leader_id)
+        )),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => match c {
             ChangeMembershipError::InProgress(p) => ApiError::conflict(
                 "membership_change_in_progress",
@@ -315,8 +317,8 @@ async fn promote_member(node: &Node, id: NodeId) -> Result<AdminReply, ApiError>
             return Err(ApiError::conflict(
                 "not_caught_up",
                 format!(
-                    "learner {id} has replicated up to {:?} of {target} after {}s; is it running and reachable? retry when it has caught up",
-                    matched,
+                    "learner {id} has replicated up to {} of {target} after {}s; is it running and reachable? retry when it has caught up",
+                    crate::util::opt(matched),
                     CATCH_UP_TIMEOUT.as_secs()
                 ),
             ));

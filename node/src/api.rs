@@ -171,6 +171,13 @@ fn server_state(s: ServerState) -> &'static str {
     }
 }
 
+/// Can this node reach a majority of voters (itself included) right now?
+pub fn quorum_reachable(node: &Node) -> bool {
+    let voters = node.voters();
+    let live = voters.iter().filter(|v| node.reachable(**v)).count();
+    live > voters.len() / 2
+}
+
 /// This node's role as the contract names it.
 pub fn role(node: &Node) -> &'static str {
     let m = node.metrics();
@@ -205,6 +212,7 @@ async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
             "last_applied": m.last_applied.map(|l| l.index),
             "last_log_index": m.last_log_index,
             "voter": voter,
+            "quorum": quorum_reachable(&node),
         },
         "primary": view.state.primary,
         "lease_remaining_ms": node.lease.remaining().map(|d| d.as_millis() as u64),
@@ -449,7 +457,7 @@ async fn probe_primary(State(node): State<Arc<Node>>) -> ApiResult {
         }
         (p, _) => Err(ApiError::unavailable(
             "not_primary",
-            format!("this node is not the primary (primary: {:?})", p.map(|p| p.node)),
+            format!("this node is not the primary (primary: {})", crate::util::opt(p.map(|p| p.node))),
         )),
     }
 }
@@ -483,7 +491,7 @@ async fn probe_replica(State(node): State<Arc<Node>>, RawQuery(q): RawQuery) -> 
     if max_lag_ms.is_some_and(|max| lag_ms > max) {
         return Err(ApiError::unavailable(
             "lagging",
-            format!("replication lag {lag_ms} ms over {max_lag_ms:?}"),
+            format!("replication lag {lag_ms} ms over {} ms", crate::util::opt(max_lag_ms)),
         ));
     }
     Ok(Json(json!({"role": role(&node), "lag_ms": lag_ms})).into_response())
@@ -524,6 +532,12 @@ async fn readyz(State(node): State<Arc<Node>>) -> ApiResult {
         return Err(ApiError::unavailable(
             "not_member",
             "this node is not (yet) a member of a cluster",
+        ));
+    }
+    if !quorum_reachable(&node) {
+        return Err(ApiError::unavailable(
+            "no_quorum",
+            "this node cannot reach a majority of the voters",
         ));
     }
     match m.current_leader {

@@ -63,7 +63,7 @@ pub struct ClientOpts {
     pub output: OutputFormat,
 
     /// Timeout of each request, in milliseconds
-    #[arg(long, default_value_t = 5000, global = true)]
+    #[arg(long, default_value_t = 15000, global = true)]
     pub timeout_ms: u64,
 }
 
@@ -439,7 +439,16 @@ fn join_ids(ids: &[u64]) -> String {
 pub fn verdict(cluster: &Value, statuses: &BTreeMap<u64, Option<Value>>) -> (Verdict, String) {
     let reports: BTreeMap<u64, Option<u64>> = statuses
         .iter()
-        .filter_map(|(id, status)| status.as_ref().map(|s| (*id, s["raft"]["leader"].as_u64())))
+        .filter_map(|(id, status)| {
+            // A node that cannot reach a quorum of voters has no usable leader, whatever it
+            // last heard (a lone leader keeps claiming leadership until it hears otherwise).
+            status.as_ref().map(|s| {
+                (
+                    *id,
+                    s["raft"]["leader"].as_u64().filter(|_| s["raft"]["quorum"] != false),
+                )
+            })
+        })
         .collect();
     if reports.is_empty() {
         return (Verdict::Critical, "no member answered /v1/status".to_string());
@@ -753,6 +762,17 @@ mod tests {
             .iter()
             .map(|(id, view)| (*id, view.map(|leader| node_status(*id, leader))))
             .collect()
+    }
+
+    #[test]
+    fn lone_leader_without_quorum_is_critical() {
+        let cluster = json!({"members": [member(1, true), member(2, true), member(3, true)]});
+        let lone = json!({"raft": {"leader": 1, "quorum": false}});
+        let statuses = BTreeMap::from([(1, Some(lone)), (2, None), (3, None)]);
+        assert_eq!(verdict(&cluster, &statuses).0, Verdict::Critical);
+        let with_quorum = json!({"raft": {"leader": 1, "quorum": true}});
+        let statuses = BTreeMap::from([(1, Some(with_quorum)), (2, None), (3, None)]);
+        assert_eq!(verdict(&cluster, &statuses).0, Verdict::Degraded);
     }
 
     #[test]

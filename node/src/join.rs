@@ -82,7 +82,7 @@ async fn try_join(node: &Node, http: &reqwest::Client, join: &str) -> Result<Opt
         .get_node(&node.id)
         .is_some()
     {
-        return Ok(Some(format!("member of cluster {:?}", theirs.or(ours))));
+        return Ok(Some(format!("member of cluster {}", crate::util::opt(theirs.or(ours)))));
     }
     let mut req = http.post(format!("{join}/v1/members")).json(&json!({
         "id": node.id,

@@ -454,7 +454,7 @@ async fn leader_duties_task(node: Arc<Node>) {
             let id = random_cluster_id();
             let op = AdminOp::Write(Request::InitClusterId { cluster_id: id });
             match admin::submit(&node, op, Duration::from_secs(3)).await {
-                Ok(_) => info!(cluster_id = ?node.view().state.cluster_id, "cluster id set"),
+                Ok(_) => info!(cluster_id = %crate::util::opt(node.view().state.cluster_id.clone()), "cluster id set"),
                 Err(e) => debug!(error = %e, "set cluster id (will retry)"),
             }
             continue;

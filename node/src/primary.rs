@@ -189,7 +189,12 @@ impl Coordinator {
         if primary != Some(PrimaryRecord { node: who, epoch }) {
             return Err(ApiError::conflict(
                 "not_primary",
-                format!("node {who} epoch {epoch} is not the primary (committed primary: {primary:?})"),
+                format!(
+                    "node {who} epoch {epoch} is not the primary (committed primary: {})",
+                    primary
+                        .map(|p| format!("node {} epoch {}", p.node, p.epoch))
+                        .unwrap_or_else(|| "none".into())
+                ),
             ));
         }
         self.lock().last_grant = Some((who, epoch, Instant::now()));

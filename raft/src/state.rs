@@ -41,7 +41,10 @@ pub struct PrimaryRecord {
     pub epoch: u64,
 }
 
+/// Serialised in lowercase (`"async"`, `"sync"`) in JSON, like the `--replication-mode` flag;
+/// postcard encodes the variant index, so the rename does not change the stored format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ReplicationMode {
     #[default]
     Async,
