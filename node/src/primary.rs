@@ -139,6 +139,9 @@ struct CoordInner {
     last_decision: Option<String>,
 }
 
+/// Longest the controller waits for a promotion to commit.
+const PROMOTE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Origin for the controller's millisecond clock.
 fn ms_since(origin: Instant, t: Instant) -> u64 {
     t.saturating_duration_since(origin).as_millis() as u64
@@ -396,7 +399,12 @@ pub async fn controller_task(node: Arc<Node>) {
                 reason,
             } => {
                 let automatic = primary.is_some();
-                match promote(&node, to, epoch, &reason).await {
+                // Bounded: a coordinator cut off from its quorum cannot commit, and must not
+                // stay stuck here once it is deposed.
+                let res = tokio::time::timeout(PROMOTE_TIMEOUT, promote(&node, to, epoch, &reason))
+                    .await
+                    .unwrap_or_else(|_| Err(ApiError::unavailable("timeout", "promotion not committed in time")));
+                match res {
                     Ok(()) => {
                         let mut c = node.coordinator.lock();
                         c.blocked = None;

@@ -336,3 +336,173 @@ async fn switchover_is_clean_and_validated() {
     assert_eq!(r.status(), 409);
     assert!(r.text().await.unwrap().contains("renewed its lease"));
 }
+
+/// Acceptance 3 (first half): cut the primary off from the other two (each node in its own
+/// network namespace): the majority promotes, the isolated node stops answering 200 on
+/// `/primary` within its lease, and after the heal it rejoins as a replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_isolated_primary_is_replaced() {
+    let lab = match common::netns::NetLab::new(3) {
+        Ok(l) => l,
+        Err(why) => {
+            println!("SKIPPED partition_isolated_primary_is_replaced: {why}");
+            return;
+        }
+    };
+    let mut c = Cluster::in_netns(&lab, &[]);
+    c.start_all();
+    let old = wait_single_primary(&c, &[]).await;
+    let e1 = epoch(&c, old).await;
+    let poller = Poller::start(&c);
+    let cut_at = Instant::now();
+    lab.isolate(old);
+    // The isolated node stops serving as primary once its lease lapses.
+    let fenced_after = c
+        .wait_for(T, "isolated primary answers 503 on /primary", || async {
+            let p = primaries(&c.http, &[(old, c.node(old).url())]).await;
+            p.is_empty().then(|| cut_at.elapsed())
+        })
+        .await;
+    let new = wait_single_primary(&c, &[old]).await;
+    let promoted_after = cut_at.elapsed();
+    println!("isolated n{old}: fenced after {fenced_after:?}; n{new} primary after {promoted_after:?}");
+    assert_ne!(new, old);
+    assert_eq!(epoch(&c, new).await, e1 + 1);
+    lab.heal();
+    c.wait_for(T, "old primary rejoins as replica", || async {
+        let s = c.status(old).await?;
+        (s["role"] == "replica" && s["primary"]["node"] == new).then_some(())
+    })
+    .await;
+    let (_, doubles, _) = poller.finish().await;
+    assert!(doubles.is_empty(), "two primaries in one round: {doubles:?}");
+    assert_eq!(wait_single_primary(&c, &[]).await, new);
+}
+
+/// Acceptance 3 (second half): cut off the coordinator alone while the primary stays with the
+/// majority: the primary keeps its role, no failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_isolated_coordinator_keeps_primary() {
+    let lab = match common::netns::NetLab::new(3) {
+        Ok(l) => l,
+        Err(why) => {
+            println!("SKIPPED partition_isolated_coordinator_keeps_primary: {why}");
+            return;
+        }
+    };
+    let mut c = Cluster::in_netns(&lab, &[]);
+    c.start_all();
+    let first = wait_single_primary(&c, &[]).await;
+    let leader = c.wait_leader(&[1, 2, 3], T).await;
+    // Make the primary a node that is not the coordinator.
+    let primary = if first == leader {
+        let target = (1..=3).find(|i| *i != leader).unwrap();
+        let out = c.cli(&[
+            "switchover",
+            "--to",
+            &target.to_string(),
+            "--addr",
+            &c.node(leader).url(),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        c.wait_for(T, "switchover done", || async {
+            (primaries(&c.http, &urls(&c)).await == vec![target]).then_some(())
+        })
+        .await;
+        target
+    } else {
+        first
+    };
+    let e = epoch(&c, primary).await;
+    lab.isolate(leader);
+    let rest: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+    let new_leader = c
+        .wait_for(T, "a new coordinator among the majority", || async {
+            let l = c.status(primary).await?["raft"]["leader"].as_u64()?;
+            (l != leader).then_some(l)
+        })
+        .await;
+    assert!(rest.contains(&new_leader));
+    // Give a needless failover every chance to happen: several failover timeouts.
+    let until = Instant::now() + Duration::from_millis(3000);
+    while Instant::now() < until {
+        for id in &rest {
+            assert_eq!(epoch(&c, *id).await, e, "needless failover: epoch changed on node {id}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        wait_single_primary(&c, &[leader]).await,
+        primary,
+        "primary kept its role"
+    );
+    lab.heal();
+    c.wait_leader(&[1, 2, 3], T).await;
+    assert_eq!(wait_single_primary(&c, &[]).await, primary);
+}
+
+/// Kills its child on drop (the CPU burner).
+struct Burner(std::process::Child);
+
+impl Drop for Burner {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Acceptance 7: no spurious failover. A three-node cluster under a steady admin/status load,
+/// with a CPU burner keeping the machine busy, keeps the same primary and epoch for the whole
+/// run (120 s by default; `KEEL_SOAK_SECS` changes it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_spurious_failover_under_load() {
+    let secs: u64 = std::env::var("KEEL_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(120);
+    let mut c = Cluster::new(3, &[]);
+    c.start_all();
+    let primary = wait_single_primary(&c, &[]).await;
+    let e = epoch(&c, primary).await;
+    let _burner = Burner(
+        std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .expect("start CPU burner"),
+    );
+    let until = Instant::now() + Duration::from_secs(secs);
+    let (mut requests, mut writes, mut rounds) = (0u64, 0u64, 0u64);
+    while Instant::now() < until {
+        rounds += 1;
+        for id in 1..=3u64 {
+            if let Some(s) = c.status(id).await {
+                requests += 1;
+                assert_eq!(
+                    s["primary"]["epoch"].as_u64(),
+                    Some(e),
+                    "spurious failover seen on node {id}: {s}"
+                );
+                assert_eq!(s["primary"]["node"].as_u64(), Some(primary));
+            }
+        }
+        if rounds % 5 == 0 {
+            let url = c.node(1 + rounds % 3).url();
+            let r = c
+                .http
+                .put(format!("{url}/v1/maintenance"))
+                .json(&serde_json::json!({"enabled": false}))
+                .send()
+                .await;
+            if r.is_ok_and(|r| r.status().is_success()) {
+                writes += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let h = c.get(primary, "/v1/history").await.unwrap();
+    assert_eq!(h["history"].as_array().unwrap().len() as u64, e, "history grew: {h}");
+    println!(
+        "{secs} s under load: {requests} status reads, {writes} admin writes, primary n{primary} epoch {e} throughout"
+    );
+    assert!(writes > 0 && requests > 0);
+}

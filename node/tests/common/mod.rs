@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -35,6 +37,8 @@ pub struct TestNode {
     pub log: PathBuf,
     pub child: Option<Child>,
     pub extra: Vec<String>,
+    /// Network namespace the node runs in (partition tests).
+    pub netns: Option<String>,
 }
 
 impl TestNode {
@@ -89,8 +93,30 @@ impl Cluster {
             log,
             child: None,
             extra: Vec::new(),
+            netns: None,
         });
         id
+    }
+
+    /// Lay out `lab.n` nodes, node `i` in namespace `lab.ns(i)` at `lab.addr(i)` (fixed ports).
+    pub fn in_netns(lab: &netns::NetLab, common: &[&str]) -> Cluster {
+        let mut c = Cluster::new(0, common);
+        for i in 1..=lab.n {
+            let a = lab.addr(i);
+            let data_dir = c.dir.path().join(format!("node-{i}"));
+            let log = c.dir.path().join(format!("node-{i}.log"));
+            c.nodes.push(TestNode {
+                id: i,
+                api: format!("{a}:7101").parse().unwrap(),
+                peer: format!("{a}:7201").parse().unwrap(),
+                data_dir,
+                log,
+                child: None,
+                extra: Vec::new(),
+                netns: Some(lab.ns(i)),
+            });
+        }
+        c
     }
 
     /// `--peers` value for the first `n` nodes.
@@ -149,7 +175,16 @@ impl Cluster {
             .append(true)
             .open(&node.log)
             .unwrap();
-        let child = Command::new(KEEL)
+        let mut cmd = match &node.netns {
+            // `ip netns exec` execs the program in place: the child's pid is keel's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, KEEL]);
+                c
+            }
+            None => Command::new(KEEL),
+        };
+        let child = cmd
             .args(&args)
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
