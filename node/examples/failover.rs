@@ -6,12 +6,29 @@
 //!   cargo build --release && cargo run --release --example failover -- --runs 10
 //!
 //! It runs the `keel` binary next to this example's own directory (target/release/keel).
-//! Not yet measured: "accepts a write" (the datastore arrives with the replication issue)
-//! and `--compare etcd`.
+//!
+//! `--compare etcd` then does the same against a local three-member etcd cluster with etcd's
+//! default timings (heartbeat 100 ms, election timeout 1000 ms; the `etcd` binary from PATH, on
+//! Debian the `etcd-server` package): N runs of `kill -9` of the Raft leader, each measuring the
+//! time until a put through one of the two surviving members succeeds (etcd's JSON gateway,
+//! `POST /v3/kv/put`). A new put is started every 10 ms on each survivor, each with a 500 ms
+//! timeout, so the figure is not rounded up to a request timeout (a put forwarded to the dead
+//! leader hangs until it times out). The killed member is restarted on its data dir and the
+//! cluster waited for between runs; leader elections while it is left alone count as spurious.
+//! Finally it prints Keel's median divided by etcd's.
+//!
+//! Not yet measured: "accepts a write" for Keel (the datastore arrives with the replication
+//! issue), so the comparison is Keel's `/primary` 200 against etcd's first successful put.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+type Http = reqwest::blocking::Client;
+
+/// Deadline of every wait (a primary, a leader, a healthy member, a successful put).
+const WAIT: Duration = Duration::from_secs(30);
 
 fn keel_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -36,13 +53,23 @@ struct Node {
     child: Option<Child>,
 }
 
-fn get(http: &reqwest::blocking::Client, url: &str) -> Option<(u16, serde_json::Value)> {
+/// Kills the node's process on every exit path, panics included.
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn get(http: &Http, url: &str) -> Option<(u16, serde_json::Value)> {
     let r = http.get(url).timeout(Duration::from_millis(300)).send().ok()?;
     let s = r.status().as_u16();
     Some((s, r.json().unwrap_or(serde_json::Value::Null)))
 }
 
-fn primary_of(http: &reqwest::blocking::Client, nodes: &[Node]) -> Vec<u64> {
+fn primary_of(http: &Http, nodes: &[Node]) -> Vec<u64> {
     nodes
         .iter()
         .filter(|n| n.child.is_some())
@@ -51,7 +78,7 @@ fn primary_of(http: &reqwest::blocking::Client, nodes: &[Node]) -> Vec<u64> {
         .collect()
 }
 
-fn epoch(http: &reqwest::blocking::Client, nodes: &[Node]) -> u64 {
+fn epoch(http: &Http, nodes: &[Node]) -> u64 {
     nodes
         .iter()
         .filter(|n| n.child.is_some())
@@ -72,17 +99,16 @@ fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T
     }
 }
 
-fn main() {
-    let mut runs = 10usize;
-    let mut quiet_ms = 3000u64;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
-            "--quiet-ms" => quiet_ms = args.next().and_then(|v| v.parse().ok()).expect("--quiet-ms MS"),
-            other => panic!("unknown argument {other}; usage: failover [--runs N] [--quiet-ms MS]"),
-        }
-    }
+/// Median, p90 and max in ms (the same nearest-rank rule for Keel and etcd).
+fn stats(times: &mut [Duration]) -> (f64, f64, f64) {
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let pct = |q: f64| times[((times.len() as f64 - 1.0) * q).round() as usize];
+    (ms(pct(0.5)), ms(pct(0.9)), ms(*times.last().unwrap()))
+}
+
+/// The Keel runs; prints one line per run and the summary, returns the failover times.
+fn keel_failover(http: &Http, runs: usize, quiet_ms: u64) -> Vec<Duration> {
     let keel = keel_bin();
     assert!(
         keel.exists(),
@@ -91,7 +117,6 @@ fn main() {
     );
     let dir = tempfile::tempdir().unwrap();
     let ip = "127.0.0.1";
-    let http = reqwest::blocking::Client::builder().no_proxy().build().unwrap();
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(ip), free_port(ip))).collect();
     let peers = ports
         .iter()
@@ -99,6 +124,7 @@ fn main() {
         .map(|(i, p)| format!("{}={ip}:{}", i + 1, p.1))
         .collect::<Vec<_>>()
         .join(",");
+    // Declared after `dir`, so dropped (processes killed) before the directory is removed.
     let mut nodes: Vec<Node> = ports
         .iter()
         .enumerate()
@@ -141,17 +167,17 @@ fn main() {
     let mut times = Vec::new();
     let mut spurious = 0u64;
     for run in 1..=runs {
-        let p = wait("one primary", Duration::from_secs(30), || {
-            let p = primary_of(&http, &nodes);
+        let p = wait("one primary", WAIT, || {
+            let p = primary_of(http, &nodes);
             (p.len() == 1).then(|| p[0])
         });
         // Leave the cluster alone; any epoch change now is a spurious failover.
-        let e0 = epoch(&http, &nodes);
+        let e0 = epoch(http, &nodes);
         std::thread::sleep(Duration::from_millis(quiet_ms));
-        let e1 = epoch(&http, &nodes);
+        let e1 = epoch(http, &nodes);
         spurious += e1.saturating_sub(e0);
         let p = if e1 != e0 {
-            primary_of(&http, &nodes).first().copied().unwrap_or(p)
+            primary_of(http, &nodes).first().copied().unwrap_or(p)
         } else {
             p
         };
@@ -161,8 +187,8 @@ fn main() {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let newp = wait("new primary", Duration::from_secs(30), || {
-            let q = primary_of(&http, &nodes);
+        let newp = wait("new primary", WAIT, || {
+            let q = primary_of(http, &nodes);
             (q.len() == 1 && q[0] != p).then(|| q[0])
         });
         let took = t0.elapsed();
@@ -173,19 +199,393 @@ fn main() {
         times.push(took);
         spawn(&mut nodes[idx]);
     }
-    for n in nodes.iter_mut() {
-        if let Some(mut c) = n.child.take() {
+    drop(nodes);
+    let (median, p90, max) = stats(&mut times);
+    println!(
+        "failover over {runs} runs: median {median:.1} ms, p90 {p90:.1} ms, max {max:.1} ms; spurious failovers between runs: {spurious}"
+    );
+    times
+}
+
+// ---- etcd ----
+
+/// `etcd` on PATH, or None.
+fn find_etcd() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("etcd"))
+        .find(|p| p.is_file())
+}
+
+/// etcd's version ("3.4.23") and the path prefix of its JSON gateway for that version
+/// (3.4: `/v3`, also `/v3beta`; 3.5 and later: `/v3` only; 3.3: `/v3beta`; 3.2: `/v3alpha`).
+fn etcd_version(bin: &Path) -> (String, &'static str) {
+    let out = Command::new(bin).arg("--version").stdin(Stdio::null()).output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let version = text
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd Version:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    let prefix = match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(3), Some(3)) => "/v3beta",
+        (Some(3), Some(m)) if m < 3 => "/v3alpha",
+        _ => "/v3",
+    };
+    (version, prefix)
+}
+
+fn b64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for c in data.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        for k in 0..4 {
+            s.push(if k <= c.len() {
+                A[(n >> (18 - 6 * k)) as usize & 63] as char
+            } else {
+                '='
+            });
+        }
+    }
+    s
+}
+
+/// A member id in the gateway's JSON: uint64 comes as a decimal string ("0" = no leader).
+fn id_of(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+    .filter(|s| s != "0")
+}
+
+struct EtcdMember {
+    name: String,
+    client: String,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A local three-member etcd cluster; dropping it (panics included) kills every member, then
+/// removes the data dirs.
+struct Etcd {
+    bin: PathBuf,
+    api: &'static str,
+    members: Vec<EtcdMember>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for m in self.members.iter_mut() {
+            if let Some(mut c) = m.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for m in &self.members {
+                let log = std::fs::read_to_string(&m.log).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                eprintln!("--- last lines of {} ({}):", m.name, m.log.display());
+                for l in &lines[lines.len().saturating_sub(8)..] {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+/// One member's view from `POST {api}/maintenance/status`.
+struct EtcdStatus {
+    member: String,
+    leader: Option<String>,
+    term: u64,
+}
+
+impl Etcd {
+    fn new(bin: PathBuf, api: &'static str) -> Etcd {
+        let dir = tempfile::Builder::new().prefix("keel-failover-etcd").tempdir().unwrap();
+        let ip = "127.0.0.1";
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(ip), free_port(ip))).collect();
+        let cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("e{}=http://{ip}:{}", i + 1, p.1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let token = format!("keel-failover-{}-{nanos}", std::process::id());
+        let members = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (c, p))| {
+                let name = format!("e{}", i + 1);
+                let args = vec![
+                    format!("--name={name}"),
+                    format!("--data-dir={}", dir.path().join(&name).display()),
+                    format!("--listen-client-urls=http://{ip}:{c}"),
+                    format!("--advertise-client-urls=http://{ip}:{c}"),
+                    format!("--listen-peer-urls=http://{ip}:{p}"),
+                    format!("--initial-advertise-peer-urls=http://{ip}:{p}"),
+                    format!("--initial-cluster={cluster}"),
+                    format!("--initial-cluster-token={token}"),
+                ];
+                EtcdMember {
+                    log: dir.path().join(format!("{name}.log")),
+                    name,
+                    client: format!("{ip}:{c}"),
+                    args,
+                    child: None,
+                }
+            })
+            .collect();
+        Etcd {
+            bin,
+            api,
+            members,
+            _dir: dir,
+        }
+    }
+
+    /// Starts member `i` with `--initial-cluster-state state` ("new" or "existing"; the
+    /// latter restarts it on its own data dir).
+    fn start(&mut self, i: usize, state: &str) {
+        let m = &mut self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log)
+            .expect("etcd log file");
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(&m.args)
+            .arg(format!("--initial-cluster-state={state}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("etcd log file"))
+            .stderr(log);
+        // etcd reads every flag from ETCD_* as well: make sure its default timings are used.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("ETCD_") {
+                cmd.env_remove(k);
+            }
+        }
+        m.child = Some(cmd.spawn().expect("spawn etcd"));
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
-    times.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let pct = |q: f64| times[((times.len() as f64 - 1.0) * q).round() as usize];
+
+    fn url(&self, i: usize, path: &str) -> String {
+        format!("http://{}{}{path}", self.members[i].client, self.api)
+    }
+
+    fn running(&self) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|&i| self.members[i].child.is_some())
+            .collect()
+    }
+
+    fn status(&self, http: &Http, i: usize) -> Option<EtcdStatus> {
+        let r = http
+            .post(self.url(i, "/maintenance/status"))
+            .timeout(Duration::from_millis(300))
+            .json(&serde_json::json!({}))
+            .send()
+            .ok()?;
+        if r.status() != 200 {
+            return None;
+        }
+        let v: serde_json::Value = r.json().ok()?;
+        let term = &v["header"]["raft_term"];
+        Some(EtcdStatus {
+            member: id_of(&v["header"]["member_id"])?,
+            leader: id_of(&v["leader"]),
+            term: term.as_u64().or_else(|| term.as_str()?.parse().ok()).unwrap_or(0),
+        })
+    }
+
+    fn healthy(&self, http: &Http, i: usize) -> bool {
+        // `/health` is not under the gateway prefix; "true" means the member sees a leader.
+        let url = format!("http://{}/health", self.members[i].client);
+        get(http, &url).is_some_and(|(s, v)| s == 200 && v["health"] == "true")
+    }
+
+    /// The leader's index if every running member is healthy and names the same leader, which
+    /// is itself one of the running members.
+    fn leader(&self, http: &Http) -> Option<usize> {
+        let running = self.running();
+        let st: Vec<(usize, EtcdStatus)> = running
+            .iter()
+            .map(|&i| Some((i, self.status(http, i)?)))
+            .collect::<Option<_>>()?;
+        let leader = st[0].1.leader.clone()?;
+        if st.iter().any(|(_, s)| s.leader.as_ref() != Some(&leader)) {
+            return None;
+        }
+        let idx = st.iter().find(|(_, s)| s.member == leader)?.0;
+        running.iter().all(|&i| self.healthy(http, i)).then_some(idx)
+    }
+
+    /// The highest Raft term any running member reports.
+    fn term(&self, http: &Http) -> u64 {
+        self.running()
+            .iter()
+            .filter_map(|&i| self.status(http, i))
+            .map(|s| s.term)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Starts a put on every member in `to` every 10 ms until one succeeds (200 and no error);
+    /// returns when and through which member, or None after `WAIT`.
+    fn put_until_ok(&self, http: &Http, to: &[usize], run: usize) -> Option<(Instant, usize)> {
+        let body = serde_json::json!({
+            "key": b64(b"keel-failover-bench"),
+            "value": b64(format!("run {run}").as_bytes()),
+        });
+        let urls: Vec<(usize, String)> = to.iter().map(|&i| (i, self.url(i, "/kv/put"))).collect();
+        let (tx, rx) = mpsc::channel::<(Instant, usize)>();
+        let start = Instant::now();
+        // The scope joins every request thread; each ends within its 500 ms timeout.
+        std::thread::scope(|s| loop {
+            for (i, url) in &urls {
+                let (tx, http, body) = (tx.clone(), http.clone(), &body);
+                s.spawn(move || {
+                    let ok = http
+                        .post(url)
+                        .timeout(Duration::from_millis(500))
+                        .json(body)
+                        .send()
+                        .ok()
+                        .filter(|r| r.status() == 200)
+                        .and_then(|r| r.json::<serde_json::Value>().ok())
+                        .is_some_and(|v| v.get("error").is_none());
+                    if ok {
+                        let _ = tx.send((Instant::now(), *i));
+                    }
+                });
+            }
+            match rx.recv_timeout(Duration::from_millis(10)) {
+                // The earliest of the successes that have arrived by now.
+                Ok(first) => return Some(rx.try_iter().fold(first, |a, b| if b.0 < a.0 { b } else { a })),
+                Err(_) if start.elapsed() > WAIT => return None,
+                Err(_) => {}
+            }
+        })
+    }
+}
+
+/// The etcd runs; prints one line per run and the summary, returns the failover times.
+fn etcd_failover(http: &Http, bin: PathBuf, runs: usize, quiet_ms: u64) -> Vec<Duration> {
+    let (version, api) = etcd_version(&bin);
     println!(
-        "failover over {runs} runs: median {:.1} ms, p90 {:.1} ms, max {:.1} ms; spurious failovers between runs: {spurious}",
-        ms(pct(0.5)),
-        ms(pct(0.9)),
-        ms(*times.last().unwrap())
+        "etcd {version} ({}), JSON gateway {api}, default timings; three members on 127.0.0.1",
+        bin.display()
     );
+    let mut etcd = Etcd::new(bin, api);
+    for i in 0..etcd.members.len() {
+        etcd.start(i, "new");
+    }
+    let mut times = Vec::new();
+    let mut spurious = 0u64;
+    for run in 1..=runs {
+        let l = wait("an etcd leader and three healthy members", WAIT, || etcd.leader(http));
+        // Leave the cluster alone; any term change now is a spurious election.
+        let t0 = etcd.term(http);
+        std::thread::sleep(Duration::from_millis(quiet_ms));
+        let t1 = etcd.term(http);
+        spurious += t1.saturating_sub(t0);
+        let l = if t1 != t0 {
+            wait("an etcd leader", WAIT, || etcd.leader(http))
+        } else {
+            l
+        };
+        let survivors: Vec<usize> = etcd.running().into_iter().filter(|&i| i != l).collect();
+        let t0 = Instant::now();
+        etcd.kill(l);
+        let (at, via) = etcd
+            .put_until_ok(http, &survivors, run)
+            .expect("timed out waiting for a put through a surviving etcd member");
+        let took = at.duration_since(t0);
+        let new_leader = etcd
+            .status(http, via)
+            .and_then(|s| s.leader)
+            .and_then(|id| {
+                survivors
+                    .iter()
+                    .find(|&&i| etcd.status(http, i).is_some_and(|s| s.member == id))
+            })
+            .map(|&i| etcd.members[i].name.clone())
+            .unwrap_or_else(|| "?".into());
+        println!(
+            "run {run:2}: killed etcd leader {}; put through {} succeeded after {:7.1} ms (new leader {new_leader})",
+            etcd.members[l].name,
+            etcd.members[via].name,
+            took.as_secs_f64() * 1e3
+        );
+        times.push(took);
+        etcd.start(l, "existing");
+    }
+    // Every member healthy again before the end, so a broken restart does not go unnoticed.
+    wait("an etcd leader and three healthy members", WAIT, || etcd.leader(http));
+    drop(etcd);
+    let (median, p90, max) = stats(&mut times);
+    println!(
+        "etcd failover over {runs} runs: median {median:.1} ms, p90 {p90:.1} ms, max {max:.1} ms; spurious leader elections between runs: {spurious}"
+    );
+    times
+}
+
+fn main() {
+    let mut runs = 10usize;
+    let mut quiet_ms = 3000u64;
+    let mut compare_etcd = false;
+    let usage = "usage: failover [--runs N] [--quiet-ms MS] [--compare etcd]";
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
+            "--quiet-ms" => quiet_ms = args.next().and_then(|v| v.parse().ok()).expect("--quiet-ms MS"),
+            "--compare" => match args.next().as_deref() {
+                Some("etcd") => compare_etcd = true,
+                other => panic!(
+                    "--compare {}: only `--compare etcd` is supported; {usage}",
+                    other.unwrap_or("")
+                ),
+            },
+            other => panic!("unknown argument {other}; {usage}"),
+        }
+    }
+    assert!(runs > 0, "--runs must be at least 1");
+    // Before anything is started, so a missing etcd does not cost the Keel runs.
+    let etcd = compare_etcd.then(|| {
+        find_etcd().unwrap_or_else(|| {
+            eprintln!(
+                "error: --compare etcd needs the `etcd` binary on PATH, and it is not there; on Debian/Ubuntu install \
+                 the etcd-server package: `sudo apt-get install etcd-server`"
+            );
+            std::process::exit(2)
+        })
+    });
+    let http = reqwest::blocking::Client::builder().no_proxy().build().unwrap();
+    let mut keel = keel_failover(&http, runs, quiet_ms);
+    if let Some(bin) = etcd {
+        let mut etcd = etcd_failover(&http, bin, runs, quiet_ms);
+        let (keel_median, _, _) = stats(&mut keel);
+        let (etcd_median, _, _) = stats(&mut etcd);
+        println!("keel/etcd median ratio: {:.2}", keel_median / etcd_median);
+    }
 }

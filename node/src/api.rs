@@ -41,6 +41,16 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/members/{id}/promote", post(members_promote))
         .route("/v1/history", get(history))
         .route("/v1/maintenance", put(maintenance))
+        .route("/v1/kv", get(crate::data::list))
+        .route(
+            "/v1/kv/{*key}",
+            get(crate::data::get)
+                .put(crate::data::put)
+                .delete(crate::data::delete)
+                .post(crate::data::post),
+        )
+        .route("/v1/diverged", get(crate::data::diverged))
+        .route("/v1/replication/paused", put(replication_paused))
         .route("/v1/switchover", post(switchover))
         .route("/v1/failover", post(failover))
         .route("/v1/config", axum::routing::patch(patch_config))
@@ -116,7 +126,7 @@ async fn body_limit_mw(limit: usize, req: Request, next: Next) -> Response {
 }
 
 /// A body, with a read failure mapped to the JSON error format (413 over the limit).
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large("request body over the size limit")
@@ -140,7 +150,7 @@ fn parse_id(raw: &str) -> Result<NodeId, ApiError> {
     }
 }
 
-fn parse_query(raw: Option<String>) -> HashMap<String, String> {
+pub fn parse_query(raw: Option<String>) -> HashMap<String, String> {
     raw.unwrap_or_default()
         .split('&')
         .filter(|s| !s.is_empty())
@@ -224,7 +234,15 @@ async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
         "peer_addr": node.config.advertise_peer_addr,
         "uptime_ms": node.started.elapsed().as_millis() as u64,
         "cluster_id_mismatch": node.cluster_mismatch().map(|(id, m)| json!({"peer": id, "message": m})),
-        "replication": {},
+        "replication": {
+            "mode": view.state.config.replication_mode,
+            "position": node.repl.position().to_string(),
+            "lag_ms": if view.state.primary.is_some_and(|p| p.node == node.id) { Some(0) } else { node.repl.lag_ms() },
+            "replica": node.repl.replica_status(),
+            "paused": node.repl.paused(),
+            "acks": node.repl.acks_view(),
+            "store": node.repl.store.stats(),
+        },
         "gitsync": Value::Null,
     }))
 }
@@ -486,8 +504,12 @@ async fn probe_replica(State(node): State<Arc<Node>>, RawQuery(q): RawQuery) -> 
     if m.current_leader.is_none() {
         return Err(ApiError::unavailable("no_leader", "this node does not know a leader"));
     }
-    // Replication lag is 0 until the datastore exists (replication issue).
-    let lag_ms = 0u64;
+    let Some(lag_ms) = node.repl.lag_ms() else {
+        return Err(ApiError::unavailable(
+            "not_replicating",
+            "this replica has not heard from the primary yet",
+        ));
+    };
     if max_lag_ms.is_some_and(|max| lag_ms > max) {
         return Err(ApiError::unavailable(
             "lagging",
@@ -495,6 +517,20 @@ async fn probe_replica(State(node): State<Arc<Node>>, RawQuery(q): RawQuery) -> 
         ));
     }
     Ok(Json(json!({"role": role(&node), "lag_ms": lag_ms})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Paused {
+    paused: bool,
+}
+
+/// Pause or resume this node's replication apply worker (this node only).
+async fn replication_paused(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let req: Paused = parse_json(body)?;
+    node.repl.set_paused(req.paused);
+    tracing::info!(paused = req.paused, "replication apply worker paused by operator");
+    Ok(Json(json!({ "paused": req.paused })).into_response())
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {

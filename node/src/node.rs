@@ -62,6 +62,8 @@ pub enum StartError {
     Client(String),
     #[error("bootstrap: {0}")]
     Bootstrap(String),
+    #[error("datastore: {0}")]
+    Data(String),
 }
 
 /// Shared state of a running node, handed to every request handler and background task.
@@ -84,6 +86,10 @@ pub struct Node {
     pub coordinator: crate::primary::Coordinator,
     /// Runs the role-change hook.
     pub hook: crate::hook::HookRunner,
+    /// The datastore and its replication state.
+    pub repl: crate::repl::Repl,
+    /// HTTP client for API-to-API calls (forwarded writes).
+    pub http: reqwest::Client,
 }
 
 impl Node {
@@ -271,6 +277,15 @@ impl Node {
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
+        let data_path = config.data_dir.join("data.redb");
+        let store = keel_replication::DataStore::open(&data_path)
+            .map_err(|e| StartError::Data(format!("open {}: {e}", data_path.display())))?;
+        let repl = crate::repl::Repl::new(store);
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(keel_raft::network::CONNECT_TIMEOUT)
+            .build()
+            .map_err(|e| StartError::Client(e.to_string()))?;
         let cancel = CancellationToken::new();
         let hook =
             crate::hook::HookRunner::start(config.role_change_hook.clone(), config.id, HOOK_TIMEOUT, cancel.clone());
@@ -288,6 +303,8 @@ impl Node {
             lease: Default::default(),
             coordinator: Default::default(),
             hook,
+            repl,
+            http,
         });
 
         let peer_task = tokio::spawn(serve(
@@ -323,6 +340,8 @@ impl Node {
             tokio::spawn(crate::primary::lease_expiry_task(node.clone())),
             tokio::spawn(crate::primary::controller_task(node.clone())),
             tokio::spawn(role_task(node.clone())),
+            tokio::spawn(crate::repl::apply_task(node.clone())),
+            tokio::spawn(crate::repl::report_task(node.clone())),
         ];
         if let Some(join) = node.config.join.clone() {
             background.push(tokio::spawn(crate::join::join_task(node.clone(), join)));

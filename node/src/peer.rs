@@ -39,6 +39,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/peer/admin", post(admin_op))
         .route("/peer/lease", post(lease))
         .route("/peer/stepdown", post(stepdown))
+        .route("/peer/repl/pull", post(repl_pull))
+        .route("/peer/repl/position", post(repl_position))
+        .route("/peer/repl/position_at", post(repl_position_at))
+        .route("/peer/repl/report", post(repl_report))
         .with_state(node.clone())
         .merge(raft_router(node.raft.clone()))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such peer endpoint") })
@@ -137,6 +141,37 @@ async fn stepdown(State(node): State<Arc<Node>>, body: Bytes) -> Response {
                 "stepped down at the coordinator's request: writes stopped"
             );
             encoded(&Ok::<(), crate::error::ApiError>(()))
+        }
+        Err(r) => r,
+    }
+}
+
+async fn repl_pull(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    match decode_body::<crate::repl::PullRequest>(&body) {
+        Ok(req) => encoded(&crate::repl::serve_pull(&node, req).await),
+        Err(r) => r,
+    }
+}
+
+async fn repl_position(State(node): State<Arc<Node>>) -> Response {
+    encoded(&node.repl.position())
+}
+
+async fn repl_position_at(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    match decode_body::<u64>(&body) {
+        Ok(seq) => match node.repl.store.position_at(seq) {
+            Ok(p) => encoded(&p),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        },
+        Err(r) => r,
+    }
+}
+
+async fn repl_report(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    match decode_body::<(NodeId, keel_replication::Position)>(&body) {
+        Ok((id, pos)) => {
+            node.repl.record_report(id, pos);
+            encoded(&())
         }
         Err(r) => r,
     }

@@ -219,11 +219,9 @@ pub struct StepDown {
 }
 
 /// The step a new primary runs before it accepts writes: pull whatever entries it lacks from
-/// the most advanced reachable member. The datastore and its replication arrive with the
-/// replication issue; until then there is nothing to pull and this returns at once.
+/// the most advanced reachable member (see [`crate::repl::catch_up`]).
 pub async fn catch_up(node: &Node, epoch: u64) -> Result<(), String> {
-    debug!(epoch, node = node.id, "catch-up step: nothing to replicate yet");
-    Ok(())
+    crate::repl::catch_up(node, epoch).await
 }
 
 /// Renew this node's lease while it is the primary.
@@ -354,6 +352,7 @@ pub async fn controller_task(node: Arc<Node>) {
             (Some((n, e, t)), Some(p)) if n == p.node && e == p.epoch => Some(ms_since(origin, t)),
             _ => None,
         };
+        let positions = node.repl.reported_positions(node.id);
         let members = member_views(&node)
             .into_iter()
             .map(|m| Candidate {
@@ -362,7 +361,7 @@ pub async fn controller_task(node: Arc<Node>) {
                 reachable: m.reachable,
                 nofailover: m.tags.nofailover,
                 priority: m.tags.priority,
-                position: None,
+                position: positions.get(&m.id).map(|p| p.seq),
             })
             .collect();
         let view = ClusterView {

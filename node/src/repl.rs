@@ -1,0 +1,477 @@
+//! Replication between nodes: the primary's change-log stream, the apply worker on replicas,
+//! the new primary's catch-up step, divergence handling, position reports to the coordinator,
+//! and the acknowledgements sync mode waits for.
+//!
+//! Data flow: a replica *pulls* (`/peer/repl/pull`) from the primary of the newest epoch it
+//! knows, asking for entries after its durable position. The pull itself is the replica's
+//! acknowledgement: asking for entries after `p` means everything up to `p` is durably
+//! applied, so the primary counts sync-mode acks from pulls. When nothing is new, the primary
+//! holds the pull open (long poll) until a write lands or `wait_ms` passes, so an idle replica
+//! learns of a write within one round trip. Memory stays bounded on both sides: a pull answers
+//! at most [`MAX_BATCH_ENTRIES`] / [`MAX_BATCH_BYTES`], and a slow replica just pulls later
+//! (the primary keeps nothing per replica but its last acknowledged position).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keel_raft::NodeId;
+use keel_replication::{DataError, DataStore, Entry, LogRead, Position};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Notify};
+use tracing::{debug, info, warn};
+
+use crate::node::Node;
+
+pub const MAX_BATCH_ENTRIES: usize = 1000;
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// How long the primary holds an idle pull open.
+pub const PULL_WAIT: Duration = Duration::from_millis(500);
+/// Positions older than this are not used to rank failover candidates.
+const REPORT_FRESH: Duration = Duration::from_secs(2);
+const REPORT_EVERY: Duration = Duration::from_millis(200);
+
+/// A replica asks for entries after `after`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PullRequest {
+    pub node: NodeId,
+    pub after: Position,
+    /// Newest epoch the replica knows: a server of an older epoch is deposed.
+    pub newest_epoch: u64,
+    pub wait_ms: u64,
+    /// Catch-up of a new primary: served by any member, not only the primary.
+    pub catch_up: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum PullReply {
+    /// Entries after the requested position (empty when caught up), sent by the primary of
+    /// `epoch`; `head` is the server's position.
+    Entries {
+        epoch: u64,
+        head: Position,
+        entries: Vec<Entry>,
+    },
+    /// The requested position is older than the server's retained log.
+    Trimmed { head: Position },
+    /// The requester has entries the server never had (or another epoch at that seq).
+    Fork { at: Position, ours: Option<Position> },
+    /// The server is not the primary of the epoch the requester expects.
+    NotPrimary { primary: Option<NodeId> },
+}
+
+/// What the replica side knows, for status and lag.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplicaStatus {
+    pub source: Option<NodeId>,
+    pub source_head: Option<String>,
+    #[serde(skip)]
+    pub last_contact: Option<Instant>,
+    #[serde(skip)]
+    pub caught_up_at: Option<Instant>,
+    pub last_error: Option<String>,
+    pub rolled_back: u64,
+}
+
+/// Replication state of one node.
+pub struct Repl {
+    pub store: DataStore,
+    /// Bumped after every local write or apply: wakes long polls and sync-mode waiters.
+    head: watch::Sender<Position>,
+    /// Primary side: each replica's acknowledged (durably applied) position.
+    acks: Mutex<BTreeMap<NodeId, (Position, Instant)>>,
+    ack_notify: Notify,
+    /// Coordinator side: positions members reported.
+    reported: Mutex<BTreeMap<NodeId, (Position, Instant)>>,
+    replica: Mutex<ReplicaStatus>,
+    /// Operator pause of this node's apply worker (like PostgreSQL's pg_wal_replay_pause).
+    paused: watch::Sender<bool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Repl {
+    pub fn new(store: DataStore) -> Repl {
+        let (head, _) = watch::channel(store.position());
+        Repl {
+            store,
+            head,
+            acks: Mutex::default(),
+            ack_notify: Notify::new(),
+            reported: Mutex::default(),
+            replica: Mutex::default(),
+            paused: watch::channel(false).0,
+        }
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.send_replace(paused);
+    }
+
+    pub fn paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
+    pub fn position(&self) -> Position {
+        self.store.position()
+    }
+
+    /// Call after a local write or apply became durable.
+    pub fn advanced(&self) {
+        self.head.send_replace(self.store.position());
+    }
+
+    fn record_ack(&self, node: NodeId, pos: Position) {
+        lock(&self.acks).insert(node, (pos, Instant::now()));
+        self.ack_notify.notify_waiters();
+    }
+
+    /// Wait until `min_acks` replicas acknowledged `pos`, at most `timeout`. Sync mode.
+    pub async fn wait_acks(&self, pos: Position, min_acks: u32, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.ack_notify.notified();
+            let n = lock(&self.acks).values().filter(|(p, _)| *p >= pos).count();
+            if n >= min_acks as usize {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    pub fn record_report(&self, node: NodeId, pos: Position) {
+        lock(&self.reported).insert(node, (pos, Instant::now()));
+    }
+
+    /// Fresh positions reported by members (the coordinator's own included).
+    pub fn reported_positions(&self, me: NodeId) -> BTreeMap<NodeId, Position> {
+        let mut out: BTreeMap<NodeId, Position> = lock(&self.reported)
+            .iter()
+            .filter(|(_, (_, t))| t.elapsed() < REPORT_FRESH)
+            .map(|(id, (p, _))| (*id, *p))
+            .collect();
+        out.insert(me, self.position());
+        out
+    }
+
+    pub fn replica_status(&self) -> ReplicaStatus {
+        lock(&self.replica).clone()
+    }
+
+    /// Replication lag in milliseconds as a replica: 0 while caught up with the primary as of
+    /// its last answer (within two long-poll periods), else the time since it last was.
+    pub fn lag_ms(&self) -> Option<u64> {
+        let r = lock(&self.replica);
+        let contact = r.last_contact?;
+        match r.caught_up_at {
+            Some(c) if contact.elapsed() < PULL_WAIT * 2 + Duration::from_millis(500) && c >= contact => Some(0),
+            Some(c) => Some(c.elapsed().as_millis() as u64),
+            None => Some(contact.elapsed().as_millis() as u64),
+        }
+    }
+
+    pub fn acks_view(&self) -> BTreeMap<NodeId, String> {
+        lock(&self.acks)
+            .iter()
+            .map(|(id, (p, _))| (*id, p.to_string()))
+            .collect()
+    }
+}
+
+/// Serve a pull (`/peer/repl/pull`).
+pub async fn serve_pull(node: &Node, req: PullRequest) -> PullReply {
+    let repl = &node.repl;
+    let state = node.view().state.clone();
+    let epoch = match state.primary {
+        Some(p) if p.node == node.id => p.epoch,
+        _ if req.catch_up => state.epoch(),
+        other => {
+            return PullReply::NotPrimary {
+                primary: other.map(|p| p.node),
+            }
+        }
+    };
+    if !req.catch_up {
+        if req.newest_epoch > epoch {
+            return PullReply::NotPrimary { primary: None };
+        }
+        repl.record_ack(req.node, req.after);
+    }
+    let mut head = repl.head.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms.min(5000));
+    loop {
+        head.borrow_and_update();
+        let store = repl.store.clone();
+        let after = req.after;
+        let read = tokio::task::spawn_blocking(move || store.read_log(after, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES)).await;
+        let read = match read {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "serve pull: read task failed");
+                return PullReply::NotPrimary { primary: None };
+            }
+        };
+        match read {
+            Ok(LogRead::Entries(entries)) if entries.is_empty() && tokio::time::Instant::now() < deadline => {
+                if tokio::time::timeout_at(deadline, head.changed()).await.is_err() {
+                    return PullReply::Entries {
+                        epoch,
+                        head: repl.position(),
+                        entries,
+                    };
+                }
+            }
+            Ok(LogRead::Entries(entries)) => {
+                return PullReply::Entries {
+                    epoch,
+                    head: repl.position(),
+                    entries,
+                }
+            }
+            Ok(LogRead::Trimmed { .. }) => return PullReply::Trimmed { head: repl.position() },
+            Err(DataError::Fork { at, ours }) => return PullReply::Fork { at, ours },
+            Err(e) => {
+                warn!(error = %e, "serve pull: read change log");
+                return PullReply::NotPrimary { primary: None };
+            }
+        }
+    }
+}
+
+/// The replica apply worker: pull from the primary, apply, repeat.
+pub async fn apply_task(node: Arc<Node>) {
+    let mut backoff = Duration::from_millis(50);
+    let mut paused = node.repl.paused.subscribe();
+    loop {
+        if node.cancel.is_cancelled() {
+            return;
+        }
+        if *paused.borrow_and_update() {
+            tokio::select! {
+                _ = node.cancel.cancelled() => return,
+                _ = paused.changed() => {}
+            }
+            continue;
+        }
+        let state = node.view().state.clone();
+        let primary = match state.primary {
+            Some(p) if p.node != node.id => p,
+            _ => {
+                // Primary (or none yet): nothing to pull. Wait for a state change.
+                let mut s = node.state.clone();
+                tokio::select! {
+                    _ = node.cancel.cancelled() => return,
+                    _ = s.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                continue;
+            }
+        };
+        match pull_once(&node, primary.node, primary.epoch, false).await {
+            Ok(()) => backoff = Duration::from_millis(50),
+            Err(e) => {
+                debug!(error = %e, primary = primary.node, "replication pull failed");
+                lock(&node.repl.replica).last_error = Some(e);
+                tokio::select! {
+                    _ = node.cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// One pull from `source` and the apply of what it returns.
+async fn pull_once(node: &Node, source: NodeId, epoch: u64, catch_up: bool) -> Result<(), String> {
+    let repl = &node.repl;
+    let addr = node
+        .peer_addr_of(source)
+        .ok_or_else(|| format!("no peer address for node {source}"))?;
+    let req = PullRequest {
+        node: node.id,
+        after: repl.position(),
+        newest_epoch: epoch.max(repl.store.newest_epoch()),
+        wait_ms: if catch_up { 0 } else { PULL_WAIT.as_millis() as u64 },
+        catch_up,
+    };
+    let timeout = PULL_WAIT + Duration::from_millis(node.config.request_timeout_ms.min(5000));
+    let reply: PullReply = node
+        .peers
+        .call(Some(source), &addr, "/peer/repl/pull", &req, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    match reply {
+        PullReply::Entries { epoch: frame_epoch, head, entries } => {
+            if !catch_up && frame_epoch < node.view().state.epoch() {
+                return Err(format!("refused a frame of epoch {frame_epoch} from a deposed primary"));
+            }
+            if !catch_up && repl.paused() {
+                // Paused while this pull was in flight: drop the batch, apply nothing.
+                return Ok(());
+            }
+            if !entries.is_empty() {
+                let store = repl.store.clone();
+                let n = entries.len();
+                let source_epoch = if catch_up { entries.iter().map(|e| e.pos.epoch).max().unwrap_or(0) } else { frame_epoch };
+                tokio::task::spawn_blocking(move || store.apply(source_epoch, &entries))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("apply {n} entries: {e}"))?;
+                repl.advanced();
+            }
+            let mut r = lock(&repl.replica);
+            let now = Instant::now();
+            r.source = Some(source);
+            r.source_head = Some(head.to_string());
+            r.last_contact = Some(now);
+            r.last_error = None;
+            if repl.position() >= head {
+                r.caught_up_at = Some(now);
+            }
+            Ok(())
+        }
+        PullReply::Fork { at, ours } => {
+            info!(%at, ours = %ours.map(|p| p.to_string()).unwrap_or_else(|| "none".into()), source, "change log diverges from the primary's: finding the fork point");
+            let fork = find_fork_point(node, source, &addr).await?;
+            let store = repl.store.clone();
+            let rolled = tokio::task::spawn_blocking(move || store.rollback_to(fork))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("roll back to {fork}: {e}"))?;
+            warn!(%fork, entries = rolled.len(), "rolled back entries the new primary never had; they are kept in the diverged table (GET /v1/diverged)");
+            lock(&repl.replica).rolled_back += rolled.len() as u64;
+            repl.advanced();
+            Ok(())
+        }
+        PullReply::Trimmed { head } => Err(format!(
+            "this replica (at {}) is behind the primary's retained change log (primary at {head}); it needs a snapshot resync",
+            repl.position()
+        )),
+        PullReply::NotPrimary { primary } => Err(format!(
+            "node {source} is not the primary (it names {})",
+            primary.map(|p| p.to_string()).unwrap_or_else(|| "none".into())
+        )),
+    }
+}
+
+/// The highest position both this node and `source` have, by bisecting over seq with
+/// `/peer/repl/position_at` (our log and theirs agree up to the fork and differ after it).
+async fn find_fork_point(node: &Node, source: NodeId, addr: &str) -> Result<Position, String> {
+    let store = node.repl.store.clone();
+    let agrees = |seq: u64| {
+        let store = store.clone();
+        async move {
+            let ours = store.position_at(seq).map_err(|e| e.to_string())?;
+            let theirs: Option<Position> = node
+                .peers
+                .call(
+                    Some(source),
+                    addr,
+                    "/peer/repl/position_at",
+                    &seq,
+                    Duration::from_secs(2),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<(bool, Option<Position>), String>((ours.is_some() && ours == theirs, ours))
+        }
+    };
+    // lo always agrees (seq 0 = the empty prefix), hi never does.
+    let (mut lo, mut hi) = (0u64, node.repl.position().seq + 1);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        let (ok, ours) = agrees(mid).await?;
+        if ours.is_none() {
+            return Err(format!(
+                "entry {mid} is no longer in this node's log: a snapshot resync is needed"
+            ));
+        }
+        if ok {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    if lo == 0 {
+        return Ok(Position::default());
+    }
+    store
+        .position_at(lo)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("entry {lo} vanished"))
+}
+
+/// The new primary's catch-up step: pull whatever it lacks from the most advanced reachable
+/// member before accepting writes. With sync replication, a majority of survivors includes a
+/// member holding every acknowledged write, so none is lost.
+pub async fn catch_up(node: &Node, epoch: u64) -> Result<(), String> {
+    let members: Vec<NodeId> = node.voters().into_iter().filter(|v| *v != node.id).collect();
+    let mut best: Option<(NodeId, Position)> = None;
+    for id in members {
+        let Some(addr) = node.peer_addr_of(id) else { continue };
+        let r: Result<Position, _> = node
+            .peers
+            .call(Some(id), &addr, "/peer/repl/position", &(), Duration::from_millis(500))
+            .await;
+        if let Ok(p) = r {
+            if best.is_none_or(|(_, b)| p > b) {
+                best = Some((id, p));
+            }
+        }
+    }
+    let mine = node.repl.position();
+    if let Some((source, target)) = best.filter(|(_, p)| *p > mine) {
+        info!(source, from = %mine, to = %target, epoch, "catch-up: pulling entries this new primary lacks");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node.repl.position() < target {
+            if Instant::now() > deadline {
+                return Err(format!("catch-up from node {source} did not reach {target} in time"));
+            }
+            pull_once(node, source, epoch, true).await?;
+        }
+    }
+    let store = node.repl.store.clone();
+    tokio::task::spawn_blocking(move || store.observe_epoch(epoch))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    debug!(epoch, position = %node.repl.position(), "catch-up done");
+    Ok(())
+}
+
+/// Report this node's position to the coordinator, for failover ranking.
+pub async fn report_task(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(REPORT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = node.cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let m = node.metrics();
+        let Some(leader) = m.current_leader.filter(|l| *l != node.id) else {
+            continue;
+        };
+        let Some(addr) = node.peer_addr_of(leader) else {
+            continue;
+        };
+        let r: Result<(), _> = node
+            .peers
+            .call(
+                Some(leader),
+                &addr,
+                "/peer/repl/report",
+                &(node.id, node.repl.position()),
+                REPORT_EVERY,
+            )
+            .await;
+        if let Err(e) = r {
+            debug!(error = %e, "report position to the coordinator");
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! Datastore and replication across real processes: writes on the primary, forwarding from
+//! replicas, reads with lag headers, sync mode, no acknowledged write lost on failover, and
+//! divergence of an old primary.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(20);
+
+async fn primary(c: &Cluster) -> u64 {
+    c.wait_for(T, "a primary with a lease", || async {
+        for n in &c.nodes {
+            if n.child.is_none() {
+                continue;
+            }
+            let r = c
+                .http
+                .get(format!("{}/primary", n.url()))
+                .timeout(Duration::from_millis(500))
+                .send()
+                .await
+                .ok()?;
+            if r.status() == 200 {
+                return Some(n.id);
+            }
+        }
+        None
+    })
+    .await
+}
+
+async fn put(c: &Cluster, id: u64, key: &str, value: &str) -> reqwest::Response {
+    c.http
+        .put(format!("{}/v1/kv/{key}", c.node(id).url()))
+        .body(value.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn get_local(c: &Cluster, id: u64, key: &str) -> Option<(String, reqwest::header::HeaderMap)> {
+    let r = c
+        .http
+        .get(format!("{}/v1/kv/{key}", c.node(id).url()))
+        .send()
+        .await
+        .ok()?;
+    if r.status() != 200 {
+        return None;
+    }
+    let h = r.headers().clone();
+    Some((r.text().await.ok()?, h))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_replicate_and_forward() {
+    let mut c = Cluster::new(3, &[]);
+    c.start_all();
+    let p = primary(&c).await;
+    let r = (1..=3).find(|i| *i != p).unwrap();
+
+    let resp = put(&c, p, "greeting", "hello").await;
+    assert_eq!(resp.status(), 201);
+    let v: Value = resp.json().await.unwrap();
+    let version = v["version"].as_u64().unwrap();
+    assert!(version > 0);
+    // Replicas serve it locally with lag headers.
+    let (val, h) = c
+        .wait_for(T, "replica has the key", || get_local(&c, r, "greeting"))
+        .await;
+    assert_eq!(val, "hello");
+    assert!(h.contains_key("keel-lag-ms"), "{h:?}");
+    assert!(h.contains_key("keel-position"));
+    assert_eq!(h["keel-version"].to_str().unwrap(), version.to_string());
+
+    // A write sent to a replica is forwarded to the primary.
+    let resp = put(&c, r, "dir/forwarded key", "via replica").await;
+    assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
+    let (val, _) = c
+        .wait_for(T, "forwarded write visible on the primary", || {
+            get_local(&c, p, "dir/forwarded%20key")
+        })
+        .await;
+    assert_eq!(val, "via replica");
+
+    // Compare-and-set: 0 = must not exist; mismatch is 409.
+    let cas = |id: u64, key: &str, version: u64, body: &str| {
+        let (http, url) = (
+            c.http.clone(),
+            format!("{}/v1/kv/{key}/cas?version={version}", c.node(id).url()),
+        );
+        let body = body.to_string();
+        async move { http.post(url).body(body).send().await.unwrap() }
+    };
+    assert_eq!(cas(p, "greeting", 0, "x").await.status(), 409);
+    assert_eq!(cas(p, "greeting", version + 1000, "x").await.status(), 409);
+    assert_eq!(cas(r, "greeting", version, "updated").await.status(), 200);
+    assert_eq!(cas(p, "fresh", 0, "new").await.status(), 201);
+
+    // Size limits: 413 with the JSON error format.
+    let big = "x".repeat((1 << 20) + 1);
+    let resp = put(&c, p, "big", &big).await;
+    assert_eq!(resp.status(), 413);
+    let long_key = "k".repeat(1025);
+    let resp = put(&c, p, &long_key, "v").await;
+    assert_eq!(resp.status(), 413);
+
+    // Listing with pagination.
+    for i in 0..25 {
+        assert!(put(&c, p, &format!("list/{i:02}"), "v").await.status().is_success());
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut url = format!("{}/v1/kv?prefix=list/&limit=10", c.node(p).url());
+        if let Some(a) = &after {
+            url.push_str(&format!("&after={a}"));
+        }
+        let page: Value = c.http.get(url).send().await.unwrap().json().await.unwrap();
+        for it in page["items"].as_array().unwrap() {
+            seen.push(it["key"].as_str().unwrap().to_string());
+        }
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 25, "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+
+    // Delete, replicated.
+    let resp = c
+        .http
+        .delete(format!("{}/v1/kv/greeting", c.node(r).url()))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    c.wait_for(T, "delete replicated", || async {
+        get_local(&c, r, "greeting").await.is_none().then_some(())
+    })
+    .await;
+    // Primary-consistency read on a replica goes to the primary.
+    let resp = c
+        .http
+        .get(format!("{}/v1/kv/fresh?consistency=primary", c.node(r).url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "new");
+}
+
+async fn set_sync(c: &Cluster, id: u64) {
+    let r = c
+        .http
+        .patch(format!("{}/v1/config", c.node(id).url()))
+        .json(&json!({"replication_mode": "sync", "min_acks": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+}
+
+/// Sync mode: every acknowledged write survives kill -9 of the primary; with no replica able
+/// to confirm, a write answers 503 outcome_unknown, never success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_mode_loses_no_acknowledged_write() {
+    let mut c = Cluster::new(3, &[]);
+    c.start_all();
+    let p = primary(&c).await;
+    set_sync(&c, p).await;
+    c.wait_for(T, "sync mode applied everywhere", || async {
+        for id in 1..=3 {
+            if c.status(id).await?["replication"]["mode"] != "sync" {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    let mut acked = Vec::new();
+    for i in 0..50 {
+        let r = put(&c, p, &format!("k{i}"), &format!("v{i}")).await;
+        if r.status().is_success() {
+            acked.push(i);
+        }
+    }
+    assert_eq!(acked.len(), 50, "all writes acknowledged while replicas are up");
+    c.kill(p);
+    let q = primary(&c).await;
+    assert_ne!(q, p);
+    for i in &acked {
+        let (v, _) = get_local(&c, q, &format!("k{i}"))
+            .await
+            .unwrap_or_else(|| panic!("acked write k{i} lost"));
+        assert_eq!(v, format!("v{i}"));
+    }
+    // Now stop the only other replica: the new primary cannot get an ack.
+    let other = (1..=3).find(|i| *i != p && *i != q).unwrap();
+    let pid = c.node(other).child.as_ref().unwrap().id().to_string();
+    std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap();
+    let r = c
+        .http
+        .put(format!("{}/v1/kv/unconfirmed", c.node(q).url()))
+        .body("x")
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]["code"] == "outcome_unknown" || body["error"]["code"] == "no_lease",
+        "never a false success: {body}"
+    );
+}
+
+/// An old primary that rejoins with entries the new primary never had rolls them back and keeps
+/// them in the diverged table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_primary_rolls_back_divergent_entries() {
+    let mut c = Cluster::new(3, &[]);
+    c.start_all();
+    let p = primary(&c).await;
+    assert!(put(&c, p, "base", "common").await.status().is_success());
+    let others: Vec<u64> = (1..=3).filter(|i| *i != p).collect();
+    for id in &others {
+        c.wait_for(T, "base replicated", || get_local(&c, *id, "base")).await;
+        let r = c
+            .http
+            .put(format!("{}/v1/replication/paused", c.node(*id).url()))
+            .json(&json!({"paused": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // Async mode: these are acknowledged on the primary only.
+    for i in 0..5 {
+        assert!(put(&c, p, &format!("lost{i}"), "only on the old primary")
+            .await
+            .status()
+            .is_success());
+    }
+    c.kill(p);
+    for id in &others {
+        c.http
+            .put(format!("{}/v1/replication/paused", c.node(*id).url()))
+            .json(&json!({"paused": false}))
+            .send()
+            .await
+            .unwrap();
+    }
+    let q = primary(&c).await;
+    assert!(put(&c, q, "after", "new epoch").await.status().is_success());
+    c.start(p);
+    c.wait_for(T, "old primary converges on the new history", || async {
+        let (v, _) = get_local(&c, p, "after").await?;
+        (v == "new epoch").then_some(())
+    })
+    .await;
+    assert!(
+        get_local(&c, p, "lost0").await.is_none(),
+        "rolled-back entry must not stay visible"
+    );
+    let d: Value = c.get(p, "/v1/diverged").await.unwrap();
+    let keys: Vec<&str> = d["diverged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["key"].as_str())
+        .collect();
+    for i in 0..5 {
+        assert!(
+            keys.contains(&format!("lost{i}").as_str()),
+            "lost{i} kept in diverged: {d}"
+        );
+    }
+}

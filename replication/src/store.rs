@@ -1,0 +1,1498 @@
+//! The redb file, its tables, the cached position, and every operation except the group-committed
+//! primary write path (in `writer.rs`) and snapshots (in `snapshot.rs`).
+//!
+//! Tables:
+//! - `kv`: key → encoded [`StoredValue`] `{pos, value}` (version = `pos.seq`).
+//! - `log`: seq → encoded [`Entry`]. Always contiguous: it holds exactly the seqs
+//!   `log_start.seq + 1 ..= position.seq` (appends at the back, trim at the front, rollback at
+//!   the back). Empty iff `log_start == position`.
+//! - `meta`: `position` (last entry written or applied), `newest_epoch` (newest epoch seen),
+//!   `log_start` (position of the last trimmed entry, or of the installed snapshot: the log
+//!   starts right after it, and its epoch is kept so a fork is still detected at that seq).
+//! - `diverged`: record id → encoded `{at_ms, entry}` for every rolled-back entry.
+//!
+//! Locks: `Inner::meta` (a mutex) is taken by every write transaction of this store, for the
+//! whole transaction, and the in-memory caches are updated under it right after the commit. So
+//! the cached [`Meta`] is always what the last commit wrote, and the writer thread, `apply`,
+//! `trim`, `rollback_to` and snapshot install never interleave. Readers (`get`, `list`,
+//! `read_log`, `snapshot`) take no lock: each uses one redb read transaction (MVCC) and reads the
+//! meta it needs from that same transaction, so what it returns is consistent.
+
+use std::fmt::Display;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
+    WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode, decode_prefix, encode};
+use crate::writer::WriterHandle;
+use crate::{
+    validate_key, validate_value, DataError, Entry, ListItem, ListPage, LogRead, Position, ValueMeta, WriteOp,
+    WriteResult, MAX_LIST_LIMIT,
+};
+
+pub(crate) const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+/// Where a snapshot is installed before it is swapped in for `kv` in one transaction.
+pub(crate) const KV_STAGING: TableDefinition<&str, &[u8]> = TableDefinition::new("kv_staging");
+pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const DIVERGED: TableDefinition<u64, &[u8]> = TableDefinition::new("diverged");
+
+const META_POSITION: &str = "position";
+const META_NEWEST_EPOCH: &str = "newest_epoch";
+const META_LOG_START: &str = "log_start";
+
+/// A value as stored in `kv`. `pos` comes first so that [`stored_meta`] can read it and the value's
+/// length without copying the value.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct StoredValue {
+    pub pos: Position,
+    pub value: Vec<u8>,
+}
+
+/// Encoding twin of [`StoredValue`] that borrows the value (same bytes: postcard writes a byte
+/// slice and a `Vec<u8>` alike, as a length and the bytes).
+#[derive(Serialize)]
+pub(crate) struct StoredValueRef<'a> {
+    pub pos: Position,
+    pub value: &'a [u8],
+}
+
+pub(crate) fn encode_value(pos: Position, value: &[u8]) -> Vec<u8> {
+    encode(&StoredValueRef { pos, value })
+}
+
+pub(crate) fn decode_value(key: &str, bytes: &[u8]) -> Result<StoredValue, DataError> {
+    decode(bytes).map_err(|e| DataError::Corrupt(format!("decode value of key {key:?}: {e}")))
+}
+
+/// Position and value length of a stored value, without copying the value.
+fn stored_meta(key: &str, bytes: &[u8]) -> Result<(Position, u64), DataError> {
+    let corrupt = |e: &dyn Display| DataError::Corrupt(format!("decode value of key {key:?}: {e}"));
+    let (pos, rest) = decode_prefix::<Position>(bytes).map_err(|e| corrupt(&e))?;
+    let (len, rest) = postcard::take_from_bytes::<u64>(rest).map_err(|e| corrupt(&e))?;
+    if rest.len() as u64 != len {
+        return Err(corrupt(&format!("value length {len} but {} bytes follow", rest.len())));
+    }
+    Ok((pos, len))
+}
+
+pub(crate) fn decode_entry(seq: u64, bytes: &[u8]) -> Result<Entry, DataError> {
+    let entry: Entry = decode(bytes).map_err(|e| DataError::Corrupt(format!("decode log entry {seq}: {e}")))?;
+    if entry.pos.seq != seq {
+        return Err(DataError::Corrupt(format!(
+            "log entry stored at seq {seq} says it is at {}",
+            entry.pos
+        )));
+    }
+    Ok(entry)
+}
+
+/// A rolled-back entry in the `diverged` table.
+#[derive(Debug, Serialize, Deserialize)]
+struct DivergedRecord {
+    at_ms: u64,
+    entry: Entry,
+}
+
+/// Attach a verb phrase to a redb (or other) error.
+pub(crate) trait Ctx<T> {
+    fn ctx(self, what: &str) -> Result<T, DataError>;
+}
+
+impl<T, E: Display> Ctx<T> for Result<T, E> {
+    fn ctx(self, what: &str) -> Result<T, DataError> {
+        self.map_err(|e| DataError::Storage(format!("{what}: {e}")))
+    }
+}
+
+/// The persisted bookkeeping of the store (the `meta` table), cached in [`Inner::meta`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub position: Position,
+    pub newest_epoch: u64,
+    pub log_start: Position,
+}
+
+pub(crate) fn read_meta(t: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Meta, DataError> {
+    fn get<T: for<'de> Deserialize<'de> + Default>(
+        t: &impl ReadableTable<&'static str, &'static [u8]>,
+        key: &str,
+    ) -> Result<T, DataError> {
+        match t.get(key).ctx("read meta")? {
+            Some(v) => decode(v.value()).map_err(|e| DataError::Corrupt(format!("decode meta {key}: {e}"))),
+            None => Ok(T::default()),
+        }
+    }
+    Ok(Meta {
+        position: get(t, META_POSITION)?,
+        newest_epoch: get(t, META_NEWEST_EPOCH)?,
+        log_start: get(t, META_LOG_START)?,
+    })
+}
+
+pub(crate) fn write_meta(tx: &WriteTransaction, meta: &Meta) -> Result<(), DataError> {
+    let mut t = tx.open_table(META).ctx("open meta table")?;
+    t.insert(META_POSITION, encode(&meta.position).as_slice())
+        .ctx("write position")?;
+    t.insert(META_NEWEST_EPOCH, encode(&meta.newest_epoch).as_slice())
+        .ctx("write newest epoch")?;
+    t.insert(META_LOG_START, encode(&meta.log_start).as_slice())
+        .ctx("write log start")?;
+    Ok(())
+}
+
+/// Begin a write transaction that is durable on commit.
+pub(crate) fn begin_write(db: &Database) -> Result<WriteTransaction, DataError> {
+    let mut tx = db.begin_write().ctx("begin write transaction")?;
+    // redb's default, stated so nobody has to look it up: commit() returns only after fdatasync.
+    tx.set_durability(Durability::Immediate).ctx("set durability")?;
+    Ok(tx)
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Counters of the group-commit writer (exported by the node as metrics).
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub commits: AtomicU64,
+    pub writes: AtomicU64,
+    pub failed_batches: AtomicU64,
+    pub largest_batch: AtomicU64,
+    pub queued: AtomicU64,
+}
+
+/// Snapshot of the writer's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataStats {
+    /// redb commits made by the primary write path (one per group-committed batch).
+    pub commits: u64,
+    /// Primary writes committed (CAS mismatches and refused writes are not counted).
+    pub writes: u64,
+    /// Batches whose transaction failed (every write in them failed).
+    pub failed_batches: u64,
+    /// Most writes committed in one batch.
+    pub largest_batch: u64,
+    /// Writes submitted and not yet answered.
+    pub queued: u64,
+}
+
+pub(crate) struct Inner {
+    pub db: Database,
+    pub path: PathBuf,
+    /// Write lock and source of truth for the bookkeeping: see the module doc. Held for the whole
+    /// of every write transaction; updated only after a successful commit.
+    meta: Mutex<Meta>,
+    /// Copy of `meta.position` for lock-free [`DataStore::position`], which must not wait for a
+    /// batch's fsync. Written under `meta` after each commit.
+    position: RwLock<Position>,
+    /// Copy of `meta.newest_epoch`, same rule.
+    newest_epoch: AtomicU64,
+    pub stats: Stats,
+    /// At most one snapshot install at a time (they share the staging table).
+    pub installing: AtomicBool,
+}
+
+impl Inner {
+    pub fn lock_meta(&self) -> MutexGuard<'_, Meta> {
+        // A panic while holding the lock happens before a commit (the transaction is then
+        // dropped, i.e. aborted) or after the cache update: the value is never half-updated.
+        self.meta.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Install `new` as the committed bookkeeping. Call with the `meta` guard, after commit.
+    pub fn publish(&self, guard: &mut MutexGuard<'_, Meta>, new: Meta) {
+        **guard = new;
+        *self.position.write().unwrap_or_else(|e| e.into_inner()) = new.position;
+        self.newest_epoch.store(new.newest_epoch, Ordering::Release);
+    }
+
+    /// After a failed commit, redb's state is what the last successful commit wrote: reload it.
+    pub fn reload_meta(&self, guard: &mut MutexGuard<'_, Meta>) {
+        match load_meta(&self.db) {
+            Ok(m) => self.publish(guard, m),
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "reload datastore meta after a failed commit")
+            }
+        }
+    }
+}
+
+fn load_meta(db: &Database) -> Result<Meta, DataError> {
+    let rtx = db.begin_read().ctx("begin read transaction")?;
+    let t = rtx.open_table(META).ctx("open meta table")?;
+    read_meta(&t)
+}
+
+/// Check the log-shape invariant (see the module doc) so a broken file fails at open, not later.
+fn check_log_shape(db: &Database, meta: &Meta) -> Result<(), DataError> {
+    let rtx = db.begin_read().ctx("begin read transaction")?;
+    let log = rtx.open_table(LOG).ctx("open log table")?;
+    let first = log.first().ctx("read first log entry")?.map(|(k, _)| k.value());
+    let last = log.last().ctx("read last log entry")?.map(|(k, _)| k.value());
+    let len = log.len().ctx("count log entries")?;
+    let ok = match (first, last) {
+        (None, None) => meta.log_start == meta.position,
+        (Some(f), Some(l)) => f == meta.log_start.seq + 1 && l == meta.position.seq && len == l - f + 1,
+        _ => false,
+    };
+    if !ok || meta.log_start > meta.position || meta.position.epoch > meta.newest_epoch {
+        return Err(DataError::Corrupt(format!(
+            "change log holds seqs {first:?}..={last:?} ({len} entries) but meta says log start {} and position {} \
+             (newest epoch {})",
+            meta.log_start, meta.position, meta.newest_epoch
+        )));
+    }
+    Ok(())
+}
+
+/// Handle to the datastore. Cheap to clone; every clone shares one redb database and one writer
+/// thread. The writer thread stops (after its current batch) when the last clone is dropped.
+#[derive(Clone)]
+pub struct DataStore {
+    // Dropped first: stopping the writer releases its reference to `inner` (and the file).
+    writer: Arc<WriterHandle>,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for DataStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataStore")
+            .field("path", &self.inner.path)
+            .field("position", &self.position())
+            .field("newest_epoch", &self.newest_epoch())
+            .finish()
+    }
+}
+
+impl DataStore {
+    /// Open (creating if needed) the datastore file at `path`, e.g. `<data_dir>/data.redb`.
+    ///
+    /// Takes no lock of its own: the node already holds the data-dir lock. (redb still locks the
+    /// file itself, so opening the same file twice fails instead of corrupting it.)
+    pub fn open(path: &Path) -> Result<DataStore, DataError> {
+        let db = Database::create(path).ctx(&format!("open datastore {}", path.display()))?;
+        // Create every table so that readers never see "table does not exist".
+        let tx = begin_write(&db)?;
+        tx.open_table(KV).ctx("create kv table")?;
+        tx.open_table(LOG).ctx("create log table")?;
+        tx.open_table(META).ctx("create meta table")?;
+        tx.open_table(DIVERGED).ctx("create diverged table")?;
+        tx.commit().ctx("commit table creation")?;
+        let meta = load_meta(&db)?;
+        check_log_shape(&db, &meta)?;
+        tracing::info!(path = %path.display(), position = %meta.position, log_start = %meta.log_start,
+            newest_epoch = meta.newest_epoch, "opened datastore");
+        let inner = Arc::new(Inner {
+            db,
+            path: path.to_path_buf(),
+            meta: Mutex::new(meta),
+            position: RwLock::new(meta.position),
+            newest_epoch: AtomicU64::new(meta.newest_epoch),
+            stats: Stats::default(),
+            installing: AtomicBool::new(false),
+        });
+        let writer = Arc::new(WriterHandle::spawn(inner.clone())?);
+        Ok(DataStore { writer, inner })
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
+    /// Primary write. Validates sizes, then hands the write to the group-commit writer, which
+    /// assigns the next position in `epoch` (refused with `StaleEpoch` if an epoch newer than
+    /// `epoch` has been seen) and applies data + change-log entry in one transaction shared with
+    /// the other waiting writes. Returns once that transaction is durable. A failed batch fails
+    /// every write in it; a CAS mismatch fails only its own write.
+    ///
+    /// Dropping the returned future does not cancel a write already queued: its outcome is then
+    /// unknown to the caller.
+    pub async fn write(&self, epoch: u64, op: WriteOp) -> Result<WriteResult, DataError> {
+        crate::validate_op(&op)?;
+        self.writer.submit(&self.inner, epoch, op).await
+    }
+
+    /// The value of `key` and its metadata, or `None` if absent.
+    pub fn get(&self, key: &str) -> Result<Option<(Vec<u8>, ValueMeta)>, DataError> {
+        let rtx = self.inner.db.begin_read().ctx("begin read transaction")?;
+        let kv = rtx.open_table(KV).ctx("open kv table")?;
+        let Some(guard) = kv.get(key).ctx("read key")? else {
+            return Ok(None);
+        };
+        let stored = decode_value(key, guard.value())?;
+        let meta = ValueMeta {
+            version: stored.pos.seq,
+            pos: stored.pos,
+        };
+        Ok(Some((stored.value, meta)))
+    }
+
+    /// Keys starting with `prefix`, in byte order, strictly after `after` if given. `limit` is
+    /// clamped to `1..=MAX_LIST_LIMIT`. `next` is set when more keys follow.
+    pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<ListPage, DataError> {
+        let limit = limit.clamp(1, MAX_LIST_LIMIT);
+        let rtx = self.inner.db.begin_read().ctx("begin read transaction")?;
+        let kv = rtx.open_table(KV).ctx("open kv table")?;
+        let range = match after {
+            Some(a) if a >= prefix => kv.range::<&str>((Bound::Excluded(a), Bound::Unbounded)),
+            _ => kv.range::<&str>(prefix..),
+        }
+        .ctx("list keys")?;
+        let mut items = Vec::new();
+        let mut more = false;
+        for item in range {
+            let (k, v) = item.ctx("list keys")?;
+            let key = k.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            let (pos, size) = stored_meta(key, v.value())?;
+            items.push(ListItem {
+                key: key.to_string(),
+                version: pos.seq,
+                size,
+            });
+        }
+        let next = if more {
+            items.last().map(|i| i.key.clone())
+        } else {
+            None
+        };
+        Ok(ListPage { items, next })
+    }
+
+    /// Last entry written or applied (or rolled back to, or installed by a snapshot).
+    pub fn position(&self) -> Position {
+        *self.inner.position.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Newest epoch this store has seen (through writes, applies or [`DataStore::observe_epoch`]).
+    pub fn newest_epoch(&self) -> u64 {
+        self.inner.newest_epoch.load(Ordering::Acquire)
+    }
+
+    /// Counters of the group-commit writer.
+    pub fn stats(&self) -> DataStats {
+        let s = &self.inner.stats;
+        DataStats {
+            commits: s.commits.load(Ordering::Relaxed),
+            writes: s.writes.load(Ordering::Relaxed),
+            failed_batches: s.failed_batches.load(Ordering::Relaxed),
+            largest_batch: s.largest_batch.load(Ordering::Relaxed),
+            queued: s.queued.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Entries strictly after `after`, at most `max_entries` and `max_bytes` (encoded size) but at
+    /// least one entry if there is any. `Position::default()` means from the start.
+    ///
+    /// - `Trimmed` when `after` is older than the retained log (the reader needs a snapshot);
+    /// - `Err(Fork)` when this node's entry at `after.seq` has another epoch, or when `after` is
+    ///   beyond this node's position (the reader has entries this node never had);
+    /// - `Entries(vec![])` when the reader is caught up.
+    pub fn read_log(&self, after: Position, max_entries: usize, max_bytes: usize) -> Result<LogRead, DataError> {
+        let rtx = self.inner.db.begin_read().ctx("begin read transaction")?;
+        let meta = read_meta(&rtx.open_table(META).ctx("open meta table")?)?;
+        let log = rtx.open_table(LOG).ctx("open log table")?;
+        if after.seq < meta.log_start.seq {
+            let oldest_retained = match log.first().ctx("read first log entry")? {
+                Some((k, v)) => Some(decode_entry(k.value(), v.value())?.pos),
+                None => None,
+            };
+            return Ok(LogRead::Trimmed { oldest_retained });
+        }
+        if after.seq > meta.position.seq {
+            return Err(DataError::Fork { at: after, ours: None });
+        }
+        let ours = entry_position(&log, &meta, after.seq)?;
+        if ours != Some(after) {
+            return Err(DataError::Fork { at: after, ours });
+        }
+        let max_entries = max_entries.max(1);
+        let mut entries = Vec::new();
+        let mut bytes = 0usize;
+        for item in log.range(after.seq + 1..).ctx("read log")? {
+            let (k, v) = item.ctx("read log")?;
+            let size = v.value().len();
+            if entries.len() >= max_entries || (!entries.is_empty() && bytes + size > max_bytes) {
+                break;
+            }
+            entries.push(decode_entry(k.value(), v.value())?);
+            bytes += size;
+        }
+        Ok(LogRead::Entries(entries))
+    }
+
+    /// Position of this node's log entry at `seq`: `Some` for the retained entries and for the
+    /// log start (last trimmed entry or snapshot position), `None` otherwise. Lets the node walk
+    /// back to the last common position after a [`DataError::Fork`].
+    pub fn position_at(&self, seq: u64) -> Result<Option<Position>, DataError> {
+        let rtx = self.inner.db.begin_read().ctx("begin read transaction")?;
+        let meta = read_meta(&rtx.open_table(META).ctx("open meta table")?)?;
+        let log = rtx.open_table(LOG).ctx("open log table")?;
+        entry_position(&log, &meta, seq)
+    }
+
+    /// Replica apply of entries read from the primary of `source_epoch` (the epoch of the frame
+    /// that carried them, i.e. the sender's primary epoch).
+    ///
+    /// Refuses a `source_epoch` older than the newest epoch seen (`StaleEpoch`: fencing rule 4),
+    /// and entries from an epoch newer than `source_epoch`. Entries already applied (same
+    /// position as this node's entry at that seq) are skipped, so re-delivery is a no-op; an
+    /// entry whose seq this node has with another epoch is a `Fork`. The rest must continue
+    /// exactly from `position()` (`Gap` otherwise) and be contiguous. One transaction for the
+    /// whole batch together with the new position; durable before returning (blocking: run it on
+    /// `spawn_blocking`). Returns the new position.
+    pub fn apply(&self, source_epoch: u64, entries: &[Entry]) -> Result<Position, DataError> {
+        let mut guard = self.inner.lock_meta();
+        let meta = *guard;
+        if source_epoch < meta.newest_epoch {
+            return Err(DataError::StaleEpoch {
+                epoch: source_epoch,
+                current: meta.newest_epoch,
+            });
+        }
+        check_batch(source_epoch, entries)?;
+
+        let tx = begin_write(&self.inner.db)?;
+        let mut new = meta;
+        new.newest_epoch = source_epoch;
+        {
+            let mut kv = tx.open_table(KV).ctx("open kv table")?;
+            let mut log = tx.open_table(LOG).ctx("open log table")?;
+            // Skip what this node already has, checking that it really is the same entry.
+            let mut skip = 0;
+            for e in entries.iter().take_while(|e| e.pos.seq <= meta.position.seq) {
+                match entry_position(&log, &meta, e.pos.seq)? {
+                    Some(ours) if ours != e.pos => {
+                        return Err(DataError::Fork {
+                            at: e.pos,
+                            ours: Some(ours),
+                        })
+                    }
+                    // Trimmed: cannot compare, but an epoch newer than all of ours cannot match.
+                    None if e.pos.epoch > meta.position.epoch => return Err(DataError::Fork { at: e.pos, ours: None }),
+                    _ => skip += 1,
+                }
+            }
+            let rest = &entries[skip..];
+            if let Some(first) = rest.first() {
+                if first.pos.seq != meta.position.seq + 1 {
+                    return Err(DataError::Gap {
+                        expected: meta.position.seq + 1,
+                        found: first.pos.seq,
+                        position: meta.position,
+                    });
+                }
+                if first.pos.epoch < meta.position.epoch {
+                    // The sender's entry at our last seq has an epoch <= first.pos.epoch, so not ours.
+                    return Err(DataError::Fork {
+                        at: first.pos,
+                        ours: Some(meta.position),
+                    });
+                }
+            }
+            for e in rest {
+                let current = match kv.get(e.key.as_str()).ctx("read key")? {
+                    Some(g) => Some(decode_value(&e.key, g.value())?),
+                    None => None,
+                };
+                // The before-image is this node's own state: it is what a rollback here must restore.
+                let prev = current.map(|c| (c.value, c.pos));
+                if prev != e.prev {
+                    tracing::warn!(pos = %e.pos, key = %e.key,
+                        "replica state differs from the primary's before-image; keeping the local one for rollback");
+                }
+                match &e.value {
+                    Some(v) => kv
+                        .insert(e.key.as_str(), encode_value(e.pos, v).as_slice())
+                        .ctx("write key")?,
+                    None => kv.remove(e.key.as_str()).ctx("delete key")?,
+                };
+                let entry = Entry {
+                    pos: e.pos,
+                    key: e.key.clone(),
+                    value: e.value.clone(),
+                    prev,
+                };
+                log.insert(e.pos.seq, encode(&entry).as_slice())
+                    .ctx("append log entry")?;
+                new.position = e.pos;
+            }
+        }
+        if new == meta {
+            return Ok(meta.position);
+        }
+        write_meta(&tx, &new)?;
+        // Durability point of replica apply: data, log entries and position in one fsync'd commit.
+        if let Err(e) = tx.commit() {
+            self.inner.reload_meta(&mut guard);
+            return Err(DataError::Storage(format!("commit applied entries: {e}")));
+        }
+        self.inner.publish(&mut guard, new);
+        Ok(new.position)
+    }
+
+    /// Remember `epoch` as the newest epoch known, if it is newer (persisted before returning), so
+    /// that writes and applies from older epochs are refused.
+    pub fn observe_epoch(&self, epoch: u64) -> Result<(), DataError> {
+        let mut guard = self.inner.lock_meta();
+        if epoch <= guard.newest_epoch {
+            return Ok(());
+        }
+        let new = Meta {
+            newest_epoch: epoch,
+            ..*guard
+        };
+        let tx = begin_write(&self.inner.db)?;
+        write_meta(&tx, &new)?;
+        tx.commit().ctx("commit newest epoch")?;
+        self.inner.publish(&mut guard, new);
+        Ok(())
+    }
+
+    /// Keep at most `keep` newest entries of the change log; returns how many were dropped.
+    pub fn trim(&self, keep: u64) -> Result<u64, DataError> {
+        let mut guard = self.inner.lock_meta();
+        let meta = *guard;
+        let len = meta.position.seq - meta.log_start.seq;
+        if len <= keep {
+            return Ok(0);
+        }
+        let cutoff = meta.position.seq - keep;
+        let tx = begin_write(&self.inner.db)?;
+        let mut new = meta;
+        let mut dropped = 0u64;
+        {
+            let mut log = tx.open_table(LOG).ctx("open log table")?;
+            let cut = log
+                .get(cutoff)
+                .ctx("read log entry")?
+                .ok_or_else(|| DataError::Corrupt(format!("log has no entry at seq {cutoff}")))?;
+            new.log_start = decode_entry(cutoff, cut.value())?.pos;
+            drop(cut);
+            log.retain_in(..=cutoff, |_, _| {
+                dropped += 1;
+                false
+            })
+            .ctx("trim log")?;
+        }
+        write_meta(&tx, &new)?;
+        if let Err(e) = tx.commit() {
+            self.inner.reload_meta(&mut guard);
+            return Err(DataError::Storage(format!("commit log trim: {e}")));
+        }
+        self.inner.publish(&mut guard, new);
+        tracing::debug!(dropped, log_start = %new.log_start, "trimmed datastore change log");
+        Ok(dropped)
+    }
+
+    /// Divergence: roll back every entry after `fork` (newest first) using the before-images,
+    /// move them to the `diverged` table (stamped with the time, unix ms), set the position to
+    /// `fork`. One transaction. Returns the rolled-back entries in log order. `fork` must be a
+    /// position this node has (its entry at `fork.seq`, or its log start); else `NotInLog`.
+    pub fn rollback_to(&self, fork: Position) -> Result<Vec<Entry>, DataError> {
+        let mut guard = self.inner.lock_meta();
+        let meta = *guard;
+        let not_in_log = || DataError::NotInLog {
+            pos: fork,
+            log_start: meta.log_start,
+            position: meta.position,
+        };
+        if fork == meta.position {
+            return Ok(Vec::new());
+        }
+        let tx = begin_write(&self.inner.db)?;
+        let at_ms = now_ms();
+        let mut rolled = Vec::new();
+        {
+            let mut kv = tx.open_table(KV).ctx("open kv table")?;
+            let mut log = tx.open_table(LOG).ctx("open log table")?;
+            let mut diverged = tx.open_table(DIVERGED).ctx("open diverged table")?;
+            if entry_position(&log, &meta, fork.seq)? != Some(fork) {
+                return Err(not_in_log());
+            }
+            // Record ids: ascending in log order within one rollback, after every earlier record.
+            let base = match diverged.last().ctx("read diverged table")? {
+                Some((k, _)) => k.value() + 1,
+                None => 1,
+            };
+            for seq in (fork.seq + 1..=meta.position.seq).rev() {
+                let entry = match log.remove(seq).ctx("remove log entry")? {
+                    Some(v) => decode_entry(seq, v.value())?,
+                    None => return Err(DataError::Corrupt(format!("log has no entry at seq {seq}"))),
+                };
+                // Newest first, so the key's current value must be exactly what this entry wrote.
+                let current = match kv.get(entry.key.as_str()).ctx("read key")? {
+                    Some(g) => Some(decode_value(&entry.key, g.value())?.pos),
+                    None => None,
+                };
+                let expected = entry.value.as_ref().map(|_| entry.pos);
+                if current != expected {
+                    return Err(DataError::Corrupt(format!(
+                        "rolling back {}: key {:?} was last written at {current:?}, not by this entry",
+                        entry.pos, entry.key
+                    )));
+                }
+                match &entry.prev {
+                    Some((v, p)) => kv
+                        .insert(entry.key.as_str(), encode_value(*p, v).as_slice())
+                        .ctx("restore key")?,
+                    None => kv.remove(entry.key.as_str()).ctx("restore key")?,
+                };
+                let record = DivergedRecord { at_ms, entry };
+                diverged
+                    .insert(base + (seq - fork.seq - 1), encode(&record).as_slice())
+                    .ctx("write diverged entry")?;
+                rolled.push(record.entry);
+            }
+        }
+        let new = Meta { position: fork, ..meta };
+        write_meta(&tx, &new)?;
+        // Durability point: the rollback and the kept copies of the rolled-back entries, together.
+        if let Err(e) = tx.commit() {
+            self.inner.reload_meta(&mut guard);
+            return Err(DataError::Storage(format!("commit rollback: {e}")));
+        }
+        self.inner.publish(&mut guard, new);
+        rolled.reverse();
+        tracing::warn!(fork = %fork, from = %meta.position, entries = rolled.len(),
+            "rolled back diverged datastore entries; they are kept in the diverged table");
+        Ok(rolled)
+    }
+
+    /// Rolled-back entries with the time they were rolled back (unix ms), newest first.
+    pub fn diverged(&self, limit: usize) -> Result<Vec<(u64, Entry)>, DataError> {
+        let rtx = self.inner.db.begin_read().ctx("begin read transaction")?;
+        let t = rtx.open_table(DIVERGED).ctx("open diverged table")?;
+        let mut out = Vec::new();
+        for item in t.iter().ctx("read diverged table")?.rev().take(limit) {
+            let (k, v) = item.ctx("read diverged table")?;
+            let r: DivergedRecord = decode(v.value())
+                .map_err(|e| DataError::Corrupt(format!("decode diverged record {}: {e}", k.value())))?;
+            out.push((r.at_ms, r.entry));
+        }
+        Ok(out)
+    }
+}
+
+/// This node's position at `seq`, from the log or the log start (see [`DataStore::position_at`]).
+fn entry_position(
+    log: &impl ReadableTable<u64, &'static [u8]>,
+    meta: &Meta,
+    seq: u64,
+) -> Result<Option<Position>, DataError> {
+    if seq == meta.log_start.seq {
+        return Ok(Some(meta.log_start));
+    }
+    if seq < meta.log_start.seq || seq > meta.position.seq {
+        return Ok(None);
+    }
+    match log.get(seq).ctx("read log entry")? {
+        Some(v) => Ok(Some(decode_entry(seq, v.value())?.pos)),
+        None => Err(DataError::Corrupt(format!(
+            "log has no entry at seq {seq} though it should hold {}..={}",
+            meta.log_start.seq + 1,
+            meta.position.seq
+        ))),
+    }
+}
+
+/// Shape checks of a replication batch that need no disk: contiguous, epochs non-decreasing and
+/// not newer than the sender's, keys and values within limits.
+fn check_batch(source_epoch: u64, entries: &[Entry]) -> Result<(), DataError> {
+    let invalid = |m: String| Err(DataError::InvalidEntries(m));
+    for w in entries.windows(2) {
+        if w[1].pos.seq != w[0].pos.seq + 1 || w[1].pos.epoch < w[0].pos.epoch {
+            return invalid(format!(
+                "entry {} follows {}: entries must be contiguous",
+                w[1].pos, w[0].pos
+            ));
+        }
+    }
+    for e in entries {
+        if e.pos.seq == 0 {
+            return invalid(format!("entry at {} has seq 0", e.pos));
+        }
+        if e.pos.epoch > source_epoch {
+            return invalid(format!(
+                "entry {} is from an epoch newer than its sender's ({source_epoch})",
+                e.pos
+            ));
+        }
+        validate_key(&e.key).map_err(|err| DataError::InvalidEntries(format!("entry {}: {err}", e.pos)))?;
+        let len = e.value.as_ref().map_or(0, Vec::len);
+        validate_value(len).map_err(|err| DataError::InvalidEntries(format!("entry {}: {err}", e.pos)))?;
+    }
+    Ok(())
+}
+
+/// Apply one primary write inside the writer's batch transaction. `Ok(Err(..))` is a refusal of
+/// this write only (CAS mismatch, stale epoch); `Err(..)` fails the whole batch.
+pub(crate) fn apply_write(
+    kv: &mut Table<'_, &'static str, &'static [u8]>,
+    log: &mut Table<'_, u64, &'static [u8]>,
+    meta: &mut Meta,
+    epoch: u64,
+    op: WriteOp,
+) -> Result<Result<WriteResult, DataError>, DataError> {
+    if epoch < meta.newest_epoch {
+        return Ok(Err(DataError::StaleEpoch {
+            epoch,
+            current: meta.newest_epoch,
+        }));
+    }
+    let current = match kv.get(op.key()).ctx("read key")? {
+        Some(g) => Some(decode_value(op.key(), g.value())?),
+        None => None,
+    };
+    // Reads inside the batch transaction see the batch's own earlier writes, so a CAS is checked
+    // against them too.
+    let current_version = current.as_ref().map_or(0, |c| c.pos.seq);
+    let (key, value) = match op {
+        WriteOp::Put { key, value } => (key, Some(value)),
+        WriteOp::Delete { key } => (key, None),
+        WriteOp::Cas {
+            key,
+            expected_version,
+            value,
+        } => {
+            if expected_version != current_version {
+                return Ok(Err(DataError::CasMismatch {
+                    key,
+                    expected: expected_version,
+                    current: current_version,
+                }));
+            }
+            (key, Some(value))
+        }
+    };
+    let pos = Position {
+        epoch,
+        seq: meta.position.seq + 1,
+    };
+    let entry = Entry {
+        pos,
+        key,
+        value,
+        prev: current.map(|c| (c.value, c.pos)),
+    };
+    match &entry.value {
+        Some(v) => kv
+            .insert(entry.key.as_str(), encode_value(pos, v).as_slice())
+            .ctx("write key")?,
+        None => kv.remove(entry.key.as_str()).ctx("delete key")?,
+    };
+    log.insert(pos.seq, encode(&entry).as_slice()).ctx("append log entry")?;
+    meta.position = pos;
+    meta.newest_epoch = epoch;
+    Ok(Ok(WriteResult {
+        pos,
+        version: if entry.value.is_some() { pos.seq } else { 0 },
+        existed: entry.prev.is_some(),
+    }))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
+
+    pub(crate) fn open_temp() -> (tempfile::TempDir, DataStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DataStore::open(&dir.path().join("data.redb")).unwrap();
+        (dir, store)
+    }
+
+    pub(crate) fn put(key: &str, value: &[u8]) -> WriteOp {
+        WriteOp::Put {
+            key: key.to_string(),
+            value: value.to_vec(),
+        }
+    }
+
+    /// Everything a client can observe: every key (through paginated `list`) with `get`.
+    pub(crate) fn dump(store: &DataStore) -> Vec<(String, Vec<u8>, ValueMeta)> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = store.list("", after.as_deref(), 1000).unwrap();
+            for item in &page.items {
+                let (value, meta) = store.get(&item.key).unwrap().expect("listed key exists");
+                assert_eq!(meta.version, item.version);
+                assert_eq!(value.len() as u64, item.size);
+                out.push((item.key.clone(), value, meta));
+            }
+            match page.next {
+                Some(n) => after = Some(n),
+                None => return out,
+            }
+        }
+    }
+
+    /// Write many keys concurrently (group commit keeps this fast).
+    pub(crate) async fn put_many(store: &DataStore, epoch: u64, items: Vec<(String, Vec<u8>)>) {
+        let mut tasks = Vec::new();
+        for (key, value) in items {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                s.write(epoch, WriteOp::Put { key, value }).await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    }
+
+    fn entries(read: LogRead) -> Vec<Entry> {
+        match read {
+            LogRead::Entries(e) => e,
+            other => panic!("expected entries, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn put_get_delete_cas() {
+        let (_dir, s) = open_temp();
+        assert_eq!(s.get("a").unwrap(), None);
+        assert_eq!(s.position(), Position::default());
+
+        let r = s.write(1, put("a", b"one")).await.unwrap();
+        assert_eq!(
+            r,
+            WriteResult {
+                pos: Position::new(1, 1),
+                version: 1,
+                existed: false
+            }
+        );
+        let (v, m) = s.get("a").unwrap().unwrap();
+        assert_eq!(
+            (v.as_slice(), m),
+            (
+                &b"one"[..],
+                ValueMeta {
+                    version: 1,
+                    pos: Position::new(1, 1)
+                }
+            )
+        );
+
+        let r = s.write(1, put("a", b"two")).await.unwrap();
+        assert_eq!((r.version, r.existed), (2, true));
+        assert_eq!(s.get("a").unwrap().unwrap().0, b"two");
+
+        // CAS: 0 = must not exist.
+        let err = s
+            .write(
+                1,
+                WriteOp::Cas {
+                    key: "a".into(),
+                    expected_version: 0,
+                    value: b"x".to_vec(),
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            DataError::CasMismatch {
+                key: "a".into(),
+                expected: 0,
+                current: 2
+            }
+        );
+        let err = s
+            .write(
+                1,
+                WriteOp::Cas {
+                    key: "a".into(),
+                    expected_version: 1,
+                    value: b"x".to_vec(),
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            DataError::CasMismatch {
+                key: "a".into(),
+                expected: 1,
+                current: 2
+            }
+        );
+        assert_eq!(s.get("a").unwrap().unwrap().0, b"two", "a failed CAS changes nothing");
+        assert_eq!(s.position(), Position::new(1, 2), "a failed CAS takes no position");
+        let r = s
+            .write(
+                1,
+                WriteOp::Cas {
+                    key: "a".into(),
+                    expected_version: 2,
+                    value: b"three".to_vec(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!((r.pos, r.version, r.existed), (Position::new(1, 3), 3, true));
+        let r = s
+            .write(
+                1,
+                WriteOp::Cas {
+                    key: "b".into(),
+                    expected_version: 0,
+                    value: b"new".to_vec(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!((r.version, r.existed), (4, false));
+        let err = s
+            .write(
+                1,
+                WriteOp::Cas {
+                    key: "c".into(),
+                    expected_version: 7,
+                    value: b"x".to_vec(),
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            DataError::CasMismatch {
+                key: "c".into(),
+                expected: 7,
+                current: 0
+            }
+        );
+
+        let r = s.write(1, WriteOp::Delete { key: "a".into() }).await.unwrap();
+        assert_eq!(
+            r,
+            WriteResult {
+                pos: Position::new(1, 5),
+                version: 0,
+                existed: true
+            }
+        );
+        assert_eq!(s.get("a").unwrap(), None);
+        let r = s.write(1, WriteOp::Delete { key: "a".into() }).await.unwrap();
+        assert!(!r.existed);
+
+        // Epochs: a newer epoch is adopted, an older one refused afterwards.
+        let r = s.write(3, put("b", b"e3")).await.unwrap();
+        assert_eq!(r.pos, Position::new(3, 7));
+        assert_eq!(s.newest_epoch(), 3);
+        assert_eq!(
+            s.write(2, put("b", b"e2")).await.unwrap_err(),
+            DataError::StaleEpoch { epoch: 2, current: 3 }
+        );
+        s.observe_epoch(5).unwrap();
+        assert_eq!(
+            s.write(4, put("b", b"e4")).await.unwrap_err(),
+            DataError::StaleEpoch { epoch: 4, current: 5 }
+        );
+        assert_eq!(
+            s.get("b").unwrap().unwrap().1,
+            ValueMeta {
+                version: 7,
+                pos: Position::new(3, 7)
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn size_limits_and_empty_key() {
+        let (_dir, s) = open_temp();
+        let k1024 = "k".repeat(MAX_KEY_BYTES);
+        let k1025 = "k".repeat(MAX_KEY_BYTES + 1);
+        s.write(1, put(&k1024, b"v")).await.unwrap();
+        assert_eq!(s.get(&k1024).unwrap().unwrap().0, b"v");
+        assert_eq!(
+            s.write(1, put(&k1025, b"v")).await.unwrap_err(),
+            DataError::KeyTooLarge { len: 1025, max: 1024 }
+        );
+        assert_eq!(
+            s.write(1, WriteOp::Delete { key: k1025.clone() }).await.unwrap_err(),
+            DataError::KeyTooLarge { len: 1025, max: 1024 }
+        );
+
+        let big = vec![7u8; MAX_VALUE_BYTES];
+        s.write(1, put("big", &big)).await.unwrap();
+        assert_eq!(s.get("big").unwrap().unwrap().0, big);
+        let too_big = vec![7u8; MAX_VALUE_BYTES + 1];
+        assert_eq!(
+            s.write(1, put("big", &too_big)).await.unwrap_err(),
+            DataError::ValueTooLarge {
+                len: MAX_VALUE_BYTES + 1,
+                max: MAX_VALUE_BYTES
+            }
+        );
+        assert_eq!(
+            s.write(
+                1,
+                WriteOp::Cas {
+                    key: "c".into(),
+                    expected_version: 0,
+                    value: too_big
+                }
+            )
+            .await
+            .unwrap_err(),
+            DataError::ValueTooLarge {
+                len: MAX_VALUE_BYTES + 1,
+                max: MAX_VALUE_BYTES
+            }
+        );
+
+        assert_eq!(s.write(1, put("", b"v")).await.unwrap_err(), DataError::EmptyKey);
+        assert_eq!(
+            s.write(1, WriteOp::Delete { key: String::new() }).await.unwrap_err(),
+            DataError::EmptyKey
+        );
+        assert_eq!(s.position(), Position::new(1, 2), "refused writes take no position");
+        let page = s.list("", None, 10).unwrap();
+        let sizes: Vec<_> = page.items.iter().map(|i| (i.key.len(), i.size)).collect();
+        assert_eq!(sizes, vec![(3, MAX_VALUE_BYTES as u64), (1024, 1)]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn list_prefix_after_limit_and_pagination() {
+        let (_dir, s) = open_temp();
+        let mut items: Vec<(String, Vec<u8>)> = (0..2500).map(|i| (format!("a/{i:05}"), vec![1; i % 7])).collect();
+        items.push(("a".into(), b"bare".to_vec()));
+        items.push(("a0".into(), b"after the prefix".to_vec()));
+        items.push(("b/1".into(), b"other".to_vec()));
+        items.push(("0".into(), b"before".to_vec()));
+        put_many(&s, 1, items).await;
+
+        // Pagination with the default cap: 1000 + 1000 + 500, in byte order, no duplicates.
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let page = s.list("a/", after.as_deref(), 5000).unwrap();
+            assert!(page.items.len() <= 1000, "limit is capped at 1000");
+            pages += 1;
+            seen.extend(page.items.iter().map(|i| i.key.clone()));
+            match page.next {
+                Some(n) => {
+                    assert_eq!(Some(&n), seen.last());
+                    after = Some(n);
+                }
+                None => break,
+            }
+        }
+        assert_eq!(pages, 3);
+        let expected: Vec<String> = (0..2500).map(|i| format!("a/{i:05}")).collect();
+        assert_eq!(seen, expected);
+
+        // Small limit, `after` inside the prefix, sizes and versions.
+        let page = s.list("a/", Some("a/00010"), 3).unwrap();
+        let keys: Vec<_> = page.items.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(keys, ["a/00011", "a/00012", "a/00013"]);
+        assert_eq!(page.next.as_deref(), Some("a/00013"));
+        assert_eq!(page.items[0].size, (11 % 7) as u64);
+        assert_eq!(page.items[0].version, s.get("a/00011").unwrap().unwrap().1.version);
+
+        // The last page has no `next`, even when it is exactly full.
+        let page = s.list("a/", Some("a/02497"), 2).unwrap();
+        assert_eq!(page.items.len(), 2);
+        assert_eq!(page.next, None);
+
+        // `after` before the prefix starts at the prefix; after past it gives nothing.
+        let page = s.list("a/", Some("0"), 1).unwrap();
+        assert_eq!(page.items[0].key, "a/00000");
+        assert!(s.list("a/", Some("a0"), 10).unwrap().items.is_empty());
+        let all: Vec<_> = s
+            .list("a", Some("a/02499"), 10)
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|i| i.key)
+            .collect();
+        assert_eq!(all, ["a0"]);
+        let b: Vec<_> = s
+            .list("b", None, 10)
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|i| i.key)
+            .collect();
+        assert_eq!(b, ["b/1"]);
+        assert_eq!(s.list("", None, 1).unwrap().items[0].key, "0");
+        assert!(s.list("zzz", None, 10).unwrap().items.is_empty());
+    }
+
+    #[tokio::test]
+    async fn reopen_keeps_contents_and_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.redb");
+        let (before, pos, epoch) = {
+            let s = DataStore::open(&path).unwrap();
+            for i in 0..20 {
+                s.write(2, put(&format!("k{i}"), format!("v{i}").as_bytes()))
+                    .await
+                    .unwrap();
+            }
+            s.write(2, WriteOp::Delete { key: "k3".into() }).await.unwrap();
+            s.observe_epoch(4).unwrap();
+            (dump(&s), s.position(), s.newest_epoch())
+        };
+        assert_eq!(pos, Position::new(2, 21));
+        let s = DataStore::open(&path).unwrap();
+        assert_eq!(s.position(), pos);
+        assert_eq!(s.newest_epoch(), epoch);
+        assert_eq!(dump(&s), before);
+        assert_eq!(before.len(), 19);
+        // The log survived too, and writing continues from the persisted position.
+        assert_eq!(
+            entries(s.read_log(Position::default(), 100, usize::MAX).unwrap()).len(),
+            21
+        );
+        assert_eq!(s.write(4, put("k", b"v")).await.unwrap().pos, Position::new(4, 22));
+    }
+
+    #[tokio::test]
+    async fn read_log_pages_trims_and_detects_forks() {
+        let (_dir, s) = open_temp();
+        for i in 1..=10u8 {
+            s.write(1, put(&format!("k{i}"), &[i; 100])).await.unwrap();
+        }
+        // Empty log read from the start and a caught-up reader.
+        let all = entries(s.read_log(Position::default(), 100, usize::MAX).unwrap());
+        assert_eq!(all.len(), 10);
+        assert_eq!(
+            all.iter().map(|e| e.pos.seq).collect::<Vec<_>>(),
+            (1..=10).collect::<Vec<_>>()
+        );
+        assert_eq!(all[3].value.as_deref(), Some(&[4u8; 100][..]));
+        assert!(entries(s.read_log(Position::new(1, 10), 100, usize::MAX).unwrap()).is_empty());
+
+        // Pagination by count.
+        let page = entries(s.read_log(Position::new(1, 2), 3, usize::MAX).unwrap());
+        assert_eq!(page.iter().map(|e| e.pos.seq).collect::<Vec<_>>(), [3, 4, 5]);
+        // Pagination by bytes: each entry encodes to a bit over 100 bytes, so 250 holds two.
+        let page = entries(s.read_log(Position::new(1, 2), 100, 250).unwrap());
+        assert_eq!(page.iter().map(|e| e.pos.seq).collect::<Vec<_>>(), [3, 4]);
+        // At least one entry even when it alone exceeds max_bytes.
+        let page = entries(s.read_log(Position::new(1, 2), 100, 1).unwrap());
+        assert_eq!(page.iter().map(|e| e.pos.seq).collect::<Vec<_>>(), [3]);
+        // max_entries 0 still makes progress.
+        assert_eq!(
+            entries(s.read_log(Position::new(1, 2), 0, usize::MAX).unwrap()).len(),
+            1
+        );
+
+        // Fork: same seq, another epoch; and a reader ahead of us.
+        assert_eq!(
+            s.read_log(Position::new(2, 5), 10, usize::MAX).unwrap_err(),
+            DataError::Fork {
+                at: Position::new(2, 5),
+                ours: Some(Position::new(1, 5))
+            }
+        );
+        assert_eq!(
+            s.read_log(Position::new(1, 11), 10, usize::MAX).unwrap_err(),
+            DataError::Fork {
+                at: Position::new(1, 11),
+                ours: None
+            }
+        );
+
+        // Trim to the 4 newest entries: seqs 7..=10 remain, 6 is the log start.
+        assert_eq!(s.trim(4).unwrap(), 6);
+        assert_eq!(s.trim(4).unwrap(), 0);
+        assert_eq!(
+            s.read_log(Position::default(), 10, usize::MAX).unwrap(),
+            LogRead::Trimmed {
+                oldest_retained: Some(Position::new(1, 7))
+            }
+        );
+        assert_eq!(
+            s.read_log(Position::new(1, 5), 10, usize::MAX).unwrap(),
+            LogRead::Trimmed {
+                oldest_retained: Some(Position::new(1, 7))
+            }
+        );
+        // after = oldest retained - 1 still works, and a fork at that seq is still detected.
+        let page = entries(s.read_log(Position::new(1, 6), 10, usize::MAX).unwrap());
+        assert_eq!(page.iter().map(|e| e.pos.seq).collect::<Vec<_>>(), [7, 8, 9, 10]);
+        assert_eq!(
+            s.read_log(Position::new(2, 6), 10, usize::MAX).unwrap_err(),
+            DataError::Fork {
+                at: Position::new(2, 6),
+                ours: Some(Position::new(1, 6))
+            }
+        );
+        assert_eq!(s.position_at(6).unwrap(), Some(Position::new(1, 6)));
+        assert_eq!(s.position_at(5).unwrap(), None);
+        assert_eq!(s.position_at(8).unwrap(), Some(Position::new(1, 8)));
+        assert_eq!(s.get("k2").unwrap().unwrap().0, [2u8; 100], "trim keeps the data");
+
+        // Trim everything; survives reopen (log start persisted) and writes continue.
+        assert_eq!(s.trim(0).unwrap(), 4);
+        assert_eq!(
+            s.read_log(Position::new(1, 9), 10, usize::MAX).unwrap(),
+            LogRead::Trimmed { oldest_retained: None }
+        );
+        assert!(entries(s.read_log(Position::new(1, 10), 10, usize::MAX).unwrap()).is_empty());
+        s.write(1, put("k11", b"x")).await.unwrap();
+        let page = entries(s.read_log(Position::new(1, 10), 10, usize::MAX).unwrap());
+        assert_eq!(page.iter().map(|e| e.pos.seq).collect::<Vec<_>>(), [11]);
+    }
+
+    #[tokio::test]
+    async fn replica_apply_matches_primary() {
+        let (_d1, primary) = open_temp();
+        let (_d2, replica) = open_temp();
+        for i in 0..30 {
+            primary
+                .write(1, put(&format!("k{}", i % 12), format!("v{i}").as_bytes()))
+                .await
+                .unwrap();
+        }
+        primary.write(1, WriteOp::Delete { key: "k5".into() }).await.unwrap();
+        primary
+            .write(
+                1,
+                WriteOp::Cas {
+                    key: "k6".into(),
+                    expected_version: 19,
+                    value: b"cas".to_vec(),
+                },
+            )
+            .await
+            .unwrap();
+        primary.write(2, put("k7", b"epoch2")).await.unwrap();
+
+        // Stream it in small batches, as the apply worker would.
+        let mut batches = Vec::new();
+        loop {
+            let batch = entries(primary.read_log(replica.position(), 7, usize::MAX).unwrap());
+            if batch.is_empty() {
+                break;
+            }
+            let pos = replica.apply(2, &batch).unwrap();
+            assert_eq!(pos, batch.last().unwrap().pos);
+            batches.push(batch);
+        }
+        assert!(batches.len() > 1);
+        assert_eq!(replica.position(), primary.position());
+        assert_eq!(replica.position(), Position::new(2, 33));
+        assert_eq!(dump(&replica), dump(&primary));
+        assert_eq!(dump(&replica).len(), 11);
+        // The replica's log is the primary's log (so it can serve it after a failover).
+        assert_eq!(
+            replica.read_log(Position::default(), 100, usize::MAX).unwrap(),
+            primary.read_log(Position::default(), 100, usize::MAX).unwrap()
+        );
+
+        // Re-delivery is a no-op, also when it overlaps new entries.
+        let before = dump(&replica);
+        assert_eq!(replica.apply(2, &batches[1]).unwrap(), Position::new(2, 33));
+        assert_eq!(dump(&replica), before);
+        primary.write(2, put("k8", b"new")).await.unwrap();
+        let mut overlap = batches.last().unwrap().clone();
+        overlap.extend(entries(primary.read_log(Position::new(2, 33), 10, usize::MAX).unwrap()));
+        assert_eq!(replica.apply(2, &overlap).unwrap(), Position::new(2, 34));
+        assert_eq!(dump(&replica), dump(&primary));
+
+        // A gap is refused.
+        primary.write(2, put("k9", b"a")).await.unwrap();
+        primary.write(2, put("k9", b"b")).await.unwrap();
+        let tail = entries(primary.read_log(Position::new(2, 35), 10, usize::MAX).unwrap());
+        assert_eq!(
+            replica.apply(2, &tail).unwrap_err(),
+            DataError::Gap {
+                expected: 35,
+                found: 36,
+                position: Position::new(2, 34)
+            }
+        );
+        // Non-contiguous batches are refused before touching disk.
+        let all = entries(primary.read_log(Position::new(2, 34), 10, usize::MAX).unwrap());
+        let holey = vec![all[0].clone(), all[1].clone(), all[0].clone()];
+        assert!(matches!(replica.apply(2, &holey), Err(DataError::InvalidEntries(_))));
+        // A stale epoch (a deposed primary's frame) is refused, and so is an entry claiming an
+        // epoch newer than its sender's.
+        replica.observe_epoch(3).unwrap();
+        assert_eq!(
+            replica.apply(2, &all).unwrap_err(),
+            DataError::StaleEpoch { epoch: 2, current: 3 }
+        );
+        assert_eq!(replica.position(), Position::new(2, 34));
+        let mut future = all.clone();
+        future[0].pos.epoch = 4;
+        future[1].pos.epoch = 4;
+        assert!(matches!(replica.apply(3, &future), Err(DataError::InvalidEntries(_))));
+        // The primary of epoch 3 may still send entries of epoch 2 (written before the failover).
+        assert_eq!(replica.apply(3, &all).unwrap(), Position::new(2, 36));
+        assert_eq!(dump(&replica), dump(&primary));
+        // A replica that already has another epoch at that seq reports a fork.
+        let mut forked = all.clone();
+        forked[1].pos.epoch = 3;
+        assert_eq!(
+            replica.apply(3, &forked[1..]).unwrap_err(),
+            DataError::Fork {
+                at: Position::new(3, 36),
+                ours: Some(Position::new(2, 36))
+            }
+        );
+        assert_eq!(replica.newest_epoch(), 3);
+    }
+
+    #[tokio::test]
+    async fn divergence_rollback_keeps_diverged_entries() {
+        let (_da, a) = open_temp();
+        let (_db, b) = open_temp();
+        // A, primary of epoch 1, writes (1,1)..(1,5); B applies (1,1)..(1,3).
+        a.write(1, put("x", b"x1")).await.unwrap();
+        a.write(1, put("y", b"y2")).await.unwrap();
+        a.write(1, put("z", b"z3")).await.unwrap();
+        a.write(1, put("x", b"x4-lost")).await.unwrap();
+        a.write(1, put("w", b"w5-lost")).await.unwrap();
+        let a_log = entries(a.read_log(Position::default(), 100, usize::MAX).unwrap());
+        assert_eq!(a_log.len(), 5);
+        b.apply(1, &a_log[..3]).unwrap();
+        let b_at_fork = dump(&b);
+        assert_eq!(b.position(), Position::new(1, 3));
+
+        // A dies. B becomes primary of epoch 2 and writes (2,4), (2,5).
+        b.observe_epoch(2).unwrap();
+        b.write(2, put("x", b"x-b")).await.unwrap();
+        b.write(2, put("v", b"v-b")).await.unwrap();
+        assert_eq!(b.position(), Position::new(2, 5));
+
+        // A comes back and reads from B: fork detected at its position.
+        a.observe_epoch(2).unwrap();
+        assert_eq!(
+            b.read_log(a.position(), 100, usize::MAX).unwrap_err(),
+            DataError::Fork {
+                at: Position::new(1, 5),
+                ours: Some(Position::new(2, 5))
+            }
+        );
+        assert_eq!(b.position_at(3).unwrap(), a.position_at(3).unwrap());
+        assert_ne!(b.position_at(4).unwrap(), a.position_at(4).unwrap());
+
+        // Rolling back to a position A does not have is refused.
+        assert!(matches!(
+            a.rollback_to(Position::new(2, 3)),
+            Err(DataError::NotInLog { .. })
+        ));
+        let rolled = a.rollback_to(Position::new(1, 3)).unwrap();
+        assert_eq!(rolled, a_log[3..].to_vec());
+        assert_eq!(a.position(), Position::new(1, 3));
+        assert_eq!(dump(&a), b_at_fork, "A equals B's state at the fork point");
+        assert_eq!(
+            a.get("x").unwrap().unwrap(),
+            (
+                b"x1".to_vec(),
+                ValueMeta {
+                    version: 1,
+                    pos: Position::new(1, 1)
+                }
+            )
+        );
+        assert_eq!(a.get("w").unwrap(), None);
+
+        // The diverged table holds A's entries 4 and 5 with their values, newest first.
+        let div = a.diverged(100).unwrap();
+        let div_entries: Vec<_> = div.iter().rev().map(|(_, e)| e.clone()).collect();
+        assert_eq!(div_entries, a_log[3..].to_vec());
+        assert_eq!(div[1].1.pos, Position::new(1, 4));
+        assert_eq!(div[1].1.value.as_deref(), Some(&b"x4-lost"[..]));
+        assert_eq!(div[0].1.value.as_deref(), Some(&b"w5-lost"[..]));
+        assert!(div.iter().all(|(at, _)| *at > 1_600_000_000_000));
+        assert_eq!(a.diverged(1).unwrap().len(), 1);
+
+        // A now follows B and converges.
+        let from_b = entries(b.read_log(a.position(), 100, usize::MAX).unwrap());
+        assert_eq!(
+            from_b.iter().map(|e| e.pos).collect::<Vec<_>>(),
+            [Position::new(2, 4), Position::new(2, 5)]
+        );
+        a.apply(2, &from_b).unwrap();
+        assert_eq!(a.position(), b.position());
+        assert_eq!(dump(&a), dump(&b));
+
+        // The log after the fork was replaced, not appended to.
+        assert_eq!(
+            a.read_log(Position::default(), 100, usize::MAX).unwrap(),
+            b.read_log(Position::default(), 100, usize::MAX).unwrap()
+        );
+        // A no-op rollback to the current position.
+        assert!(a.rollback_to(a.position()).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn rollback_restores_overwritten_and_deleted_keys_in_order() {
+        let (_d, s) = open_temp();
+        s.write(1, put("k", b"1")).await.unwrap();
+        let base = dump(&s);
+        s.write(1, put("k", b"2")).await.unwrap();
+        s.write(1, WriteOp::Delete { key: "k".into() }).await.unwrap();
+        s.write(1, put("k", b"4")).await.unwrap();
+        s.write(1, put("j", b"5")).await.unwrap();
+        s.rollback_to(Position::new(1, 1)).unwrap();
+        assert_eq!(dump(&s), base);
+        // Cannot roll back behind the retained log.
+        s.write(1, put("k", b"6")).await.unwrap();
+        s.write(1, put("k", b"7")).await.unwrap();
+        s.trim(1).unwrap();
+        assert!(matches!(
+            s.rollback_to(Position::new(1, 1)),
+            Err(DataError::NotInLog { .. })
+        ));
+        // To the log start itself is fine.
+        let rolled = s.rollback_to(Position::new(1, 2)).unwrap();
+        assert_eq!(rolled.len(), 1);
+        assert_eq!(s.get("k").unwrap().unwrap().0, b"6");
+        assert_eq!(s.diverged(100).unwrap().len(), 5);
+    }
+
+    /// The node shares the store across tasks, awaits writes in axum handlers and streams
+    /// snapshots from `spawn_blocking`.
+    #[test]
+    fn handles_are_thread_safe() {
+        fn send_sync<T: Send + Sync>(_: &T) {}
+        fn send<T: Send>(_: &T) {}
+        let (_dir, s) = open_temp();
+        send_sync(&s);
+        send(&s.write(1, put("k", b"v")));
+        send(&s.snapshot().unwrap());
+        send(&s.begin_install().unwrap());
+    }
+
+    #[test]
+    fn stored_value_encodings_agree() {
+        let pos = Position::new(3, 99);
+        let bytes = encode_value(pos, b"hello");
+        let owned = decode_value("k", &bytes).unwrap();
+        assert_eq!((owned.pos, owned.value.as_slice()), (pos, &b"hello"[..]));
+        assert_eq!(stored_meta("k", &bytes).unwrap(), (pos, 5));
+        let mut bad = bytes.clone();
+        bad.push(0);
+        assert!(matches!(stored_meta("k", &bad), Err(DataError::Corrupt(_))));
+        assert!(matches!(decode_value("k", &bad[..4]), Err(DataError::Corrupt(_))));
+    }
+}
