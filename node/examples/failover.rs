@@ -220,10 +220,25 @@ fn find_etcd() -> Option<PathBuf> {
 /// etcd's version ("3.4.23") and the path prefix of its JSON gateway for that version
 /// (3.4: `/v3`, also `/v3beta`; 3.5 and later: `/v3` only; 3.3: `/v3beta`; 3.2: `/v3alpha`).
 fn etcd_version(bin: &Path) -> (String, &'static str) {
-    let out = Command::new(bin).arg("--version").stdin(Stdio::null()).output();
-    let text = out
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
+    // Bounded like everything else: a `--version` that does not exit within 10 s is killed.
+    let mut text = String::new();
+    if let Ok(mut c) = Command::new(bin)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        if let Some(mut out) = c.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut out, &mut text);
+        }
+    }
     let version = text
         .lines()
         .find_map(|l| l.strip_prefix("etcd Version:"))

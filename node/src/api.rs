@@ -405,6 +405,7 @@ struct ConfigPatch {
     replication_mode: Option<keel_raft::state::ReplicationMode>,
     min_acks: Option<u32>,
     max_lag_on_failover: Option<u64>,
+    log_retention_entries: Option<u64>,
 }
 
 /// Check a dynamic config against this node's Raft timings (raft/DESIGN.md, "Fencing").
@@ -424,6 +425,12 @@ pub fn validate_dynamic(c: &keel_raft::state::DynamicConfig, election_timeout_ma
         return Err(format!(
             "lease_ms = {} exceeds 3/4 of election_timeout_max_ms = {election_timeout_max_ms}; the lease must end before followers may vote again",
             c.lease_ms
+        ));
+    }
+    if c.log_retention_entries < 10 {
+        return Err(format!(
+            "log_retention_entries = {} is too small (minimum 10)",
+            c.log_retention_entries
         ));
     }
     if c.min_acks == 0 {
@@ -452,6 +459,9 @@ async fn patch_config(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRe
     }
     if let Some(v) = p.max_lag_on_failover {
         c.max_lag_on_failover = v;
+    }
+    if let Some(v) = p.log_retention_entries {
+        c.log_retention_entries = v;
     }
     validate_dynamic(&c, node.config.raft.election_timeout_max_ms).map_err(ApiError::bad_request)?;
     admin::submit(

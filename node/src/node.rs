@@ -342,6 +342,7 @@ impl Node {
             tokio::spawn(role_task(node.clone())),
             tokio::spawn(crate::repl::apply_task(node.clone())),
             tokio::spawn(crate::repl::report_task(node.clone())),
+            tokio::spawn(crate::repl::retention_task(node.clone())),
         ];
         if let Some(join) = node.config.join.clone() {
             background.push(tokio::spawn(crate::join::join_task(node.clone(), join)));

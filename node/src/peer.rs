@@ -43,6 +43,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/peer/repl/position", post(repl_position))
         .route("/peer/repl/position_at", post(repl_position_at))
         .route("/peer/repl/report", post(repl_report))
+        .route("/peer/repl/snapshot", post(repl_snapshot))
         .with_state(node.clone())
         .merge(raft_router(node.raft.clone()))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such peer endpoint") })
@@ -175,4 +176,8 @@ async fn repl_report(State(node): State<Arc<Node>>, body: Bytes) -> Response {
         }
         Err(r) => r,
     }
+}
+
+async fn repl_snapshot(State(node): State<Arc<Node>>) -> Response {
+    crate::repl::serve_snapshot(&node)
 }

@@ -306,7 +306,11 @@ async fn pull_once(node: &Node, source: NodeId, epoch: u64, catch_up: bool) -> R
         .await
         .map_err(|e| e.to_string())?;
     match reply {
-        PullReply::Entries { epoch: frame_epoch, head, entries } => {
+        PullReply::Entries {
+            epoch: frame_epoch,
+            head,
+            entries,
+        } => {
             if !catch_up && frame_epoch < node.view().state.epoch() {
                 return Err(format!("refused a frame of epoch {frame_epoch} from a deposed primary"));
             }
@@ -317,7 +321,11 @@ async fn pull_once(node: &Node, source: NodeId, epoch: u64, catch_up: bool) -> R
             if !entries.is_empty() {
                 let store = repl.store.clone();
                 let n = entries.len();
-                let source_epoch = if catch_up { entries.iter().map(|e| e.pos.epoch).max().unwrap_or(0) } else { frame_epoch };
+                let source_epoch = if catch_up {
+                    entries.iter().map(|e| e.pos.epoch).max().unwrap_or(0)
+                } else {
+                    frame_epoch
+                };
                 tokio::task::spawn_blocking(move || store.apply(source_epoch, &entries))
                     .await
                     .map_err(|e| e.to_string())?
@@ -348,10 +356,16 @@ async fn pull_once(node: &Node, source: NodeId, epoch: u64, catch_up: bool) -> R
             repl.advanced();
             Ok(())
         }
-        PullReply::Trimmed { head } => Err(format!(
-            "this replica (at {}) is behind the primary's retained change log (primary at {head}); it needs a snapshot resync",
-            repl.position()
-        )),
+        PullReply::Trimmed { head } => {
+            if catch_up {
+                return Err(format!(
+                    "node {source} no longer retains the entries after {}",
+                    repl.position()
+                ));
+            }
+            debug!(%head, "behind the retained log");
+            resync(node, source, &addr).await
+        }
         PullReply::NotPrimary { primary } => Err(format!(
             "node {source} is not the primary (it names {})",
             primary.map(|p| p.to_string()).unwrap_or_else(|| "none".into())
@@ -472,6 +486,138 @@ pub async fn report_task(node: Arc<Node>) {
             .await;
         if let Err(e) = r {
             debug!(error = %e, "report position to the coordinator");
+        }
+    }
+}
+
+/// A response body fed from a channel (the snapshot stream).
+struct ChannelBody(tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>);
+
+impl futures_core::Stream for ChannelBody {
+    type Item = Result<bytes::Bytes, std::io::Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// Serve a full snapshot (`/peer/repl/snapshot`): length-prefixed chunks (u32 big-endian)
+/// read from one consistent read transaction on a blocking thread, with a bounded channel in
+/// between so a slow reader holds back the producer instead of growing memory.
+pub fn serve_snapshot(node: &Node) -> axum::response::Response {
+    let store = node.repl.store.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let mut reader = match store.snapshot() {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                return;
+            }
+        };
+        info!(position = %reader.position(), "streaming a datastore snapshot to a replica");
+        loop {
+            match reader.next_chunk() {
+                Ok(Some(chunk)) => {
+                    let mut framed = Vec::with_capacity(chunk.len() + 4);
+                    framed.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
+                    framed.extend_from_slice(&chunk);
+                    if tx.blocking_send(Ok(bytes::Bytes::from(framed))).is_err() {
+                        return; // the replica went away
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    return;
+                }
+            }
+        }
+    });
+    axum::response::Response::new(axum::body::Body::from_stream(ChannelBody(rx)))
+}
+
+/// Replace this replica's contents with the primary's snapshot, then continue from its
+/// position. Entries only this node has are rolled back into `diverged` first.
+async fn resync(node: &Node, source: NodeId, addr: &str) -> Result<(), String> {
+    let repl = &node.repl;
+    // Keep anything only this node has: roll back to the last position both logs share.
+    if repl.position() > Position::default() {
+        if let Ok(fork) = find_fork_point(node, source, addr).await {
+            if fork < repl.position() {
+                let store = repl.store.clone();
+                let rolled = tokio::task::spawn_blocking(move || store.rollback_to(fork))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                lock(&repl.replica).rolled_back += rolled.len() as u64;
+            }
+        }
+    }
+    info!(source, from = %repl.position(), "replica is behind the primary's retained log: installing a snapshot");
+    let started = Instant::now();
+    let mut resp = node
+        .peers
+        .call_raw(addr, "/peer/repl/snapshot", &(), Duration::from_secs(3600))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let store = repl.store.clone();
+    let installer = tokio::task::spawn_blocking(move || {
+        let mut inst = store.begin_install().map_err(|e| e.to_string())?;
+        let mut chunks = 0u64;
+        while let Some(chunk) = rx.blocking_recv() {
+            inst.push_chunk(&chunk).map_err(|e| e.to_string())?;
+            chunks += 1;
+        }
+        inst.finish().map(|p| (p, chunks)).map_err(|e| e.to_string())
+    });
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(bytes)) => {
+                buf.extend_from_slice(&bytes);
+                while buf.len() >= 4 {
+                    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                    if buf.len() < 4 + len {
+                        break;
+                    }
+                    let chunk = buf[4..4 + len].to_vec();
+                    buf.drain(..4 + len);
+                    tx.send(chunk)
+                        .await
+                        .map_err(|_| "snapshot installer stopped".to_string())?;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return Err(format!("snapshot stream from node {source}: {e}")),
+        }
+    }
+    drop(tx);
+    let (pos, chunks) = installer.await.map_err(|e| e.to_string())??;
+    repl.advanced();
+    info!(%pos, chunks, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot installed");
+    Ok(())
+}
+
+/// Trim the change log to the configured retention, every few seconds.
+pub async fn retention_task(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = node.cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let keep = node.view().state.config.log_retention_entries;
+        let store = node.repl.store.clone();
+        match tokio::task::spawn_blocking(move || store.trim(keep)).await {
+            Ok(Ok(n)) if n > 0 => debug!(dropped = n, keep, "trimmed the change log"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "trim the change log"),
+            Err(e) => warn!(error = %e, "trim task"),
         }
     }
 }

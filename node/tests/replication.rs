@@ -290,3 +290,49 @@ async fn old_primary_rolls_back_divergent_entries() {
         );
     }
 }
+
+/// A replica that fell behind the retained change log takes a streamed snapshot and then
+/// continues from the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_replica_resyncs_from_snapshot() {
+    let mut c = Cluster::new(3, &[]);
+    c.start_all();
+    let p = primary(&c).await;
+    let r = c
+        .http
+        .patch(format!("{}/v1/config", c.node(p).url()))
+        .json(&json!({"log_retention_entries": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let lagger = (1..=3).find(|i| *i != p).unwrap();
+    c.kill(lagger);
+    // Far more entries than retained, with values big enough for a multi-chunk snapshot.
+    let value = "v".repeat(64 * 1024);
+    for i in 0..60 {
+        assert!(put(&c, p, &format!("bulk/{i:03}"), &value).await.status().is_success());
+    }
+    // Wait for the primary to trim (retention runs every 2 s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    c.start(lagger);
+    c.wait_for(T, "lagging replica converges", || async {
+        let (v, _) = get_local(&c, lagger, "bulk/059").await?;
+        (v.len() == value.len()).then_some(())
+    })
+    .await;
+    assert!(
+        c.log(lagger).contains("installing a snapshot"),
+        "expected a snapshot resync"
+    );
+    // And it keeps following the stream afterwards.
+    assert!(put(&c, p, "after-snapshot", "x").await.status().is_success());
+    c.wait_for(T, "stream resumes after the snapshot", || {
+        get_local(&c, lagger, "after-snapshot")
+    })
+    .await;
+    for i in (0..60).step_by(7) {
+        let (v, _) = get_local(&c, lagger, &format!("bulk/{i:03}")).await.unwrap();
+        assert_eq!(v.len(), value.len());
+    }
+}

@@ -159,13 +159,36 @@ impl PeerClient {
         res
     }
 
-    async fn call_inner<Req: Serialize, Resp: DeserializeOwned>(
+    /// POST an encoded body and hand back the raw response (for streamed answers, e.g. a
+    /// datastore snapshot). Non-2xx answers are errors.
+    pub async fn call_raw<Req: Serialize>(
         &self,
         addr: &str,
         path: &str,
         req: &Req,
         timeout: Duration,
-    ) -> Result<Resp, PeerError> {
+    ) -> Result<reqwest::Response, PeerError> {
+        let resp = self
+            .request(addr, path, req, timeout)
+            .send()
+            .await
+            .map_err(|e| PeerError::Network {
+                addr: addr.to_string(),
+                message: error_chain(&e),
+            })?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap_or_default();
+            return Err(PeerError::Status {
+                addr: addr.to_string(),
+                status,
+                body,
+            });
+        }
+        Ok(resp)
+    }
+
+    fn request<Req: Serialize>(&self, addr: &str, path: &str, req: &Req, timeout: Duration) -> reqwest::RequestBuilder {
         let url = format!("http://{addr}{path}");
         let mut rb = self
             .http
@@ -181,6 +204,17 @@ impl PeerClient {
         if let Some(c) = cluster_id {
             rb = rb.header(CLUSTER_ID_HEADER, c);
         }
+        rb
+    }
+
+    async fn call_inner<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
+        let rb = self.request(addr, path, req, timeout);
         let resp = rb.send().await.map_err(|e| {
             let message = error_chain(&e);
             if e.is_connect() {

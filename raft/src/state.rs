@@ -65,6 +65,8 @@ pub struct DynamicConfig {
     pub min_acks: u32,
     /// A replica lagging more than this many entries is not promoted automatically.
     pub max_lag_on_failover: u64,
+    /// Change-log entries every node keeps; a replica further behind takes a snapshot.
+    pub log_retention_entries: u64,
 }
 
 impl Default for DynamicConfig {
@@ -78,6 +80,7 @@ impl Default for DynamicConfig {
             replication_mode: ReplicationMode::Async,
             min_acks: 1,
             max_lag_on_failover: 1_000_000,
+            log_retention_entries: 100_000,
         }
     }
 }
