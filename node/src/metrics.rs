@@ -152,6 +152,54 @@ pub fn render(node: &Node) -> String {
         "1 while maintenance mode (automatic failover paused) is on.",
         &[(String::new(), if view.state.maintenance { 1.0 } else { 0.0 })],
     );
+    let pos = node.repl.position();
+    series(
+        &mut out,
+        "keel_replication_position",
+        "gauge",
+        "Sequence number of the last change-log entry on this node.",
+        &[(String::new(), pos.seq as f64)],
+    );
+    series(
+        &mut out,
+        "keel_replication_position_epoch",
+        "gauge",
+        "Epoch of the last change-log entry on this node.",
+        &[(String::new(), pos.epoch as f64)],
+    );
+    let is_primary = view.state.primary.is_some_and(|p| p.node == node.id);
+    let lag = if is_primary { Some(0) } else { node.repl.lag_ms() };
+    if let Some(lag) = lag {
+        series(
+            &mut out,
+            "keel_replication_lag_ms",
+            "gauge",
+            "Replication lag of this node behind the primary, in milliseconds.",
+            &[(String::new(), lag as f64)],
+        );
+    }
+    let stats = node.repl.store.stats();
+    series(
+        &mut out,
+        "keel_datastore_writes_total",
+        "counter",
+        "Writes committed by this node as primary.",
+        &[(String::new(), stats.writes as f64)],
+    );
+    series(
+        &mut out,
+        "keel_datastore_commits_total",
+        "counter",
+        "Durable commits (fsyncs) of the primary write path; writes/commits is the group-commit batching factor.",
+        &[(String::new(), stats.commits as f64)],
+    );
+    series(
+        &mut out,
+        "keel_datastore_rolled_back_total",
+        "counter",
+        "Divergent entries this node rolled back.",
+        &[(String::new(), node.repl.replica_status().rolled_back as f64)],
+    );
     out
 }
 
