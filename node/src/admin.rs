@@ -44,6 +44,8 @@ pub enum AdminOp {
         to: NodeId,
         force: bool,
     },
+    /// Merge a partial config update into the newest committed config.
+    PatchConfig(crate::api::ConfigPatch),
     /// Renew the lease of `node` for `epoch` (sent by the primary every lease/3).
     Lease {
         node: NodeId,
@@ -69,6 +71,7 @@ pub enum AdminReply {
     Removed(NodeId),
     Promoted(crate::primary::Promoted),
     Granted,
+    Config(keel_raft::state::DynamicConfig),
 }
 
 /// A voter counts as live for the quorum check of a removal if heard from this recently.
@@ -162,6 +165,7 @@ pub async fn execute(node: &Node, op: AdminOp) -> Result<AdminReply, ApiError> {
         } => add_member(node, id, api_addr, peer_addr).await,
         AdminOp::PromoteMember { id } => promote_member(node, id).await,
         AdminOp::RemoveMember { id, force } => remove_member(node, id, force).await,
+        AdminOp::PatchConfig(p) => patch_config(node, p).await,
         AdminOp::Switchover { to } => crate::primary::switchover(node, to).await.map(AdminReply::Promoted),
         AdminOp::Failover { to, force } => crate::primary::failover(node, to, force)
             .await
@@ -172,6 +176,18 @@ pub async fn execute(node: &Node, op: AdminOp) -> Result<AdminReply, ApiError> {
             .await
             .map(|()| AdminReply::Granted),
     }
+}
+
+async fn patch_config(node: &Node, p: crate::api::ConfigPatch) -> Result<AdminReply, ApiError> {
+    // Read the newest committed config: confirm leadership and wait for the state machine.
+    node.raft
+        .ensure_linearizable()
+        .await
+        .map_err(|e| not_leader(format!("cannot confirm leadership: {e}")))?;
+    let c = p.apply(node.view().state.config.clone());
+    crate::api::validate_dynamic(&c, node.config.raft.election_timeout_max_ms).map_err(ApiError::bad_request)?;
+    write(node, Request::SetConfig { config: c.clone() }).await?;
+    Ok(AdminReply::Config(c))
 }
 
 /// Propose a command and wait until it is committed and applied.

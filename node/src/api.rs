@@ -42,6 +42,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/history", get(history))
         .route("/v1/maintenance", put(maintenance))
         .route("/v1/kv", get(crate::data::list))
+        .route("/v1/kv/", axum::routing::any(crate::data::empty_key))
         .route(
             "/v1/kv/{*key}",
             get(crate::data::get)
@@ -181,6 +182,14 @@ fn server_state(s: ServerState) -> &'static str {
     }
 }
 
+/// Oldest change-log entry still retained (`null` when nothing was trimmed yet).
+fn log_start(node: &Node) -> Option<String> {
+    match node.repl.store.read_log(Default::default(), 1, 1) {
+        Ok(keel_replication::LogRead::Trimmed { oldest_retained }) => oldest_retained.map(|p| p.to_string()),
+        _ => None,
+    }
+}
+
 /// Can this node reach a majority of voters (itself included) right now?
 pub fn quorum_reachable(node: &Node) -> bool {
     let voters = node.voters();
@@ -242,6 +251,7 @@ async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
             "paused": node.repl.paused(),
             "acks": node.repl.acks_view(),
             "store": node.repl.store.stats(),
+            "log_start": log_start(&node),
         },
         "gitsync": Value::Null,
     }))
@@ -396,9 +406,9 @@ async fn failover(State(node): State<Arc<Node>>, body: Result<Bytes, BytesReject
 }
 
 /// A partial update of the dynamic config; the result is validated as a whole.
-#[derive(Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
-struct ConfigPatch {
+pub struct ConfigPatch {
     lease_ms: Option<u64>,
     failover_timeout_ms: Option<u64>,
     min_failover_interval_ms: Option<u64>,
@@ -406,6 +416,34 @@ struct ConfigPatch {
     min_acks: Option<u32>,
     max_lag_on_failover: Option<u64>,
     log_retention_entries: Option<u64>,
+}
+
+impl ConfigPatch {
+    /// The config with this patch applied.
+    pub fn apply(&self, mut c: keel_raft::state::DynamicConfig) -> keel_raft::state::DynamicConfig {
+        if let Some(v) = self.lease_ms {
+            c.lease_ms = v;
+        }
+        if let Some(v) = self.failover_timeout_ms {
+            c.failover_timeout_ms = v;
+        }
+        if let Some(v) = self.min_failover_interval_ms {
+            c.min_failover_interval_ms = v;
+        }
+        if let Some(v) = self.replication_mode {
+            c.replication_mode = v;
+        }
+        if let Some(v) = self.min_acks {
+            c.min_acks = v;
+        }
+        if let Some(v) = self.max_lag_on_failover {
+            c.max_lag_on_failover = v;
+        }
+        if let Some(v) = self.log_retention_entries {
+            c.log_retention_entries = v;
+        }
+        c
+    }
 }
 
 /// Check a dynamic config against this node's Raft timings (raft/DESIGN.md, "Fencing").
@@ -441,36 +479,12 @@ pub fn validate_dynamic(c: &keel_raft::state::DynamicConfig, election_timeout_ma
 
 async fn patch_config(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let p: ConfigPatch = parse_json(body)?;
-    let mut c = node.view().state.config.clone();
-    if let Some(v) = p.lease_ms {
-        c.lease_ms = v;
+    // Merged on the coordinator against the newest committed config, so two patches to
+    // different nodes never undo each other.
+    match admin::submit(&node, AdminOp::PatchConfig(p), admin_timeout(&node)).await? {
+        AdminReply::Config(c) => Ok(Json(json!({ "config": c })).into_response()),
+        other => Err(ApiError::internal(format!("unexpected reply {other:?}"))),
     }
-    if let Some(v) = p.failover_timeout_ms {
-        c.failover_timeout_ms = v;
-    }
-    if let Some(v) = p.min_failover_interval_ms {
-        c.min_failover_interval_ms = v;
-    }
-    if let Some(v) = p.replication_mode {
-        c.replication_mode = v;
-    }
-    if let Some(v) = p.min_acks {
-        c.min_acks = v;
-    }
-    if let Some(v) = p.max_lag_on_failover {
-        c.max_lag_on_failover = v;
-    }
-    if let Some(v) = p.log_retention_entries {
-        c.log_retention_entries = v;
-    }
-    validate_dynamic(&c, node.config.raft.election_timeout_max_ms).map_err(ApiError::bad_request)?;
-    admin::submit(
-        &node,
-        AdminOp::Write(Command::SetConfig { config: c.clone() }),
-        admin_timeout(&node),
-    )
-    .await?;
-    Ok(Json(json!({ "config": c })).into_response())
 }
 
 /// Load-balancer probe: 200 only on the primary holding a valid lease.

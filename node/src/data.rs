@@ -31,6 +31,8 @@ pub const FORWARDED_HEADER: &str = "keel-forwarded";
 /// `outcome_unknown`. Replicas acknowledge within one round trip of applying, so this only
 /// runs out when they are down or partitioned.
 pub const SYNC_ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a write on the primary waits for a lapsed lease to be renewed before 503.
+const LEASE_WAIT: Duration = Duration::from_secs(1);
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -118,8 +120,26 @@ fn is_named_primary(node: &Node) -> bool {
     node.view().state.primary.is_some_and(|p| p.node == node.id)
 }
 
+/// Wait up to `LEASE_WAIT` for this primary's lease (a renewal in flight, or a new primary
+/// still catching up) rather than failing a write at once.
+async fn wait_write_epoch(node: &Node) -> Option<u64> {
+    let mut holding = node.lease.subscribe();
+    let deadline = tokio::time::Instant::now() + LEASE_WAIT;
+    loop {
+        if let Some(e) = write_epoch(node) {
+            return Some(e);
+        }
+        if !is_named_primary(node) {
+            return None;
+        }
+        if tokio::time::timeout_at(deadline, holding.changed()).await.is_err() {
+            return None;
+        }
+    }
+}
+
 async fn do_write(node: &Node, op: WriteOp) -> ApiResult {
-    let Some(epoch) = write_epoch(node) else {
+    let Some(epoch) = wait_write_epoch(node).await else {
         return Err(ApiError::unavailable(
             "no_lease",
             "this node is the primary but holds no valid lease; retry shortly",
@@ -180,12 +200,14 @@ fn path_and_query(key: &str, q: &Option<String>) -> String {
     p
 }
 
-/// Percent-encode a key for use in a URL path (keep `/` and unreserved characters).
+/// Percent-encode a key for use in a URL path (unreserved characters stay as they are).
 fn encode_path(key: &str) -> String {
     let mut out = String::new();
     for b in key.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => out.push(b as char),
+            // `/` is encoded too: the HTTP client would otherwise resolve `.`/`..` segments
+            // of a key; axum decodes `%2F` back into the key.
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -221,6 +243,17 @@ pub async fn delete(
 ) -> ApiResult {
     if !is_named_primary(&node) {
         return forward(&node, Method::DELETE, &path_and_query(&key, &q), &headers, Bytes::new()).await;
+    }
+    // Deleting an absent key changes nothing: answer 404 without logging an entry.
+    let store = node.repl.store.clone();
+    let k = key.clone();
+    let exists = tokio::task::spawn_blocking(move || store.get(&k))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(data_error)?
+        .is_some();
+    if !exists {
+        return Err(ApiError::not_found(format!("no key {key:?}")));
     }
     do_write(&node, WriteOp::Delete { key }).await
 }
@@ -315,6 +348,11 @@ pub async fn get(
         }
     }
     Ok(r)
+}
+
+/// `/v1/kv/` with nothing after the slash.
+pub async fn empty_key() -> ApiError {
+    ApiError::bad_request("the key is empty: use /v1/kv/{key} (or GET /v1/kv?prefix= to list)")
 }
 
 /// `GET /v1/kv?prefix=&limit=&after=`.
@@ -417,7 +455,8 @@ mod tests {
         assert_eq!(percent_decode("a%2Fb+c").as_deref(), Some("a/b c"));
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%4"), None);
-        assert_eq!(encode_path("a b/ü"), "a%20b/%C3%BC");
+        assert_eq!(encode_path("a b/ü"), "a%20b%2F%C3%BC");
+        assert_eq!(encode_path("x/../y"), "x%2F..%2Fy");
         assert_eq!(base64(b"hello"), "aGVsbG8=");
         assert_eq!(base64(b"hi!"), "aGkh");
         assert_eq!(base64(b""), "");

@@ -471,6 +471,26 @@ async fn leader_duties_task(node: Arc<Node>) {
     loop {
         let m = metrics.borrow_and_update().clone();
         if m.state == ServerState::Leader && node.view().state.cluster_id.is_none() {
+            // A new cluster: seed the cluster-wide replication settings from this node's
+            // `--replication-mode` / `--min-acks` (later changes go through PATCH /v1/config).
+            let mut cfg = node.view().state.config.clone();
+            cfg.replication_mode = match node.config.replication.mode {
+                crate::config::ReplicationMode::Async => keel_raft::state::ReplicationMode::Async,
+                crate::config::ReplicationMode::Sync => keel_raft::state::ReplicationMode::Sync,
+            };
+            cfg.min_acks = node.config.replication.min_acks;
+            if cfg != node.view().state.config {
+                if let Err(e) = admin::submit(
+                    &node,
+                    AdminOp::Write(Request::SetConfig { config: cfg }),
+                    Duration::from_secs(3),
+                )
+                .await
+                {
+                    debug!(error = %e, "seed replication settings (will retry)");
+                    continue;
+                }
+            }
             let id = random_cluster_id();
             let op = AdminOp::Write(Request::InitClusterId { cluster_id: id });
             match admin::submit(&node, op, Duration::from_secs(3)).await {

@@ -229,6 +229,7 @@ pub async fn renew_task(node: Arc<Node>) {
     let mut state = node.state.clone();
     let mut caught_up: Option<u64> = None;
     loop {
+        let round = Instant::now();
         let lease_len = effective_lease(&node);
         let primary = node.view().state.primary;
         match primary {
@@ -250,7 +251,9 @@ pub async fn renew_task(node: Arc<Node>) {
                 node.lease.drop_now(None);
             }
         }
-        let wait = lease_len / 3;
+        // Renew every lease/3 measured from the start of the last round, so a slow round trip
+        // (a busy machine) does not push the next renewal towards the end of the lease.
+        let wait = (lease_len / 3).saturating_sub(round.elapsed());
         tokio::select! {
             _ = node.cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}

@@ -345,16 +345,19 @@ async fn pull_once(node: &Node, source: NodeId, epoch: u64, catch_up: bool) -> R
         }
         PullReply::Fork { at, ours } => {
             info!(%at, ours = %ours.map(|p| p.to_string()).unwrap_or_else(|| "none".into()), source, "change log diverges from the primary's: finding the fork point");
-            let fork = find_fork_point(node, source, &addr).await?;
-            let store = repl.store.clone();
-            let rolled = tokio::task::spawn_blocking(move || store.rollback_to(fork))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("roll back to {fork}: {e}"))?;
-            warn!(%fork, entries = rolled.len(), "rolled back entries the new primary never had; they are kept in the diverged table (GET /v1/diverged)");
-            lock(&repl.replica).rolled_back += rolled.len() as u64;
-            repl.advanced();
-            Ok(())
+            match find_fork_point(node, source, &addr).await? {
+                Some(fork) => roll_back(node, fork).await,
+                None if catch_up => Err(format!("the fork with node {source} lies in trimmed history")),
+                None => {
+                    // Keep what we still retain, then start over from a snapshot.
+                    let start = repl
+                        .store
+                        .position_at(log_start_seq(&repl.store))
+                        .map_err(|e| e.to_string())?;
+                    roll_back(node, start.unwrap_or_default()).await?;
+                    resync(node, source, &addr).await
+                }
+            }
         }
         PullReply::Trimmed { head } => {
             if catch_up {
@@ -373,9 +376,22 @@ async fn pull_once(node: &Node, source: NodeId, epoch: u64, catch_up: bool) -> R
     }
 }
 
+/// Seq of this node's log start: entries up to it were trimmed (or came in a snapshot).
+fn log_start_seq(store: &DataStore) -> u64 {
+    match store.read_log(Position::default(), 1, 1) {
+        Ok(LogRead::Trimmed {
+            oldest_retained: Some(p),
+        }) => p.seq.saturating_sub(1),
+        Ok(LogRead::Trimmed { oldest_retained: None }) => store.position().seq,
+        _ => 0,
+    }
+}
+
 /// The highest position both this node and `source` have, by bisecting over seq with
 /// `/peer/repl/position_at` (our log and theirs agree up to the fork and differ after it).
-async fn find_fork_point(node: &Node, source: NodeId, addr: &str) -> Result<Position, String> {
+/// `None` when even the oldest entry this node retains differs (or `source` no longer has it):
+/// the fork lies in trimmed history and only a snapshot can bring this node back.
+async fn find_fork_point(node: &Node, source: NodeId, addr: &str) -> Result<Option<Position>, String> {
     let store = node.repl.store.clone();
     let agrees = |seq: u64| {
         let store = store.clone();
@@ -392,32 +408,47 @@ async fn find_fork_point(node: &Node, source: NodeId, addr: &str) -> Result<Posi
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok::<(bool, Option<Position>), String>((ours.is_some() && ours == theirs, ours))
+            Ok::<bool, String>(ours.is_some() && ours == theirs)
         }
     };
-    // lo always agrees (seq 0 = the empty prefix), hi never does.
-    let (mut lo, mut hi) = (0u64, node.repl.position().seq + 1);
+    // lo always agrees, hi never does. Seq 0 is the empty prefix, which everyone shares.
+    let mut lo = log_start_seq(&store);
+    if lo > 0 && !agrees(lo).await? {
+        return Ok(None);
+    }
+    let mut hi = node.repl.position().seq + 1;
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
-        let (ok, ours) = agrees(mid).await?;
-        if ours.is_none() {
-            return Err(format!(
-                "entry {mid} is no longer in this node's log: a snapshot resync is needed"
-            ));
-        }
-        if ok {
+        if agrees(mid).await? {
             lo = mid;
         } else {
             hi = mid;
         }
     }
     if lo == 0 {
-        return Ok(Position::default());
+        return Ok(Some(Position::default()));
     }
     store
         .position_at(lo)
+        .map_err(|e| e.to_string())
+        .map(|p| p.or(Some(Position::default())))
+}
+
+/// Roll back everything after `fork` into the diverged table.
+async fn roll_back(node: &Node, fork: Position) -> Result<(), String> {
+    let repl = &node.repl;
+    if fork >= repl.position() {
+        return Ok(());
+    }
+    let store = repl.store.clone();
+    let rolled = tokio::task::spawn_blocking(move || store.rollback_to(fork))
+        .await
         .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("entry {lo} vanished"))
+        .map_err(|e| format!("roll back to {fork}: {e}"))?;
+    warn!(%fork, entries = rolled.len(), "rolled back entries the primary never had; they are kept in the diverged table (GET /v1/diverged)");
+    lock(&repl.replica).rolled_back += rolled.len() as u64;
+    repl.advanced();
+    Ok(())
 }
 
 /// The new primary's catch-up step: pull whatever it lacks from the most advanced reachable
@@ -545,15 +576,8 @@ async fn resync(node: &Node, source: NodeId, addr: &str) -> Result<(), String> {
     let repl = &node.repl;
     // Keep anything only this node has: roll back to the last position both logs share.
     if repl.position() > Position::default() {
-        if let Ok(fork) = find_fork_point(node, source, addr).await {
-            if fork < repl.position() {
-                let store = repl.store.clone();
-                let rolled = tokio::task::spawn_blocking(move || store.rollback_to(fork))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
-                lock(&repl.replica).rolled_back += rolled.len() as u64;
-            }
+        if let Ok(Some(fork)) = find_fork_point(node, source, addr).await {
+            roll_back(node, fork).await?;
         }
     }
     info!(source, from = %repl.position(), "replica is behind the primary's retained log: installing a snapshot");

@@ -1,0 +1,499 @@
+//! Issue 5 acceptance: replication under load, failover with continuous writers (sync: zero
+//! loss; async: loss reported and kept in `diverged`), catch-up and snapshot resync with full
+//! content comparison, kill -9 mid-apply, and bad input that changes nothing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(60);
+
+async fn primary(c: &Cluster, exclude: &[u64]) -> u64 {
+    c.wait_for(T, "a primary with a lease", || async {
+        for n in &c.nodes {
+            if n.child.is_none() || exclude.contains(&n.id) {
+                continue;
+            }
+            let r = c
+                .http
+                .get(format!("{}/primary", n.url()))
+                .timeout(Duration::from_millis(500))
+                .send()
+                .await
+                .ok()?;
+            if r.status() == 200 {
+                return Some(n.id);
+            }
+        }
+        None
+    })
+    .await
+}
+
+/// Every key with its version and size, read page by page.
+async fn contents(c: &Cluster, id: u64) -> Option<BTreeMap<String, (u64, u64)>> {
+    let mut out = BTreeMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut url = format!("{}/v1/kv?limit=1000", c.node(id).url());
+        if let Some(a) = &after {
+            url.push_str(&format!("&after={}", encode(a)));
+        }
+        let page: Value = c
+            .http
+            .get(url)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        for it in page["items"].as_array()? {
+            out.insert(
+                it["key"].as_str()?.to_string(),
+                (it["version"].as_u64()?, it["size"].as_u64()?),
+            );
+        }
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => return Some(out),
+        }
+    }
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn wait_same_contents(c: &Cluster, ids: &[u64], what: &str) -> BTreeMap<String, (u64, u64)> {
+    c.wait_for(T, what, || async {
+        let first = contents(c, ids[0]).await?;
+        for id in &ids[1..] {
+            if contents(c, *id).await? != first {
+                return None;
+            }
+        }
+        Some(first)
+    })
+    .await
+}
+
+async fn status(c: &Cluster, id: u64) -> Value {
+    c.wait_for(T, "status", || c.status(id)).await
+}
+
+/// Write `n` keys `prefix{i}` with `width` concurrent writers through node `via`.
+async fn bulk(c: &Cluster, via: u64, prefix: &str, n: usize, width: usize, value: &str) {
+    let url = c.node(via).url();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..width {
+        let (http, url, next, prefix, value) = (
+            c.http.clone(),
+            url.clone(),
+            next.clone(),
+            prefix.to_string(),
+            value.to_string(),
+        );
+        set.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return;
+                }
+                // A client retries 503 (no lease for a moment on a busy machine, or a failover).
+                let mut tries = 0;
+                loop {
+                    let r = http
+                        .put(format!("{url}/v1/kv/{prefix}{i:05}"))
+                        .body(value.clone())
+                        .send()
+                        .await
+                        .unwrap();
+                    if r.status().is_success() {
+                        break;
+                    }
+                    tries += 1;
+                    assert!(r.status() == 503 && tries < 50, "write {i}: {}", r.status());
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+}
+
+/// 1. 1,000 keys on the primary reach every replica, readable locally with lag headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_keys_reach_every_replica() {
+    let mut c = Cluster::new(3, &[]);
+    c.start_all();
+    let p = primary(&c, &[]).await;
+    let t0 = Instant::now();
+    bulk(&c, p, "k", 1000, 16, "value").await;
+    let written = t0.elapsed();
+    let primary_contents = contents(&c, p).await.unwrap();
+    assert_eq!(primary_contents.len(), 1000);
+    let t1 = Instant::now();
+    for r in (1..=3).filter(|i| *i != p) {
+        c.wait_for(T, "replica has all 1000 keys", || async {
+            (contents(&c, r).await? == primary_contents).then_some(())
+        })
+        .await;
+        let resp = c
+            .http
+            .get(format!("{}/v1/kv/k00999", c.node(r).url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(resp.headers().contains_key("keel-lag-ms"));
+        assert!(resp.headers().contains_key("keel-position"));
+    }
+    println!(
+        "1000 keys written in {written:?}; every replica identical {:?} after the last ack",
+        t1.elapsed()
+    );
+}
+
+/// Continuous writer through a node that stays up; returns (acked keys with values, attempts).
+struct Writer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(String, String, Instant)>>>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl Writer {
+    fn start(c: &Cluster, via: u64) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked: Arc<Mutex<Vec<(String, String, Instant)>>> = Arc::default();
+        let (s, a, http, url) = (stop.clone(), acked.clone(), c.http.clone(), c.node(via).url());
+        let task = tokio::spawn(async move {
+            let mut i = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                let (k, v) = (format!("w{i:06}"), format!("value-{i}"));
+                let r = http
+                    .put(format!("{url}/v1/kv/{k}"))
+                    .body(v.clone())
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+                if r.is_ok_and(|r| r.status().is_success()) {
+                    a.lock().unwrap().push((k, v, Instant::now()));
+                }
+                i += 1;
+            }
+            i
+        });
+        Writer { stop, acked, task }
+    }
+
+    async fn finish(self) -> (Vec<(String, String, Instant)>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let attempts = self.task.await.unwrap();
+        let acked = self.acked.lock().unwrap().clone();
+        (acked, attempts)
+    }
+}
+
+async fn failover_under_writes(mode: &str) -> (usize, usize, Vec<String>, u64, Cluster) {
+    let mut c = Cluster::new(3, &[]);
+    c.start_all();
+    let p = primary(&c, &[]).await;
+    let r = c
+        .http
+        .patch(format!("{}/v1/config", c.node(p).url()))
+        .json(&json!({"replication_mode": mode, "min_acks": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let via = (1..=3).find(|i| *i != p).unwrap();
+    c.wait_for(T, "mode applied on the writer's node", || async {
+        (c.status(via).await?["replication"]["mode"] == mode).then_some(())
+    })
+    .await;
+    let w = Writer::start(&c, via);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let killed_at = Instant::now();
+    c.kill(p);
+    let q = primary(&c, &[p]).await;
+    // Let writes resume for a while on the new primary.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (acked, attempts) = w.finish().await;
+    let after_kill = acked.iter().filter(|(_, _, t)| *t > killed_at).count();
+    assert!(after_kill > 0, "writes must resume after the failover");
+    let mut lost = Vec::new();
+    for (k, v, _) in &acked {
+        let r = c
+            .http
+            .get(format!("{}/v1/kv/{k}", c.node(q).url()))
+            .send()
+            .await
+            .unwrap();
+        if r.status() != 200 || r.text().await.unwrap() != *v {
+            lost.push(k.clone());
+        }
+    }
+    println!(
+        "{mode}: {attempts} writes attempted, {} acknowledged ({after_kill} after the kill), {} acknowledged writes lost",
+        acked.len(),
+        lost.len()
+    );
+    (acked.len(), after_kill, lost, p, c)
+}
+
+/// 2. Sync mode: kill -9 the primary under continuous writes; every acknowledged write is on
+/// the new primary, and writes resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_continuous_writes_lose_nothing_on_failover() {
+    let (_, _, lost, _, _c) = failover_under_writes("sync").await;
+    assert!(lost.is_empty(), "sync mode lost acknowledged writes: {lost:?}");
+}
+
+/// 3. Async mode: same run; the loss is reported, and whatever the old primary had that the
+/// new one did not shows up in its `diverged` table after it rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_failover_reports_loss_and_keeps_diverged() {
+    let (_, _, lost, old, mut c) = failover_under_writes("async").await;
+    println!("async mode: {} acknowledged writes lost: {lost:?}", lost.len());
+    c.start(old);
+    c.wait_for(T, "old primary rejoins as a replica", || async {
+        (c.status(old).await?["role"] == "replica").then_some(())
+    })
+    .await;
+    let all = (1..=3).collect::<Vec<u64>>();
+    wait_same_contents(&c, &all, "all nodes converge after the old primary rejoins").await;
+    let d: Value = c.get(old, "/v1/diverged").await.unwrap();
+    let diverged: Vec<&str> = d["diverged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["key"].as_str())
+        .collect();
+    for k in &lost {
+        assert!(
+            diverged.contains(&k.as_str()),
+            "lost write {k} not kept in the old primary's diverged table: {d}"
+        );
+    }
+}
+
+/// 4. A replica stopped during 10,000 writes catches up after restart; one stopped past the
+/// retention resyncs by snapshot; full contents then match on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_replicas_catch_up_and_resync() {
+    let mut c = Cluster::new(3, &[]);
+    c.start_all();
+    let p = primary(&c, &[]).await;
+    let others: Vec<u64> = (1..=3).filter(|i| *i != p).collect();
+    let (a, b) = (others[0], others[1]);
+    // A: stopped while 10,000 writes happen, within the retention.
+    c.kill(a);
+    bulk(&c, p, "a", 10_000, 32, "x").await;
+    c.start(a);
+    let all = [p, a, b];
+    wait_same_contents(&c, &all, "replica A caught up from the log").await;
+    assert!(
+        !c.log(a).contains("installing a snapshot"),
+        "A was within the retention: no snapshot expected"
+    );
+
+    // B: stopped past the retention.
+    let r = c
+        .http
+        .patch(format!("{}/v1/config", c.node(p).url()))
+        .json(&json!({"log_retention_entries": 1000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    c.kill(b);
+    bulk(&c, p, "b", 3000, 32, "y").await;
+    let b_pos = 13_000u64; // rough: B stopped after ~10,000 entries; the primary must trim past it
+    c.wait_for(T, "primary trimmed its log past the stopped replica", || async {
+        let s = c.status(p).await?;
+        let start = s["replication"]["log_start"].as_str()?;
+        let seq: u64 = start.split(':').nth(1)?.parse().ok()?;
+        (seq + 3000 >= b_pos).then_some(())
+    })
+    .await;
+    c.start(b);
+    let final_contents = wait_same_contents(&c, &all, "replica B resynced by snapshot").await;
+    assert!(
+        c.log(b).contains("installing a snapshot"),
+        "B was past the retention: snapshot expected"
+    );
+    assert_eq!(final_contents.len(), 13_000);
+    // Same positions everywhere.
+    let pos: Vec<Value> = {
+        let mut v = Vec::new();
+        for id in all {
+            v.push(status(&c, id).await["replication"]["position"].clone());
+        }
+        v
+    };
+    assert!(pos.windows(2).all(|w| w[0] == w[1]), "positions differ: {pos:?}");
+}
+
+/// 5. kill -9 a replica while it applies batches: on restart it resumes from its durable
+/// position, no gap, no duplicate (identical contents and positions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_killed_mid_apply_resumes_exactly() {
+    let mut c = Cluster::new(3, &[]);
+    c.start_all();
+    let p = primary(&c, &[]).await;
+    let r = (1..=3).find(|i| *i != p).unwrap();
+    let w = Writer::start(&c, p);
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        c.kill(r);
+        c.start(r);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (acked, _) = w.finish().await;
+    assert!(acked.len() > 50, "too few writes: {}", acked.len());
+    let all = [1, 2, 3];
+    let contents = wait_same_contents(&c, &all, "all nodes identical after kills mid-apply").await;
+    for (k, _, _) in &acked {
+        assert!(contents.contains_key(k), "acknowledged {k} missing");
+    }
+    let pos: Vec<Value> = {
+        let mut v = Vec::new();
+        for id in all {
+            v.push(status(&c, id).await["replication"]["position"].clone());
+        }
+        v
+    };
+    assert!(pos.windows(2).all(|w| w[0] == w[1]), "positions differ: {pos:?}");
+}
+
+/// 6. Bad input: 413, 409, 400 — and none of them changes data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_changes_nothing() {
+    let mut c = Cluster::new(3, &[]);
+    c.start_all();
+    let p = primary(&c, &[]).await;
+    let url = c.node(p).url();
+    let r = c.http.put(format!("{url}/v1/kv/key")).body("v1").send().await.unwrap();
+    assert!(r.status().is_success());
+    let before_pos = status(&c, p).await["replication"]["position"].clone();
+    let before = contents(&c, p).await.unwrap();
+    let code = |r: reqwest::Response| async move {
+        let s = r.status().as_u16();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        (s, v["error"]["code"].as_str().unwrap_or("<not JSON>").to_string())
+    };
+    let big_value = vec![b'x'; (1 << 20) + 1];
+    assert_eq!(
+        code(
+            c.http
+                .put(format!("{url}/v1/kv/key"))
+                .body(big_value)
+                .send()
+                .await
+                .unwrap()
+        )
+        .await
+        .0,
+        413
+    );
+    let long_key = "k".repeat(1025);
+    assert_eq!(
+        code(
+            c.http
+                .put(format!("{url}/v1/kv/{long_key}"))
+                .body("v")
+                .send()
+                .await
+                .unwrap()
+        )
+        .await
+        .0,
+        413
+    );
+    assert_eq!(
+        code(
+            c.http
+                .post(format!("{url}/v1/kv/key/cas?version=999"))
+                .body("v")
+                .send()
+                .await
+                .unwrap()
+        )
+        .await,
+        (409, "cas_mismatch".to_string())
+    );
+    assert_eq!(
+        code(
+            c.http
+                .post(format!("{url}/v1/kv/key/cas?version=0"))
+                .body("v")
+                .send()
+                .await
+                .unwrap()
+        )
+        .await
+        .0,
+        409
+    );
+    assert_eq!(
+        code(c.http.put(format!("{url}/v1/kv/")).body("v").send().await.unwrap())
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        code(
+            c.http
+                .get(format!("{url}/v1/kv/key?consistency=eventual"))
+                .send()
+                .await
+                .unwrap()
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        code(
+            c.http
+                .post(format!("{url}/v1/kv/key/cas?version=abc"))
+                .body("v")
+                .send()
+                .await
+                .unwrap()
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        code(c.http.get(format!("{url}/v1/kv?limit=0")).send().await.unwrap())
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        status(&c, p).await["replication"]["position"],
+        before_pos,
+        "bad input changed the log"
+    );
+    assert_eq!(contents(&c, p).await.unwrap(), before, "bad input changed data");
+    let r = c.http.get(format!("{url}/v1/kv/key")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "v1");
+}
