@@ -1,5 +1,6 @@
-//! Client side of the `keel` CLI: `status`, `members`, `history` and `maintenance` talk JSON over HTTP to
-//! the API of any node (`--addr`, env `KEEL_ADDR`).
+//! Client side of the `keel` CLI: `status`, `members`, `history`, `maintenance`, `kv` and `diverged` talk to
+//! the HTTP API of any node (`--addr`, env `KEEL_ADDR`): JSON, except the datastore's values, which travel
+//! as raw bytes with their metadata in `Keel-*` headers.
 //!
 //! Every command returns the process exit code instead of exiting, so it can be tested in-process.
 //! `keel status` follows the Nagios convention (0 healthy, 1 degraded, 2 critical); its decision is the
@@ -7,7 +8,8 @@
 //! by one helper, [`render_table`], with column widths taken from the content.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
+use std::ffi::OsString;
+use std::io::{IsTerminal as _, Read, Write as _};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -96,6 +98,78 @@ pub enum ClientCommand {
         #[arg(value_enum)]
         state: OnOff,
     },
+    /// the replicated key-value datastore: get, put, del, cas, list
+    #[command(subcommand)]
+    Kv(KvCommand),
+    /// writes an old primary rolled back when it rejoined (kept, never dropped)
+    #[command(subcommand)]
+    Diverged(DivergedCommand),
+}
+
+/// `--consistency` of `keel kv get`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// the node's own copy; on a replica it may lag (see `lag_ms`)
+    Local,
+    /// forwarded to the primary, which answers only while it holds its lease
+    Primary,
+}
+
+impl Consistency {
+    fn as_str(self) -> &'static str {
+        match self {
+            Consistency::Local => "local",
+            Consistency::Primary => "primary",
+        }
+    }
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum KvCommand {
+    /// print a key's value as raw bytes (no newline added); 404 exits 1
+    Get {
+        key: String,
+        /// local (default): this node's copy; primary: read on the primary
+        #[arg(long, value_enum)]
+        consistency: Option<Consistency>,
+    },
+    /// set a key; the value is VALUE, or stdin when VALUE is omitted or `-`
+    Put {
+        key: String,
+        /// the value (use `--` before a value that starts with `-`)
+        value: Option<OsString>,
+    },
+    /// delete a key
+    Del { key: String },
+    /// compare-and-set: write only if the key is at version N (0 = it must not exist)
+    // `propagate_version` in main.rs gives every subcommand a `--version` flag; this one needs the name.
+    #[command(disable_version_flag = true)]
+    Cas {
+        key: String,
+        /// expected current version (0 = the key must not exist)
+        #[arg(long)]
+        version: u64,
+        /// the new value; stdin when omitted or `-`
+        value: Option<OsString>,
+    },
+    /// list keys: KEY, VERSION, SIZE
+    List {
+        /// only keys starting with this
+        #[arg(long)]
+        prefix: Option<String>,
+        /// keys per page (server default 100, at most 1000)
+        #[arg(long)]
+        limit: Option<u32>,
+        /// follow `next` until every matching key is listed
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum DivergedCommand {
+    /// list rolled-back writes: ROLLED_BACK_AT, POSITION, KEY, DELETED, VALUE
+    List,
 }
 
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -175,6 +249,8 @@ pub async fn run(cmd: ClientCommand, opts: &ClientOpts) -> anyhow::Result<i32> {
         ClientCommand::Failover { to, force } => {
             promotion(&api, "/v1/failover", json!({"to": to, "force": force}), opts.output).await
         }
+        ClientCommand::Kv(kv_cmd) => kv(&api, kv_cmd, opts.output).await,
+        ClientCommand::Diverged(DivergedCommand::List) => diverged(&api, opts.output).await,
     };
     match result {
         Ok(code) => Ok(code),
@@ -221,6 +297,8 @@ enum CallError {
     },
     /// A 2xx answer whose body is not JSON.
     Invalid(String),
+    /// A problem on this side before or after the request (bad key, unreadable stdin).
+    Local(String),
 }
 
 impl CallError {
@@ -245,6 +323,7 @@ impl CallError {
                 message,
             } => format!("error: HTTP {status}: {message}"),
             CallError::Invalid(cause) => format!("error: invalid answer from {base}: {cause}"),
+            CallError::Local(message) => format!("error: {message}"),
         }
     }
 }
@@ -316,6 +395,38 @@ impl Api {
         let url = format!("{}{path}", self.base);
         send(&self.http, method, &url, self.token.as_deref(), body, None).await
     }
+
+    /// Like [`Api::call`], but the body goes as raw bytes and the answer comes back unparsed, with its
+    /// status and headers (the datastore's values are bytes, and its metadata travels in headers).
+    async fn call_raw(&self, method: Method, path: &str, body: ReqBody) -> Result<RawAnswer, CallError> {
+        let url = format!("{}{path}", self.base);
+        send_raw(&self.http, method, &url, self.token.as_deref(), body, None).await
+    }
+}
+
+/// What a request carries.
+enum ReqBody {
+    Empty,
+    Json(Value),
+    /// Sent as `application/octet-stream`.
+    Bytes(Vec<u8>),
+}
+
+/// A 2xx answer as received.
+struct RawAnswer {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    body: bytes::Bytes,
+}
+
+impl RawAnswer {
+    /// The body as JSON (`null` when empty).
+    fn json(&self) -> Result<Value, CallError> {
+        if self.body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&self.body).map_err(|e| CallError::Invalid(e.to_string()))
+    }
 }
 
 async fn send(
@@ -326,29 +437,44 @@ async fn send(
     body: Option<Value>,
     timeout: Option<Duration>,
 ) -> Result<Value, CallError> {
+    let body = body.map_or(ReqBody::Empty, ReqBody::Json);
+    send_raw(http, method, url, token, body, timeout).await?.json()
+}
+
+/// One request; a non-2xx answer becomes [`CallError::Status`] and no answer [`CallError::Unreachable`].
+async fn send_raw(
+    http: &reqwest::Client,
+    method: Method,
+    url: &str,
+    token: Option<&str>,
+    body: ReqBody,
+    timeout: Option<Duration>,
+) -> Result<RawAnswer, CallError> {
     let mut req = http.request(method, url);
     if let Some(token) = token {
         req = req.bearer_auth(token);
     }
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
+    req = match body {
+        ReqBody::Empty => req,
+        ReqBody::Json(v) => req.json(&v),
+        ReqBody::Bytes(b) => req
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(b),
+    };
     if let Some(timeout) = timeout {
         req = req.timeout(timeout);
     }
     let resp = req.send().await.map_err(|e| CallError::Unreachable(error_chain(&e)))?;
     let status = resp.status();
-    let bytes = resp
+    let headers = resp.headers().clone();
+    let body = resp
         .bytes()
         .await
         .map_err(|e| CallError::Unreachable(error_chain(&e)))?;
     if !status.is_success() {
-        return Err(status_error(status, &bytes));
+        return Err(status_error(status, &body));
     }
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Value::Null);
-    }
-    serde_json::from_slice(&bytes).map_err(|e| CallError::Invalid(e.to_string()))
+    Ok(RawAnswer { status, headers, body })
 }
 
 /// Writes to stdout, ignoring a closed pipe (`keel history | head`) instead of panicking like `print!`.
@@ -360,6 +486,17 @@ pub(crate) fn print_out(text: &str) {
     }
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+/// Writes raw bytes to stdout, like [`print_out`].
+fn print_bytes(bytes: &[u8]) {
+    if cfg!(test) {
+        print!("{}", String::from_utf8_lossy(bytes));
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(bytes);
     let _ = out.flush();
 }
 
@@ -732,6 +869,296 @@ async fn promotion(api: &Api, path: &str, body: Value, output: OutputFormat) -> 
     Ok(EXIT_OK)
 }
 
+/// The datastore's value limit. Stdin is read up to one byte more, so an oversized value reaches the server
+/// as oversized and is refused there (413), never cut silently to fit.
+const MAX_VALUE_BYTES: usize = keel_replication::MAX_VALUE_BYTES;
+
+/// Percent-encodes everything in `s` but RFC 3986 unreserved characters, and `/` when `keep_slash`.
+fn percent_encode(s: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            b'/' if keep_slash => out.push('/'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// `/v1/kv/{key}` with the key percent-encoded. `/` stays readable unless the key has a `.` or `..`
+/// segment, which an HTTP client would resolve away (`a/../b` becomes `b`); then `/` is encoded too.
+pub fn kv_path(key: &str) -> Result<String, String> {
+    if key.is_empty() {
+        return Err("the key is empty: give a non-empty key".to_string());
+    }
+    if key == "." || key == ".." {
+        return Err(format!(
+            "the key {key:?} cannot be put in a URL path (clients resolve it away): use another key"
+        ));
+    }
+    let dot_segment = key.split('/').any(|seg| seg == "." || seg == "..");
+    Ok(format!("/v1/kv/{}", percent_encode(key, !dot_segment)))
+}
+
+/// `/v1/kv?prefix=&limit=&after=`, leaving out what is not set.
+pub fn kv_list_path(prefix: Option<&str>, limit: Option<u32>, after: Option<&str>) -> String {
+    let mut params = Vec::new();
+    if let Some(p) = prefix.filter(|p| !p.is_empty()) {
+        params.push(format!("prefix={}", percent_encode(p, false)));
+    }
+    if let Some(l) = limit {
+        params.push(format!("limit={l}"));
+    }
+    if let Some(a) = after {
+        params.push(format!("after={}", percent_encode(a, false)));
+    }
+    if params.is_empty() {
+        "/v1/kv".to_string()
+    } else {
+        format!("/v1/kv?{}", params.join("&"))
+    }
+}
+
+/// A header as JSON: a number when it is one, else a string, `null` when absent or not text.
+fn header_json(headers: &reqwest::header::HeaderMap, name: &str) -> Value {
+    match headers.get(name).and_then(|v| v.to_str().ok()) {
+        None => Value::Null,
+        Some(s) => s.trim().parse::<u64>().map_or_else(|_| json!(s), |n| json!(n)),
+    }
+}
+
+/// `keel kv get --output json`: the value (UTF-8, lossy) and the metadata headers of the answer.
+pub fn kv_get_json(key: &str, value: &[u8], headers: &reqwest::header::HeaderMap) -> Value {
+    json!({
+        "key": key,
+        "value": String::from_utf8_lossy(value),
+        "version": header_json(headers, "keel-version"),
+        "epoch": header_json(headers, "keel-epoch"),
+        "position": headers.get("keel-position").and_then(|v| v.to_str().ok()),
+        "lag_ms": header_json(headers, "keel-lag-ms"),
+    })
+}
+
+/// Reads `r` to the end, but at most `limit + 1` bytes; `true` when there was more than `limit`.
+fn read_bounded(r: impl Read, limit: usize) -> std::io::Result<(Vec<u8>, bool)> {
+    let mut buf = Vec::new();
+    r.take(limit as u64 + 1).read_to_end(&mut buf)?;
+    let over = buf.len() > limit;
+    Ok((buf, over))
+}
+
+/// The value of `kv put` / `kv cas`: the argument, or stdin when it is absent or `-`. `true` when stdin
+/// held more than [`MAX_VALUE_BYTES`] (only the first `MAX_VALUE_BYTES + 1` bytes are returned).
+async fn value_arg(value: Option<OsString>) -> Result<(Vec<u8>, bool), CallError> {
+    if let Some(v) = value.filter(|v| v != "-") {
+        return Ok((v.into_encoded_bytes(), false));
+    }
+    if std::io::stdin().is_terminal() {
+        eprintln!("reading the value from stdin; end it with Ctrl-D");
+    }
+    tokio::task::spawn_blocking(|| read_bounded(std::io::stdin().lock(), MAX_VALUE_BYTES))
+        .await
+        .map_err(|e| CallError::Local(format!("read the value from stdin: {e}")))?
+        .map_err(|e| CallError::Local(format!("read the value from stdin: {}", error_chain(&e))))
+}
+
+/// Up to `max_chars` characters of `bytes` (UTF-8, lossy) with control characters escaped, and `…` when cut.
+fn preview(bytes: &[u8], max_chars: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::new();
+    let mut chars = text.chars();
+    for c in chars.by_ref().take(max_chars) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if chars.next().is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// Standard base64 (padding optional); `None` on a character outside the alphabet.
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.trim_end_matches('=').bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+fn render_kv_list(items: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|i| vec![cell(&i["key"]), cell(&i["version"]), cell(&i["size"])])
+        .collect();
+    render_table(&["KEY", "VERSION", "SIZE"], &rows)
+}
+
+/// Longest value preview in `keel diverged list`.
+const DIVERGED_VALUE_CHARS: usize = 40;
+
+fn render_diverged(answer: &Value) -> String {
+    let rows: Vec<Vec<String>> = answer["diverged"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|d| {
+            let value = match d["value_base64"].as_str() {
+                None => "-".to_string(),
+                Some(b64) => match base64_decode(b64) {
+                    Some(bytes) => preview(&bytes, DIVERGED_VALUE_CHARS),
+                    None => "(not base64)".to_string(),
+                },
+            };
+            vec![
+                cell(&d["rolled_back_at"]),
+                cell(&d["position"]),
+                cell(&d["key"]),
+                cell(&d["deleted"]),
+                value,
+            ]
+        })
+        .collect();
+    render_table(&["ROLLED_BACK_AT", "POSITION", "KEY", "DELETED", "VALUE"], &rows)
+}
+
+/// `kv put` and `kv cas`: send the value, print `KEY: version V at position P` or the server's JSON.
+/// `stdin_over_limit`: the value is the cut-off start of a longer stdin, so a 413 is about all of it.
+async fn kv_write(
+    api: &Api,
+    method: Method,
+    path: &str,
+    key: &str,
+    value: Vec<u8>,
+    stdin_over_limit: bool,
+    output: OutputFormat,
+) -> Result<i32, CallError> {
+    let answer = api
+        .call_raw(method, path, ReqBody::Bytes(value))
+        .await
+        .map_err(|e| match e {
+            CallError::Status { status, code, .. } if stdin_over_limit && status == StatusCode::PAYLOAD_TOO_LARGE => {
+                CallError::Status {
+                    status,
+                    code,
+                    message: format!(
+                        "the value on stdin is over the datastore's {MAX_VALUE_BYTES}-byte limit \
+                         (keel stopped reading it after {} bytes): store a smaller value",
+                        MAX_VALUE_BYTES + 1
+                    ),
+                }
+            }
+            other => other,
+        })?;
+    let v = answer.json()?;
+    match output {
+        OutputFormat::Json => print_json(&v),
+        OutputFormat::Table => print_out(&format!(
+            "{key}: version {} at position {}\n",
+            cell(&v["version"]),
+            cell(&v["position"])
+        )),
+    }
+    Ok(EXIT_OK)
+}
+
+async fn kv(api: &Api, cmd: KvCommand, output: OutputFormat) -> Result<i32, CallError> {
+    match cmd {
+        KvCommand::Get { key, consistency } => {
+            let mut path = kv_path(&key).map_err(CallError::Local)?;
+            if let Some(c) = consistency {
+                path.push_str("?consistency=");
+                path.push_str(c.as_str());
+            }
+            let answer = api.call_raw(Method::GET, &path, ReqBody::Empty).await?;
+            match output {
+                OutputFormat::Json => print_json(&kv_get_json(&key, &answer.body, &answer.headers)),
+                OutputFormat::Table => print_bytes(&answer.body),
+            }
+            Ok(EXIT_OK)
+        }
+        KvCommand::Put { key, value } => {
+            let path = kv_path(&key).map_err(CallError::Local)?;
+            let (value, over) = value_arg(value).await?;
+            kv_write(api, Method::PUT, &path, &key, value, over, output).await
+        }
+        KvCommand::Cas { key, version, value } => {
+            let path = format!("{}/cas?version={version}", kv_path(&key).map_err(CallError::Local)?);
+            let (value, over) = value_arg(value).await?;
+            kv_write(api, Method::POST, &path, &key, value, over, output).await
+        }
+        KvCommand::Del { key } => {
+            let path = kv_path(&key).map_err(CallError::Local)?;
+            let answer = api.call_raw(Method::DELETE, &path, ReqBody::Empty).await?;
+            let v = answer.json()?;
+            match output {
+                OutputFormat::Json => print_json(&v),
+                // 201: the key did not exist; the delete is recorded anyway.
+                OutputFormat::Table if answer.status == StatusCode::CREATED => print_out(&format!(
+                    "{key}: was not set (delete recorded at position {})\n",
+                    cell(&v["position"])
+                )),
+                OutputFormat::Table => print_out(&format!("{key}: deleted at position {}\n", cell(&v["position"]))),
+            }
+            Ok(EXIT_OK)
+        }
+        KvCommand::List { prefix, limit, all } => {
+            let mut items = Vec::new();
+            let mut after: Option<String> = None;
+            let next = loop {
+                let path = kv_list_path(prefix.as_deref(), limit, after.as_deref());
+                let page = api.call(Method::GET, &path, None).await?;
+                items.extend(page["items"].as_array().cloned().unwrap_or_default());
+                let next = page["next"].as_str().map(str::to_string);
+                match next {
+                    // A `next` that does not move on would loop forever; stop there.
+                    Some(n) if all && after.as_ref() != Some(&n) => after = Some(n),
+                    other => break other,
+                }
+            };
+            match output {
+                OutputFormat::Json => print_json(&json!({"items": items, "next": next})),
+                OutputFormat::Table => {
+                    print_out(&render_kv_list(&items));
+                    if next.is_some() {
+                        eprintln!("(more keys follow: add --all to list them all)");
+                    }
+                }
+            }
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+async fn diverged(api: &Api, output: OutputFormat) -> Result<i32, CallError> {
+    let answer = api.call(Method::GET, "/v1/diverged", None).await?;
+    match output {
+        OutputFormat::Json => print_json(&answer),
+        OutputFormat::Table => print_out(&render_diverged(&answer)),
+    }
+    Ok(EXIT_OK)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -985,9 +1412,10 @@ mod tests {
         assert_eq!(render_history(&json!({})), "EPOCH  FROM  TO  REASON  AT\n");
     }
 
-    /// The `keel` command line the lead wires in main.rs: client options flattened at the top level.
+    /// The `keel` command line the lead wires in main.rs: client options flattened at the top level, and
+    /// `--version` propagated to every subcommand (which `kv cas --version N` must not clash with).
     #[derive(clap::Parser, Debug)]
-    #[command(name = "keel")]
+    #[command(name = "keel", version, propagate_version = true)]
     struct TestCli {
         #[command(flatten)]
         client: ClientOpts,
@@ -1110,6 +1538,313 @@ mod tests {
             ..o
         };
         assert_eq!(run(ClientCommand::Status, &json_opts).await.unwrap(), 1);
+    }
+
+    #[test]
+    fn kv_command_line() {
+        let parse = |args: &[&str]| TestCli::try_parse_from(args).map(|c| c.command);
+        let Ok(TestCommand::Client(ClientCommand::Kv(KvCommand::Cas { key, version, value }))) =
+            parse(&["keel", "kv", "cas", "a/b", "--version", "3", "new value"])
+        else {
+            panic!("not cas")
+        };
+        assert_eq!(
+            (key.as_str(), version, value),
+            ("a/b", 3, Some(OsString::from("new value")))
+        );
+        assert!(matches!(
+            parse(&["keel", "kv", "get", "k", "--consistency", "primary", "--output", "json"]),
+            Ok(TestCommand::Client(ClientCommand::Kv(KvCommand::Get {
+                consistency: Some(Consistency::Primary),
+                ..
+            })))
+        ));
+        assert!(matches!(
+            parse(&["keel", "kv", "put", "k"]),
+            Ok(TestCommand::Client(ClientCommand::Kv(KvCommand::Put {
+                value: None,
+                ..
+            })))
+        ));
+        // A value starting with `-` goes after `--`.
+        let Ok(TestCommand::Client(ClientCommand::Kv(KvCommand::Put { value, .. }))) =
+            parse(&["keel", "kv", "put", "k", "--", "-5"])
+        else {
+            panic!("not put")
+        };
+        assert_eq!(value, Some(OsString::from("-5")));
+        assert!(matches!(
+            parse(&["keel", "kv", "list", "--prefix", "a/", "--limit", "2", "--all"]),
+            Ok(TestCommand::Client(ClientCommand::Kv(KvCommand::List {
+                limit: Some(2),
+                all: true,
+                ..
+            })))
+        ));
+        assert!(matches!(
+            parse(&["keel", "diverged", "list"]),
+            Ok(TestCommand::Client(ClientCommand::Diverged(DivergedCommand::List)))
+        ));
+        assert!(parse(&["keel", "kv", "cas", "k", "v"]).is_err(), "cas needs --version");
+        assert!(parse(&["keel", "kv", "get", "k", "--consistency", "eventual"]).is_err());
+    }
+
+    #[test]
+    fn kv_urls() {
+        assert_eq!(kv_path("a").unwrap(), "/v1/kv/a");
+        assert_eq!(kv_path("dir/sub/key").unwrap(), "/v1/kv/dir/sub/key");
+        assert_eq!(
+            kv_path("a b?c#d%e&f=g+h").unwrap(),
+            "/v1/kv/a%20b%3Fc%23d%25e%26f%3Dg%2Bh"
+        );
+        assert_eq!(kv_path("ü/.x").unwrap(), "/v1/kv/%C3%BC/.x");
+        assert_eq!(kv_path("a/../b").unwrap(), "/v1/kv/a%2F..%2Fb");
+        assert_eq!(kv_path("./a").unwrap(), "/v1/kv/.%2Fa");
+        assert!(kv_path("").is_err());
+        assert!(kv_path("..").is_err());
+        // What the HTTP client really sends: nothing resolved away, nothing re-encoded.
+        for key in ["a/../b", "x/./y", "a b/c", "a//b", "..."] {
+            let path = kv_path(key).unwrap();
+            let url = reqwest::Url::parse(&format!("http://h{path}")).unwrap();
+            assert_eq!(url.path(), path, "{key}");
+        }
+        assert_eq!(kv_list_path(None, None, None), "/v1/kv");
+        assert_eq!(kv_list_path(Some(""), None, None), "/v1/kv");
+        assert_eq!(
+            kv_list_path(Some("a b/+"), Some(10), Some("a b/x&y")),
+            "/v1/kv?prefix=a%20b%2F%2B&limit=10&after=a%20b%2Fx%26y"
+        );
+    }
+
+    #[test]
+    fn kv_get_headers_to_json() {
+        use reqwest::header::{HeaderMap, HeaderValue};
+        let mut h = HeaderMap::new();
+        h.insert("keel-version", HeaderValue::from_static("7"));
+        h.insert("keel-epoch", HeaderValue::from_static("2"));
+        h.insert("keel-position", HeaderValue::from_static("2:9"));
+        h.insert("keel-lag-ms", HeaderValue::from_static("15"));
+        assert_eq!(
+            kv_get_json("k", b"v \xff", &h),
+            json!({"key": "k", "value": "v \u{fffd}", "version": 7, "epoch": 2, "position": "2:9", "lag_ms": 15})
+        );
+        // On the primary there is no lag header.
+        h.remove("keel-lag-ms");
+        assert_eq!(kv_get_json("k", b"", &h)["lag_ms"], Value::Null);
+        assert_eq!(kv_get_json("k", b"", &HeaderMap::new())["position"], Value::Null);
+    }
+
+    #[test]
+    fn bounded_stdin_read() {
+        let (v, over) = read_bounded(&b"hello"[..], 10).unwrap();
+        assert_eq!((v.as_slice(), over), (&b"hello"[..], false));
+        let (v, over) = read_bounded(&b"0123456789"[..], 10).unwrap();
+        assert_eq!((v.len(), over), (10, false));
+        let big = vec![7u8; 25];
+        let (v, over) = read_bounded(big.as_slice(), 10).unwrap();
+        assert_eq!((v.len(), over), (11, true));
+    }
+
+    #[test]
+    fn kv_and_diverged_rendering() {
+        let items = [
+            json!({"key": "a", "version": 3, "size": 12}),
+            json!({"key": "dir/long key", "version": 10, "size": 0}),
+        ];
+        assert_eq!(
+            render_kv_list(&items),
+            "KEY           VERSION  SIZE\n\
+             a             3        12\n\
+             dir/long key  10       0\n"
+        );
+        assert_eq!(render_kv_list(&[]), "KEY  VERSION  SIZE\n");
+
+        assert_eq!(base64_decode("aGVsbG8="), Some(b"hello".to_vec()));
+        assert_eq!(base64_decode("aGkh"), Some(b"hi!".to_vec()));
+        assert_eq!(base64_decode("aA"), Some(b"h".to_vec()));
+        assert_eq!(base64_decode(""), Some(vec![]));
+        assert_eq!(base64_decode("a?=="), None);
+        assert_eq!(preview(b"line\nnext", 40), "line\\nnext");
+        assert_eq!(preview("é".repeat(41).as_bytes(), 40), format!("{}…", "é".repeat(40)));
+        assert_eq!(preview("é".repeat(40).as_bytes(), 40), "é".repeat(40));
+
+        let answer = json!({"diverged": [
+            {"rolled_back_at": "2026-11-26T13:05:08.210Z", "position": "3:12", "key": "k",
+             "value_base64": "aGVsbG8=", "deleted": false},
+            {"rolled_back_at": "2026-11-26T13:05:08.210Z", "position": "3:13", "key": "gone",
+             "value_base64": null, "deleted": true},
+            {"rolled_back_at": "2026-11-26T13:05:08.210Z", "position": "3:14", "key": "big",
+             // 50 × "x"
+             "value_base64": "eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eA==", "deleted": false},
+        ]});
+        assert_eq!(
+            render_diverged(&answer),
+            format!(
+                "ROLLED_BACK_AT            POSITION  KEY   DELETED  VALUE\n\
+                 2026-11-26T13:05:08.210Z  3:12      k     no       hello\n\
+                 2026-11-26T13:05:08.210Z  3:13      gone  yes      -\n\
+                 2026-11-26T13:05:08.210Z  3:14      big   no       {}…\n",
+                "x".repeat(40)
+            )
+        );
+        assert_eq!(
+            render_diverged(&json!({"diverged": []})),
+            "ROLLED_BACK_AT  POSITION  KEY  DELETED  VALUE\n"
+        );
+    }
+
+    /// Requests a [`kv_mock`] saw, as `METHOD decoded-key-or-path ?query`.
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+    /// A stateful mock of the datastore API: PUT stores, GET answers the bytes with `Keel-*` headers (404
+    /// when absent), DELETE removes, POST (cas) always conflicts, `GET /v1/kv` lists one key per page.
+    async fn kv_mock() -> (String, Seen) {
+        use axum::extract::{Path, RawQuery};
+        use axum::http::{HeaderMap, StatusCode as S};
+        use axum::response::IntoResponse;
+        use std::sync::{Arc, Mutex};
+        type Store = Arc<Mutex<BTreeMap<String, (Vec<u8>, u64)>>>;
+        let store: Store = Arc::default();
+        let seen: Seen = Arc::default();
+        let not_found = |key: &str| {
+            let body = json!({"error": {"code": "not_found", "message": format!("no key {key:?}")}});
+            (S::NOT_FOUND, body.to_string()).into_response()
+        };
+        let (st, sn) = (store.clone(), seen.clone());
+        let put = move |Path(key): Path<String>, body: bytes::Bytes| {
+            let (store, seen) = (st.clone(), sn.clone());
+            async move {
+                seen.lock().unwrap().push(format!("PUT {key}"));
+                let mut store = store.lock().unwrap();
+                let version = store.values().map(|(_, v)| *v).max().unwrap_or(0) + 1;
+                let existed = store.insert(key, (body.to_vec(), version)).is_some();
+                let status = if existed { S::OK } else { S::CREATED };
+                let body = json!({"version": version, "position": format!("1:{version}"), "epoch": 1});
+                (status, body.to_string()).into_response()
+            }
+        };
+        let (st, sn) = (store.clone(), seen.clone());
+        let get = move |Path(key): Path<String>, RawQuery(q): RawQuery| {
+            let (store, seen) = (st.clone(), sn.clone());
+            async move {
+                seen.lock()
+                    .unwrap()
+                    .push(format!("GET {key} ?{}", q.unwrap_or_default()));
+                match store.lock().unwrap().get(&key) {
+                    Some((value, version)) => {
+                        let mut h = HeaderMap::new();
+                        h.insert("keel-version", version.to_string().parse().unwrap());
+                        h.insert("keel-epoch", "1".parse().unwrap());
+                        h.insert("keel-position", format!("1:{version}").parse().unwrap());
+                        (S::OK, h, value.clone()).into_response()
+                    }
+                    None => not_found(&key),
+                }
+            }
+        };
+        let (st, sn) = (store.clone(), seen.clone());
+        let del = move |Path(key): Path<String>| {
+            let (store, seen) = (st.clone(), sn.clone());
+            async move {
+                seen.lock().unwrap().push(format!("DELETE {key}"));
+                let existed = store.lock().unwrap().remove(&key).is_some();
+                let status = if existed { S::OK } else { S::CREATED };
+                (status, r#"{"version":0,"position":"1:99","epoch":1}"#).into_response()
+            }
+        };
+        let cas = || async {
+            let body = json!({"error": {"code": "cas_mismatch", "message": "compare-and-set failed"}});
+            (S::CONFLICT, body.to_string())
+        };
+        let (st, sn) = (store.clone(), seen.clone());
+        let list = move |RawQuery(q): RawQuery| {
+            let (store, seen) = (st.clone(), sn.clone());
+            async move {
+                let q = q.unwrap_or_default();
+                seen.lock().unwrap().push(format!("LIST ?{q}"));
+                // One key per page; `after` is the last key of the previous page.
+                let url = reqwest::Url::parse(&format!("http://mock/?{q}")).unwrap();
+                let after = url
+                    .query_pairs()
+                    .find(|(k, _)| k == "after")
+                    .map(|(_, v)| v.into_owned());
+                let store = store.lock().unwrap();
+                let mut keys = store
+                    .iter()
+                    .filter(|(k, _)| after.as_ref().is_none_or(|a| k.as_str() > a.as_str()));
+                let items: Vec<Value> = keys
+                    .next()
+                    .map(|(k, (v, ver))| json!({"key": k, "version": ver, "size": v.len()}))
+                    .into_iter()
+                    .collect();
+                let next = keys.next().and(items.first().map(|i| i["key"].clone()));
+                json!({"items": items, "next": next}).to_string()
+            }
+        };
+        let app = axum::Router::new()
+            .route("/v1/kv", axum::routing::get(list))
+            .route("/v1/kv/{*key}", axum::routing::put(put).get(get).delete(del).post(cas));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn kv_put_then_get_against_mock() {
+        let (addr, seen) = kv_mock().await;
+        let o = opts(&addr);
+        let kv = |c: KvCommand| ClientCommand::Kv(c);
+        let put = |key: &str, value: &str| {
+            kv(KvCommand::Put {
+                key: key.to_string(),
+                value: Some(value.into()),
+            })
+        };
+        let get = |key: &str, consistency| {
+            kv(KvCommand::Get {
+                key: key.to_string(),
+                consistency,
+            })
+        };
+        assert_eq!(run(put("dir/a b", "hello world"), &o).await.unwrap(), 0);
+        assert_eq!(run(put("z", "2"), &o).await.unwrap(), 0);
+        assert_eq!(run(get("dir/a b", Some(Consistency::Primary)), &o).await.unwrap(), 0);
+        let json_opts = ClientOpts {
+            output: OutputFormat::Json,
+            ..opts(&addr)
+        };
+        assert_eq!(run(get("dir/a b", None), &json_opts).await.unwrap(), 0);
+        assert_eq!(run(get("missing", None), &o).await.unwrap(), 1);
+        let cas = kv(KvCommand::Cas {
+            key: "z".into(),
+            version: 1,
+            value: Some("3".into()),
+        });
+        assert_eq!(run(cas, &o).await.unwrap(), 1);
+        let list = kv(KvCommand::List {
+            prefix: None,
+            limit: Some(1),
+            all: true,
+        });
+        assert_eq!(run(list, &json_opts).await.unwrap(), 0);
+        assert_eq!(run(kv(KvCommand::Del { key: "z".into() }), &o).await.unwrap(), 0);
+        assert_eq!(run(kv(KvCommand::Del { key: "z".into() }), &o).await.unwrap(), 0);
+        assert_eq!(run(get("", None), &o).await.unwrap(), 1);
+        assert_eq!(
+            seen.lock().unwrap().clone(),
+            [
+                "PUT dir/a b",
+                "PUT z",
+                "GET dir/a b ?consistency=primary",
+                "GET dir/a b ?",
+                "GET missing ?",
+                "LIST ?limit=1",
+                "LIST ?limit=1&after=dir%2Fa%20b",
+                "DELETE z",
+                "DELETE z",
+            ]
+        );
     }
 
     #[tokio::test]
