@@ -340,8 +340,11 @@ impl GitSync {
         let components = split_components(rel_path).map_err(|reason| GitSyncError::invalid_path(rel_path, reason))?;
         let mut full = self.shared.path.clone();
         full.extend(components);
-        let signature = Signature::now(author.0, author.1)
-            .map_err(|e| GitSyncError::Config(format!("invalid author: {}", e.message())))?;
+        // `Signature` is not `Send`: take what we need and drop it before the first await, so
+        // this future can run on a multi-threaded runtime (axum handlers).
+        let when = Signature::now(author.0, author.1)
+            .map_err(|e| GitSyncError::Config(format!("invalid author: {}", e.message())))?
+            .when();
         let verb = if contents.is_some() { "update" } else { "delete" };
         let message = format!("keel: {verb} {rel_path}\n\nKeel-Epoch: {epoch}\n");
         let edit = Edit {
@@ -349,7 +352,7 @@ impl GitSync {
             path: full,
             contents: contents.map(<[u8]>::to_vec),
             author: (author.0.to_string(), author.1.to_string()),
-            time: signature.when(),
+            time: when,
             message,
         };
 

@@ -52,6 +52,13 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route("/v1/diverged", get(crate::data::diverged))
         .route("/v1/replication/paused", put(replication_paused))
+        .route("/v1/gitsync", get(crate::gitsync_api::status))
+        .route("/v1/gitsync/sync", post(crate::gitsync_api::sync))
+        .route("/v1/gitsync/webhook", post(crate::gitsync_api::webhook))
+        .route(
+            "/v1/gitsync/files/{*path}",
+            axum::routing::put(crate::gitsync_api::edit).delete(crate::gitsync_api::edit),
+        )
         .route("/v1/switchover", post(switchover))
         .route("/v1/failover", post(failover))
         .route("/v1/config", axum::routing::patch(patch_config))
@@ -253,7 +260,7 @@ async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
             "store": node.repl.store.stats(),
             "log_start": log_start(&node),
         },
-        "gitsync": Value::Null,
+        "gitsync": node.gitsync.as_ref().map(|g| g.status()),
     }))
 }
 

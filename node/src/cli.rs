@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use crate::config::Secret;
 
 /// Timeout of each per-node `GET /v1/status` made by `keel status`.
-const NODE_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+const NODE_STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 /// Printed under every "cannot reach" error.
 const UNREACHABLE_HINT: &str = "hint: is a node running there? set --addr or KEEL_ADDR";
 /// Longest raw (non-JSON) error body echoed to the user.
@@ -104,6 +104,21 @@ pub enum ClientCommand {
     /// writes an old primary rolled back when it rejoined (kept, never dropped)
     #[command(subcommand)]
     Diverged(DivergedCommand),
+    /// Git Sync: every node's commit side by side, or sync now
+    #[command(subcommand)]
+    Gitsync(GitsyncCommand),
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum GitsyncCommand {
+    /// every node's Git Sync state and commit, and whether the cluster has converged (exit 1 if not)
+    Status,
+    /// sync the node at --addr now and ask every other node to sync
+    Sync {
+        /// accept a rewritten upstream history (after a force-push) on this node
+        #[arg(long)]
+        accept_reset: bool,
+    },
 }
 
 /// `--consistency` of `keel kv get`.
@@ -251,6 +266,10 @@ pub async fn run(cmd: ClientCommand, opts: &ClientOpts) -> anyhow::Result<i32> {
         }
         ClientCommand::Kv(kv_cmd) => kv(&api, kv_cmd, opts.output).await,
         ClientCommand::Diverged(DivergedCommand::List) => diverged(&api, opts.output).await,
+        ClientCommand::Gitsync(GitsyncCommand::Status) => gitsync_status(&api, opts.output).await,
+        ClientCommand::Gitsync(GitsyncCommand::Sync { accept_reset }) => {
+            gitsync_sync(&api, accept_reset, opts.output).await
+        }
     };
     match result {
         Ok(code) => Ok(code),
@@ -825,6 +844,83 @@ fn render_history(answer: &Value) -> String {
         })
         .collect();
     render_table(&["EPOCH", "FROM", "TO", "REASON", "AT"], &rows)
+}
+
+async fn gitsync_sync(api: &Api, accept_reset: bool, output: OutputFormat) -> Result<i32, CallError> {
+    let path = if accept_reset {
+        "/v1/gitsync/sync?accept_reset=true"
+    } else {
+        "/v1/gitsync/sync"
+    };
+    let answer = api.call(Method::POST, path, None).await?;
+    match output {
+        OutputFormat::Json => print_json(&answer),
+        OutputFormat::Table => print_out(&format!(
+            "node {}: {} at {}\n",
+            cell(&answer["node_id"]),
+            cell(&answer["outcome"]["change"]),
+            short_sha(&answer["outcome"]["commit"]["sha"])
+        )),
+    }
+    Ok(EXIT_OK)
+}
+
+fn short_sha(v: &Value) -> String {
+    v.as_str()
+        .map(|s| s.chars().take(12).collect())
+        .unwrap_or_else(|| "-".to_string())
+}
+
+/// Every node's Git Sync state side by side; exit 1 unless all reachable nodes serve one commit.
+async fn gitsync_status(api: &Api, output: OutputFormat) -> Result<i32, CallError> {
+    let cluster = api.call(Method::GET, "/v1/cluster", None).await?;
+    let statuses = fetch_statuses(api, &cluster).await;
+    let (converged, text) = render_gitsync(&statuses);
+    match output {
+        OutputFormat::Json => {
+            let nodes: Map<String, Value> = statuses
+                .iter()
+                .map(|(id, s)| {
+                    (
+                        id.to_string(),
+                        s.as_ref().map(|s| s["gitsync"].clone()).unwrap_or(Value::Null),
+                    )
+                })
+                .collect();
+            print_json(&json!({"nodes": nodes, "converged": converged}));
+        }
+        OutputFormat::Table => print_out(&text),
+    }
+    Ok(if converged { EXIT_OK } else { EXIT_ERROR })
+}
+
+/// The table and whether every node serves the same commit.
+fn render_gitsync(statuses: &BTreeMap<u64, Option<Value>>) -> (bool, String) {
+    let mut commits = BTreeSet::new();
+    let rows: Vec<Vec<String>> = statuses
+        .iter()
+        .map(|(id, s)| match s.as_ref().map(|s| &s["gitsync"]) {
+            Some(g) if g.is_object() => {
+                commits.insert(g["commit"].as_str().unwrap_or("").to_string());
+                vec![
+                    id.to_string(),
+                    cell(&g["state"]),
+                    short_sha(&g["commit"]),
+                    g["last_success_at_ms"]
+                        .as_u64()
+                        .map(crate::util::rfc3339)
+                        .unwrap_or_else(|| "-".into()),
+                    g["last_error"].as_str().unwrap_or("-").chars().take(60).collect(),
+                ]
+            }
+            Some(_) => vec![id.to_string(), "disabled".into(), "-".into(), "-".into(), "-".into()],
+            None => vec![id.to_string(), "unreachable".into(), "-".into(), "-".into(), "-".into()],
+        })
+        .collect();
+    let converged = commits.len() == 1 && !commits.contains("") && rows.iter().all(|r| r[1] != "unreachable");
+    let mut out = render_table(&["NODE", "STATE", "COMMIT", "LAST SUCCESS", "LAST ERROR"], &rows);
+    out.push_str(if converged { "converged\n" } else { "not converged\n" });
+    (converged, out)
 }
 
 async fn history(api: &Api, output: OutputFormat) -> Result<i32, CallError> {

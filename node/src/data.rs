@@ -48,7 +48,7 @@ fn data_error(e: DataError) -> ApiError {
 }
 
 /// Forward this request to the primary's API, or say why not.
-async fn forward(node: &Node, method: Method, path_and_query: &str, headers: &HeaderMap, body: Bytes) -> ApiResult {
+pub async fn forward(node: &Node, method: Method, path_and_query: &str, headers: &HeaderMap, body: Bytes) -> ApiResult {
     if headers.contains_key(FORWARDED_HEADER) {
         return Err(ApiError::unavailable(
             "not_primary",
@@ -122,7 +122,7 @@ fn is_named_primary(node: &Node) -> bool {
 
 /// Wait up to `LEASE_WAIT` for this primary's lease (a renewal in flight, or a new primary
 /// still catching up) rather than failing a write at once.
-async fn wait_write_epoch(node: &Node) -> Option<u64> {
+pub async fn wait_write_epoch(node: &Node) -> Option<u64> {
     let mut holding = node.lease.subscribe();
     let deadline = tokio::time::Instant::now() + LEASE_WAIT;
     loop {
@@ -201,7 +201,7 @@ fn path_and_query(key: &str, q: &Option<String>) -> String {
 }
 
 /// Percent-encode a key for use in a URL path (unreserved characters stay as they are).
-fn encode_path(key: &str) -> String {
+pub fn encode_path(key: &str) -> String {
     let mut out = String::new();
     for b in key.bytes() {
         match b {

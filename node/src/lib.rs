@@ -12,6 +12,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod failover;
+pub mod gitsync_api;
 pub mod hook;
 pub mod join;
 pub mod metrics;

@@ -1,6 +1,8 @@
 //! `keel`: the Keel daemon (`keel serve`), a local cluster in one command (`keel up`), and
 //! the admin CLI over the HTTP API.
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
 use keel_node::cli::{self, ClientCommand, ClientOpts};
 use keel_node::config::ServeArgs;
@@ -28,6 +30,12 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
+    // libgit2's socket timeouts are process-wide and must be set before any other thread
+    // runs: a Git Sync remote that accepts and then stalls must not hold the agent forever.
+    // SAFETY: no other thread exists yet (the async runtime is built below).
+    if let Err(e) = unsafe { keel_gitsync::set_network_timeouts(Duration::from_secs(10), Duration::from_secs(60)) } {
+        eprintln!("warning: {e}");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -193,6 +193,38 @@ pub fn render(node: &Node) -> String {
         "Durable commits (fsyncs) of the primary write path; writes/commits is the group-commit batching factor.",
         &[(String::new(), stats.commits as f64)],
     );
+    if let Some(g) = &node.gitsync {
+        let s = serde_json::to_value(g.status()).unwrap_or_default();
+        let n = |k: &str| s[k].as_u64().unwrap_or(0) as f64;
+        series(
+            &mut out,
+            "keel_gitsync_syncs_total",
+            "counter",
+            "Git Sync runs by outcome.",
+            &[
+                ("{outcome=\"ok\"}".to_string(), n("syncs_ok")),
+                ("{outcome=\"failed\"}".to_string(), n("syncs_failed")),
+                ("{outcome=\"conflict\"}".to_string(), n("syncs_conflict")),
+            ],
+        );
+        series(
+            &mut out,
+            "keel_gitsync_last_duration_ms",
+            "gauge",
+            "Duration of the last Git Sync run.",
+            &[(String::new(), n("last_duration_ms"))],
+        );
+        if let Some(t) = s["commit_time_ms"].as_i64() {
+            let age = (crate::util::unix_ms() as i64 - t).max(0) as f64 / 1000.0;
+            series(
+                &mut out,
+                "keel_gitsync_commit_age_seconds",
+                "gauge",
+                "Age of the served commit (committer time).",
+                &[(String::new(), age)],
+            );
+        }
+    }
     series(
         &mut out,
         "keel_datastore_rolled_back_total",

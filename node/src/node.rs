@@ -64,6 +64,8 @@ pub enum StartError {
     Bootstrap(String),
     #[error("datastore: {0}")]
     Data(String),
+    #[error("git sync: {0}")]
+    GitSync(String),
 }
 
 /// Shared state of a running node, handed to every request handler and background task.
@@ -90,6 +92,8 @@ pub struct Node {
     pub repl: crate::repl::Repl,
     /// HTTP client for API-to-API calls (forwarded writes).
     pub http: reqwest::Client,
+    /// The Git Sync agent, when `--gitsync-repo` is set.
+    pub gitsync: Option<Arc<keel_gitsync::GitSync>>,
 }
 
 impl Node {
@@ -286,6 +290,13 @@ impl Node {
             .connect_timeout(keel_raft::network::CONNECT_TIMEOUT)
             .build()
             .map_err(|e| StartError::Client(e.to_string()))?;
+        let gitsync = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || crate::gitsync_api::open(&config))
+                .await
+                .map_err(|e| StartError::GitSync(e.to_string()))?
+                .map_err(StartError::GitSync)?
+        };
         let cancel = CancellationToken::new();
         let hook =
             crate::hook::HookRunner::start(config.role_change_hook.clone(), config.id, HOOK_TIMEOUT, cancel.clone());
@@ -305,6 +316,7 @@ impl Node {
             hook,
             repl,
             http,
+            gitsync,
         });
 
         let peer_task = tokio::spawn(serve(
@@ -344,6 +356,9 @@ impl Node {
             tokio::spawn(crate::repl::report_task(node.clone())),
             tokio::spawn(crate::repl::retention_task(node.clone())),
         ];
+        if let Some(g) = node.gitsync.clone() {
+            background.push(tokio::spawn(g.run(node.cancel.clone())));
+        }
         if let Some(join) = node.config.join.clone() {
             background.push(tokio::spawn(crate::join::join_task(node.clone(), join)));
         }

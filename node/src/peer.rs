@@ -44,6 +44,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/peer/repl/position_at", post(repl_position_at))
         .route("/peer/repl/report", post(repl_report))
         .route("/peer/repl/snapshot", post(repl_snapshot))
+        .route("/peer/gitsync/kick", post(gitsync_kick))
         .with_state(node.clone())
         .merge(raft_router(node.raft.clone()))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such peer endpoint") })
@@ -180,4 +181,15 @@ async fn repl_report(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 
 async fn repl_snapshot(State(node): State<Arc<Node>>) -> Response {
     crate::repl::serve_snapshot(&node)
+}
+
+/// Another node verified a webhook (or an operator asked): sync now.
+async fn gitsync_kick(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    match decode_body::<String>(&body) {
+        Ok(trigger) => {
+            crate::gitsync_api::kick_local(&node, &trigger);
+            encoded(&())
+        }
+        Err(r) => r,
+    }
 }

@@ -42,6 +42,19 @@ async fn put(c: &Cluster, id: u64, key: &str, value: &str) -> reqwest::Response 
         .unwrap()
 }
 
+/// A client's write: retry 503 (a lease renewal late on a busy machine, a failover) a while.
+async fn put_retry(c: &Cluster, id: u64, key: &str, value: &str) -> reqwest::Response {
+    let mut tries = 0;
+    loop {
+        let r = put(c, id, key, value).await;
+        tries += 1;
+        if r.status() != 503 || tries >= 40 {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn get_local(c: &Cluster, id: u64, key: &str) -> Option<(String, reqwest::header::HeaderMap)> {
     let r = c
         .http
@@ -185,7 +198,7 @@ async fn sync_mode_loses_no_acknowledged_write() {
     .await;
     let mut acked = Vec::new();
     for i in 0..50 {
-        let r = put(&c, p, &format!("k{i}"), &format!("v{i}")).await;
+        let r = put_retry(&c, p, &format!("k{i}"), &format!("v{i}")).await;
         if r.status().is_success() {
             acked.push(i);
         }
@@ -311,7 +324,10 @@ async fn lagging_replica_resyncs_from_snapshot() {
     // Far more entries than retained, with values big enough for a multi-chunk snapshot.
     let value = "v".repeat(64 * 1024);
     for i in 0..60 {
-        assert!(put(&c, p, &format!("bulk/{i:03}"), &value).await.status().is_success());
+        assert!(put_retry(&c, p, &format!("bulk/{i:03}"), &value)
+            .await
+            .status()
+            .is_success());
     }
     // Wait for the primary to trim (retention runs every 2 s).
     tokio::time::sleep(Duration::from_millis(2500)).await;

@@ -1,0 +1,337 @@
+//! Git Sync across real processes with real repositories made by the `git` CLI (file://).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(30);
+const SECRET: &str = "webhook-s3cret";
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.invalid")
+        .env("GIT_COMMITTER_NAME", "test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.invalid")
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An upstream bare repository and a work clone that pushes to it.
+struct Upstream {
+    bare: PathBuf,
+    work: PathBuf,
+}
+
+impl Upstream {
+    fn new(dir: &Path) -> Upstream {
+        let bare = dir.join("upstream.git");
+        let work = dir.join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        git(dir, &["init", "--bare", "-b", "main", bare.to_str().unwrap()]);
+        git(&work, &["init", "-b", "main"]);
+        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+        let u = Upstream { bare, work };
+        u.commit("shared/config.txt", "v1");
+        u
+    }
+
+    fn url(&self) -> String {
+        format!("file://{}", self.bare.display())
+    }
+
+    fn commit(&self, file: &str, contents: &str) -> String {
+        let p = self.work.join(file);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, contents).unwrap();
+        git(&self.work, &["add", "-A"]);
+        git(
+            &self.work,
+            &["commit", "-q", "-m", &format!("set {file} to {contents}")],
+        );
+        git(&self.work, &["push", "-q", "origin", "main"]);
+        git(&self.work, &["rev-parse", "HEAD"]).trim().to_string()
+    }
+}
+
+fn served(c: &Cluster, id: u64, file: &str) -> Option<String> {
+    std::fs::read_to_string(c.data_dir(id).join("gitsync/current").join(file)).ok()
+}
+
+fn sign(body: &[u8]) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    let bytes = mac.finalize().into_bytes();
+    format!(
+        "sha256={}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+async fn webhook(c: &Cluster, id: u64, signature: &str, delivery: &str) -> (u16, Value) {
+    let body = json!({"ref": "refs/heads/main"}).to_string();
+    let r = c
+        .http
+        .post(format!("{}/v1/gitsync/webhook", c.node(id).url()))
+        .header("X-GitHub-Event", "push")
+        .header("X-GitHub-Delivery", delivery)
+        .header("X-Hub-Signature-256", signature)
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+fn cluster(up: &Upstream, interval_ms: u64) -> Cluster {
+    let repo = up.url();
+    let interval = interval_ms.to_string();
+    Cluster::new(
+        3,
+        &[
+            "--gitsync-repo",
+            &repo,
+            "--gitsync-branch",
+            "main",
+            "--gitsync-path",
+            "shared",
+            "--gitsync-interval-ms",
+            &interval,
+            "--gitsync-webhook-secret",
+            SECRET,
+        ],
+    )
+}
+
+async fn wait_served(c: &Cluster, file: &str, want: &str, what: &str) {
+    c.wait_for(T, what, || async {
+        (1..=3u64)
+            .all(|id| served(c, id, file).as_deref() == Some(want))
+            .then_some(())
+    })
+    .await;
+}
+
+/// Acceptance 1: converge on the initial commit; a push plus one signed webhook to one node
+/// makes all three serve the new tree; a wrong signature changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_to_one_node_syncs_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::new(dir.path());
+    let mut c = cluster(&up, 600_000);
+    c.start_all();
+    wait_served(&c, "config.txt", "v1", "every node serves the initial commit").await;
+
+    up.commit("shared/config.txt", "v2");
+    let (status, body) = webhook(&c, 2, "sha256=0000", "d-bad").await;
+    assert_eq!(status, 401, "{body}");
+    let (status, _) = webhook(&c, 2, "", "d-none").await;
+    assert_eq!(status, 401);
+    assert!(
+        (1..=3).all(|id| served(&c, id, "config.txt").as_deref() == Some("v1")),
+        "a bad webhook changed nothing"
+    );
+
+    let body = json!({"ref": "refs/heads/main"}).to_string();
+    let t0 = Instant::now();
+    let (status, v) = webhook(&c, 2, &sign(body.as_bytes()), "d-1").await;
+    assert_eq!(status, 202, "{v}");
+    wait_served(&c, "config.txt", "v2", "every node serves the pushed commit").await;
+    println!(
+        "webhook to node 2 -> all three nodes serve the new tree after {:?}",
+        t0.elapsed()
+    );
+    // A redelivery is recognised and ignored.
+    let (status, v) = webhook(&c, 2, &sign(body.as_bytes()), "d-1").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["webhook"]["verdict"], "duplicate", "{v}");
+    // Status is data, on every node.
+    let s = c.get(3, "/v1/gitsync").await.unwrap();
+    assert_eq!(s["state"], "ok", "{s}");
+    // The CLI finds the other nodes through the cluster's member list: wait until every
+    // member has announced its API address.
+    c.wait_for(T, "API addresses announced", || async {
+        let v = c.get(1, "/v1/cluster").await?;
+        v["members"]
+            .as_array()?
+            .iter()
+            .all(|m| m["api_addr"].as_str().is_some_and(|a| !a.is_empty()))
+            .then_some(())
+    })
+    .await;
+    let out = c.cli(&["gitsync", "status", "--addr", &c.node(1).url()]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("converged"), "{}", stdout(&out));
+}
+
+/// Acceptance 2 and 6: without webhooks a push is picked up within the interval; an
+/// unreachable upstream is reported with back-off while the last good tree stays served, and
+/// recovery is automatic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_pickup_and_upstream_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::new(dir.path());
+    let mut c = cluster(&up, 300);
+    c.start_all();
+    wait_served(&c, "config.txt", "v1", "initial commit").await;
+    let t0 = Instant::now();
+    up.commit("shared/config.txt", "v2");
+    wait_served(&c, "config.txt", "v2", "push picked up by the interval").await;
+    println!(
+        "push picked up by every node after {:?} (interval 300 ms)",
+        t0.elapsed()
+    );
+
+    // Outage: the upstream directory disappears.
+    let moved = dir.path().join("moved.git");
+    std::fs::rename(&up.bare, &moved).unwrap();
+    let s = c
+        .wait_for(T, "status reports the upstream error", || async {
+            let s = c.get(1, "/v1/gitsync").await?;
+            (s["consecutive_failures"].as_u64()? >= 2 && s["last_error"].is_string()).then_some(s)
+        })
+        .await;
+    assert_eq!(
+        served(&c, 1, "config.txt").as_deref(),
+        Some("v2"),
+        "last good tree stays: {s}"
+    );
+    std::fs::rename(&moved, &up.bare).unwrap();
+    up.commit("shared/config.txt", "v3");
+    wait_served(&c, "config.txt", "v3", "automatic recovery after the outage").await;
+}
+
+/// Acceptance 4: a force-push is a conflict on every node, the old tree stays; accepting the
+/// reset moves to the new history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_push_is_a_conflict_until_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::new(dir.path());
+    let mut c = cluster(&up, 300);
+    c.start_all();
+    up.commit("shared/config.txt", "v2");
+    wait_served(&c, "config.txt", "v2", "v2 served").await;
+    // Rewrite history: drop v2, commit something else, force-push.
+    git(&up.work, &["reset", "-q", "--hard", "HEAD~1"]);
+    std::fs::write(up.work.join("shared/config.txt"), "rewritten").unwrap();
+    git(&up.work, &["commit", "-q", "-am", "rewrite"]);
+    git(&up.work, &["push", "-q", "-f", "origin", "main"]);
+    for id in 1..=3u64 {
+        c.wait_for(T, "conflict reported", || async {
+            let s = c.get(id, "/v1/gitsync").await?;
+            (s["state"] == "conflict").then_some(())
+        })
+        .await;
+        assert_eq!(
+            served(&c, id, "config.txt").as_deref(),
+            Some("v2"),
+            "old tree kept on node {id}"
+        );
+    }
+    for id in 1..=3u64 {
+        let r = c
+            .http
+            .post(format!("{}/v1/gitsync/sync?accept_reset=true", c.node(id).url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    }
+    wait_served(&c, "config.txt", "rewritten", "new history served after accept_reset").await;
+}
+
+/// Acceptance 5: an edit through a replica lands upstream as one commit with the Keel-Epoch
+/// trailer and is served by all nodes; after a failover the new primary pushes with its epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_are_committed_by_the_primary() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::new(dir.path());
+    let mut c = cluster(&up, 300);
+    c.start_all();
+    wait_served(&c, "config.txt", "v1", "initial commit").await;
+    let p = c
+        .wait_for(T, "a primary", || async {
+            for id in 1..=3u64 {
+                if c.http
+                    .get(format!("{}/primary", c.node(id).url()))
+                    .send()
+                    .await
+                    .ok()?
+                    .status()
+                    == 200
+                {
+                    return Some(id);
+                }
+            }
+            None
+        })
+        .await;
+    let replica = (1..=3).find(|i| *i != p).unwrap();
+    let r = c
+        .http
+        .put(format!("{}/v1/gitsync/files/edited.txt", c.node(replica).url()))
+        .body("from the API")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    wait_served(&c, "edited.txt", "from the API", "edit served everywhere").await;
+    let log = git(&up.bare, &["log", "-1", "--format=%B", "main"]);
+    let e1 = c.status(p).await.unwrap()["primary"]["epoch"].as_u64().unwrap();
+    assert!(log.contains(&format!("Keel-Epoch: {e1}")), "trailer missing: {log}");
+
+    c.kill(p);
+    let q = c
+        .wait_for(T, "a new primary", || async {
+            for id in (1..=3u64).filter(|i| *i != p) {
+                if c.http
+                    .get(format!("{}/primary", c.node(id).url()))
+                    .send()
+                    .await
+                    .ok()?
+                    .status()
+                    == 200
+                {
+                    return Some(id);
+                }
+            }
+            None
+        })
+        .await;
+    let r = c
+        .http
+        .put(format!("{}/v1/gitsync/files/edited.txt", c.node(q).url()))
+        .body("after failover")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let e2 = c.status(q).await.unwrap()["primary"]["epoch"].as_u64().unwrap();
+    assert!(e2 > e1);
+    let log = git(&up.bare, &["log", "-1", "--format=%B", "main"]);
+    assert!(log.contains(&format!("Keel-Epoch: {e2}")), "{log}");
+    // Bad paths are refused.
+    let r = c
+        .http
+        .put(format!("{}/v1/gitsync/files/..%2Fescape", c.node(q).url()))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
