@@ -39,6 +39,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/members", get(members_list).post(members_add))
         .route("/v1/members/{id}", delete(members_remove))
         .route("/v1/members/{id}/promote", post(members_promote))
+        .route("/v1/members/{id}/tags", put(members_tags))
         .route("/v1/history", get(history))
         .route("/v1/maintenance", put(maintenance))
         .route("/v1/kv", get(crate::data::list))
@@ -326,6 +327,42 @@ async fn members_promote(State(node): State<Arc<Node>>, Path(id): Path<String>) 
         AdminReply::Member(m) => Ok(Json(json!({ "member": m })).into_response()),
         other => Err(ApiError::internal(format!("unexpected reply {other:?}"))),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TagsPatch {
+    nofailover: Option<bool>,
+    priority: Option<i32>,
+}
+
+/// `PUT /v1/members/{id}/tags`: set `nofailover` / `priority`; omitted fields stay.
+async fn members_tags(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let id = parse_id(&id)?;
+    let patch: TagsPatch = parse_json(body)?;
+    let Some(member) = admin::member_views(&node).into_iter().find(|m| m.id == id) else {
+        return Err(ApiError::not_found(format!("no member {id}")));
+    };
+    let mut tags = member.tags.clone();
+    if let Some(n) = patch.nofailover {
+        tags.nofailover = n;
+    }
+    if let Some(p) = patch.priority {
+        tags.priority = p;
+    }
+    let op = AdminOp::Write(Command::UpsertMember {
+        id,
+        api_addr: None,
+        tags: Some(tags.clone()),
+    });
+    admin::submit(&node, op, admin_timeout(&node)).await?;
+    let mut m = member;
+    m.tags = tags;
+    Ok(Json(json!({ "member": m })).into_response())
 }
 
 async fn members_remove(State(node): State<Arc<Node>>, Path(id): Path<String>, RawQuery(q): RawQuery) -> ApiResult {

@@ -211,6 +211,16 @@ pub enum MembersCommand {
     },
     /// turn a learner into a voter
     Promote { id: u64 },
+    /// set a member's failover tags (what is not given stays as it is)
+    Tag {
+        id: u64,
+        /// never promote this member automatically (true/false)
+        #[arg(long)]
+        nofailover: Option<bool>,
+        /// higher wins among equally advanced failover candidates
+        #[arg(long, allow_hyphen_values = true)]
+        priority: Option<i32>,
+    },
 }
 
 /// Outcome of `keel status`, ordered by severity.
@@ -810,6 +820,33 @@ async fn members(api: &Api, cmd: MembersCommand, output: OutputFormat) -> Result
                 .call(Method::DELETE, &format!("/v1/members/{id}?force={force}"), None)
                 .await?;
             (answer, format!("removed member {id}\n"))
+        }
+        MembersCommand::Tag {
+            id,
+            nofailover,
+            priority,
+        } => {
+            let mut body = serde_json::Map::new();
+            if let Some(n) = nofailover {
+                body.insert("nofailover".into(), json!(n));
+            }
+            if let Some(p) = priority {
+                body.insert("priority".into(), json!(p));
+            }
+            let answer = api
+                .call(
+                    Method::PUT,
+                    &format!("/v1/members/{id}/tags"),
+                    Some(Value::Object(body)),
+                )
+                .await?;
+            let t = &answer["member"]["tags"];
+            let line = format!(
+                "member {id}: nofailover {}, priority {}\n",
+                cell(&t["nofailover"]),
+                cell(&t["priority"])
+            );
+            (answer, line)
         }
         MembersCommand::Promote { id } => {
             let answer = api

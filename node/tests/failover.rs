@@ -506,3 +506,61 @@ async fn no_spurious_failover_under_load() {
     );
     assert!(writes > 0 && requests > 0);
 }
+
+/// Tags: `nofailover` members are never promoted (status says why), a switchover to one is
+/// refused, and `priority` picks among the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_steer_failover() {
+    let mut c = Cluster::new(3, &[]);
+    c.start_all();
+    let p = wait_single_primary(&c, &[]).await;
+    let others: Vec<u64> = (1..=3).filter(|i| *i != p).collect();
+    let (a, b) = (others[0], others[1]);
+    let url = c.node(a).url();
+    let out = c.cli(&["members", "tag", &a.to_string(), "--nofailover", "true", "--addr", &url]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = c.cli(&["members", "tag", &b.to_string(), "--priority", "7", "--addr", &url]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = c
+        .http
+        .post(format!("{url}/v1/switchover"))
+        .json(&serde_json::json!({"to": a}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    assert!(r.text().await.unwrap().contains("nofailover"));
+    c.kill(p);
+    let new = wait_single_primary(&c, &[p]).await;
+    assert_eq!(new, b, "the only member without nofailover is promoted");
+    let v = c.get(b, "/v1/cluster").await.unwrap();
+    let tags = v["members"].as_array().unwrap().iter().find(|m| m["id"] == b).unwrap()["tags"].clone();
+    assert_eq!(tags["priority"], 7);
+    // Bring p back, tag it nofailover too: killing b then leaves no candidate, and status says why.
+    c.start(p);
+    c.wait_for(T, "old primary back as replica", || async {
+        (c.status(p).await?["role"] == "replica").then_some(())
+    })
+    .await;
+    let out = c.cli(&["members", "tag", &p.to_string(), "--nofailover", "true", "--addr", &url]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    c.kill(b);
+    let reason = c
+        .wait_for(T, "failover blocked with a reason", || async {
+            for id in [a, p] {
+                // (anti-flap may block first; the reason then changes to the missing candidate)
+                if let Some(r) = c.status(id).await?["failover_blocked"]
+                    .as_str()
+                    .filter(|r| r.contains("nofailover"))
+                {
+                    return Some(r.to_string());
+                }
+            }
+            None
+        })
+        .await;
+    assert!(
+        reason.contains("nofailover") || reason.contains("unreachable"),
+        "{reason}"
+    );
+}
