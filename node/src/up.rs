@@ -8,7 +8,7 @@
 //! data dir reuses them, so the same cluster (same ids, peer addresses and node data) comes back. The pure
 //! parts, plan handling and log formatting, are plain functions with unit tests.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -572,7 +572,7 @@ async fn probe_all(http: &reqwest::Client, plan: &UpPlan) -> Vec<(u64, Option<Va
     results
 }
 
-/// Polls until every node answers and one reports a leader; returns the leader, or what was missing at
+/// Polls until every node answers and all report the same leader; returns the leader, or what was missing at
 /// the deadline.
 async fn wait_ready(plan: &UpPlan, deadline: Instant) -> Result<u64, String> {
     let http = reqwest::Client::builder()
@@ -587,7 +587,14 @@ async fn wait_ready(plan: &UpPlan, deadline: Instant) -> Result<u64, String> {
             .iter()
             .filter(|n| !results.iter().any(|(id, s)| *id == n.id && s.is_some()))
             .collect();
-        let leader = results.iter().find_map(|(_, s)| s.as_ref()?["raft"]["leader"].as_u64());
+        // A leader every node agrees on (right after a restart one node may still claim an
+        // old leadership for a moment).
+        let leaders: BTreeSet<Option<u64>> =
+            results.iter().map(|(_, s)| s.as_ref().and_then(|s| s["raft"]["leader"].as_u64())).collect();
+        let leader = match leaders.into_iter().collect::<Vec<_>>().as_slice() {
+            [Some(l)] => Some(*l),
+            _ => None,
+        };
         match (silent.is_empty(), leader) {
             (true, Some(leader)) => return Ok(leader),
             _ if Instant::now() + PROBE_INTERVAL < deadline => tokio::time::sleep(PROBE_INTERVAL).await,
