@@ -26,10 +26,24 @@ enum Cmd {
     Up(up::UpArgs),
     #[command(flatten)]
     Client(ClientCommand),
+    /// Print a shell completion script: `keel completions bash > /etc/bash_completion.d/keel`
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() {
     let cli = Cli::parse();
+    if let Cmd::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        use std::io::Write;
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "keel", &mut script);
+        // A closed pipe (`| head`) is not an error worth a panic.
+        let _ = std::io::stdout().write_all(&script);
+        return;
+    }
     // libgit2's socket timeouts are process-wide and must be set before any other thread
     // runs: a Git Sync remote that accepts and then stalls must not hold the agent forever.
     // SAFETY: no other thread exists yet (the async runtime is built below).
@@ -48,6 +62,7 @@ fn main() {
             Cmd::Serve(a) => serve::run(*a).await,
             Cmd::Up(a) => up::run(a).await,
             Cmd::Client(c) => cli::run(c, &cli.client).await,
+            Cmd::Completions { .. } => Ok(0),
         }
     });
     // Don't wait for stray blocking tasks (e.g. a stdin reader) on the way out.
