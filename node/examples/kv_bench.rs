@@ -1,15 +1,64 @@
-//! Datastore write benchmark: a local three-node cluster, C concurrent clients writing 1 KiB
-//! values to the primary for D seconds, in async and then sync replication mode. Prints
-//! throughput, latency percentiles, and the group-commit factor (writes per fsync) read from
-//! the primary's `/metrics`.
+//! Datastore write benchmark: a local three-node Keel cluster, with the same load generator
+//! optionally pointed at a local three-member etcd.
 //!
-//!   cargo build --release && cargo run --release --example kv_bench -- --clients 32 --secs 10
+//! In one run it measures:
+//! - the disk's raw fsync rate: 4 KiB appends, each followed by `fdatasync`, for 2 s in the
+//!   directory the data dirs live in (the physical floor for a durable acknowledgement);
+//! - throughput and p50/p99 write latency for 1, 16 and 64 concurrent clients, in async and sync
+//!   mode (`PATCH /v1/config {"replication_mode": ..., "min_acks": 1}` on the primary), with
+//!   128-byte and 16-KiB values: one short run per cell (`--secs`, default 5). Each client is a
+//!   thread with its own blocking HTTP client, writing new keys to the primary in a closed loop
+//!   (next write as soon as the previous one is answered). Writes per fsync come from the
+//!   primary's `/metrics` (writes and commits of its group commit). After each cell it waits
+//!   until both replicas have every write (column `catch-up s`: the replicas' backlog), so the
+//!   next cell starts level;
+//! - replication lag p99 at half load (row `async½`): in async mode, a rate-limited generator
+//!   (open loop, 64 threads) writes at half the best async throughput measured above, with that
+//!   cell's value size. About 200 writes a second are sampled: after the primary's 2xx the
+//!   writing thread reads the key from a replica (`?consistency=local`, the two replicas in
+//!   turn) at once and then every 2 ms until it is there; the lag is the time from the 2xx to
+//!   the answer that has the key (an upper bound, by at most one poll interval plus one read).
+//!   A key not there within 5 s counts as 5 s. The replicas' own `replication.lag_ms` (from
+//!   `/v1/status`, every 50 ms) is printed next to it;
+//! - with `--compare etcd`: the same load generator against a three-member etcd with its
+//!   default timings (the `etcd` binary from PATH, on Debian the `etcd-server` package), through
+//!   its JSON gateway (`POST /v3/kv/put`, base64 key and value) on the leader, with the same
+//!   client counts and value sizes. etcd acknowledges a put after a quorum of members has it in
+//!   its fsynced WAL: one mode only, shown in the table as `quorum`; writes per fsync from the
+//!   leader's WAL fsync count.
+//!
+//! It prints one table row per cell, then the goal checks, then the failed writes by kind, any
+//! change of primary (or etcd leader) during a run, and the WARN/ERROR lines the Keel nodes
+//! logged. Every process it starts is killed (panics included) and every temp dir removed;
+//! with `KEEL_BENCH_LOG_DIR=DIR` the processes' logs are copied there first.
+//!
+//!   cargo build --release --bins --examples && target/release/examples/kv_bench --secs 5 --compare etcd
+//!
+//! It runs the `keel` binary next to this example's own directory (target/release/keel).
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
+
+type Http = reqwest::blocking::Client;
+
+/// Deadline of every wait (a primary, a mode change, an etcd leader).
+const WAIT: Duration = Duration::from_secs(30);
+/// Timeout of every benchmark request (a sync-mode write gives up after 2 s on its own).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const CLIENTS: [usize; 3] = [1, 16, 64];
+const SIZES: [usize; 2] = [128, 16 * 1024];
+/// Replication lag sampling: how many writes a second, how often a replica is polled, and when
+/// a key that never shows up is given up on.
+const LAG_SAMPLES_PER_SEC: f64 = 200.0;
+const LAG_POLL: Duration = Duration::from_millis(2);
+const LAG_GIVE_UP: Duration = Duration::from_secs(5);
+/// How long the replicas get to catch up after a run.
+const CATCH_UP: Duration = Duration::from_secs(60);
 
 fn keel_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -27,19 +76,35 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct Children(Vec<Child>);
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
+fn http_client() -> Http {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .expect("http client")
+}
+
+fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
         }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-fn metric(http: &reqwest::blocking::Client, api: &str, name: &str) -> f64 {
+fn get_json(http: &Http, url: &str) -> Option<serde_json::Value> {
+    let r = http.get(url).timeout(Duration::from_secs(1)).send().ok()?;
+    r.status().is_success().then(|| r.json().ok())?
+}
+
+/// A metric's value from a Prometheus text page (`name value` lines), 0 if absent.
+fn metric(http: &Http, url: &str, name: &str) -> f64 {
     let text = http
-        .get(format!("http://{api}/metrics"))
+        .get(url)
+        .timeout(Duration::from_secs(2))
         .send()
         .and_then(|r| r.text())
         .unwrap_or_default();
@@ -50,23 +115,290 @@ fn metric(http: &reqwest::blocking::Client, api: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn main() {
-    let (mut clients, mut secs) = (32usize, 10u64);
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--clients" => clients = args.next().and_then(|v| v.parse().ok()).expect("--clients N"),
-            "--secs" => secs = args.next().and_then(|v| v.parse().ok()).expect("--secs S"),
-            other => panic!("unknown argument {other}; usage: kv_bench [--clients N] [--secs S]"),
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Local processes and the temp dir they keep their data and logs in. Dropping it (panics
+/// included) kills every process, then removes the dir; on a panic it prints the logs' tails.
+struct Cluster {
+    procs: Vec<(String, Child)>,
+    dir: tempfile::TempDir,
+    /// Log lengths at `mark`.
+    marks: Vec<usize>,
+    prefix: String,
+}
+
+impl Cluster {
+    fn new(prefix: &str) -> Cluster {
+        Cluster {
+            procs: Vec::new(),
+            marks: Vec::new(),
+            prefix: prefix.to_string(),
+            dir: tempfile::Builder::new().prefix(prefix).tempdir().expect("temp dir"),
         }
     }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    /// Starts `cmd` with stdout and stderr appended to `<dir>/<name>.log`.
+    fn spawn(&mut self, name: &str, mut cmd: Command) {
+        let log = std::fs::File::create(self.log(name)).expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        self.procs.push((name.to_string(), child));
+    }
+
+    /// Remembers how far each log goes, so that `warnings` skips start-up chatter.
+    fn mark(&mut self) {
+        self.marks = self
+            .procs
+            .iter()
+            .map(|(name, _)| std::fs::metadata(self.log(name)).map_or(0, |m| m.len() as usize))
+            .collect();
+    }
+
+    /// WARN and ERROR lines in the logs since `mark`: how many per process, and the last few.
+    fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, (name, _)) in self.procs.iter().enumerate() {
+            let log = std::fs::read(self.log(name)).unwrap_or_default();
+            let since = log.get(self.marks.get(i).copied().unwrap_or(0)..).unwrap_or_default();
+            let log = strip_ansi(&String::from_utf8_lossy(since));
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                .collect();
+            if !lines.is_empty() {
+                out.push(format!("{name}: {} WARN/ERROR log lines; the last ones:", lines.len()));
+                out.extend(lines[lines.len().saturating_sub(3)..].iter().map(|l| format!("  {l}")));
+            }
+        }
+        out
+    }
+}
+
+/// Removes terminal colour codes (`ESC [ ... m`) from a log.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.procs {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Debugging aid: keep the logs (`<prefix>-<name>.log`) in $KEEL_BENCH_LOG_DIR.
+        if let Some(keep) = std::env::var_os("KEEL_BENCH_LOG_DIR") {
+            for (name, _) in &self.procs {
+                let to = PathBuf::from(&keep).join(format!("{}-{name}.log", self.prefix));
+                let _ = std::fs::copy(self.log(name), to);
+            }
+        }
+        if std::thread::panicking() {
+            for (name, _) in &self.procs {
+                let log = std::fs::read_to_string(self.log(name)).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                eprintln!("--- last lines of {name}:");
+                for l in &lines[lines.len().saturating_sub(8)..] {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+/// The disk's raw fsync rate: 4 KiB appends, each followed by fdatasync, for `dur` in `dir`;
+/// also the latencies of the fdatasyncs, sorted.
+fn fsync_rate(dir: &Path, dur: Duration) -> (f64, Vec<Duration>) {
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path).expect("fsync probe file");
+    let block = [0x5au8; 4096];
+    let (start, mut lat) = (Instant::now(), Vec::new());
+    while start.elapsed() < dur {
+        f.write_all(&block).expect("write fsync probe");
+        let t = Instant::now();
+        f.sync_data().expect("fdatasync fsync probe");
+        lat.push(t.elapsed());
+    }
+    let rate = lat.len() as f64 / start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&path);
+    lat.sort();
+    (rate, lat)
+}
+
+/// What one load run measured.
+#[derive(Default)]
+struct Outcome {
+    elapsed: Duration,
+    /// Latencies of the acknowledged writes, sorted.
+    lat: Vec<Duration>,
+    /// Failed writes by kind ("HTTP 503 outcome_unknown", "timeout", ...).
+    errors: BTreeMap<String, u64>,
+}
+
+impl Outcome {
+    fn rate(&self) -> f64 {
+        self.lat.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+/// Nearest-rank percentile of sorted durations, in ms (NaN when empty).
+fn pct_ms(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3
+}
+
+/// Runs `clients` threads for `dur`. Each first calls `setup(thread)` (before the clock starts:
+/// make its HTTP client, send a warm-up write) and then calls the write it returned with 0, 1,
+/// 2, ...: in a closed loop, or, with `rate`, on a fixed schedule that spreads `rate` writes/s
+/// evenly over the threads (open loop: a late write is sent at once, the schedule is kept).
+/// A write returns its latency or the kind of its failure.
+fn run_load<S, W>(clients: usize, dur: Duration, rate: Option<f64>, setup: S) -> Outcome
+where
+    S: Fn(usize) -> W + Sync,
+    W: FnMut(u64) -> Result<Duration, String>,
+{
+    let barrier = Barrier::new(clients + 1);
+    let out = Mutex::new(Outcome::default());
+    let start = std::thread::scope(|s| {
+        for t in 0..clients {
+            let (barrier, out, setup) = (&barrier, &out, &setup);
+            s.spawn(move || {
+                let mut write = setup(t);
+                let (mut lat, mut errors) = (Vec::new(), BTreeMap::<String, u64>::new());
+                barrier.wait();
+                let start = Instant::now();
+                let deadline = start + dur;
+                let period = rate.map(|r| Duration::from_secs_f64(clients as f64 / r));
+                for i in 0.. {
+                    if let Some(p) = period {
+                        let at = start + p.mul_f64(i as f64 + t as f64 / clients as f64);
+                        if at >= deadline {
+                            break;
+                        }
+                        if let Some(d) = at.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(d);
+                        }
+                    } else if Instant::now() >= deadline {
+                        break;
+                    }
+                    match write(i) {
+                        Ok(d) => lat.push(d),
+                        Err(e) => *errors.entry(e).or_default() += 1,
+                    }
+                }
+                let mut o = out.lock().unwrap();
+                o.lat.extend(lat);
+                for (k, n) in errors {
+                    *o.errors.entry(k).or_default() += n;
+                }
+            });
+        }
+        barrier.wait();
+        Instant::now()
+    });
+    let mut out = out.into_inner().unwrap();
+    out.elapsed = start.elapsed();
+    out.lat.sort();
+    out
+}
+
+fn transport_error(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        format!("timeout ({} s)", REQUEST_TIMEOUT.as_secs())
+    } else if e.is_connect() {
+        "connect error".into()
+    } else {
+        "transport error".into()
+    }
+}
+
+/// Reads the whole answer (so the connection is reused); Ok for a 2xx, else the kind of error:
+/// status and error code (Keel: `{"error": {"code": ...}}`, etcd's gateway: `{"error": "..."}`).
+fn check(r: reqwest::Result<reqwest::blocking::Response>) -> Result<String, String> {
+    let r = r.map_err(|e| transport_error(&e))?;
+    let status = r.status();
+    let body = r.text().map_err(|e| transport_error(&e))?;
+    if status.is_success() {
+        return Ok(body);
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let code = v["error"]["code"]
+        .as_str()
+        .or(v["error"].as_str())
+        .unwrap_or("")
+        .chars()
+        .take(60)
+        .collect::<String>();
+    Err(format!("HTTP {} {code}", status.as_u16()))
+}
+
+/// One table row.
+struct Row {
+    system: &'static str,
+    mode: &'static str,
+    size: usize,
+    clients: usize,
+    out: Outcome,
+    writes_per_fsync: f64,
+    /// Keel: time after the run until both replicas had every write (None: not within `CATCH_UP`).
+    catch_up: Option<Option<Duration>>,
+}
+
+fn size_label(size: usize) -> String {
+    if size >= 1024 {
+        format!("{} KiB", size / 1024)
+    } else {
+        format!("{size} B")
+    }
+}
+
+fn find<'a>(rows: &'a [Row], system: &str, mode: &str, size: usize, clients: usize) -> Option<&'a Row> {
+    rows.iter()
+        .find(|r| r.system == system && r.mode == mode && r.size == size && r.clients == clients)
+}
+
+// ---------------------------------------------------------------- Keel
+
+struct Keel {
+    cluster: Cluster,
+    primary: String,
+    replicas: Vec<String>,
+}
+
+fn start_keel(http: &Http) -> Keel {
     let keel = keel_bin();
     assert!(
         keel.exists(),
         "{} not found: run `cargo build --release` first",
         keel.display()
     );
-    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new("keel-kv-bench");
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
     let peers = ports
         .iter()
@@ -74,126 +406,683 @@ fn main() {
         .map(|(i, p)| format!("{}=127.0.0.1:{}", i + 1, p.1))
         .collect::<Vec<_>>()
         .join(",");
-    let mut children = Children(Vec::new());
     for (i, (a, p)) in ports.iter().enumerate() {
         let id = (i + 1).to_string();
-        let data = dir.path().join(format!("n{id}"));
-        children.0.push(
-            Command::new(&keel)
-                .args(["serve", "--id", &id, "--api-addr", &format!("127.0.0.1:{a}")])
-                .args([
-                    "--peer-addr",
-                    &format!("127.0.0.1:{p}"),
-                    "--data-dir",
-                    &data.display().to_string(),
-                ])
-                .args(["--peers", &peers])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn keel"),
+        let data = cluster.dir.path().join(format!("n{id}"));
+        let mut cmd = Command::new(&keel);
+        cmd.args(["serve", "--id", &id, "--api-addr", &format!("127.0.0.1:{a}")])
+            .args(["--peer-addr", &format!("127.0.0.1:{p}")])
+            .args(["--data-dir", &data.display().to_string(), "--peers", &peers]);
+        cluster.spawn(&format!("n{id}"), cmd);
+    }
+    let apis: Vec<String> = ports.iter().map(|(a, _)| format!("127.0.0.1:{a}")).collect();
+    let primary = wait("a Keel primary", || {
+        apis.iter()
+            .find(|api| {
+                http.get(format!("http://{api}/primary"))
+                    .timeout(Duration::from_millis(500))
+                    .send()
+                    .is_ok_and(|r| r.status() == 200)
+            })
+            .cloned()
+    });
+    let replicas = apis.iter().filter(|a| **a != primary).cloned().collect();
+    cluster.mark();
+    Keel {
+        cluster,
+        primary,
+        replicas,
+    }
+}
+
+impl Keel {
+    /// The primary (node, epoch) as the nodes see it: the newest epoch any of them reports.
+    fn primary_record(&self, http: &Http) -> Option<(u64, u64)> {
+        std::iter::once(&self.primary)
+            .chain(&self.replicas)
+            .filter_map(|api| get_json(http, &format!("http://{api}/v1/status")))
+            .filter_map(|v| Some((v["primary"]["node"].as_u64()?, v["primary"]["epoch"].as_u64()?)))
+            .max_by_key(|p| p.1)
+    }
+
+    /// After a run: how long until both replicas have every write the primary has (their
+    /// backlog), or None if they do not within `CATCH_UP`.
+    fn catch_up(&self, http: &Http) -> Option<Duration> {
+        let position = |api: &str| {
+            get_json(http, &format!("http://{api}/v1/status"))
+                .and_then(|v| v["replication"]["position"].as_str().map(String::from))
+        };
+        let start = Instant::now();
+        let head = position(&self.primary)?;
+        while start.elapsed() < CATCH_UP {
+            if self.replicas.iter().all(|r| position(r).as_ref() == Some(&head)) {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+}
+
+/// Sets the replication mode (min_acks 1) and waits until the primary runs with it.
+fn set_mode(http: &Http, primary: &str, mode: &str) {
+    let r = http
+        .patch(format!("http://{primary}/v1/config"))
+        .json(&serde_json::json!({"replication_mode": mode, "min_acks": 1}))
+        .send()
+        .expect("PATCH /v1/config");
+    let status = r.status();
+    assert!(
+        status.is_success(),
+        "set mode {mode}: {status} {}",
+        r.text().unwrap_or_default()
+    );
+    wait(&format!("replication mode {mode} on the primary"), || {
+        get_json(http, &format!("http://{primary}/v1/status"))
+            .filter(|v| v["replication"]["mode"] == mode)
+            .map(|_| ())
+    });
+}
+
+fn keel_put(http: &Http, url: &str, value: &[u8]) -> Result<Duration, String> {
+    let t0 = Instant::now();
+    check(http.put(url).body(value.to_vec()).send()).map(|_| t0.elapsed())
+}
+
+/// One closed-loop cell against the primary; writes per fsync from its group-commit counters.
+fn keel_cell(http: &Http, keel: &Keel, mode: &'static str, size: usize, clients: usize, dur: Duration) -> Row {
+    eprintln!("keel {mode} {} × {clients} clients ...", size_label(size));
+    let value = vec![b'k'; size];
+    let metrics = format!("http://{}/metrics", keel.primary);
+    let counters = || {
+        (
+            metric(http, &metrics, "keel_datastore_writes_total"),
+            metric(http, &metrics, "keel_datastore_commits_total"),
+        )
+    };
+    let (w0, c0) = counters();
+    let out = run_load(clients, dur, None, |t| {
+        let http = http_client();
+        let base = format!("http://{}/v1/kv/bench/{mode}-{size}-{clients}/{t}", keel.primary);
+        let _ = keel_put(&http, &format!("{base}/warm-up"), &value);
+        let value = &value;
+        move |i| keel_put(&http, &format!("{base}/{i}"), value)
+    });
+    let (w1, c1) = counters();
+    Row {
+        system: "keel",
+        mode,
+        size,
+        clients,
+        out,
+        writes_per_fsync: (w1 - w0) / (c1 - c0).max(1.0),
+        catch_up: Some(keel.catch_up(http)),
+    }
+}
+
+/// What the half-load run measured.
+struct Lag {
+    target_rate: f64,
+    achieved_rate: f64,
+    size: usize,
+    /// Time from the primary's 2xx until a replica served the key, sorted: all of them, and
+    /// those of each replica.
+    samples: Vec<Duration>,
+    per_replica: Vec<Vec<Duration>>,
+    /// Samples not seen on the replica within `LAG_GIVE_UP` (counted as that long).
+    missed: u64,
+    /// The largest `replication.lag_ms` the replicas reported in `/v1/status` during the run.
+    reported_max_ms: u64,
+}
+
+/// Polls `replica` for `key` until it is there; the time from `acked` to that answer.
+fn seen_after(http: &Http, replica: &str, key: &str, acked: Instant) -> Option<Duration> {
+    let url = format!("http://{replica}/v1/kv/{key}?consistency=local");
+    while acked.elapsed() < LAG_GIVE_UP {
+        let r = http.get(&url).timeout(Duration::from_secs(1)).send();
+        let found = r.is_ok_and(|r| {
+            let ok = r.status() == 200;
+            let _ = r.bytes();
+            ok
+        });
+        if found {
+            return Some(acked.elapsed());
+        }
+        std::thread::sleep(LAG_POLL);
+    }
+    None
+}
+
+/// Async mode, open loop at `rate` writes/s over 64 threads, sampling replication lag.
+fn keel_lag(http: &Http, keel: &Keel, rate: f64, size: usize, dur: Duration) -> (Row, Lag) {
+    let clients = CLIENTS[CLIENTS.len() - 1];
+    eprintln!(
+        "keel async {} at {rate:.0} writes/s × {clients} threads, sampling replication lag ...",
+        size_label(size)
+    );
+    let value = vec![b'l'; size];
+    let sample_every = (rate / LAG_SAMPLES_PER_SEC).ceil().max(1.0) as u64;
+    let samples = Mutex::new((Vec::new(), 0u64));
+    let (stop, reported_max) = (AtomicBool::new(false), Mutex::new(0u64));
+    let out = std::thread::scope(|s| {
+        // The replicas' own lag figure, for comparison.
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                for r in &keel.replicas {
+                    if let Some(v) = get_json(http, &format!("http://{r}/v1/status")) {
+                        let lag = v["replication"]["lag_ms"].as_u64().unwrap_or(0);
+                        let mut m = reported_max.lock().unwrap();
+                        *m = (*m).max(lag);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let out = run_load(clients, dur, Some(rate), |t| {
+            let http = http_client();
+            let base = format!("bench/lag/{t}");
+            let _ = keel_put(&http, &format!("http://{}/v1/kv/{base}/warm-up", keel.primary), &value);
+            let (value, samples) = (&value, &samples);
+            move |i| {
+                let key = format!("{base}/{i}");
+                let d = keel_put(&http, &format!("http://{}/v1/kv/{key}", keel.primary), value)?;
+                let acked = Instant::now();
+                let n = i * clients as u64 + t as u64;
+                if n.is_multiple_of(sample_every) {
+                    let r = (n / sample_every) as usize % keel.replicas.len();
+                    let seen = seen_after(&http, &keel.replicas[r], &key, acked);
+                    let mut s = samples.lock().unwrap();
+                    s.0.push((r, seen.unwrap_or(LAG_GIVE_UP)));
+                    s.1 += seen.is_none() as u64;
+                }
+                Ok(d)
+            }
+        });
+        stop.store(true, Ordering::Relaxed);
+        out
+    });
+    let (tagged, missed) = samples.into_inner().unwrap();
+    let sorted = |mut v: Vec<Duration>| {
+        v.sort();
+        v
+    };
+    let lag = Lag {
+        target_rate: rate,
+        achieved_rate: out.rate(),
+        size,
+        samples: sorted(tagged.iter().map(|s| s.1).collect()),
+        per_replica: (0..keel.replicas.len())
+            .map(|r| sorted(tagged.iter().filter(|s| s.0 == r).map(|s| s.1).collect()))
+            .collect(),
+        missed,
+        reported_max_ms: reported_max.into_inner().unwrap(),
+    };
+    let row = Row {
+        system: "keel",
+        mode: "async½",
+        size,
+        clients,
+        out,
+        writes_per_fsync: f64::NAN,
+        catch_up: Some(keel.catch_up(http)),
+    };
+    (row, lag)
+}
+
+// ---------------------------------------------------------------- etcd
+
+fn find_etcd() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("etcd"))
+        .chain([PathBuf::from("/usr/bin/etcd")])
+        .find(|p| p.is_file())
+}
+
+/// etcd's version ("3.4.23") and the path prefix of its JSON gateway for that version
+/// (3.4: `/v3`, also `/v3beta`; 3.5 and later: `/v3` only; 3.3: `/v3beta`; 3.2: `/v3alpha`).
+fn etcd_version(bin: &Path) -> (String, &'static str) {
+    // Bounded like everything else: a `--version` that does not exit within 10 s is killed.
+    let mut text = String::new();
+    if let Ok(mut c) = Command::new(bin)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        if let Some(mut out) = c.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut out, &mut text);
+        }
+    }
+    let version = text
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd Version:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    let prefix = match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(3), Some(3)) => "/v3beta",
+        (Some(3), Some(m)) if m < 3 => "/v3alpha",
+        _ => "/v3",
+    };
+    (version, prefix)
+}
+
+fn b64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        for k in 0..4 {
+            s.push(if k <= c.len() {
+                A[(n >> (18 - 6 * k)) as usize & 63] as char
+            } else {
+                '='
+            });
+        }
+    }
+    s
+}
+
+/// A member id in the gateway's JSON: uint64 comes as a decimal string ("0" = no leader).
+fn id_of(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+    .filter(|s| s != "0")
+}
+
+struct Etcd {
+    /// Dropping it stops the members.
+    _cluster: Cluster,
+    /// Client address of each member.
+    clients: Vec<String>,
+    /// The gateway's path prefix (`/v3`).
+    api: &'static str,
+}
+
+/// A three-member etcd on 127.0.0.1 with etcd's default timings.
+fn start_etcd(bin: &Path, api: &'static str) -> Etcd {
+    let mut cluster = Cluster::new("keel-kv-bench-etcd");
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let initial = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("e{}=http://127.0.0.1:{}", i + 1, p.1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let token = format!("keel-kv-bench-{}", std::process::id());
+    for (i, (c, p)) in ports.iter().enumerate() {
+        let name = format!("e{}", i + 1);
+        let mut cmd = Command::new(bin);
+        cmd.arg(format!("--name={name}"))
+            .arg(format!("--data-dir={}", cluster.dir.path().join(&name).display()))
+            .arg(format!("--listen-client-urls=http://127.0.0.1:{c}"))
+            .arg(format!("--advertise-client-urls=http://127.0.0.1:{c}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{p}"))
+            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{p}"))
+            .arg(format!("--initial-cluster={initial}"))
+            .arg(format!("--initial-cluster-token={token}"))
+            .arg("--initial-cluster-state=new");
+        // etcd reads every flag from ETCD_* as well: make sure its default timings are used.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("ETCD_") {
+                cmd.env_remove(k);
+            }
+        }
+        cluster.spawn(&name, cmd);
+    }
+    Etcd {
+        _cluster: cluster,
+        clients: ports.iter().map(|(c, _)| format!("127.0.0.1:{c}")).collect(),
+        api,
+    }
+}
+
+impl Etcd {
+    /// The leader's index once every member is healthy and names the same leader.
+    fn leader(&self, http: &Http) -> Option<usize> {
+        let mut ids = Vec::new();
+        for c in &self.clients {
+            let v: serde_json::Value = http
+                .post(format!("http://{c}{}/maintenance/status", self.api))
+                .timeout(Duration::from_millis(500))
+                .json(&serde_json::json!({}))
+                .send()
+                .ok()?
+                .json()
+                .ok()?;
+            ids.push((id_of(&v["header"]["member_id"])?, id_of(&v["leader"])?));
+            let health = get_json(http, &format!("http://{c}/health"))?;
+            if health["health"] != "true" {
+                return None;
+            }
+        }
+        let leader = &ids[0].1;
+        if ids.iter().any(|(_, l)| l != leader) {
+            return None;
+        }
+        ids.iter().position(|(m, _)| m == leader)
+    }
+}
+
+fn etcd_put(http: &Http, url: &str, key: &str, value_b64: &str) -> Result<Duration, String> {
+    let body = format!(r#"{{"key":"{}","value":"{value_b64}"}}"#, b64(key.as_bytes()));
+    let t0 = Instant::now();
+    let r = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send();
+    match check(r) {
+        Ok(b) if b.contains("\"error\"") => Err("error in a 200 answer".into()),
+        Ok(_) => Ok(t0.elapsed()),
+        Err(e) => Err(e),
+    }
+}
+
+/// One closed-loop cell against the etcd leader; writes per WAL fsync from its `/metrics`.
+fn etcd_cell(http: &Http, etcd: &Etcd, leader: usize, size: usize, clients: usize, dur: Duration) -> Row {
+    eprintln!("etcd {} × {clients} clients ...", size_label(size));
+    let value = b64(&vec![b'e'; size]);
+    let member = &etcd.clients[leader];
+    let (url, metrics) = (
+        format!("http://{member}{}/kv/put", etcd.api),
+        format!("http://{member}/metrics"),
+    );
+    let fsyncs = || metric(http, &metrics, "etcd_disk_wal_fsync_duration_seconds_count");
+    let f0 = fsyncs();
+    let out = run_load(clients, dur, None, |t| {
+        let http = http_client();
+        let base = format!("bench/{size}-{clients}/{t}");
+        let _ = etcd_put(&http, &url, &format!("{base}/warm-up"), &value);
+        let (url, value) = (&url, &value);
+        move |i| etcd_put(&http, url, &format!("{base}/{i}"), value)
+    });
+    let f1 = fsyncs();
+    let writes_per_fsync = out.lat.len() as f64 / (f1 - f0).max(1.0);
+    Row {
+        system: "etcd",
+        mode: "quorum",
+        size,
+        clients,
+        out,
+        writes_per_fsync,
+        catch_up: None,
+    }
+}
+
+// ---------------------------------------------------------------- main
+
+fn main() {
+    let mut secs = 5.0f64;
+    let mut compare_etcd = false;
+    let usage = "usage: kv_bench [--secs S] [--compare etcd]";
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--secs" => secs = args.next().and_then(|v| v.parse().ok()).expect("--secs S"),
+            "--compare" => match args.next().as_deref() {
+                Some("etcd") => compare_etcd = true,
+                other => panic!(
+                    "--compare {}: only `--compare etcd` is supported; {usage}",
+                    other.unwrap_or("")
+                ),
+            },
+            other => panic!("unknown argument {other}; {usage}"),
+        }
+    }
+    assert!(secs > 0.0, "--secs must be positive");
+    let dur = Duration::from_secs_f64(secs);
+    // Before anything is started, so a missing etcd does not cost the Keel runs.
+    let etcd_bin = compare_etcd.then(|| {
+        find_etcd().unwrap_or_else(|| {
+            eprintln!(
+                "error: --compare etcd needs the `etcd` binary on PATH, and it is not there; on Debian/Ubuntu install \
+                 the etcd-server package: `sudo apt-get install etcd-server`"
+            );
+            std::process::exit(2)
+        })
+    });
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let load_before = load_average();
+    let http = http_client();
+
+    let mut rows = Vec::new();
+    let keel = start_keel(&http);
+    let (disk, fsyncs) = fsync_rate(keel.cluster.dir.path(), Duration::from_secs(2));
+    let mut lag = None;
+    // A change of primary during a run (a failover under load) is reported with the results.
+    let mut events = Vec::new();
+    let mut watch = |what: String, primary: Option<(u64, u64)>, keel: &Keel| {
+        let now = keel.primary_record(&http);
+        if now != primary {
+            events.push(format!(
+                "{what}: the primary (node, epoch) changed from {primary:?} to {now:?} during the run"
+            ));
+        }
+    };
+    for mode in ["async", "sync"] {
+        set_mode(&http, &keel.primary, mode);
+        for size in SIZES {
+            for clients in CLIENTS {
+                let before = keel.primary_record(&http);
+                rows.push(keel_cell(&http, &keel, mode, size, clients, dur));
+                watch(format!("keel {mode} {} × {clients}", size_label(size)), before, &keel);
+            }
+        }
+        if mode == "async" {
+            let best = rows
+                .iter()
+                .filter(|r| r.mode == "async")
+                .max_by(|a, b| a.out.rate().total_cmp(&b.out.rate()))
+                .expect("async rows");
+            let before = keel.primary_record(&http);
+            let (row, l) = keel_lag(&http, &keel, best.out.rate() / 2.0, best.size, dur);
+            rows.push(row);
+            lag = Some(l);
+            watch("keel half-load run".into(), before, &keel);
+        }
+    }
+    let lag = lag.expect("lag run");
+    let warnings = keel.cluster.warnings();
+    drop(keel);
+
+    let mut etcd_about = None;
+    if let Some(bin) = etcd_bin {
+        let (version, api) = etcd_version(&bin);
+        etcd_about = Some(format!(
+            "etcd {version} ({}), three members with default timings, JSON gateway `POST {api}/kv/put` on the leader",
+            bin.display()
+        ));
+        let etcd = start_etcd(&bin, api);
+        let leader = wait("an etcd leader and three healthy members", || etcd.leader(&http));
+        for size in SIZES {
+            for clients in CLIENTS {
+                rows.push(etcd_cell(&http, &etcd, leader, size, clients, dur));
+                let now = (0..50).find_map(|_| {
+                    let l = etcd.leader(&http);
+                    if l.is_none() {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    l
+                });
+                if now != Some(leader) {
+                    events.push(format!(
+                        "etcd {} × {clients}: the leader changed from member {leader} to {now:?} during the run",
+                        size_label(size)
+                    ));
+                }
+            }
+        }
+    }
+
+    println!(
+        "kv_bench, {} UTC, {secs} s per cell, {cpus} CPUs, load average {load_before} before and {} after",
+        &keel_node::util::rfc3339(now_ms)[..16].replace('T', " "),
+        load_average()
+    );
+    println!(
+        "disk: {disk:.0} fsyncs/s (4 KiB append + fdatasync for 2 s in the data dirs' file system; fdatasync p50 \
+         {:.2} ms, p99 {:.2} ms, max {:.1} ms)",
+        pct_ms(&fsyncs, 0.5),
+        pct_ms(&fsyncs, 0.99),
+        pct_ms(&fsyncs, 1.0)
+    );
+    if let Some(about) = &etcd_about {
+        println!("{about}");
+    }
+    println!();
+    println!(
+        "{:<6} {:<7} {:>6} {:>7} {:>9} {:>7} {:>7} {:>7} {:>6} {:>12} {:>10}",
+        "system",
+        "mode",
+        "value",
+        "clients",
+        "writes/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "errors",
+        "writes/fsync",
+        "catch-up s"
+    );
+    for r in &rows {
+        println!(
+            "{:<6} {:<7} {:>6} {:>7} {:>9.0} {:>7.2} {:>7.2} {:>7.1} {:>6} {:>12} {:>10}",
+            r.system,
+            r.mode,
+            size_label(r.size),
+            r.clients,
+            r.out.rate(),
+            pct_ms(&r.out.lat, 0.5),
+            pct_ms(&r.out.lat, 0.99),
+            pct_ms(&r.out.lat, 1.0),
+            r.out.error_count(),
+            if r.writes_per_fsync.is_nan() {
+                "-".to_string()
+            } else {
+                format!("{:.1}", r.writes_per_fsync)
+            },
+            match r.catch_up {
+                None => "-".to_string(),
+                Some(None) => format!(">{}", CATCH_UP.as_secs()),
+                Some(Some(d)) => format!("{:.2}", d.as_secs_f64()),
+            }
         );
     }
-    let http = reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let primary = loop {
-        let p = ports.iter().map(|(a, _)| format!("127.0.0.1:{a}")).find(|api| {
-            http.get(format!("http://{api}/primary"))
-                .send()
-                .map(|r| r.status().as_u16() == 200)
-                .unwrap_or(false)
-        });
-        if let Some(p) = p {
-            break p;
-        }
-        assert!(Instant::now() < deadline, "no primary within 30 s");
-        std::thread::sleep(Duration::from_millis(50));
+    println!();
+
+    // Goal checks. Where a goal covers several cells, the headline figure is the worst of them.
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let rate = |system: &str, mode: &str, size: usize, clients: usize| {
+        find(&rows, system, mode, size, clients).map_or(f64::NAN, |r| r.out.rate())
     };
-    let value = vec![b'x'; 1024];
-    for mode in ["async", "sync"] {
-        let r = http
-            .patch(format!("http://{primary}/v1/config"))
-            .json(&serde_json::json!({"replication_mode": mode, "min_acks": 1}))
-            .send()
-            .expect("set mode");
-        assert!(
-            r.status().is_success(),
-            "set mode {mode}: {}",
-            r.text().unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(300)); // let the config apply everywhere
-        let (w0, c0) = (
-            metric(&http, &primary, "keel_datastore_writes_total"),
-            metric(&http, &primary, "keel_datastore_commits_total"),
-        );
-        let stop = Arc::new(AtomicBool::new(false));
-        let lat: Arc<Mutex<Vec<Duration>>> = Arc::default();
-        let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let started = Instant::now();
-        let handles: Vec<_> = (0..clients)
-            .map(|c| {
-                let (stop, lat, errors, http, primary, value) = (
-                    stop.clone(),
-                    lat.clone(),
-                    errors.clone(),
-                    http.clone(),
-                    primary.clone(),
-                    value.clone(),
-                );
-                std::thread::spawn(move || {
-                    let mut i = 0u64;
-                    let mut mine = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        let t = Instant::now();
-                        let ok = http
-                            .put(format!("http://{primary}/v1/kv/bench/{c}/{i}"))
-                            .body(value.clone())
-                            .send()
-                            .map(|r| r.status().is_success())
-                            .unwrap_or(false);
-                        if ok {
-                            mine.push(t.elapsed());
-                        } else {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                        i += 1;
-                    }
-                    lat.lock().unwrap().extend(mine);
-                })
-            })
-            .collect();
-        std::thread::sleep(Duration::from_secs(secs));
-        stop.store(true, Ordering::Relaxed);
-        for h in handles {
-            let _ = h.join();
+    let last = CLIENTS[CLIENTS.len() - 1];
+    let per_size = |f: &dyn Fn(usize) -> f64| -> (f64, String) {
+        let v: Vec<(usize, f64)> = SIZES.iter().map(|&s| (s, f(s))).collect();
+        let worst = v.iter().map(|x| x.1).fold(f64::NAN, f64::min);
+        let text = v
+            .iter()
+            .map(|(s, x)| format!("{}: {x:.1}×", size_label(*s)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        (worst, text)
+    };
+    let (gc, gc_text) = per_size(&|s| rate("keel", "async", s, last) / rate("keel", "async", s, CLIENTS[0]));
+    println!(
+        "group commit: {last}-client async throughput = {gc:.1}× single-client (goal ≥ 10×) — {} [{gc_text}]",
+        verdict(gc >= 10.0)
+    );
+    let mut ratios = Vec::new();
+    for size in SIZES {
+        for clients in CLIENTS {
+            let p50 = |mode| find(&rows, "keel", mode, size, clients).map_or(f64::NAN, |r| pct_ms(&r.out.lat, 0.5));
+            ratios.push((size, clients, p50("sync") / p50("async")));
         }
-        let elapsed = started.elapsed();
-        let mut lat = lat.lock().unwrap().clone();
-        lat.sort();
-        let (w1, c1) = (
-            metric(&http, &primary, "keel_datastore_writes_total"),
-            metric(&http, &primary, "keel_datastore_commits_total"),
-        );
-        let n = lat.len();
-        let pct = |q: f64| {
-            lat.get(((n as f64 - 1.0) * q).round() as usize)
-                .copied()
-                .unwrap_or_default()
-        };
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    }
+    let worst = ratios.iter().map(|r| r.2).fold(f64::NAN, f64::max);
+    println!(
+        "sync p50 / async p50 = {worst:.2} (goal ≤ 2) — {} [worst of {} cells; {}]",
+        verdict(worst <= 2.0),
+        ratios.len(),
+        ratios
+            .iter()
+            .map(|(s, c, r)| format!("{} × {c}: {r:.2}", size_label(*s)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let p99 = pct_ms(&lag.samples, 0.99);
+    println!(
+        "lag p99 at half load = {p99:.1} ms (goal < 100 ms) — {} [{} values at {:.0} writes/s (target {:.0}), \
+         {} samples on the two replicas, p50 {:.1} ms, max {:.1} ms, {} not seen within {} s; p99 per replica: {}; \
+         replicas' own replication.lag_ms at most {} ms]",
+        verdict(p99 < 100.0),
+        size_label(lag.size),
+        lag.achieved_rate,
+        lag.target_rate,
+        lag.samples.len(),
+        pct_ms(&lag.samples, 0.5),
+        pct_ms(&lag.samples, 1.0),
+        lag.missed,
+        LAG_GIVE_UP.as_secs(),
+        lag.per_replica
+            .iter()
+            .map(|r| format!("{:.1} ms", pct_ms(r, 0.99)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        lag.reported_max_ms
+    );
+    if etcd_about.is_some() {
+        let (vs, text) = per_size(&|s| rate("keel", "async", s, last) / rate("etcd", "quorum", s, last));
+        let (vs_sync, sync_text) = per_size(&|s| rate("keel", "sync", s, last) / rate("etcd", "quorum", s, last));
         println!(
-            "{mode:5}: {clients} clients, {:.0} writes/s ({n} ok, {} errors in {:.1} s); latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {:.1} writes per fsync",
-            n as f64 / elapsed.as_secs_f64(),
-            errors.load(Ordering::Relaxed),
-            elapsed.as_secs_f64(),
-            ms(pct(0.5)),
-            ms(pct(0.99)),
-            ms(lat.last().copied().unwrap_or_default()),
-            (w1 - w0) / (c1 - c0).max(1.0)
+            "keel/etcd {last}-client throughput = {vs:.2}× (goal > 1×, Keel async) — {} \
+             [{text}; Keel sync: {vs_sync:.2}×, {sync_text}]",
+            verdict(vs > 1.0)
         );
+    }
+
+    let failed: Vec<&Row> = rows.iter().filter(|r| r.out.error_count() > 0).collect();
+    if !failed.is_empty() {
+        println!();
+        println!("errors:");
+        for r in failed {
+            for (kind, n) in &r.out.errors {
+                println!(
+                    "  {} {} {} × {}: {n} × {kind}",
+                    r.system,
+                    r.mode,
+                    size_label(r.size),
+                    r.clients
+                );
+            }
+        }
+    }
+    if !events.is_empty() {
+        println!();
+        for e in &events {
+            println!("{e}");
+        }
+    }
+    if !warnings.is_empty() {
+        println!();
+        println!("Keel node logs:");
+        for w in warnings {
+            println!("  {w}");
+        }
     }
 }
