@@ -160,6 +160,12 @@ pub struct ServeArgs {
         value_name = "SECRET"
     )]
     pub gitsync_webhook_secret: Option<Secret>,
+
+    /// Command run (`sh -c`) after every sync that changed the served commit, with
+    /// `KEEL_GIT_COMMIT`, `KEEL_GIT_PATH` (the served tree) and `KEEL_NODE_ID` set; bounded by
+    /// a 30 s timeout, like git-sync's exec hook, so the served application can reload.
+    #[arg(long, env = "KEEL_GITSYNC_HOOK", value_name = "CMD")]
+    pub gitsync_hook: Option<String>,
 }
 
 /// A token or secret. `Debug` prints `***` so it never reaches logs; use [`Secret::expose`] where the
@@ -316,6 +322,8 @@ pub struct GitSyncConfig {
     pub path: String,
     pub interval_ms: u64,
     pub webhook_secret: Option<Secret>,
+    /// On-sync hook command.
+    pub hook: Option<String>,
 }
 
 impl fmt::Debug for GitSyncConfig {
@@ -326,6 +334,7 @@ impl fmt::Debug for GitSyncConfig {
             .field("path", &self.path)
             .field("interval_ms", &self.interval_ms)
             .field("webhook_secret", &self.webhook_secret)
+            .field("hook", &self.hook)
             .finish()
     }
 }
@@ -479,6 +488,7 @@ struct FileGitSync {
     path: Option<String>,
     interval_ms: Option<u64>,
     webhook_secret: Option<Secret>,
+    hook: Option<String>,
 }
 
 impl FileConfig {
@@ -561,6 +571,8 @@ impl Config {
             || args.gitsync_path.is_some()
             || args.gitsync_interval_ms.is_some()
             || args.gitsync_webhook_secret.is_some()
+            || args.gitsync_hook.is_some()
+            || file.gitsync.hook.is_some()
             || file.gitsync.branch.is_some()
             || file.gitsync.path.is_some()
             || file.gitsync.interval_ms.is_some()
@@ -583,6 +595,7 @@ impl Config {
                     .or(file.gitsync.interval_ms)
                     .unwrap_or(defaults::GITSYNC_INTERVAL_MS),
                 webhook_secret: args.gitsync_webhook_secret.or(file.gitsync.webhook_secret),
+                hook: args.gitsync_hook.or(file.gitsync.hook).filter(|h| !h.trim().is_empty()),
             }),
             // Settings without a repository would be silently ignored; more likely a forgotten flag.
             None if gitsync_settings_given => {

@@ -82,6 +82,11 @@ pub async fn status(State(node): State<Arc<Node>>) -> ApiResult {
     let g = agent(&node)?;
     let mut v = serde_json::to_value(g.status()).unwrap_or_default();
     v["node_id"] = json!(node.id);
+    v["hook"] = LAST_HOOK
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or(serde_json::Value::Null);
     Ok(Json(v).into_response())
 }
 
@@ -198,4 +203,73 @@ pub async fn edit(
     // Everyone else picks the new commit up now rather than at the next interval.
     kick_all(&node, "webhook").await;
     Ok(Json(json!({"commit": commit, "epoch": epoch})).into_response())
+}
+
+/// Outcome of the last on-sync hook run, shown in `GET /v1/gitsync` as `hook`.
+static LAST_HOOK: std::sync::Mutex<Option<serde_json::Value>> = std::sync::Mutex::new(None);
+
+/// Longest an on-sync hook may run before it is killed.
+const SYNC_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Run `--gitsync-hook` after every sync that changed the served commit, one at a time.
+pub async fn sync_hook_task(node: Arc<Node>, g: Arc<GitSync>, cmd: String) {
+    let mut last = g.status().commit.clone();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = node.cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = g.status().commit.clone();
+        let Some(commit) = now.clone().filter(|_| now != last) else {
+            continue;
+        };
+        last = now;
+        let path = g.current_tree().map(|p| p.display().to_string()).unwrap_or_default();
+        let started = std::time::Instant::now();
+        let mut child = match tokio::process::Command::new("sh")
+            .args(["-c", &cmd])
+            .env("KEEL_GIT_COMMIT", &commit)
+            .env("KEEL_GIT_PATH", &path)
+            .env("KEEL_NODE_ID", node.id.to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "gitsync hook: could not start");
+                continue;
+            }
+        };
+        let mut stderr = child.stderr.take();
+        let outcome = match tokio::time::timeout(SYNC_HOOK_TIMEOUT, child.wait()).await {
+            Ok(Ok(s)) => json!({"exit_code": s.code(), "timed_out": false}),
+            Ok(Err(e)) => json!({"error": e.to_string(), "timed_out": false}),
+            Err(_) => {
+                let _ = child.kill().await;
+                json!({"timed_out": true})
+            }
+        };
+        let mut err = Vec::new();
+        if let Some(s) = stderr.as_mut() {
+            use tokio::io::AsyncReadExt;
+            let _ = tokio::time::timeout(Duration::from_millis(200), s.read_to_end(&mut err)).await;
+        }
+        let tail = String::from_utf8_lossy(&err[err.len().saturating_sub(512)..]).into_owned();
+        let mut v = outcome;
+        v["commit"] = json!(commit);
+        v["duration_ms"] = json!(started.elapsed().as_millis() as u64);
+        v["stderr_tail"] = json!(tail);
+        v["at_ms"] = json!(crate::util::unix_ms());
+        if v["exit_code"] == json!(0) {
+            info!(commit = %commit, "gitsync hook ran");
+        } else {
+            tracing::warn!(commit = %commit, outcome = %v, "gitsync hook failed");
+        }
+        *LAST_HOOK.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+    }
 }

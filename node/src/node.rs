@@ -357,7 +357,10 @@ impl Node {
             tokio::spawn(crate::repl::retention_task(node.clone())),
         ];
         if let Some(g) = node.gitsync.clone() {
-            background.push(tokio::spawn(g.run(node.cancel.clone())));
+            background.push(tokio::spawn(g.clone().run(node.cancel.clone())));
+            if let Some(cmd) = node.config.gitsync.as_ref().and_then(|c| c.hook.clone()) {
+                background.push(tokio::spawn(crate::gitsync_api::sync_hook_task(node.clone(), g, cmd)));
+            }
         }
         if let Some(join) = node.config.join.clone() {
             background.push(tokio::spawn(crate::join::join_task(node.clone(), join)));

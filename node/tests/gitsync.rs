@@ -335,3 +335,31 @@ async fn edits_are_committed_by_the_primary() {
         .unwrap();
     assert_eq!(r.status(), 400);
 }
+
+/// The on-sync hook runs after each sync that changed the commit, with the commit and the
+/// served tree in its environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sync_hook_runs_with_commit_and_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::new(dir.path());
+    let mut c = cluster(&up, 300);
+    let hook = format!(
+        "echo \"$KEEL_NODE_ID $KEEL_GIT_COMMIT $(cat \"$KEEL_GIT_PATH/config.txt\")\" >> {}/hook.log",
+        dir.path().display()
+    );
+    c.common.extend(["--gitsync-hook".to_string(), hook]);
+    c.start_all();
+    wait_served(&c, "config.txt", "v1", "initial commit").await;
+    let sha = up.commit("shared/config.txt", "v2");
+    wait_served(&c, "config.txt", "v2", "v2 served").await;
+    let log_path = dir.path().join("hook.log");
+    c.wait_for(T, "hook ran on every node for the new commit", || async {
+        let log = std::fs::read_to_string(&log_path).ok()?;
+        (1..=3)
+            .all(|id| log.lines().any(|l| l == format!("{id} {sha} v2")))
+            .then_some(())
+    })
+    .await;
+    let s = c.get(1, "/v1/gitsync").await.unwrap();
+    assert_eq!(s["hook"]["exit_code"], 0, "{s}");
+}
