@@ -66,6 +66,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/primary", get(probe_primary))
         .route("/replica", get(probe_replica))
         .route("/metrics", get(metrics))
+        .route("/ui", get(crate::ui::page))
+        .route("/ui/cluster.json", get(crate::ui::cluster_json))
         .route("/health", get(health))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::not_found("no such endpoint; see the API reference in README.md") })

@@ -21,5 +21,6 @@ pub mod peer;
 pub mod primary;
 pub mod repl;
 pub mod serve;
+pub mod ui;
 pub mod up;
 pub mod util;
