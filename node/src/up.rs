@@ -589,8 +589,10 @@ async fn wait_ready(plan: &UpPlan, deadline: Instant) -> Result<u64, String> {
             .collect();
         // A leader every node agrees on (right after a restart one node may still claim an
         // old leadership for a moment).
-        let leaders: BTreeSet<Option<u64>> =
-            results.iter().map(|(_, s)| s.as_ref().and_then(|s| s["raft"]["leader"].as_u64())).collect();
+        let leaders: BTreeSet<Option<u64>> = results
+            .iter()
+            .map(|(_, s)| s.as_ref().and_then(|s| s["raft"]["leader"].as_u64()))
+            .collect();
         let leader = match leaders.into_iter().collect::<Vec<_>>().as_slice() {
             [Some(l)] => Some(*l),
             _ => None,

@@ -167,10 +167,20 @@ async fn data_dir_of_another_cluster_is_refused() {
 
 #[test]
 fn shell_completions() {
-    for (shell, needle) in [("bash", "_keel()"), ("zsh", "#compdef keel"), ("fish", "complete -c keel")] {
-        let out = std::process::Command::new(KEEL).args(["completions", shell]).output().unwrap();
+    for (shell, needle) in [
+        ("bash", "_keel()"),
+        ("zsh", "#compdef keel"),
+        ("fish", "complete -c keel"),
+    ] {
+        let out = std::process::Command::new(KEEL)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(0), "{shell}: {}", stderr(&out));
         assert!(stdout(&out).contains(needle), "{shell} script lacks {needle:?}");
-        assert!(stdout(&out).contains("switchover"), "{shell} script lists the subcommands");
+        assert!(
+            stdout(&out).contains("switchover"),
+            "{shell} script lists the subcommands"
+        );
     }
 }
