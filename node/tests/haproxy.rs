@@ -1,0 +1,620 @@
+//! The `deploy/` files, run for real: Debian's `haproxy` with `deploy/haproxy.cfg` in front of a
+//! local three-node cluster (writes follow the primary across a kill -9, reads go to replicas), and
+//! `keel serve --config deploy/keel.toml` (the example file is accepted, with every commented-out
+//! option switched on too, and it lists every `keel serve` flag).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const T: Duration = Duration::from_secs(20);
+
+/// Generous bound on kill -9 of the primary until a write through HAProxy is accepted again. The
+/// measured time (printed by the test) is about Keel's failover plus one check interval.
+const FAILOVER_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Backend names in deploy/haproxy.cfg.
+const WRITE_BACKEND: &str = "keel_primary";
+const READ_BACKEND: &str = "keel_replicas";
+
+fn deploy_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("deploy")
+        .join(name)
+}
+
+fn read_deploy_file(name: &str) -> String {
+    let path = deploy_file(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// `haproxy` on PATH, or where Debian installs it (/usr/sbin is not on every user's PATH).
+fn find_haproxy() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join("haproxy"))
+        .find(|p| p.is_file())
+}
+
+/// Where the test's HAProxy listens.
+struct Frontends {
+    write: SocketAddr,
+    read: SocketAddr,
+    stats: SocketAddr,
+}
+
+/// deploy/haproxy.cfg with its `bind` lines moved to `f` and each `server keelN` pointed at node N's
+/// API address. Panics if the file no longer has the shape this test relies on.
+fn rewrite_haproxy_cfg(text: &str, f: &Frontends, servers: &BTreeMap<String, SocketAddr>) -> String {
+    let (mut binds, mut server_lines) = (0, 0);
+    let mut out = String::new();
+    for line in text.lines() {
+        let t = line.trim_start();
+        let indent = &line[..line.len() - t.len()];
+        let words: Vec<&str> = t.split_whitespace().collect();
+        let new = match words.as_slice() {
+            ["bind", addr, rest @ ..] => {
+                let to = if addr.ends_with(":5000") {
+                    f.write
+                } else if addr.ends_with(":5001") {
+                    f.read
+                } else if addr.ends_with(":8404") {
+                    f.stats
+                } else {
+                    panic!("deploy/haproxy.cfg: unexpected bind line {line:?}");
+                };
+                binds += 1;
+                format!("{indent}bind {to} {}", rest.join(" "))
+            }
+            ["server", name, _addr, rest @ ..] => {
+                let to = servers
+                    .get(*name)
+                    .unwrap_or_else(|| panic!("deploy/haproxy.cfg: unknown server {name:?} in {line:?}"));
+                server_lines += 1;
+                format!("{indent}server {name} {to} {}", rest.join(" "))
+            }
+            _ => line.to_owned(),
+        };
+        out.push_str(new.trim_end());
+        out.push('\n');
+    }
+    assert_eq!(binds, 3, "deploy/haproxy.cfg should bind :5000, :5001 and :8404");
+    assert_eq!(
+        server_lines, 6,
+        "deploy/haproxy.cfg should list three servers in each of two backends"
+    );
+    out
+}
+
+/// A running `haproxy -db` (foreground). Killed when dropped, on every exit path of the test; its
+/// log is printed when that happens during a panic.
+struct HaProxy {
+    child: Child,
+    log: PathBuf,
+}
+
+impl HaProxy {
+    fn start(bin: &Path, cfg: &Path, log: PathBuf) -> HaProxy {
+        let out = std::fs::File::create(&log).expect("create haproxy log");
+        let child = Command::new(bin)
+            .arg("-db")
+            .arg("-f")
+            .arg(cfg)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        HaProxy { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics (with HAProxy's log) if it has exited.
+    fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("haproxy exited ({status}):\n{}", self.log());
+        }
+    }
+}
+
+impl Drop for HaProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            eprintln!("----- haproxy log (last 60 lines) -----\n{}", tail.join("\n"));
+        }
+    }
+}
+
+/// Server status per (backend, server) from HAProxy's CSV stats ("UP", "DOWN", "UP 1/2", ...).
+async fn server_states(http: &reqwest::Client, stats: SocketAddr) -> Option<BTreeMap<(String, String), String>> {
+    let r = http
+        .get(format!("http://{stats}/stats;csv"))
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await
+        .ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    let text = r.text().await.ok()?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next()?.trim_start_matches("# ").split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name);
+    let (px, sv, st) = (col("pxname")?, col("svname")?, col("status")?);
+    let mut out = BTreeMap::new();
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() <= st || f[sv] == "FRONTEND" || f[sv] == "BACKEND" {
+            continue;
+        }
+        out.insert((f[px].to_owned(), f[sv].to_owned()), f[st].to_owned());
+    }
+    Some(out)
+}
+
+/// The servers of `backend` HAProxy sends traffic to.
+fn up(states: &BTreeMap<(String, String), String>, backend: &str) -> BTreeSet<String> {
+    states
+        .iter()
+        .filter(|((b, _), status)| b == backend && status.starts_with("UP"))
+        .map(|((_, s), _)| s.clone())
+        .collect()
+}
+
+fn server(id: u64) -> String {
+    format!("keel{id}")
+}
+
+/// The node answering 200 on `/primary` among `ids`.
+async fn primary(c: &Cluster, ids: &[u64]) -> u64 {
+    c.wait_for(T, "a primary with a lease", || async {
+        for id in ids {
+            let r = c
+                .http
+                .get(format!("{}/primary", c.node(*id).url()))
+                .timeout(Duration::from_millis(500))
+                .send()
+                .await
+                .ok()?;
+            if r.status() == 200 {
+                return Some(*id);
+            }
+        }
+        None
+    })
+    .await
+}
+
+/// Wait until HAProxy routes writes to `primary` only and reads to exactly `replicas`.
+async fn wait_routing(c: &Cluster, ha: &mut HaProxy, stats: SocketAddr, primary: u64, replicas: &[u64]) {
+    ha.assert_running();
+    let want_write: BTreeSet<String> = [server(primary)].into();
+    let want_read: BTreeSet<String> = replicas.iter().map(|id| server(*id)).collect();
+    let what = format!("HAProxy to route writes to {want_write:?} and reads to {want_read:?}");
+    c.wait_for(T, &what, || async {
+        let s = server_states(&c.http, stats).await?;
+        (up(&s, WRITE_BACKEND) == want_write && up(&s, READ_BACKEND) == want_read).then_some(())
+    })
+    .await;
+}
+
+async fn put(http: &reqwest::Client, url: &str, value: &str, timeout: Duration) -> Result<u16, String> {
+    http.put(url)
+        .body(value.to_owned())
+        .timeout(timeout)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .map_err(|e| e.to_string())
+}
+
+/// A read through the read frontend that a replica answered: 200 with the value and `Keel-Lag-Ms`.
+async fn read_from_replica(c: &Cluster, read: SocketAddr, key: &str, want: &str) {
+    let url = format!("http://{read}/v1/kv/{key}");
+    let (body, lag) = c
+        .wait_for(
+            T,
+            "a read through HAProxy's read frontend answered by a replica",
+            || async {
+                let r = c.http.get(&url).send().await.ok()?;
+                if r.status() != 200 {
+                    return None;
+                }
+                let lag = r.headers().get("keel-lag-ms")?.to_str().ok()?.to_owned();
+                let body = r.text().await.ok()?;
+                (body == want).then_some((body, lag))
+            },
+        )
+        .await;
+    assert_eq!(body, want);
+    lag.parse::<u64>()
+        .unwrap_or_else(|_| panic!("Keel-Lag-Ms {lag:?} is not a number"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_haproxy_follow_the_primary_across_kill_9() {
+    let Some(haproxy) = find_haproxy() else {
+        println!(
+            "SKIPPED: haproxy is not installed (not on PATH, nor in /usr/sbin); install Debian's `haproxy` \
+             package (scripts/test.sh does, as root) to run this test"
+        );
+        return;
+    };
+
+    // The shipped file is valid as it is (its host names need not resolve: `init-addr libc,none`).
+    let check = Command::new(&haproxy)
+        .arg("-c")
+        .arg("-f")
+        .arg(deploy_file("haproxy.cfg"))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "haproxy -c deploy/haproxy.cfg: {}",
+        stderr(&check)
+    );
+
+    let mut c = Cluster::new(3, &[]);
+    let frontends = Frontends {
+        write: format!("{}:{}", c.ip, free_port(&c.ip)).parse().unwrap(),
+        read: format!("{}:{}", c.ip, free_port(&c.ip)).parse().unwrap(),
+        stats: format!("{}:{}", c.ip, free_port(&c.ip)).parse().unwrap(),
+    };
+    let servers: BTreeMap<String, SocketAddr> = c.nodes.iter().map(|n| (server(n.id), n.api)).collect();
+    let cfg = c.dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        rewrite_haproxy_cfg(&read_deploy_file("haproxy.cfg"), &frontends, &servers),
+    )
+    .unwrap();
+    let check = Command::new(&haproxy).arg("-c").arg("-f").arg(&cfg).output().unwrap();
+    assert!(check.status.success(), "haproxy -c: {}", stderr(&check));
+
+    c.start_all();
+    let mut ha = HaProxy::start(&haproxy, &cfg, c.dir.path().join("haproxy.log"));
+    let p = primary(&c, &[1, 2, 3]).await;
+    let replicas: Vec<u64> = (1..=3).filter(|id| *id != p).collect();
+    wait_routing(&c, &mut ha, frontends.stats, p, &replicas).await;
+
+    // Writes through the write frontend reach the primary; reads through the read frontend a replica.
+    let write_url = |key: &str| format!("http://{}/v1/kv/{key}", frontends.write);
+    let status = put(&c.http, &write_url("before"), "one", Duration::from_secs(5)).await;
+    assert!(matches!(status, Ok(200..=299)), "write through HAProxy: {status:?}");
+    read_from_replica(&c, frontends.read, "before", "one").await;
+
+    // kill -9 the primary, then measure from the kill: a survivor answering 200 on /primary (Keel's
+    // failover), HAProxy routing writes to a survivor (its stats), and the first write through HAProxy
+    // accepted. A client starts a write every 20 ms, each with a timeout of its own: a request that
+    // reached HAProxy before it marked the dead primary down waits in HAProxy's retries, and must not
+    // hold up the next one.
+    let t0 = Instant::now();
+    c.kill(p);
+    let keel_failover = first_time(t0, || async {
+        for id in &replicas {
+            let r = c
+                .http
+                .get(format!("{}/primary", c.node(*id).url()))
+                .timeout(Duration::from_millis(300))
+                .send()
+                .await;
+            if r.is_ok_and(|r| r.status() == 200) {
+                return true;
+            }
+        }
+        false
+    });
+    let survivors: BTreeSet<String> = replicas.iter().map(|id| server(*id)).collect();
+    let haproxy_up = first_time(t0, || async {
+        server_states(&c.http, frontends.stats)
+            .await
+            .is_some_and(|s| !up(&s, WRITE_BACKEND).is_disjoint(&survivors))
+    });
+    let writes = writes_until_accepted(&c.http, frontends.write, t0);
+    let (keel_t, up_t, (accepted, attempts)) = tokio::join!(keel_failover, haproxy_up, writes);
+    ha.assert_running();
+    let ms = |t: Option<Duration>| t.map_or("(not seen)".to_owned(), |t| format!("{} ms", t.as_millis()));
+    let accepted_at = accepted.as_ref().map_or(FAILOVER_DEADLINE, |a| a.done);
+    let mut answered: BTreeMap<String, u32> = BTreeMap::new();
+    for a in attempts.iter().filter(|a| a.done < accepted_at) {
+        let what = match &a.outcome {
+            Ok(code) => code.to_string(),
+            Err(_) => "error".to_owned(),
+        };
+        *answered.entry(what).or_default() += 1;
+    }
+    let first = match attempts.iter().chain(&accepted).find(|a| a.seq == 1) {
+        Some(a) => format!("{:?} after {} ms", a.outcome, (a.done - a.sent).as_millis()),
+        None => "no answer".to_owned(),
+    };
+    println!(
+        "HAProxy failover, from kill -9 of primary {p}: a survivor answered 200 on /primary at {}; HAProxy \
+         routed writes to it at {}; the first write through HAProxy was accepted at {} (sent at {}). Answers \
+         before it: {answered:?}; the write sent right after the kill: {first}",
+        ms(keel_t),
+        ms(up_t),
+        ms(accepted.as_ref().map(|a| a.done)),
+        ms(accepted.as_ref().map(|a| a.sent)),
+    );
+    if accepted.is_none() {
+        c.dump_logs();
+        panic!("no write through HAProxy accepted within {FAILOVER_DEADLINE:?} of kill -9 of the primary");
+    }
+
+    // HAProxy settles on the new primary; writes go there and the remaining replica serves reads.
+    let q = primary(&c, &replicas).await;
+    let rest: Vec<u64> = replicas.iter().copied().filter(|id| *id != q).collect();
+    wait_routing(&c, &mut ha, frontends.stats, q, &rest).await;
+    let status = put(&c.http, &write_url("after"), "two", Duration::from_secs(5)).await;
+    assert!(matches!(status, Ok(200..=299)), "write through HAProxy: {status:?}");
+    read_from_replica(&c, frontends.read, "after", "two").await;
+    read_from_replica(&c, frontends.read, "before", "one").await;
+    ha.assert_running();
+}
+
+/// Time from `t0` until `f` first returns true, polling every 10 ms; `None` after [`FAILOVER_DEADLINE`].
+async fn first_time<F, Fut>(t0: Instant, mut f: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    loop {
+        if f().await {
+            return Some(t0.elapsed());
+        }
+        if t0.elapsed() > FAILOVER_DEADLINE {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// One write through HAProxy during a failover: the `seq`-th sent, when (from the kill), and its answer.
+struct Attempt {
+    seq: u64,
+    sent: Duration,
+    done: Duration,
+    outcome: Result<u16, String>,
+}
+
+/// Starts a write through `write` every 20 ms (each on a key of its own, with a 5 s timeout) until one
+/// is accepted, or [`FAILOVER_DEADLINE`] passes. Returns the accepted one and every other answer that
+/// arrived until then, and then until the first write (sent right after the kill) was answered too.
+async fn writes_until_accepted(
+    http: &reqwest::Client,
+    write: SocketAddr,
+    t0: Instant,
+) -> (Option<Attempt>, Vec<Attempt>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // Dropping the set (on return) aborts the writes still waiting.
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let give_up = tokio::time::sleep(FAILOVER_DEADLINE);
+    tokio::pin!(give_up);
+    let mut answered = Vec::new();
+    let mut accepted: Option<Attempt> = None;
+    let mut seq = 0;
+    loop {
+        if accepted.is_some() && answered.iter().any(|a: &Attempt| a.seq == 1) {
+            return (accepted, answered);
+        }
+        tokio::select! {
+            _ = tick.tick(), if accepted.is_none() => {
+                seq += 1;
+                let (http, tx) = (http.clone(), tx.clone());
+                let url = format!("http://{write}/v1/kv/failover-{seq}");
+                tasks.spawn(async move {
+                    let sent = t0.elapsed();
+                    let outcome = put(&http, &url, "x", Duration::from_secs(5)).await;
+                    let _ = tx.send(Attempt { seq, sent, done: t0.elapsed(), outcome });
+                });
+            }
+            Some(a) = rx.recv() => {
+                if accepted.is_none() && matches!(a.outcome, Ok(200..=299)) {
+                    accepted = Some(a);
+                } else {
+                    answered.push(a);
+                }
+            }
+            _ = &mut give_up => return (accepted, answered),
+        }
+    }
+}
+
+/// `# key = value` lines of the example config with the `# ` removed (except keys in `keep`).
+fn uncomment_settings(text: &str, keep: &[&str]) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let setting = line
+            .strip_prefix("# ")
+            .filter(|rest| {
+                rest.split_once(" = ").is_some_and(|(key, _)| {
+                    !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') && !keep.contains(&key)
+                })
+            })
+            .unwrap_or(line);
+        out.push_str(setting);
+        out.push('\n');
+    }
+    out
+}
+
+/// Start node 1 with `config`, moved onto the fixture's loopback address by `flags` (flags beat the
+/// file) and its data dir set by `KEEL_DATA_DIR` (env beats the file); wait until it is up and
+/// primary of its one-node cluster, and return its `/v1/status`.
+async fn serve_with_config(c: &mut Cluster, config: &Path, flags: &[String]) -> serde_json::Value {
+    let (api, data_dir, log) = {
+        let n = c.node(1);
+        (n.api, n.data_dir.clone(), n.log.clone())
+    };
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    let mut cmd = Command::new(KEEL);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("KEEL_") {
+            cmd.env_remove(k);
+        }
+    }
+    let child = cmd
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .args(flags)
+        .env("KEEL_DATA_DIR", &data_dir)
+        .env("RUST_LOG", "info,openraft=warn")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("spawn keel");
+    // The fixture kills it when the test ends, whatever happens.
+    c.nodes[0].child = Some(child);
+
+    c.wait_for(T, "/health 200", || c.get(1, "/health")).await;
+    let status = c
+        .wait_for(T, "node 1 primary of its one-node cluster", || async {
+            let s = c.status(1).await?;
+            (s["role"] == "primary").then_some(s)
+        })
+        .await;
+    assert_eq!(status["node_id"], 1, "the id comes from the file: {status}");
+    assert_eq!(
+        status["api_addr"],
+        api.to_string(),
+        "--api-addr beats the file: {status}"
+    );
+    assert!(data_dir.join("LOCK").exists(), "KEEL_DATA_DIR beats the file");
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_keel_toml_starts_a_node() {
+    let mut c = Cluster::new(1, &[]);
+    let (api, peer) = (c.node(1).api, c.node(1).peer);
+    let mut flags: Vec<String> = [
+        "--api-addr".to_owned(),
+        api.to_string(),
+        "--advertise-api-addr".to_owned(),
+        api.to_string(),
+        "--peer-addr".to_owned(),
+        peer.to_string(),
+        "--peers".to_owned(),
+        format!("1={peer}"),
+    ]
+    .into();
+
+    // The file as shipped.
+    let status = serve_with_config(&mut c, &deploy_file("keel.toml"), &flags).await;
+    assert!(
+        status["gitsync"].is_null(),
+        "Git Sync is off in the shipped file: {status}"
+    );
+    assert_eq!(c.stop(1), Some(0), "clean exit on SIGTERM");
+
+    // Every commented-out option switched on (except `join`, which excludes `peers`), on a fresh data
+    // dir. The Git Sync repository is overridden by a local path so the node never reaches out.
+    let all = c.dir.path().join("keel-all-options.toml");
+    std::fs::write(&all, uncomment_settings(&read_deploy_file("keel.toml"), &["join"])).unwrap();
+    std::fs::remove_dir_all(c.data_dir(1)).unwrap();
+    let repo = c.dir.path().join("nowhere.git");
+    flags.extend([
+        "--advertise-peer-addr".to_owned(),
+        peer.to_string(),
+        "--gitsync-repo".to_owned(),
+        repo.display().to_string(),
+    ]);
+    let status = serve_with_config(&mut c, &all, &flags).await;
+    assert_eq!(status["gitsync"]["repo"], repo.display().to_string(), "{status}");
+    assert_eq!(status["gitsync"]["branch"], "main", "{status}");
+    assert_eq!(status["hook"]["command_configured"], true, "{status}");
+    assert_eq!(c.stop(1), Some(0), "clean exit on SIGTERM");
+}
+
+/// Client options of the `keel` CLI that `keel serve --help` shows as globals; not server settings.
+const CLIENT_ONLY_FLAGS: &[&str] = &["addr", "output", "timeout-ms", "help", "version", "config"];
+
+/// The long flags `keel serve --help` lists.
+fn serve_flags() -> Vec<String> {
+    let out = Command::new(KEEL).args(["serve", "--help"]).output().expect("run keel");
+    assert!(out.status.success(), "keel serve --help: {}", stderr(&out));
+    let mut flags = Vec::new();
+    for line in stdout(&out).lines() {
+        let t = line.trim_start();
+        if line.len() - t.len() > 6 {
+            continue; // help text, not an option line
+        }
+        let Some(i) = t.find("--") else { continue };
+        if !(i == 0 || (t.starts_with('-') && t[..i].ends_with(", "))) {
+            continue;
+        }
+        let name: String = t[i + 2..]
+            .chars()
+            .take_while(|ch| ch.is_ascii_alphanumeric() || *ch == '-')
+            .collect();
+        if !name.is_empty() && !CLIENT_ONLY_FLAGS.contains(&name.as_str()) {
+            flags.push(name);
+        }
+    }
+    flags
+}
+
+#[test]
+fn example_keel_toml_lists_every_serve_flag() {
+    let text = uncomment_settings(&read_deploy_file("keel.toml"), &[]);
+    let table: toml::Table = toml::from_str(&text).expect("deploy/keel.toml with every option uncommented parses");
+    let mut keys = BTreeSet::new();
+    for (k, v) in &table {
+        match v {
+            toml::Value::Table(t) if k != "peers" => keys.extend(t.keys().map(|sub| format!("{k}.{sub}"))),
+            _ => {
+                keys.insert(k.clone());
+            }
+        }
+    }
+    let tables = ["raft", "replication", "gitsync"];
+    // `--gitsync-repo` is `repo` in [gitsync], `--min-acks` is `min_acks` in [replication], ...
+    let key_of = |flag: &str| -> Option<String> {
+        let snake = flag.replace('-', "_");
+        let mut candidates = vec![snake.clone()];
+        for t in tables {
+            candidates.push(format!("{t}.{snake}"));
+            if let Some(rest) = snake.strip_prefix(&format!("{t}_")) {
+                candidates.push(format!("{t}.{rest}"));
+            }
+        }
+        candidates.into_iter().find(|k| keys.contains(k))
+    };
+
+    let flags = serve_flags();
+    assert!(
+        flags.len() >= 20,
+        "parsed too few flags from `keel serve --help`: {flags:?}"
+    );
+    let missing: Vec<&String> = flags.iter().filter(|f| key_of(f).is_none()).collect();
+    assert!(
+        missing.is_empty(),
+        "deploy/keel.toml lacks these `keel serve` options: {missing:?}; document each with its default \
+         (or, for a client-only global flag, add it to CLIENT_ONLY_FLAGS in node/tests/haproxy.rs)"
+    );
+    let covered: BTreeSet<String> = flags.iter().filter_map(|f| key_of(f)).collect();
+    let stale: Vec<&String> = keys.difference(&covered).collect();
+    assert!(stale.is_empty(), "deploy/keel.toml has keys no flag matches: {stale:?}");
+}
