@@ -1,0 +1,154 @@
+//! keel-jepsen: the history model and checkers of Keel's Jepsen-style chaos harness.
+//!
+//! A chaos run records every client operation twice, at invocation and at completion (`ok`,
+//! `fail` or `info`), to `history.jsonl` ([`history::Op`], [`history::History`]). This crate
+//! owns that format and judges a history: [`linearizable`] checks the register workload
+//! (read / write / cas) with a bounded Wing & Gong / Lowe search per key, [`append`] looks for
+//! lost, duplicated, reordered, phantom, aborted and diverged elements in the append workload.
+//! [`check`] runs both and returns a serializable [`Report`] whose verdict is the worst of the checkers'
+//! (`invalid` > `unknown` > `valid`); `unknown` means a search bound was hit and nothing was
+//! concluded. It is a pure library: driving processes and faults is the runner's job.
+//! See `DESIGN.md` for the model and the meaning of `info`.
+
+pub mod append;
+pub mod history;
+mod intern;
+pub mod linearizable;
+#[cfg(test)]
+mod testutil;
+
+use serde::{Deserialize, Serialize};
+
+pub use history::{History, HistoryError, Op, OpFn, OpKind, Outcome, PairedOp};
+pub use linearizable::LinearizableConfig;
+
+/// A checker's judgement. Ordered so that the worst is the greatest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Valid,
+    /// The checker could not decide within its bounds (or the input was unusable for it).
+    Unknown,
+    Invalid,
+}
+
+/// Bounds for [`check_with`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckConfig {
+    pub linearizable: LinearizableConfig,
+}
+
+/// How many records of each kind the history holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpCounts {
+    pub invoke: u64,
+    pub ok: u64,
+    pub fail: u64,
+    pub info: u64,
+    /// Invocations that never completed (counted as `info` by the checkers).
+    pub pending: u64,
+}
+
+/// Every checker's verdict and details; `verdict` is the worst of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub verdict: Verdict,
+    pub ops: OpCounts,
+    pub linearizable: linearizable::LinearizableReport,
+    pub append: append::AppendReport,
+}
+
+/// Checks a history with the default bounds.
+pub fn check(history: &History) -> Result<Report, HistoryError> {
+    check_with(history, &CheckConfig::default())
+}
+
+/// Checks a history. Errors only if the history breaks the recording contract (see
+/// [`History::pair`]); findings about the system are in the [`Report`].
+pub fn check_with(history: &History, config: &CheckConfig) -> Result<Report, HistoryError> {
+    let pairs = history.pair()?;
+    let mut ops = OpCounts::default();
+    for op in &history.ops {
+        match op.kind {
+            OpKind::Invoke => ops.invoke += 1,
+            OpKind::Ok => ops.ok += 1,
+            OpKind::Fail => ops.fail += 1,
+            OpKind::Info => ops.info += 1,
+        }
+    }
+    ops.pending = pairs.iter().filter(|p| p.complete_index.is_none()).count() as u64;
+    let linearizable = linearizable::check(&pairs, &config.linearizable);
+    let append = append::check(&pairs);
+    let verdict = linearizable.verdict.max(append.verdict);
+    Ok(Report {
+        verdict,
+        ops,
+        linearizable,
+        append,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_combines_checkers_and_serializes() {
+        let jsonl = r#"
+{"index":0,"process":1,"kind":"invoke","f":"write","key":"r","value":1,"time_ns":0}
+{"index":1,"process":1,"kind":"ok","f":"write","key":"r","value":1,"time_ns":10,"node":1,"epoch":3}
+{"index":2,"process":2,"kind":"invoke","f":"read","key":"r","time_ns":20}
+{"index":3,"process":2,"kind":"ok","f":"read","key":"r","value":1,"time_ns":30,"node":2,"epoch":3}
+{"index":4,"process":1,"kind":"invoke","f":"append","key":"l","value":7,"time_ns":40}
+{"index":5,"process":1,"kind":"ok","f":"append","key":"l","value":7,"time_ns":50}
+{"index":6,"process":2,"kind":"invoke","f":"read-list","key":"l","time_ns":60}
+{"index":7,"process":2,"kind":"ok","f":"read-list","key":"l","value":[],"time_ns":70}
+{"index":8,"process":3,"kind":"invoke","f":"write","key":"r","value":2,"time_ns":80}
+"#;
+        let history = History::from_reader(jsonl.as_bytes()).unwrap();
+        let report = check(&history).unwrap();
+        assert_eq!(report.linearizable.verdict, Verdict::Valid);
+        assert_eq!(report.append.verdict, Verdict::Invalid);
+        assert_eq!(report.verdict, Verdict::Invalid);
+        assert_eq!(
+            report.ops,
+            OpCounts {
+                invoke: 5,
+                ok: 4,
+                fail: 0,
+                info: 0,
+                pending: 1
+            }
+        );
+
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["verdict"], "invalid");
+        assert_eq!(json["linearizable"]["keys"][0]["verdict"], "valid");
+        assert_eq!(json["append"]["totals"]["lost"]["count"], 1);
+        let back: Report = serde_json::from_value(json).unwrap();
+        assert_eq!(back, report);
+    }
+
+    #[test]
+    fn invalid_witness_serializes_flat() {
+        let jsonl = r#"
+{"index":0,"process":1,"kind":"invoke","f":"write","key":"r","value":1,"time_ns":0}
+{"index":1,"process":1,"kind":"ok","f":"write","key":"r","value":1,"time_ns":10}
+{"index":2,"process":2,"kind":"invoke","f":"read","key":"r","time_ns":20}
+{"index":3,"process":2,"kind":"ok","f":"read","key":"r","value":null,"time_ns":30}
+"#;
+        let report = check(&History::from_reader(jsonl.as_bytes()).unwrap()).unwrap();
+        let json = serde_json::to_value(&report).unwrap();
+        let key = &json["linearizable"]["keys"][0];
+        assert_eq!(key["verdict"], "invalid");
+        assert_eq!(key["witness"]["op"]["invoke_index"], 2);
+        assert_eq!(serde_json::from_value::<Report>(json).unwrap(), report);
+    }
+
+    #[test]
+    fn malformed_history_is_an_error_not_a_verdict() {
+        let jsonl = r#"{"index":0,"process":1,"kind":"ok","f":"read","key":"r","value":1,"time_ns":0}"#;
+        let err = check(&History::from_reader(jsonl.as_bytes()).unwrap()).unwrap_err();
+        assert!(matches!(err, HistoryError::Malformed { index: 0, .. }), "{err}");
+    }
+}
