@@ -14,6 +14,7 @@ pub mod append;
 pub mod history;
 mod intern;
 pub mod linearizable;
+pub mod runner;
 #[cfg(test)]
 mod testutil;
 

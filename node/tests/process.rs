@@ -162,7 +162,10 @@ async fn data_dir_of_another_cluster_is_refused() {
         Some(a_id.as_str()),
         "node 3 must not adopt cluster A's state"
     );
-    assert!(a.log(3).contains("another cluster"), "node 3 should log the refusal");
+    a.wait_for(T, "node 3 logs the refusal", || async {
+        a.log(3).contains("another cluster").then_some(())
+    })
+    .await;
 }
 
 #[test]

@@ -1,0 +1,138 @@
+//! `keel-jepsen`: run a chaos test against real Keel processes, or check a recorded history.
+//!
+//! ```text
+//! keel-jepsen run [--nodes 3] [--time 60] [--clients 5] [--keys 5] [--nemesis kill,pause,kill-primary]
+//!                 [--fault-every-ms 4000] [--fault-for-ms 2000] [--mode async|sync] [--seed N]
+//!                 [--keel target/release/keel] [--out report/<run>]
+//! keel-jepsen check history.jsonl
+//! ```
+//! Exit code: 0 every checker passed, 1 a checker failed, 2 bad usage or the run could not start.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use keel_jepsen::runner::{run, RunConfig};
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: keel-jepsen run [--nodes N] [--time SECS] [--clients N] [--keys N] [--nemesis kill,pause,kill-primary] \
+         [--fault-every-ms MS] [--fault-for-ms MS] [--mode async|sync] [--seed N] [--keel PATH] [--out DIR]\n       \
+         keel-jepsen check HISTORY.jsonl"
+    );
+    std::process::exit(2)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        Some("check") => {
+            let Some(path) = args.next() else { usage() };
+            let h = keel_jepsen::History::load(&path).unwrap_or_else(|e| {
+                eprintln!("error: {e}");
+                std::process::exit(2)
+            });
+            let report = keel_jepsen::check(&h).unwrap_or_else(|e| {
+                eprintln!("error: {e}");
+                std::process::exit(2)
+            });
+            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            std::process::exit(if report.verdict == keel_jepsen::Verdict::Valid {
+                0
+            } else {
+                1
+            });
+        }
+        Some("run") => {}
+        _ => usage(),
+    }
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.to_path_buf()))
+        .unwrap_or_default();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(1);
+    let mut cfg = RunConfig {
+        keel: exe_dir.join("keel"),
+        out: PathBuf::new(),
+        nodes: 3,
+        time: Duration::from_secs(60),
+        clients: 5,
+        keys: 5,
+        nemesis: vec!["kill".into(), "pause".into(), "kill-primary".into()],
+        fault_every: Duration::from_millis(4000),
+        fault_for: Duration::from_millis(2000),
+        mode: "sync".into(),
+        seed,
+        quiet: Duration::from_secs(3),
+    };
+    let num = |v: Option<String>, name: &str| -> u64 {
+        v.and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+            eprintln!("error: {name} needs a number");
+            usage()
+        })
+    };
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--nodes" => cfg.nodes = num(args.next(), "--nodes"),
+            "--time" => cfg.time = Duration::from_secs(num(args.next(), "--time")),
+            "--clients" => cfg.clients = num(args.next(), "--clients"),
+            "--keys" => cfg.keys = num(args.next(), "--keys"),
+            "--fault-every-ms" => cfg.fault_every = Duration::from_millis(num(args.next(), "--fault-every-ms")),
+            "--fault-for-ms" => cfg.fault_for = Duration::from_millis(num(args.next(), "--fault-for-ms")),
+            "--seed" => cfg.seed = num(args.next(), "--seed"),
+            "--mode" => cfg.mode = args.next().unwrap_or_else(|| usage()),
+            "--keel" => cfg.keel = PathBuf::from(args.next().unwrap_or_else(|| usage())),
+            "--out" => cfg.out = PathBuf::from(args.next().unwrap_or_else(|| usage())),
+            "--nemesis" => {
+                cfg.nemesis = args
+                    .next()
+                    .unwrap_or_else(|| usage())
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            }
+            _ => usage(),
+        }
+    }
+    if cfg.nodes < 3 || !matches!(cfg.mode.as_str(), "async" | "sync") {
+        eprintln!("error: --nodes must be at least 3 and --mode async or sync");
+        usage();
+    }
+    if cfg.out.as_os_str().is_empty() {
+        cfg.out = PathBuf::from(format!("report/run-{}", cfg.seed));
+    }
+    println!(
+        "keel-jepsen: seed {} ({} s, nemesis {:?}, mode {}), report in {}",
+        cfg.seed,
+        cfg.time.as_secs(),
+        cfg.nemesis,
+        cfg.mode,
+        cfg.out.display()
+    );
+    match run(&cfg) {
+        Ok(r) => {
+            println!(
+                "verdict: {} (linearizable {:?}; ops ok {} fail {} info {}; double-primary rounds {} of {}; epochs monotonic {}; converged {}; failovers ms {:?})",
+                if r.ok() { "PASS" } else { "FAIL" },
+                r.check.verdict,
+                r.check.ops.ok,
+                r.check.ops.fail,
+                r.check.ops.info,
+                r.double_primary_rounds,
+                r.primary_samples,
+                r.epochs_monotonic,
+                r.converged,
+                r.failover_ms
+            );
+            println!("report: {}", cfg.out.join("index.html").display());
+            std::process::exit(if r.ok() { 0 } else { 1 });
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    }
+}
