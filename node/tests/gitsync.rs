@@ -264,23 +264,7 @@ async fn edits_are_committed_by_the_primary() {
     let mut c = cluster(&up, 300);
     c.start_all();
     wait_served(&c, "config.txt", "v1", "initial commit").await;
-    let p = c
-        .wait_for(T, "a primary", || async {
-            for id in 1..=3u64 {
-                if c.http
-                    .get(format!("{}/primary", c.node(id).url()))
-                    .send()
-                    .await
-                    .ok()?
-                    .status()
-                    == 200
-                {
-                    return Some(id);
-                }
-            }
-            None
-        })
-        .await;
+    let p = c.wait_primary(&[], T).await;
     let replica = (1..=3).find(|i| *i != p).unwrap();
     let r = c
         .http
@@ -296,23 +280,7 @@ async fn edits_are_committed_by_the_primary() {
     assert!(log.contains(&format!("Keel-Epoch: {e1}")), "trailer missing: {log}");
 
     c.kill(p);
-    let q = c
-        .wait_for(T, "a new primary", || async {
-            for id in (1..=3u64).filter(|i| *i != p) {
-                if c.http
-                    .get(format!("{}/primary", c.node(id).url()))
-                    .send()
-                    .await
-                    .ok()?
-                    .status()
-                    == 200
-                {
-                    return Some(id);
-                }
-            }
-            None
-        })
-        .await;
+    let q = c.wait_primary(&[p], T).await;
     let r = c
         .http
         .put(format!("{}/v1/gitsync/files/edited.txt", c.node(q).url()))

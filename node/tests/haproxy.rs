@@ -183,22 +183,8 @@ fn server(id: u64) -> String {
 
 /// The node answering 200 on `/primary` among `ids`.
 async fn primary(c: &Cluster, ids: &[u64]) -> u64 {
-    c.wait_for(T, "a primary with a lease", || async {
-        for id in ids {
-            let r = c
-                .http
-                .get(format!("{}/primary", c.node(*id).url()))
-                .timeout(Duration::from_millis(500))
-                .send()
-                .await
-                .ok()?;
-            if r.status() == 200 {
-                return Some(*id);
-            }
-        }
-        None
-    })
-    .await
+    let others: Vec<u64> = c.nodes.iter().map(|n| n.id).filter(|id| !ids.contains(id)).collect();
+    c.wait_primary(&others, T).await
 }
 
 /// Wait until HAProxy routes writes to `primary` only and reads to exactly `replicas`.

@@ -12,25 +12,7 @@ use serde_json::{json, Value};
 const T: Duration = Duration::from_secs(20);
 
 async fn primary(c: &Cluster) -> u64 {
-    c.wait_for(T, "a primary with a lease", || async {
-        for n in &c.nodes {
-            if n.child.is_none() {
-                continue;
-            }
-            let r = c
-                .http
-                .get(format!("{}/primary", n.url()))
-                .timeout(Duration::from_millis(500))
-                .send()
-                .await
-                .ok()?;
-            if r.status() == 200 {
-                return Some(n.id);
-            }
-        }
-        None
-    })
-    .await
+    c.wait_primary(&[], T).await
 }
 
 async fn put(c: &Cluster, id: u64, key: &str, value: &str) -> reqwest::Response {

@@ -15,25 +15,7 @@ use serde_json::{json, Value};
 const T: Duration = Duration::from_secs(60);
 
 async fn primary(c: &Cluster, exclude: &[u64]) -> u64 {
-    c.wait_for(T, "a primary with a lease", || async {
-        for n in &c.nodes {
-            if n.child.is_none() || exclude.contains(&n.id) {
-                continue;
-            }
-            let r = c
-                .http
-                .get(format!("{}/primary", n.url()))
-                .timeout(Duration::from_millis(500))
-                .send()
-                .await
-                .ok()?;
-            if r.status() == 200 {
-                return Some(n.id);
-            }
-        }
-        None
-    })
-    .await
+    c.wait_primary(exclude, T).await
 }
 
 /// Every key with its version and size, read page by page.

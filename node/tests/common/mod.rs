@@ -286,6 +286,30 @@ impl Cluster {
         .await
     }
 
+    /// Wait until one running node outside `exclude` answers 200 on `/primary` (holds a valid
+    /// lease); returns its id.
+    pub async fn wait_primary(&self, exclude: &[u64], timeout: Duration) -> u64 {
+        self.wait_for(timeout, "a primary with a lease", || async {
+            for n in self
+                .nodes
+                .iter()
+                .filter(|n| n.child.is_some() && !exclude.contains(&n.id))
+            {
+                let r = self
+                    .http
+                    .get(format!("{}/primary", n.url()))
+                    .timeout(Duration::from_millis(500))
+                    .send()
+                    .await;
+                if r.is_ok_and(|r| r.status() == 200) {
+                    return Some(n.id);
+                }
+            }
+            None
+        })
+        .await
+    }
+
     /// Run the `keel` CLI.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(KEEL)
