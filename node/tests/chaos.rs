@@ -1,13 +1,17 @@
 //! The short fixed chaos suite that CI runs (issue: chaos harness): real processes, clients on
 //! five registers, kill -9 / SIGSTOP / kill of the primary every few seconds, then the
-//! linearizability checker, the one-primary-per-round and epoch checkers, and convergence.
+//! linearizability checker (sync mode), the one-primary-per-round and epoch checkers, and
+//! convergence. In async mode the test reports, but does not fail on, lost acknowledged writes.
 //! The long suite is `keel-jepsen run` (see README).
 
 use std::time::Duration;
 
 use keel_jepsen::runner::{run, RunConfig};
 
-fn scenario(name: &str, mode: &str, nemesis: &[&str], seed: u64) {
+/// `linearizable`: whether the register history must be linearizable. Sync mode promises it;
+/// async mode does not (a write acknowledged by the primary alone can be lost on failover, and
+/// the checker then finds the register going back in time — the documented trade-off).
+fn scenario(name: &str, mode: &str, nemesis: &[&str], seed: u64, linearizable: bool) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = RunConfig {
         keel: env!("CARGO_BIN_EXE_keel").into(),
@@ -35,7 +39,12 @@ fn scenario(name: &str, mode: &str, nemesis: &[&str], seed: u64) {
         r.converged,
         r.failover_ms
     );
-    if !r.ok() {
+    let ok = if linearizable {
+        r.ok()
+    } else {
+        r.double_primary_rounds == 0 && r.epochs_monotonic && r.converged
+    };
+    if !ok {
         // Keep the evidence: the report directory survives the failed test.
         let keep = dir.keep();
         panic!("{name} failed; report kept in {}", keep.join(name).display());
@@ -45,10 +54,10 @@ fn scenario(name: &str, mode: &str, nemesis: &[&str], seed: u64) {
 
 #[test]
 fn chaos_sync_kill_pause() {
-    scenario("sync-kill-pause", "sync", &["kill", "pause", "kill-primary"], 7);
+    scenario("sync-kill-pause", "sync", &["kill", "pause", "kill-primary"], 7, true);
 }
 
 #[test]
 fn chaos_async_kill_primary() {
-    scenario("async-kill-primary", "async", &["kill-primary"], 11);
+    scenario("async-kill-primary", "async", &["kill-primary"], 11, false);
 }
