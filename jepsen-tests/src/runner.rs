@@ -265,6 +265,23 @@ fn classify(status: Option<u16>, body: &Value, transport: Option<&reqwest::Error
     }
 }
 
+/// How a write's answer is recorded: kind, error text, and the epoch it was acknowledged in.
+fn outcome(r: reqwest::Result<reqwest::blocking::Response>) -> (OpKind, Option<String>, Option<u64>) {
+    match r {
+        Ok(r) if r.status().is_success() => (OpKind::Ok, None, epoch_of(r.headers())),
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let body: Value = r.json().unwrap_or(Value::Null);
+            let (k, why) = classify(Some(status), &body, None);
+            (k, Some(why), None)
+        }
+        Err(e) => {
+            let (k, why) = classify(None, &Value::Null, Some(&e));
+            (k, Some(why), None)
+        }
+    }
+}
+
 fn epoch_of(h: &reqwest::header::HeaderMap) -> Option<u64> {
     h.get("keel-epoch")
         .and_then(|v| v.to_str().ok())
@@ -355,19 +372,7 @@ fn client(
                     None,
                 );
                 let r = http.put(format!("http://{api}/v1/kv/{key}")).body(v.to_string()).send();
-                let (kind, err, epoch) = match r {
-                    Ok(r) if r.status().is_success() => (OpKind::Ok, None, epoch_of(r.headers())),
-                    Ok(r) => {
-                        let status = r.status().as_u16();
-                        let body: Value = r.json().unwrap_or(Value::Null);
-                        let (k, why) = classify(Some(status), &body, None);
-                        (k, Some(why), None)
-                    }
-                    Err(e) => {
-                        let (k, why) = classify(None, &Value::Null, Some(&e));
-                        (k, Some(why), None)
-                    }
-                };
+                let (kind, err, epoch) = outcome(r);
                 rec.record(process, kind, OpFn::Write, &key, json!(v), Some(node), epoch, err);
             }
             _ => {
@@ -416,19 +421,7 @@ fn client(
                             .post(format!("http://{api}/v1/kv/{key}/cas?version={version}"))
                             .body(to.to_string())
                             .send();
-                        let (kind, err, epoch) = match r {
-                            Ok(r) if r.status().is_success() => (OpKind::Ok, None, epoch_of(r.headers())),
-                            Ok(r) => {
-                                let status = r.status().as_u16();
-                                let body: Value = r.json().unwrap_or(Value::Null);
-                                let (k, why) = classify(Some(status), &body, None);
-                                (k, Some(why), None)
-                            }
-                            Err(e) => {
-                                let (k, why) = classify(None, &Value::Null, Some(&e));
-                                (k, Some(why), None)
-                            }
-                        };
+                        let (kind, err, epoch) = outcome(r);
                         rec.record(
                             process,
                             kind,

@@ -72,6 +72,15 @@ async fn wait_same_contents(c: &Cluster, ids: &[u64], what: &str) -> BTreeMap<St
     .await
 }
 
+/// Every node in `ids` reports the same replication position.
+async fn assert_same_positions(c: &Cluster, ids: &[u64]) {
+    let mut pos = Vec::new();
+    for id in ids {
+        pos.push(status(c, *id).await["replication"]["position"].clone());
+    }
+    assert!(pos.windows(2).all(|w| w[0] == w[1]), "positions differ: {pos:?}");
+}
+
 async fn status(c: &Cluster, id: u64) -> Value {
     c.wait_for(T, "status", || c.status(id)).await
 }
@@ -322,14 +331,7 @@ async fn stopped_replicas_catch_up_and_resync() {
     );
     assert_eq!(final_contents.len(), 13_000);
     // Same positions everywhere.
-    let pos: Vec<Value> = {
-        let mut v = Vec::new();
-        for id in all {
-            v.push(status(&c, id).await["replication"]["position"].clone());
-        }
-        v
-    };
-    assert!(pos.windows(2).all(|w| w[0] == w[1]), "positions differ: {pos:?}");
+    assert_same_positions(&c, &all).await;
 }
 
 /// 5. kill -9 a replica while it applies batches: on restart it resumes from its durable
@@ -354,14 +356,7 @@ async fn replica_killed_mid_apply_resumes_exactly() {
     for (k, _, _) in &acked {
         assert!(contents.contains_key(k), "acknowledged {k} missing");
     }
-    let pos: Vec<Value> = {
-        let mut v = Vec::new();
-        for id in all {
-            v.push(status(&c, id).await["replication"]["position"].clone());
-        }
-        v
-    };
-    assert!(pos.windows(2).all(|w| w[0] == w[1]), "positions differ: {pos:?}");
+    assert_same_positions(&c, &all).await;
 }
 
 /// 6. Bad input: 413, 409, 400 — and none of them changes data.
