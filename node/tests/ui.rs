@@ -28,7 +28,10 @@ async fn status_page_serves_aggregates_and_renders_in_chromium() {
             let v = c.get(1, "/ui/cluster.json").await?;
             let nodes = v["nodes"].as_object()?;
             let all = nodes.len() == 3 && nodes.values().all(|s| s["role"].is_string());
-            (all && v["cluster"]["primary"]["node"].is_u64()).then_some(v)
+            // The primary is named in the cluster state a moment before it holds its lease
+            // (role `fenced` until then): wait for the lease.
+            let p = v["cluster"]["primary"]["node"].as_u64()?;
+            (all && nodes[&p.to_string()]["role"] == "primary").then_some(v)
         })
         .await;
     let primary = agg["cluster"]["primary"]["node"].as_u64().unwrap();
