@@ -10,8 +10,9 @@
 # ca-certificates and curl (fetching crates), git.
 KEEL_BUILD_PACKAGES=(pkg-config libssl-dev gcc libc6-dev git ca-certificates curl)
 # ...and to run every test: HAProxy (load-balancer probe tests), iproute2 and iptables (network
-# namespaces and partitions in the chaos tests), procps (ps, pgrep, pkill in tests).
-KEEL_TEST_PACKAGES=("${KEEL_BUILD_PACKAGES[@]}" haproxy iproute2 iptables procps)
+# namespaces and partitions in the chaos tests), procps (ps, pgrep, pkill in tests), OpenSSH (sshd and
+# ssh-keygen: Git Sync over ssh:// against a real server on loopback).
+KEEL_TEST_PACKAGES=("${KEEL_BUILD_PACKAGES[@]}" haproxy iproute2 iptables procps openssh-server openssh-client)
 
 keel_log() { printf '==> %s\n' "$*"; }
 keel_warn() { printf 'warning: %s\n' "$*" >&2; }

@@ -27,6 +27,9 @@ pub struct GitSyncConfig {
     pub token: Option<String>,
     /// Private key file for ssh remotes.
     pub ssh_key: Option<PathBuf>,
+    /// OpenSSH `known_hosts` file that must list the ssh server's host key. `None` leaves the check to libgit2,
+    /// which reads `~/.ssh/known_hosts`.
+    pub known_hosts: Option<PathBuf>,
 }
 
 impl GitSyncConfig {
@@ -43,6 +46,7 @@ impl GitSyncConfig {
             webhook_secret: None,
             token: None,
             ssh_key: None,
+            known_hosts: None,
         }
     }
 
@@ -118,6 +122,7 @@ impl fmt::Debug for GitSyncConfig {
             .field("webhook_secret", &hidden(&self.webhook_secret))
             .field("token", &hidden(&self.token))
             .field("ssh_key", &self.ssh_key)
+            .field("known_hosts", &self.known_hosts)
             .finish()
     }
 }

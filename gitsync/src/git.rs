@@ -7,12 +7,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use git2::{
-    AutotagOption, Cred, CredentialType, ErrorCode, FetchOptions, ObjectType, Oid, PushOptions, RemoteCallbacks,
-    Repository, RepositoryInitOptions, Signature, Tree,
+    AutotagOption, CertificateCheckStatus, Cred, CredentialType, ErrorCode, FetchOptions, ObjectType, Oid, PushOptions,
+    RemoteCallbacks, Repository, RepositoryInitOptions, Signature, Tree,
 };
 
 use crate::config::{GitSyncConfig, Redactor};
 use crate::error::GitSyncError;
+use crate::known_hosts;
 use crate::status::CommitInfo;
 
 /// A transfer that is still moving data after this long is aborted (from the progress callback). A peer that
@@ -79,7 +80,23 @@ pub(crate) fn remove_stale_locks(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn callbacks<'a>(config: &'a GitSyncConfig, rejected: Option<&'a RefCell<Option<String>>>) -> RemoteCallbacks<'a> {
+/// Why the last transfer's ssh host key was refused: libgit2 replaces the certificate callback's error message
+/// with a generic "invalid or unknown remote ssh hostkey", so the callback keeps its own here.
+type HostKeyError = RefCell<Option<String>>;
+
+/// The transfer error, with the host key check's own message when that is what failed.
+fn remote_error(r: &Redactor, op: &str, e: git2::Error, host_key: HostKeyError) -> GitSyncError {
+    match host_key.into_inner() {
+        Some(message) => GitSyncError::Auth(r.redact(&format!("{op}: {message}"))),
+        None => GitSyncError::remote(r, op, e),
+    }
+}
+
+fn callbacks<'a>(
+    config: &'a GitSyncConfig,
+    rejected: Option<&'a RefCell<Option<String>>>,
+    host_key_error: &'a HostKeyError,
+) -> RemoteCallbacks<'a> {
     let mut cb = RemoteCallbacks::new();
     let mut attempts = 0u32;
     cb.credentials(move |_url, username_from_url, allowed| {
@@ -106,6 +123,53 @@ fn callbacks<'a>(config: &'a GitSyncConfig, rejected: Option<&'a RefCell<Option<
             "no credentials configured for this remote (token or ssh key)",
         ))
     });
+    if let Some(known_hosts) = &config.known_hosts {
+        let host = known_hosts::ssh_host_port(&config.repo);
+        cb.certificate_check(move |cert, _| {
+            // https certificates keep libgit2's own (system CA) verification.
+            let Some(hostkey) = cert.as_hostkey() else {
+                return Ok(CertificateCheckStatus::CertificatePassthrough);
+            };
+            let fail = |m: String| {
+                let e = git2::Error::from_str(&m);
+                *host_key_error.borrow_mut() = Some(m);
+                Err(e)
+            };
+            let Some(blob) = hostkey.hostkey() else {
+                return fail("the ssh server's raw host key is not available to check against known_hosts".into());
+            };
+            let Some((host, port)) = &host else {
+                return fail("cannot tell the ssh host and port of the repository url".into());
+            };
+            let name = known_hosts::known_hosts_name(host, *port);
+            let text = fs::read_to_string(known_hosts)
+                .map_err(|e| git2::Error::from_str(&format!("read known_hosts {}: {e}", known_hosts.display())))?;
+            let print = known_hosts::fingerprint(blob);
+            match known_hosts::check(&text, &name, blob) {
+                known_hosts::Verdict::Trusted => Ok(CertificateCheckStatus::CertificateOk),
+                known_hosts::Verdict::Revoked => fail(format!(
+                    "ssh host key {print} of {name} is marked @revoked in {}",
+                    known_hosts.display()
+                )),
+                known_hosts::Verdict::Mismatch => fail(format!(
+                    "ssh host key {print} of {name} does not match the key(s) listed for it in {} \
+                     (host key changed: possible man-in-the-middle; check with the server's operator)",
+                    known_hosts.display()
+                )),
+                known_hosts::Verdict::Unknown { hashed } => fail(format!(
+                    "ssh host key {print} of {name} is not in {}{}; after checking the fingerprint, add it with \
+                     `ssh-keyscan -p {port} {host} >> {}`",
+                    known_hosts.display(),
+                    if hashed > 0 {
+                        " (its hashed entries cannot be checked)"
+                    } else {
+                        ""
+                    },
+                    known_hosts.display()
+                )),
+            }
+        });
+    }
     let deadline = Instant::now() + TRANSFER_DEADLINE;
     cb.transfer_progress(move |_| Instant::now() < deadline);
     if let Some(rejected) = rejected {
@@ -137,17 +201,18 @@ pub(crate) fn fetch(repo: &Repository, config: &GitSyncConfig, r: &Redactor, dep
     let mut remote = repo
         .remote_anonymous(&config.repo)
         .map_err(|e| GitSyncError::remote(r, "open remote", e))?;
+    let host_key = HostKeyError::default();
     let mut opts = FetchOptions::new();
-    opts.remote_callbacks(callbacks(config, None))
+    opts.remote_callbacks(callbacks(config, None, &host_key))
         .download_tags(AutotagOption::None)
         .update_fetchhead(false);
     if depth > 0 {
         opts.depth(depth);
     }
     let refspec = format!("+refs/heads/{}:{tracking}", config.branch);
-    remote
-        .fetch(&[refspec.as_str()], Some(&mut opts), None)
-        .map_err(|e| GitSyncError::remote(r, "fetch", e))?;
+    let fetched = remote.fetch(&[refspec.as_str()], Some(&mut opts), None);
+    drop(opts);
+    fetched.map_err(|e| remote_error(r, "fetch", e, host_key))?;
     repo.refname_to_id(&tracking).map_err(|_| {
         GitSyncError::Config(format!(
             "branch {:?} not found in {}",
@@ -176,8 +241,9 @@ pub(crate) fn push(
         .remote_anonymous(&config.repo)
         .map_err(|e| GitSyncError::remote(r, "open remote", e))?;
     let rejected = RefCell::new(None);
+    let host_key = HostKeyError::default();
     let mut opts = PushOptions::new();
-    opts.remote_callbacks(callbacks(config, Some(&rejected)));
+    opts.remote_callbacks(callbacks(config, Some(&rejected), &host_key));
     let refspec = format!("{PUSH_REF}:refs/heads/{}", config.branch);
     let result = remote.push(&[refspec.as_str()], Some(&mut opts));
     drop(opts);
@@ -187,7 +253,7 @@ pub(crate) fn push(
             None => Ok(PushResult::Pushed),
         },
         Err(e) if e.code() == ErrorCode::NotFastForward => Ok(PushResult::Rejected(r.redact(e.message()))),
-        Err(e) => Err(GitSyncError::remote(r, "push", e)),
+        Err(e) => Err(remote_error(r, "push", e, host_key)),
     }
 }
 

@@ -16,6 +16,7 @@ mod agent;
 mod config;
 mod error;
 mod git;
+mod known_hosts;
 mod status;
 mod tree;
 mod webhook;

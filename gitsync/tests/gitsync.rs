@@ -625,3 +625,185 @@ async fn errors_and_status_never_show_secrets() {
     }
     assert_eq!(gs.status().repo, "https://bob:***@127.0.0.1:1/org/repo.git");
 }
+
+/// OpenSSH's `sshd` on loopback with its own host key and one authorised client key, serving the test's
+/// repositories to the current user (git-upload-pack / git-receive-pack over the ssh session).
+struct Sshd {
+    child: Child,
+    port: u16,
+    user: String,
+    dir: tempfile::TempDir,
+}
+
+impl Sshd {
+    /// `None` (after saying why) when OpenSSH is not installed; in CI that is a failure instead.
+    fn start() -> Option<Sshd> {
+        let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+            .into_iter()
+            .find(|p| Path::new(p).exists());
+        let keygen_ok = Command::new("ssh-keygen")
+            .arg("-?")
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        let Some(sshd) = sshd.filter(|_| keygen_ok) else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "sshd / ssh-keygen missing in CI: scripts/test.sh installs openssh-server and openssh-client"
+            );
+            eprintln!("SKIP: OpenSSH (sshd, ssh-keygen) is not installed: apt-get install openssh-server");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for key in ["host_key", "client_key", "other_key"] {
+            let out = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", key, "-f"])
+                .arg(d.join(key))
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "ssh-keygen: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
+        // Privilege separation needs this directory when sshd starts as root.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+        let user = user.trim().to_string();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
+             PidFile {d}/sshd.pid\nPubkeyAuthentication yes\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n\
+             AllowUsers {user}\nLogLevel VERBOSE\n",
+            d = d.display(),
+        );
+        std::fs::write(d.join("sshd_config"), config).unwrap();
+        let child = Command::new(sshd)
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(d.join("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("sshd.log")).unwrap())
+            .spawn()
+            .expect("start sshd");
+        let mut sshd = Sshd { child, port, user, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = sshd.child.try_wait() {
+                panic!("sshd exited with {status}: {}", sshd.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sshd did not listen on {port}: {}",
+                sshd.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(sshd)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path("sshd.log")).unwrap_or_default()
+    }
+
+    /// A known_hosts file listing this server's host key (or, with `own = false`, another key) for its port.
+    fn known_hosts(&self, own: bool) -> PathBuf {
+        let key = if own { "host_key.pub" } else { "other_key.pub" };
+        let public = std::fs::read_to_string(self.path(key)).unwrap();
+        let mut fields = public.split_whitespace();
+        let (kind, blob) = (fields.next().unwrap(), fields.next().unwrap());
+        let file = self.path(if own { "known_hosts" } else { "known_hosts_wrong" });
+        let text = format!(
+            "# test\nother.example {kind} {blob}\n[127.0.0.1]:{} {kind} {blob}\n",
+            self.port
+        );
+        std::fs::write(&file, text).unwrap();
+        file
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn ssh_remote_with_key_file_and_known_hosts() {
+    let Some(sshd) = Sshd::start() else { return };
+    let up = Upstream::new(&[("cfg/a.txt", "1")]);
+    let two = up.commit(&[("cfg/a.txt", "2")], &[], "2");
+    let url = format!("ssh://{}@127.0.0.1:{}{}", sshd.user, sshd.port, up.bare.display());
+    let ssh_config = |key: &str, known_hosts: Option<PathBuf>| {
+        let mut c = config(url.clone(), "cfg");
+        c.ssh_key = Some(sshd.path(key));
+        c.known_hosts = known_hosts;
+        c
+    };
+
+    // Unknown host key: refused with the fingerprint and how to add it; nothing materialised.
+    let empty = sshd.path("known_hosts_empty");
+    std::fs::write(&empty, "").unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let gs = GitSync::new(ssh_config("client_key", Some(empty)), data.path()).unwrap();
+    let err = gs.sync(Trigger::Manual, false).await.unwrap_err().to_string();
+    assert!(
+        err.contains("is not in") && err.contains("SHA256:") && err.contains("ssh-keyscan"),
+        "{err}"
+    );
+    assert!(gs.current_tree().is_none());
+    assert!(gs.status().last_error.is_some());
+
+    // A host key other than the one listed: refused as a changed key.
+    let gs = GitSync::new(ssh_config("client_key", Some(sshd.known_hosts(false))), data.path()).unwrap();
+    let err = gs.sync(Trigger::Manual, false).await.unwrap_err().to_string();
+    assert!(err.contains("does not match"), "{err}");
+    assert!(gs.current_tree().is_none());
+
+    // The right host key but a client key the server does not authorise: refused by the server.
+    let known_hosts = sshd.known_hosts(true);
+    let gs = GitSync::new(ssh_config("other_key", Some(known_hosts.clone())), data.path()).unwrap();
+    let err = gs.sync(Trigger::Manual, false).await.unwrap_err();
+    assert!(err.to_string().contains("credentials rejected"), "{err}");
+    assert!(gs.current_tree().is_none());
+    assert!(
+        !format!("{err:?}{:?}", gs.status()).contains(&std::fs::read_to_string(sshd.path("other_key")).unwrap()),
+        "private key material in an error"
+    );
+
+    // The authorised key and the listed host key: a shallow fetch over ssh, then a fast-forward and a push.
+    let gs = GitSync::new(ssh_config("client_key", Some(known_hosts)), data.path()).unwrap();
+    let out = gs.sync(Trigger::Manual, false).await.unwrap();
+    assert_eq!((out.change, out.commit.sha.as_str()), (Change::Initial, two.as_str()));
+    let shallow = std::fs::read_to_string(data.path().join("gitsync/repo.git/shallow")).expect("ssh fetch is shallow");
+    assert_eq!(shallow.trim(), two);
+    let current = data.path().join("gitsync/current");
+    assert_eq!(read(&current, "a.txt"), "2");
+    let three = up.commit(&[("cfg/b.txt", "b")], &[], "3");
+    let out = gs.sync(Trigger::Webhook, false).await.unwrap();
+    assert_eq!(
+        (out.change, out.commit.sha.as_str()),
+        (Change::FastForward, three.as_str())
+    );
+    assert_eq!(read(&current, "b.txt"), "b");
+    let info = gs
+        .write_file("c.txt", Some(b"over ssh"), 4, ("k", "k@e"))
+        .await
+        .unwrap();
+    assert_eq!(up.head(), info.sha);
+    assert_eq!(git(&up.bare, &["show", "main:cfg/c.txt"]), "over ssh");
+    assert_eq!(last_message(&up.bare), "keel: update c.txt\n\nKeel-Epoch: 4");
+    assert!(sshd.log().contains("Accepted publickey"), "{}", sshd.log());
+}

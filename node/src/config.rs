@@ -166,6 +166,15 @@ pub struct ServeArgs {
     /// a 30 s timeout, like git-sync's exec hook, so the served application can reload.
     #[arg(long, env = "KEEL_GITSYNC_HOOK", value_name = "CMD")]
     pub gitsync_hook: Option<String>,
+
+    /// Private key file (OpenSSH or PEM) for `ssh://` and `user@host:path` repositories [default: none].
+    #[arg(long, env = "KEEL_GITSYNC_SSH_KEY", value_name = "FILE")]
+    pub gitsync_ssh_key: Option<PathBuf>,
+
+    /// known_hosts file that must list the ssh server's host key (`ssh-keyscan -p PORT HOST`)
+    /// [default: none, libgit2 checks ~/.ssh/known_hosts].
+    #[arg(long, env = "KEEL_GITSYNC_KNOWN_HOSTS", value_name = "FILE")]
+    pub gitsync_known_hosts: Option<PathBuf>,
 }
 
 /// A token or secret. `Debug` prints `***` so it never reaches logs; use [`Secret::expose`] where the
@@ -324,6 +333,10 @@ pub struct GitSyncConfig {
     pub webhook_secret: Option<Secret>,
     /// On-sync hook command.
     pub hook: Option<String>,
+    /// Private key file for ssh remotes.
+    pub ssh_key: Option<PathBuf>,
+    /// known_hosts file for ssh remotes; `None` leaves host key checking to libgit2 (~/.ssh/known_hosts).
+    pub known_hosts: Option<PathBuf>,
 }
 
 impl fmt::Debug for GitSyncConfig {
@@ -335,6 +348,8 @@ impl fmt::Debug for GitSyncConfig {
             .field("interval_ms", &self.interval_ms)
             .field("webhook_secret", &self.webhook_secret)
             .field("hook", &self.hook)
+            .field("ssh_key", &self.ssh_key)
+            .field("known_hosts", &self.known_hosts)
             .finish()
     }
 }
@@ -489,6 +504,8 @@ struct FileGitSync {
     interval_ms: Option<u64>,
     webhook_secret: Option<Secret>,
     hook: Option<String>,
+    ssh_key: Option<PathBuf>,
+    known_hosts: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -572,6 +589,10 @@ impl Config {
             || args.gitsync_interval_ms.is_some()
             || args.gitsync_webhook_secret.is_some()
             || args.gitsync_hook.is_some()
+            || args.gitsync_ssh_key.is_some()
+            || args.gitsync_known_hosts.is_some()
+            || file.gitsync.ssh_key.is_some()
+            || file.gitsync.known_hosts.is_some()
             || file.gitsync.hook.is_some()
             || file.gitsync.branch.is_some()
             || file.gitsync.path.is_some()
@@ -596,6 +617,8 @@ impl Config {
                     .unwrap_or(defaults::GITSYNC_INTERVAL_MS),
                 webhook_secret: args.gitsync_webhook_secret.or(file.gitsync.webhook_secret),
                 hook: args.gitsync_hook.or(file.gitsync.hook).filter(|h| !h.trim().is_empty()),
+                ssh_key: args.gitsync_ssh_key.or(file.gitsync.ssh_key),
+                known_hosts: args.gitsync_known_hosts.or(file.gitsync.known_hosts),
             }),
             // Settings without a repository would be silently ignored; more likely a forgotten flag.
             None if gitsync_settings_given => {
@@ -810,6 +833,17 @@ impl GitSyncConfig {
                 self.interval_ms,
                 format!("must be at least {MIN_GITSYNC_INTERVAL_MS}"),
             ));
+        }
+        for (key, file) in [("gitsync.ssh_key", &self.ssh_key), ("gitsync.known_hosts", &self.known_hosts)] {
+            if let Some(file) = file {
+                if !file.is_file() {
+                    return Err(bad_value(
+                        key,
+                        file.display(),
+                        "is not a readable file; check the path (it is read when Git Sync connects)",
+                    ));
+                }
+            }
         }
         check_secret("gitsync.webhook_secret", &self.webhook_secret)
     }

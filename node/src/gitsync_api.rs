@@ -30,7 +30,7 @@ type ApiResult = Result<Response, ApiError>;
 
 /// Build the agent from the node's config (blocking: opens or creates the local repository).
 /// The token for https remotes comes from `KEEL_GITSYNC_TOKEN` or the file named by
-/// `KEEL_GITSYNC_TOKEN_FILE`; an ssh key from `KEEL_GITSYNC_SSH_KEY`.
+/// `KEEL_GITSYNC_TOKEN_FILE`; an ssh key and known_hosts file from `--gitsync-ssh-key` / `--gitsync-known-hosts`.
 pub fn open(config: &crate::config::Config) -> Result<Option<Arc<GitSync>>, String> {
     let Some(g) = &config.gitsync else { return Ok(None) };
     let mut c = keel_gitsync::GitSyncConfig::new(g.repo.clone(), g.branch.clone());
@@ -50,7 +50,8 @@ pub fn open(config: &crate::config::Config) -> Result<Option<Arc<GitSync>>, Stri
         ),
         _ => None,
     };
-    c.ssh_key = std::env::var_os("KEEL_GITSYNC_SSH_KEY").map(Into::into);
+    c.ssh_key = g.ssh_key.clone();
+    c.known_hosts = g.known_hosts.clone();
     GitSync::new(c, &config.data_dir)
         .map(|g| Some(Arc::new(g)))
         .map_err(|e| e.to_string())
