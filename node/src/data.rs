@@ -55,7 +55,8 @@ pub async fn forward(node: &Node, method: Method, path_and_query: &str, headers:
             "forwarded to a node that is not the primary (primary changed?); retry",
         ));
     }
-    let state = node.view().state.clone();
+    let view = node.view();
+    let state = &view.state;
     let Some(p) = state.primary else {
         return Err(ApiError::unavailable(
             "no_primary",

@@ -185,7 +185,8 @@ impl Repl {
 /// Serve a pull (`/peer/repl/pull`).
 pub async fn serve_pull(node: &Node, req: PullRequest) -> PullReply {
     let repl = &node.repl;
-    let state = node.view().state.clone();
+    let view = node.view();
+    let state = &view.state;
     let epoch = match state.primary {
         Some(p) if p.node == node.id => p.epoch,
         _ if req.catch_up => state.epoch(),
@@ -246,6 +247,10 @@ pub async fn serve_pull(node: &Node, req: PullRequest) -> PullReply {
 pub async fn apply_task(node: Arc<Node>) {
     let mut backoff = Duration::from_millis(50);
     let mut paused = node.repl.paused.subscribe();
+    // One receiver for the whole loop: `borrow_and_update` below marks what was read as seen, so
+    // `changed()` waits for the next state. (A fresh clone of `node.state` each round would report the
+    // node's first state change as new every time, and this loop would spin on a primary.)
+    let mut state_rx = node.state.clone();
     loop {
         if node.cancel.is_cancelled() {
             return;
@@ -257,15 +262,14 @@ pub async fn apply_task(node: Arc<Node>) {
             }
             continue;
         }
-        let state = node.view().state.clone();
-        let primary = match state.primary {
+        let primary = state_rx.borrow_and_update().state.primary;
+        let primary = match primary {
             Some(p) if p.node != node.id => p,
             _ => {
                 // Primary (or none yet): nothing to pull. Wait for a state change.
-                let mut s = node.state.clone();
                 tokio::select! {
                     _ = node.cancel.cancelled() => return,
-                    _ = s.changed() => {}
+                    _ = state_rx.changed() => {}
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
                 continue;
