@@ -11,8 +11,9 @@
 KEEL_BUILD_PACKAGES=(pkg-config libssl-dev gcc libc6-dev git ca-certificates curl)
 # ...and to run every test: HAProxy (load-balancer probe tests), iproute2 and iptables (network
 # namespaces and partitions in the chaos tests), procps (ps, pgrep, pkill in tests), OpenSSH (sshd and
-# ssh-keygen: Git Sync over ssh:// against a real server on loopback).
-KEEL_TEST_PACKAGES=("${KEEL_BUILD_PACKAGES[@]}" haproxy iproute2 iptables procps openssh-server openssh-client)
+# ssh-keygen: Git Sync over ssh:// against a real server on loopback), faketime (libfaketime: the
+# chaos harness's clock skew and drift nemesis).
+KEEL_TEST_PACKAGES=("${KEEL_BUILD_PACKAGES[@]}" haproxy iproute2 iptables procps openssh-server openssh-client faketime)
 
 keel_log() { printf '==> %s\n' "$*"; }
 keel_warn() { printf 'warning: %s\n' "$*" >&2; }

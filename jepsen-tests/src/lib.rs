@@ -7,13 +7,16 @@
 //! lost, duplicated, reordered, phantom, aborted and diverged elements in the append workload.
 //! [`check`] runs both and returns a serializable [`Report`] whose verdict is the worst of the checkers'
 //! (`invalid` > `unknown` > `valid`); `unknown` means a search bound was hit and nothing was
-//! concluded. It is a pure library: driving processes and faults is the runner's job.
+//! concluded. The checkers are pure; the runner ([`runner`], with the network-namespace lab
+//! [`netns`] and the seeded fault schedule [`nemesis`]) drives real processes and faults.
 //! See `DESIGN.md` for the model and the meaning of `info`.
 
 pub mod append;
 pub mod history;
 mod intern;
 pub mod linearizable;
+pub mod nemesis;
+pub mod netns;
 pub mod runner;
 #[cfg(test)]
 mod testutil;

@@ -1,9 +1,10 @@
 //! `keel-jepsen`: run a chaos test against real Keel processes, or check a recorded history.
 //!
 //! ```text
-//! keel-jepsen run [--nodes 3] [--time 60] [--clients 5] [--keys 5] [--nemesis kill,pause,kill-primary]
+//! keel-jepsen run [--nodes 3] [--time 60] [--clients 5] [--keys 5] [--workload register|append]
+//!                 [--nemesis kill,kill-primary,pause,partition,netem,skew,wipe|all] [--netns]
 //!                 [--fault-every-ms 4000] [--fault-for-ms 2000] [--mode async|sync] [--seed N]
-//!                 [--keel target/release/keel] [--out report/<run>]
+//!                 [--skew-rate R] [--quiet-ms 3000] [--keel target/release/keel] [--out report/<run>]
 //! keel-jepsen check history.jsonl
 //! ```
 //! Exit code: 0 every checker passed, 1 a checker failed, 2 bad usage or the run could not start.
@@ -11,12 +12,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use keel_jepsen::runner::{run, RunConfig};
+use keel_jepsen::runner::{run_with, RunConfig, RunOptions, Workload};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: keel-jepsen run [--nodes N] [--time SECS] [--clients N] [--keys N] [--nemesis kill,pause,kill-primary] \
-         [--fault-every-ms MS] [--fault-for-ms MS] [--mode async|sync] [--seed N] [--keel PATH] [--out DIR]\n       \
+        "usage: keel-jepsen run [--nodes N] [--time SECS] [--clients N] [--keys N] [--workload register|append] \
+         [--nemesis kill,kill-primary,pause,partition,netem,skew,wipe|all] [--netns] [--fault-every-ms MS] \
+         [--fault-for-ms MS] [--mode async|sync] [--seed N] [--skew-rate R] [--quiet-ms MS] [--keel PATH] [--out DIR]\n       \
          keel-jepsen check HISTORY.jsonl"
     );
     std::process::exit(2)
@@ -41,6 +43,15 @@ fn main() {
             } else {
                 1
             });
+        }
+        // Hidden helper for the faketime test: how much time this process's monotonic clock
+        // (std's `Instant`, what tokio and Keel's lease use) sees across a sleep of N ms.
+        Some("clock-probe") => {
+            let ms: u64 = args.next().and_then(|v| v.parse().ok()).unwrap_or(1000);
+            let t = std::time::Instant::now();
+            std::thread::sleep(Duration::from_millis(ms));
+            println!("{}", t.elapsed().as_millis());
+            std::process::exit(0);
         }
         Some("run") => {}
         _ => usage(),
@@ -67,6 +78,7 @@ fn main() {
         seed,
         quiet: Duration::from_secs(3),
     };
+    let mut opts = RunOptions::default();
     let num = |v: Option<String>, name: &str| -> u64 {
         v.and_then(|v| v.parse().ok()).unwrap_or_else(|| {
             eprintln!("error: {name} needs a number");
@@ -83,6 +95,29 @@ fn main() {
             "--fault-for-ms" => cfg.fault_for = Duration::from_millis(num(args.next(), "--fault-for-ms")),
             "--seed" => cfg.seed = num(args.next(), "--seed"),
             "--mode" => cfg.mode = args.next().unwrap_or_else(|| usage()),
+            "--quiet-ms" => cfg.quiet = Duration::from_millis(num(args.next(), "--quiet-ms")),
+            "--netns" => opts.netns = true,
+            "--workload" => {
+                opts.workload = match args.next().as_deref() {
+                    Some("register") => Workload::Register,
+                    Some("append") => Workload::Append,
+                    _ => {
+                        eprintln!("error: --workload is register or append");
+                        usage()
+                    }
+                }
+            }
+            "--skew-rate" => {
+                opts.skew_rate = Some(
+                    args.next()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .filter(|r| *r > 0.0 && *r < 100.0)
+                        .unwrap_or_else(|| {
+                            eprintln!("error: --skew-rate needs a clock rate such as 0.9");
+                            usage()
+                        }),
+                )
+            }
             "--keel" => cfg.keel = PathBuf::from(args.next().unwrap_or_else(|| usage())),
             "--out" => cfg.out = PathBuf::from(args.next().unwrap_or_else(|| usage())),
             "--nemesis" => {
@@ -105,19 +140,27 @@ fn main() {
         cfg.out = PathBuf::from(format!("report/run-{}", cfg.seed));
     }
     println!(
-        "keel-jepsen: seed {} ({} s, nemesis {:?}, mode {}), report in {}",
+        "keel-jepsen: seed {} ({} s, {} nodes{}, {:?} workload, nemesis {:?}, mode {}), report in {}",
         cfg.seed,
         cfg.time.as_secs(),
+        cfg.nodes,
+        if opts.netns {
+            " in network namespaces"
+        } else {
+            " on loopback"
+        },
+        opts.workload,
         cfg.nemesis,
         cfg.mode,
         cfg.out.display()
     );
-    match run(&cfg) {
+    match run_with(&cfg, &opts) {
         Ok(r) => {
             println!(
-                "verdict: {} (linearizable {:?}; ops ok {} fail {} info {}; double-primary rounds {} of {}; epochs monotonic {}; converged {}; failovers ms {:?})",
+                "verdict: {} (linearizable {:?}; append {:?}; ops ok {} fail {} info {}; double-primary rounds {} of {}; epochs monotonic {}; converged {}; failovers ms {:?})",
                 if r.ok() { "PASS" } else { "FAIL" },
-                r.check.verdict,
+                r.check.linearizable.verdict,
+                r.check.append.verdict,
                 r.check.ops.ok,
                 r.check.ops.fail,
                 r.check.ops.info,
@@ -127,6 +170,12 @@ fn main() {
                 r.converged,
                 r.failover_ms
             );
+            let kinds: std::collections::BTreeMap<&str, usize> =
+                r.faults.iter().fold(Default::default(), |mut m, f| {
+                    *m.entry(f["kind"].as_str().unwrap_or("?")).or_default() += 1;
+                    m
+                });
+            println!("faults: {kinds:?}");
             println!("report: {}", cfg.out.join("index.html").display());
             std::process::exit(if r.ok() { 0 } else { 1 });
         }
