@@ -11,9 +11,13 @@
 KEEL_BUILD_PACKAGES=(pkg-config libssl-dev gcc libc6-dev git ca-certificates curl)
 # ...and to run every test: HAProxy (load-balancer probe tests), iproute2 and iptables (network
 # namespaces and partitions in the chaos tests), procps (ps, pgrep, pkill in tests), OpenSSH (sshd and
-# ssh-keygen: Git Sync over ssh:// against a real server on loopback), faketime (libfaketime: the
+# ssh-keygen: Git Sync over ssh:// against a real server on loopback), prometheus (`promtool check
+# metrics` on /metrics), python3-venv and python3-pip (schemathesis, the OpenAPI fuzzer, in a venv
+# under target/), chromium (the /ui status page rendered headless; the largest: about 118 MiB to
+# download, 395 MiB installed with its libraries, 26 s to install here), faketime (libfaketime: the
 # chaos harness's clock skew and drift nemesis).
-KEEL_TEST_PACKAGES=("${KEEL_BUILD_PACKAGES[@]}" haproxy iproute2 iptables procps openssh-server openssh-client faketime)
+KEEL_TEST_PACKAGES=("${KEEL_BUILD_PACKAGES[@]}" haproxy iproute2 iptables procps openssh-server openssh-client
+    prometheus python3-venv python3-pip chromium faketime)
 
 keel_log() { printf '==> %s\n' "$*"; }
 keel_warn() { printf 'warning: %s\n' "$*" >&2; }
@@ -37,6 +41,9 @@ keel_pkg_present() {
         gcc) command -v cc ;;
         libc6-dev) [ -e /usr/include/stdio.h ] ;;
         ca-certificates) [ -d /etc/ssl/certs ] ;;
+        prometheus) command -v promtool ;;
+        python3-venv) python3 -m venv --help ;;
+        python3-pip) python3 -m pip --version ;;
         *) command -v "$p" ;;
     esac >/dev/null 2>&1
 }

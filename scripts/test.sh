@@ -34,6 +34,21 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
 
+# 2b. schemathesis (PyPI), the OpenAPI fuzzer of node/tests/openapi.rs, in a venv under target/ (the
+#     test installs it itself when missing; .keel-installed marks a finished install).
+SCHEMATHESIS_VERSION=4.32.5
+st_venv=target/schemathesis-venv
+if [ "$(cat "$st_venv/.keel-installed" 2>/dev/null)" != "$SCHEMATHESIS_VERSION" ]; then
+    keel_log "installing schemathesis $SCHEMATHESIS_VERSION into $st_venv"
+    rm -rf "$st_venv"
+    mkdir -p target
+    if python3 -m venv "$st_venv" && "$st_venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"; then
+        echo "$SCHEMATHESIS_VERSION" >"$st_venv/.keel-installed"
+    else
+        keel_warn "could not install schemathesis: the OpenAPI fuzz test skips (fails when CI is set)"
+    fi
+fi
+
 # 3. Build everything, including the test targets and the keel binary they start.
 keel_log "cargo build --workspace --all-targets"
 cargo build --workspace --all-targets

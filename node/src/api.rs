@@ -70,6 +70,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/ui/cluster.json", get(crate::ui::cluster_json))
         .route("/health", get(health))
         .route("/readyz", get(readyz))
+        .route("/v1/openapi.json", get(crate::openapi::serve))
         .fallback(|| async { ApiError::not_found("no such endpoint; see the API reference in README.md") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

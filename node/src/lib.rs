@@ -17,6 +17,7 @@ pub mod hook;
 pub mod join;
 pub mod metrics;
 pub mod node;
+pub mod openapi;
 pub mod peer;
 pub mod primary;
 pub mod repl;

@@ -80,12 +80,13 @@ pub fn render(node: &Node) -> String {
         "Epoch of the current primary.",
         &[(String::new(), view.state.epoch() as f64)],
     );
-    let lease = node.lease.remaining().map(|d| d.as_millis() as f64).unwrap_or(0.0);
+    // Prometheus base units: seconds, not milliseconds (promtool's lint flags `_ms`).
+    let lease = node.lease.remaining().map(|d| d.as_secs_f64()).unwrap_or(0.0);
     series(
         &mut out,
-        "keel_lease_remaining_ms",
+        "keel_lease_remaining_seconds",
         "gauge",
-        "Milliseconds left on this node's primary lease.",
+        "Seconds left on this node's primary write lease (0 when it holds none).",
         &[(String::new(), lease)],
     );
     let failovers = FAILOVERS.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -172,10 +173,10 @@ pub fn render(node: &Node) -> String {
     if let Some(lag) = lag {
         series(
             &mut out,
-            "keel_replication_lag_ms",
+            "keel_replication_lag_seconds",
             "gauge",
-            "Replication lag of this node behind the primary, in milliseconds.",
-            &[(String::new(), lag as f64)],
+            "Replication lag of this node behind the primary (0 on the primary; absent until a replica hears from it).",
+            &[(String::new(), lag as f64 / 1000.0)],
         );
     }
     let stats = node.repl.store.stats();
@@ -209,10 +210,10 @@ pub fn render(node: &Node) -> String {
         );
         series(
             &mut out,
-            "keel_gitsync_last_duration_ms",
+            "keel_gitsync_last_duration_seconds",
             "gauge",
             "Duration of the last Git Sync run.",
-            &[(String::new(), n("last_duration_ms"))],
+            &[(String::new(), n("last_duration_ms") / 1000.0)],
         );
         if let Some(t) = s["commit_time_ms"].as_i64() {
             let age = (crate::util::unix_ms() as i64 - t).max(0) as f64 / 1000.0;

@@ -1,8 +1,9 @@
 //! The status page at `/ui`: served as one self-contained HTML page, its aggregate
 //! `/ui/cluster.json` covers every member, and it renders in headless Chromium.
 //!
-//! The Chromium part needs Debian's `chromium` on PATH (`apt-get install chromium`, ~300 MB,
-//! so the test script does not install it); without it that part is skipped with a message.
+//! The Chromium part needs Debian's `chromium` on PATH (in KEEL_TEST_PACKAGES, so
+//! `scripts/test.sh` installs it: about 118 MiB to download, 395 MiB installed); without it that
+//! part is skipped with a message, and fails when `CI` is set.
 //! The screenshots land in `target/ui-screenshot.png` and `target/ui-screenshot-narrow.png`.
 
 mod common;
@@ -53,6 +54,10 @@ async fn status_page_serves_aggregates_and_renders_in_chromium() {
 
     match which("chromium") {
         Some(chromium) => render_in_chromium(&c, &chromium, primary).await,
+        None if std::env::var_os("CI").is_some() => panic!(
+            "CI is set and `chromium` is not on PATH: scripts/test.sh installs Debian's `chromium` \
+             package (KEEL_TEST_PACKAGES in scripts/lib.sh); run it as root"
+        ),
         None => println!(
             "SKIPPED the headless-Chromium part of this test: `chromium` is not on PATH \
              (install Debian's `chromium` package to run it)"
