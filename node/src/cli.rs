@@ -339,21 +339,90 @@ impl CallError {
                 code: Some(code),
                 message,
             } => {
-                format!("error: {message} ({code}, HTTP {})", status.as_u16())
+                let hint = status_hint(*status, Some(code), message);
+                format!("error: {message} ({code}, HTTP {})\n{hint}", status.as_u16())
             }
             CallError::Status {
                 status,
                 code: None,
                 message,
-            } if message.is_empty() => format!("error: HTTP {status}"),
+            } if message.is_empty() => format!("error: HTTP {status}\n{}", status_hint(*status, None, "")),
             CallError::Status {
                 status,
                 code: None,
                 message,
-            } => format!("error: HTTP {status}: {message}"),
-            CallError::Invalid(cause) => format!("error: invalid answer from {base}: {cause}"),
+            } => format!(
+                "error: HTTP {status}: {message}\n{}",
+                status_hint(*status, None, message)
+            ),
+            CallError::Invalid(cause) => format!("error: invalid answer from {base}: {cause}\n{NOT_KEEL_HINT}"),
             CallError::Local(message) => format!("error: {message}"),
         }
+    }
+}
+
+/// Printed under an answer that is not Keel's.
+const NOT_KEEL_HINT: &str = "hint: is --addr the API address (--api-addr) of a keel node, not its peer port or \
+                             another service? keel and the node should be the same version";
+
+/// What to do next after an error answer, from its code (the API's error codes, README "Errors").
+fn status_hint(status: StatusCode, code: Option<&str>, message: &str) -> &'static str {
+    match code {
+        None => NOT_KEEL_HINT,
+        Some("unauthorized") if message.contains("webhook") => {
+            "hint: webhooks must be signed with the node's --gitsync-webhook-secret"
+        }
+        Some("unauthorized") => "hint: pass the admin token: --admin-token TOKEN or KEEL_ADMIN_TOKEN",
+        Some("bad_request") => "hint: check the arguments against `keel <command> --help`",
+        Some("not_found") if message.starts_with("no member") => "hint: `keel members list` shows the member ids",
+        Some("not_found") if message.starts_with("no key") => {
+            "hint: `keel kv list --prefix P` shows which keys exist (a replica may lag: add --consistency primary)"
+        }
+        Some("not_found") if message.contains("no such endpoint") => NOT_KEEL_HINT,
+        Some("gitsync_disabled") => "hint: start the nodes with --gitsync-repo URL to use Git Sync",
+        Some("cas_mismatch") => {
+            "hint: read the current version with `keel kv get KEY --output json` and retry `keel kv cas` with it"
+        }
+        Some("duplicate_id") | Some("duplicate_address") => {
+            "hint: `keel members list` shows the ids and addresses in use; pick unused ones"
+        }
+        Some("already_voter") => "hint: nothing to do: the member already votes",
+        Some("not_caught_up") => {
+            "hint: wait until the learner has caught up (APPLIED in `keel status` matches the leader's), then retry"
+        }
+        Some("quorum_at_risk") => {
+            "hint: bring the unreachable voters back first (`keel status`), or add --force if you accept losing quorum"
+        }
+        Some("membership_change_in_progress") => "hint: wait for the running membership change to finish, then retry",
+        Some("empty_membership") => "hint: a cluster needs at least one voter: add a member before removing this one",
+        Some("primary_healthy") => {
+            "hint: the primary still renews its lease: use `keel switchover --to N` for a planned change, or add \
+             --force to `keel failover`"
+        }
+        Some("bad_target") | Some("no_candidate") => {
+            "hint: pick a reachable voter without the nofailover tag (`keel members list`), caught up with the primary"
+        }
+        Some("conflict") => {
+            "hint: the upstream branch was rewritten: `keel gitsync sync --accept-reset` takes the new history"
+        }
+        Some("too_large") => "hint: keys are at most 1 KiB and values at most 1 MiB (and bodies --max-body-bytes)",
+        Some("outcome_unknown") => {
+            "hint: the write may or may not have been applied: read it back with `keel kv get KEY --consistency \
+             primary` before retrying"
+        }
+        Some("shutting_down") => "hint: this node is stopping: use the address of another node in --addr",
+        Some("upstream_unavailable") => {
+            "hint: the Git remote is unreachable or refused the credentials: check --gitsync-repo and the token or \
+             ssh key, then `keel gitsync sync`"
+        }
+        Some("state_behind") => "hint: retry in a moment, or back up another node (--addr)",
+        Some("internal") => "hint: this is a bug in keel: please report it with the node's log",
+        Some(_) if status == StatusCode::SERVICE_UNAVAILABLE => {
+            "hint: the cluster cannot answer this right now (a failover or election may be running): retry in a few \
+             seconds; `keel status` shows its state"
+        }
+        Some(_) if status.is_client_error() => "hint: the cluster refused this in its current state: see `keel status`",
+        Some(_) => "hint: retry; if it persists, look at the node's log",
     }
 }
 
@@ -1475,13 +1544,54 @@ mod tests {
     fn error_messages() {
         let body = br#"{"error":{"code":"not_found","message":"no member 9"}}"#;
         let e = status_error(StatusCode::NOT_FOUND, body);
-        assert_eq!(e.describe("http://a"), "error: no member 9 (not_found, HTTP 404)");
+        assert_eq!(
+            e.describe("http://a"),
+            "error: no member 9 (not_found, HTTP 404)\nhint: `keel members list` shows the member ids"
+        );
 
         let e = status_error(StatusCode::BAD_GATEWAY, b"upstream down\n");
-        assert_eq!(e.describe("http://a"), "error: HTTP 502 Bad Gateway: upstream down");
+        assert_eq!(
+            e.describe("http://a"),
+            format!("error: HTTP 502 Bad Gateway: upstream down\n{NOT_KEEL_HINT}")
+        );
 
         let e = status_error(StatusCode::SERVICE_UNAVAILABLE, b"");
-        assert_eq!(e.describe("http://a"), "error: HTTP 503 Service Unavailable");
+        assert_eq!(
+            e.describe("http://a"),
+            format!("error: HTTP 503 Service Unavailable\n{NOT_KEEL_HINT}")
+        );
+
+        // Every error the API can answer names a next step.
+        for (status, code) in [
+            (401, "unauthorized"),
+            (400, "bad_request"),
+            (404, "not_found"),
+            (404, "gitsync_disabled"),
+            (409, "cas_mismatch"),
+            (409, "quorum_at_risk"),
+            (409, "primary_healthy"),
+            (409, "some_new_code"),
+            (413, "too_large"),
+            (500, "internal"),
+            (503, "outcome_unknown"),
+            (503, "no_primary"),
+            (503, "timeout"),
+        ] {
+            let body = format!(r#"{{"error":{{"code":"{code}","message":"m"}}}}"#);
+            let text = status_error(StatusCode::from_u16(status).unwrap(), body.as_bytes()).describe("http://a");
+            let lines: Vec<&str> = text.lines().collect();
+            assert_eq!(lines.len(), 2, "{text}");
+            assert!(lines[1].starts_with("hint: ") && lines[1].len() > 20, "{text}");
+        }
+        let e = status_error(
+            StatusCode::CONFLICT,
+            br#"{"error":{"code":"cas_mismatch","message":"key k is at version 3, not 2"}}"#,
+        );
+        assert!(
+            e.describe("http://a").contains("--output json"),
+            "{}",
+            e.describe("http://a")
+        );
 
         let e = CallError::Unreachable("connection refused".into());
         assert_eq!(

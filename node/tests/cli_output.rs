@@ -1,0 +1,266 @@
+//! `--output table|json` on every read command of the CLI, against a live three-node cluster
+//! (with Git Sync, so `keel gitsync status` has something to show): `json` prints one JSON
+//! document a script can parse, `table` prints aligned columns for people (and is not JSON).
+//! Errors name what to do next (a `hint:` line).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(30);
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.invalid")
+        .env("GIT_COMMITTER_NAME", "test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.invalid")
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A bare upstream repository with one commit under `shared/`; returns its file:// URL.
+fn upstream(dir: &Path) -> String {
+    let bare = dir.join("upstream.git");
+    let work = dir.join("work");
+    std::fs::create_dir_all(work.join("shared")).unwrap();
+    git(dir, &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()]);
+    git(&work, &["init", "-q", "-b", "main"]);
+    std::fs::write(work.join("shared/config.txt"), "v1").unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "v1"]);
+    git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
+    format!("file://{}", bare.display())
+}
+
+/// Run `keel ARGS --addr ADDR`; `(exit code, stdout, stderr)`.
+fn keel(c: &Cluster, addr: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--addr", addr]);
+    let out = c.cli(&all);
+    (out.status.code().unwrap_or(-1), stdout(&out), stderr(&out))
+}
+
+/// `keel ARGS --output json`: exits `want_code` and prints one JSON document.
+fn json(c: &Cluster, addr: &str, args: &[&str], want_code: i32) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["--output", "json"]);
+    let (code, out, err) = keel(c, addr, &a);
+    assert_eq!(code, want_code, "keel {a:?}: {out}{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("keel {a:?} printed no JSON ({e}):\n{out}"))
+}
+
+/// `keel ARGS --output table`: exits `want_code`, is not JSON, and its first line starts with `header`.
+fn table(c: &Cluster, addr: &str, args: &[&str], want_code: i32, header: &str) -> String {
+    let mut a = args.to_vec();
+    a.extend(["--output", "table"]);
+    let (code, out, err) = keel(c, addr, &a);
+    assert_eq!(code, want_code, "keel {a:?}: {out}{err}");
+    assert!(
+        serde_json::from_str::<Value>(&out).is_err(),
+        "keel {a:?} printed JSON:\n{out}"
+    );
+    let first = out.lines().next().unwrap_or_default();
+    let cols: Vec<&str> = first.split_whitespace().collect();
+    let want: Vec<&str> = header.split_whitespace().collect();
+    assert!(cols.starts_with(&want), "keel {a:?}: first line of\n{out}");
+    // The default is the table.
+    let (code2, out2, _) = keel(c, addr, args);
+    assert_eq!(
+        (code2, out2.lines().next()),
+        (code, Some(first)),
+        "keel {args:?} without --output"
+    );
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_read_command_prints_table_or_json() {
+    let repo = tempfile::tempdir().unwrap();
+    let url = upstream(repo.path());
+    let mut c = Cluster::new(
+        3,
+        &[
+            "--gitsync-repo",
+            &url,
+            "--gitsync-branch",
+            "main",
+            "--gitsync-path",
+            "shared/",
+        ],
+    );
+    c.start_all();
+    c.wait_leader(&[1, 2, 3], T).await;
+    let primary = c.wait_primary(&[], T).await;
+    let addr = c.node(primary).url();
+    let a = addr.as_str();
+
+    // A key to read, written with --output json (write commands take it too).
+    let v = json(&c, a, &["kv", "put", "greeting", "hello"], 0);
+    assert_eq!(v["version"], 1, "{v}");
+    assert!(v["position"].is_string(), "{v}");
+
+    // status: healthy once every member answers.
+    let v = c
+        .wait_for(T, "keel status --output json healthy", || async {
+            let v = json(&c, a, &["status"], 0);
+            (v["verdict"] == "healthy").then_some(v)
+        })
+        .await;
+    assert_eq!(v["nodes"].as_object().unwrap().len(), 3, "{v}");
+    assert_eq!(v["cluster"]["primary"]["node"], primary, "{v}");
+    assert_eq!(v["reason"], "", "{v}");
+    let t = table(&c, a, &["status"], 0, "cluster");
+    assert!(
+        t.lines().nth(1).unwrap().split_whitespace().collect::<Vec<_>>()
+            == [
+                "NODE",
+                "ROLE",
+                "RAFT",
+                "TERM",
+                "LEADER",
+                "REACHABLE",
+                "APPLIED",
+                "VOTER",
+                "API"
+            ],
+        "{t}"
+    );
+    assert_eq!(t.lines().last(), Some("healthy"), "{t}");
+    assert_eq!(t.lines().count(), 2 + 3 + 1, "{t}");
+
+    // members list
+    let v = json(&c, a, &["members", "list"], 0);
+    let ids: Vec<u64> = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3, "{v}");
+    let t = table(
+        &c,
+        a,
+        &["members", "list"],
+        0,
+        "ID VOTER REACHABLE API PEER NOFAILOVER PRIORITY",
+    );
+    assert_eq!(t.lines().count(), 4, "{t}");
+
+    // history: the bootstrap promotion.
+    let v = json(&c, a, &["history"], 0);
+    let h = v["history"].as_array().unwrap();
+    assert!(!h.is_empty() && h[0]["to"].is_u64() && h[0]["epoch"].is_u64(), "{v}");
+    let t = table(&c, a, &["history"], 0, "EPOCH FROM TO REASON AT");
+    assert_eq!(t.lines().count(), 1 + h.len(), "{t}");
+
+    // kv get: JSON with value and metadata; the table form is the raw value.
+    let v = json(&c, a, &["kv", "get", "greeting"], 0);
+    assert_eq!(
+        (v["key"].as_str(), v["value"].as_str(), v["version"].as_u64()),
+        (Some("greeting"), Some("hello"), Some(1)),
+        "{v}"
+    );
+    assert!(v["epoch"].is_u64() && v["position"].is_string(), "{v}");
+    let (code, out, err) = keel(&c, a, &["kv", "get", "greeting", "--output", "table"]);
+    assert_eq!((code, out.as_str()), (0, "hello"), "{err}");
+
+    // kv list
+    let v = json(&c, a, &["kv", "list"], 0);
+    assert_eq!(v["items"][0]["key"], "greeting", "{v}");
+    assert_eq!(v["items"][0]["size"], 5, "{v}");
+    assert!(v["next"].is_null(), "{v}");
+    let t = table(&c, a, &["kv", "list"], 0, "KEY VERSION SIZE");
+    assert_eq!(
+        t.lines().nth(1).map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["greeting", "1", "5"]),
+        "{t}"
+    );
+
+    // diverged list: nothing rolled back.
+    let v = json(&c, a, &["diverged", "list"], 0);
+    assert_eq!(v["diverged"], serde_json::json!([]), "{v}");
+    let t = table(
+        &c,
+        a,
+        &["diverged", "list"],
+        0,
+        "ROLLED_BACK_AT POSITION KEY DELETED VALUE",
+    );
+    assert_eq!(t.lines().count(), 1, "{t}");
+
+    // gitsync status: every node on the same commit.
+    let v = c
+        .wait_for(T, "keel gitsync status converged", || async {
+            let (code, out, _) = keel(&c, a, &["gitsync", "status", "--output", "json"]);
+            let v: Value = serde_json::from_str(&out).ok()?;
+            (code == 0 && v["converged"] == true).then_some(v)
+        })
+        .await;
+    let commits: Vec<&str> = v["nodes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|g| g["commit"].as_str().unwrap())
+        .collect();
+    assert_eq!(commits.len(), 3, "{v}");
+    assert!(commits.iter().all(|c| *c == commits[0] && c.len() == 40), "{v}");
+    let t = table(
+        &c,
+        a,
+        &["gitsync", "status"],
+        0,
+        "NODE STATE COMMIT LAST SUCCESS LAST ERROR",
+    );
+    assert_eq!(t.lines().last(), Some("converged"), "{t}");
+
+    // --output is global: accepted before the subcommand too.
+    let out = c.cli(&["--output", "json", "--addr", a, "members", "list"]);
+    assert!(serde_json::from_slice::<Value>(&out.stdout).is_ok(), "{}", stdout(&out));
+    // And checked.
+    let out = c.cli(&["--addr", a, "members", "list", "--output", "yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("possible values: table, json"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Errors go to stderr, stdout stays empty (even with --output json), and they say what to do.
+    for (args, code, hint) in [
+        (vec!["kv", "get", "nope", "--output", "json"], 1, "keel kv list"),
+        (vec!["members", "promote", "99"], 1, "keel members list"),
+        (vec!["kv", "cas", "greeting", "x", "--version", "7"], 1, "--output json"),
+        (vec!["failover", "--to", "99"], 1, "keel members list"),
+    ] {
+        let (got, out, err) = keel(&c, a, &args);
+        assert_eq!(got, code, "keel {args:?}: {out}{err}");
+        assert!(out.is_empty(), "keel {args:?} printed to stdout: {out}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert!(
+            lines.len() == 2 && lines[0].starts_with("error: "),
+            "keel {args:?}: {err}"
+        );
+        assert!(
+            lines[1].starts_with("hint: ") && lines[1].contains(hint),
+            "keel {args:?}: {err}"
+        );
+    }
+    // Nothing listening: exit 2 for status (Nagios critical), with a hint.
+    let dead = format!("{}:{}", c.ip, free_port(&c.ip));
+    let (got, _, err) = keel(&c, &dead, &["status", "--output", "json"]);
+    assert_eq!(got, 2, "{err}");
+    assert!(err.contains("cannot reach") && err.contains("hint:"), "{err}");
+}
