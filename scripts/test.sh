@@ -53,6 +53,17 @@ fi
 keel_log "cargo build --workspace --all-targets"
 cargo build --workspace --all-targets
 
+# 3b. The previous release (commit e70e0e1) for the rolling-upgrade test, built before the tests run
+#     so it does not compete with them for CPU, into its own target dir (target/prev). Exit code 3:
+#     the commit is not in this clone (shallow clone); the upgrade test then skips with a loud message.
+prev_rc=0
+./scripts/build-prev.sh || prev_rc=$?
+if [ "$prev_rc" -eq 3 ]; then
+    keel_warn "no previous release to build: node/tests/upgrade.rs will skip"
+elif [ "$prev_rc" -ne 0 ]; then
+    keel_die "building the previous release for the upgrade test failed (scripts/build-prev.sh exit $prev_rc)"
+fi
+
 # 4. Run the tests.
 cmd=(cargo nextest run --workspace --no-fail-fast)
 if [ -n "${CI:-}" ]; then

@@ -63,6 +63,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/switchover", post(switchover))
         .route("/v1/failover", post(failover))
         .route("/v1/config", axum::routing::patch(patch_config))
+        .route("/v1/backup", get(crate::backup::serve_backup))
         .route("/primary", get(probe_primary))
         .route("/replica", get(probe_replica))
         .route("/metrics", get(metrics))

@@ -26,6 +26,10 @@ enum Cmd {
     Up(up::UpArgs),
     #[command(flatten)]
     Client(ClientCommand),
+    /// Stream a consistent backup (cluster state + datastore at one position) from the node at --addr
+    Backup(keel_node::backup::BackupArgs),
+    /// Seed one data dir of a new cluster from a backup file (checked before anything is written)
+    Restore(keel_node::backup::RestoreArgs),
     /// Print a shell completion script: `keel completions bash > /etc/bash_completion.d/keel`
     Completions {
         #[arg(value_enum)]
@@ -62,6 +66,8 @@ fn main() {
             Cmd::Serve(a) => serve::run(*a).await,
             Cmd::Up(a) => up::run(a).await,
             Cmd::Client(c) => cli::run(c, &cli.client).await,
+            Cmd::Backup(a) => keel_node::backup::run_backup(a, &cli.client).await,
+            Cmd::Restore(a) => keel_node::backup::run_restore(a, cli.client.output).await,
             Cmd::Completions { .. } => Ok(0),
         }
     });

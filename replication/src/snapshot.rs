@@ -16,7 +16,7 @@ use std::iter::Peekable;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use redb::{Durability, ReadableDatabase};
+use redb::{Durability, ReadableDatabase, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
@@ -62,6 +62,10 @@ pub struct SnapshotReader {
     /// A record read but not yet sent because it did not fit in the previous chunk.
     pending: Option<SnapshotRecord>,
     done: bool,
+    /// Keys in the snapshot (the kv table's length in the same read transaction).
+    keys: u64,
+    /// Records put into chunks so far.
+    sent: u64,
     _inner: Arc<Inner>,
 }
 
@@ -69,6 +73,16 @@ impl SnapshotReader {
     /// The position the snapshot is consistent with.
     pub fn position(&self) -> Position {
         self.position
+    }
+
+    /// Number of keys (records) in the snapshot: what a progress display counts towards.
+    pub fn keys(&self) -> u64 {
+        self.keys
+    }
+
+    /// Records put into the chunks returned so far (equals [`SnapshotReader::keys`] after the last).
+    pub fn records_sent(&self) -> u64 {
+        self.sent
     }
 
     /// The next encoded chunk, or `None` after the last one.
@@ -112,6 +126,7 @@ impl SnapshotReader {
             last,
         };
         self.next_index += 1;
+        self.sent += chunk.records.len() as u64;
         self.done = last;
         Ok(Some(encode(&chunk)))
     }
@@ -181,6 +196,11 @@ impl SnapshotInstaller {
         Ok(())
     }
 
+    /// Records staged so far.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
     /// Swap the staged snapshot in: one durable transaction replaces `kv`, empties the change
     /// log and sets the position (and log start) to the snapshot's. Returns that position.
     pub fn finish(self) -> Result<Position, DataError> {
@@ -227,6 +247,7 @@ impl DataStore {
         let rtx = self.inner().db.begin_read().ctx("begin read transaction")?;
         let meta = read_meta(&rtx.open_table(META).ctx("open meta table")?)?;
         let kv = rtx.open_table(KV).ctx("open kv table")?;
+        let keys = kv.len().ctx("count snapshot keys")?;
         // The range keeps the read transaction's snapshot alive by itself.
         let range: KvRange = kv.range::<&str>(..).ctx("read snapshot")?;
         Ok(SnapshotReader {
@@ -235,6 +256,8 @@ impl DataStore {
             next_index: 0,
             pending: None,
             done: false,
+            keys,
+            sent: 0,
             _inner: self.inner().clone(),
         })
     }
@@ -302,6 +325,7 @@ mod tests {
             chunks.push(c);
         }
         assert!(reader.next_chunk().unwrap().is_none());
+        assert_eq!((reader.keys(), reader.records_sent()), (2999, 2999));
         drop(reader);
         assert!(
             chunks.len() >= 3,
