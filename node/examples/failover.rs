@@ -624,6 +624,7 @@ fn main() {
             std::process::exit(2)
         })
     });
+    keel_raft::network::install_crypto_provider();
     let http = reqwest::blocking::Client::builder().no_proxy().build().unwrap();
     let mut keel = keel_failover(&http, runs, quiet_ms);
     if let Some(bin) = etcd {

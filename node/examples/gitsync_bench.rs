@@ -73,6 +73,7 @@ fn free_port() -> u16 {
 }
 
 fn http_client() -> Http {
+    keel_raft::network::install_crypto_provider();
     reqwest::blocking::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))

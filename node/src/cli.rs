@@ -67,6 +67,10 @@ pub struct ClientOpts {
     /// Timeout of each request, in milliseconds
     #[arg(long, default_value_t = 15000, global = true)]
     pub timeout_ms: u64,
+
+    /// PEM CA bundle to trust for https:// nodes (instead of the system trust store)
+    #[arg(long, env = "KEEL_CA", global = true, value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -293,7 +297,7 @@ pub async fn run(cmd: ClientCommand, opts: &ClientOpts) -> anyhow::Result<i32> {
     }
 }
 
-/// Adds `http://` when `addr` has no scheme and strips trailing slashes. Only plain HTTP is supported.
+/// Adds `http://` when `addr` has no scheme and strips trailing slashes. `http://` and `https://` only.
 pub fn normalize_addr(addr: &str) -> anyhow::Result<String> {
     let trimmed = addr.trim();
     if trimmed.is_empty() {
@@ -306,8 +310,8 @@ pub fn normalize_addr(addr: &str) -> anyhow::Result<String> {
     };
     let base = with_scheme.trim_end_matches('/').to_string();
     let url = reqwest::Url::parse(&base).with_context(|| format!("parse node address {addr:?}"))?;
-    if url.scheme() != "http" {
-        bail!("unsupported scheme in node address {addr:?}: only http:// is supported");
+    if url.scheme() != "http" && url.scheme() != "https" {
+        bail!("unsupported scheme in node address {addr:?}: use http:// or https://");
     }
     Ok(base)
 }
@@ -333,7 +337,9 @@ enum CallError {
 impl CallError {
     fn describe(&self, base: &str) -> String {
         match self {
-            CallError::Unreachable(cause) => format!("error: cannot reach {base}: {cause}\n{UNREACHABLE_HINT}"),
+            CallError::Unreachable(cause) => {
+                format!("error: cannot reach {base}: {cause}\n{}", tls_hint(base, cause))
+            }
             CallError::Status {
                 status,
                 code: Some(code),
@@ -426,6 +432,24 @@ fn status_hint(status: StatusCode, code: Option<&str>, message: &str) -> &'stati
     }
 }
 
+/// What to do next when a request got no answer, from the cause: TLS trust and name problems first.
+fn tls_hint(base: &str, cause: &str) -> &'static str {
+    if cause.contains("UnknownIssuer") || cause.contains("unknown issuer") || cause.contains("UnknownCA") {
+        "hint: certificate not trusted: pass --ca FILE (or set KEEL_CA) with the CA that signed the node's certificate"
+    } else if cause.contains("not valid for name") || cause.contains("NotValidForName") {
+        "hint: the node's certificate does not name the host in --addr: use a host name or IP listed in its \
+         subject alternative names"
+    } else if cause.contains("expired") || cause.contains("NotValidYet") {
+        "hint: the node's certificate is expired or not yet valid (check both clocks); renew it and send the node SIGHUP"
+    } else if base.starts_with("https://")
+        && (cause.contains("InvalidContentType") || cause.contains("corrupt message"))
+    {
+        "hint: the node does not serve TLS there: use http:// in --addr"
+    } else {
+        UNREACHABLE_HINT
+    }
+}
+
 /// Turns a non-2xx answer into a [`CallError::Status`], reading the `{"error": {"code", "message"}}` body.
 fn status_error(status: StatusCode, body: &[u8]) -> CallError {
     if let Ok(v) = serde_json::from_slice::<Value>(body) {
@@ -476,11 +500,14 @@ struct Api {
 impl Api {
     fn new(opts: &ClientOpts) -> anyhow::Result<Self> {
         let base = normalize_addr(&opts.addr).context("check --addr")?;
-        let http = reqwest::Client::builder()
+        keel_raft::network::install_crypto_provider();
+        let mut builder = reqwest::Client::builder()
             .no_proxy()
-            .timeout(Duration::from_millis(opts.timeout_ms))
-            .build()
-            .context("build http client")?;
+            .timeout(Duration::from_millis(opts.timeout_ms));
+        if let Some(ca) = &opts.ca {
+            builder = builder.tls_certs_only(read_ca(ca)?);
+        }
+        let http = builder.build().context("build http client")?;
         let token = opts
             .admin_token
             .as_ref()
@@ -500,6 +527,21 @@ impl Api {
         let url = format!("{}{path}", self.base);
         send_raw(&self.http, method, &url, self.token.as_deref(), body, None).await
     }
+}
+
+/// The certificates of `--ca`, or an error saying what is wrong with the file.
+fn read_ca(path: &std::path::Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    let pem = std::fs::read(path).with_context(|| format!("read --ca {}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .with_context(|| format!("--ca {}: not a PEM certificate bundle", path.display()))?;
+    if certs.is_empty() {
+        bail!(
+            "--ca {}: no `-----BEGIN CERTIFICATE-----` block found; pass the PEM file of the CA that signed the \
+             node's certificate",
+            path.display()
+        );
+    }
+    Ok(certs)
 }
 
 /// What a request carries.
@@ -790,7 +832,16 @@ async fn fetch_statuses(api: &Api, cluster: &Value) -> BTreeMap<u64, Option<Valu
         let Some(id) = m["id"].as_u64() else { continue };
         statuses.insert(id, None);
         // A member that has not announced its API address cannot be asked; it counts as unreachable.
-        let Some(base) = m["api_addr"].as_str().and_then(|a| normalize_addr(a).ok()) else {
+        // Members are reached the way --addr reaches the first one: a TLS cluster is TLS throughout.
+        let scheme = if api.base.starts_with("https://") {
+            "https"
+        } else {
+            "http"
+        };
+        let Some(base) = m["api_addr"]
+            .as_str()
+            .and_then(|a| normalize_addr(&crate::config::normalize_url_scheme(a, scheme)).ok())
+        else {
             continue;
         };
         let http = api.http.clone();
@@ -1531,11 +1582,12 @@ mod tests {
             ("http://127.0.0.1:7101/", "http://127.0.0.1:7101"),
             ("  localhost:7101//", "http://localhost:7101"),
             ("http://[::1]:7101", "http://[::1]:7101"),
+            ("https://127.0.0.1:7101/", "https://127.0.0.1:7101"),
         ];
         for (input, want) in ok {
             assert_eq!(normalize_addr(input).unwrap(), want, "{input}");
         }
-        for bad in ["", "https://127.0.0.1:7101", "http://"] {
+        for bad in ["", "ftp://127.0.0.1:7101", "http://"] {
             assert!(normalize_addr(bad).is_err(), "{bad:?} should be refused");
         }
     }
@@ -1746,6 +1798,7 @@ mod tests {
             admin_token: None,
             output: OutputFormat::Table,
             timeout_ms: 2000,
+            ca: None,
         }
     }
 
@@ -2101,6 +2154,11 @@ mod tests {
         let o = opts(&addr);
         assert_eq!(run(ClientCommand::Status, &o).await.unwrap(), 2);
         assert_eq!(run(ClientCommand::History, &o).await.unwrap(), 1);
-        assert!(run(ClientCommand::Status, &opts("https://x")).await.is_err());
+        assert!(run(ClientCommand::Status, &opts("ftp://x")).await.is_err());
+        // A --ca file that does not exist is a local error, before any request.
+        let mut o = opts("https://127.0.0.1:1");
+        o.ca = Some("/nonexistent/ca.pem".into());
+        let e = run(ClientCommand::Status, &o).await.unwrap_err();
+        assert!(format!("{e:#}").contains("read --ca /nonexistent/ca.pem"), "{e:#}");
     }
 }

@@ -97,6 +97,21 @@ pub struct ServeArgs {
     #[arg(long, env = "KEEL_ADMIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub admin_token: Option<Secret>,
 
+    /// PEM certificate (chain) served on both the API and the peer listener; turns on TLS, needs
+    /// --tls-key. Reloaded on SIGHUP and when the file changes [default: none, plain HTTP].
+    #[arg(long, env = "KEEL_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert [default: none].
+    #[arg(long, env = "KEEL_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle for mutual TLS between peers: the peer port accepts only client certificates
+    /// from this CA, and peers are verified against it; needs --tls-cert [default: none, peers are
+    /// verified with the system trust store and need no client certificate].
+    #[arg(long, env = "KEEL_PEER_CA", value_name = "FILE")]
+    pub peer_ca: Option<PathBuf>,
+
     /// Log output format [default: text].
     #[arg(long, env = "KEEL_LOG_FORMAT", value_parser = ["text", "json"])]
     pub log_format: Option<String>,
@@ -354,6 +369,15 @@ impl fmt::Debug for GitSyncConfig {
     }
 }
 
+/// TLS files (PEM). Present only when `--tls-cert` and `--tls-key` are set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA bundle for mutual TLS between peers.
+    pub peer_ca: Option<PathBuf>,
+}
+
 /// The resolved, validated configuration of one node. `Debug` never prints secrets.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -380,6 +404,8 @@ pub struct Config {
     pub replication: ReplicationConfig,
     pub role_change_hook: Option<String>,
     pub gitsync: Option<GitSyncConfig>,
+    /// HTTPS on both listeners (and for calls to other members) when set.
+    pub tls: Option<TlsConfig>,
 }
 
 /// Why a configuration was rejected. Messages say what to change.
@@ -456,6 +482,9 @@ struct FileConfig {
     join: Option<String>,
     cluster_token: Option<Secret>,
     admin_token: Option<Secret>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    peer_ca: Option<PathBuf>,
     log_format: Option<String>,
     request_timeout_ms: Option<u64>,
     max_body_bytes: Option<usize>,
@@ -570,6 +599,38 @@ impl Config {
             .or(own_peer)
             .unwrap_or_else(|| peer_addr.to_string());
 
+        let tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+            args.peer_ca.or(file.peer_ca),
+        ) {
+            (Some(cert), Some(key), peer_ca) => Some(TlsConfig { cert, key, peer_ca }),
+            (None, None, None) => None,
+            (Some(_), None, _) => {
+                return Err(bad_value(
+                    "tls_key",
+                    "",
+                    "--tls-cert is set but --tls-key is not; give both (PEM files) or neither",
+                ))
+            }
+            (None, Some(_), _) => {
+                return Err(bad_value(
+                    "tls_cert",
+                    "",
+                    "--tls-key is set but --tls-cert is not; give both (PEM files) or neither",
+                ))
+            }
+            (None, None, Some(_)) => {
+                return Err(bad_value(
+                    "peer_ca",
+                    "",
+                    "--peer-ca needs --tls-cert and --tls-key: mutual TLS is TLS with client certificates",
+                ))
+            }
+        };
+        // With TLS the cluster speaks HTTPS, so a bare `--join host:port` means https.
+        let join_scheme = if tls.is_some() { "https" } else { "http" };
+
         let data_dir = args
             .data_dir
             .or(file.data_dir)
@@ -640,7 +701,7 @@ impl Config {
             advertise_peer_addr,
             data_dir,
             peers,
-            join: args.join.or(file.join).map(|j| normalize_url(&j)),
+            join: args.join.or(file.join).map(|j| normalize_url_scheme(&j, join_scheme)),
             cluster_token: args.cluster_token.or(file.cluster_token),
             admin_token: args.admin_token.or(file.admin_token),
             log_format,
@@ -675,6 +736,7 @@ impl Config {
             },
             role_change_hook: args.role_change_hook.or(file.role_change_hook),
             gitsync,
+            tls,
         })
     }
 
@@ -725,6 +787,9 @@ impl Config {
         }
         check_secret("cluster_token", &self.cluster_token)?;
         check_secret("admin_token", &self.admin_token)?;
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
+        }
         if let Some(hook) = &self.role_change_hook {
             if hook.trim().is_empty() {
                 return Err(bad_value(
@@ -795,6 +860,30 @@ impl RaftTimings {
                     self.election_timeout_min_ms
                 ),
             ));
+        }
+        Ok(())
+    }
+}
+
+impl TlsConfig {
+    /// The files must exist; their contents are checked when the node loads them (`keel serve` refuses
+    /// to start on a bad file, a reload keeps the old certificate).
+    fn validate(&self) -> Result<(), ConfigError> {
+        let files = [
+            ("tls_cert", Some(&self.cert)),
+            ("tls_key", Some(&self.key)),
+            ("peer_ca", self.peer_ca.as_ref()),
+        ];
+        for (key, file) in files {
+            if let Some(file) = file {
+                if !file.is_file() {
+                    return Err(bad_value(
+                        key,
+                        file.display(),
+                        "is not a readable file; give the path of a PEM file",
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -943,11 +1032,16 @@ fn format_peers(peers: &BTreeMap<u64, String>) -> String {
 
 /// Prefixes `http://` when `addr` has no scheme and strips trailing `/`s.
 pub fn normalize_url(addr: &str) -> String {
+    normalize_url_scheme(addr, "http")
+}
+
+/// Prefixes `{scheme}://` when `addr` has no scheme and strips trailing `/`s.
+pub fn normalize_url_scheme(addr: &str, scheme: &str) -> String {
     let addr = addr.trim();
     let url = if addr.contains("://") {
         addr.to_owned()
     } else {
-        format!("http://{addr}")
+        format!("{scheme}://{addr}")
     };
     url.trim_end_matches('/').to_owned()
 }
@@ -1118,6 +1212,54 @@ mod tests {
         let path = dir.path().join("keel.toml");
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    #[test]
+    fn tls_files_resolve_flag_over_file_and_make_join_default_to_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, "pem").unwrap();
+            p
+        };
+        let (crt, key, ca, other) = (file("n.crt"), file("n.key"), file("ca.pem"), file("other.crt"));
+        let toml = format!("tls_cert = {:?}\ntls_key = {:?}\npeer_ca = {:?}\n", other, key, ca);
+        let c = from_toml(
+            ServeArgs {
+                tls_cert: Some(crt.clone()),
+                ..args()
+            },
+            &toml,
+        )
+        .unwrap();
+        let want = TlsConfig {
+            cert: crt,
+            key: key.clone(),
+            peer_ca: Some(ca),
+        };
+        assert_eq!(c.tls, Some(want));
+        assert!(Config::load(&args()).unwrap().tls.is_none());
+
+        let join = ServeArgs {
+            peers: None,
+            join: Some("10.0.0.1:7101".into()),
+            tls_cert: Some(other),
+            tls_key: Some(key),
+            ..args()
+        };
+        assert_eq!(
+            Config::load(&join).unwrap().join.as_deref(),
+            Some("https://10.0.0.1:7101")
+        );
+        let plain = ServeArgs {
+            peers: None,
+            join: Some("10.0.0.1:7101".into()),
+            ..args()
+        };
+        assert_eq!(
+            Config::load(&plain).unwrap().join.as_deref(),
+            Some("http://10.0.0.1:7101")
+        );
     }
 
     #[test]

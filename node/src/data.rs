@@ -74,7 +74,7 @@ pub async fn forward(node: &Node, method: Method, path_and_query: &str, headers:
             format!("primary {} has not announced its API address yet", p.node),
         ));
     }
-    let url = format!("http://{api}{path_and_query}");
+    let url = format!("{}{path_and_query}", node.api_url(&api));
     let mut rb = node
         .http
         .request(method, &url)

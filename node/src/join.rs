@@ -13,8 +13,7 @@ use crate::node::Node;
 const RETRY: Duration = Duration::from_secs(1);
 
 pub async fn join_task(node: Arc<Node>, join: String) {
-    let http = match reqwest::Client::builder()
-        .no_proxy()
+    let http = match crate::tls::client_builder(node.tls.as_ref())
         .timeout(Duration::from_secs(5))
         .build()
     {

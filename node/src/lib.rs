@@ -23,6 +23,7 @@ pub mod peer;
 pub mod primary;
 pub mod repl;
 pub mod serve;
+pub mod tls;
 pub mod ui;
 pub mod up;
 pub mod util;

@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::admin::{self, AdminOp};
 use crate::config::Config;
+use crate::tls::ListenerKind;
 
 /// A peer counts as reachable when a request to it succeeded this recently.
 pub const REACHABLE_WITHIN: Duration = Duration::from_millis(2000);
@@ -66,6 +67,8 @@ pub enum StartError {
     Data(String),
     #[error("git sync: {0}")]
     GitSync(String),
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Shared state of a running node, handed to every request handler and background task.
@@ -94,6 +97,8 @@ pub struct Node {
     pub http: reqwest::Client,
     /// The Git Sync agent, when `--gitsync-repo` is set.
     pub gitsync: Option<Arc<keel_gitsync::GitSync>>,
+    /// Certificates and TLS settings, when `--tls-cert` is set.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl Node {
@@ -142,6 +147,11 @@ impl Node {
     pub fn fail(&self, reason: String) {
         *self.fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
         self.cancel.cancel();
+    }
+
+    /// Base URL of another member's API from its advertised `host:port` (https when TLS is on).
+    pub fn api_url(&self, api_addr: &str) -> String {
+        format!("{}://{api_addr}", crate::tls::scheme(self.tls.as_ref()))
     }
 
     pub fn fatal_error(&self) -> Option<String> {
@@ -247,6 +257,11 @@ impl Node {
     /// Start a node: everything it needs is in `config` and its data dir.
     pub async fn start(config: Config) -> Result<NodeHandle, StartError> {
         let lock = lock_data_dir(&config.data_dir)?;
+        // A bad certificate file stops the start here, before anything listens.
+        let tls = match &config.tls {
+            Some(files) => Some(crate::tls::Tls::load(files)?),
+            None => None,
+        };
         let (log_store, sm_store) = keel_raft::store::open(&config.data_dir)?;
         let state = sm_store.subscribe();
 
@@ -264,11 +279,12 @@ impl Node {
             source,
         })?;
 
-        let peers = PeerClient::new(
+        let peers = PeerClient::with_transport(
             config.id,
             config.cluster_token.as_ref().map(|s| s.expose().to_string()),
             state.clone(),
             PeerHealth::default(),
+            crate::tls::peer_transport(tls.as_ref())?,
         )
         .map_err(|e| StartError::Client(e.to_string()))?;
         let raft = Raft::new(
@@ -285,8 +301,7 @@ impl Node {
         let store = keel_replication::DataStore::open(&data_path)
             .map_err(|e| StartError::Data(format!("open {}: {e}", data_path.display())))?;
         let repl = crate::repl::Repl::new(store);
-        let http = reqwest::Client::builder()
-            .no_proxy()
+        let http = crate::tls::client_builder(tls.as_ref())
             .connect_timeout(keel_raft::network::CONNECT_TIMEOUT)
             .build()
             .map_err(|e| StartError::Client(e.to_string()))?;
@@ -317,21 +332,35 @@ impl Node {
             repl,
             http,
             gitsync,
+            tls,
         });
 
         let peer_task = tokio::spawn(serve(
             peer_listener,
             crate::peer::router(node.clone()),
             node.cancel.clone(),
-            "peer",
+            node.tls.clone(),
+            ListenerKind::Peer,
         ));
         let api_task = tokio::spawn(serve(
             api_listener,
             crate::api::router(node.clone()),
             node.cancel.clone(),
-            "api",
+            node.tls.clone(),
+            ListenerKind::Api,
         ));
-        info!(id = node.id, api = %api_bound, peer = %peer_bound, data_dir = %node.config.data_dir.display(), "node started");
+        info!(
+            id = node.id,
+            api = %api_bound,
+            peer = %peer_bound,
+            data_dir = %node.config.data_dir.display(),
+            tls = match &node.tls {
+                None => "off",
+                Some(t) if t.mutual() => "on, mutual between peers",
+                Some(_) => "on",
+            },
+            "node started"
+        );
 
         if !node.config.peers.is_empty() {
             bootstrap(&node).await?;
@@ -355,6 +384,7 @@ impl Node {
             tokio::spawn(crate::repl::apply_task(node.clone())),
             tokio::spawn(crate::repl::report_task(node.clone())),
             tokio::spawn(crate::repl::retention_task(node.clone())),
+            tokio::spawn(crate::tls::reload_task(node.tls.clone(), node.cancel.clone())),
         ];
         if let Some(g) = node.gitsync.clone() {
             background.push(tokio::spawn(g.clone().run(node.cancel.clone())));
@@ -376,10 +406,35 @@ impl Node {
     }
 }
 
-async fn serve(listener: TcpListener, router: axum::Router, cancel: CancellationToken, what: &'static str) {
-    let res = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await;
+/// Serve `router` on `listener` (over TLS when `tls` is set) until `cancel`, then finish in-flight
+/// requests (axum's graceful shutdown, the same on both paths).
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    cancel: CancellationToken,
+    tls: Option<Arc<crate::tls::Tls>>,
+    kind: ListenerKind,
+) {
+    use axum::serve::ListenerExt as _;
+    let what = match kind {
+        ListenerKind::Api => "api",
+        ListenerKind::Peer => "peer",
+    };
+    let shutdown = async move { cancel.cancelled().await };
+    let res = match tls {
+        None => {
+            axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(tls) => {
+            // `tap_io` (a no-op here) is what gives a custom listener axum's `ConnectInfo<SocketAddr>`.
+            let listener = crate::tls::TlsListener::new(listener, tls, kind).tap_io(|_| {});
+            axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
     if let Err(e) = res {
         warn!(error = %e, listener = what, "server stopped with an error");
     }

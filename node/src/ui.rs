@@ -135,7 +135,7 @@ async fn local_get(node: &Arc<Node>, path: &str) -> Result<Value, String> {
 
 /// Another member's `/v1/status`, or why it could not be had within [`MEMBER_TIMEOUT`].
 async fn remote_status(node: &Node, api_addr: &str) -> Result<Value, String> {
-    let url = format!("http://{api_addr}/v1/status");
+    let url = format!("{}/v1/status", node.api_url(api_addr));
     let resp = node.http.get(&url).timeout(MEMBER_TIMEOUT).send().await.map_err(|e| {
         if e.is_timeout() {
             format!("no answer from {api_addr} within {} ms", MEMBER_TIMEOUT.as_millis())

@@ -575,6 +575,7 @@ async fn probe_all(http: &reqwest::Client, plan: &UpPlan) -> Vec<(u64, Option<Va
 /// Polls until every node answers and all report the same leader; returns the leader, or what was missing at
 /// the deadline.
 async fn wait_ready(plan: &UpPlan, deadline: Instant) -> Result<u64, String> {
+    keel_raft::network::install_crypto_provider();
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(PROBE_TIMEOUT)

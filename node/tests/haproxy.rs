@@ -515,10 +515,12 @@ async fn example_keel_toml_starts_a_node() {
     );
     assert_eq!(c.stop(1), Some(0), "clean exit on SIGTERM");
 
-    // Every commented-out option switched on (except `join`, which excludes `peers`), on a fresh data
+    // Every commented-out option switched on (except `join`, which excludes `peers`, and the TLS files,
+    // which must exist and would make the node speak https: tests/tls.rs covers them), on a fresh data
     // dir. The Git Sync repository is overridden by a local path so the node never reaches out.
     let all = c.dir.path().join("keel-all-options.toml");
-    std::fs::write(&all, uncomment_settings(&read_deploy_file("keel.toml"), &["join"])).unwrap();
+    let keep = ["join", "tls_cert", "tls_key", "peer_ca"];
+    std::fs::write(&all, uncomment_settings(&read_deploy_file("keel.toml"), &keep)).unwrap();
     std::fs::remove_dir_all(c.data_dir(1)).unwrap();
     let repo = c.dir.path().join("nowhere.git");
     flags.extend([
@@ -535,7 +537,7 @@ async fn example_keel_toml_starts_a_node() {
 }
 
 /// Client options of the `keel` CLI that `keel serve --help` shows as globals; not server settings.
-const CLIENT_ONLY_FLAGS: &[&str] = &["addr", "output", "timeout-ms", "help", "version", "config"];
+const CLIENT_ONLY_FLAGS: &[&str] = &["addr", "output", "timeout-ms", "ca", "help", "version", "config"];
 
 /// The long flags `keel serve --help` lists.
 fn serve_flags() -> Vec<String> {

@@ -81,10 +81,36 @@ impl PeerHealth {
     }
 }
 
+/// Make ring rustls' process-wide crypto provider. reqwest is built without a provider of its
+/// own (aws-lc-rs takes minutes to build on 2 cores), so every process must install one before
+/// it builds its first `reqwest::Client`, or that build panics. Idempotent and cheap.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err means another provider is already installed, which is just as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// How this node dials its peers.
+#[derive(Clone, Debug, Default)]
+pub enum PeerTransport {
+    /// `http://`.
+    #[default]
+    Plain,
+    /// `https://`, verifying peers with the platform's trust store.
+    Https,
+    /// `https://` with this rustls config: the cluster CA as trust anchor and this node's own
+    /// certificate for mutual TLS.
+    HttpsWith(Box<rustls::ClientConfig>),
+}
+
 /// Shared client state: one connection pool for all peers.
 #[derive(Clone)]
 pub struct PeerClient {
     http: reqwest::Client,
+    /// `http` or `https`, from the [`PeerTransport`].
+    scheme: &'static str,
     self_id: NodeId,
     token: Option<String>,
     state: watch::Receiver<Arc<StateView>>,
@@ -109,20 +135,41 @@ pub enum PeerError {
 }
 
 impl PeerClient {
+    /// A plain-HTTP client.
     pub fn new(
         self_id: NodeId,
         token: Option<String>,
         state: watch::Receiver<Arc<StateView>>,
         health: PeerHealth,
     ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+        Self::with_transport(self_id, token, state, health, PeerTransport::Plain)
+    }
+
+    pub fn with_transport(
+        self_id: NodeId,
+        token: Option<String>,
+        state: watch::Receiver<Arc<StateView>>,
+        health: PeerHealth,
+        transport: PeerTransport,
+    ) -> Result<Self, reqwest::Error> {
+        install_crypto_provider();
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
-            .no_proxy()
-            .build()?;
+            .no_proxy();
+        let scheme = match transport {
+            PeerTransport::Plain => "http",
+            PeerTransport::Https => "https",
+            PeerTransport::HttpsWith(config) => {
+                builder = builder.tls_backend_preconfigured(*config);
+                "https"
+            }
+        };
+        let http = builder.build()?;
         Ok(PeerClient {
             http,
+            scheme,
             self_id,
             token,
             state,
@@ -134,7 +181,12 @@ impl PeerClient {
         &self.health
     }
 
-    /// POST an encoded body to `http://{addr}{path}` and decode the answer. Records the
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        self.scheme
+    }
+
+    /// POST an encoded body to `{scheme}://{addr}{path}` and decode the answer. Records the
     /// outcome in [`PeerHealth`] when `peer` is given.
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
@@ -189,7 +241,7 @@ impl PeerClient {
     }
 
     fn request<Req: Serialize>(&self, addr: &str, path: &str, req: &Req, timeout: Duration) -> reqwest::RequestBuilder {
-        let url = format!("http://{addr}{path}");
+        let url = format!("{}://{addr}{path}", self.scheme);
         let mut rb = self
             .http
             .post(&url)

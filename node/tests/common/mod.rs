@@ -39,11 +39,13 @@ pub struct TestNode {
     pub extra: Vec<String>,
     /// Network namespace the node runs in (partition tests).
     pub netns: Option<String>,
+    /// `http`, or `https` for nodes started with `--tls-cert` (tls.rs).
+    pub scheme: &'static str,
 }
 
 impl TestNode {
     pub fn url(&self) -> String {
-        format!("http://{}", self.api)
+        format!("{}://{}", self.scheme, self.api)
     }
 }
 
@@ -61,6 +63,8 @@ impl Cluster {
     pub fn new(n: u64, common: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let ip = test_ip();
+        // reqwest has no TLS crypto provider of its own: install ring before the first client.
+        keel_raft::network::install_crypto_provider();
         let mut c = Cluster {
             dir,
             ip,
@@ -94,6 +98,7 @@ impl Cluster {
             child: None,
             extra: Vec::new(),
             netns: None,
+            scheme: "http",
         });
         id
     }
@@ -114,6 +119,7 @@ impl Cluster {
                 child: None,
                 extra: Vec::new(),
                 netns: Some(lab.ns(i)),
+                scheme: "http",
             });
         }
         c
