@@ -469,6 +469,23 @@ pub fn operations() -> Vec<Op> {
         },
         Op {
             method: "get",
+            path: "/v1/backup",
+            tag: "datastore",
+            summary: "a consistent backup of this node (cluster state + datastore at one position, with a SHA-256 \
+                      trailer), streamed; `keel backup --out FILE` writes it, `keel restore --from FILE` seeds a new cluster",
+            params: vec![],
+            body: None,
+            responses: std(
+                &[("503", r("Unavailable"))],
+                (
+                    "200",
+                    json!({"description": "the backup file (position in Keel-Position, key count in Keel-Backup-Keys)",
+                           "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}),
+                ),
+            ),
+        },
+        Op {
+            method: "get",
             path: "/v1/diverged",
             tag: "datastore",
             summary: "writes this node rolled back when it rejoined a newer primary (kept, never dropped)",
