@@ -628,3 +628,46 @@ fn bad_tls_settings_are_refused_at_start_with_a_clear_error() {
         stderr(&o)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_without_peer_ca_verifies_peers_with_the_system_trust_store() {
+    let ca = Ca::new("keel test CA");
+    let (mut c, leaves) = tls_cluster(3, &ca, &["--cluster-token", "peer-secret"]);
+    // No --peer-ca: drop it from every node's flags.
+    for n in &mut c.nodes {
+        let i = n.extra.iter().position(|a| a == "--peer-ca").unwrap();
+        n.extra.drain(i..i + 2);
+    }
+    // The "system trust store" of these nodes is our CA: rustls-native-certs reads SSL_CERT_FILE.
+    let ca_path = c.dir.path().join("ca.pem");
+    for id in 1..=3u64 {
+        let args = c.serve_args(id, Some(3));
+        let log = std::fs::File::create(&c.node(id).log).unwrap();
+        let child = std::process::Command::new(KEEL)
+            .args(&args)
+            .env("RUST_LOG", "info,openraft=warn")
+            .env("SSL_CERT_FILE", &ca_path)
+            .env_remove("SSL_CERT_DIR")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        c.nodes[(id - 1) as usize].child = Some(child);
+    }
+    c.wait_leader(&[1, 2, 3], T).await;
+    let p = c.wait_primary(&[], T).await;
+    assert!(put(&c, p, "k", "over https").await.status().is_success());
+    for id in (1..=3).filter(|id| *id != p) {
+        wait_value(&c, id, "k", "over https").await;
+    }
+    assert!(has_line(&c, 1, &["node started", "\"on\""]), "{}", c.log(1));
+    // Without --peer-ca the peer port asks for no client certificate (the token still guards it).
+    match raw_get(c.node(1).peer, raw_client(&ca.pem, None, false)).await {
+        Outcome::Http { status_line, served } => {
+            assert!(status_line.starts_with("HTTP/1.1 "), "{status_line}");
+            assert_eq!(served, der_of(&leaves[0].0).to_vec());
+        }
+        o => panic!("peer port without client cert: {o:?}"),
+    }
+}
