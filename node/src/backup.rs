@@ -117,6 +117,48 @@ fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// Produces the pieces of a backup file in order (see the module doc), hashing and counting them.
+#[derive(Default)]
+struct Framer {
+    hasher: Sha256,
+    chunks: u64,
+    bytes: u64,
+}
+
+impl Framer {
+    fn out(&mut self, piece: Vec<u8>) -> Vec<u8> {
+        self.hasher.update(&piece);
+        self.bytes += piece.len() as u64;
+        piece
+    }
+
+    /// Magic, format version and the header frame.
+    fn header(&mut self, header: &BackupHeader) -> Vec<u8> {
+        let mut head = MAGIC.to_vec();
+        head.push(BACKUP_FORMAT);
+        head.extend(frame(KIND_HEADER, &keel_raft::codec::encode(header)));
+        self.out(head)
+    }
+
+    /// One datastore snapshot chunk.
+    fn data(&mut self, chunk: &[u8]) -> Vec<u8> {
+        self.chunks += 1;
+        self.out(frame(KIND_DATA, chunk))
+    }
+
+    /// The end frame and the SHA-256 trailer; also the checksum (hex) and the file's size.
+    fn finish(mut self, records: u64) -> (Vec<u8>, String, u64) {
+        let end = BackupEnd {
+            chunks: self.chunks,
+            records,
+        };
+        let mut tail = self.out(frame(KIND_END, &keel_raft::codec::encode(&end)));
+        let digest = self.hasher.finalize().to_vec();
+        tail.extend_from_slice(&digest);
+        (tail, hex(&digest), self.bytes + digest.len() as u64)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Server: GET /v1/backup
 // ---------------------------------------------------------------------------------------------
@@ -208,34 +250,24 @@ async fn start_backup(node: Arc<Node>, headers: &HeaderMap) -> Result<Response, 
     let cancel = node.cancel.clone();
     tokio::task::spawn_blocking(move || {
         let mut reader = reader;
-        let mut hasher = Sha256::new();
         let started = Instant::now();
-        let mut bytes = 0u64;
-        let mut send = |piece: Vec<u8>, hasher: &mut Sha256| -> bool {
-            hasher.update(&piece);
-            bytes += piece.len() as u64;
-            tx.blocking_send(Ok(bytes::Bytes::from(piece))).is_ok()
-        };
+        let mut framer = Framer::default();
+        let send = |piece: Vec<u8>| tx.blocking_send(Ok(bytes::Bytes::from(piece))).is_ok();
         let fail = |msg: String| {
             warn!(error = %msg, "backup stream aborted");
             // The client sees a broken body (no end frame, no trailer) and refuses the file.
             let _ = tx.blocking_send(Err(std::io::Error::other(msg)));
         };
-        let mut head = MAGIC.to_vec();
-        head.push(BACKUP_FORMAT);
-        head.extend(frame(KIND_HEADER, &keel_raft::codec::encode(&header)));
-        if !send(head, &mut hasher) {
+        if !send(framer.header(&header)) {
             return;
         }
-        let mut chunks = 0u64;
         loop {
             if cancel.is_cancelled() {
                 return fail("the node is shutting down".into());
             }
             match reader.next_chunk() {
                 Ok(Some(chunk)) => {
-                    chunks += 1;
-                    if !send(frame(KIND_DATA, &chunk), &mut hasher) {
+                    if !send(framer.data(&chunk)) {
                         return; // the client went away
                     }
                 }
@@ -243,21 +275,13 @@ async fn start_backup(node: Arc<Node>, headers: &HeaderMap) -> Result<Response, 
                 Err(e) => return fail(format!("read the datastore snapshot: {e}")),
             }
         }
-        let end = BackupEnd {
-            chunks,
-            records: reader.records_sent(),
-        };
+        let records = reader.records_sent();
         drop(reader); // ends the read transaction
-        if !send(frame(KIND_END, &keel_raft::codec::encode(&end)), &mut hasher) {
-            return;
-        }
-        let digest = hasher.finalize().to_vec();
-        let sum = hex(&digest);
-        bytes += digest.len() as u64;
-        if tx.blocking_send(Ok(bytes::Bytes::from(digest))).is_ok() {
+        let (tail, sum, bytes) = framer.finish(records);
+        if send(tail) {
             info!(
                 %position,
-                records = end.records,
+                records,
                 bytes,
                 sha256 = %sum,
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -548,12 +572,24 @@ async fn backup_to_file(args: &BackupArgs, opts: &ClientOpts) -> anyhow::Result<
     let timeout = Duration::from_millis(opts.timeout_ms);
     // No total timeout: a large backup takes as long as it takes. A stalled connection is caught
     // by the read timeout instead.
-    let http = reqwest::Client::builder()
+    keel_raft::network::install_crypto_provider();
+    let mut builder = reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(timeout)
-        .read_timeout(timeout)
-        .build()
-        .context("build http client")?;
+        .read_timeout(timeout);
+    if let Some(ca) = &opts.ca {
+        let pem = std::fs::read(ca).with_context(|| format!("read --ca {}", ca.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("--ca {}: not a PEM certificate bundle", ca.display()))?;
+        if certs.is_empty() {
+            bail!(
+                "--ca {}: no certificate found; pass the PEM file of the CA that signed the node's certificate",
+                ca.display()
+            );
+        }
+        builder = builder.tls_certs_only(certs);
+    }
+    let http = builder.build().context("build http client")?;
     let mut req = http.get(format!("{base}/v1/backup"));
     if let Some(t) = opts.admin_token.as_ref().map(|t| t.expose()).filter(|t| !t.is_empty()) {
         req = req.bearer_auth(t);
@@ -993,5 +1029,103 @@ mod tests {
         assert_eq!(r.members.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(r.members[&2].tags.priority, 5);
         assert!(r.members.values().all(|m| m.api_addr.is_empty()));
+    }
+
+    /// A backup file of a real datastore snapshot, as the server frames it.
+    fn sample_file(dir: &Path) -> (PathBuf, keel_replication::DataStore) {
+        let store = keel_replication::DataStore::open(&dir.join("src.redb")).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // Concurrent writes: the writer group-commits them (one fsync instead of 24).
+        rt.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for i in 0..24u32 {
+                let (store, op) = (
+                    store.clone(),
+                    keel_replication::WriteOp::Put {
+                        key: format!("k/{i:03}"),
+                        value: vec![i as u8; 100_000],
+                    },
+                );
+                set.spawn(async move { store.write(1, op).await.unwrap() });
+            }
+            while let Some(r) = set.join_next().await {
+                r.unwrap();
+            }
+        });
+        let mut reader = store.snapshot().unwrap();
+        let header = BackupHeader {
+            created_at_ms: 1,
+            keel_version: "test".into(),
+            source_node: 1,
+            position: reader.position(),
+            keys: reader.keys(),
+            raft_last_applied: None,
+            cluster: ClusterState::default(),
+            membership: vec![],
+        };
+        let mut framer = Framer::default();
+        let mut bytes = framer.header(&header);
+        while let Some(c) = reader.next_chunk().unwrap() {
+            bytes.extend(framer.data(&c));
+        }
+        let (tail, sum, size) = framer.finish(reader.records_sent());
+        bytes.extend(tail);
+        assert_eq!(size, bytes.len() as u64);
+        assert_eq!(sum, hex(&Sha256::digest(&bytes[..bytes.len() - 32])));
+        let path = dir.join("b.keelbak");
+        std::fs::write(&path, &bytes).unwrap();
+        (path, store)
+    }
+
+    #[test]
+    fn framed_file_verifies_and_installs_and_every_damage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, src) = sample_file(dir.path());
+        let sum = verify_checksum(&path).unwrap();
+        let dst = keel_replication::DataStore::open(&dir.path().join("dst.redb")).unwrap();
+        let mut inst = dst.begin_install().unwrap();
+        let v = scan(&path, |c| inst.push_chunk(c).map_err(|e| anyhow::anyhow!("{e}"))).unwrap();
+        assert_eq!(v.sha256, sum);
+        assert!(
+            v.end.chunks >= 3,
+            "2.4 MB of values: several chunks, got {}",
+            v.end.chunks
+        );
+        assert_eq!((v.end.records, v.header.keys), (24, 24));
+        assert_eq!(inst.finish().unwrap(), src.position());
+        for i in [0u32, 17, 23] {
+            let key = format!("k/{i:03}");
+            assert_eq!(dst.get(&key).unwrap().unwrap().0, vec![i as u8; 100_000]);
+        }
+
+        let good = std::fs::read(&path).unwrap();
+        let bad = dir.path().join("bad.keelbak");
+        // A flipped bit anywhere after the preamble fails the checksum; in the preamble it is
+        // "not a Keel backup" or another format version. Never a panic, never an Ok.
+        for at in [8, 9, 14, good.len() / 2, good.len() - 1] {
+            let mut b = good.clone();
+            b[at] ^= 0x10;
+            std::fs::write(&bad, &b).unwrap();
+            let e = verify_checksum(&bad).unwrap_err().to_string();
+            assert!(
+                e.contains("checksum") || e.contains("format version") || e.contains("not a Keel backup"),
+                "byte {at}: {e}"
+            );
+            assert!(scan(&bad, |_| Ok(())).is_err(), "byte {at}");
+        }
+        // Truncated anywhere, or with bytes appended.
+        for len in [0, 9, 20, good.len() / 3, good.len() - 1] {
+            std::fs::write(&bad, &good[..len]).unwrap();
+            assert!(verify_checksum(&bad).is_err(), "truncated to {len}");
+            assert!(scan(&bad, |_| Ok(())).is_err(), "truncated to {len}");
+        }
+        let mut longer = good.clone();
+        longer.extend_from_slice(b"extra");
+        std::fs::write(&bad, &longer).unwrap();
+        assert!(verify_checksum(&bad).is_err());
+        assert!(scan(&bad, |_| Ok(())).is_err());
     }
 }
