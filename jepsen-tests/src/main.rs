@@ -4,7 +4,7 @@
 //! keel-jepsen run [--nodes 3] [--time 60] [--clients 5] [--keys 5] [--workload register|append]
 //!                 [--nemesis kill,kill-primary,pause,partition,netem,skew,wipe|all] [--netns]
 //!                 [--fault-every-ms 4000] [--fault-for-ms 2000] [--mode async|sync] [--seed N]
-//!                 [--skew-rate R] [--quiet-ms 3000] [--keel target/release/keel] [--out report/<run>]
+//!                 [--min-acks N (sync; default nodes/2)] [--skew-rate R] [--quiet-ms 3000] [--keel target/release/keel] [--out report/<run>]
 //! keel-jepsen check history.jsonl
 //! ```
 //! Exit code: 0 every checker passed, 1 a checker failed, 2 bad usage or the run could not start.
@@ -18,7 +18,8 @@ fn usage() -> ! {
     eprintln!(
         "usage: keel-jepsen run [--nodes N] [--time SECS] [--clients N] [--keys N] [--workload register|append] \
          [--nemesis kill,kill-primary,pause,partition,netem,skew,wipe|all] [--netns] [--fault-every-ms MS] \
-         [--fault-for-ms MS] [--mode async|sync] [--seed N] [--skew-rate R] [--quiet-ms MS] [--keel PATH] [--out DIR]\n       \
+         [--fault-for-ms MS] [--mode async|sync] [--min-acks N] [--seed N] [--skew-rate R] [--quiet-ms MS] [--keel PATH] \
+         [--out DIR]\n       \
          keel-jepsen check HISTORY.jsonl"
     );
     std::process::exit(2)
@@ -97,6 +98,7 @@ fn main() {
             "--mode" => cfg.mode = args.next().unwrap_or_else(|| usage()),
             "--quiet-ms" => cfg.quiet = Duration::from_millis(num(args.next(), "--quiet-ms")),
             "--netns" => opts.netns = true,
+            "--min-acks" => opts.min_acks = Some(num(args.next(), "--min-acks")),
             "--workload" => {
                 opts.workload = match args.next().as_deref() {
                     Some("register") => Workload::Register,

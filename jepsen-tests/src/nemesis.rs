@@ -20,6 +20,16 @@ use crate::runner::Rng;
 /// Every kind, in the order `all` expands to.
 pub const ALL: &[&str] = &["kill", "kill-primary", "pause", "partition", "netem", "skew", "wipe"];
 
+/// Partition variants. `primary-minority` puts the primary with `n/2 - 1` others on the
+/// small side (the regression scenario for acknowledged writes lost with too few sync acks).
+pub const PARTITIONS: &[&str] = &[
+    "isolate-primary",
+    "isolate-coordinator",
+    "halves",
+    "primary-minority",
+    "bridge",
+];
+
 /// Kinds that need network namespaces.
 pub const NETNS_ONLY: &[&str] = &["partition", "netem"];
 
@@ -46,6 +56,26 @@ pub struct Step {
 pub fn parse_kinds(list: &[String], netns: bool) -> Result<Vec<String>, String> {
     let mut out: Vec<String> = Vec::new();
     for k in list {
+        // `partition:primary-minority` fixes the variant of a kind.
+        if let Some((kind, v)) = k.split_once(':') {
+            let ok = match kind {
+                "partition" => PARTITIONS.contains(&v),
+                "kill" => ["one", "majority"].contains(&v),
+                "pause" => ["one", "primary"].contains(&v),
+                "netem" => ["loss", "delay", "loss+delay"].contains(&v),
+                _ => false,
+            };
+            if !ok {
+                return Err(format!("unknown nemesis variant {k:?}"));
+            }
+            if NETNS_ONLY.contains(&kind) && !netns {
+                return Err(format!("nemesis {kind} needs --netns (root, network namespaces)"));
+            }
+            if !out.contains(k) {
+                out.push(k.clone());
+            }
+            continue;
+        }
         let add: Vec<&str> = if k == "all" {
             ALL.iter()
                 .copied()
@@ -73,7 +103,7 @@ fn variant(kind: &str, rng: &mut Rng) -> String {
     match kind {
         "kill" => pick(rng, &["one", "one", "one", "majority"]),
         "pause" => pick(rng, &["one", "primary"]),
-        "partition" => pick(rng, &["isolate-primary", "isolate-coordinator", "halves", "bridge"]),
+        "partition" => pick(rng, PARTITIONS),
         "netem" => pick(rng, &["loss", "delay", "loss+delay"]),
         _ => String::new(),
     }
@@ -99,7 +129,13 @@ pub fn schedule(kinds: &[String], seed: u64, time_ms: u64, every_ms: u64, for_ms
         let faults = chosen
             .into_iter()
             .map(|kind| {
-                let variant = variant(&kind, &mut rng);
+                let (kind, variant) = match kind.split_once(':') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => {
+                        let v = variant(&kind, &mut rng);
+                        (kind, v)
+                    }
+                };
                 Planned {
                     kind,
                     variant,
@@ -155,6 +191,13 @@ mod tests {
         assert!(parse_kinds(&["bogus".into()], true)
             .unwrap_err()
             .contains("unknown nemesis"));
+        assert!(parse_kinds(&["partition:nope".into()], true).is_err());
+        assert!(parse_kinds(&["partition:halves".into()], false).is_err());
+        let fixed = parse_kinds(&["partition:primary-minority".into()], true).unwrap();
+        let steps = schedule(&fixed, 1, 20_000, 4_000, 2_000);
+        assert!(steps.iter().all(|s| s.faults.len() == 1
+            && s.faults[0].kind == "partition"
+            && s.faults[0].variant == "primary-minority"));
         let loopback = parse_kinds(&["all".into()], false).unwrap();
         assert!(!loopback.contains(&"netem".to_string()) && loopback.contains(&"wipe".to_string()));
         assert_eq!(

@@ -67,6 +67,11 @@ pub struct RunOptions {
     /// all inside the lease's drift margin). A rate outside the margin is for showing that the
     /// checkers catch a broken assumption, not for passing runs.
     pub skew_rate: Option<f64>,
+    /// Sync mode's `--min-acks`. Default: `nodes / 2`, so that the primary and the replicas
+    /// that acknowledged a write form a majority, which any later primary's side intersects
+    /// (the condition under which Keel promises no lost acknowledged write; with 1 on five
+    /// nodes, a primary cut off with one replica acknowledges writes the majority never sees).
+    pub min_acks: Option<u64>,
 }
 
 /// xorshift64*: seeded, so a schedule replays.
@@ -119,6 +124,7 @@ struct Node {
 struct Cluster {
     keel: PathBuf,
     mode: String,
+    min_acks: u64,
     peers: String,
     nodes: Vec<Node>,
     faketime_lib: Option<PathBuf>,
@@ -127,7 +133,8 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(cfg: &RunConfig, netns: bool, want_faketime: bool) -> Result<Cluster, String> {
+    fn start(cfg: &RunConfig, opts: &RunOptions, want_faketime: bool) -> Result<Cluster, String> {
+        let netns = opts.netns;
         let faketime_lib = faketime_lib();
         if want_faketime && faketime_lib.is_none() {
             return Err("nemesis skew needs libfaketime (Debian package faketime: apt-get install faketime)".into());
@@ -159,6 +166,7 @@ impl Cluster {
         let mut c = Cluster {
             keel: cfg.keel.clone(),
             mode: cfg.mode.clone(),
+            min_acks: opts.min_acks.unwrap_or(cfg.nodes / 2).max(1),
             peers,
             nodes: Vec::new(),
             faketime_lib,
@@ -214,6 +222,9 @@ impl Cluster {
             "--replication-mode",
             &self.mode,
         ]);
+        if self.mode == "sync" {
+            cmd.args(["--min-acks", &self.min_acks.to_string()]);
+        }
         match &n.join {
             Some(url) => cmd.args(["--join", url]),
             None => cmd.args(["--peers", &self.peers]),
@@ -303,9 +314,6 @@ impl Drop for Cluster {
 }
 
 fn new_http() -> reqwest::blocking::Client {
-    // reqwest is built without a default TLS provider (workspace choice: ring); the harness
-    // speaks plain HTTP, but the client still wants one installed.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::blocking::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(2))
@@ -896,8 +904,17 @@ impl Nemesis<'_> {
                             a.detail = format!("n{t} cut off from every other node");
                         }
                     }
-                    "halves" => {
-                        let minority: BTreeSet<u64> = choose(f.pick, &all, n / 2).into_iter().collect();
+                    "halves" | "primary-minority" => {
+                        // primary-minority: the primary and n/2 - 1 others on the small side.
+                        let minority: BTreeSet<u64> = match primary.filter(|_| f.variant == "primary-minority") {
+                            Some(p) => {
+                                let others: Vec<u64> = all.iter().copied().filter(|i| *i != p).collect();
+                                let mut m = choose(f.pick, &others, n / 2 - 1);
+                                m.push(p);
+                                m.into_iter().collect()
+                            }
+                            None => choose(f.pick, &all, n / 2).into_iter().collect(),
+                        };
                         let majority: BTreeSet<u64> = all.iter().copied().filter(|i| !minority.contains(i)).collect();
                         lab.split(&minority, &majority);
                         a.nodes = minority.iter().copied().collect();
@@ -1155,7 +1172,7 @@ pub fn run_with(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport, String>
         serde_json::to_string_pretty(&steps).unwrap_or_default(),
     )
     .map_err(|e| format!("write schedule.json: {e}"))?;
-    let mut cluster = Cluster::start(cfg, opts.netns, kinds.iter().any(|k| k == "skew"))?;
+    let mut cluster = Cluster::start(cfg, opts, kinds.iter().any(|k| k == "skew"))?;
     let http = new_http();
     let apis = cluster.apis();
     let deadline = Instant::now() + Duration::from_secs(60);
