@@ -923,7 +923,10 @@ impl GitSyncConfig {
                 format!("must be at least {MIN_GITSYNC_INTERVAL_MS}"),
             ));
         }
-        for (key, file) in [("gitsync.ssh_key", &self.ssh_key), ("gitsync.known_hosts", &self.known_hosts)] {
+        for (key, file) in [
+            ("gitsync.ssh_key", &self.ssh_key),
+            ("gitsync.known_hosts", &self.known_hosts),
+        ] {
             if let Some(file) = file {
                 if !file.is_file() {
                     return Err(bad_value(

@@ -515,11 +515,13 @@ async fn example_keel_toml_starts_a_node() {
     );
     assert_eq!(c.stop(1), Some(0), "clean exit on SIGTERM");
 
-    // Every commented-out option switched on (except `join`, which excludes `peers`, and the TLS files,
-    // which must exist and would make the node speak https: tests/tls.rs covers them), on a fresh data
-    // dir. The Git Sync repository is overridden by a local path so the node never reaches out.
+    // Every commented-out option switched on (except `join`, which excludes `peers`, the TLS files,
+    // which must exist and would make the node speak https: tests/tls.rs covers them, and the Git Sync
+    // ssh key and known_hosts files, which must exist: gitsync/tests covers them against a real sshd),
+    // on a fresh data dir. The Git Sync repository is overridden by a local path so the node never
+    // reaches out.
     let all = c.dir.path().join("keel-all-options.toml");
-    let keep = ["join", "tls_cert", "tls_key", "peer_ca"];
+    let keep = ["join", "tls_cert", "tls_key", "peer_ca", "ssh_key", "known_hosts"];
     std::fs::write(&all, uncomment_settings(&read_deploy_file("keel.toml"), &keep)).unwrap();
     std::fs::remove_dir_all(c.data_dir(1)).unwrap();
     let repo = c.dir.path().join("nowhere.git");
