@@ -728,7 +728,7 @@ pub struct RestoreArgs {
     /// Id of the node that will serve this data dir (checked against --peers)
     #[arg(long)]
     pub id: Option<u64>,
-    /// Restore even though DIR is not empty: its contents are moved aside to DIR.before-restore-<time>,
+    /// Restore even though DIR is not empty: its contents are moved into DIR/.before-restore-<time>/,
     /// never deleted
     #[arg(long)]
     pub force: bool,
@@ -812,8 +812,8 @@ async fn restore(args: &RestoreArgs) -> anyhow::Result<serde_json::Value> {
 
     // 2. The target.
     let dir = &args.data_dir;
-    let mut moved_aside = None;
-    if dir.exists() {
+    let exists = dir.exists();
+    if exists {
         if !dir.is_dir() {
             bail!("{} exists and is not a directory", dir.display());
         }
@@ -825,51 +825,81 @@ async fn restore(args: &RestoreArgs) -> anyhow::Result<serde_json::Value> {
                 );
             }
         }
-        if !dir_is_empty(dir)? {
-            if !args.force {
-                bail!(
-                    "data dir {} is not empty: restore into a new or empty directory, or pass --force to move its contents aside",
-                    dir.display()
-                );
-            }
-            let aside = PathBuf::from(format!("{}.before-restore-{}", dir.display(), unix_ms()));
-            moved_aside = Some(aside);
-        }
     }
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).with_context(|| format!("create {}", parent.display()))?;
-    let name = dir
-        .file_name()
-        .with_context(|| format!("--data-dir {} has no directory name", dir.display()))?
-        .to_string_lossy()
-        .into_owned();
-    let staging = parent.join(format!(".{name}.restoring-{}", std::process::id()));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).with_context(|| format!("remove stale {}", staging.display()))?;
+    let non_empty = exists && !dir_is_empty(dir)?;
+    if non_empty && !args.force {
+        bail!(
+            "data dir {} is not empty: restore into a new or empty directory, or pass --force to move its contents aside",
+            dir.display()
+        );
     }
-    std::fs::create_dir(&staging).with_context(|| format!("create {}", staging.display()))?;
 
-    // 3. Build the data dir in staging; on any failure remove staging (only ours) and stop.
+    // 3. Build the new data dir in a staging directory: next to DIR when DIR does not exist (then
+    //    renamed into place in one step), else inside DIR, whose files are then moved up (DIR may
+    //    be a mount point or systemd's StateDirectory, which cannot be renamed over).
+    let pid = std::process::id();
+    let staging = if exists {
+        dir.join(format!(".keel-restoring-{pid}"))
+    } else {
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).with_context(|| format!("create {}", parent.display()))?;
+        let name = dir
+            .file_name()
+            .with_context(|| format!("--data-dir {} has no directory name", dir.display()))?
+            .to_string_lossy()
+            .into_owned();
+        parent.join(format!(".{name}.restoring-{pid}"))
+    };
+    std::fs::create_dir(&staging).with_context(|| format!("create {}", staging.display()))?;
     let cluster_id = restored_cluster_id(&sha256, &peers);
     let built = build_staging(&staging, &args.from, &sha256, &header, &peers, &cluster_id).await;
     if let Err(e) = built {
+        // Only the staging directory was written: remove it and DIR is as it was.
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e);
     }
+
     // 4. Into place.
-    if let Some(aside) = &moved_aside {
-        std::fs::rename(dir, aside).with_context(|| format!("move {} aside to {}", dir.display(), aside.display()))?;
-    }
-    // rename(2) replaces an empty directory, so an empty DIR made by an operator or systemd works.
-    if let Err(e) = std::fs::rename(&staging, dir) {
-        let _ = std::fs::remove_dir_all(&staging);
-        if let Some(aside) = &moved_aside {
-            let _ = std::fs::rename(aside, dir);
+    let mut moved_aside = None;
+    if !exists {
+        if let Err(e) = std::fs::rename(&staging, dir) {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e).with_context(|| format!("move the restored data into {}", dir.display()));
         }
-        return Err(e).with_context(|| format!("move the restored data into {}", dir.display()));
+    } else {
+        let staging_name = staging.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        if non_empty {
+            // --force: keep everything that was there, inside DIR, never delete it.
+            let aside = dir.join(format!(".before-restore-{}", unix_ms()));
+            std::fs::create_dir(&aside).with_context(|| format!("create {}", aside.display()))?;
+            for entry in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+                let entry = entry.with_context(|| format!("read {}", dir.display()))?;
+                let name = entry.file_name();
+                if name == staging_name || entry.path() == aside {
+                    continue;
+                }
+                std::fs::rename(entry.path(), aside.join(&name))
+                    .with_context(|| format!("move {} aside into {}", entry.path().display(), aside.display()))?;
+            }
+            moved_aside = Some(aside);
+        }
+        for f in std::fs::read_dir(&staging).with_context(|| format!("read {}", staging.display()))? {
+            let f = f.with_context(|| format!("read {}", staging.display()))?;
+            std::fs::rename(f.path(), dir.join(f.file_name())).with_context(|| {
+                format!(
+                    "move {} into {} (run the restore again with --force)",
+                    f.path().display(),
+                    dir.display()
+                )
+            })?;
+        }
+        std::fs::remove_dir(&staging).with_context(|| format!("remove {}", staging.display()))?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
     }
     fsync_parent(dir);
     info!(dir = %dir.display(), position = %header.position, "restored a backup");

@@ -350,10 +350,21 @@ async fn backup_under_load_restores_into_a_new_cluster_with_equal_contents() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
     assert_eq!(std::fs::read(target.join("precious")).unwrap(), b"keep me");
+    // With --force it is restored, and what was there is moved aside inside it, not deleted.
+    let mut forced = restore_args(&file, &target, peers_probe, 1);
+    forced.push("--force".into());
+    let out = run_keel(&forced);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let aside = PathBuf::from(r["moved_aside"].as_str().expect("moved_aside"));
+    assert_eq!(std::fs::read(aside.join("precious")).unwrap(), b"keep me");
+    assert!(target.join("data.redb").is_file() && target.join("raft-state.redb").is_file());
+    assert!(!target.join("precious").exists());
     let leftovers: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().contains(".restoring-"))
+        .chain(std::fs::read_dir(&target).unwrap().map(|e| e.unwrap().path()))
+        .filter(|p| p.to_string_lossy().contains("restoring-"))
         .collect();
     assert!(leftovers.is_empty(), "staging dirs left behind: {leftovers:?}");
 
