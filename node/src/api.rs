@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
+use axum::extract::{DefaultBodyLimit, RawQuery, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::admin::{self, AdminOp, AdminReply};
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiPath};
 use crate::node::Node;
 use crate::util::{bearer_matches, rfc3339};
 
@@ -325,7 +325,7 @@ async fn members_add(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRej
     }
 }
 
-async fn members_promote(State(node): State<Arc<Node>>, Path(id): Path<String>) -> ApiResult {
+async fn members_promote(State(node): State<Arc<Node>>, ApiPath(id): ApiPath<String>) -> ApiResult {
     let id = parse_id(&id)?;
     match admin::submit(&node, AdminOp::PromoteMember { id }, admin_timeout(&node)).await? {
         AdminReply::Member(m) => Ok(Json(json!({ "member": m })).into_response()),
@@ -343,7 +343,7 @@ struct TagsPatch {
 /// `PUT /v1/members/{id}/tags`: set `nofailover` / `priority`; omitted fields stay.
 async fn members_tags(
     State(node): State<Arc<Node>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let id = parse_id(&id)?;
@@ -369,7 +369,11 @@ async fn members_tags(
     Ok(Json(json!({ "member": m })).into_response())
 }
 
-async fn members_remove(State(node): State<Arc<Node>>, Path(id): Path<String>, RawQuery(q): RawQuery) -> ApiResult {
+async fn members_remove(
+    State(node): State<Arc<Node>>,
+    ApiPath(id): ApiPath<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
     let id = parse_id(&id)?;
     let q = parse_query(q);
     let force = parse_bool("force", q.get("force"))?;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -23,7 +23,7 @@ use keel_replication::{DataError, WriteOp, MAX_LIST_LIMIT};
 use serde_json::json;
 
 use crate::api::{body_bytes, parse_query};
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiPath};
 use crate::node::Node;
 
 pub const FORWARDED_HEADER: &str = "keel-forwarded";
@@ -217,7 +217,7 @@ pub fn encode_path(key: &str) -> String {
 
 pub async fn put(
     State(node): State<Arc<Node>>,
-    Path(key): Path<String>,
+    ApiPath(key): ApiPath<String>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -238,7 +238,7 @@ pub async fn put(
 
 pub async fn delete(
     State(node): State<Arc<Node>>,
-    Path(key): Path<String>,
+    ApiPath(key): ApiPath<String>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult {
@@ -262,7 +262,7 @@ pub async fn delete(
 /// `POST /v1/kv/{key}/cas?version=N`.
 pub async fn post(
     State(node): State<Arc<Node>>,
-    Path(path): Path<String>,
+    ApiPath(path): ApiPath<String>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -297,7 +297,7 @@ pub async fn post(
 
 pub async fn get(
     State(node): State<Arc<Node>>,
-    Path(key): Path<String>,
+    ApiPath(key): ApiPath<String>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult {

@@ -85,3 +85,25 @@ mod tests {
         assert_eq!(v["error"]["message"], "member 3 exists");
     }
 }
+
+/// `axum::extract::Path` whose rejection (a segment that is not UTF-8, a missing parameter) is a JSON
+/// 400 in Keel's error format instead of axum's plain-text answer.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(ApiPath(value)),
+            Err(e) => Err(ApiError::bad_request(format!(
+                "{}; percent-encode keys and paths as UTF-8",
+                e.body_text()
+            ))),
+        }
+    }
+}

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -23,7 +23,7 @@ use serde_json::json;
 use tracing::{debug, info};
 
 use crate::api::{body_bytes, parse_query};
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiPath};
 use crate::node::Node;
 
 type ApiResult = Result<Response, ApiError>;
@@ -169,7 +169,7 @@ pub async fn webhook(
 pub async fn edit(
     State(node): State<Arc<Node>>,
     method: Method,
-    Path(path): Path<String>,
+    ApiPath(path): ApiPath<String>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,

@@ -147,6 +147,25 @@ async fn tokens_limits_and_garbage() {
 
     // A burst of garbage bytes on both ports of every node.
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    // Path parameters that are not UTF-8 (or not numbers) get the JSON error format, not axum's plain text.
+    for (method, path) in [
+        (reqwest::Method::PUT, "/v1/kv/%FF"),
+        (reqwest::Method::GET, "/v1/kv/a%FFb"),
+        (reqwest::Method::PUT, "/v1/gitsync/files/%C3%28"),
+        (reqwest::Method::DELETE, "/v1/members/%FF"),
+        (reqwest::Method::POST, "/v1/members/%FF/promote"),
+    ] {
+        let r = c
+            .http
+            .request(method.clone(), format!("{api}{path}"))
+            .bearer_auth("admin-secret")
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_code(r).await, (400, "bad_request".into()), "{method} {path}");
+    }
+
     for n in &c.nodes {
         for addr in [n.api, n.peer] {
             for i in 0..20 {
