@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -78,7 +78,13 @@ async fn write(http: &reqwest::Client, url: &str, key: &str, value: Option<&[u8]
 /// One writer: puts (and sometimes deletes) its own keys on the primary until `stop`, recording
 /// every acknowledged write; keys with a write of unknown outcome are returned apart (their value
 /// at the backup's position is uncertain, so they are left out of the comparison).
-async fn writer(http: reqwest::Client, url: String, w: u64, stop: Arc<AtomicBool>) -> (Vec<Acked>, Vec<String>) {
+async fn writer(
+    http: reqwest::Client,
+    url: String,
+    w: u64,
+    stop: Arc<AtomicBool>,
+    acks: Arc<AtomicUsize>,
+) -> (Vec<Acked>, Vec<String>) {
     let mut acked = Vec::new();
     let mut unknown = Vec::new();
     let mut exists = vec![false; KEYS_PER_WRITER as usize];
@@ -94,6 +100,7 @@ async fn writer(http: reqwest::Client, url: String, w: u64, stop: Arc<AtomicBool
             Outcome::Ok(pos) => {
                 exists[k as usize] = value.is_some();
                 acked.push(Acked { key, value, pos });
+                acks.fetch_add(1, Ordering::Relaxed);
             }
             Outcome::Unknown => unknown.push(key),
         }
@@ -205,11 +212,22 @@ async fn backup_under_load_restores_into_a_new_cluster_with_equal_contents() {
 
     // The continuous write load.
     let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for w in 0..WRITERS {
-        tasks.push(tokio::spawn(writer(src.http.clone(), purl.clone(), w, stop.clone())));
+        tasks.push(tokio::spawn(writer(
+            src.http.clone(),
+            purl.clone(),
+            w,
+            stop.clone(),
+            acks.clone(),
+        )));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let load_going = |n: usize| {
+        let acks = acks.clone();
+        async move { (acks.load(Ordering::Relaxed) >= n).then_some(()) }
+    };
+    src.wait_for(T, "the write load to get going", || load_going(40)).await;
 
     // Outside the source cluster's directory, which goes away with it.
     let work = tempfile::tempdir().unwrap();
@@ -257,7 +275,9 @@ async fn backup_under_load_restores_into_a_new_cluster_with_equal_contents() {
     );
 
     // More writes after the backup, then stop the load.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let so_far = acks.load(Ordering::Relaxed);
+    src.wait_for(T, "more writes after the backup", || load_going(so_far + 40))
+        .await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let (acked, unknown) = t.await.unwrap();
