@@ -274,6 +274,36 @@ async fn backup_under_load_restores_into_a_new_cluster_with_equal_contents() {
         at, report["keys"], report["sha256"]
     );
 
+    // A backup from a replica works too (it spares the primary): consistent at the replica's own
+    // position, which is never past the primary's.
+    let replica = (1..=3).find(|id| *id != primary).unwrap();
+    let rfile = dir.join("replica.keelbak");
+    let args: Vec<String> = vec![
+        "backup".into(),
+        "--addr".into(),
+        src.node(replica).url(),
+        "--admin-token".into(),
+        TOKEN.into(),
+        "--out".into(),
+        rfile.display().to_string(),
+        "--output".into(),
+        "json".into(),
+    ];
+    let out = tokio::task::spawn_blocking(move || run_keel(&args)).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "keel backup of a replica: {}", stderr(&out));
+    let rreport: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(rreport["source_node"].as_u64(), Some(replica));
+    let rat = parse_pos(rreport["position"].as_str().unwrap());
+    let primary_now = parse_pos(
+        src.status(primary).await.unwrap()["replication"]["position"]
+            .as_str()
+            .unwrap(),
+    );
+    assert!(
+        rat <= primary_now,
+        "replica backup at {rat:?} is past the primary's position {primary_now:?}"
+    );
+
     // More writes after the backup, then stop the load.
     let so_far = acks.load(Ordering::Relaxed);
     src.wait_for(T, "more writes after the backup", || load_going(so_far + 40))
