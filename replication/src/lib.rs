@@ -71,6 +71,7 @@ impl fmt::Display for Position {
 pub enum WriteOp {
     Put {
         key: String,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     Delete {
@@ -80,6 +81,7 @@ pub enum WriteOp {
     Cas {
         key: String,
         expected_version: u64,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
 }
@@ -118,11 +120,31 @@ pub struct Entry {
     pub pos: Position,
     pub key: String,
     /// The new value; `None` = delete.
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
     /// The key's value and the position of the write that produced it, before this entry
     /// (`None` = absent). The version before is `prev.1.seq`. The whole position, not only the
     /// version, so that a rollback restores [`ValueMeta::pos`] exactly.
+    #[serde(with = "prev_bytes")]
     pub prev: Option<(Vec<u8>, Position)>,
+}
+
+/// `Entry::prev` with its value as a byte string (see `serde_bytes` in Cargo.toml).
+mod prev_bytes {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Position;
+
+    pub fn serialize<S: Serializer>(prev: &Option<(Vec<u8>, Position)>, s: S) -> Result<S::Ok, S::Error> {
+        prev.as_ref()
+            .map(|(value, pos)| (serde_bytes::Bytes::new(value), pos))
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<(Vec<u8>, Position)>, D::Error> {
+        let prev = Option::<(serde_bytes::ByteBuf, Position)>::deserialize(d)?;
+        Ok(prev.map(|(value, pos)| (value.into_vec(), pos)))
+    }
 }
 
 /// Metadata of a stored value.
@@ -255,4 +277,93 @@ pub(crate) fn validate_value(len: usize) -> Result<(), DataError> {
 pub(crate) fn validate_op(op: &WriteOp) -> Result<(), DataError> {
     validate_key(op.key())?;
     validate_value(op.value_len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, encode};
+
+    /// The byte-string encoding of values is the same postcard bytes as the plain `Vec<u8>` the first
+    /// release used, so nodes of both versions read each other's change log and frames.
+    #[test]
+    fn byte_fields_encode_as_before() {
+        #[derive(Serialize)]
+        enum OldWriteOp {
+            Put {
+                key: String,
+                value: Vec<u8>,
+            },
+            Delete {
+                key: String,
+            },
+            Cas {
+                key: String,
+                expected_version: u64,
+                value: Vec<u8>,
+            },
+        }
+        #[derive(Serialize)]
+        struct OldEntry {
+            pos: Position,
+            key: String,
+            value: Option<Vec<u8>>,
+            prev: Option<(Vec<u8>, Position)>,
+        }
+        let value: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let pos = Position { epoch: 3, seq: 77 };
+        let pairs = [
+            (
+                encode(&WriteOp::Put {
+                    key: "k".into(),
+                    value: value.clone(),
+                }),
+                encode(&OldWriteOp::Put {
+                    key: "k".into(),
+                    value: value.clone(),
+                }),
+            ),
+            (
+                encode(&WriteOp::Delete { key: "k".into() }),
+                encode(&OldWriteOp::Delete { key: "k".into() }),
+            ),
+            (
+                encode(&WriteOp::Cas {
+                    key: "k".into(),
+                    expected_version: 9,
+                    value: vec![],
+                }),
+                encode(&OldWriteOp::Cas {
+                    key: "k".into(),
+                    expected_version: 9,
+                    value: vec![],
+                }),
+            ),
+        ];
+        for (new, old) in &pairs {
+            assert_eq!(new, old);
+        }
+        for (v, prev) in [
+            (Some(value.clone()), Some((vec![1, 2, 3], pos))),
+            (None, None),
+            (Some(vec![]), None),
+            (None, Some((value.clone(), pos))),
+        ] {
+            let entry = Entry {
+                pos,
+                key: "key".into(),
+                value: v.clone(),
+                prev: prev.clone(),
+            };
+            let old = OldEntry {
+                pos,
+                key: "key".into(),
+                value: v,
+                prev,
+            };
+            let bytes = encode(&entry);
+            assert_eq!(bytes, encode(&old));
+            assert_eq!(decode::<Entry>(&bytes).unwrap(), entry);
+        }
+    }
 }

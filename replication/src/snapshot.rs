@@ -46,6 +46,7 @@ struct SnapshotChunk {
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotRecord {
     key: String,
+    #[serde(with = "serde_bytes")]
     value: Vec<u8>,
     /// Position of the write that produced the value; the version is `pos.seq`.
     pos: Position,

@@ -54,6 +54,7 @@ const META_LOG_START: &str = "log_start";
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct StoredValue {
     pub pos: Position,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
 }
 
@@ -62,6 +63,7 @@ pub(crate) struct StoredValue {
 #[derive(Serialize)]
 pub(crate) struct StoredValueRef<'a> {
     pub pos: Position,
+    #[serde(with = "serde_bytes")]
     pub value: &'a [u8],
 }
 
