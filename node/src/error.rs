@@ -71,21 +71,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn renders_contract_body() {
-        let resp = ApiError::conflict("duplicate_id", "member 3 exists").into_response();
-        assert_eq!(resp.status(), StatusCode::CONFLICT);
-        let bytes = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(v["error"]["code"], "duplicate_id");
-        assert_eq!(v["error"]["message"], "member 3 exists");
-    }
-}
-
 /// `axum::extract::Path` whose rejection (a segment that is not UTF-8, a missing parameter) is a JSON
 /// 400 in Keel's error format instead of axum's plain-text answer.
 pub struct ApiPath<T>(pub T);
@@ -105,5 +90,20 @@ where
                 e.body_text()
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn renders_contract_body() {
+        let resp = ApiError::conflict("duplicate_id", "member 3 exists").into_response();
+        assert_eq!(resp.status(), StatusCode::CONFLICT);
+        let bytes = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["error"]["code"], "duplicate_id");
+        assert_eq!(v["error"]["message"], "member 3 exists");
     }
 }
