@@ -30,8 +30,32 @@ use crate::util::unix_ms;
 /// follower is `election_timeout_max`): we use at most 3/4 of it, leaving 25 % for clock-rate
 /// drift between machines and scheduling delay.
 pub fn effective_lease(node: &Node) -> Duration {
-    let cap = node.config.raft.election_timeout_max_ms * 3 / 4;
-    Duration::from_millis(node.view().state.config.lease_ms.min(cap))
+    Duration::from_millis(lease_len_ms(
+        node.view().state.config.lease_ms,
+        node.config.raft.election_timeout_max_ms,
+    ))
+}
+
+// The lease arithmetic as pure functions, so the fencing model (`node/tests/fencing_model.rs`)
+// checks the code that runs rather than a copy of it.
+
+/// The lease a primary uses: the configured `lease_ms`, capped at 3/4 of `election_timeout_max_ms`.
+pub fn lease_len_ms(lease_ms: u64, election_timeout_max_ms: u64) -> u64 {
+    lease_ms.min(election_timeout_max_ms * 3 / 4)
+}
+
+/// When a granted lease ends: `sent` is when the renewal request was *sent* (taken before the
+/// request, on the primary's monotonic clock), never when the grant arrived — the coordinator's
+/// quorum confirmation happened after `sent`, and that is what the lease is counted from.
+pub fn lease_deadline<T: std::ops::Add<Duration, Output = T>>(sent: T, lease: Duration) -> T {
+    sent + lease
+}
+
+/// Before this instant (coordinator's clock) no lease for a *newer* epoch is granted: the
+/// previous primary's lease, counted from a send time before `last_grant`, has ended by then
+/// (`lease_ms` is the configured lease, which bounds every node's effective lease).
+pub fn fence_deadline<T: std::ops::Add<Duration, Output = T>>(last_grant: T, lease_ms: u64) -> T {
+    last_grant + Duration::from_millis(lease_ms)
 }
 
 /// This node's lease as primary.
@@ -286,7 +310,7 @@ async fn renew_once(node: &Node, epoch: u64, lease_len: Duration) {
     match res {
         Ok(()) => {
             let had = node.lease.valid_epoch();
-            if node.lease.extend(epoch, sent + lease_len) && had.is_none() {
+            if node.lease.extend(epoch, lease_deadline(sent, lease_len)) && had.is_none() {
                 info!(
                     epoch,
                     lease_ms = lease_len.as_millis() as u64,
@@ -442,7 +466,7 @@ async fn promote(node: &Node, to: NodeId, epoch: u64, reason: &str) -> Result<()
         if let Some((_, _, t)) = c.last_grant {
             // The old primary's lease ends before last grant + lease (it was measured from an
             // earlier send time); the configured lease_ms bounds every node's effective lease.
-            let until = t + Duration::from_millis(lease_ms);
+            let until = fence_deadline(t, lease_ms);
             if c.fence_until.is_none_or(|f| f < until) {
                 c.fence_until = Some(until);
             }
