@@ -1012,10 +1012,12 @@ impl Nemesis<'_> {
                 Ok(r) if r.status().is_success() => return "done".into(),
                 Ok(r) => {
                     let code = r.status().as_u16();
-                    last = format!(
-                        "{code} {}",
-                        r.text().unwrap_or_default().chars().take(160).collect::<String>()
-                    );
+                    let body = r.text().unwrap_or_default();
+                    // An earlier attempt whose answer was lost, or a promotion of its own.
+                    if body.contains("already the primary") {
+                        return "done (already primary)".into();
+                    }
+                    last = format!("{code} {}", body.chars().take(160).collect::<String>());
                 }
                 Err(e) => last = e.to_string(),
             }
@@ -1472,7 +1474,13 @@ fn write_report(cfg: &RunConfig, r: &RunReport, h: &History, timeline: &[(u64, V
             .as_array()
             .map(|v| v.iter().map(|n| format!("n{n}")).collect())
             .unwrap_or_default();
-        let label = format!("{kind} {}", nodes.join(","));
+        // Labels only where the window is wide enough to hold one; the colour (legend) and the
+        // tooltip say the rest.
+        let label = if x(e) - x(s) >= 40.0 {
+            format!("{kind} {}", nodes.join(","))
+        } else {
+            String::new()
+        };
         svg.push_str(&format!(
             "<rect x='{:.1}' y='{top}' width='{:.1}' height='{height}' fill='{}' opacity='0.7'><title>{} {} {}: {}</title></rect>\
              <text x='{:.1}' y='{}' font-size='9' fill='#555'>{}</text>",
@@ -1553,8 +1561,27 @@ fn write_report(cfg: &RunConfig, r: &RunReport, h: &History, timeline: &[(u64, V
         "<text x='50' y='{}'>primary over time (grey: none answers 200 on /primary; red: more than one)</text>",
         ty + 34.0
     ));
+    // Where the linearizability checker found its first violation, per invalid key.
+    for k in &r.check.linearizable.keys {
+        let Ok(v) = serde_json::to_value(k) else { continue };
+        if let Some(ns) = v["witness"]["op"]["complete_ns"].as_f64() {
+            let at = x(ns / 1e6);
+            svg.push_str(&format!(
+                "<line x1='{at:.1}' y1='{top}' x2='{at:.1}' y2='{}' stroke='#cf222e' stroke-width='2' stroke-dasharray='4 2'/>\
+                 <text x='{:.1}' y='{}' fill='#cf222e' font-weight='bold'>not linearizable: {}</text>",
+                top + height,
+                at + 3.0,
+                top + height - 6.0,
+                esc(v["key"].as_str().unwrap_or(""))
+            ));
+        }
+    }
     // Time axis.
-    let step_s = ((total_ms / 1000.0 / 10.0).ceil()).max(1.0);
+    let rough = total_ms / 1000.0 / 10.0;
+    let step_s = [1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0]
+        .into_iter()
+        .find(|s| *s >= rough)
+        .unwrap_or(600.0);
     let mut s = 0.0;
     while s * 1000.0 <= total_ms {
         svg.push_str(&format!(
