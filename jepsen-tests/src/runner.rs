@@ -314,6 +314,9 @@ impl Drop for Cluster {
 }
 
 fn new_http() -> reqwest::blocking::Client {
+    // reqwest is built without a default TLS provider (workspace choice: ring); the harness
+    // speaks plain HTTP, but the client still wants one installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::blocking::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(2))
