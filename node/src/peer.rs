@@ -93,6 +93,22 @@ async fn guard(State(node): State<Arc<Node>>, req: Request, next: Next) -> Respo
         // for election_timeout_max keeps that leader's lease promise (raft/DESIGN.md, step 3).
         return (StatusCode::SERVICE_UNAVAILABLE, "just started: not voting yet").into_response();
     }
+    if req.uri().path() == "/peer/raft/vote"
+        && node
+            .coordinator
+            .since_any_grant()
+            .is_some_and(|since| since < node.vote_quiet_period())
+    {
+        // A coordinator that granted a lease counts itself in the quorum that confirmed the grant,
+        // so, like the followers of that quorum (openraft's leader lease), it must not help elect
+        // another coordinator for election_timeout_max after it; openraft refuses votes on
+        // followers only. Found by the fencing model (raft/DESIGN.md, "Gap found by the model").
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "granted a lease within election_timeout_max: not voting yet",
+        )
+            .into_response();
+    }
     next.run(req).await
 }
 

@@ -187,6 +187,11 @@ impl Coordinator {
         (g.0 == p.node && g.1 == p.epoch).then(|| g.2.elapsed())
     }
 
+    /// Time since this node last granted any lease as coordinator (its own included).
+    pub fn since_any_grant(&self) -> Option<Duration> {
+        self.lock().last_grant.map(|(_, _, t)| t.elapsed())
+    }
+
     /// Grant (renew) the lease of `node` for `epoch`. Runs on the leader.
     pub async fn grant(&self, node: &Node, who: NodeId, epoch: u64) -> Result<(), ApiError> {
         {

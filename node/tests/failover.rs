@@ -564,3 +564,41 @@ async fn tags_steer_failover() {
         "{reason}"
     );
 }
+
+/// The coordinator refuses votes for election_timeout_max after it granted a lease (the fencing model's
+/// finding: openraft refuses votes on followers only), so it cannot help elect a coordinator that would
+/// promote a second primary while the lease it just granted still runs. Followers are not refused by
+/// this guard: their vote requests reach openraft (here a junk body, answered 400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_refuses_votes_while_it_grants_leases() {
+    let mut c = Cluster::new(3, &["--cluster-token", "peer-secret"]);
+    c.start_all();
+    let leader = c.wait_leader(&[1, 2, 3], T).await;
+    c.wait_primary(&[], T).await;
+    // Past every node's start-up quiet period (election_timeout_max, 400 ms by default).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let vote = |id: u64| {
+        let url = format!("http://{}/peer/raft/vote", c.node(id).peer);
+        let http = c.http.clone();
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth("peer-secret")
+                .body(vec![1u8, 0, 0])
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }
+    };
+    let (status, body) = vote(leader).await;
+    assert_eq!(
+        status, 503,
+        "the coordinator must refuse votes while granting leases: {body}"
+    );
+    assert!(body.contains("granted a lease"), "{body}");
+    for id in [1, 2, 3u64].into_iter().filter(|&id| id != leader) {
+        let (status, body) = vote(id).await;
+        assert_ne!(status, 503, "follower n{id} refused by the coordinator's guard: {body}");
+    }
+}
