@@ -34,6 +34,33 @@ pub const SYNC_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a write on the primary waits for a lapsed lease to be renewed before 503.
 const LEASE_WAIT: Duration = Duration::from_secs(1);
 
+/// TEST ONLY — NEVER SET IN PRODUCTION. With `KEEL_UNSAFE_TEST_ACK_EARLY=1` in its environment a
+/// node that believes it is the primary accepts a write without holding a lease and
+/// acknowledges it as soon as it is durable *locally*: no lease check before or after, and in
+/// sync mode no wait for the replicas' acknowledgements (nor before answering a primary read).
+/// Acknowledged writes can then be lost on failover. It exists only so the chaos harness can
+/// prove that it catches a deliberately broken build (`node/tests/chaos_weakened.rs`);
+/// `keel serve` logs it loudly at start.
+pub const UNSAFE_TEST_ACK_EARLY_ENV: &str = "KEEL_UNSAFE_TEST_ACK_EARLY";
+
+/// Whether the unsafe test-only switch above is on (read once per process).
+pub fn unsafe_test_ack_early() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var(UNSAFE_TEST_ACK_EARLY_ENV).is_ok_and(|v| v == "1"))
+}
+
+/// Log the unsafe test-only switch at start, loudly, if it is on.
+pub fn warn_unsafe_test_switches() {
+    if unsafe_test_ack_early() {
+        for _ in 0..3 {
+            tracing::error!(
+                "{UNSAFE_TEST_ACK_EARLY_ENV}=1: UNSAFE TEST-ONLY BUILD BEHAVIOUR: writes are acknowledged without a \
+                 lease and before replica acks; acknowledged writes WILL be lost on failover. Never use in production."
+            );
+        }
+    }
+}
+
 type ApiResult = Result<Response, ApiError>;
 
 fn data_error(e: DataError) -> ApiError {
@@ -140,7 +167,13 @@ pub async fn wait_write_epoch(node: &Node) -> Option<u64> {
 }
 
 async fn do_write(node: &Node, op: WriteOp) -> ApiResult {
-    let Some(epoch) = wait_write_epoch(node).await else {
+    let epoch = if unsafe_test_ack_early() {
+        // UNSAFE, test only: no lease needed, the epoch this node last learned will do.
+        node.view().state.primary.filter(|p| p.node == node.id).map(|p| p.epoch)
+    } else {
+        wait_write_epoch(node).await
+    };
+    let Some(epoch) = epoch else {
         return Err(ApiError::unavailable(
             "no_lease",
             "this node is the primary but holds no valid lease; retry shortly",
@@ -149,15 +182,17 @@ async fn do_write(node: &Node, op: WriteOp) -> ApiResult {
     let res = node.repl.store.write(epoch, op).await.map_err(data_error)?;
     node.repl.advanced();
     // Durable on the primary. Re-check the lease before acknowledging: if it lapsed while the
-    // write was in flight, another node may already be primary.
-    if write_epoch(node) != Some(epoch) {
+    // write was in flight, another node may already be primary. (The unsafe test-only switch
+    // skips this and the sync-mode wait below.)
+    let ack_early = unsafe_test_ack_early();
+    if !ack_early && write_epoch(node) != Some(epoch) {
         return Err(ApiError::unavailable(
             "outcome_unknown",
             "the lease lapsed while the write was being made durable: it may or may not survive a failover",
         ));
     }
     let cfg = node.view().state.config.clone();
-    if cfg.replication_mode == ReplicationMode::Sync {
+    if cfg.replication_mode == ReplicationMode::Sync && !ack_early {
         let timeout = SYNC_ACK_TIMEOUT;
         if !node.repl.wait_acks(res.pos, cfg.min_acks, timeout).await {
             return Err(ApiError::unavailable(
@@ -328,6 +363,9 @@ pub async fn get(
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(data_error)?;
+    if primary_read && !unsafe_test_ack_early() {
+        confirm_primary_read(&node).await?;
+    }
     let epoch = node.view().state.epoch();
     let mut r = match found {
         Some((value, meta)) => {
@@ -349,6 +387,34 @@ pub async fn get(
         }
     }
     Ok(r)
+}
+
+/// Before a primary read is answered: in sync mode, everything it may have seen (up to the
+/// head now, after the read) must be on `min_acks` replicas, or a failover could lose a value
+/// the read returned (found by the chaos harness: a read saw a write that was still waiting for
+/// its replica acks, the primary was killed, and the register went back). And the lease must
+/// still be valid, as for writes: a read delayed past the lease (a pause) may miss newer writes.
+async fn confirm_primary_read(node: &Node) -> Result<(), ApiError> {
+    let cfg = node.view().state.config.clone();
+    if cfg.replication_mode == ReplicationMode::Sync {
+        let head = node.repl.position();
+        if !node.repl.wait_acks(head, cfg.min_acks, SYNC_ACK_TIMEOUT).await {
+            return Err(ApiError::unavailable(
+                "not_replicated",
+                format!(
+                    "primary read refused: the latest writes are not yet confirmed by {} replica(s)",
+                    cfg.min_acks
+                ),
+            ));
+        }
+    }
+    if write_epoch(node).is_none() {
+        return Err(ApiError::unavailable(
+            "no_lease",
+            "primary read refused: the lease lapsed while reading",
+        ));
+    }
+    Ok(())
 }
 
 /// `/v1/kv/` with nothing after the slash.

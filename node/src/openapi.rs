@@ -101,7 +101,8 @@ fn error_responses() -> Value {
         "Unavailable": e("no answer possible right now, retry: `no_leader`, `not_leader`, `leader_unreachable`, \
     `timeout` (request not finished within --request-timeout-ms), `shutting_down`, `no_primary`, \
     `primary_unreachable`, `no_lease`, `not_primary`, `stale_epoch`, `state_behind` (backup), `outcome_unknown` (a write may or may not \
-    have been applied), `upstream_unavailable` (Git Sync remote); the probes' answers: `not_primary`, `is_primary`, \
+    have been applied), `not_replicated` (a sync-mode primary read whose data is not yet on `min_acks` \
+    replicas), `upstream_unavailable` (Git Sync remote); the probes' answers: `not_primary`, `is_primary`, \
     `lagging`, `not_replicating`, `not_member`, `no_quorum`, `raft_stopped`, `data_unreadable`, `cluster_id_mismatch`"),
     })
 }
