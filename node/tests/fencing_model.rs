@@ -69,7 +69,8 @@ struct Params {
     no_restart_guard: bool,
     /// The coordinator itself refuses votes for `election_timeout_max` after each quorum-
     /// confirmed grant, like the followers that acknowledged it. openraft 0.9.25 does not do
-    /// this on its own: a leader's vote is touched only when it is elected (see DESIGN.md).
+    /// this on its own (a leader's vote is touched only when it is elected); Keel's vote guard
+    /// in `peer.rs` does (`Coordinator::since_any_grant`; see DESIGN.md).
     leader_refuses_votes_after_grant: bool,
     /// Bounds of the exploration.
     max_term: u8,
@@ -597,7 +598,9 @@ fn mutation_no_restart_vote_guard_is_caught() {
 /// led for longer than `election_timeout_max` votes for a higher-term candidate at once, even
 /// right after a quorum (itself and one follower) confirmed a lease grant. With only that
 /// follower refusing, a candidate elected by {itself, the old leader} may promote at once (fast
-/// path) while the old primary's lease runs. See raft/DESIGN.md, "The fencing model".
+/// path) while the old primary's lease runs. Keel's vote guard closes this (`peer.rs`;
+/// `failover.rs` `coordinator_refuses_votes_while_it_grants_leases` pins the wiring). See
+/// raft/DESIGN.md, "The fencing model".
 #[test]
 fn leader_that_does_not_refuse_votes_after_grant_is_unsafe() {
     let mut p = Params::keel_defaults();
