@@ -264,6 +264,11 @@ async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
             "acks": node.repl.acks_view(),
             "store": node.repl.store.stats(),
             "log_start": log_start(&node),
+            "warning": crate::repl::sync_guarantee_warning(
+                view.state.config.replication_mode,
+                view.state.config.min_acks,
+                m.membership_config.membership().voter_ids().count(),
+            ),
         },
         "gitsync": node.gitsync.as_ref().map(|g| g.status()),
     }))

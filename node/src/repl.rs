@@ -649,3 +649,38 @@ pub async fn retention_task(node: Arc<Node>) {
         }
     }
 }
+
+/// Why sync mode does not guarantee what it promises with these settings, if it does not: an
+/// acknowledged write survives a failover only while the primary and the `min_acks` replicas that
+/// acknowledged it include a node of every majority, i.e. when `1 + min_acks` is a majority of the voters.
+/// Otherwise a primary cut off together with its acknowledging replicas loses writes that the majority
+/// never saw (found by the chaos harness with five nodes and `min_acks` 1).
+pub fn sync_guarantee_warning(mode: keel_raft::state::ReplicationMode, min_acks: u32, voters: usize) -> Option<String> {
+    let majority = voters / 2 + 1;
+    (mode == keel_raft::state::ReplicationMode::Sync && 1 + (min_acks as usize) < majority).then(|| {
+        format!(
+            "sync mode with min_acks {min_acks} on {voters} voters: the primary and {min_acks} replica(s) are not a \
+             majority, so a failover can lose acknowledged writes; set min_acks to at least {0} \
+             (PATCH /v1/config {{\"min_acks\": {0}}})",
+            majority - 1
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sync_guarantee_warning;
+    use keel_raft::state::ReplicationMode::{Async, Sync};
+
+    #[test]
+    fn sync_guarantee_needs_a_majority() {
+        assert_eq!(sync_guarantee_warning(Sync, 1, 3), None);
+        assert_eq!(sync_guarantee_warning(Sync, 1, 1), None);
+        assert_eq!(sync_guarantee_warning(Sync, 2, 5), None);
+        assert_eq!(sync_guarantee_warning(Async, 1, 5), None);
+        let w = sync_guarantee_warning(Sync, 1, 5).unwrap();
+        assert!(w.contains("at least 2"), "{w}");
+        assert!(sync_guarantee_warning(Sync, 2, 7).unwrap().contains("at least 3"));
+        assert!(sync_guarantee_warning(Sync, 0, 3).is_some());
+    }
+}
