@@ -5,45 +5,12 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
-
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "test")
-        .env("GIT_AUTHOR_EMAIL", "test@example.invalid")
-        .env("GIT_COMMITTER_NAME", "test")
-        .env("GIT_COMMITTER_EMAIL", "test@example.invalid")
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A bare upstream repository with one commit under `shared/`; returns its file:// URL.
-fn upstream(dir: &Path) -> String {
-    let bare = dir.join("upstream.git");
-    let work = dir.join("work");
-    std::fs::create_dir_all(work.join("shared")).unwrap();
-    git(dir, &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()]);
-    git(&work, &["init", "-q", "-b", "main"]);
-    std::fs::write(work.join("shared/config.txt"), "v1").unwrap();
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "-q", "-m", "v1"]);
-    git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
-    format!("file://{}", bare.display())
-}
 
 /// Run `keel ARGS --addr ADDR`; `(exit code, stdout, stderr)`.
 fn keel(c: &Cluster, addr: &str, args: &[&str]) -> (i32, String, String) {
@@ -89,7 +56,7 @@ fn table(c: &Cluster, addr: &str, args: &[&str], want_code: i32, header: &str) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_read_command_prints_table_or_json() {
     let repo = tempfile::tempdir().unwrap();
-    let url = upstream(repo.path());
+    let url = gitsync_upstream(repo.path());
     let mut c = Cluster::new(
         3,
         &[

@@ -17,37 +17,6 @@ use common::*;
 
 const T: Duration = Duration::from_secs(30);
 
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "test")
-        .env("GIT_AUTHOR_EMAIL", "test@example.invalid")
-        .env("GIT_COMMITTER_NAME", "test")
-        .env("GIT_COMMITTER_EMAIL", "test@example.invalid")
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A bare upstream repository with one commit under `shared/`; returns its file:// URL.
-fn upstream(dir: &Path) -> String {
-    let bare = dir.join("upstream.git");
-    let work = dir.join("work");
-    std::fs::create_dir_all(work.join("shared")).unwrap();
-    git(dir, &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()]);
-    git(&work, &["init", "-q", "-b", "main"]);
-    std::fs::write(work.join("shared/config.txt"), "v1").unwrap();
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "-q", "-m", "v1"]);
-    git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
-    format!("file://{}", bare.display())
-}
-
 fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|f| f.is_file()))
 }
@@ -122,7 +91,7 @@ fn promtool_check(promtool: &Path, text: &str) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_and_match_the_readme() {
     let repo = tempfile::tempdir().unwrap();
-    let url = upstream(repo.path());
+    let url = gitsync_upstream(repo.path());
     let mut c = Cluster::new(
         3,
         &[

@@ -74,7 +74,6 @@ import schemathesis
 ALLOWED_503 = set(filter(None, os.environ.get("KEEL_ALLOWED_503", "").split(",")))
 LOG = os.environ["KEEL_FUZZ_LOG"]
 
-
 @schemathesis.check
 def keel_no_server_error(ctx, response, case):
     status = response.status_code
@@ -98,40 +97,9 @@ def keel_no_server_error(ctx, response, case):
         raise AssertionError(f"503 with code {code!r}, not allowed in this round (allowed: {sorted(ALLOWED_503)})")
 "#;
 
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "test")
-        .env("GIT_AUTHOR_EMAIL", "test@example.invalid")
-        .env("GIT_COMMITTER_NAME", "test")
-        .env("GIT_COMMITTER_EMAIL", "test@example.invalid")
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A bare upstream repository with one commit under `shared/`; returns its file:// URL.
-fn upstream(dir: &Path) -> String {
-    let bare = dir.join("upstream.git");
-    let work = dir.join("work");
-    std::fs::create_dir_all(work.join("shared")).unwrap();
-    git(dir, &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()]);
-    git(&work, &["init", "-q", "-b", "main"]);
-    std::fs::write(work.join("shared/config.txt"), "v1").unwrap();
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "-q", "-m", "v1"]);
-    git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
-    format!("file://{}", bare.display())
-}
-
 /// Three nodes with the admin token and Git Sync, a primary holding its lease.
 async fn cluster(repo_dir: &Path) -> (Cluster, u64) {
-    let url = upstream(repo_dir);
+    let url = gitsync_upstream(repo_dir);
     let mut c = Cluster::new(
         3,
         &[

@@ -364,3 +364,35 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// `git ARGS` in `dir` with a fixed author; panics with git's stderr on failure.
+pub fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.invalid")
+        .env("GIT_COMMITTER_NAME", "test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.invalid")
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A bare Git Sync upstream repository in `dir` with one commit under `shared/`; returns its file:// URL.
+pub fn gitsync_upstream(dir: &Path) -> String {
+    let bare = dir.join("upstream.git");
+    let work = dir.join("work");
+    std::fs::create_dir_all(work.join("shared")).unwrap();
+    git(dir, &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()]);
+    git(&work, &["init", "-q", "-b", "main"]);
+    std::fs::write(work.join("shared/config.txt"), "v1").unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "v1"]);
+    git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
+    format!("file://{}", bare.display())
+}
