@@ -5,6 +5,7 @@
 //!                 [--nemesis kill,kill-primary,pause,partition,netem,skew,wipe|all] [--netns]
 //!                 [--fault-every-ms 4000] [--fault-for-ms 2000] [--mode async|sync] [--seed N]
 //!                 [--min-acks N (sync; default nodes/2)] [--skew-rate R] [--quiet-ms 3000] [--keel target/release/keel] [--out report/<run>]
+//!                 [--rate OPS_PER_SEC (all clients together; default: closed loop, as fast as answered)]
 //! keel-jepsen check history.jsonl
 //! ```
 //! Exit code: 0 every checker passed, 1 a checker failed, 2 bad usage or the run could not start.
@@ -19,7 +20,7 @@ fn usage() -> ! {
         "usage: keel-jepsen run [--nodes N] [--time SECS] [--clients N] [--keys N] [--workload register|append] \
          [--nemesis kill,kill-primary,pause,partition,netem,skew,wipe|all] [--netns] [--fault-every-ms MS] \
          [--fault-for-ms MS] [--mode async|sync] [--min-acks N] [--seed N] [--skew-rate R] [--quiet-ms MS] [--keel PATH] \
-         [--out DIR]\n       \
+         [--rate OPS_PER_SEC] [--out DIR]\n       \
          keel-jepsen check HISTORY.jsonl"
     );
     std::process::exit(2)
@@ -99,6 +100,17 @@ fn main() {
             "--quiet-ms" => cfg.quiet = Duration::from_millis(num(args.next(), "--quiet-ms")),
             "--netns" => opts.netns = true,
             "--min-acks" => opts.min_acks = Some(num(args.next(), "--min-acks")),
+            "--rate" => {
+                opts.rate = Some(
+                    args.next()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .filter(|r| r.is_finite() && *r > 0.0)
+                        .unwrap_or_else(|| {
+                            eprintln!("error: --rate needs operations per second of all clients together, such as 200");
+                            usage()
+                        }),
+                )
+            }
             "--workload" => {
                 opts.workload = match args.next().as_deref() {
                     Some("register") => Workload::Register,

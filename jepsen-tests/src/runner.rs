@@ -72,6 +72,48 @@ pub struct RunOptions {
     /// (the condition under which Keel promises no lost acknowledged write; with 1 on five
     /// nodes, a primary cut off with one replica acknowledges writes the majority never sees).
     pub min_acks: Option<u64>,
+    /// Operations per second of all clients together (each client paced to `rate / clients`);
+    /// `None` = as fast as the cluster answers (closed loop).
+    pub rate: Option<f64>,
+}
+
+/// One client's go-ahead: spaces its operations so that all clients together make about `rate`
+/// per second, and ends the client when the run stops. A client that falls behind (slow answers, a
+/// fault) does not burst to catch up.
+struct Pacer {
+    period: Option<Duration>,
+    next: Instant,
+    stop: Arc<AtomicBool>,
+}
+
+impl Pacer {
+    fn new(rate: Option<f64>, clients: u64, stop: Arc<AtomicBool>) -> Pacer {
+        let period = rate
+            .filter(|r| r.is_finite() && *r > 0.0)
+            .map(|r| Duration::from_secs_f64(clients.max(1) as f64 / r));
+        Pacer {
+            period,
+            next: Instant::now(),
+            stop,
+        }
+    }
+
+    /// Waits for this client's next slot (in steps of at most 100 ms, so a stop is noticed);
+    /// `false` once the run stops.
+    fn next_op(&mut self) -> bool {
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            let Some(period) = self.period else { return true };
+            let now = Instant::now();
+            if now >= self.next {
+                self.next = self.next.max(now) + period;
+                return true;
+            }
+            std::thread::sleep((self.next - now).min(Duration::from_millis(100)));
+        }
+    }
 }
 
 /// xorshift64*: seeded, so a schedule replays.
@@ -474,12 +516,12 @@ fn client(
     cfg: RunConfig,
     apis: Vec<(u64, String)>,
     rec: Arc<Recorder>,
-    stop: Arc<AtomicBool>,
+    mut pacer: Pacer,
     values: Arc<AtomicU64>,
 ) {
     let http = new_http();
     let mut rng = Rng::new(cfg.seed ^ (process + 1).wrapping_mul(0x1234_5678));
-    while !stop.load(Ordering::Relaxed) {
+    while pacer.next_op() {
         let key = format!("r{}", rng.below(cfg.keys));
         let (node, api) = apis[rng.below(apis.len() as u64) as usize].clone();
         match rng.below(3) {
@@ -648,7 +690,7 @@ fn append_client(
     cfg: RunConfig,
     apis: Vec<(u64, String)>,
     rec: Arc<Recorder>,
-    stop: Arc<AtomicBool>,
+    mut pacer: Pacer,
     counts: Arc<Vec<AtomicU64>>,
     bad_values: Arc<AtomicU64>,
 ) {
@@ -656,7 +698,7 @@ fn append_client(
     let mut rng = Rng::new(cfg.seed ^ (process + 1).wrapping_mul(0x8765_4321));
     // Elements are unique across the run: process in the high bits, a counter in the low.
     let mut next = 0u64;
-    while !stop.load(Ordering::Relaxed) {
+    while pacer.next_op() {
         let slot = rng.below(cfg.keys) as usize;
         let (node, api) = apis[rng.below(apis.len() as u64) as usize].clone();
         if rng.below(2) == 0 {
@@ -1201,7 +1243,8 @@ pub fn run_with(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport, String>
                 .map(|p| {
                     let (cfg, apis, rec, stop, values) =
                         (cfg.clone(), apis.clone(), rec.clone(), stop.clone(), values.clone());
-                    std::thread::spawn(move || client(p, cfg, apis, rec, stop, values))
+                    let pacer = Pacer::new(opts.rate, cfg.clients, stop);
+                    std::thread::spawn(move || client(p, cfg, apis, rec, pacer, values))
                 })
                 .collect()
         }
@@ -1217,7 +1260,8 @@ pub fn run_with(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport, String>
                         counts.clone(),
                         bad_values.clone(),
                     );
-                    std::thread::spawn(move || append_client(p, cfg, apis, rec, stop, counts, bad))
+                    let pacer = Pacer::new(opts.rate, cfg.clients, stop);
+                    std::thread::spawn(move || append_client(p, cfg, apis, rec, pacer, counts, bad))
                 })
                 .collect()
         }
@@ -1633,4 +1677,37 @@ fn write_report(cfg: &RunConfig, r: &RunReport, h: &History, timeline: &[(u64, V
         let _ = writeln!(f, "{fault}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacer_spaces_operations_and_stops() {
+        let stop = Arc::new(AtomicBool::new(false));
+        // Closed loop: no pacing at all.
+        assert!(Pacer::new(None, 4, stop.clone()).period.is_none());
+        assert!(Pacer::new(Some(0.0), 4, stop.clone()).period.is_none());
+        // 4 clients at 200 ops/s in all: 20 ms between one client's operations.
+        assert_eq!(
+            Pacer::new(Some(200.0), 4, stop.clone()).period,
+            Some(Duration::from_millis(20))
+        );
+
+        // Six slots 20 ms apart take at least five periods (a lower bound: sleeps are never short).
+        let mut p = Pacer::new(Some(50.0), 1, stop.clone());
+        let t0 = Instant::now();
+        for _ in 0..6 {
+            assert!(p.next_op());
+        }
+        assert!(t0.elapsed() >= Duration::from_millis(100), "{:?}", t0.elapsed());
+
+        // A stop ends the client, also while it waits for a slot an hour away (else this would hang).
+        let mut p = Pacer::new(Some(1.0 / 3600.0), 1, stop.clone());
+        assert!(p.next_op());
+        stop.store(true, Ordering::Relaxed);
+        assert!(!p.next_op());
+        assert!(!Pacer::new(None, 1, stop).next_op());
+    }
 }
