@@ -56,21 +56,7 @@ fn table(c: &Cluster, addr: &str, args: &[&str], want_code: i32, header: &str) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_read_command_prints_table_or_json() {
     let repo = tempfile::tempdir().unwrap();
-    let url = gitsync_upstream(repo.path());
-    let mut c = Cluster::new(
-        3,
-        &[
-            "--gitsync-repo",
-            &url,
-            "--gitsync-branch",
-            "main",
-            "--gitsync-path",
-            "shared/",
-        ],
-    );
-    c.start_all();
-    c.wait_leader(&[1, 2, 3], T).await;
-    let primary = c.wait_primary(&[], T).await;
+    let (c, primary) = gitsync_cluster(repo.path(), &[], T).await;
     let addr = c.node(primary).url();
     let a = addr.as_str();
 

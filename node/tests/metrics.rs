@@ -91,21 +91,7 @@ fn promtool_check(promtool: &Path, text: &str) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_and_match_the_readme() {
     let repo = tempfile::tempdir().unwrap();
-    let url = gitsync_upstream(repo.path());
-    let mut c = Cluster::new(
-        3,
-        &[
-            "--gitsync-repo",
-            &url,
-            "--gitsync-branch",
-            "main",
-            "--gitsync-path",
-            "shared/",
-        ],
-    );
-    c.start_all();
-    c.wait_leader(&[1, 2, 3], T).await;
-    let primary = c.wait_primary(&[], T).await;
+    let (c, primary) = gitsync_cluster(repo.path(), &[], T).await;
     let replica = (1..=3).find(|id| *id != primary).unwrap();
     // One write, so the replica has a position and a lag to report.
     let r = c

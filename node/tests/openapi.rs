@@ -99,26 +99,12 @@ def keel_no_server_error(ctx, response, case):
 
 /// Three nodes with the admin token and Git Sync, a primary holding its lease.
 async fn cluster(repo_dir: &Path) -> (Cluster, u64) {
-    let url = gitsync_upstream(repo_dir);
-    let mut c = Cluster::new(
-        3,
-        &[
-            "--admin-token",
-            ADMIN,
-            "--gitsync-repo",
-            &url,
-            "--gitsync-branch",
-            "main",
-            "--gitsync-path",
-            "shared/",
-            "--gitsync-webhook-secret",
-            WEBHOOK_SECRET,
-        ],
-    );
-    c.start_all();
-    c.wait_leader(&[1, 2, 3], T).await;
-    let primary = c.wait_primary(&[], T).await;
-    (c, primary)
+    gitsync_cluster(
+        repo_dir,
+        &["--admin-token", ADMIN, "--gitsync-webhook-secret", WEBHOOK_SECRET],
+        T,
+    )
+    .await
 }
 
 fn fill(template: &str) -> String {

@@ -396,3 +396,23 @@ pub fn gitsync_upstream(dir: &Path) -> String {
     git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
     format!("file://{}", bare.display())
 }
+
+/// Three nodes following a fresh [`gitsync_upstream`] in `repo_dir` (branch `main`, path `shared/`), with
+/// `extra` flags; started, with a leader and a primary holding its lease. Returns the primary's id.
+pub async fn gitsync_cluster(repo_dir: &Path, extra: &[&str], timeout: Duration) -> (Cluster, u64) {
+    let url = gitsync_upstream(repo_dir);
+    let mut args = vec![
+        "--gitsync-repo",
+        &url,
+        "--gitsync-branch",
+        "main",
+        "--gitsync-path",
+        "shared/",
+    ];
+    args.extend_from_slice(extra);
+    let mut c = Cluster::new(3, &args);
+    c.start_all();
+    c.wait_leader(&[1, 2, 3], timeout).await;
+    let primary = c.wait_primary(&[], timeout).await;
+    (c, primary)
+}
