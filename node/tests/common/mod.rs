@@ -24,9 +24,19 @@ pub fn test_ip() -> String {
     format!("127.{}.{}.1", 1 + (r % 250), 1 + ((r >> 8) % 250))
 }
 
+/// A port nothing listens on now, and one this process has not handed out before: the kernel may
+/// give a port released by an earlier call to a later one, and two nodes of one cluster on the
+/// same port made a node fail to start ("Address already in use") in a CI run.
 pub fn free_port(ip: &str) -> u16 {
-    let l = TcpListener::bind(format!("{ip}:0")).expect("bind port 0");
-    l.local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let l = TcpListener::bind(format!("{ip}:0")).expect("bind port 0");
+        let port = l.local_addr().unwrap().port();
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 pub struct TestNode {
