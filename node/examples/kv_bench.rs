@@ -827,7 +827,9 @@ fn etcd_cell(http: &Http, etcd: &Etcd, leader: usize, size: usize, clients: usiz
 fn main() {
     let mut secs = 5.0f64;
     let mut compare_etcd = false;
-    let usage = "usage: kv_bench [--secs S] [--compare etcd]";
+    // `--only MODE:SIZE:CLIENTS` (repeatable) runs just those Keel cells, e.g. to profile one.
+    let mut only: Vec<(String, usize, usize)> = Vec::new();
+    let usage = "usage: kv_bench [--secs S] [--compare etcd] [--only MODE:SIZE:CLIENTS ...]";
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -839,8 +841,41 @@ fn main() {
                     other.unwrap_or("")
                 ),
             },
+            "--only" => {
+                let v = args.next().unwrap_or_default();
+                let parts: Vec<&str> = v.split(':').collect();
+                let cell = match parts[..] {
+                    [m @ ("async" | "sync"), s, c] => {
+                        s.parse().ok().zip(c.parse().ok()).map(|(s, c)| (m.to_string(), s, c))
+                    }
+                    _ => None,
+                };
+                only.push(
+                    cell.unwrap_or_else(|| panic!("--only {v}: expected MODE:SIZE:CLIENTS, e.g. async:16384:64")),
+                );
+            }
             other => panic!("unknown argument {other}; {usage}"),
         }
+    }
+    if !only.is_empty() {
+        // One-off cells: no etcd, no half-load run, no goal checks.
+        let http = http_client();
+        let keel = start_keel(&http);
+        for (mode, size, clients) in &only {
+            let mode: &'static str = if mode == "async" { "async" } else { "sync" };
+            set_mode(&http, &keel.primary, mode);
+            let r = keel_cell(&http, &keel, mode, *size, *clients, Duration::from_secs_f64(secs));
+            println!(
+                "keel {mode} {} × {clients}: {:.0} writes/s, p50 {:.2} ms, p99 {:.2} ms, {} errors, {:.1} writes/fsync",
+                size_label(*size),
+                r.out.rate(),
+                pct_ms(&r.out.lat, 0.5),
+                pct_ms(&r.out.lat, 0.99),
+                r.out.error_count(),
+                r.writes_per_fsync
+            );
+        }
+        return;
     }
     assert!(secs > 0.0, "--secs must be positive");
     let dur = Duration::from_secs_f64(secs);
