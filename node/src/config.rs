@@ -125,6 +125,12 @@ pub struct ServeArgs {
     #[arg(long, env = "KEEL_MIN_ACKS", value_name = "N")]
     pub min_acks: Option<u32>,
 
+    /// On-disk format of this node's datastore: 2 stores each value over 512 bytes once, in page-sized
+    /// chunks; 1 is what releases before it read. Moving a datastore from 1 to 2 is allowed, back is
+    /// refused [default: 2 for a new datastore, else the format it has].
+    #[arg(long, env = "KEEL_DATASTORE_FORMAT", value_name = "N", value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub datastore_format: Option<u8>,
+
     /// Command run (through the shell) when this node's role changes [default: none].
     #[arg(long, env = "KEEL_ROLE_CHANGE_HOOK", value_name = "CMD")]
     pub role_change_hook: Option<String>,
@@ -325,6 +331,8 @@ pub struct ReplicationConfig {
     pub mode: ReplicationMode,
     /// Replicas that must confirm a write in [`ReplicationMode::Sync`]; unused in async mode.
     pub min_acks: u32,
+    /// Datastore format to open with (`None`: newest for a new file, else as it is).
+    pub datastore_format: Option<u8>,
 }
 
 impl Default for ReplicationConfig {
@@ -332,6 +340,7 @@ impl Default for ReplicationConfig {
         ReplicationConfig {
             mode: ReplicationMode::default(),
             min_acks: defaults::MIN_ACKS,
+            datastore_format: None,
         }
     }
 }
@@ -522,6 +531,7 @@ struct FileRaft {
 struct FileReplication {
     mode: Option<String>,
     min_acks: Option<u32>,
+    datastore_format: Option<u8>,
 }
 
 #[derive(Deserialize, Default)]
@@ -733,6 +743,7 @@ impl Config {
                     .min_acks
                     .or(file.replication.min_acks)
                     .unwrap_or(defaults::MIN_ACKS),
+                datastore_format: args.datastore_format.or(file.replication.datastore_format),
             },
             role_change_hook: args.role_change_hook.or(file.role_change_hook),
             gitsync,
@@ -814,6 +825,15 @@ impl Config {
                 self.max_body_bytes,
                 format!("must be at least {MIN_MAX_BODY_BYTES}"),
             ));
+        }
+        if let Some(f) = self.replication.datastore_format {
+            if !(1..=keel_replication::NEWEST_FORMAT).contains(&f) {
+                return Err(bad_value(
+                    "replication.datastore_format",
+                    f,
+                    format!("must be 1 or {}", keel_replication::NEWEST_FORMAT),
+                ));
+            }
         }
         if self.replication.min_acks < 1 {
             return Err(bad_value(
@@ -1281,6 +1301,7 @@ mod tests {
         assert_eq!(c.max_body_bytes, 2_162_688);
         assert_eq!(c.replication.mode, ReplicationMode::Async);
         assert_eq!(c.replication.min_acks, 1);
+        assert_eq!(c.replication.datastore_format, None);
         assert!(c.join.is_none() && c.cluster_token.is_none() && c.admin_token.is_none());
         assert!(c.role_change_hook.is_none() && c.gitsync.is_none());
     }
@@ -1319,6 +1340,7 @@ mod tests {
             [replication]
             mode = "sync"
             min_acks = 2
+            datastore_format = 1
             [gitsync]
             repo = "https://example.com/cfg.git"
             path = "shared/"
@@ -1340,6 +1362,7 @@ mod tests {
         assert_eq!(c.admin_token.as_ref().unwrap().expose(), "flag-token");
         assert_eq!(c.raft.heartbeat_ms, 20);
         assert_eq!(c.replication.min_acks, 1);
+        assert_eq!(c.replication.datastore_format, Some(1), "from the file");
         // From the file.
         assert_eq!(c.id, 3);
         assert_eq!(c.peers.len(), 3);
@@ -1747,7 +1770,8 @@ mod tests {
             c.replication,
             ReplicationConfig {
                 mode: ReplicationMode::Sync,
-                min_acks: 2
+                min_acks: 2,
+                datastore_format: None,
             }
         );
         assert_eq!(c.raft.election_timeout_max_ms, 900);

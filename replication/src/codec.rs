@@ -14,6 +14,11 @@ use serde::Serialize;
 /// old one) whenever a persisted or peer-sent type changes shape incompatibly.
 pub const FORMAT_VERSION: u8 = 1;
 
+/// Version of the datastore's `kv` records and change-log entries that hold a value in the
+/// `values` table (datastore format 2, `values.rs`). Every other structure is at
+/// [`FORMAT_VERSION`], and so are the records of format 2 whose values are all inline.
+pub const FORMAT_EXTERNAL: u8 = 2;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     #[error("empty buffer: expected a format version byte")]
@@ -34,9 +39,20 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     postcard::to_extend(value, out).expect("postcard encoding into a Vec cannot fail for keel types")
 }
 
+/// Encode `value` as `[version] ++ postcard(value)`: for a structure at another version than
+/// [`FORMAT_VERSION`].
+pub(crate) fn encode_as<T: Serialize + ?Sized>(version: u8, value: &T) -> Vec<u8> {
+    postcard::to_extend(value, vec![version]).expect("postcard encoding into a Vec cannot fail for keel types")
+}
+
 /// Decode a buffer produced by [`encode`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, rest) = decode_prefix(bytes)?;
+    decode_as(FORMAT_VERSION, bytes)
+}
+
+/// Decode a buffer produced by [`encode_as`] with `version`.
+pub(crate) fn decode_as<T: DeserializeOwned>(version: u8, bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, rest) = decode_prefix_as(version, bytes)?;
     if !rest.is_empty() {
         return Err(CodecError::TrailingBytes(rest.len()));
     }
@@ -47,9 +63,14 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 /// lets a reader take a small header without copying a large trailing field. The caller is
 /// responsible for checking the rest.
 pub(crate) fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8]), CodecError> {
-    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
-    if version != FORMAT_VERSION {
-        return Err(CodecError::UnsupportedVersion { found: version });
+    decode_prefix_as(FORMAT_VERSION, bytes)
+}
+
+/// [`decode_prefix`] for a buffer at `version`.
+pub(crate) fn decode_prefix_as<T: DeserializeOwned>(version: u8, bytes: &[u8]) -> Result<(T, &[u8]), CodecError> {
+    let (&found, body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    if found != version {
+        return Err(CodecError::UnsupportedVersion { found });
     }
     Ok(postcard::take_from_bytes(body)?)
 }

@@ -26,6 +26,7 @@
 pub mod codec;
 mod snapshot;
 mod store;
+mod values;
 mod writer;
 
 use std::fmt;
@@ -34,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 pub use snapshot::{SnapshotInstaller, SnapshotReader, SNAPSHOT_CHUNK_BYTES};
 pub use store::{DataStats, DataStore};
+pub use values::{CHUNK_MAX, INLINE_MAX, NEWEST_FORMAT};
 
 /// Longest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;

@@ -10,7 +10,7 @@
 //! [`SnapshotInstaller`] writes the records into a staging table (`kv_staging`) as chunks arrive,
 //! with non-durable commits (a crash just leaves staging garbage, cleared by the next install),
 //! and at `finish` swaps it in for `kv` in one durable transaction that also empties the change
-//! log and sets the position: readers see the old contents or the new ones, never a mix.
+//! log and the `values` table (installed values are inline) and sets the position: readers see the old contents or the new ones, never a mix.
 
 use std::iter::Peekable;
 use std::sync::atomic::Ordering;
@@ -20,9 +20,8 @@ use redb::{Durability, ReadableDatabase, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
-use crate::store::{
-    begin_write, decode_value, encode_value, read_meta, write_meta, Ctx, Inner, KV, KV_STAGING, LOG, META,
-};
+use crate::store::{begin_write, encode_value, read_meta, write_meta, Ctx, Inner, KV, KV_STAGING, LOG, META};
+use crate::values::{resolve, StoredKv, VALUES};
 use crate::{validate_key, validate_value, DataError, DataStore, Position};
 
 /// Target size of one snapshot chunk. A chunk is larger only when a single record is (a value
@@ -58,6 +57,8 @@ type KvRange = redb::Range<'static, &'static str, &'static [u8]>;
 /// dropped (which keeps the pages it reads from being reused), so drop it when done.
 pub struct SnapshotReader {
     range: Peekable<KvRange>,
+    /// The large values (format 2), in the same read transaction as `range`.
+    values: redb::ReadOnlyTable<(u64, u32), &'static [u8]>,
     position: Position,
     next_index: u64,
     /// A record read but not yet sent because it did not fit in the previous chunk.
@@ -101,10 +102,10 @@ impl SnapshotReader {
                     Some(item) => {
                         let (k, v) = item.ctx("read snapshot")?;
                         let key = k.value();
-                        let stored = decode_value(key, v.value())?;
+                        let stored = StoredKv::decode(key, v.value())?;
                         SnapshotRecord {
                             key: key.to_string(),
-                            value: stored.value,
+                            value: resolve(&self.values, stored.pos.seq, stored.held)?,
                             pos: stored.pos,
                         }
                     }
@@ -217,6 +218,9 @@ impl SnapshotInstaller {
         tx.rename_table(KV_STAGING, KV).ctx("swap in snapshot table")?;
         tx.delete_table(LOG).ctx("empty change log")?;
         tx.open_table(LOG).ctx("create change log")?;
+        // The installed values are inline; nothing names the old large values any more.
+        tx.delete_table(VALUES).ctx("drop old values table")?;
+        tx.open_table(VALUES).ctx("create values table")?;
         let old = *guard;
         let new = crate::store::Meta {
             position: pos,
@@ -251,8 +255,10 @@ impl DataStore {
         let keys = kv.len().ctx("count snapshot keys")?;
         // The range keeps the read transaction's snapshot alive by itself.
         let range: KvRange = kv.range::<&str>(..).ctx("read snapshot")?;
+        let values = rtx.open_table(VALUES).ctx("open values table")?;
         Ok(SnapshotReader {
             range: range.peekable(),
+            values,
             position: meta.position,
             next_index: 0,
             pending: None,

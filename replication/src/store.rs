@@ -2,14 +2,17 @@
 //! primary write path (in `writer.rs`) and snapshots (in `snapshot.rs`).
 //!
 //! Tables:
-//! - `kv`: key → encoded [`StoredValue`] `{pos, value}` (version = `pos.seq`).
+//! - `kv`: key → encoded `StoredKv` `{pos, value}` (version = `pos.seq`); a large value is only
+//!   referenced here and lives in `values` (datastore format 2, see `values.rs`).
 //! - `log`: seq → encoded [`Entry`]. Always contiguous: it holds exactly the seqs
 //!   `log_start.seq + 1 ..= position.seq` (appends at the back, trim at the front, rollback at
 //!   the back). Empty iff `log_start == position`.
 //! - `meta`: `position` (last entry written or applied), `newest_epoch` (newest epoch seen),
 //!   `log_start` (position of the last trimmed entry, or of the installed snapshot: the log
 //!   starts right after it, and its epoch is kept so a fork is still detected at that seq).
-//! - `diverged`: record id → encoded `{at_ms, entry}` for every rolled-back entry.
+//! - `diverged`: record id → encoded `{at_ms, entry}` for every rolled-back entry (values inline).
+//! - `values`: `(seq, chunk)` → bytes of the large values of format 2 (`values.rs`).
+//! - `meta` also holds `format`, the datastore format this file is written in (absent: 1).
 //!
 //! Locks: `Inner::meta` (a mutex) is taken by every write transaction of this store, for the
 //! whole transaction, and the in-memory caches are updated under it right after the commit. So
@@ -31,7 +34,8 @@ use redb::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{decode, decode_prefix, encode};
+use crate::codec::{decode, encode};
+use crate::values::{hold, release, resolve, Held, StoredEntry, StoredKv, NEWEST_FORMAT, VALUES};
 use crate::writer::WriterHandle;
 use crate::{
     validate_key, validate_value, DataError, Entry, ListItem, ListPage, LogRead, Position, ValueMeta, WriteOp,
@@ -48,18 +52,9 @@ pub(crate) const DIVERGED: TableDefinition<u64, &[u8]> = TableDefinition::new("d
 const META_POSITION: &str = "position";
 const META_NEWEST_EPOCH: &str = "newest_epoch";
 const META_LOG_START: &str = "log_start";
+const META_FORMAT: &str = "format";
 
-/// A value as stored in `kv`. `pos` comes first so that [`stored_meta`] can read it and the value's
-/// length without copying the value.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct StoredValue {
-    pub pos: Position,
-    #[serde(with = "serde_bytes")]
-    pub value: Vec<u8>,
-}
-
-/// Encoding twin of [`StoredValue`] that borrows the value (same bytes: postcard writes a byte
-/// slice and a `Vec<u8>` alike, as a length and the bytes).
+/// Encoding of an inline `kv` record (format 1): `{pos, value}`, borrowing the value.
 #[derive(Serialize)]
 pub(crate) struct StoredValueRef<'a> {
     pub pos: Position,
@@ -71,30 +66,15 @@ pub(crate) fn encode_value(pos: Position, value: &[u8]) -> Vec<u8> {
     encode(&StoredValueRef { pos, value })
 }
 
-pub(crate) fn decode_value(key: &str, bytes: &[u8]) -> Result<StoredValue, DataError> {
-    decode(bytes).map_err(|e| DataError::Corrupt(format!("decode value of key {key:?}: {e}")))
-}
-
-/// Position and value length of a stored value, without copying the value.
-fn stored_meta(key: &str, bytes: &[u8]) -> Result<(Position, u64), DataError> {
-    let corrupt = |e: &dyn Display| DataError::Corrupt(format!("decode value of key {key:?}: {e}"));
-    let (pos, rest) = decode_prefix::<Position>(bytes).map_err(|e| corrupt(&e))?;
-    let (len, rest) = postcard::take_from_bytes::<u64>(rest).map_err(|e| corrupt(&e))?;
-    if rest.len() as u64 != len {
-        return Err(corrupt(&format!("value length {len} but {} bytes follow", rest.len())));
+/// The `kv` record of `key`, if any.
+pub(crate) fn read_kv(
+    kv: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<StoredKv>, DataError> {
+    match kv.get(key).ctx("read key")? {
+        Some(g) => Ok(Some(StoredKv::decode(key, g.value())?)),
+        None => Ok(None),
     }
-    Ok((pos, len))
-}
-
-pub(crate) fn decode_entry(seq: u64, bytes: &[u8]) -> Result<Entry, DataError> {
-    let entry: Entry = decode(bytes).map_err(|e| DataError::Corrupt(format!("decode log entry {seq}: {e}")))?;
-    if entry.pos.seq != seq {
-        return Err(DataError::Corrupt(format!(
-            "log entry stored at seq {seq} says it is at {}",
-            entry.pos
-        )));
-    }
-    Ok(entry)
 }
 
 /// A rolled-back entry in the `diverged` table.
@@ -203,6 +183,8 @@ pub(crate) struct Inner {
     /// Copy of `meta.newest_epoch`, same rule.
     newest_epoch: AtomicU64,
     pub stats: Stats,
+    /// The datastore format this file is written in: 2 stores large values once (`values.rs`).
+    pub format: u8,
     /// At most one snapshot install at a time (they share the staging table).
     pub installing: AtomicBool,
 }
@@ -285,18 +267,58 @@ impl DataStore {
     /// Takes no lock of its own: the node already holds the data-dir lock. (redb still locks the
     /// file itself, so opening the same file twice fails instead of corrupting it.)
     pub fn open(path: &Path) -> Result<DataStore, DataError> {
+        DataStore::open_with_format(path, None)
+    }
+
+    /// [`DataStore::open`] with a datastore format (1 or 2, see `values.rs`). `None`: a new file
+    /// gets [`NEWEST_FORMAT`], an existing one keeps the format it has (a file without a recorded
+    /// format was written by a release that knew only format 1). `Some(2)` moves a format-1 file
+    /// to format 2 (its old records stay as they are); `Some(1)` is refused for a format-2 file,
+    /// which may already hold records a format-1 release cannot read.
+    pub fn open_with_format(path: &Path, format: Option<u8>) -> Result<DataStore, DataError> {
+        if let Some(f) = format {
+            if !(1..=NEWEST_FORMAT).contains(&f) {
+                return Err(DataError::Storage(format!(
+                    "datastore format {f} is not supported (this build writes formats 1 to {NEWEST_FORMAT})"
+                )));
+            }
+        }
+        let existed = path.exists();
         let db = Database::create(path).ctx(&format!("open datastore {}", path.display()))?;
         // Create every table so that readers never see "table does not exist".
         let tx = begin_write(&db)?;
         tx.open_table(KV).ctx("create kv table")?;
         tx.open_table(LOG).ctx("create log table")?;
-        tx.open_table(META).ctx("create meta table")?;
         tx.open_table(DIVERGED).ctx("create diverged table")?;
+        tx.open_table(VALUES).ctx("create values table")?;
+        let format = {
+            let mut t = tx.open_table(META).ctx("create meta table")?;
+            let stored: Option<u8> = match t.get(META_FORMAT).ctx("read meta")? {
+                Some(v) => Some(decode(v.value()).map_err(|e| DataError::Corrupt(format!("decode meta format: {e}")))?),
+                None => None,
+            };
+            let had = stored.unwrap_or(if existed { 1 } else { 0 });
+            let chosen = match (had, format) {
+                (0, f) => f.unwrap_or(NEWEST_FORMAT),
+                (had, Some(f)) if f < had => {
+                    return Err(DataError::Storage(format!(
+                        "datastore {} is in format {had} and may hold records that format {f} cannot read; \
+                         to go back to format {f}, remove the file and let the node resync from the primary",
+                        path.display()
+                    )))
+                }
+                (had, f) => f.unwrap_or(had).max(had),
+            };
+            if stored != Some(chosen) && chosen > 1 {
+                t.insert(META_FORMAT, encode(&chosen).as_slice()).ctx("write format")?;
+            }
+            chosen
+        };
         tx.commit().ctx("commit table creation")?;
         let meta = load_meta(&db)?;
         check_log_shape(&db, &meta)?;
         tracing::info!(path = %path.display(), position = %meta.position, log_start = %meta.log_start,
-            newest_epoch = meta.newest_epoch, "opened datastore");
+            newest_epoch = meta.newest_epoch, format, "opened datastore");
         let inner = Arc::new(Inner {
             db,
             path: path.to_path_buf(),
@@ -304,6 +326,7 @@ impl DataStore {
             position: RwLock::new(meta.position),
             newest_epoch: AtomicU64::new(meta.newest_epoch),
             stats: Stats::default(),
+            format,
             installing: AtomicBool::new(false),
         });
         let writer = Arc::new(WriterHandle::spawn(inner.clone())?);
@@ -331,15 +354,15 @@ impl DataStore {
     pub fn get(&self, key: &str) -> Result<Option<(Vec<u8>, ValueMeta)>, DataError> {
         let rtx = self.inner.db.begin_read().ctx("begin read transaction")?;
         let kv = rtx.open_table(KV).ctx("open kv table")?;
-        let Some(guard) = kv.get(key).ctx("read key")? else {
+        let Some(stored) = read_kv(&kv, key)? else {
             return Ok(None);
         };
-        let stored = decode_value(key, guard.value())?;
         let meta = ValueMeta {
             version: stored.pos.seq,
             pos: stored.pos,
         };
-        Ok(Some((stored.value, meta)))
+        let values = rtx.open_table(VALUES).ctx("open values table")?;
+        Ok(Some((resolve(&values, stored.pos.seq, stored.held)?, meta)))
     }
 
     /// Keys starting with `prefix`, in byte order, strictly after `after` if given. `limit` is
@@ -365,7 +388,7 @@ impl DataStore {
                 more = true;
                 break;
             }
-            let (pos, size) = stored_meta(key, v.value())?;
+            let (pos, size) = StoredKv::meta(key, v.value())?;
             items.push(ListItem {
                 key: key.to_string(),
                 version: pos.seq,
@@ -415,7 +438,7 @@ impl DataStore {
         let log = rtx.open_table(LOG).ctx("open log table")?;
         if after.seq < meta.log_start.seq {
             let oldest_retained = match log.first().ctx("read first log entry")? {
-                Some((k, v)) => Some(decode_entry(k.value(), v.value())?.pos),
+                Some((k, v)) => Some(StoredEntry::position(k.value(), v.value())?),
                 None => None,
             };
             return Ok(LogRead::Trimmed { oldest_retained });
@@ -427,16 +450,25 @@ impl DataStore {
         if ours != Some(after) {
             return Err(DataError::Fork { at: after, ours });
         }
+        let values = rtx.open_table(VALUES).ctx("open values table")?;
         let max_entries = max_entries.max(1);
         let mut entries = Vec::new();
         let mut bytes = 0usize;
         for item in log.range(after.seq + 1..).ctx("read log")? {
             let (k, v) = item.ctx("read log")?;
-            let size = v.value().len();
+            let stored = StoredEntry::decode(k.value(), v.value())?;
+            // The size as sent (external values included), so a batch stays within max_bytes.
+            let size = v.value().len()
+                + [stored.value.as_ref(), stored.prev.as_ref().map(|p| &p.0)]
+                    .into_iter()
+                    .flatten()
+                    .filter(|h| matches!(h, Held::External { .. }))
+                    .map(|h| h.len() as usize)
+                    .sum::<usize>();
             if entries.len() >= max_entries || (!entries.is_empty() && bytes + size > max_bytes) {
                 break;
             }
-            entries.push(decode_entry(k.value(), v.value())?);
+            entries.push(stored.resolve(&values)?);
             bytes += size;
         }
         Ok(LogRead::Entries(entries))
@@ -479,6 +511,7 @@ impl DataStore {
         {
             let mut kv = tx.open_table(KV).ctx("open kv table")?;
             let mut log = tx.open_table(LOG).ctx("open log table")?;
+            let mut values = tx.open_table(VALUES).ctx("open values table")?;
             // Skip what this node already has, checking that it really is the same entry.
             let mut skip = 0;
             for e in entries.iter().take_while(|e| e.pos.seq <= meta.position.seq) {
@@ -511,30 +544,35 @@ impl DataStore {
                     });
                 }
             }
+            let external = self.inner.format >= 2;
             for e in rest {
-                let current = match kv.get(e.key.as_str()).ctx("read key")? {
-                    Some(g) => Some(decode_value(&e.key, g.value())?),
-                    None => None,
-                };
-                // The before-image is this node's own state: it is what a rollback here must restore.
-                let prev = current.map(|c| (c.value, c.pos));
-                if prev != e.prev {
+                let current = read_kv(&kv, &e.key)?;
+                // The before-image is this node's own state: it is what a rollback here must
+                // restore. (Compared by position: the position names the write, hence the value.)
+                if current.as_ref().map(|c| c.pos) != e.prev.as_ref().map(|p| p.1) {
                     tracing::warn!(pos = %e.pos, key = %e.key,
                         "replica state differs from the primary's before-image; keeping the local one for rollback");
                 }
-                match &e.value {
-                    Some(v) => kv
-                        .insert(e.key.as_str(), encode_value(e.pos, v).as_slice())
-                        .ctx("write key")?,
-                    None => kv.remove(e.key.as_str()).ctx("delete key")?,
+                let prev = current.map(|c| (c.held, c.pos));
+                let value = match &e.value {
+                    Some(v) => {
+                        let held = hold(&mut values, external, e.pos.seq, v.clone())?;
+                        let record = StoredKv { pos: e.pos, held };
+                        kv.insert(e.key.as_str(), record.encode().as_slice()).ctx("write key")?;
+                        Some(record.held)
+                    }
+                    None => {
+                        kv.remove(e.key.as_str()).ctx("delete key")?;
+                        None
+                    }
                 };
-                let entry = Entry {
+                let entry = StoredEntry {
                     pos: e.pos,
                     key: e.key.clone(),
-                    value: e.value.clone(),
+                    value,
                     prev,
                 };
-                log.insert(e.pos.seq, encode(&entry).as_slice())
+                log.insert(e.pos.seq, entry.encode().as_slice())
                     .ctx("append log entry")?;
                 new.position = e.pos;
             }
@@ -584,12 +622,27 @@ impl DataStore {
         let mut dropped = 0u64;
         {
             let mut log = tx.open_table(LOG).ctx("open log table")?;
+            let mut values = tx.open_table(VALUES).ctx("open values table")?;
             let cut = log
                 .get(cutoff)
                 .ctx("read log entry")?
                 .ok_or_else(|| DataError::Corrupt(format!("log has no entry at seq {cutoff}")))?;
-            new.log_start = decode_entry(cutoff, cut.value())?.pos;
+            new.log_start = StoredEntry::position(cutoff, cut.value())?;
             drop(cut);
+            // A trimmed entry's before-image is needed by nobody now (see `values.rs`): release
+            // its chunks. Only format-2 entries can name external values.
+            let mut released = Vec::new();
+            for item in log.range(..=cutoff).ctx("read log")? {
+                let (k, v) = item.ctx("read log")?;
+                if v.value().first() == Some(&crate::codec::FORMAT_EXTERNAL) {
+                    if let Some((held, p)) = StoredEntry::decode(k.value(), v.value())?.prev {
+                        released.push((p.seq, held));
+                    }
+                }
+            }
+            for (seq, held) in &released {
+                release(&mut values, *seq, held)?;
+            }
             log.retain_in(..=cutoff, |_, _| {
                 dropped += 1;
                 false
@@ -628,6 +681,7 @@ impl DataStore {
             let mut kv = tx.open_table(KV).ctx("open kv table")?;
             let mut log = tx.open_table(LOG).ctx("open log table")?;
             let mut diverged = tx.open_table(DIVERGED).ctx("open diverged table")?;
+            let mut values = tx.open_table(VALUES).ctx("open values table")?;
             if entry_position(&log, &meta, fork.seq)? != Some(fork) {
                 return Err(not_in_log());
             }
@@ -637,15 +691,13 @@ impl DataStore {
                 None => 1,
             };
             for seq in (fork.seq + 1..=meta.position.seq).rev() {
-                let entry = match log.remove(seq).ctx("remove log entry")? {
-                    Some(v) => decode_entry(seq, v.value())?,
+                let stored = match log.remove(seq).ctx("remove log entry")? {
+                    Some(v) => StoredEntry::decode(seq, v.value())?,
                     None => return Err(DataError::Corrupt(format!("log has no entry at seq {seq}"))),
                 };
                 // Newest first, so the key's current value must be exactly what this entry wrote.
-                let current = match kv.get(entry.key.as_str()).ctx("read key")? {
-                    Some(g) => Some(decode_value(&entry.key, g.value())?.pos),
-                    None => None,
-                };
+                let current = read_kv(&kv, &stored.key)?.map(|c| c.pos);
+                let entry = stored.clone().resolve(&values)?;
                 let expected = entry.value.as_ref().map(|_| entry.pos);
                 if current != expected {
                     return Err(DataError::Corrupt(format!(
@@ -653,12 +705,16 @@ impl DataStore {
                         entry.pos, entry.key
                     )));
                 }
-                match &entry.prev {
-                    Some((v, p)) => kv
-                        .insert(entry.key.as_str(), encode_value(*p, v).as_slice())
+                match stored.prev {
+                    Some((held, pos)) => kv
+                        .insert(entry.key.as_str(), StoredKv { pos, held }.encode().as_slice())
                         .ctx("restore key")?,
                     None => kv.remove(entry.key.as_str()).ctx("restore key")?,
                 };
+                // This entry's own value is now only in the diverged record.
+                if let Some(held) = &stored.value {
+                    release(&mut values, seq, held)?;
+                }
                 let record = DivergedRecord { at_ms, entry };
                 diverged
                     .insert(base + (seq - fork.seq - 1), encode(&record).as_slice())
@@ -708,7 +764,7 @@ fn entry_position(
         return Ok(None);
     }
     match log.get(seq).ctx("read log entry")? {
-        Some(v) => Ok(Some(decode_entry(seq, v.value())?.pos)),
+        Some(v) => Ok(Some(StoredEntry::position(seq, v.value())?)),
         None => Err(DataError::Corrupt(format!(
             "log has no entry at seq {seq} though it should hold {}..={}",
             meta.log_start.seq + 1,
@@ -751,6 +807,8 @@ fn check_batch(source_epoch: u64, entries: &[Entry]) -> Result<(), DataError> {
 pub(crate) fn apply_write(
     kv: &mut Table<'_, &'static str, &'static [u8]>,
     log: &mut Table<'_, u64, &'static [u8]>,
+    values: &mut Table<'_, (u64, u32), &'static [u8]>,
+    external: bool,
     meta: &mut Meta,
     epoch: u64,
     op: WriteOp,
@@ -761,10 +819,7 @@ pub(crate) fn apply_write(
             current: meta.newest_epoch,
         }));
     }
-    let current = match kv.get(op.key()).ctx("read key")? {
-        Some(g) => Some(decode_value(op.key(), g.value())?),
-        None => None,
-    };
+    let current = read_kv(kv, op.key())?;
     // Reads inside the batch transaction see the batch's own earlier writes, so a CAS is checked
     // against them too.
     let current_version = current.as_ref().map_or(0, |c| c.pos.seq);
@@ -790,19 +845,27 @@ pub(crate) fn apply_write(
         epoch,
         seq: meta.position.seq + 1,
     };
-    let entry = Entry {
+    let value = match value {
+        Some(v) => {
+            let record = StoredKv {
+                pos,
+                held: hold(values, external, pos.seq, v)?,
+            };
+            kv.insert(key.as_str(), record.encode().as_slice()).ctx("write key")?;
+            Some(record.held)
+        }
+        None => {
+            kv.remove(key.as_str()).ctx("delete key")?;
+            None
+        }
+    };
+    let entry = StoredEntry {
         pos,
         key,
         value,
-        prev: current.map(|c| (c.value, c.pos)),
+        prev: current.map(|c| (c.held, c.pos)),
     };
-    match &entry.value {
-        Some(v) => kv
-            .insert(entry.key.as_str(), encode_value(pos, v).as_slice())
-            .ctx("write key")?,
-        None => kv.remove(entry.key.as_str()).ctx("delete key")?,
-    };
-    log.insert(pos.seq, encode(&entry).as_slice()).ctx("append log entry")?;
+    log.insert(pos.seq, entry.encode().as_slice()).ctx("append log entry")?;
     meta.position = pos;
     meta.newest_epoch = epoch;
     Ok(Ok(WriteResult {
@@ -1472,6 +1535,130 @@ pub(crate) mod tests {
         assert_eq!(s.diverged(100).unwrap().len(), 5);
     }
 
+    /// Distinct seqs with chunks in the `values` table.
+    fn value_chunks(store: &DataStore) -> Vec<u64> {
+        let rtx = store.inner.db.begin_read().unwrap();
+        let t = rtx.open_table(VALUES).unwrap();
+        let mut seqs: Vec<u64> = t.iter().unwrap().map(|r| r.unwrap().0.value().0).collect();
+        seqs.dedup();
+        seqs
+    }
+
+    fn big(tag: u8, len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_mul(31) ^ tag).collect()
+    }
+
+    #[tokio::test]
+    async fn large_values_are_stored_once_and_released() {
+        let (_d1, p) = open_temp();
+        let (_d2, r) = open_temp();
+        assert_eq!(p.inner.format, NEWEST_FORMAT);
+        let (a1, a2, b1) = (big(1, 16 * 1024), big(2, 5000), big(3, 100_000));
+        p.write(1, put("a", &a1)).await.unwrap();
+        p.write(1, put("small", b"tiny")).await.unwrap();
+        p.write(1, put("b", &b1)).await.unwrap();
+        p.write(1, put("a", &a2)).await.unwrap();
+        p.write(1, WriteOp::Delete { key: "b".into() }).await.unwrap();
+        p.write(1, put("c", &a1)).await.unwrap();
+        // 1 and 3 are overwritten or deleted but still named by the before-images of 4 and 5.
+        assert_eq!(value_chunks(&p), vec![1, 3, 4, 6]);
+        assert_eq!(p.get("a").unwrap().unwrap().0, a2);
+        assert_eq!(p.get("b").unwrap(), None);
+        assert_eq!(p.get("c").unwrap().unwrap().0, a1);
+        let sizes: Vec<(String, u64)> = p
+            .list("", None, 10)
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|i| (i.key, i.size))
+            .collect();
+        assert_eq!(
+            sizes,
+            vec![("a".into(), 5000), ("c".into(), 16 * 1024), ("small".into(), 4)]
+        );
+
+        // The log carries the bytes, before-images included.
+        let log = entries(p.read_log(Position::default(), 100, usize::MAX).unwrap());
+        assert_eq!(log.len(), 6);
+        assert_eq!(log[3].value.as_deref(), Some(&a2[..]));
+        assert_eq!(log[3].prev, Some((a1.clone(), Position::new(1, 1))));
+        assert_eq!(log[4].prev, Some((b1.clone(), Position::new(1, 3))));
+        // max_bytes counts the external bytes: the 100,000-byte value does not join the batch.
+        assert_eq!(entries(p.read_log(Position::default(), 100, 20_000).unwrap()).len(), 2);
+
+        // A replica stores them the same way and serves the same log.
+        r.apply(1, &log).unwrap();
+        assert_eq!(dump(&r), dump(&p));
+        assert_eq!(value_chunks(&r), vec![1, 3, 4, 6]);
+        assert_eq!(
+            r.read_log(Position::default(), 100, usize::MAX).unwrap(),
+            p.read_log(Position::default(), 100, usize::MAX).unwrap()
+        );
+
+        // Trimming an entry releases its before-image (and nothing else).
+        let before = dump(&p);
+        assert_eq!(p.trim(2).unwrap(), 4);
+        assert_eq!(value_chunks(&p), vec![3, 4, 6]);
+        assert_eq!(p.trim(1).unwrap(), 1);
+        assert_eq!(value_chunks(&p), vec![4, 6]);
+        assert_eq!(dump(&p), before);
+
+        // A rollback restores external before-images and keeps the rolled-back bytes.
+        let rolled = r.rollback_to(Position::new(1, 3)).unwrap();
+        assert_eq!(rolled, log[3..].to_vec());
+        assert_eq!(r.get("a").unwrap().unwrap().0, a1);
+        assert_eq!(r.get("b").unwrap().unwrap().0, b1);
+        assert_eq!(r.get("c").unwrap(), None);
+        assert_eq!(value_chunks(&r), vec![1, 3]);
+        let diverged: Vec<Entry> = r.diverged(10).unwrap().into_iter().map(|d| d.1).collect();
+        assert_eq!(diverged.iter().rev().cloned().collect::<Vec<_>>(), log[3..].to_vec());
+
+        // A snapshot carries the bytes; installed values are inline.
+        let (_d3, t) = open_temp();
+        t.write(1, put("old", &b1)).await.unwrap();
+        let mut reader = p.snapshot().unwrap();
+        let mut installer = t.begin_install().unwrap();
+        while let Some(chunk) = reader.next_chunk().unwrap() {
+            installer.push_chunk(&chunk).unwrap();
+        }
+        installer.finish().unwrap();
+        assert_eq!(dump(&t), dump(&p));
+        assert_eq!(value_chunks(&t), Vec::<u64>::new());
+    }
+
+    #[tokio::test]
+    async fn datastore_format_is_kept_raised_on_request_and_never_lowered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.redb");
+        let value = big(7, 9000);
+        {
+            let s = DataStore::open_with_format(&path, Some(1)).unwrap();
+            s.write(1, put("v1", &value)).await.unwrap();
+            assert_eq!(value_chunks(&s), Vec::<u64>::new(), "format 1 keeps values inline");
+        }
+        {
+            // No format recorded (as in a file of an older release): it stays format 1.
+            let s = DataStore::open(&path).unwrap();
+            assert_eq!(s.inner.format, 1);
+            s.write(1, put("v2", &value)).await.unwrap();
+            assert_eq!(value_chunks(&s), Vec::<u64>::new());
+        }
+        {
+            let s = DataStore::open_with_format(&path, Some(2)).unwrap();
+            s.write(1, put("v3", &value)).await.unwrap();
+            assert_eq!(value_chunks(&s), vec![3]);
+            for k in ["v1", "v2", "v3"] {
+                assert_eq!(s.get(k).unwrap().unwrap().0, value, "{k}");
+            }
+        }
+        assert_eq!(DataStore::open(&path).unwrap().inner.format, 2);
+        let e = DataStore::open_with_format(&path, Some(1)).unwrap_err().to_string();
+        assert!(e.contains("format 2") && e.contains("resync"), "{e}");
+        let e = DataStore::open_with_format(&path, Some(3)).unwrap_err().to_string();
+        assert!(e.contains("format 3 is not supported"), "{e}");
+        assert_eq!(DataStore::open(&path).unwrap().get("v3").unwrap().unwrap().0, value);
+    }
+
     /// The node shares the store across tasks, awaits writes in axum handlers and streams
     /// snapshots from `spawn_blocking`.
     #[test]
@@ -1489,12 +1676,12 @@ pub(crate) mod tests {
     fn stored_value_encodings_agree() {
         let pos = Position::new(3, 99);
         let bytes = encode_value(pos, b"hello");
-        let owned = decode_value("k", &bytes).unwrap();
-        assert_eq!((owned.pos, owned.value.as_slice()), (pos, &b"hello"[..]));
-        assert_eq!(stored_meta("k", &bytes).unwrap(), (pos, 5));
+        let owned = StoredKv::decode("k", &bytes).unwrap();
+        assert_eq!((owned.pos, owned.held), (pos, Held::Inline(b"hello".to_vec())));
+        assert_eq!(StoredKv::meta("k", &bytes).unwrap(), (pos, 5));
         let mut bad = bytes.clone();
         bad.push(0);
-        assert!(matches!(stored_meta("k", &bad), Err(DataError::Corrupt(_))));
-        assert!(matches!(decode_value("k", &bad[..4]), Err(DataError::Corrupt(_))));
+        assert!(matches!(StoredKv::meta("k", &bad), Err(DataError::Corrupt(_))));
+        assert!(matches!(StoredKv::decode("k", &bad[..4]), Err(DataError::Corrupt(_))));
     }
 }

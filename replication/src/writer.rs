@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{apply_write, begin_write, write_meta, Ctx, Inner, KV, LOG};
+use crate::values::VALUES;
 use crate::{DataError, WriteOp, WriteResult};
 
 /// Most writes in one batch.
@@ -148,8 +149,18 @@ fn commit_batch(inner: &Inner, meta: crate::store::Meta, ops: Vec<(u64, WriteOp)
     {
         let mut kv = tx.open_table(KV).ctx("open kv table")?;
         let mut log = tx.open_table(LOG).ctx("open log table")?;
+        let mut values = tx.open_table(VALUES).ctx("open values table")?;
+        let external = inner.format >= 2;
         for (epoch, op) in ops {
-            results.push(apply_write(&mut kv, &mut log, &mut new, epoch, op)?);
+            results.push(apply_write(
+                &mut kv,
+                &mut log,
+                &mut values,
+                external,
+                &mut new,
+                epoch,
+                op,
+            )?);
         }
     }
     if new == meta {

@@ -1,0 +1,356 @@
+//! Datastore format 2: large values stored once, in page-sized chunks.
+//!
+//! In format 1 every value lives inline in its `kv` record AND in its change-log entry (and an
+//! overwrite's log entry holds the old value too, as its before-image). redb gives a leaf that
+//! does not fit one 4 KiB page a page of the next power of two, so a 16 KiB value took a 32 KiB
+//! page in `kv` and another in `log`: 64 KiB written per 16 KiB value on every node, which is what
+//! bounded the 16 KiB write benchmark (bytes through the page cache, not fsyncs).
+//!
+//! In format 2 a value longer than [`INLINE_MAX`] is written once, into the `values` table, keyed
+//! by `(seq of the write that produced it, chunk index)`, in chunks of at most [`CHUNK_MAX`] bytes
+//! (each fits a 4 KiB leaf; a 16 KiB value takes five 4 KiB pages). Its `kv` record and log entries
+//! hold [`Held::External`] (just the length); the seq comes from the record's own position (the
+//! value) or from the before-image's position (`prev`).
+//!
+//! Lifetime of the chunks of value `s`: written by write `s`; still needed while `kv` holds it
+//! (current value) or while a retained log entry names it (entry `s` itself, or the entry `t`
+//! that overwrote or deleted it, whose `prev` is `s`). Entries are trimmed oldest first, so the
+//! chunks of `s` are removed when entry `t` is trimmed (`t` > `s`), or when entry `s` is rolled
+//! back (its bytes go to the `diverged` table first). A snapshot install replaces `kv`, the log
+//! and this table together (installed values are inline).
+//!
+//! Records are versioned one by one (the first byte, see `codec.rs`): version 1 records (inline
+//! values) are exactly format 1, so one file can hold both and a file written by an older release
+//! is read as it is. A store writes version 2 records only when its format is 2 (recorded in the
+//! `meta` table; see `DataStore::open_with_format`); a release that only knows format 1 refuses
+//! version 2 records loudly.
+
+use redb::{ReadableTable, Table, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, CodecError, FORMAT_EXTERNAL, FORMAT_VERSION};
+use crate::store::Ctx;
+use crate::{DataError, Entry, Position};
+
+pub(crate) const VALUES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("values");
+
+/// Values up to this length stay inline (in `kv` and the log) in every format.
+pub const INLINE_MAX: usize = 512;
+/// Largest chunk in `values`: one chunk and its 12-byte key fit a 4 KiB redb leaf.
+pub const CHUNK_MAX: usize = 4032;
+
+/// The datastore format a new file gets, and the newest this build writes.
+pub const NEWEST_FORMAT: u8 = 2;
+
+/// How a `kv` record or a log entry holds a value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Held {
+    Inline(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// In `values`, under the seq of the write that produced it.
+    External {
+        len: u64,
+    },
+}
+
+impl Held {
+    pub fn len(&self) -> u64 {
+        match self {
+            Held::Inline(v) => v.len() as u64,
+            Held::External { len } => *len,
+        }
+    }
+
+    fn is_external(&self) -> bool {
+        matches!(self, Held::External { .. })
+    }
+}
+
+/// Chunk count and chunk size of a value of `len` bytes: equal chunks, none above [`CHUNK_MAX`].
+fn chunking(len: usize) -> (u32, usize) {
+    let n = len.div_ceil(CHUNK_MAX).max(1);
+    (n as u32, len.div_ceil(n))
+}
+
+/// Store `value` as the value of write `seq`: external if `external` and it is long, else inline.
+pub(crate) fn hold(
+    values: &mut Table<'_, (u64, u32), &'static [u8]>,
+    external: bool,
+    seq: u64,
+    value: Vec<u8>,
+) -> Result<Held, DataError> {
+    if !external || value.len() <= INLINE_MAX {
+        return Ok(Held::Inline(value));
+    }
+    let (_, size) = chunking(value.len());
+    for (i, chunk) in value.chunks(size).enumerate() {
+        values.insert((seq, i as u32), chunk).ctx("write value chunk")?;
+    }
+    Ok(Held::External {
+        len: value.len() as u64,
+    })
+}
+
+/// The bytes of a value held as `held` by write `seq`.
+pub(crate) fn resolve(
+    values: &impl ReadableTable<(u64, u32), &'static [u8]>,
+    seq: u64,
+    held: Held,
+) -> Result<Vec<u8>, DataError> {
+    let len = match held {
+        Held::Inline(v) => return Ok(v),
+        Held::External { len } => len as usize,
+    };
+    let (n, _) = chunking(len);
+    let mut out = Vec::with_capacity(len);
+    for item in values.range((seq, 0)..(seq, n)).ctx("read value chunks")? {
+        let (_, chunk) = item.ctx("read value chunk")?;
+        out.extend_from_slice(chunk.value());
+    }
+    if out.len() != len {
+        return Err(DataError::Corrupt(format!(
+            "value of write {seq}: {} bytes in the values table, {len} expected",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// Remove the chunks of value `seq` if `held` is external.
+pub(crate) fn release(
+    values: &mut Table<'_, (u64, u32), &'static [u8]>,
+    seq: u64,
+    held: &Held,
+) -> Result<(), DataError> {
+    if let Held::External { len } = held {
+        let (n, _) = chunking(*len as usize);
+        for i in 0..n {
+            values.remove((seq, i)).ctx("remove value chunk")?;
+        }
+    }
+    Ok(())
+}
+
+/// A `kv` record: the value and the position of the write that produced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredKv {
+    pub pos: Position,
+    pub held: Held,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KvV2 {
+    pos: Position,
+    len: u64,
+}
+
+impl StoredKv {
+    pub fn encode(&self) -> Vec<u8> {
+        match &self.held {
+            Held::Inline(value) => crate::store::encode_value(self.pos, value),
+            Held::External { len } => codec::encode_as(
+                FORMAT_EXTERNAL,
+                &KvV2 {
+                    pos: self.pos,
+                    len: *len,
+                },
+            ),
+        }
+    }
+
+    pub fn decode(key: &str, bytes: &[u8]) -> Result<StoredKv, DataError> {
+        let corrupt = |e: CodecError| DataError::Corrupt(format!("decode value of key {key:?}: {e}"));
+        match bytes.first() {
+            Some(&FORMAT_EXTERNAL) => {
+                let v: KvV2 = codec::decode_as(FORMAT_EXTERNAL, bytes).map_err(corrupt)?;
+                Ok(StoredKv {
+                    pos: v.pos,
+                    held: Held::External { len: v.len },
+                })
+            }
+            _ => {
+                let (pos, value): (Position, serde_bytes::ByteBuf) = codec::decode(bytes).map_err(corrupt)?;
+                Ok(StoredKv {
+                    pos,
+                    held: Held::Inline(value.into_vec()),
+                })
+            }
+        }
+    }
+
+    /// Position and value length, without copying an inline value.
+    pub fn meta(key: &str, bytes: &[u8]) -> Result<(Position, u64), DataError> {
+        let corrupt = |e: &dyn std::fmt::Display| DataError::Corrupt(format!("decode value of key {key:?}: {e}"));
+        if bytes.first() == Some(&FORMAT_EXTERNAL) {
+            let v: KvV2 = codec::decode_as(FORMAT_EXTERNAL, bytes).map_err(|e| corrupt(&e))?;
+            return Ok((v.pos, v.len));
+        }
+        let (pos, rest) = codec::decode_prefix::<Position>(bytes).map_err(|e| corrupt(&e))?;
+        let (len, rest) = postcard::take_from_bytes::<u64>(rest).map_err(|e| corrupt(&e))?;
+        if rest.len() as u64 != len {
+            return Err(corrupt(&format!("value length {len} but {} bytes follow", rest.len())));
+        }
+        Ok((pos, len))
+    }
+}
+
+/// Encoding twin of a format-1 [`Entry`] that borrows its bytes (same postcard bytes).
+#[derive(Serialize)]
+struct EntryV1Ref<'a> {
+    pos: Position,
+    key: &'a str,
+    value: Option<&'a serde_bytes::Bytes>,
+    prev: Option<(&'a serde_bytes::Bytes, Position)>,
+}
+
+/// A change-log entry as stored: an [`Entry`] whose value and before-image may be external.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StoredEntry {
+    pub pos: Position,
+    pub key: String,
+    pub value: Option<Held>,
+    pub prev: Option<(Held, Position)>,
+}
+
+impl StoredEntry {
+    fn has_external(&self) -> bool {
+        self.value.as_ref().is_some_and(Held::is_external) || self.prev.as_ref().is_some_and(|p| p.0.is_external())
+    }
+
+    /// Version 1 (exactly a format-1 [`Entry`]) unless something is external.
+    pub fn encode(&self) -> Vec<u8> {
+        if self.has_external() {
+            return codec::encode_as(FORMAT_EXTERNAL, self);
+        }
+        fn inline(h: &Held) -> &serde_bytes::Bytes {
+            match h {
+                Held::Inline(v) => serde_bytes::Bytes::new(v),
+                Held::External { .. } => unreachable!("checked above"),
+            }
+        }
+        codec::encode(&EntryV1Ref {
+            pos: self.pos,
+            key: &self.key,
+            value: self.value.as_ref().map(inline),
+            prev: self.prev.as_ref().map(|(h, p)| (inline(h), *p)),
+        })
+    }
+
+    pub fn decode(seq: u64, bytes: &[u8]) -> Result<StoredEntry, DataError> {
+        let corrupt = |e: CodecError| DataError::Corrupt(format!("decode log entry {seq}: {e}"));
+        let entry = if bytes.first() == Some(&FORMAT_EXTERNAL) {
+            codec::decode_as(FORMAT_EXTERNAL, bytes).map_err(corrupt)?
+        } else {
+            let e: Entry = codec::decode(bytes).map_err(corrupt)?;
+            StoredEntry {
+                pos: e.pos,
+                key: e.key,
+                value: e.value.map(Held::Inline),
+                prev: e.prev.map(|(v, p)| (Held::Inline(v), p)),
+            }
+        };
+        if entry.pos.seq != seq {
+            return Err(DataError::Corrupt(format!(
+                "log entry stored at seq {seq} says it is at {}",
+                entry.pos
+            )));
+        }
+        Ok(entry)
+    }
+
+    /// Only the position (both versions start with it), without copying any value.
+    pub fn position(seq: u64, bytes: &[u8]) -> Result<Position, DataError> {
+        let pos = match bytes.first() {
+            Some(&FORMAT_EXTERNAL) => codec::decode_prefix_as::<Position>(FORMAT_EXTERNAL, bytes),
+            _ => codec::decode_prefix_as::<Position>(FORMAT_VERSION, bytes),
+        }
+        .map_err(|e| DataError::Corrupt(format!("decode log entry {seq}: {e}")))?
+        .0;
+        if pos.seq != seq {
+            return Err(DataError::Corrupt(format!(
+                "log entry stored at seq {seq} says it is at {pos}"
+            )));
+        }
+        Ok(pos)
+    }
+
+    /// The entry with its values' bytes, as sent to replicas and kept in `diverged`.
+    pub fn resolve(self, values: &impl ReadableTable<(u64, u32), &'static [u8]>) -> Result<Entry, DataError> {
+        let value = match self.value {
+            Some(h) => Some(resolve(values, self.pos.seq, h)?),
+            None => None,
+        };
+        let prev = match self.prev {
+            Some((h, p)) => Some((resolve(values, p.seq, h)?, p)),
+            None => None,
+        };
+        Ok(Entry {
+            pos: self.pos,
+            key: self.key,
+            value,
+            prev,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_fit_a_page_and_cover_the_value() {
+        for len in [513, 4032, 4033, 16 * 1024, 16 * 1024 + 1, 100_000, 1 << 20] {
+            let (n, size) = chunking(len);
+            assert!(size <= CHUNK_MAX, "{len}: chunk {size}");
+            assert!(
+                size * n as usize >= len && size * (n as usize - 1) < len,
+                "{len}: {n} × {size}"
+            );
+        }
+        assert_eq!(chunking(16 * 1024), (5, 3277));
+    }
+
+    #[test]
+    fn record_encodings_round_trip_and_stay_format_1_when_inline() {
+        let pos = Position::new(3, 99);
+        let inline = StoredKv {
+            pos,
+            held: Held::Inline(b"hello".to_vec()),
+        };
+        let bytes = inline.encode();
+        assert_eq!(bytes[0], FORMAT_VERSION);
+        assert_eq!(StoredKv::decode("k", &bytes).unwrap(), inline);
+        assert_eq!(StoredKv::meta("k", &bytes).unwrap(), (pos, 5));
+        let ext = StoredKv {
+            pos,
+            held: Held::External { len: 70_000 },
+        };
+        let bytes = ext.encode();
+        assert_eq!(bytes[0], FORMAT_EXTERNAL);
+        assert_eq!(StoredKv::decode("k", &bytes).unwrap(), ext);
+        assert_eq!(StoredKv::meta("k", &bytes).unwrap(), (pos, 70_000));
+
+        let e = StoredEntry {
+            pos,
+            key: "k".into(),
+            value: Some(Held::Inline(b"new".to_vec())),
+            prev: Some((Held::Inline(b"old".to_vec()), Position::new(2, 7))),
+        };
+        let bytes = e.encode();
+        assert_eq!(bytes[0], FORMAT_VERSION, "no external value: a format-1 entry");
+        let as_v1: Entry = codec::decode(&bytes).unwrap();
+        assert_eq!(as_v1.prev, Some((b"old".to_vec(), Position::new(2, 7))));
+        assert_eq!(StoredEntry::decode(99, &bytes).unwrap(), e);
+        let e2 = StoredEntry {
+            prev: Some((Held::External { len: 9000 }, Position::new(2, 7))),
+            ..e
+        };
+        let bytes = e2.encode();
+        assert_eq!(bytes[0], FORMAT_EXTERNAL);
+        assert_eq!(StoredEntry::decode(99, &bytes).unwrap(), e2);
+        assert_eq!(StoredEntry::position(99, &bytes).unwrap(), pos);
+        assert!(matches!(StoredEntry::decode(98, &bytes), Err(DataError::Corrupt(_))));
+        let mut bad = bytes.clone();
+        bad[0] = 9;
+        assert!(matches!(StoredEntry::decode(99, &bad), Err(DataError::Corrupt(_))));
+    }
+}
