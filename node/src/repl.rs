@@ -206,16 +206,10 @@ pub async fn serve_pull(node: &Node, req: PullRequest) -> PullReply {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms.min(5000));
     loop {
         head.borrow_and_update();
-        let store = repl.store.clone();
-        let after = req.after;
-        let read = tokio::task::spawn_blocking(move || store.read_log(after, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES)).await;
-        let read = match read {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(error = %e, "serve pull: read task failed");
-                return PullReply::NotPrimary { primary: None };
-            }
-        };
+        // A short redb read (usually a few entries from the page cache): run it on this worker
+        // thread, telling tokio to move its other tasks away meanwhile, instead of handing it to
+        // the blocking pool and back (two thread wake-ups on every sync-mode acknowledgement).
+        let read = tokio::task::block_in_place(|| repl.store.read_log(req.after, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES));
         match read {
             Ok(LogRead::Entries(entries)) if entries.is_empty() && tokio::time::Instant::now() < deadline => {
                 if tokio::time::timeout_at(deadline, head.changed()).await.is_err() {
@@ -330,9 +324,9 @@ async fn pull_once(node: &Node, source: NodeId, epoch: u64, catch_up: bool) -> R
                 } else {
                     frame_epoch
                 };
-                tokio::task::spawn_blocking(move || store.apply(source_epoch, &entries))
-                    .await
-                    .map_err(|e| e.to_string())?
+                // On this worker thread (see serve_pull): the apply's fsync is on the sync-mode
+                // acknowledgement path.
+                tokio::task::block_in_place(|| store.apply(source_epoch, &entries))
                     .map_err(|e| format!("apply {n} entries: {e}"))?;
                 repl.advanced();
             }
