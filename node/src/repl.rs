@@ -27,6 +27,13 @@ pub const MAX_BATCH_ENTRIES: usize = 1000;
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// How long the primary holds an idle pull open.
 pub const PULL_WAIT: Duration = Duration::from_millis(500);
+/// In async mode, how long a replica that just applied entries waits before its next pull. Under
+/// load the primary commits every few ms; pulling at once would fetch one commit's worth per pull
+/// and pay a pull round trip and a replica fsync for each. Waiting lets a pull carry several commits.
+/// It adds at most this much replication lag (the half-load lag goal is 100 ms). kv_bench,
+/// 128-byte values, 64 clients, 5 s cells alternated on one machine: 8,186 and 9,360 writes/s without
+/// the wait, 10,732 and 10,079 with 3 ms.
+pub const ASYNC_PULL_GAP: Duration = Duration::from_millis(3);
 /// Positions older than this are not used to rank failover candidates.
 const REPORT_FRESH: Duration = Duration::from_secs(2);
 const REPORT_EVERY: Duration = Duration::from_millis(200);
@@ -269,8 +276,21 @@ pub async fn apply_task(node: Arc<Node>) {
                 continue;
             }
         };
+        let before = node.repl.position();
         match pull_once(&node, primary.node, primary.epoch, false).await {
-            Ok(()) => backoff = Duration::from_millis(50),
+            Ok(()) => {
+                backoff = Duration::from_millis(50);
+                // Async mode: after applying entries, let more accumulate before the next pull
+                // (see ASYNC_PULL_GAP). Sync mode pulls at once: the next pull is the ack.
+                let asynchronous =
+                    state_rx.borrow().state.config.replication_mode == keel_raft::state::ReplicationMode::Async;
+                if asynchronous && node.repl.position() != before {
+                    tokio::select! {
+                        _ = node.cancel.cancelled() => return,
+                        _ = tokio::time::sleep(ASYNC_PULL_GAP) => {}
+                    }
+                }
+            }
             Err(e) => {
                 debug!(error = %e, primary = primary.node, "replication pull failed");
                 lock(&node.repl.replica).last_error = Some(e);
