@@ -180,7 +180,6 @@ async fn do_write(node: &Node, op: WriteOp) -> ApiResult {
         ));
     };
     let res = node.repl.store.write(epoch, op).await.map_err(data_error)?;
-    node.repl.advanced();
     // Durable on the primary. Re-check the lease before acknowledging: if it lapsed while the
     // write was in flight, another node may already be primary. (The unsafe test-only switch
     // skips this and the sync-mode wait below.)

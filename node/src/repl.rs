@@ -83,8 +83,6 @@ pub struct ReplicaStatus {
 /// Replication state of one node.
 pub struct Repl {
     pub store: DataStore,
-    /// Bumped after every local write or apply: wakes long polls and sync-mode waiters.
-    head: watch::Sender<Position>,
     /// Primary side: each replica's acknowledged (durably applied) position.
     acks: Mutex<BTreeMap<NodeId, (Position, Instant)>>,
     ack_notify: Notify,
@@ -101,10 +99,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Repl {
     pub fn new(store: DataStore) -> Repl {
-        let (head, _) = watch::channel(store.position());
         Repl {
             store,
-            head,
             acks: Mutex::default(),
             ack_notify: Notify::new(),
             reported: Mutex::default(),
@@ -123,11 +119,6 @@ impl Repl {
 
     pub fn position(&self) -> Position {
         self.store.position()
-    }
-
-    /// Call after a local write or apply became durable.
-    pub fn advanced(&self) {
-        self.head.send_replace(self.store.position());
     }
 
     fn record_ack(&self, node: NodeId, pos: Position) {
@@ -209,7 +200,8 @@ pub async fn serve_pull(node: &Node, req: PullRequest) -> PullReply {
         }
         repl.record_ack(req.node, req.after);
     }
-    let mut head = repl.head.subscribe();
+    // The store signals every commit itself (from the committing thread).
+    let mut head = repl.store.subscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms.min(5000));
     loop {
         head.borrow_and_update();
@@ -336,6 +328,14 @@ async fn pull_once(node: &Node, source: NodeId, epoch: u64, catch_up: bool) -> R
                 // Paused while this pull was in flight: drop the batch, apply nothing.
                 return Ok(());
             }
+            {
+                // Contact first: a reader that sees the applied entries must also see a contact
+                // (the `Keel-Lag-Ms` header is absent until the first one).
+                let mut r = lock(&repl.replica);
+                r.source = Some(source);
+                r.source_head = Some(head.to_string());
+                r.last_contact = Some(Instant::now());
+            }
             if !entries.is_empty() {
                 let store = repl.store.clone();
                 let n = entries.len();
@@ -348,13 +348,9 @@ async fn pull_once(node: &Node, source: NodeId, epoch: u64, catch_up: bool) -> R
                 // acknowledgement path.
                 tokio::task::block_in_place(|| store.apply(source_epoch, &entries))
                     .map_err(|e| format!("apply {n} entries: {e}"))?;
-                repl.advanced();
             }
             let mut r = lock(&repl.replica);
             let now = Instant::now();
-            r.source = Some(source);
-            r.source_head = Some(head.to_string());
-            r.last_contact = Some(now);
             r.last_error = None;
             if repl.position() >= head {
                 r.caught_up_at = Some(now);
@@ -465,7 +461,6 @@ async fn roll_back(node: &Node, fork: Position) -> Result<(), String> {
         .map_err(|e| format!("roll back to {fork}: {e}"))?;
     warn!(%fork, entries = rolled.len(), "rolled back entries the primary never had; they are kept in the diverged table (GET /v1/diverged)");
     lock(&repl.replica).rolled_back += rolled.len() as u64;
-    repl.advanced();
     Ok(())
 }
 
@@ -639,7 +634,6 @@ async fn resync(node: &Node, source: NodeId, addr: &str) -> Result<(), String> {
     }
     drop(tx);
     let (pos, chunks) = installer.await.map_err(|e| e.to_string())??;
-    repl.advanced();
     info!(%pos, chunks, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot installed");
     Ok(())
 }

@@ -182,6 +182,10 @@ pub(crate) struct Inner {
     position: RwLock<Position>,
     /// Copy of `meta.newest_epoch`, same rule.
     newest_epoch: AtomicU64,
+    /// `meta.position` for async waiters (replication long polls): sent right after each commit,
+    /// from the committing thread, so a waiting pull wakes without waiting for the writer's
+    /// caller to be scheduled first.
+    head: tokio::sync::watch::Sender<Position>,
     pub stats: Stats,
     /// The datastore format this file is written in: 2 stores large values once (`values.rs`).
     pub format: u8,
@@ -201,6 +205,8 @@ impl Inner {
         **guard = new;
         *self.position.write().unwrap_or_else(|e| e.into_inner()) = new.position;
         self.newest_epoch.store(new.newest_epoch, Ordering::Release);
+        self.head
+            .send_if_modified(|h| std::mem::replace(h, new.position) != new.position);
     }
 
     /// After a failed commit, redb's state is what the last successful commit wrote: reload it.
@@ -325,6 +331,7 @@ impl DataStore {
             meta: Mutex::new(meta),
             position: RwLock::new(meta.position),
             newest_epoch: AtomicU64::new(meta.newest_epoch),
+            head: tokio::sync::watch::channel(meta.position).0,
             stats: Stats::default(),
             format,
             installing: AtomicBool::new(false),
@@ -406,6 +413,12 @@ impl DataStore {
     /// Last entry written or applied (or rolled back to, or installed by a snapshot).
     pub fn position(&self) -> Position {
         *self.inner.position.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Watch of [`DataStore::position`]: changes right after every commit that moves it (a
+    /// write batch, an apply, a rollback, a snapshot install).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Position> {
+        self.inner.head.subscribe()
     }
 
     /// Newest epoch this store has seen (through writes, applies or [`DataStore::observe_epoch`]).
