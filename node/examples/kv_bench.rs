@@ -6,18 +6,19 @@
 //!   directory the data dirs live in (the physical floor for a durable acknowledgement);
 //! - throughput and p50/p99 write latency for 1, 16 and 64 concurrent clients, in async and sync
 //!   mode (`PATCH /v1/config {"replication_mode": ..., "min_acks": 1}` on the primary), with
-//!   128-byte and 16-KiB values: one short run per cell (`--secs`, default 5). Each client is a
-//!   thread with its own blocking HTTP client, writing new keys to the primary in a closed loop
-//!   (next write as soon as the previous one is answered). Writes per fsync come from the
+//!   128-byte and 16-KiB values: one short run per cell (`--secs`, default 5). Each client
+//!   writes new keys to the primary in a closed loop (next write as soon as the previous one is
+//!   answered), after one warm-up write before the clock starts. Writes per fsync come from the
 //!   primary's `/metrics` (writes and commits of its group commit). After each cell it waits
 //!   until both replicas have every write (column `catch-up s`: the replicas' backlog), so the
 //!   next cell starts level;
 //! - replication lag p99 at half load (row `async½`): in async mode, a rate-limited generator
-//!   (open loop, 64 threads) writes at half the best async throughput measured above, with that
-//!   cell's value size. About 200 writes a second are sampled: after the primary's 2xx the
-//!   writing thread reads the key from a replica (`?consistency=local`, the two replicas in
-//!   turn) at once and then every 2 ms until it is there; the lag is the time from the 2xx to
-//!   the answer that has the key (an upper bound, by at most one poll interval plus one read).
+//!   (open loop: a fixed schedule spread over 64 clients, a late write sent at once) writes at
+//!   half the best async throughput measured above, with that cell's value size. About 200
+//!   writes a second are sampled: after the primary's 2xx the writing client reads the key from
+//!   a replica (`?consistency=local`, the two replicas in turn) at once and then every 2 ms
+//!   (tokio's timer: 2-3 ms) until it is there; the lag is the time from the 2xx to the answer
+//!   that has the key (an upper bound, by at most one poll interval plus one read).
 //!   A key not there within 5 s counts as 5 s. The replicas' own `replication.lag_ms` (from
 //!   `/v1/status`, every 50 ms) is printed next to it;
 //! - with `--compare etcd`: the same load generator against a three-member etcd with its
@@ -27,6 +28,18 @@
 //!   its fsynced WAL: one mode only, shown in the table as `quorum`; writes per fsync from the
 //!   leader's WAL fsync count.
 //!
+//! The load generator is cheap, so that on a small machine it takes little CPU from the servers
+//! it measures (Keel and etcd alike): every client is a task on one single-threaded tokio
+//! runtime, and all of them share one async HTTP client (one HTTP/1.1 connection pool, a
+//! connection per client in flight, no proxy, a 10 s timeout per request); the latency of a
+//! write is measured per request, from sending it to having read its whole answer. Setup and
+//! management calls (status, metrics, config) use a blocking client from the main thread,
+//! outside the runtime. Column `gen cpu %` is the CPU time (user + system, all threads, from
+//! `/proc/self/stat` at 10 ms resolution) this benchmark process used during the cell's run, in
+//! percent of one core: the generator's own cost. (Before, each client was an OS thread with its
+//! own blocking client, two threads per client: 128 B x 64 async took 76 % of a core and
+//! reached 9,976 writes/s; as tasks, 32 % and 14,134 writes/s, same cluster, back to back.)
+//!
 //! It prints one table row per cell, then the goal checks, then the failed writes by kind, any
 //! change of primary (or etcd leader) during a run, and the WARN/ERROR lines the Keel nodes
 //! logged. Every process it starts is killed (panics included) and every temp dir removed;
@@ -35,15 +48,24 @@
 //!   cargo build --release --bins --examples && target/release/examples/kv_bench --secs 5 --compare etcd
 //!
 //! It runs the `keel` binary next to this example's own directory (target/release/keel).
+//! `--only MODE:SIZE:CLIENTS` (repeatable, e.g. `--only async:16384:64`) runs just those Keel
+//! cells and prints one line each (no etcd, no half-load run, no goal checks), e.g. to profile
+//! one cell.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Barrier, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
+/// The blocking client of the setup and management calls (status, metrics, config), made from
+/// the main thread, never from inside the load generator's runtime.
 type Http = reqwest::blocking::Client;
 
 /// Deadline of every wait (a primary, a mode change, an etcd leader).
@@ -68,12 +90,20 @@ fn keel_bin() -> PathBuf {
         .expect("target dir")
 }
 
+/// A port nothing listens on now, and one this process has not handed out before (the kernel may
+/// give a port released by an earlier call to a later one).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind 127.0.0.1:0")
+            .local_addr()
+            .expect("local addr")
+            .port();
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 fn http_client() -> Http {
@@ -83,6 +113,55 @@ fn http_client() -> Http {
         .timeout(REQUEST_TIMEOUT)
         .build()
         .expect("http client")
+}
+
+/// The load generator: one tokio runtime and one async HTTP client (one connection pool) that
+/// every simulated client of every cell shares, Keel and etcd alike.
+struct Gen {
+    rt: tokio::runtime::Runtime,
+    http: reqwest::Client,
+}
+
+impl Gen {
+    fn new() -> Gen {
+        keel_raft::network::install_crypto_provider();
+        // One thread: measured against a multi-thread runtime with one worker (with
+        // `--only async:128:64 --only async:16384:64 --secs 3`, twice each), this used 32-33 %
+        // of a core at 128 B x 64 clients and 13 % at 16 KiB, the worker runtime 36-38 % and 13-14 %.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        // Built inside the runtime: its connections' background tasks are spawned there.
+        let http = rt.block_on(async {
+            reqwest::Client::builder()
+                .no_proxy()
+                .timeout(REQUEST_TIMEOUT)
+                .pool_max_idle_per_host(2 * CLIENTS[CLIENTS.len() - 1])
+                .build()
+                .expect("async http client")
+        });
+        Gen { rt, http }
+    }
+}
+
+/// CPU time (user + system) this process has used so far, all its threads: `utime` and `stime`
+/// of `/proc/self/stat`, in clock ticks of 10 ms (Linux's USER_HZ is 100).
+fn self_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may contain spaces) in parentheses: the state is
+    // field 3, utime 14, stime 15.
+    let fields: Vec<u64> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|f| f.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    Duration::from_millis(10 * fields.iter().sum::<u64>())
 }
 
 fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -254,6 +333,8 @@ struct Outcome {
     lat: Vec<Duration>,
     /// Failed writes by kind ("HTTP 503 outcome_unknown", "timeout", ...).
     errors: BTreeMap<String, u64>,
+    /// CPU time the benchmark process itself used during the run (the load generator's cost).
+    cpu: Duration,
 }
 
 impl Outcome {
@@ -263,6 +344,11 @@ impl Outcome {
 
     fn error_count(&self) -> u64 {
         self.errors.values().sum()
+    }
+
+    /// The generator's CPU use during the run, in percent of one core.
+    fn cpu_percent(&self) -> f64 {
+        100.0 * self.cpu.as_secs_f64() / self.elapsed.as_secs_f64()
     }
 }
 
@@ -274,59 +360,84 @@ fn pct_ms(sorted: &[Duration], q: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3
 }
 
-/// Runs `clients` threads for `dur`. Each first calls `setup(thread)` (before the clock starts:
-/// make its HTTP client, send a warm-up write) and then calls the write it returned with 0, 1,
-/// 2, ...: in a closed loop, or, with `rate`, on a fixed schedule that spreads `rate` writes/s
-/// evenly over the threads (open loop: a late write is sent at once, the schedule is kept).
-/// A write returns its latency or the kind of its failure.
-fn run_load<S, W>(clients: usize, dur: Duration, rate: Option<f64>, setup: S) -> Outcome
+/// Which write of a client: the warm-up write (before the clock starts, not counted) or write
+/// number `i`. Displayed as the last part of its key: `warm-up`, `0`, `1`, ...
+#[derive(Clone, Copy)]
+enum Step {
+    WarmUp,
+    Write(u64),
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::WarmUp => f.write_str("warm-up"),
+            Step::Write(i) => write!(f, "{i}"),
+        }
+    }
+}
+
+/// Runs `clients` simulated clients for `dur`, each a task on the generator's runtime. Each
+/// first sends its warm-up write `write(client, Step::WarmUp)` (all of them concurrently, before
+/// the clock starts; its outcome is not counted), then writes `write(client, Step::Write(i))`
+/// for i = 0, 1, 2, ...: in a closed loop (the next write as soon as the previous one is
+/// answered), or, with `rate`, on a fixed schedule that spreads `rate` writes/s evenly over the
+/// clients (open loop: a late write is sent at once, the schedule is kept). A write returns its
+/// latency or the kind of its failure. Also measures the CPU time this process used meanwhile.
+fn run_load<W, F>(gen: &Gen, clients: usize, dur: Duration, rate: Option<f64>, write: W) -> Outcome
 where
-    S: Fn(usize) -> W + Sync,
-    W: FnMut(u64) -> Result<Duration, String>,
+    W: Fn(usize, Step) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<Duration, String>> + Send + 'static,
 {
-    let barrier = Barrier::new(clients + 1);
-    let out = Mutex::new(Outcome::default());
-    let start = std::thread::scope(|s| {
-        for t in 0..clients {
-            let (barrier, out, setup) = (&barrier, &out, &setup);
-            s.spawn(move || {
-                let mut write = setup(t);
-                let (mut lat, mut errors) = (Vec::new(), BTreeMap::<String, u64>::new());
-                barrier.wait();
-                let start = Instant::now();
-                let deadline = start + dur;
-                let period = rate.map(|r| Duration::from_secs_f64(clients as f64 / r));
-                for i in 0.. {
-                    if let Some(p) = period {
-                        let at = start + p.mul_f64(i as f64 + t as f64 / clients as f64);
-                        if at >= deadline {
+    let write = Arc::new(write);
+    gen.rt.block_on(async move {
+        let warm_ups: Vec<_> = (0..clients).map(|t| tokio::spawn(write(t, Step::WarmUp))).collect();
+        for w in warm_ups {
+            let _ = w.await.expect("warm-up write task");
+        }
+        let cpu = self_cpu();
+        let start = Instant::now();
+        let deadline = start + dur;
+        let period = rate.map(|r| Duration::from_secs_f64(clients as f64 / r));
+        let tasks: Vec<_> = (0..clients)
+            .map(|t| {
+                let write = write.clone();
+                tokio::spawn(async move {
+                    let (mut lat, mut errors) = (Vec::new(), BTreeMap::<String, u64>::new());
+                    for i in 0.. {
+                        if let Some(p) = period {
+                            let at = start + p.mul_f64(i as f64 + t as f64 / clients as f64);
+                            if at >= deadline {
+                                break;
+                            }
+                            if at > Instant::now() {
+                                tokio::time::sleep_until(at.into()).await;
+                            }
+                        } else if Instant::now() >= deadline {
                             break;
                         }
-                        if let Some(d) = at.checked_duration_since(Instant::now()) {
-                            std::thread::sleep(d);
+                        match write(t, Step::Write(i)).await {
+                            Ok(d) => lat.push(d),
+                            Err(e) => *errors.entry(e).or_default() += 1,
                         }
-                    } else if Instant::now() >= deadline {
-                        break;
                     }
-                    match write(i) {
-                        Ok(d) => lat.push(d),
-                        Err(e) => *errors.entry(e).or_default() += 1,
-                    }
-                }
-                let mut o = out.lock().unwrap();
-                o.lat.extend(lat);
-                for (k, n) in errors {
-                    *o.errors.entry(k).or_default() += n;
-                }
-            });
+                    (lat, errors)
+                })
+            })
+            .collect();
+        let mut out = Outcome::default();
+        for task in tasks {
+            let (lat, errors) = task.await.expect("client task");
+            out.lat.extend(lat);
+            for (k, n) in errors {
+                *out.errors.entry(k).or_default() += n;
+            }
         }
-        barrier.wait();
-        Instant::now()
-    });
-    let mut out = out.into_inner().unwrap();
-    out.elapsed = start.elapsed();
-    out.lat.sort();
-    out
+        out.elapsed = start.elapsed();
+        out.cpu = self_cpu().saturating_sub(cpu);
+        out.lat.sort();
+        out
+    })
 }
 
 fn transport_error(e: &reqwest::Error) -> String {
@@ -341,10 +452,10 @@ fn transport_error(e: &reqwest::Error) -> String {
 
 /// Reads the whole answer (so the connection is reused); Ok for a 2xx, else the kind of error:
 /// status and error code (Keel: `{"error": {"code": ...}}`, etcd's gateway: `{"error": "..."}`).
-fn check(r: reqwest::Result<reqwest::blocking::Response>) -> Result<String, String> {
+async fn check(r: reqwest::Result<reqwest::Response>) -> Result<String, String> {
     let r = r.map_err(|e| transport_error(&e))?;
     let status = r.status();
-    let body = r.text().map_err(|e| transport_error(&e))?;
+    let body = r.text().await.map_err(|e| transport_error(&e))?;
     if status.is_success() {
         return Ok(body);
     }
@@ -485,15 +596,27 @@ fn set_mode(http: &Http, primary: &str, mode: &str) {
     });
 }
 
-fn keel_put(http: &Http, url: &str, value: &[u8]) -> Result<Duration, String> {
+/// One write: `PUT url` with `value`; its latency (until the whole answer is read) or the kind of
+/// its failure.
+async fn keel_put(http: &reqwest::Client, url: &str, value: Bytes) -> Result<Duration, String> {
     let t0 = Instant::now();
-    check(http.put(url).body(value.to_vec()).send()).map(|_| t0.elapsed())
+    check(http.put(url).body(value).send().await)
+        .await
+        .map(|_| t0.elapsed())
 }
 
 /// One closed-loop cell against the primary; writes per fsync from its group-commit counters.
-fn keel_cell(http: &Http, keel: &Keel, mode: &'static str, size: usize, clients: usize, dur: Duration) -> Row {
+fn keel_cell(
+    http: &Http,
+    gen: &Gen,
+    keel: &Keel,
+    mode: &'static str,
+    size: usize,
+    clients: usize,
+    dur: Duration,
+) -> Row {
     eprintln!("keel {mode} {} × {clients} clients ...", size_label(size));
-    let value = vec![b'k'; size];
+    let value = Bytes::from(vec![b'k'; size]);
     let metrics = format!("http://{}/metrics", keel.primary);
     let counters = || {
         (
@@ -502,12 +625,11 @@ fn keel_cell(http: &Http, keel: &Keel, mode: &'static str, size: usize, clients:
         )
     };
     let (w0, c0) = counters();
-    let out = run_load(clients, dur, None, |t| {
-        let http = http_client();
-        let base = format!("http://{}/v1/kv/bench/{mode}-{size}-{clients}/{t}", keel.primary);
-        let _ = keel_put(&http, &format!("{base}/warm-up"), &value);
-        let value = &value;
-        move |i| keel_put(&http, &format!("{base}/{i}"), value)
+    let base: Arc<str> = format!("http://{}/v1/kv/bench/{mode}-{size}-{clients}", keel.primary).into();
+    let client = gen.http.clone();
+    let out = run_load(gen, clients, dur, None, move |t, step| {
+        let (http, url, value) = (client.clone(), format!("{base}/{t}/{step}"), value.clone());
+        async move { keel_put(&http, &url, value).await }
     });
     let (w1, c1) = counters();
     Row {
@@ -536,73 +658,91 @@ struct Lag {
     reported_max_ms: u64,
 }
 
-/// Polls `replica` for `key` until it is there; the time from `acked` to that answer.
-fn seen_after(http: &Http, replica: &str, key: &str, acked: Instant) -> Option<Duration> {
+/// Polls `replica` for `key` until it is there (every `LAG_POLL`, on tokio's 1 ms timer); the time
+/// from `acked` to that answer.
+async fn seen_after(http: &reqwest::Client, replica: &str, key: &str, acked: Instant) -> Option<Duration> {
     let url = format!("http://{replica}/v1/kv/{key}?consistency=local");
     while acked.elapsed() < LAG_GIVE_UP {
-        let r = http.get(&url).timeout(Duration::from_secs(1)).send();
-        let found = r.is_ok_and(|r| {
-            let ok = r.status() == 200;
-            let _ = r.bytes();
-            ok
-        });
+        let found = match http.get(&url).timeout(Duration::from_secs(1)).send().await {
+            Ok(r) => {
+                let ok = r.status() == 200;
+                let _ = r.bytes().await;
+                ok
+            }
+            Err(_) => false,
+        };
         if found {
             return Some(acked.elapsed());
         }
-        std::thread::sleep(LAG_POLL);
+        tokio::time::sleep(LAG_POLL).await;
     }
     None
 }
 
-/// Async mode, open loop at `rate` writes/s over 64 threads, sampling replication lag.
-fn keel_lag(http: &Http, keel: &Keel, rate: f64, size: usize, dur: Duration) -> (Row, Lag) {
+/// The largest `replication.lag_ms` the replicas report in `/v1/status`, polled every 50 ms
+/// until the task is aborted.
+async fn watch_reported_lag(http: reqwest::Client, replicas: Vec<String>, max: Arc<AtomicU64>) {
+    loop {
+        for r in &replicas {
+            let status = http
+                .get(format!("http://{r}/v1/status"))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await;
+            if let Ok(resp) = status {
+                if let Ok(v) = resp.json::<serde_json::Value>().await {
+                    max.fetch_max(v["replication"]["lag_ms"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Async mode, open loop at `rate` writes/s over 64 clients, sampling replication lag.
+fn keel_lag(http: &Http, gen: &Gen, keel: &Keel, rate: f64, size: usize, dur: Duration) -> (Row, Lag) {
     let clients = CLIENTS[CLIENTS.len() - 1];
     eprintln!(
-        "keel async {} at {rate:.0} writes/s × {clients} threads, sampling replication lag ...",
+        "keel async {} at {rate:.0} writes/s × {clients} clients, sampling replication lag ...",
         size_label(size)
     );
-    let value = vec![b'l'; size];
+    let value = Bytes::from(vec![b'l'; size]);
     let sample_every = (rate / LAG_SAMPLES_PER_SEC).ceil().max(1.0) as u64;
-    let samples = Mutex::new((Vec::new(), 0u64));
-    let (stop, reported_max) = (AtomicBool::new(false), Mutex::new(0u64));
-    let out = std::thread::scope(|s| {
-        // The replicas' own lag figure, for comparison.
-        s.spawn(|| {
-            while !stop.load(Ordering::Relaxed) {
-                for r in &keel.replicas {
-                    if let Some(v) = get_json(http, &format!("http://{r}/v1/status")) {
-                        let lag = v["replication"]["lag_ms"].as_u64().unwrap_or(0);
-                        let mut m = reported_max.lock().unwrap();
-                        *m = (*m).max(lag);
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        let out = run_load(clients, dur, Some(rate), |t| {
-            let http = http_client();
-            let base = format!("bench/lag/{t}");
-            let _ = keel_put(&http, &format!("http://{}/v1/kv/{base}/warm-up", keel.primary), &value);
-            let (value, samples) = (&value, &samples);
-            move |i| {
-                let key = format!("{base}/{i}");
-                let d = keel_put(&http, &format!("http://{}/v1/kv/{key}", keel.primary), value)?;
-                let acked = Instant::now();
+    let samples = Arc::new(Mutex::new((Vec::new(), 0u64)));
+    let reported_max = Arc::new(AtomicU64::new(0));
+    // The replicas' own lag figure, for comparison: a task on the generator's runtime, running
+    // while the load runs.
+    let watcher = gen.rt.spawn(watch_reported_lag(
+        gen.http.clone(),
+        keel.replicas.clone(),
+        reported_max.clone(),
+    ));
+    let (client, primary) = (gen.http.clone(), Arc::<str>::from(keel.primary.as_str()));
+    let replicas = Arc::new(keel.replicas.clone());
+    let write_samples = samples.clone();
+    let out = run_load(gen, clients, dur, Some(rate), move |t, step| {
+        let (http, primary, replicas) = (client.clone(), primary.clone(), replicas.clone());
+        let (value, samples) = (value.clone(), write_samples.clone());
+        async move {
+            let key = format!("bench/lag/{t}/{step}");
+            let d = keel_put(&http, &format!("http://{primary}/v1/kv/{key}"), value).await?;
+            let acked = Instant::now();
+            if let Step::Write(i) = step {
                 let n = i * clients as u64 + t as u64;
                 if n.is_multiple_of(sample_every) {
-                    let r = (n / sample_every) as usize % keel.replicas.len();
-                    let seen = seen_after(&http, &keel.replicas[r], &key, acked);
+                    let r = (n / sample_every) as usize % replicas.len();
+                    let seen = seen_after(&http, &replicas[r], &key, acked).await;
                     let mut s = samples.lock().unwrap();
                     s.0.push((r, seen.unwrap_or(LAG_GIVE_UP)));
                     s.1 += seen.is_none() as u64;
                 }
-                Ok(d)
             }
-        });
-        stop.store(true, Ordering::Relaxed);
-        out
+            Ok(d)
+        }
     });
-    let (tagged, missed) = samples.into_inner().unwrap();
+    watcher.abort();
+    let _ = gen.rt.block_on(watcher);
+    let (tagged, missed) = std::mem::take(&mut *samples.lock().unwrap());
     let sorted = |mut v: Vec<Duration>| {
         v.sort();
         v
@@ -616,7 +756,7 @@ fn keel_lag(http: &Http, keel: &Keel, rate: f64, size: usize, dur: Duration) -> 
             .map(|r| sorted(tagged.iter().filter(|s| s.0 == r).map(|s| s.1).collect()))
             .collect(),
         missed,
-        reported_max_ms: reported_max.into_inner().unwrap(),
+        reported_max_ms: reported_max.load(Ordering::Relaxed),
     };
     let row = Row {
         system: "keel",
@@ -776,15 +916,17 @@ impl Etcd {
     }
 }
 
-fn etcd_put(http: &Http, url: &str, key: &str, value_b64: &str) -> Result<Duration, String> {
+/// One put through etcd's JSON gateway; its latency or the kind of its failure.
+async fn etcd_put(http: &reqwest::Client, url: &str, key: &str, value_b64: &str) -> Result<Duration, String> {
     let body = format!(r#"{{"key":"{}","value":"{value_b64}"}}"#, b64(key.as_bytes()));
     let t0 = Instant::now();
     let r = http
         .post(url)
         .header("content-type", "application/json")
         .body(body)
-        .send();
-    match check(r) {
+        .send()
+        .await;
+    match check(r).await {
         Ok(b) if b.contains("\"error\"") => Err("error in a 200 answer".into()),
         Ok(_) => Ok(t0.elapsed()),
         Err(e) => Err(e),
@@ -792,22 +934,21 @@ fn etcd_put(http: &Http, url: &str, key: &str, value_b64: &str) -> Result<Durati
 }
 
 /// One closed-loop cell against the etcd leader; writes per WAL fsync from its `/metrics`.
-fn etcd_cell(http: &Http, etcd: &Etcd, leader: usize, size: usize, clients: usize, dur: Duration) -> Row {
+fn etcd_cell(http: &Http, gen: &Gen, etcd: &Etcd, leader: usize, size: usize, clients: usize, dur: Duration) -> Row {
     eprintln!("etcd {} × {clients} clients ...", size_label(size));
-    let value = b64(&vec![b'e'; size]);
+    let value: Arc<str> = b64(&vec![b'e'; size]).into();
     let member = &etcd.clients[leader];
-    let (url, metrics) = (
-        format!("http://{member}{}/kv/put", etcd.api),
+    let (url, metrics): (Arc<str>, String) = (
+        format!("http://{member}{}/kv/put", etcd.api).into(),
         format!("http://{member}/metrics"),
     );
     let fsyncs = || metric(http, &metrics, "etcd_disk_wal_fsync_duration_seconds_count");
     let f0 = fsyncs();
-    let out = run_load(clients, dur, None, |t| {
-        let http = http_client();
-        let base = format!("bench/{size}-{clients}/{t}");
-        let _ = etcd_put(&http, &url, &format!("{base}/warm-up"), &value);
-        let (url, value) = (&url, &value);
-        move |i| etcd_put(&http, url, &format!("{base}/{i}"), value)
+    let client = gen.http.clone();
+    let out = run_load(gen, clients, dur, None, move |t, step| {
+        let (http, url, value) = (client.clone(), url.clone(), value.clone());
+        let key = format!("bench/{size}-{clients}/{t}/{step}");
+        async move { etcd_put(&http, &url, &key, &value).await }
     });
     let f1 = fsyncs();
     let writes_per_fsync = out.lat.len() as f64 / (f1 - f0).max(1.0);
@@ -859,20 +1000,22 @@ fn main() {
     }
     if !only.is_empty() {
         // One-off cells: no etcd, no half-load run, no goal checks.
-        let http = http_client();
+        let (http, gen) = (http_client(), Gen::new());
         let keel = start_keel(&http);
         for (mode, size, clients) in &only {
             let mode: &'static str = if mode == "async" { "async" } else { "sync" };
             set_mode(&http, &keel.primary, mode);
-            let r = keel_cell(&http, &keel, mode, *size, *clients, Duration::from_secs_f64(secs));
+            let r = keel_cell(&http, &gen, &keel, mode, *size, *clients, Duration::from_secs_f64(secs));
             println!(
-                "keel {mode} {} × {clients}: {:.0} writes/s, p50 {:.2} ms, p99 {:.2} ms, {} errors, {:.1} writes/fsync",
+                "keel {mode} {} × {clients}: {:.0} writes/s, p50 {:.2} ms, p99 {:.2} ms, {} errors, {:.1} writes/fsync, \
+                 generator CPU {:.1} % of one core",
                 size_label(*size),
                 r.out.rate(),
                 pct_ms(&r.out.lat, 0.5),
                 pct_ms(&r.out.lat, 0.99),
                 r.out.error_count(),
-                r.writes_per_fsync
+                r.writes_per_fsync,
+                r.out.cpu_percent()
             );
         }
         return;
@@ -895,7 +1038,7 @@ fn main() {
         .unwrap_or(0);
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let load_before = load_average();
-    let http = http_client();
+    let (http, gen) = (http_client(), Gen::new());
 
     let mut rows = Vec::new();
     let keel = start_keel(&http);
@@ -916,7 +1059,7 @@ fn main() {
         for size in SIZES {
             for clients in CLIENTS {
                 let before = keel.primary_record(&http);
-                rows.push(keel_cell(&http, &keel, mode, size, clients, dur));
+                rows.push(keel_cell(&http, &gen, &keel, mode, size, clients, dur));
                 watch(format!("keel {mode} {} × {clients}", size_label(size)), before, &keel);
             }
         }
@@ -927,7 +1070,7 @@ fn main() {
                 .max_by(|a, b| a.out.rate().total_cmp(&b.out.rate()))
                 .expect("async rows");
             let before = keel.primary_record(&http);
-            let (row, l) = keel_lag(&http, &keel, best.out.rate() / 2.0, best.size, dur);
+            let (row, l) = keel_lag(&http, &gen, &keel, best.out.rate() / 2.0, best.size, dur);
             rows.push(row);
             lag = Some(l);
             watch("keel half-load run".into(), before, &keel);
@@ -948,7 +1091,7 @@ fn main() {
         let leader = wait("an etcd leader and three healthy members", || etcd.leader(&http));
         for size in SIZES {
             for clients in CLIENTS {
-                rows.push(etcd_cell(&http, &etcd, leader, size, clients, dur));
+                rows.push(etcd_cell(&http, &gen, &etcd, leader, size, clients, dur));
                 let now = (0..50).find_map(|_| {
                     let l = etcd.leader(&http);
                     if l.is_none() {
@@ -983,7 +1126,7 @@ fn main() {
     }
     println!();
     println!(
-        "{:<6} {:<7} {:>6} {:>7} {:>9} {:>7} {:>7} {:>7} {:>6} {:>12} {:>10}",
+        "{:<6} {:<7} {:>6} {:>7} {:>9} {:>7} {:>7} {:>7} {:>6} {:>12} {:>10} {:>9}",
         "system",
         "mode",
         "value",
@@ -994,11 +1137,12 @@ fn main() {
         "max ms",
         "errors",
         "writes/fsync",
-        "catch-up s"
+        "catch-up s",
+        "gen cpu %"
     );
     for r in &rows {
         println!(
-            "{:<6} {:<7} {:>6} {:>7} {:>9.0} {:>7.2} {:>7.2} {:>7.1} {:>6} {:>12} {:>10}",
+            "{:<6} {:<7} {:>6} {:>7} {:>9.0} {:>7.2} {:>7.2} {:>7.1} {:>6} {:>12} {:>10} {:>9.1}",
             r.system,
             r.mode,
             size_label(r.size),
@@ -1017,7 +1161,8 @@ fn main() {
                 None => "-".to_string(),
                 Some(None) => format!(">{}", CATCH_UP.as_secs()),
                 Some(Some(d)) => format!("{:.2}", d.as_secs_f64()),
-            }
+            },
+            r.out.cpu_percent()
         );
     }
     println!();
