@@ -179,6 +179,10 @@ async fn do_write(node: &Node, op: WriteOp) -> ApiResult {
             "this node is the primary but holds no valid lease; retry shortly",
         ));
     };
+    // Sync mode ships each batch to the replicas before this node's own fsync (see
+    // `DataStore::set_early_visibility`); the answer below still waits for both.
+    let sync_mode = node.view().state.config.replication_mode == ReplicationMode::Sync;
+    node.repl.store.set_early_visibility(sync_mode);
     let res = node.repl.store.write(epoch, op).await.map_err(data_error)?;
     // Durable on the primary. Re-check the lease before acknowledging: if it lapsed while the
     // write was in flight, another node may already be primary. (The unsafe test-only switch
@@ -396,7 +400,9 @@ pub async fn get(
 async fn confirm_primary_read(node: &Node) -> Result<(), ApiError> {
     let cfg = node.view().state.config.clone();
     if cfg.replication_mode == ReplicationMode::Sync {
-        let head = node.repl.position();
+        // Visible, not only durable: with early visibility the read may have seen a batch that is
+        // not durable here yet.
+        let head = node.repl.store.visible_position();
         if !node.repl.wait_acks(head, cfg.min_acks, SYNC_ACK_TIMEOUT).await {
             return Err(ApiError::unavailable(
                 "not_replicated",

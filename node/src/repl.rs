@@ -214,7 +214,7 @@ pub async fn serve_pull(node: &Node, req: PullRequest) -> PullReply {
                 if tokio::time::timeout_at(deadline, head.changed()).await.is_err() {
                     return PullReply::Entries {
                         epoch,
-                        head: repl.position(),
+                        head: repl.store.visible_position(),
                         entries,
                     };
                 }
@@ -222,11 +222,15 @@ pub async fn serve_pull(node: &Node, req: PullRequest) -> PullReply {
             Ok(LogRead::Entries(entries)) => {
                 return PullReply::Entries {
                     epoch,
-                    head: repl.position(),
+                    head: repl.store.visible_position(),
                     entries,
                 }
             }
-            Ok(LogRead::Trimmed { .. }) => return PullReply::Trimmed { head: repl.position() },
+            Ok(LogRead::Trimmed { .. }) => {
+                return PullReply::Trimmed {
+                    head: repl.store.visible_position(),
+                }
+            }
             Err(DataError::Fork { at, ours }) => return PullReply::Fork { at, ours },
             Err(e) => {
                 warn!(error = %e, "serve pull: read change log");

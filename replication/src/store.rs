@@ -182,6 +182,11 @@ pub(crate) struct Inner {
     position: RwLock<Position>,
     /// Copy of `meta.newest_epoch`, same rule.
     newest_epoch: AtomicU64,
+    /// Highest position a reader may see: `position`, or ahead of it while a write batch is visible
+    /// but not yet durable (early visibility, see `writer.rs`). Raised before that batch's commit.
+    visible: RwLock<Position>,
+    /// Make write batches visible before they are durable (sync mode: see `writer.rs`).
+    pub early_visibility: AtomicBool,
     /// `meta.position` for async waiters (replication long polls): sent right after each commit,
     /// from the committing thread, so a waiting pull wakes without waiting for the writer's
     /// caller to be scheduled first.
@@ -204,9 +209,20 @@ impl Inner {
     pub fn publish(&self, guard: &mut MutexGuard<'_, Meta>, new: Meta) {
         **guard = new;
         *self.position.write().unwrap_or_else(|e| e.into_inner()) = new.position;
+        *self.visible.write().unwrap_or_else(|e| e.into_inner()) = new.position;
         self.newest_epoch.store(new.newest_epoch, Ordering::Release);
         self.head
             .send_if_modified(|h| std::mem::replace(h, new.position) != new.position);
+    }
+
+    /// Early visibility: `pos` may be read from now on (call before the commit that shows it).
+    pub fn raise_visible(&self, pos: Position) {
+        *self.visible.write().unwrap_or_else(|e| e.into_inner()) = pos;
+    }
+
+    /// Wake the waiters of [`DataStore::subscribe`] for a batch that is visible, not yet durable.
+    pub fn signal_visible(&self, pos: Position) {
+        self.head.send_if_modified(|h| std::mem::replace(h, pos) != pos);
     }
 
     /// After a failed commit, redb's state is what the last successful commit wrote: reload it.
@@ -330,6 +346,8 @@ impl DataStore {
             path: path.to_path_buf(),
             meta: Mutex::new(meta),
             position: RwLock::new(meta.position),
+            visible: RwLock::new(meta.position),
+            early_visibility: AtomicBool::new(false),
             newest_epoch: AtomicU64::new(meta.newest_epoch),
             head: tokio::sync::watch::channel(meta.position).0,
             stats: Stats::default(),
@@ -415,8 +433,24 @@ impl DataStore {
         *self.inner.position.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Watch of [`DataStore::position`]: changes right after every commit that moves it (a
-    /// write batch, an apply, a rollback, a snapshot install).
+    /// Highest position a read may have seen: [`DataStore::position`], or more while a write batch
+    /// is visible but not yet durable (see [`DataStore::set_early_visibility`]). A sync-mode primary
+    /// read waits for the replicas' acknowledgements up to this, read after the read.
+    pub fn visible_position(&self) -> Position {
+        *self.inner.visible.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Early visibility of primary writes (for sync mode): each write batch is committed twice,
+    /// first without fsync (readable, so replication pulls ship it at once and the replicas' fsyncs
+    /// overlap this node's), then durably. A write is still answered only after the durable commit.
+    /// Reads may then see a batch that a crash before the durable commit would lose: a sync-mode
+    /// primary read waits for replica acknowledgements up to [`DataStore::visible_position`].
+    pub fn set_early_visibility(&self, on: bool) {
+        self.inner.early_visibility.store(on, Ordering::Relaxed);
+    }
+
+    /// Watch of the visible position: changes right after every commit that moves it (a write
+    /// batch, early-visible or durable, an apply, a rollback, a snapshot install).
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Position> {
         self.inner.head.subscribe()
     }

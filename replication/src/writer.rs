@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use redb::Durability;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{apply_write, begin_write, write_meta, Ctx, Inner, KV, LOG};
@@ -168,6 +169,23 @@ fn commit_batch(inner: &Inner, meta: crate::store::Meta, ops: Vec<(u64, WriteOp)
         return Ok((meta, results));
     }
     write_meta(&tx, &new)?;
+    if inner.early_visibility.load(Ordering::Relaxed) {
+        // Early visibility (sync mode): commit without fsync first, so the batch is readable and
+        // the replicas' pulls ship it while this node fsyncs: their fsyncs overlap ours instead of
+        // following it. Raised before the commit, so a reader never sees more than `visible`.
+        // Nobody is answered yet. A crash before the durable commit below loses the batch here; a
+        // replica may keep it (never acknowledged, so either outcome is allowed), and a replica
+        // that has it while a new primary does not rolls it back into `diverged` (a fork).
+        inner.raise_visible(new.position);
+        let mut tx = tx;
+        tx.set_durability(Durability::None).ctx("set durability")?;
+        tx.commit().ctx("commit write batch (visible)")?;
+        inner.signal_visible(new.position);
+        // DURABILITY POINT of primary writes with early visibility: this empty commit fsyncs the
+        // batch committed above. Nobody is answered before it returns.
+        begin_write(&inner.db)?.commit().ctx("commit write batch (durable)")?;
+        return Ok((new, results));
+    }
     // DURABILITY POINT of primary writes: this commit fsyncs the data, the change-log entries and
     // the new position of every write in the batch at once. Nobody is answered before it returns.
     tx.commit().ctx("commit write batch")?;
@@ -250,6 +268,48 @@ mod tests {
         assert_eq!(after.writes, 600);
         assert!(after.commits - stats.commits < 400, "{after:?}");
         assert_eq!(s.position(), Position::new(1, 600));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn early_visibility_commits_visible_then_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.redb");
+        {
+            let s = crate::DataStore::open(&path).unwrap();
+            s.set_early_visibility(true);
+            let mut head = s.subscribe();
+            let mut tasks = Vec::new();
+            for i in 0..200 {
+                let s = s.clone();
+                tasks.push(tokio::spawn(async move {
+                    s.write(1, put(&format!("k{i:03}"), &[i as u8; 700])).await
+                }));
+            }
+            let mut seqs = Vec::new();
+            for t in tasks {
+                seqs.push(t.await.unwrap().unwrap().pos.seq);
+            }
+            seqs.sort_unstable();
+            assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+            assert_eq!(s.position(), Position::new(1, 200));
+            assert_eq!(
+                s.visible_position(),
+                s.position(),
+                "nothing stays visible-only after the answers"
+            );
+            assert!(head.has_changed().unwrap());
+            assert_eq!(*head.borrow_and_update(), Position::new(1, 200));
+            match s.read_log(Position::default(), 1000, usize::MAX).unwrap() {
+                LogRead::Entries(e) => assert_eq!(e.len(), 200),
+                other => panic!("{other:?}"),
+            }
+            s.set_early_visibility(false);
+            s.write(1, put("after", b"x")).await.unwrap();
+        }
+        let s = crate::DataStore::open(&path).unwrap();
+        assert_eq!(s.position(), Position::new(1, 201));
+        assert_eq!(dump(&s).len(), 201);
+        assert_eq!(s.get("k199").unwrap().unwrap().0, vec![199u8; 700]);
     }
 
     #[allow(clippy::await_holding_lock)]
