@@ -10,7 +10,7 @@
 //! [`SnapshotInstaller`] writes the records into a staging table (`kv_staging`) as chunks arrive,
 //! with non-durable commits (a crash just leaves staging garbage, cleared by the next install),
 //! and at `finish` swaps it in for `kv` in one durable transaction that also empties the change
-//! log and the `values` table (installed values are inline) and sets the position: readers see the old contents or the new ones, never a mix.
+//! log and swaps `values_staging` in for `values` (the snapshot's large values) and sets the position: readers see the old contents or the new ones, never a mix.
 
 use std::iter::Peekable;
 use std::sync::atomic::Ordering;
@@ -20,8 +20,8 @@ use redb::{Durability, ReadableDatabase, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
-use crate::store::{begin_write, encode_value, read_meta, write_meta, Ctx, Inner, KV, KV_STAGING, LOG, META};
-use crate::values::{resolve, StoredKv, VALUES};
+use crate::store::{begin_write, read_meta, write_meta, Ctx, Inner, KV, KV_STAGING, LOG, META};
+use crate::values::{hold, resolve, StoredKv, VALUES, VALUES_STAGING};
 use crate::{validate_key, validate_value, DataError, DataStore, Position};
 
 /// Target size of one snapshot chunk. A chunk is larger only when a single record is (a value
@@ -184,15 +184,21 @@ impl SnapshotInstaller {
         let mut tx = self.inner.db.begin_write().ctx("begin snapshot staging transaction")?;
         // Not durable on its own: `finish` commits with Immediate, which persists this too.
         tx.set_durability(Durability::None).ctx("set durability")?;
+        let n = chunk.records.len() as u64;
         {
             let mut t = tx.open_table(KV_STAGING).ctx("open staging table")?;
-            for r in &chunk.records {
-                t.insert(r.key.as_str(), encode_value(r.pos, &r.value).as_slice())
+            let mut values = tx.open_table(VALUES_STAGING).ctx("open values staging table")?;
+            let external = self.inner.format >= 2;
+            for r in chunk.records {
+                // A large value goes to the values table as a write at its own position would.
+                let held = hold(&mut values, external, r.pos.seq, r.value)?;
+                let record = StoredKv { pos: r.pos, held };
+                t.insert(r.key.as_str(), record.encode().as_slice())
                     .ctx("stage snapshot record")?;
             }
         }
         tx.commit().ctx("commit snapshot chunk")?;
-        self.records += chunk.records.len() as u64;
+        self.records += n;
         self.next_index += 1;
         self.done = chunk.last;
         Ok(())
@@ -218,9 +224,9 @@ impl SnapshotInstaller {
         tx.rename_table(KV_STAGING, KV).ctx("swap in snapshot table")?;
         tx.delete_table(LOG).ctx("empty change log")?;
         tx.open_table(LOG).ctx("create change log")?;
-        // The installed values are inline; nothing names the old large values any more.
+        // Nothing names the old large values any more; the snapshot's come with it.
         tx.delete_table(VALUES).ctx("drop old values table")?;
-        tx.open_table(VALUES).ctx("create values table")?;
+        tx.rename_table(VALUES_STAGING, VALUES).ctx("swap in snapshot values")?;
         let old = *guard;
         let new = crate::store::Meta {
             position: pos,
@@ -295,6 +301,8 @@ impl DataStore {
         let tx = begin_write(&installer.inner.db)?;
         tx.delete_table(KV_STAGING).ctx("clear snapshot staging table")?;
         tx.open_table(KV_STAGING).ctx("create snapshot staging table")?;
+        tx.delete_table(VALUES_STAGING).ctx("clear values staging table")?;
+        tx.open_table(VALUES_STAGING).ctx("create values staging table")?;
         tx.commit().ctx("commit snapshot staging table")?;
         Ok(installer)
     }

@@ -1660,7 +1660,8 @@ pub(crate) mod tests {
         let diverged: Vec<Entry> = r.diverged(10).unwrap().into_iter().map(|d| d.1).collect();
         assert_eq!(diverged.iter().rev().cloned().collect::<Vec<_>>(), log[3..].to_vec());
 
-        // A snapshot carries the bytes; installed values are inline.
+        // A snapshot carries the bytes; the installer stores the large ones in chunks again, and
+        // the target's old chunks go.
         let (_d3, t) = open_temp();
         t.write(1, put("old", &b1)).await.unwrap();
         let mut reader = p.snapshot().unwrap();
@@ -1670,7 +1671,12 @@ pub(crate) mod tests {
         }
         installer.finish().unwrap();
         assert_eq!(dump(&t), dump(&p));
-        assert_eq!(value_chunks(&t), Vec::<u64>::new());
+        assert_eq!(value_chunks(&t), vec![4, 6]);
+        // And they are released as usual later: overwriting c and trimming drops c's chunks.
+        t.write(1, put("c", b"short")).await.unwrap();
+        t.trim(0).unwrap();
+        assert_eq!(value_chunks(&t), vec![4]);
+        assert_eq!(dump(&t).len(), 3);
     }
 
     #[tokio::test]

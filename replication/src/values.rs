@@ -17,7 +17,8 @@
 //! that overwrote or deleted it, whose `prev` is `s`). Entries are trimmed oldest first, so the
 //! chunks of `s` are removed when entry `t` is trimmed (`t` > `s`), or when entry `s` is rolled
 //! back (its bytes go to the `diverged` table first). A snapshot install replaces `kv`, the log
-//! and this table together (installed values are inline).
+//! and this table together (its large values are staged in `values_staging`, keyed by the seq of
+//! each record's position, and swapped in with `kv_staging`).
 //!
 //! Records are versioned one by one (the first byte, see `codec.rs`): version 1 records (inline
 //! values) are exactly format 1, so one file can hold both and a file written by an older release
@@ -33,6 +34,8 @@ use crate::store::Ctx;
 use crate::{DataError, Entry, Position};
 
 pub(crate) const VALUES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("values");
+/// Where a snapshot's large values are staged with `kv_staging`, swapped in for `values` with it.
+pub(crate) const VALUES_STAGING: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("values_staging");
 
 /// Values up to this length stay inline (in `kv` and the log) in every format.
 pub const INLINE_MAX: usize = 512;
