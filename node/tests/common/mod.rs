@@ -375,8 +375,8 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// `git ARGS` in `dir` with a fixed author; panics with git's stderr on failure.
-pub fn git(dir: &Path, args: &[&str]) {
+/// `git ARGS` in `dir` with a fixed author; its stdout. Panics with git's stderr on failure.
+pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .args(args)
         .current_dir(dir)
@@ -391,6 +391,7 @@ pub fn git(dir: &Path, args: &[&str]) {
         "git {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A bare Git Sync upstream repository in `dir` with one commit under `shared/`; returns its file:// URL.
