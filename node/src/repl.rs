@@ -341,7 +341,6 @@ async fn pull_once(node: &Node, source: NodeId, epoch: u64, catch_up: bool) -> R
                 r.last_contact = Some(Instant::now());
             }
             if !entries.is_empty() {
-                let store = repl.store.clone();
                 let n = entries.len();
                 let source_epoch = if catch_up {
                     entries.iter().map(|e| e.pos.epoch).max().unwrap_or(0)
@@ -350,7 +349,7 @@ async fn pull_once(node: &Node, source: NodeId, epoch: u64, catch_up: bool) -> R
                 };
                 // On this worker thread (see serve_pull): the apply's fsync is on the sync-mode
                 // acknowledgement path.
-                tokio::task::block_in_place(|| store.apply(source_epoch, &entries))
+                tokio::task::block_in_place(|| repl.store.apply(source_epoch, &entries))
                     .map_err(|e| format!("apply {n} entries: {e}"))?;
             }
             let mut r = lock(&repl.replica);
