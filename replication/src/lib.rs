@@ -24,6 +24,7 @@
 //! before they return. Every persisted structure goes through the versioned codec (`codec.rs`).
 
 pub mod codec;
+mod journal;
 mod snapshot;
 mod store;
 mod values;

@@ -219,6 +219,9 @@ impl SnapshotInstaller {
             )));
         };
         let mut guard = self.inner.lock_meta();
+        // The journal must not outlive the data it extends (a restart would apply it on top of
+        // the snapshot): checkpoint first, so it is empty.
+        self.inner.checkpoint(&guard)?;
         let tx = begin_write(&self.inner.db)?;
         tx.delete_table(KV).ctx("drop old kv table")?;
         tx.rename_table(KV_STAGING, KV).ctx("swap in snapshot table")?;

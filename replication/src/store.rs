@@ -35,6 +35,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
+use crate::journal::Journal;
 use crate::values::{hold, release, resolve, Held, StoredEntry, StoredKv, NEWEST_FORMAT, VALUES};
 use crate::writer::WriterHandle;
 use crate::{
@@ -196,6 +197,8 @@ pub(crate) struct Inner {
     pub format: u8,
     /// At most one snapshot install at a time (they share the staging table).
     pub installing: AtomicBool,
+    /// Where replica applies become durable (`journal.rs`). Locked only under `meta`.
+    journal: Mutex<Journal>,
 }
 
 impl Inner {
@@ -223,6 +226,26 @@ impl Inner {
     /// Wake the waiters of [`DataStore::subscribe`] for a batch that is visible, not yet durable.
     pub fn signal_visible(&self, pos: Position) {
         self.head.send_if_modified(|h| std::mem::replace(h, pos) != pos);
+    }
+
+    fn journal(&self) -> MutexGuard<'_, Journal> {
+        self.journal.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Checkpoint (see `journal.rs`): make redb durable, then empty the journal. Call with the
+    /// `meta` guard; a no-op when the journal is empty.
+    pub fn checkpoint(&self, _held: &MutexGuard<'_, Meta>) -> Result<(), DataError> {
+        let mut journal = self.journal();
+        if journal.is_empty() {
+            return Ok(());
+        }
+        // An empty durable commit: redb makes every earlier non-durable commit durable with it.
+        begin_write(&self.db)?
+            .commit()
+            .ctx("checkpoint: durable commit of the journaled applies")?;
+        journal
+            .truncate_to(0)
+            .map_err(|e| DataError::Storage(format!("checkpoint: empty {}: {e}", journal.path().display())))
     }
 
     /// After a failed commit, redb's state is what the last successful commit wrote: reload it.
@@ -353,9 +376,67 @@ impl DataStore {
             stats: Stats::default(),
             format,
             installing: AtomicBool::new(false),
+            journal: Mutex::new(Journal::new(path)),
         });
         let writer = Arc::new(WriterHandle::spawn(inner.clone())?);
-        Ok(DataStore { writer, inner })
+        let store = DataStore { writer, inner };
+        store.replay_journal()?;
+        Ok(store)
+    }
+
+    /// Apply the journal's batches again (see `journal.rs`), then checkpoint.
+    fn replay_journal(&self) -> Result<(), DataError> {
+        let path = Journal::path_for(&self.inner.path);
+        let found = Journal::read(&path).map_err(|e| DataError::Storage(format!("read {}: {e}", path.display())))?;
+        let len = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(_) => return Ok(()),
+        };
+        let mut guard = self.inner.lock_meta();
+        self.inner.journal().found(len);
+        let before = guard.position;
+        let (mut applied, batches) = (0usize, found.batches.len());
+        for (source_epoch, entries) in found.batches {
+            // Entries redb already has (made durable by a later commit) are skipped inside, after
+            // checking that they are the same entries; only the rest must extend the position.
+            let known = entries.iter().take_while(|e| e.pos.seq <= guard.position.seq).count();
+            let result = self
+                .check_known(&guard, &entries[..known])
+                .and_then(|()| self.apply_locked(&mut guard, source_epoch, &entries[known..], false));
+            if let Err(e) = result {
+                let aside = self.inner.journal().reject();
+                tracing::error!(journal = %path.display(), error = %e, moved_to = ?aside, position = %guard.position,
+                    "the datastore journal does not fit the datastore; it was not applied (kept aside) and this node \
+                     will pull what it lacks from the primary");
+                return Ok(());
+            }
+            applied += entries.len() - known;
+        }
+        self.inner.checkpoint(&guard)?;
+        tracing::info!(journal = %path.display(), batches, applied, from = %before, to = %guard.position,
+            torn_bytes = found.torn_bytes, "applied the datastore journal again after a restart");
+        Ok(())
+    }
+
+    /// The entries (all at or below the position) are this store's own: same position at each seq.
+    fn check_known(&self, meta: &Meta, entries: &[Entry]) -> Result<(), DataError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let rtx = self.inner.db.begin_read().ctx("begin read transaction")?;
+        let log = rtx.open_table(LOG).ctx("open log table")?;
+        for e in entries {
+            match entry_position(&log, meta, e.pos.seq)? {
+                Some(ours) if ours != e.pos => {
+                    return Err(DataError::Fork {
+                        at: e.pos,
+                        ours: Some(ours),
+                    })
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn inner(&self) -> &Arc<Inner> {
@@ -543,7 +624,27 @@ impl DataStore {
     /// `spawn_blocking`). Returns the new position.
     pub fn apply(&self, source_epoch: u64, entries: &[Entry]) -> Result<Position, DataError> {
         let mut guard = self.inner.lock_meta();
-        let meta = *guard;
+        let pos = self.apply_locked(&mut guard, source_epoch, entries, true)?;
+        if self.inner.journal().due() {
+            // The batch is durable already (journal); a failed checkpoint is retried after the
+            // next apply, and the journal keeps everything meanwhile.
+            if let Err(e) = self.inner.checkpoint(&guard) {
+                tracing::warn!(error = %e, "datastore checkpoint failed; the journal keeps the applied entries");
+            }
+        }
+        Ok(pos)
+    }
+
+    /// [`DataStore::apply`] under the write lock. `journaled`: durable through the journal (a
+    /// replica apply); else through a durable redb commit (the journal's own replay at open).
+    fn apply_locked(
+        &self,
+        guard: &mut MutexGuard<'_, Meta>,
+        source_epoch: u64,
+        entries: &[Entry],
+        journaled: bool,
+    ) -> Result<Position, DataError> {
+        let meta = **guard;
         if source_epoch < meta.newest_epoch {
             return Err(DataError::StaleEpoch {
                 epoch: source_epoch,
@@ -552,15 +653,15 @@ impl DataStore {
         }
         check_batch(source_epoch, entries)?;
 
-        let tx = begin_write(&self.inner.db)?;
+        let mut tx = begin_write(&self.inner.db)?;
         let mut new = meta;
         new.newest_epoch = source_epoch;
+        // Skip what this node already has, checking that it really is the same entry.
+        let mut skip = 0;
         {
             let mut kv = tx.open_table(KV).ctx("open kv table")?;
             let mut log = tx.open_table(LOG).ctx("open log table")?;
             let mut values = tx.open_table(VALUES).ctx("open values table")?;
-            // Skip what this node already has, checking that it really is the same entry.
-            let mut skip = 0;
             for e in entries.iter().take_while(|e| e.pos.seq <= meta.position.seq) {
                 match entry_position(&log, &meta, e.pos.seq)? {
                     Some(ours) if ours != e.pos => {
@@ -628,12 +729,30 @@ impl DataStore {
             return Ok(meta.position);
         }
         write_meta(&tx, &new)?;
-        // Durability point of replica apply: data, log entries and position in one fsync'd commit.
+        let mark = if journaled {
+            // DURABILITY POINT of a replica apply: the new entries, appended to the journal and
+            // fdatasynced (`journal.rs`). The redb commit below is not fsynced; a checkpoint makes
+            // it durable later, and a restart before that applies the journal again.
+            let mut journal = self.inner.journal();
+            let mark = journal.append(source_epoch, &entries[skip..]).map_err(|e| {
+                DataError::Storage(format!("journal applied entries in {}: {e}", journal.path().display()))
+            })?;
+            tx.set_durability(Durability::None).ctx("set durability")?;
+            Some(mark)
+        } else {
+            // Replay of the journal: a durable commit, as before the journal.
+            None
+        };
         if let Err(e) = tx.commit() {
-            self.inner.reload_meta(&mut guard);
+            if let Some(mark) = mark {
+                // Not applied after all: the journal must not hold it either (best effort: a
+                // batch left there is the primary's own entries, skipped or re-pulled later).
+                let _ = self.inner.journal().truncate_to(mark);
+            }
+            self.inner.reload_meta(guard);
             return Err(DataError::Storage(format!("commit applied entries: {e}")));
         }
-        self.inner.publish(&mut guard, new);
+        self.inner.publish(guard, new);
         Ok(new.position)
     }
 
@@ -721,6 +840,9 @@ impl DataStore {
         if fork == meta.position {
             return Ok(Vec::new());
         }
+        // The journal must not hold the entries rolled back here (a restart would apply them
+        // again): checkpoint first, so it is empty.
+        self.inner.checkpoint(&guard)?;
         let tx = begin_write(&self.inner.db)?;
         let at_ms = now_ms();
         let mut rolled = Vec::new();
@@ -1370,6 +1492,149 @@ pub(crate) mod tests {
         s.write(1, put("k11", b"x")).await.unwrap();
         let page = entries(s.read_log(Position::new(1, 10), 10, usize::MAX).unwrap());
         assert_eq!(page.iter().map(|e| e.pos.seq).collect::<Vec<_>>(), [11]);
+    }
+
+    /// A primary with `n` writes, its entries, and an empty replica file next to it.
+    async fn journal_fixture(n: usize) -> (tempfile::TempDir, DataStore, Vec<Entry>, PathBuf) {
+        let (dir, primary) = open_temp();
+        for i in 0..n {
+            let value = if i % 3 == 0 {
+                vec![i as u8; 3000]
+            } else {
+                format!("v{i}").into_bytes()
+            };
+            primary.write(1, put(&format!("k{}", i % 4), &value)).await.unwrap();
+        }
+        let all = entries(primary.read_log(Position::default(), 100, usize::MAX).unwrap());
+        let replica = dir.path().join("replica.redb");
+        (dir, primary, all, replica)
+    }
+
+    #[tokio::test]
+    async fn replica_applies_are_journaled_and_checkpointed() {
+        let (_dir, primary, all, path) = journal_fixture(6).await;
+        let replica = DataStore::open(&path).unwrap();
+        let journal = Journal::path_for(&path);
+        replica.apply(1, &all[..2]).unwrap();
+        replica.apply(1, &all[2..4]).unwrap();
+        let held = Journal::read(&journal).unwrap();
+        assert_eq!(held.batches.len(), 2, "each apply is one journal record");
+        assert_eq!(held.batches[1].1, all[2..4].to_vec());
+        // Re-delivered entries are not journaled again.
+        replica.apply(1, &all[3..5]).unwrap();
+        let held = Journal::read(&journal).unwrap();
+        assert_eq!(held.batches.len(), 3);
+        assert_eq!(held.batches[2].1, all[4..5].to_vec());
+        // Once CHECKPOINT_EVERY has passed, the next apply checkpoints: the journal is emptied.
+        std::thread::sleep(crate::journal::CHECKPOINT_EVERY + std::time::Duration::from_millis(20));
+        replica.apply(1, &all[5..]).unwrap();
+        assert!(Journal::read(&journal).unwrap().batches.is_empty());
+        assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0);
+        assert_eq!(dump(&replica), dump(&primary));
+    }
+
+    #[tokio::test]
+    async fn the_journal_is_applied_again_at_open() {
+        let (_dir, primary, all, path) = journal_fixture(8).await;
+        let replica = DataStore::open(&path).unwrap();
+        replica.apply(1, &all[..3]).unwrap();
+        drop(replica);
+        // What a crash leaves behind when redb lost the non-durable commits of two applies that
+        // the journal has: a record redb already has (before the crash a later durable commit
+        // took it along), one it lacks, and one cut short while it was appended.
+        let journal = Journal::path_for(&path);
+        let mut j = Journal::new(&path);
+        j.append(1, &all[1..3]).unwrap();
+        j.append(1, &all[3..6]).unwrap();
+        j.append(1, &all[6..]).unwrap();
+        let full = std::fs::metadata(&journal).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&journal)
+            .unwrap()
+            .set_len(full - 5)
+            .unwrap();
+
+        let replica = DataStore::open(&path).unwrap();
+        assert_eq!(
+            replica.position(),
+            all[5].pos,
+            "the whole records are applied, the cut one is not"
+        );
+        assert_eq!(
+            entries(replica.read_log(Position::default(), 100, usize::MAX).unwrap()),
+            all[..6].to_vec()
+        );
+        assert_eq!(
+            std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0),
+            0,
+            "checkpointed after the replay"
+        );
+        replica.apply(1, &all[6..]).unwrap();
+        assert_eq!(dump(&replica), dump(&primary));
+        drop(replica);
+        // Opening again applies nothing twice.
+        let replica = DataStore::open(&path).unwrap();
+        assert_eq!(replica.position(), primary.position());
+        assert_eq!(dump(&replica), dump(&primary));
+    }
+
+    #[tokio::test]
+    async fn a_journal_that_does_not_fit_is_kept_aside_not_applied() {
+        let (_dir, _primary, all, path) = journal_fixture(6).await;
+        let replica = DataStore::open(&path).unwrap();
+        replica.apply(1, &all[..2]).unwrap();
+        let before = dump(&replica);
+        drop(replica);
+        // A record that skips entries (a gap after seq 2), and one that names another entry at
+        // a seq this store has (a fork): neither may be applied.
+        for bad in [all[3..5].to_vec(), {
+            let mut e = all[1].clone();
+            e.pos = Position::new(2, e.pos.seq);
+            vec![e]
+        }] {
+            let mut j = Journal::new(&path);
+            j.append(1, &bad).unwrap();
+            let replica = DataStore::open(&path).unwrap();
+            assert_eq!(replica.position(), all[1].pos);
+            assert_eq!(dump(&replica), before);
+            assert!(!Journal::path_for(&path).exists(), "moved aside");
+            drop(replica);
+        }
+        let aside: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("replica.redb.journal.rejected-"))
+            .collect();
+        assert!(!aside.is_empty(), "the rejected journals are kept: {aside:?}");
+    }
+
+    #[tokio::test]
+    async fn rollback_and_snapshot_install_empty_the_journal_first() {
+        let (_dir, primary, all, path) = journal_fixture(6).await;
+        let replica = DataStore::open(&path).unwrap();
+        replica.apply(1, &all).unwrap();
+        let journal = Journal::path_for(&path);
+        assert!(!Journal::read(&journal).unwrap().batches.is_empty());
+        replica.rollback_to(all[2].pos).unwrap();
+        assert!(
+            Journal::read(&journal).unwrap().batches.is_empty(),
+            "a restart must not apply the rolled-back entries again"
+        );
+        drop(replica);
+        let replica = DataStore::open(&path).unwrap();
+        assert_eq!(replica.position(), all[2].pos);
+
+        replica.apply(1, &all[3..]).unwrap();
+        assert!(!Journal::read(&journal).unwrap().batches.is_empty());
+        let mut inst = replica.begin_install().unwrap();
+        let mut reader = primary.snapshot().unwrap();
+        while let Some(chunk) = reader.next_chunk().unwrap() {
+            inst.push_chunk(&chunk).unwrap();
+        }
+        inst.finish().unwrap();
+        assert!(Journal::read(&journal).unwrap().batches.is_empty());
+        assert_eq!(dump(&replica), dump(&primary));
     }
 
     #[tokio::test]
