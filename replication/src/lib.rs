@@ -20,8 +20,10 @@
 //! log entry and the new position commits with `Durability::Immediate` (one fdatasync). Primary
 //! writes are group-committed by one writer thread (`writer.rs`): every caller waiting in its
 //! queue shares one transaction and one fsync, and is answered only after that commit returned.
-//! `apply`, `rollback_to`, `trim`, `observe_epoch` and snapshot install commit the same way
-//! before they return. Every persisted structure goes through the versioned codec (`codec.rs`).
+//! `rollback_to`, `trim`, `observe_epoch` and snapshot install commit the same way before they
+//! return. A replica's `apply` is durable once its entries are appended to the replica journal
+//! and fdatasynced (`journal.rs`); its redb commit is not fsynced and a checkpoint makes it
+//! durable later. Every persisted structure goes through the versioned codec (`codec.rs`).
 
 pub mod codec;
 mod journal;
