@@ -47,6 +47,11 @@
 //!
 //!   cargo build --release --bins --examples && target/release/examples/kv_bench --secs 5 --compare etcd
 //!
+//! `--rounds N` runs every cell N times, each round on a fresh cluster (fresh data dirs; etcd
+//! too), and pools the rounds: a row's throughput is all its writes over all its run time, its
+//! percentiles are over all its latencies, and the throughput of each round is printed below
+//! the table. On a small shared VM one 5 s cell can differ from the next by 10-20 %.
+//!
 //! It runs the `keel` binary next to this example's own directory (target/release/keel).
 //! `--only MODE:SIZE:CLIENTS` (repeatable, e.g. `--only async:16384:64`) runs just those Keel
 //! cells and prints one line each (no etcd, no half-load run, no goal checks), e.g. to profile
@@ -498,6 +503,57 @@ struct Row {
     writes_per_fsync: f64,
     /// Keel: time after the run until both replicas had every write (None: not within `CATCH_UP`).
     catch_up: Option<Option<Duration>>,
+    /// Throughput of each round, when the cell ran in several (`--rounds`).
+    round_rates: Vec<f64>,
+}
+
+impl Row {
+    /// One row for a cell that ran in several rounds: the rounds' writes taken together (their
+    /// latencies pooled, throughput = all writes / all run time), writes per fsync averaged, the
+    /// slowest catch-up.
+    fn merge(rounds: Vec<Row>) -> Row {
+        let mut it = rounds.into_iter();
+        let mut row = it.next().expect("at least one round");
+        row.round_rates = vec![row.out.rate()];
+        let mut wpf = vec![row.writes_per_fsync];
+        for r in it {
+            row.round_rates.push(r.out.rate());
+            row.out.elapsed += r.out.elapsed;
+            row.out.cpu += r.out.cpu;
+            row.out.lat.extend(r.out.lat);
+            for (k, n) in r.out.errors {
+                *row.out.errors.entry(k).or_default() += n;
+            }
+            wpf.push(r.writes_per_fsync);
+            row.catch_up = match (row.catch_up, r.catch_up) {
+                (Some(Some(a)), Some(Some(b))) => Some(Some(a.max(b))),
+                (Some(None), _) | (_, Some(None)) => Some(None),
+                (a, b) => a.or(b),
+            };
+        }
+        row.out.lat.sort();
+        let known: Vec<f64> = wpf.into_iter().filter(|w| !w.is_nan()).collect();
+        row.writes_per_fsync = if known.is_empty() {
+            f64::NAN
+        } else {
+            known.iter().sum::<f64>() / known.len() as f64
+        };
+        row
+    }
+}
+
+/// Rows of the same cells from several rounds (in the same order each round), merged per cell.
+fn merge_rounds(rounds: Vec<Vec<Row>>) -> Vec<Row> {
+    let mut cells: Vec<Vec<Row>> = Vec::new();
+    for round in rounds {
+        for (i, row) in round.into_iter().enumerate() {
+            if cells.len() <= i {
+                cells.push(Vec::new());
+            }
+            cells[i].push(row);
+        }
+    }
+    cells.into_iter().map(Row::merge).collect()
 }
 
 fn size_label(size: usize) -> String {
@@ -658,6 +714,7 @@ fn keel_cell(
         out,
         writes_per_fsync: (w1 - w0) / (c1 - c0).max(1.0),
         catch_up: Some(keel.catch_up(http)),
+        round_rates: Vec::new(),
     }
 }
 
@@ -784,6 +841,7 @@ fn keel_lag(http: &Http, gen: &Gen, keel: &Keel, rate: f64, size: usize, dur: Du
         out,
         writes_per_fsync: f64::NAN,
         catch_up: Some(keel.catch_up(http)),
+        round_rates: Vec::new(),
     };
     (row, lag)
 }
@@ -978,6 +1036,7 @@ fn etcd_cell(http: &Http, gen: &Gen, etcd: &Etcd, leader: usize, size: usize, cl
         out,
         writes_per_fsync,
         catch_up: None,
+        round_rates: Vec::new(),
     }
 }
 
@@ -986,13 +1045,22 @@ fn etcd_cell(http: &Http, gen: &Gen, etcd: &Etcd, leader: usize, size: usize, cl
 fn main() {
     let mut secs = 5.0f64;
     let mut compare_etcd = false;
+    // `--rounds N`: every cell N times, each round on a fresh cluster; the figures pool them.
+    let mut rounds = 1usize;
     // `--only MODE:SIZE:CLIENTS` (repeatable) runs just those Keel cells, e.g. to profile one.
     let mut only: Vec<(String, usize, usize)> = Vec::new();
-    let usage = "usage: kv_bench [--secs S] [--compare etcd] [--only MODE:SIZE:CLIENTS ...]";
+    let usage = "usage: kv_bench [--secs S] [--rounds N] [--compare etcd] [--only MODE:SIZE:CLIENTS ...]";
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--secs" => secs = args.next().and_then(|v| v.parse().ok()).expect("--secs S"),
+            "--rounds" => {
+                rounds = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|n| *n >= 1)
+                    .expect("--rounds N (N >= 1)")
+            }
             "--compare" => match args.next().as_deref() {
                 Some("etcd") => compare_etcd = true,
                 other => panic!(
@@ -1058,11 +1126,6 @@ fn main() {
     let load_before = load_average();
     let (http, gen) = (http_client(), Gen::new());
 
-    let mut rows = Vec::new();
-    let keel = start_keel(&http);
-    let (disk, fsyncs) = fsync_rate(keel.cluster.dir.path(), Duration::from_secs(2));
-    let bandwidth = write_bandwidth(keel.cluster.dir.path(), Duration::from_secs(1));
-    let mut lag = None;
     // A change of primary during a run (a failover under load) is reported with the results.
     let mut events = Vec::new();
     let mut watch = |what: String, primary: Option<(u64, u64)>, keel: &Keel| {
@@ -1073,30 +1136,55 @@ fn main() {
             ));
         }
     };
-    for mode in ["async", "sync"] {
-        set_mode(&http, &keel.primary, mode);
-        for size in SIZES {
-            for clients in CLIENTS {
-                let before = keel.primary_record(&http);
-                rows.push(keel_cell(&http, &gen, &keel, mode, size, clients, dur));
-                watch(format!("keel {mode} {} × {clients}", size_label(size)), before, &keel);
+    // Every Keel cell, `rounds` times; each round on a fresh cluster (so no round starts with the
+    // data and dirty pages of the one before). The disk probes run once, in the first cluster's dir.
+    let (mut keel_rounds, mut warnings, mut probes) = (Vec::new(), Vec::new(), None);
+    let mut keel = None;
+    for round in 0..rounds {
+        if rounds > 1 {
+            eprintln!("round {} of {rounds}", round + 1);
+        }
+        drop(keel.take());
+        let mut k = start_keel(&http);
+        if probes.is_none() {
+            probes = Some((
+                fsync_rate(k.cluster.dir.path(), Duration::from_secs(2)),
+                write_bandwidth(k.cluster.dir.path(), Duration::from_secs(1)),
+            ));
+        }
+        let mut rows = Vec::new();
+        for mode in ["async", "sync"] {
+            set_mode(&http, &k.primary, mode);
+            for size in SIZES {
+                for clients in CLIENTS {
+                    let before = k.primary_record(&http);
+                    rows.push(keel_cell(&http, &gen, &k, mode, size, clients, dur));
+                    watch(format!("keel {mode} {} × {clients}", size_label(size)), before, &k);
+                }
             }
         }
-        if mode == "async" {
-            let best = rows
-                .iter()
-                .filter(|r| r.mode == "async")
-                .max_by(|a, b| a.out.rate().total_cmp(&b.out.rate()))
-                .expect("async rows");
-            let before = keel.primary_record(&http);
-            let (row, l) = keel_lag(&http, &gen, &keel, best.out.rate() / 2.0, best.size, dur);
-            rows.push(row);
-            lag = Some(l);
-            watch("keel half-load run".into(), before, &keel);
-        }
+        warnings.extend(k.cluster.warnings());
+        k.cluster.mark();
+        keel_rounds.push(rows);
+        keel = Some(k);
     }
-    let lag = lag.expect("lag run");
-    let warnings = keel.cluster.warnings();
+    let ((disk, fsyncs), bandwidth) = probes.expect("disk probes");
+    let mut rows = merge_rounds(keel_rounds);
+    // The half-load run, once, on the last round's cluster: half the best async throughput above.
+    let keel = keel.expect("a Keel cluster");
+    let best = rows
+        .iter()
+        .filter(|r| r.mode == "async")
+        .max_by(|a, b| a.out.rate().total_cmp(&b.out.rate()))
+        .map(|r| (r.out.rate(), r.size))
+        .expect("async rows");
+    set_mode(&http, &keel.primary, "async");
+    let before = keel.primary_record(&http);
+    let (row, lag) = keel_lag(&http, &gen, &keel, best.0 / 2.0, best.1, dur);
+    let at = rows.iter().position(|r| r.mode == "sync").unwrap_or(rows.len());
+    rows.insert(at, row);
+    watch("keel half-load run".into(), before, &keel);
+    warnings.extend(keel.cluster.warnings());
     drop(keel);
 
     let mut etcd_about = None;
@@ -1106,31 +1194,48 @@ fn main() {
             "etcd {version} ({}), three members with default timings, JSON gateway `POST {api}/kv/put` on the leader",
             bin.display()
         ));
-        let etcd = start_etcd(&bin, api);
-        let leader = wait("an etcd leader and three healthy members", || etcd.leader(&http));
-        for size in SIZES {
-            for clients in CLIENTS {
-                rows.push(etcd_cell(&http, &gen, &etcd, leader, size, clients, dur));
-                let now = (0..50).find_map(|_| {
-                    let l = etcd.leader(&http);
-                    if l.is_none() {
-                        std::thread::sleep(Duration::from_millis(20));
+        let mut etcd_rounds = Vec::new();
+        for round in 0..rounds {
+            if rounds > 1 {
+                eprintln!("etcd round {} of {rounds}", round + 1);
+            }
+            let etcd = start_etcd(&bin, api);
+            let leader = wait("an etcd leader and three healthy members", || etcd.leader(&http));
+            let mut round_rows = Vec::new();
+            for size in SIZES {
+                for clients in CLIENTS {
+                    round_rows.push(etcd_cell(&http, &gen, &etcd, leader, size, clients, dur));
+                    let now = (0..50).find_map(|_| {
+                        let l = etcd.leader(&http);
+                        if l.is_none() {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        l
+                    });
+                    if now != Some(leader) {
+                        events.push(format!(
+                            "etcd {} × {clients}: the leader changed from member {leader} to {now:?} during the run",
+                            size_label(size)
+                        ));
                     }
-                    l
-                });
-                if now != Some(leader) {
-                    events.push(format!(
-                        "etcd {} × {clients}: the leader changed from member {leader} to {now:?} during the run",
-                        size_label(size)
-                    ));
                 }
             }
+            etcd_rounds.push(round_rows);
         }
+        rows.extend(merge_rounds(etcd_rounds));
     }
 
     println!(
-        "kv_bench, {} UTC, {secs} s per cell, {cpus} CPUs, load average {load_before} before and {} after",
+        "kv_bench, {} UTC, {secs} s per cell{}, {cpus} CPUs, load average {load_before} before and {} after",
         &keel_node::util::rfc3339(now_ms)[..16].replace('T', " "),
+        if rounds > 1 {
+            format!(
+                " × {rounds} rounds (each on a fresh cluster; a row pools its rounds: all their writes over all their run \
+                 time, their latencies together)"
+            )
+        } else {
+            String::new()
+        },
         load_average()
     );
     println!(
@@ -1187,6 +1292,24 @@ fn main() {
             },
             r.out.cpu_percent()
         );
+    }
+    if rounds > 1 {
+        println!();
+        println!("writes/s of each round:");
+        for r in rows.iter().filter(|r| !r.round_rates.is_empty()) {
+            println!(
+                "  {} {} {} × {}: {}",
+                r.system,
+                r.mode,
+                size_label(r.size),
+                r.clients,
+                r.round_rates
+                    .iter()
+                    .map(|x| format!("{x:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
     }
     println!();
 
