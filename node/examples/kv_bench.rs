@@ -1093,12 +1093,13 @@ fn main() {
             set_mode(&http, &keel.primary, mode);
             let r = keel_cell(&http, &gen, &keel, mode, *size, *clients, Duration::from_secs_f64(secs));
             println!(
-                "keel {mode} {} × {clients}: {:.0} writes/s, p50 {:.2} ms, p99 {:.2} ms, {} errors, {:.1} writes/fsync, \
-                 generator CPU {:.1} % of one core",
+                "keel {mode} {} × {clients}: {:.0} writes/s, p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, {} errors, \
+                 {:.1} writes/fsync, generator CPU {:.1} % of one core",
                 size_label(*size),
                 r.out.rate(),
                 pct_ms(&r.out.lat, 0.5),
                 pct_ms(&r.out.lat, 0.99),
+                pct_ms(&r.out.lat, 1.0),
                 r.out.error_count(),
                 r.writes_per_fsync,
                 r.out.cpu_percent()

@@ -35,7 +35,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
-use crate::journal::Journal;
+use crate::journal::{Journal, JOURNAL_BATCH_MAX};
 use crate::values::{hold, release, resolve, Held, StoredEntry, StoredKv, NEWEST_FORMAT, VALUES};
 use crate::writer::WriterHandle;
 use crate::{
@@ -248,6 +248,17 @@ impl Inner {
             .map_err(|e| DataError::Storage(format!("checkpoint: empty {}: {e}", journal.path().display())))
     }
 
+    /// A durable commit just made everything journaled durable in redb: empty the journal (not
+    /// needed for correctness, a replay would skip those entries; a failure is only logged).
+    pub fn journal_superseded(&self) {
+        let mut journal = self.journal();
+        if !journal.is_empty() {
+            if let Err(e) = journal.truncate_to(0) {
+                tracing::warn!(journal = %journal.path().display(), error = %e, "could not empty the datastore journal");
+            }
+        }
+    }
+
     /// After a failed commit, redb's state is what the last successful commit wrote: reload it.
     pub fn reload_meta(&self, guard: &mut MutexGuard<'_, Meta>) {
         match load_meta(&self.db) {
@@ -400,9 +411,10 @@ impl DataStore {
             // Entries redb already has (made durable by a later commit) are skipped inside, after
             // checking that they are the same entries; only the rest must extend the position.
             let known = entries.iter().take_while(|e| e.pos.seq <= guard.position.seq).count();
-            let result = self
-                .check_known(&guard, &entries[..known])
-                .and_then(|()| self.apply_locked(&mut guard, source_epoch, &entries[known..], false));
+            let result = self.check_known(&guard, &entries[..known]).and_then(|()| {
+                self.apply_locked(&mut guard, source_epoch, &entries[known..], false)
+                    .map(|_| ())
+            });
             if let Err(e) = result {
                 let aside = self.inner.journal().reject();
                 tracing::error!(journal = %path.display(), error = %e, moved_to = ?aside, position = %guard.position,
@@ -624,8 +636,18 @@ impl DataStore {
     /// `spawn_blocking`). Returns the new position.
     pub fn apply(&self, source_epoch: u64, entries: &[Entry]) -> Result<Position, DataError> {
         let mut guard = self.inner.lock_meta();
-        let pos = self.apply_locked(&mut guard, source_epoch, entries, true)?;
-        if self.inner.journal().due() {
+        // Small batches go through the journal; a large one is committed durably as before (its
+        // bytes would be written twice, and its fsync is shared by many bytes anyway).
+        let bytes: usize = entries
+            .iter()
+            .map(|e| e.key.len() + e.value.as_ref().map_or(0, Vec::len) + e.prev.as_ref().map_or(0, |p| p.0.len()))
+            .sum();
+        let journaled = bytes <= JOURNAL_BATCH_MAX;
+        let (pos, committed) = self.apply_locked(&mut guard, source_epoch, entries, journaled)?;
+        if !journaled && committed {
+            // That durable commit made every journaled apply before it durable in redb too.
+            self.inner.journal_superseded();
+        } else if self.inner.journal().due() {
             // The batch is durable already (journal); a failed checkpoint is retried after the
             // next apply, and the journal keeps everything meanwhile.
             if let Err(e) = self.inner.checkpoint(&guard) {
@@ -636,14 +658,15 @@ impl DataStore {
     }
 
     /// [`DataStore::apply`] under the write lock. `journaled`: durable through the journal (a
-    /// replica apply); else through a durable redb commit (the journal's own replay at open).
+    /// small replica batch); else through a durable redb commit (a large batch, and the journal's
+    /// own replay at open). Also says whether it committed (false: nothing new to apply).
     fn apply_locked(
         &self,
         guard: &mut MutexGuard<'_, Meta>,
         source_epoch: u64,
         entries: &[Entry],
         journaled: bool,
-    ) -> Result<Position, DataError> {
+    ) -> Result<(Position, bool), DataError> {
         let meta = **guard;
         if source_epoch < meta.newest_epoch {
             return Err(DataError::StaleEpoch {
@@ -726,7 +749,7 @@ impl DataStore {
             }
         }
         if new == meta {
-            return Ok(meta.position);
+            return Ok((meta.position, false));
         }
         write_meta(&tx, &new)?;
         let mark = if journaled {
@@ -740,7 +763,7 @@ impl DataStore {
             tx.set_durability(Durability::None).ctx("set durability")?;
             Some(mark)
         } else {
-            // Replay of the journal: a durable commit, as before the journal.
+            // A durable commit, as before the journal.
             None
         };
         if let Err(e) = tx.commit() {
@@ -753,7 +776,7 @@ impl DataStore {
             return Err(DataError::Storage(format!("commit applied entries: {e}")));
         }
         self.inner.publish(guard, new);
-        Ok(new.position)
+        Ok((new.position, true))
     }
 
     /// Remember `epoch` as the newest epoch known, if it is newer (persisted before returning), so
@@ -1530,6 +1553,21 @@ pub(crate) mod tests {
         replica.apply(1, &all[5..]).unwrap();
         assert!(Journal::read(&journal).unwrap().batches.is_empty());
         assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0);
+        assert_eq!(dump(&replica), dump(&primary));
+
+        // A large batch is committed durably instead, which also empties the journal.
+        primary.write(1, put("small", b"s")).await.unwrap();
+        primary
+            .write(1, put("large", &vec![9u8; crate::journal::JOURNAL_BATCH_MAX + 1]))
+            .await
+            .unwrap();
+        let more = entries(primary.read_log(replica.position(), 10, usize::MAX).unwrap());
+        replica.apply(1, &more[..1]).unwrap();
+        assert_eq!(Journal::read(&journal).unwrap().batches.len(), 1);
+        replica.apply(1, &more[1..]).unwrap();
+        assert!(Journal::read(&journal).unwrap().batches.is_empty());
+        drop(replica);
+        let replica = DataStore::open(&path).unwrap();
         assert_eq!(dump(&replica), dump(&primary));
     }
 
