@@ -365,14 +365,21 @@ async fn replica_killed_mid_apply_resumes_exactly() {
         .log(r)
         .split('\x1b')
         .enumerate()
-        .map(|(i, part)| if i == 0 { part } else { part.split_once('m').map_or("", |(_, rest)| rest) })
+        .map(|(i, part)| {
+            if i == 0 {
+                part
+            } else {
+                part.split_once('m').map_or("", |(_, rest)| rest)
+            }
+        })
         .collect();
     let applied: Vec<u64> = log
         .lines()
         .filter(|l| l.contains("applied the datastore journal again"))
         .map(|l| {
             let n = l.split(" applied=").nth(1).and_then(|r| r.split(' ').next());
-            n.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no applied= count in {l:?}"))
+            n.and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no applied= count in {l:?}"))
         })
         .collect();
     eprintln!("node {r}: entries applied again from the journal at each restart: {applied:?}");
