@@ -5,7 +5,9 @@
 //! owns that format and judges a history: [`linearizable`] checks the register workload
 //! (read / write / cas) with a bounded Wing & Gong / Lowe search per key, [`append`] looks for
 //! lost, duplicated, reordered, phantom, aborted and diverged elements in the append workload.
-//! [`check`] runs both and returns a serializable [`Report`] whose verdict is the worst of the checkers'
+//! [`history::overlapping_primaries`] looks for an operation acknowledged in an older epoch after
+//! one of a newer epoch had completed (two primaries acting at once).
+//! [`check`] runs all three and returns a serializable [`Report`] whose verdict is the worst of the checkers'
 //! (`invalid` > `unknown` > `valid`); `unknown` means a search bound was hit and nothing was
 //! concluded. The checkers are pure; the runner ([`runner`], with the network-namespace lab
 //! [`netns`] and the seeded fault schedule [`nemesis`]) drives real processes and faults.
@@ -60,6 +62,9 @@ pub struct Report {
     pub ops: OpCounts,
     pub linearizable: linearizable::LinearizableReport,
     pub append: append::AppendReport,
+    /// Two primaries acting at once, as the acknowledged operations' epochs show it
+    /// ([`history::overlapping_primaries`]): any makes the verdict `invalid`.
+    pub overlapping_primaries: Vec<history::EpochOverlap>,
 }
 
 /// Checks a history with the default bounds.
@@ -83,18 +88,48 @@ pub fn check_with(history: &History, config: &CheckConfig) -> Result<Report, His
     ops.pending = pairs.iter().filter(|p| p.complete_index.is_none()).count() as u64;
     let linearizable = linearizable::check(&pairs, &config.linearizable);
     let append = append::check(&pairs);
-    let verdict = linearizable.verdict.max(append.verdict);
+    let overlapping_primaries = history::overlapping_primaries(&pairs);
+    let fencing = if overlapping_primaries.is_empty() {
+        Verdict::Valid
+    } else {
+        Verdict::Invalid
+    };
+    let verdict = linearizable.verdict.max(append.verdict).max(fencing);
     Ok(Report {
         verdict,
         ops,
         linearizable,
         append,
+        overlapping_primaries,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_older_epoch_acknowledged_after_a_newer_one_fails_the_verdict() {
+        // Linearizable values, but the read was acknowledged in epoch 3 after a write of epoch 4
+        // had completed: a deposed primary still answering.
+        let jsonl = r#"
+{"index":0,"process":1,"kind":"invoke","f":"write","key":"r","value":1,"time_ns":0}
+{"index":1,"process":1,"kind":"ok","f":"write","key":"r","value":1,"time_ns":10,"node":1,"epoch":4}
+{"index":2,"process":2,"kind":"invoke","f":"read","key":"r","time_ns":20}
+{"index":3,"process":2,"kind":"ok","f":"read","key":"r","value":1,"time_ns":30,"node":2,"epoch":3}
+"#;
+        let report = check(&History::from_reader(jsonl.as_bytes()).unwrap()).unwrap();
+        assert_eq!(report.linearizable.verdict, Verdict::Valid);
+        assert_eq!(report.overlapping_primaries.len(), 1);
+        assert_eq!(report.overlapping_primaries[0].older.epoch, Some(3));
+        assert_eq!(report.verdict, Verdict::Invalid);
+
+        // The same read in epoch 4 (or 5) is fine.
+        let ok = jsonl.replace(r#""node":2,"epoch":3"#, r#""node":2,"epoch":5"#);
+        let report = check(&History::from_reader(ok.as_bytes()).unwrap()).unwrap();
+        assert!(report.overlapping_primaries.is_empty());
+        assert_eq!(report.verdict, Verdict::Valid);
+    }
 
     #[test]
     fn report_combines_checkers_and_serializes() {

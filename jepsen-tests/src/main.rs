@@ -171,10 +171,11 @@ fn main() {
     match run_with(&cfg, &opts) {
         Ok(r) => {
             println!(
-                "verdict: {} (linearizable {:?}; append {:?}; ops ok {} fail {} info {}; double-primary rounds {} of {}; epochs monotonic {}; converged {}; failovers ms {:?})",
+                "verdict: {} (linearizable {:?}; append {:?}; overlapping primaries {}; ops ok {} fail {} info {}; double-primary rounds {} of {}; epochs monotonic {}; converged {}; failovers ms {:?})",
                 if r.ok() { "PASS" } else { "FAIL" },
                 r.check.linearizable.verdict,
                 r.check.append.verdict,
+                r.check.overlapping_primaries.len(),
                 r.check.ops.ok,
                 r.check.ops.fail,
                 r.check.ops.info,
