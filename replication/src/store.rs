@@ -408,10 +408,15 @@ impl DataStore {
         let before = guard.position;
         let (mut applied, batches) = (0usize, found.batches.len());
         for (source_epoch, entries) in found.batches {
-            // Entries redb already has (made durable by a later commit) are skipped inside, after
-            // checking that they are the same entries; only the rest must extend the position.
+            // Entries redb already has (made durable by a later commit) are checked to be the same
+            // entries and skipped; only the rest must extend the position. A record redb has in
+            // full is not applied again at all: its epoch may be older than the newest one known
+            // since (`apply_locked` would refuse it as stale).
             let known = entries.iter().take_while(|e| e.pos.seq <= guard.position.seq).count();
             let result = self.check_known(&guard, &entries[..known]).and_then(|()| {
+                if known == entries.len() {
+                    return Ok(());
+                }
                 self.apply_locked(&mut guard, source_epoch, &entries[known..], false)
                     .map(|_| ())
             });
@@ -1610,11 +1615,20 @@ pub(crate) mod tests {
         );
         replica.apply(1, &all[6..]).unwrap();
         assert_eq!(dump(&replica), dump(&primary));
+        // A newer epoch became known after those applies (a durable commit): the journal's
+        // records, all in redb now, are of an older epoch. They are skipped, not refused.
+        replica.observe_epoch(2).unwrap();
+        assert!(!Journal::read(&journal).unwrap().batches.is_empty());
         drop(replica);
         // Opening again applies nothing twice.
         let replica = DataStore::open(&path).unwrap();
         assert_eq!(replica.position(), primary.position());
         assert_eq!(dump(&replica), dump(&primary));
+        let rejected = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains("rejected"))
+            .count();
+        assert_eq!(rejected, 0, "a journal of known entries is not rejected");
     }
 
     #[tokio::test]
