@@ -194,6 +194,27 @@ pub fn render(node: &Node) -> String {
         "Durable commits (fsyncs) of the primary write path; writes/commits is the group-commit batching factor.",
         &[(String::new(), stats.commits as f64)],
     );
+    series(
+        &mut out,
+        "keel_datastore_journal_appends_total",
+        "counter",
+        "Replica applies made durable through the replica journal (one fdatasync each).",
+        &[(String::new(), stats.journal_appends as f64)],
+    );
+    series(
+        &mut out,
+        "keel_datastore_checkpoints_total",
+        "counter",
+        "Durable datastore commits that emptied the replica journal.",
+        &[(String::new(), stats.checkpoints as f64)],
+    );
+    series(
+        &mut out,
+        "keel_datastore_journal_bytes",
+        "gauge",
+        "Bytes in the replica journal: applied entries not yet in a durable datastore commit.",
+        &[(String::new(), stats.journal_bytes as f64)],
+    );
     if let Some(g) = &node.gitsync {
         let s = serde_json::to_value(g.status()).unwrap_or_default();
         let n = |k: &str| s[k].as_u64().unwrap_or(0) as f64;

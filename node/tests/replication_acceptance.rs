@@ -388,6 +388,40 @@ async fn replica_killed_mid_apply_resumes_exactly() {
         applied.iter().any(|n| *n > 0),
         "no restart found journaled entries to apply again"
     );
+
+    // A clean stop (SIGTERM) checkpoints: the journal is left empty. First make sure it is not
+    // (a checkpoint may just have run): write until the replica reports journaled bytes.
+    let journal_bytes = |v: &Value| v["replication"]["store"]["journal_bytes"].as_u64();
+    let mut holding = 0;
+    for i in 0..50 {
+        let key = format!("journal-{i}");
+        let r2 = c
+            .http
+            .put(format!("{}/v1/kv/{key}", c.node(p).url()))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert!(r2.status().is_success(), "{}", r2.status());
+        c.wait_for(T, "the replica has the key", || async {
+            let url = format!("{}/v1/kv/{key}?consistency=local", c.node(r).url());
+            let got = c.http.get(url).send().await.ok()?;
+            got.status().is_success().then_some(())
+        })
+        .await;
+        holding = journal_bytes(&status(&c, r).await).expect("journal_bytes in /v1/status");
+        if holding > 0 {
+            break;
+        }
+    }
+    assert!(holding > 0, "the replica never held journaled entries");
+    assert_eq!(c.stop(r), Some(0), "clean exit");
+    let journal = c.data_dir(r).join("data.redb.journal");
+    assert_eq!(
+        std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0),
+        0,
+        "the journal held {holding} bytes before the stop and must be empty after it"
+    );
 }
 
 /// 6. Bad input: 413, 409, 400 — and none of them changes data.

@@ -91,6 +91,11 @@ impl Journal {
         self.len == 0
     }
 
+    /// Bytes in the journal (whole records).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
     /// A checkpoint is due (see the module doc).
     pub fn due(&self) -> bool {
         self.len >= CHECKPOINT_BYTES || self.since.is_some_and(|t| t.elapsed() >= CHECKPOINT_EVERY)

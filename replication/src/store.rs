@@ -155,6 +155,8 @@ pub(crate) struct Stats {
     pub failed_batches: AtomicU64,
     pub largest_batch: AtomicU64,
     pub queued: AtomicU64,
+    pub journal_appends: AtomicU64,
+    pub checkpoints: AtomicU64,
 }
 
 /// Snapshot of the writer's counters.
@@ -170,6 +172,12 @@ pub struct DataStats {
     pub largest_batch: u64,
     /// Writes submitted and not yet answered.
     pub queued: u64,
+    /// Replica applies made durable through the journal (one fdatasync each; `journal.rs`).
+    pub journal_appends: u64,
+    /// Checkpoints: durable redb commits that emptied the journal.
+    pub checkpoints: u64,
+    /// Bytes in the journal now (applied, not yet in a durable redb commit).
+    pub journal_bytes: u64,
 }
 
 pub(crate) struct Inner {
@@ -245,7 +253,9 @@ impl Inner {
             .ctx("checkpoint: durable commit of the journaled applies")?;
         journal
             .truncate_to(0)
-            .map_err(|e| DataError::Storage(format!("checkpoint: empty {}: {e}", journal.path().display())))
+            .map_err(|e| DataError::Storage(format!("checkpoint: empty {}: {e}", journal.path().display())))?;
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// A durable commit just made everything journaled durable in redb: empty the journal (not
@@ -253,8 +263,13 @@ impl Inner {
     pub fn journal_superseded(&self) {
         let mut journal = self.journal();
         if !journal.is_empty() {
-            if let Err(e) = journal.truncate_to(0) {
-                tracing::warn!(journal = %journal.path().display(), error = %e, "could not empty the datastore journal");
+            match journal.truncate_to(0) {
+                Ok(()) => {
+                    self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(journal = %journal.path().display(), error = %e, "could not empty the datastore journal")
+                }
             }
         }
     }
@@ -558,6 +573,13 @@ impl DataStore {
         self.inner.newest_epoch.load(Ordering::Acquire)
     }
 
+    /// Checkpoint now (see `journal.rs`): a durable commit, then the replica journal is emptied.
+    /// A node calls it when it shuts down.
+    pub fn checkpoint(&self) -> Result<(), DataError> {
+        let guard = self.inner.lock_meta();
+        self.inner.checkpoint(&guard)
+    }
+
     /// Counters of the group-commit writer.
     pub fn stats(&self) -> DataStats {
         let s = &self.inner.stats;
@@ -567,6 +589,9 @@ impl DataStore {
             failed_batches: s.failed_batches.load(Ordering::Relaxed),
             largest_batch: s.largest_batch.load(Ordering::Relaxed),
             queued: s.queued.load(Ordering::Relaxed),
+            journal_appends: s.journal_appends.load(Ordering::Relaxed),
+            checkpoints: s.checkpoints.load(Ordering::Relaxed),
+            journal_bytes: self.inner.journal().len(),
         }
     }
 
@@ -766,6 +791,7 @@ impl DataStore {
                 DataError::Storage(format!("journal applied entries in {}: {e}", journal.path().display()))
             })?;
             tx.set_durability(Durability::None).ctx("set durability")?;
+            self.inner.stats.journal_appends.fetch_add(1, Ordering::Relaxed);
             Some(mark)
         } else {
             // A durable commit, as before the journal.
