@@ -662,8 +662,9 @@ impl DataStore {
     /// position as this node's entry at that seq) are skipped, so re-delivery is a no-op; an
     /// entry whose seq this node has with another epoch is a `Fork`. The rest must continue
     /// exactly from `position()` (`Gap` otherwise) and be contiguous. One transaction for the
-    /// whole batch together with the new position; durable before returning (blocking: run it on
-    /// `spawn_blocking`). Returns the new position.
+    /// whole batch together with the new position; durable before returning, through the replica
+    /// journal for a batch up to `JOURNAL_BATCH_MAX` bytes, else through a durable commit
+    /// (`journal.rs`). Blocking: run it off the async executor. Returns the new position.
     pub fn apply(&self, source_epoch: u64, entries: &[Entry]) -> Result<Position, DataError> {
         let mut guard = self.inner.lock_meta();
         // Small batches go through the journal; a large one is committed durably as before (its
