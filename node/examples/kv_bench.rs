@@ -10,8 +10,7 @@
 //!   writes new keys to the primary in a closed loop (next write as soon as the previous one is
 //!   answered), after one warm-up write before the clock starts. Writes per fsync come from the
 //!   primary's `/metrics` (writes and commits of its group commit). After each cell it waits
-//!   until both replicas have every write (column `catch-up s`: the replicas' backlog), so the
-//!   next cell starts level;
+//!   until both replicas have every write (column `catch-up s`: the replicas' backlog);
 //! - replication lag p99 at half load (row `async½`): in async mode, a rate-limited generator
 //!   (open loop: a fixed schedule spread over 64 clients, a late write sent at once) writes at
 //!   half the best async throughput measured above, with that cell's value size. About 200
@@ -47,10 +46,12 @@
 //!
 //!   cargo build --release --bins --examples && target/release/examples/kv_bench --secs 5 --compare etcd
 //!
-//! `--rounds N` runs every cell N times, each round on a fresh cluster (fresh data dirs; etcd
-//! too), and pools the rounds: a row's throughput is all its writes over all its run time, its
-//! percentiles are over all its latencies, and the throughput of each round is printed below
-//! the table. On a small shared VM one 5 s cell can differ from the next by 10-20 %.
+//! Every cell runs on a fresh cluster (empty data dirs; etcd too), so no cell inherits the data
+//! and dirty pages of the cells before it, and each async cell is followed at once by the sync
+//! cell of the same size and clients. `--rounds N` runs every cell N times and pools the
+//! rounds: a row's throughput is all its writes over all its run time, its percentiles are over
+//! all its latencies, and the throughput of each round is printed below the table. On a small
+//! shared VM one 5 s cell can differ from the next by 10-20 %.
 //!
 //! It runs the `keel` binary next to this example's own directory (target/release/keel).
 //! `--only MODE:SIZE:CLIENTS` (repeatable, e.g. `--only async:16384:64`) runs just those Keel
@@ -1045,7 +1046,7 @@ fn etcd_cell(http: &Http, gen: &Gen, etcd: &Etcd, leader: usize, size: usize, cl
 fn main() {
     let mut secs = 5.0f64;
     let mut compare_etcd = false;
-    // `--rounds N`: every cell N times, each round on a fresh cluster; the figures pool them.
+    // `--rounds N`: every cell N times; the figures pool them.
     let mut rounds = 1usize;
     // `--only MODE:SIZE:CLIENTS` (repeatable) runs just those Keel cells, e.g. to profile one.
     let mut only: Vec<(String, usize, usize)> = Vec::new();
@@ -1137,42 +1138,42 @@ fn main() {
             ));
         }
     };
-    // Every Keel cell, `rounds` times; each round on a fresh cluster (so no round starts with the
-    // data and dirty pages of the one before). The disk probes run once, in the first cluster's dir.
+    // Every Keel cell, `rounds` times, each on a fresh cluster (empty data dirs): no cell runs on
+    // the data and dirty pages the cells before it left. Each async cell is followed at once by
+    // the sync cell of the same size and clients. The disk probes run once, in the first
+    // cluster's dir.
     let (mut keel_rounds, mut warnings, mut probes) = (Vec::new(), Vec::new(), None);
-    let mut keel = None;
     for round in 0..rounds {
         if rounds > 1 {
             eprintln!("round {} of {rounds}", round + 1);
         }
-        drop(keel.take());
-        let mut k = start_keel(&http);
-        if probes.is_none() {
-            probes = Some((
-                fsync_rate(k.cluster.dir.path(), Duration::from_secs(2)),
-                write_bandwidth(k.cluster.dir.path(), Duration::from_secs(1)),
-            ));
-        }
-        let mut rows = Vec::new();
-        for mode in ["async", "sync"] {
-            set_mode(&http, &k.primary, mode);
-            for size in SIZES {
-                for clients in CLIENTS {
+        let mut cells = Vec::new();
+        for size in SIZES {
+            for clients in CLIENTS {
+                for mode in ["async", "sync"] {
+                    let k = start_keel(&http);
+                    if probes.is_none() {
+                        probes = Some((
+                            fsync_rate(k.cluster.dir.path(), Duration::from_secs(2)),
+                            write_bandwidth(k.cluster.dir.path(), Duration::from_secs(1)),
+                        ));
+                    }
+                    set_mode(&http, &k.primary, mode);
                     let before = k.primary_record(&http);
-                    rows.push(keel_cell(&http, &gen, &k, mode, size, clients, dur));
+                    cells.push(keel_cell(&http, &gen, &k, mode, size, clients, dur));
                     watch(format!("keel {mode} {} × {clients}", size_label(size)), before, &k);
+                    warnings.extend(k.cluster.warnings());
                 }
             }
         }
-        warnings.extend(k.cluster.warnings());
-        k.cluster.mark();
-        keel_rounds.push(rows);
-        keel = Some(k);
+        // The table's order: every async cell, then every sync cell.
+        let (sync, asynchronous): (Vec<Row>, Vec<Row>) = cells.into_iter().partition(|r| r.mode == "sync");
+        keel_rounds.push(asynchronous.into_iter().chain(sync).collect());
     }
     let ((disk, fsyncs), bandwidth) = probes.expect("disk probes");
     let mut rows = merge_rounds(keel_rounds);
-    // The half-load run, once, on the last round's cluster: half the best async throughput above.
-    let keel = keel.expect("a Keel cluster");
+    // The half-load run, once, on a fresh cluster: half the best async throughput above.
+    let keel = start_keel(&http);
     let best = rows
         .iter()
         .filter(|r| r.mode == "async")
@@ -1200,11 +1201,12 @@ fn main() {
             if rounds > 1 {
                 eprintln!("etcd round {} of {rounds}", round + 1);
             }
-            let etcd = start_etcd(&bin, api);
-            let leader = wait("an etcd leader and three healthy members", || etcd.leader(&http));
             let mut round_rows = Vec::new();
             for size in SIZES {
                 for clients in CLIENTS {
+                    // A fresh etcd for every cell, as for Keel.
+                    let etcd = start_etcd(&bin, api);
+                    let leader = wait("an etcd leader and three healthy members", || etcd.leader(&http));
                     round_rows.push(etcd_cell(&http, &gen, &etcd, leader, size, clients, dur));
                     let now = (0..50).find_map(|_| {
                         let l = etcd.leader(&http);
@@ -1231,8 +1233,8 @@ fn main() {
         &keel_node::util::rfc3339(now_ms)[..16].replace('T', " "),
         if rounds > 1 {
             format!(
-                " × {rounds} rounds (each on a fresh cluster; a row pools its rounds: all their writes over all their run \
-                 time, their latencies together)"
+                " × {rounds} rounds (a row pools its rounds: all their writes over all their run time, their latencies \
+                 together)"
             )
         } else {
             String::new()
