@@ -62,6 +62,20 @@ async fn tokens_limits_and_garbage() {
         assert_eq!(r.status(), 401, "{path} with a wrong token");
     }
     // With the token but a garbage body: 400, not a crash.
+    for path in ["/peer/raft/append", "/peer/admin", "/peer/repl/pull"] {
+        let r = c
+            .http
+            .post(format!("{peer}{path}"))
+            .bearer_auth("peer-secret")
+            .body(vec![1u8, 0xff])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path} with a garbage body");
+    }
+    // A vote may be refused before its body is read: for election_timeout_max after the node
+    // started, and on a coordinator that granted a lease within it (503, raft/DESIGN.md). Node 1
+    // is often that coordinator here, so either answer is right; a crash or a 2xx is not.
     let r = c
         .http
         .post(format!("{peer}/peer/raft/vote"))
@@ -70,7 +84,12 @@ async fn tokens_limits_and_garbage() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 400);
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap_or_default();
+    assert!(
+        status == 400 || (status == 503 && text.contains("not voting yet")),
+        "garbage vote: {status} {text}"
+    );
 
     // Mutating admin endpoints: 401 without the admin token; reads stay open.
     let r = c
