@@ -360,19 +360,7 @@ async fn replica_killed_mid_apply_resumes_exactly() {
     // Each restart applied the replica's journal again (replication/src/journal.rs): what the
     // kill took from redb's non-durable commits came back from there. With writes flowing, a
     // kill almost always lands with journaled entries not yet checkpointed.
-    // The log may be coloured: drop the escape sequences (ESC [ ... m) before matching.
-    let log: String = c
-        .log(r)
-        .split('\x1b')
-        .enumerate()
-        .map(|(i, part)| {
-            if i == 0 {
-                part
-            } else {
-                part.split_once('m').map_or("", |(_, rest)| rest)
-            }
-        })
-        .collect();
+    let log = strip_ansi(&c.log(r));
     let applied: Vec<u64> = log
         .lines()
         .filter(|l| l.contains("applied the datastore journal again"))

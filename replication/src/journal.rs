@@ -61,6 +61,8 @@ pub(crate) struct Journal {
 /// What [`Journal::read`] found.
 #[derive(Debug, Default)]
 pub(crate) struct Contents {
+    /// The file's length; `None` when there is no journal file.
+    pub len: Option<u64>,
     pub batches: Vec<(u64, Vec<Entry>)>,
     /// Bytes after the last whole record (a record cut short by a crash).
     pub torn_bytes: u64,
@@ -109,7 +111,10 @@ impl Journal {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Contents::default()),
             Err(e) => return Err(e),
         };
-        let mut out = Contents::default();
+        let mut out = Contents {
+            len: Some(bytes.len() as u64),
+            ..Contents::default()
+        };
         let mut at = 0usize;
         while let Some(header) = bytes.get(at..at + 8) {
             let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
@@ -147,15 +152,9 @@ impl Journal {
         record.extend_from_slice(&len.to_le_bytes());
         record.extend_from_slice(&crc32(&payload).to_le_bytes());
         record.extend_from_slice(&payload);
-        let file = match &mut self.file {
-            Some(f) => f,
-            None => {
-                let f = OpenOptions::new().create(true).append(true).open(&self.path)?;
-                self.len = f.metadata()?.len();
-                self.file.insert(f)
-            }
-        };
+        self.file()?; // open, so that `self.len` is the file's length
         let before = self.len;
+        let file = self.file.as_mut().expect("opened above");
         let result = file.write_all(&record).and_then(|()| file.sync_data());
         if let Err(e) = result {
             // Leave no partial record behind for the next append to follow.
@@ -172,20 +171,24 @@ impl Journal {
         if len >= self.len {
             return Ok(());
         }
-        if let Some(f) = &self.file {
-            f.set_len(len)?;
-            f.sync_data()?;
-        } else {
-            // Not opened by this process: the journal found at open.
-            let f = OpenOptions::new().write(true).open(&self.path)?;
-            f.set_len(len)?;
-            f.sync_data()?;
-        }
+        let file = self.file()?;
+        file.set_len(len)?;
+        file.sync_data()?;
         self.len = len;
         if len == 0 {
             self.since = None;
         }
         Ok(())
+    }
+
+    /// The journal file, opened (created) for appending on first use; its length is learnt then.
+    fn file(&mut self) -> std::io::Result<&mut File> {
+        if self.file.is_none() {
+            let f = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            self.len = f.metadata()?.len();
+            self.file = Some(f);
+        }
+        Ok(self.file.as_mut().expect("opened above"))
     }
 
     /// Learn the length of a journal file found at open (before it is applied again).

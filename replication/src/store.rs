@@ -251,6 +251,11 @@ impl Inner {
         begin_write(&self.db)?
             .commit()
             .ctx("checkpoint: durable commit of the journaled applies")?;
+        self.empty_journal(&mut journal)
+    }
+
+    /// Truncate the journal after a durable commit, and count the checkpoint.
+    fn empty_journal(&self, journal: &mut Journal) -> Result<(), DataError> {
         journal
             .truncate_to(0)
             .map_err(|e| DataError::Storage(format!("checkpoint: empty {}: {e}", journal.path().display())))?;
@@ -263,13 +268,8 @@ impl Inner {
     pub fn journal_superseded(&self) {
         let mut journal = self.journal();
         if !journal.is_empty() {
-            match journal.truncate_to(0) {
-                Ok(()) => {
-                    self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    tracing::warn!(journal = %journal.path().display(), error = %e, "could not empty the datastore journal")
-                }
+            if let Err(e) = self.empty_journal(&mut journal) {
+                tracing::warn!(error = %e, "could not empty the datastore journal");
             }
         }
     }
@@ -414,9 +414,8 @@ impl DataStore {
     fn replay_journal(&self) -> Result<(), DataError> {
         let path = Journal::path_for(&self.inner.path);
         let found = Journal::read(&path).map_err(|e| DataError::Storage(format!("read {}: {e}", path.display())))?;
-        let len = match std::fs::metadata(&path) {
-            Ok(m) => m.len(),
-            Err(_) => return Ok(()),
+        let Some(len) = found.len else {
+            return Ok(());
         };
         let mut guard = self.inner.lock_meta();
         self.inner.journal().found(len);
