@@ -198,21 +198,21 @@ pub fn render(node: &Node) -> String {
         &mut out,
         "keel_datastore_journal_appends_total",
         "counter",
-        "Replica applies made durable through the replica journal (one fdatasync each).",
+        "Primary write batches and replica applies made durable through the datastore journal (one fdatasync each).",
         &[(String::new(), stats.journal_appends as f64)],
     );
     series(
         &mut out,
         "keel_datastore_checkpoints_total",
         "counter",
-        "Durable datastore commits that emptied the replica journal.",
+        "Durable datastore commits that emptied the datastore journal.",
         &[(String::new(), stats.checkpoints as f64)],
     );
     series(
         &mut out,
         "keel_datastore_journal_bytes",
         "gauge",
-        "Bytes in the replica journal: applied entries not yet in a durable datastore commit.",
+        "Bytes in the datastore journal: entries written or applied, not yet in a durable datastore commit.",
         &[(String::new(), stats.journal_bytes as f64)],
     );
     if let Some(g) = &node.gitsync {

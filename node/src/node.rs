@@ -199,7 +199,7 @@ impl NodeHandle {
             warn!(error = %e, "raft shutdown");
         }
         let _ = self.peer_task.await;
-        // Leave every applied entry in data.redb and the replica journal empty, so the data dir
+        // Leave every entry in data.redb and the datastore journal empty, so the data dir
         // needs no journal replay (and a release without the journal reads all of it).
         if let Err(e) = self.node.repl.store.checkpoint() {
             warn!(error = %e, "datastore checkpoint at shutdown; the journal keeps the applied entries");

@@ -16,14 +16,14 @@
 //! (a change-log entry with the before-image that makes rollback possible), [`LogRead`],
 //! [`DataError`].
 //!
-//! Durability point: a write is durable when the redb write transaction holding its data, its
-//! log entry and the new position commits with `Durability::Immediate` (one fdatasync). Primary
-//! writes are group-committed by one writer thread (`writer.rs`): every caller waiting in its
-//! queue shares one transaction and one fsync, and is answered only after that commit returned.
-//! `rollback_to`, `trim`, `observe_epoch` and snapshot install commit the same way before they
-//! return. A replica's `apply` is durable once its entries are appended to the replica journal
-//! and fdatasynced (`journal.rs`); its redb commit is not fsynced and a checkpoint makes it
-//! durable later. Every persisted structure goes through the versioned codec (`codec.rs`).
+//! Durability point: primary writes are group-committed by one writer thread (`writer.rs`):
+//! every caller waiting in its queue shares one redb transaction (data, log entries and the new
+//! position together) and one fsync, and is answered only after it. That fsync is the append of
+//! the batch's entries to the datastore journal (`journal.rs`); the redb commit is not fsynced,
+//! a checkpoint makes it durable later and a restart applies the journal again. A batch over
+//! 64 KiB commits with `Durability::Immediate` instead. A replica's `apply` is durable the same
+//! way. `rollback_to`, `trim`, `observe_epoch` and snapshot install commit with
+//! `Durability::Immediate` before they return. Every persisted structure goes through the versioned codec (`codec.rs`).
 
 pub mod codec;
 mod journal;

@@ -172,7 +172,8 @@ pub struct DataStats {
     pub largest_batch: u64,
     /// Writes submitted and not yet answered.
     pub queued: u64,
-    /// Replica applies made durable through the journal (one fdatasync each; `journal.rs`).
+    /// Primary batches and replica applies made durable through the journal (one fdatasync
+    /// each; `journal.rs`).
     pub journal_appends: u64,
     /// Checkpoints: durable redb commits that emptied the journal.
     pub checkpoints: u64,
@@ -236,7 +237,7 @@ impl Inner {
         self.head.send_if_modified(|h| std::mem::replace(h, pos) != pos);
     }
 
-    fn journal(&self) -> MutexGuard<'_, Journal> {
+    pub(crate) fn journal(&self) -> MutexGuard<'_, Journal> {
         self.journal.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -414,11 +415,11 @@ impl DataStore {
     fn replay_journal(&self) -> Result<(), DataError> {
         let path = Journal::path_for(&self.inner.path);
         let found = Journal::read(&path).map_err(|e| DataError::Storage(format!("read {}: {e}", path.display())))?;
-        let Some(len) = found.len else {
+        if found.len.is_none() {
             return Ok(());
-        };
+        }
         let mut guard = self.inner.lock_meta();
-        self.inner.journal().found(len);
+        self.inner.journal().found(&found);
         let before = guard.position;
         let (mut applied, batches) = (0usize, found.batches.len());
         for (source_epoch, entries) in found.batches {
@@ -572,7 +573,7 @@ impl DataStore {
         self.inner.newest_epoch.load(Ordering::Acquire)
     }
 
-    /// Checkpoint now (see `journal.rs`): a durable commit, then the replica journal is emptied.
+    /// Checkpoint now (see `journal.rs`): a durable commit, then the datastore journal is emptied.
     /// A node calls it when it shuts down.
     pub fn checkpoint(&self) -> Result<(), DataError> {
         let guard = self.inner.lock_meta();
@@ -1026,7 +1027,11 @@ fn check_batch(source_epoch: u64, entries: &[Entry]) -> Result<(), DataError> {
 }
 
 /// Apply one primary write inside the writer's batch transaction. `Ok(Err(..))` is a refusal of
-/// this write only (CAS mismatch, stale epoch); `Err(..)` fails the whole batch.
+/// this write only (CAS mismatch, stale epoch); `Err(..)` fails the whole batch. With `journal`,
+/// the change-log entry of an applied write is also pushed there, for the journal record of the
+/// batch (`writer.rs`); its before-image carries the position only, no bytes (a replay reads the
+/// before-image from the store itself, see `apply_locked`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn apply_write(
     kv: &mut Table<'_, &'static str, &'static [u8]>,
     log: &mut Table<'_, u64, &'static [u8]>,
@@ -1035,6 +1040,7 @@ pub(crate) fn apply_write(
     meta: &mut Meta,
     epoch: u64,
     op: WriteOp,
+    journal: Option<&mut Vec<Entry>>,
 ) -> Result<Result<WriteResult, DataError>, DataError> {
     if epoch < meta.newest_epoch {
         return Ok(Err(DataError::StaleEpoch {
@@ -1068,6 +1074,14 @@ pub(crate) fn apply_write(
         epoch,
         seq: meta.position.seq + 1,
     };
+    if let Some(journal) = journal {
+        journal.push(Entry {
+            pos,
+            key: key.clone(),
+            value: value.clone(),
+            prev: current.as_ref().map(|c| (Vec::new(), c.pos)),
+        });
+    }
     let value = match value {
         Some(v) => {
             let record = StoredKv {
@@ -1583,7 +1597,6 @@ pub(crate) mod tests {
         std::thread::sleep(crate::journal::CHECKPOINT_EVERY + std::time::Duration::from_millis(20));
         replica.apply(1, &all[5..]).unwrap();
         assert!(Journal::read(&journal).unwrap().batches.is_empty());
-        assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0);
         assert_eq!(dump(&replica), dump(&primary));
 
         // A large batch is committed durably instead, which also empties the journal.
@@ -1616,13 +1629,7 @@ pub(crate) mod tests {
         j.append(1, &all[1..3]).unwrap();
         j.append(1, &all[3..6]).unwrap();
         j.append(1, &all[6..]).unwrap();
-        let full = std::fs::metadata(&journal).unwrap().len();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&journal)
-            .unwrap()
-            .set_len(full - 5)
-            .unwrap();
+        crate::journal::tests::scribble(&journal, j.end_offset() - 5, 5, 0);
 
         let replica = DataStore::open(&path).unwrap();
         assert_eq!(
@@ -1634,9 +1641,8 @@ pub(crate) mod tests {
             entries(replica.read_log(Position::default(), 100, usize::MAX).unwrap()),
             all[..6].to_vec()
         );
-        assert_eq!(
-            std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0),
-            0,
+        assert!(
+            Journal::read(&journal).unwrap().batches.is_empty(),
             "checkpointed after the replay"
         );
         replica.apply(1, &all[6..]).unwrap();

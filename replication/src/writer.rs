@@ -3,9 +3,14 @@
 //! One dedicated thread (`keel-data-writer`) owns the primary write path. `DataStore::write`
 //! queues the write and waits for its answer. The thread takes the first waiting write, then
 //! every other one already waiting (up to [`MAX_BATCH_WRITES`] writes or [`MAX_BATCH_BYTES`]),
-//! applies them in order in ONE redb write transaction, commits once (one fsync), and only then
-//! answers each caller. Under load, the writes that arrive during one fsync form the next batch,
-//! so the fsync cost is shared instead of paid per write.
+//! applies them in order in ONE redb write transaction, makes the batch durable once (one
+//! fsync), and only then answers each caller. Under load, the writes that arrive during one
+//! fsync form the next batch, so the fsync cost is shared instead of paid per write.
+//!
+//! The durability point (see `commit_batch`): a batch of up to `JOURNAL_BATCH_MAX` bytes of keys
+//! and values is appended to the datastore journal and fdatasynced, and its redb transaction
+//! commits without fsync (`journal.rs`: a checkpoint makes redb durable every 100 ms, after the
+//! answers, and a restart applies the journal again). A larger batch is a durable redb commit.
 //!
 //! Failure rules: a CAS mismatch or a stale epoch refuses only that write (checked inside the
 //! batch, against the batch's own earlier writes); any storage error or a failed commit fails
@@ -21,6 +26,7 @@ use std::thread::JoinHandle;
 use redb::Durability;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::journal::JOURNAL_BATCH_MAX;
 use crate::store::{apply_write, begin_write, write_meta, Ctx, Inner, KV, LOG};
 use crate::values::VALUES;
 use crate::{DataError, WriteOp, WriteResult};
@@ -136,6 +142,16 @@ fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Request>) {
             let _ = reply.send(result);
         }
         inner.stats.queued.fetch_sub(n, Ordering::Relaxed);
+        // After answering, so no caller waits for it: make redb durable and empty the journal
+        // once it is old or large enough (`journal.rs`). Writes arriving meanwhile queue up and
+        // form the next batch. A failure is retried after the next batch; the journal keeps
+        // every batch meanwhile.
+        let guard = inner.lock_meta();
+        if inner.journal().due() {
+            if let Err(e) = inner.checkpoint(&guard) {
+                tracing::warn!(error = %e, "datastore checkpoint failed; the journal keeps the written batches");
+            }
+        }
     }
 }
 
@@ -144,7 +160,13 @@ fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Request>) {
 type BatchOutcome = (crate::store::Meta, Vec<Result<WriteResult, DataError>>);
 
 fn commit_batch(inner: &Inner, meta: crate::store::Meta, ops: Vec<(u64, WriteOp)>) -> Result<BatchOutcome, DataError> {
-    let tx = begin_write(&inner.db)?;
+    // Small batches become durable through the journal (one sequential append and fdatasync,
+    // `journal.rs`) and commit to redb without fsync; a larger one is committed durably, as a
+    // replica does with a large pulled batch (its bytes would be written twice, and its fsync is
+    // shared by many bytes anyway).
+    let bytes: usize = ops.iter().map(|(_, op)| op.key().len() + op.value_len()).sum();
+    let mut journal = (bytes <= JOURNAL_BATCH_MAX).then(|| Vec::with_capacity(ops.len()));
+    let mut tx = begin_write(&inner.db)?;
     let mut new = meta;
     let mut results = Vec::with_capacity(ops.len());
     {
@@ -161,6 +183,7 @@ fn commit_batch(inner: &Inner, meta: crate::store::Meta, ops: Vec<(u64, WriteOp)
                 &mut new,
                 epoch,
                 op,
+                journal.as_mut(),
             )?);
         }
     }
@@ -173,23 +196,68 @@ fn commit_batch(inner: &Inner, meta: crate::store::Meta, ops: Vec<(u64, WriteOp)
         // Early visibility (sync mode): commit without fsync first, so the batch is readable and
         // the replicas' pulls ship it while this node fsyncs: their fsyncs overlap ours instead of
         // following it. Raised before the commit, so a reader never sees more than `visible`.
-        // Nobody is answered yet. A crash before the durable commit below loses the batch here; a
-        // replica may keep it (never acknowledged, so either outcome is allowed), and a replica
-        // that has it while a new primary does not rolls it back into `diverged` (a fork).
+        // Nobody is answered yet. A crash before the journal append (or durable commit) below
+        // loses the batch here; a replica may keep it (never acknowledged, so either outcome is
+        // allowed), and a replica that has it while a new primary does not rolls it back into
+        // `diverged` (a fork).
         inner.raise_visible(new.position);
-        let mut tx = tx;
         tx.set_durability(Durability::None).ctx("set durability")?;
         tx.commit().ctx("commit write batch (visible)")?;
         inner.signal_visible(new.position);
-        // DURABILITY POINT of primary writes with early visibility: this empty commit fsyncs the
-        // batch committed above. Nobody is answered before it returns.
-        begin_write(&inner.db)?.commit().ctx("commit write batch (durable)")?;
+        match journal {
+            // DURABILITY POINT of primary writes with early visibility, small batch: the batch's
+            // entries appended to the journal and fdatasynced. Nobody is answered before.
+            Some(entries) => {
+                if let Err(e) = append_journal(inner, new.newest_epoch, &entries) {
+                    // The batch is committed (visible) already: make it durable the other way.
+                    tracing::warn!(error = %e, "could not journal a write batch; committing it durably instead");
+                    begin_write(&inner.db)?.commit().ctx("commit write batch (durable)")?;
+                    inner.journal_superseded();
+                }
+            }
+            // DURABILITY POINT of primary writes with early visibility, large batch: this empty
+            // commit fsyncs the batch committed above. Nobody is answered before it returns.
+            None => {
+                begin_write(&inner.db)?.commit().ctx("commit write batch (durable)")?;
+                inner.journal_superseded();
+            }
+        }
         return Ok((new, results));
     }
-    // DURABILITY POINT of primary writes: this commit fsyncs the data, the change-log entries and
-    // the new position of every write in the batch at once. Nobody is answered before it returns.
-    tx.commit().ctx("commit write batch")?;
+    let Some(entries) = journal else {
+        // DURABILITY POINT of primary writes, large batch: this commit fsyncs the data, the
+        // change-log entries and the new position of every write in the batch at once (and every
+        // journaled batch before it). Nobody is answered before it returns.
+        tx.commit().ctx("commit write batch")?;
+        inner.journal_superseded();
+        return Ok((new, results));
+    };
+    // DURABILITY POINT of primary writes, small batch: the batch's change-log entries (data and
+    // positions) appended to the journal and fdatasynced, once for every write in the batch.
+    // Nobody is answered before the commit below, which is not fsynced: a checkpoint makes redb
+    // durable later, and a restart before that applies the journal again (`DataStore::open`).
+    let mark = append_journal(inner, new.newest_epoch, &entries)?;
+    tx.set_durability(Durability::None).ctx("set durability")?;
+    if let Err(e) = tx.commit() {
+        // Not committed after all: the journal must not hold the batch either, or a restart would
+        // apply writes whose callers were told they failed.
+        if let Err(t) = inner.journal().truncate_to(mark) {
+            tracing::error!(error = %t, "could not cut a failed write batch out of the datastore journal");
+        }
+        return Err(DataError::Storage(format!("commit write batch: {e}")));
+    }
     Ok((new, results))
+}
+
+/// Append a primary batch's entries to the journal (one fdatasync). Returns the journal's length
+/// before, to cut the batch out again if its redb commit fails.
+fn append_journal(inner: &Inner, newest_epoch: u64, entries: &[crate::Entry]) -> Result<u64, DataError> {
+    let mut journal = inner.journal();
+    let mark = journal
+        .append(newest_epoch, entries)
+        .map_err(|e| DataError::Storage(format!("journal write batch in {}: {e}", journal.path().display())))?;
+    inner.stats.journal_appends.fetch_add(1, Ordering::Relaxed);
+    Ok(mark)
 }
 
 #[cfg(test)]
@@ -268,6 +336,71 @@ mod tests {
         assert_eq!(after.writes, 600);
         assert!(after.commits - stats.commits < 400, "{after:?}");
         assert_eq!(s.position(), Position::new(1, 600));
+    }
+
+    /// A real crash: a child process (this test binary, running only this test) writes, prints
+    /// every acknowledged write, and aborts: redb's non-durable commits die with it. Every
+    /// acknowledged write must be there when the store is opened again, from the journal.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn acknowledged_writes_survive_a_crash_through_the_journal() {
+        const CHILD: &str = "KEEL_TEST_CRASH_STORE";
+        if let Some(path) = std::env::var_os(CHILD) {
+            let s = crate::DataStore::open(std::path::Path::new(&path)).unwrap();
+            // Concurrent writes (group-committed batches, each journaled), well inside one
+            // checkpoint interval, so that redb itself has none of them durably.
+            let mut tasks = Vec::new();
+            for i in 0..300 {
+                let s = s.clone();
+                tasks.push(tokio::spawn(async move {
+                    let v = vec![(i % 251) as u8; 100 + i];
+                    (i, s.write(1, put(&format!("k{i:03}"), &v)).await)
+                }));
+            }
+            for t in tasks {
+                let (i, r) = t.await.unwrap();
+                println!("ACKED {i} {}", r.unwrap().pos.seq);
+            }
+            use std::io::Write;
+            std::io::stdout().flush().unwrap();
+            std::process::abort();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.redb");
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "writer::tests::acknowledged_writes_survive_a_crash_through_the_journal",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, &path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "the child must die by abort: {out:?}");
+        let acked: Vec<(usize, u64)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split("ACKED ").nth(1))
+            .map(|l| {
+                let (i, seq) = l.split_once(' ').unwrap();
+                (i.parse().unwrap(), seq.parse().unwrap())
+            })
+            .collect();
+        assert_eq!(acked.len(), 300, "child output: {out:?}");
+        let journal = crate::journal::Journal::read(&crate::journal::Journal::path_for(&path)).unwrap();
+        let journaled: usize = journal.batches.iter().map(|b| b.1.len()).sum();
+        assert!(journaled > 0, "the crash left journaled writes to apply again");
+
+        let s = crate::DataStore::open(&path).unwrap();
+        let top = acked.iter().map(|a| a.1).max().unwrap();
+        assert_eq!(s.position(), Position::new(1, top));
+        for (i, seq) in acked {
+            let (v, meta) = s.get(&format!("k{i:03}")).unwrap().expect("acknowledged write lost");
+            assert_eq!((v, meta.version), (vec![(i % 251) as u8; 100 + i], seq));
+        }
+        match s.read_log(Position::default(), 1000, usize::MAX).unwrap() {
+            LogRead::Entries(e) => assert_eq!(e.len(), 300),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
