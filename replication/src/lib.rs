@@ -37,7 +37,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use snapshot::{SnapshotInstaller, SnapshotReader, SNAPSHOT_CHUNK_BYTES};
-pub use store::{DataStats, DataStore};
+pub use store::{journaled_batch, DataStats, DataStore};
 pub use values::{CHUNK_MAX, INLINE_MAX, NEWEST_FORMAT};
 
 /// Longest key accepted, in bytes.

@@ -669,11 +669,7 @@ impl DataStore {
         let mut guard = self.inner.lock_meta();
         // Small batches go through the journal; a large one is committed durably as before (its
         // bytes would be written twice, and its fsync is shared by many bytes anyway).
-        let bytes: usize = entries
-            .iter()
-            .map(|e| e.key.len() + e.value.as_ref().map_or(0, Vec::len) + e.prev.as_ref().map_or(0, |p| p.0.len()))
-            .sum();
-        let journaled = bytes <= JOURNAL_BATCH_MAX;
+        let journaled = journaled_batch(entries);
         let (pos, committed) = self.apply_locked(&mut guard, source_epoch, entries, journaled)?;
         if !journaled && committed {
             // That durable commit made every journaled apply before it durable in redb too.
@@ -1024,6 +1020,17 @@ fn check_batch(source_epoch: u64, entries: &[Entry]) -> Result<(), DataError> {
         validate_value(len).map_err(|err| DataError::InvalidEntries(format!("entry {}: {err}", e.pos)))?;
     }
     Ok(())
+}
+
+/// Whether [`DataStore::apply`] makes `entries` durable through the journal (keys, values and
+/// before-images up to 64 KiB): one small write and fdatasync, a short call that a caller may make
+/// on an async worker thread. A larger batch is a durable redb commit of all its pages.
+pub fn journaled_batch(entries: &[Entry]) -> bool {
+    let bytes: usize = entries
+        .iter()
+        .map(|e| e.key.len() + e.value.as_ref().map_or(0, Vec::len) + e.prev.as_ref().map_or(0, |p| p.0.len()))
+        .sum();
+    bytes <= JOURNAL_BATCH_MAX
 }
 
 /// Apply one primary write inside the writer's batch transaction. `Ok(Err(..))` is a refusal of
