@@ -41,6 +41,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, KeyInit, Mac};
+use keel_node::util::strip_ansi;
 use serde_json::Value;
 
 type Http = reqwest::blocking::Client;
@@ -291,20 +292,6 @@ impl Lab {
         }
         out
     }
-}
-
-/// Removes terminal colour codes (`ESC [ ... m`) from a log.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            chars.by_ref().find(|c| c.is_ascii_alphabetic());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 impl Drop for Lab {

@@ -70,6 +70,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use keel_node::util::strip_ansi;
 
 /// The blocking client of the setup and management calls (status, metrics, config), made from
 /// the main thread, never from inside the load generator's runtime.
@@ -271,20 +272,6 @@ impl Cluster {
         }
         out
     }
-}
-
-/// Removes terminal colour codes (`ESC [ ... m`) from a log.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            chars.by_ref().find(|c| c.is_ascii_alphabetic());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 impl Drop for Cluster {

@@ -62,9 +62,33 @@ pub fn bearer_matches(header: Option<&str>, expected: &str) -> bool {
     }
 }
 
+/// `s` without terminal colour codes (`ESC [ ... m`), e.g. a node's log (tests and benchmarks
+/// read the nodes' logs).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strip_ansi_removes_colour_codes_only() {
+        assert_eq!(
+            strip_ansi("\x1b[2m2026\x1b[0m \x1b[32m INFO\x1b[0m applied=3"),
+            "2026  INFO applied=3"
+        );
+        assert_eq!(strip_ansi("plain ü text"), "plain ü text");
+    }
 
     #[test]
     fn rfc3339_known_dates() {

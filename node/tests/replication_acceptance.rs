@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use keel_node::util::strip_ansi;
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(60);

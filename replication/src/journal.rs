@@ -324,11 +324,7 @@ impl Journal {
         if self.len > 0 {
             self.since = Some(Instant::now());
         }
-        if contents.generation == 0 && self.len > 0 {
-            // An older journal (records from the start of the file, no header): appending after
-            // it is not possible; the checkpoint after the replay starts a new cycle.
-            self.file = None;
-        }
+        // An older journal (no header) is not appended to: opening it starts a new cycle.
     }
 
     /// Move a journal that does not fit the store aside (kept, never deleted); returns where.

@@ -251,8 +251,31 @@ impl Inner {
         // An empty durable commit: redb makes every earlier non-durable commit durable with it.
         begin_write(&self.db)?
             .commit()
-            .ctx("checkpoint: durable commit of the journaled applies")?;
+            .ctx("checkpoint: durable commit of the journaled batches")?;
         self.empty_journal(&mut journal)
+    }
+
+    /// [`Inner::checkpoint`] once the journal is old or large enough (`journal.rs`), after a
+    /// batch that is durable already (journal): a failed checkpoint is only logged and retried
+    /// after the next batch, and the journal keeps everything meanwhile.
+    pub fn checkpoint_if_due(&self, held: &MutexGuard<'_, Meta>) {
+        if self.journal().due() {
+            if let Err(e) = self.checkpoint(held) {
+                tracing::warn!(error = %e, "datastore checkpoint failed; the journal keeps every batch since the last one");
+            }
+        }
+    }
+
+    /// Append a batch (a primary's write batch, a replica's applied entries: `what`) to the
+    /// journal and fdatasync it, and count it. Returns the journal's length before, to cut the
+    /// batch out again if the redb commit that follows fails.
+    pub fn journal_append(&self, source_epoch: u64, entries: &[Entry], what: &str) -> Result<u64, DataError> {
+        let mut journal = self.journal();
+        let mark = journal
+            .append(source_epoch, entries)
+            .map_err(|e| DataError::Storage(format!("journal {what} in {}: {e}", journal.path().display())))?;
+        self.stats.journal_appends.fetch_add(1, Ordering::Relaxed);
+        Ok(mark)
     }
 
     /// Truncate the journal after a durable commit, and count the checkpoint.
@@ -674,12 +697,8 @@ impl DataStore {
         if !journaled && committed {
             // That durable commit made every journaled apply before it durable in redb too.
             self.inner.journal_superseded();
-        } else if self.inner.journal().due() {
-            // The batch is durable already (journal); a failed checkpoint is retried after the
-            // next apply, and the journal keeps everything meanwhile.
-            if let Err(e) = self.inner.checkpoint(&guard) {
-                tracing::warn!(error = %e, "datastore checkpoint failed; the journal keeps the applied entries");
-            }
+        } else {
+            self.inner.checkpoint_if_due(&guard);
         }
         Ok(pos)
     }
@@ -783,12 +802,10 @@ impl DataStore {
             // DURABILITY POINT of a replica apply: the new entries, appended to the journal and
             // fdatasynced (`journal.rs`). The redb commit below is not fsynced; a checkpoint makes
             // it durable later, and a restart before that applies the journal again.
-            let mut journal = self.inner.journal();
-            let mark = journal.append(source_epoch, &entries[skip..]).map_err(|e| {
-                DataError::Storage(format!("journal applied entries in {}: {e}", journal.path().display()))
-            })?;
+            let mark = self
+                .inner
+                .journal_append(source_epoch, &entries[skip..], "applied entries")?;
             tx.set_durability(Durability::None).ctx("set durability")?;
-            self.inner.stats.journal_appends.fetch_add(1, Ordering::Relaxed);
             Some(mark)
         } else {
             // A durable commit, as before the journal.

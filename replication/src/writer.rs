@@ -146,12 +146,7 @@ fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Request>) {
         // once it is old or large enough (`journal.rs`). Writes arriving meanwhile queue up and
         // form the next batch. A failure is retried after the next batch; the journal keeps
         // every batch meanwhile.
-        let guard = inner.lock_meta();
-        if inner.journal().due() {
-            if let Err(e) = inner.checkpoint(&guard) {
-                tracing::warn!(error = %e, "datastore checkpoint failed; the journal keeps the written batches");
-            }
-        }
+        inner.checkpoint_if_due(&inner.lock_meta());
     }
 }
 
@@ -208,7 +203,7 @@ fn commit_batch(inner: &Inner, meta: crate::store::Meta, ops: Vec<(u64, WriteOp)
             // DURABILITY POINT of primary writes with early visibility, small batch: the batch's
             // entries appended to the journal and fdatasynced. Nobody is answered before.
             Some(entries) => {
-                if let Err(e) = append_journal(inner, new.newest_epoch, &entries) {
+                if let Err(e) = inner.journal_append(new.newest_epoch, &entries, "write batch") {
                     // The batch is committed (visible) already: make it durable the other way.
                     tracing::warn!(error = %e, "could not journal a write batch; committing it durably instead");
                     begin_write(&inner.db)?.commit().ctx("commit write batch (durable)")?;
@@ -236,7 +231,7 @@ fn commit_batch(inner: &Inner, meta: crate::store::Meta, ops: Vec<(u64, WriteOp)
     // positions) appended to the journal and fdatasynced, once for every write in the batch.
     // Nobody is answered before the commit below, which is not fsynced: a checkpoint makes redb
     // durable later, and a restart before that applies the journal again (`DataStore::open`).
-    let mark = append_journal(inner, new.newest_epoch, &entries)?;
+    let mark = inner.journal_append(new.newest_epoch, &entries, "write batch")?;
     tx.set_durability(Durability::None).ctx("set durability")?;
     if let Err(e) = tx.commit() {
         // Not committed after all: the journal must not hold the batch either, or a restart would
@@ -247,17 +242,6 @@ fn commit_batch(inner: &Inner, meta: crate::store::Meta, ops: Vec<(u64, WriteOp)
         return Err(DataError::Storage(format!("commit write batch: {e}")));
     }
     Ok((new, results))
-}
-
-/// Append a primary batch's entries to the journal (one fdatasync). Returns the journal's length
-/// before, to cut the batch out again if its redb commit fails.
-fn append_journal(inner: &Inner, newest_epoch: u64, entries: &[crate::Entry]) -> Result<u64, DataError> {
-    let mut journal = inner.journal();
-    let mark = journal
-        .append(newest_epoch, entries)
-        .map_err(|e| DataError::Storage(format!("journal write batch in {}: {e}", journal.path().display())))?;
-    inner.stats.journal_appends.fetch_add(1, Ordering::Relaxed);
-    Ok(mark)
 }
 
 #[cfg(test)]
