@@ -153,10 +153,16 @@ impl Gen {
     }
 }
 
-/// CPU time (user + system) this process has used so far, all its threads: `utime` and `stime`
-/// of `/proc/self/stat`, in clock ticks of 10 ms (Linux's USER_HZ is 100).
+/// CPU time (user + system) this process has used so far, all its threads.
 fn self_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    proc_cpu("self")
+}
+
+/// CPU time (user + system) process `pid` ("self": this one) has used so far, all its threads:
+/// `utime` and `stime` of `/proc/<pid>/stat`, in clock ticks of 10 ms (Linux's USER_HZ is 100).
+/// Zero once the process is gone.
+fn proc_cpu(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may contain spaces) in parentheses: the state is
     // field 3, utime 14, stime 15.
     let fields: Vec<u64> = stat
@@ -243,6 +249,11 @@ impl Cluster {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         self.procs.push((name.to_string(), child));
+    }
+
+    /// The processes' ids, in start order.
+    fn pids(&self) -> Vec<u32> {
+        self.procs.iter().map(|(_, c)| c.id()).collect()
     }
 
     /// Remembers how far each log goes, so that `warnings` skips start-up chatter.
@@ -347,6 +358,8 @@ struct Outcome {
     errors: BTreeMap<String, u64>,
     /// CPU time the benchmark process itself used during the run (the load generator's cost).
     cpu: Duration,
+    /// CPU time each server process used during the run, in start order.
+    server_cpu: Vec<Duration>,
 }
 
 impl Outcome {
@@ -361,6 +374,12 @@ impl Outcome {
     /// The generator's CPU use during the run, in percent of one core.
     fn cpu_percent(&self) -> f64 {
         100.0 * self.cpu.as_secs_f64() / self.elapsed.as_secs_f64()
+    }
+
+    /// The CPU time all server processes used per acknowledged write, in µs.
+    fn server_us_per_write(&self) -> f64 {
+        let total: Duration = self.server_cpu.iter().sum();
+        total.as_secs_f64() * 1e6 / self.lat.len() as f64
     }
 }
 
@@ -395,8 +414,9 @@ impl fmt::Display for Step {
 /// for i = 0, 1, 2, ...: in a closed loop (the next write as soon as the previous one is
 /// answered), or, with `rate`, on a fixed schedule that spreads `rate` writes/s evenly over the
 /// clients (open loop: a late write is sent at once, the schedule is kept). A write returns its
-/// latency or the kind of its failure. Also measures the CPU time this process used meanwhile.
-fn run_load<W, F>(gen: &Gen, clients: usize, dur: Duration, rate: Option<f64>, write: W) -> Outcome
+/// latency or the kind of its failure. Also measures the CPU time this process and each of
+/// `servers` (process ids) used meanwhile.
+fn run_load<W, F>(gen: &Gen, servers: Vec<u32>, clients: usize, dur: Duration, rate: Option<f64>, write: W) -> Outcome
 where
     W: Fn(usize, Step) -> F + Send + Sync + 'static,
     F: Future<Output = Result<Duration, String>> + Send + 'static,
@@ -407,7 +427,8 @@ where
         for w in warm_ups {
             let _ = w.await.expect("warm-up write task");
         }
-        let cpu = self_cpu();
+        let server_cpu = || servers.iter().map(|p| proc_cpu(&p.to_string())).collect::<Vec<_>>();
+        let (cpu, servers0) = (self_cpu(), server_cpu());
         let start = Instant::now();
         let deadline = start + dur;
         let period = rate.map(|r| Duration::from_secs_f64(clients as f64 / r));
@@ -447,6 +468,7 @@ where
         }
         out.elapsed = start.elapsed();
         out.cpu = self_cpu().saturating_sub(cpu);
+        out.server_cpu = server_cpu().iter().zip(servers0).map(|(b, a)| b.saturating_sub(a)).collect();
         out.lat.sort();
         out
     })
@@ -498,6 +520,9 @@ impl Row {
             row.round_rates.push(r.out.rate());
             row.out.elapsed += r.out.elapsed;
             row.out.cpu += r.out.cpu;
+            for (sum, c) in row.out.server_cpu.iter_mut().zip(r.out.server_cpu) {
+                *sum += c;
+            }
             row.out.lat.extend(r.out.lat);
             for (k, n) in r.out.errors {
                 *row.out.errors.entry(k).or_default() += n;
@@ -551,6 +576,8 @@ fn find<'a>(rows: &'a [Row], system: &str, mode: &str, size: usize, clients: usi
 
 struct Keel {
     cluster: Cluster,
+    /// API address of each node, in start order (the order of `cluster.procs`).
+    apis: Vec<String>,
     primary: String,
     replicas: Vec<String>,
 }
@@ -594,6 +621,7 @@ fn start_keel(http: &Http) -> Keel {
     cluster.mark();
     Keel {
         cluster,
+        apis,
         primary,
         replicas,
     }
@@ -677,7 +705,7 @@ fn keel_cell(
     let (w0, c0) = counters();
     let base: Arc<str> = format!("/v1/kv/bench/{mode}-{size}-{clients}").into();
     let client = Arc::new(raw_http::Client::new(&keel.primary));
-    let out = run_load(gen, clients, dur, None, move |t, step| {
+    let out = run_load(gen, keel.cluster.pids(), clients, dur, None, move |t, step| {
         let (http, path, value) = (client.clone(), format!("{base}/{t}/{step}"), value.clone());
         async move { keel_put(&http, &path, &value).await }
     });
@@ -771,7 +799,7 @@ fn keel_lag(http: &Http, gen: &Gen, keel: &Keel, rate: f64, size: usize, dur: Du
     let (client, writer) = (gen.http.clone(), Arc::new(raw_http::Client::new(&keel.primary)));
     let replicas = Arc::new(keel.replicas.clone());
     let write_samples = samples.clone();
-    let out = run_load(gen, clients, dur, Some(rate), move |t, step| {
+    let out = run_load(gen, keel.cluster.pids(), clients, dur, Some(rate), move |t, step| {
         let (http, writer, replicas) = (client.clone(), writer.clone(), replicas.clone());
         let (value, samples) = (value.clone(), write_samples.clone());
         async move {
@@ -896,7 +924,7 @@ fn id_of(v: &serde_json::Value) -> Option<String> {
 
 struct Etcd {
     /// Dropping it stops the members.
-    _cluster: Cluster,
+    cluster: Cluster,
     /// Client address of each member.
     clients: Vec<String>,
     /// The gateway's path prefix (`/v3`).
@@ -935,7 +963,7 @@ fn start_etcd(bin: &Path, api: &'static str) -> Etcd {
         cluster.spawn(&name, cmd);
     }
     Etcd {
-        _cluster: cluster,
+        cluster,
         clients: ports.iter().map(|(c, _)| format!("127.0.0.1:{c}")).collect(),
         api,
     }
@@ -994,7 +1022,7 @@ fn etcd_cell(http: &Http, gen: &Gen, etcd: &Etcd, leader: usize, size: usize, cl
     let fsyncs = || metric(http, &metrics, "etcd_disk_wal_fsync_duration_seconds_count");
     let f0 = fsyncs();
     let client = Arc::new(raw_http::Client::new(member));
-    let out = run_load(gen, clients, dur, None, move |t, step| {
+    let out = run_load(gen, etcd.cluster.pids(), clients, dur, None, move |t, step| {
         let (http, path, value) = (client.clone(), path.clone(), value.clone());
         let key = format!("bench/{size}-{clients}/{t}/{step}");
         async move { etcd_put(&http, &path, &key, &value).await }
@@ -1273,9 +1301,20 @@ fn main() {
             let mode: &'static str = if mode == "async" { "async" } else { "sync" };
             set_mode(&http, &keel.primary, mode);
             let r = keel_cell(&http, &gen, &keel, mode, *size, *clients, Duration::from_secs_f64(secs));
+            let per_write = |d: Duration| d.as_secs_f64() * 1e6 / r.out.lat.len() as f64;
+            let (mut primary_cpu, mut replica_cpu) = (Duration::ZERO, Vec::new());
+            for (api, cpu) in keel.apis.iter().zip(&r.out.server_cpu) {
+                if *api == keel.primary {
+                    primary_cpu = *cpu;
+                } else {
+                    replica_cpu.push(*cpu);
+                }
+            }
+            let replica_cpu = replica_cpu.into_iter();
             println!(
                 "keel {mode} {} × {clients}: {:.0} writes/s, p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, {} errors, \
-                 {:.1} writes/fsync, generator CPU {:.1} % of one core",
+                 {:.1} writes/fsync, generator CPU {:.1} % of one core, servers' CPU {:.0} µs/write \
+                 (primary {:.0}, replicas {})",
                 size_label(*size),
                 r.out.rate(),
                 pct_ms(&r.out.lat, 0.5),
@@ -1283,8 +1322,14 @@ fn main() {
                 pct_ms(&r.out.lat, 1.0),
                 r.out.error_count(),
                 r.writes_per_fsync,
-                r.out.cpu_percent()
+                r.out.cpu_percent(),
+                r.out.server_us_per_write(),
+                per_write(primary_cpu),
+                replica_cpu.map(per_write).map(|us| format!("{us:.0}")).collect::<Vec<_>>().join(", ")
             );
+            for (kind, n) in &r.out.errors {
+                println!("  {n} × {kind}");
+            }
         }
         return;
     }
@@ -1437,7 +1482,7 @@ fn main() {
     }
     println!();
     println!(
-        "{:<6} {:<7} {:>6} {:>7} {:>9} {:>7} {:>7} {:>7} {:>6} {:>12} {:>10} {:>9}",
+        "{:<6} {:<7} {:>6} {:>7} {:>9} {:>7} {:>7} {:>7} {:>6} {:>12} {:>10} {:>9} {:>10}",
         "system",
         "mode",
         "value",
@@ -1449,11 +1494,12 @@ fn main() {
         "errors",
         "writes/fsync",
         "catch-up s",
-        "gen cpu %"
+        "gen cpu %",
+        "srv µs/w"
     );
     for r in &rows {
         println!(
-            "{:<6} {:<7} {:>6} {:>7} {:>9.0} {:>7.2} {:>7.2} {:>7.1} {:>6} {:>12} {:>10} {:>9.1}",
+            "{:<6} {:<7} {:>6} {:>7} {:>9.0} {:>7.2} {:>7.2} {:>7.1} {:>6} {:>12} {:>10} {:>9.1} {:>10.0}",
             r.system,
             r.mode,
             size_label(r.size),
@@ -1473,7 +1519,8 @@ fn main() {
                 Some(None) => format!(">{}", CATCH_UP.as_secs()),
                 Some(Some(d)) => format!("{:.2}", d.as_secs_f64()),
             },
-            r.out.cpu_percent()
+            r.out.cpu_percent(),
+            r.out.server_us_per_write()
         );
     }
     if rounds > 1 {

@@ -428,6 +428,11 @@ async fn serve(
     let shutdown = async move { cancel.cancelled().await };
     let res = match tls {
         None => {
+            // Small answers go out at once (no Nagle delay behind an unacknowledged segment), as
+            // on the TLS path (`TlsListener::accept`) and the peer client (`PeerClient::new`).
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(shutdown)
                 .await

@@ -32,8 +32,10 @@ pub const PULL_WAIT: Duration = Duration::from_millis(500);
 /// and pay a pull round trip and a replica fsync for each. Waiting lets a pull carry several commits.
 /// It adds at most this much replication lag (the half-load lag goal is 100 ms). kv_bench,
 /// 128-byte values, 64 clients, 5 s cells alternated on one machine: 8,186 and 9,360 writes/s without
-/// the wait, 10,732 and 10,079 with 3 ms.
-pub const ASYNC_PULL_GAP: Duration = Duration::from_millis(3);
+/// the wait, 10,732 and 10,079 with 3 ms. Later, with the servers' CPU per write measured
+/// (`--only async:128:64 --secs 5`, alternated): each replica 16-17 µs of CPU per write with 3 ms,
+/// 12 with 10 ms, 10 with 25 ms; 14,592-15,571 writes/s with 3 ms, 15,672-16,593 with 10 ms.
+pub const ASYNC_PULL_GAP: Duration = Duration::from_millis(10);
 /// Positions older than this are not used to rank failover candidates.
 const REPORT_FRESH: Duration = Duration::from_secs(2);
 const REPORT_EVERY: Duration = Duration::from_millis(200);
