@@ -468,7 +468,11 @@ where
         }
         out.elapsed = start.elapsed();
         out.cpu = self_cpu().saturating_sub(cpu);
-        out.server_cpu = server_cpu().iter().zip(servers0).map(|(b, a)| b.saturating_sub(a)).collect();
+        out.server_cpu = server_cpu()
+            .iter()
+            .zip(servers0)
+            .map(|(b, a)| b.saturating_sub(a))
+            .collect();
         out.lat.sort();
         out
     })
@@ -1325,7 +1329,11 @@ fn main() {
                 r.out.cpu_percent(),
                 r.out.server_us_per_write(),
                 per_write(primary_cpu),
-                replica_cpu.map(per_write).map(|us| format!("{us:.0}")).collect::<Vec<_>>().join(", ")
+                replica_cpu
+                    .map(per_write)
+                    .map(|us| format!("{us:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             for (kind, n) in &r.out.errors {
                 println!("  {n} × {kind}");

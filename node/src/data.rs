@@ -25,6 +25,7 @@ use serde_json::json;
 use crate::api::{body_bytes, parse_query};
 use crate::error::{ApiError, ApiPath};
 use crate::node::Node;
+use crate::repl::ReplCounters;
 
 pub const FORWARDED_HEADER: &str = "keel-forwarded";
 /// How long a sync-mode write waits for replica acknowledgements before answering
@@ -188,7 +189,23 @@ async fn do_write(node: &Node, op: WriteOp) -> ApiResult {
     // write was in flight, another node may already be primary. (The unsafe test-only switch
     // skips this and the sync-mode wait below.)
     let ack_early = unsafe_test_ack_early();
+    // `keel_replication_sync_writes_total`: every sync-mode write made durable here ends as one
+    // of the two outcomes.
+    let count_sync = |confirmed: bool| {
+        if sync_mode {
+            let c = &node.repl.counters;
+            ReplCounters::add(
+                if confirmed {
+                    &c.sync_acknowledged
+                } else {
+                    &c.sync_unconfirmed
+                },
+                1,
+            );
+        }
+    };
     if !ack_early && write_epoch(node) != Some(epoch) {
+        count_sync(false);
         return Err(ApiError::unavailable(
             "outcome_unknown",
             "the lease lapsed while the write was being made durable: it may or may not survive a failover",
@@ -198,6 +215,7 @@ async fn do_write(node: &Node, op: WriteOp) -> ApiResult {
     if cfg.replication_mode == ReplicationMode::Sync && !ack_early {
         let timeout = SYNC_ACK_TIMEOUT;
         if !node.repl.wait_acks(res.pos, cfg.min_acks, timeout).await {
+            count_sync(false);
             return Err(ApiError::unavailable(
                 "outcome_unknown",
                 format!(
@@ -208,6 +226,7 @@ async fn do_write(node: &Node, op: WriteOp) -> ApiResult {
             ));
         }
     }
+    count_sync(true);
     let status = if res.existed {
         StatusCode::OK
     } else {

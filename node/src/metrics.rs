@@ -179,6 +179,45 @@ pub fn render(node: &Node) -> String {
             &[(String::new(), lag as f64 / 1000.0)],
         );
     }
+    let lag_entries = if is_primary { Some(0) } else { node.repl.lag_entries() };
+    if let Some(n) = lag_entries {
+        series(
+            &mut out,
+            "keel_replication_lag_entries",
+            "gauge",
+            "Change-log entries this node is behind the primary's position as of the primary's last answer (0 on the primary; absent until a replica hears from it).",
+            &[(String::new(), n as f64)],
+        );
+    }
+    let c = &node.repl.counters;
+    let get = crate::repl::ReplCounters::get;
+    series(
+        &mut out,
+        "keel_replication_applied_entries_total",
+        "counter",
+        "Change-log entries this node applied as a replica; rate() of it is the apply rate.",
+        &[(String::new(), get(&c.applied_entries) as f64)],
+    );
+    series(
+        &mut out,
+        "keel_replication_streamed_bytes_total",
+        "counter",
+        "Bytes of change-log batches (encoded pull answers) this node sent as primary or received as replica.",
+        &[
+            ("{direction=\"sent\"}".to_string(), get(&c.sent_bytes) as f64),
+            ("{direction=\"received\"}".to_string(), get(&c.received_bytes) as f64),
+        ],
+    );
+    series(
+        &mut out,
+        "keel_replication_sync_writes_total",
+        "counter",
+        "Sync-mode writes made durable on this node as primary, by answer: acknowledged (min_acks replicas confirmed in time) or outcome_unknown (503: not confirmed in time, or the lease lapsed meanwhile).",
+        &[
+            ("{outcome=\"acknowledged\"}".to_string(), get(&c.sync_acknowledged) as f64),
+            ("{outcome=\"outcome_unknown\"}".to_string(), get(&c.sync_unconfirmed) as f64),
+        ],
+    );
     let stats = node.repl.store.stats();
     series(
         &mut out,

@@ -166,7 +166,11 @@ async fn stepdown(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 
 async fn repl_pull(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     match decode_body::<crate::repl::PullRequest>(&body) {
-        Ok(req) => encoded(&crate::repl::serve_pull(&node, req).await),
+        Ok(req) => {
+            let reply = keel_raft::codec::encode(&crate::repl::serve_pull(&node, req).await);
+            crate::repl::ReplCounters::add(&node.repl.counters.sent_bytes, reply.len() as u64);
+            ([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], reply).into_response()
+        }
         Err(r) => r,
     }
 }

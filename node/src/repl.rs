@@ -12,6 +12,7 @@
 //! (the primary keeps nothing per replica but its last acknowledged position).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -74,6 +75,9 @@ pub enum PullReply {
 pub struct ReplicaStatus {
     pub source: Option<NodeId>,
     pub source_head: Option<String>,
+    /// `source_head` as a position (for the lag in entries).
+    #[serde(skip)]
+    pub source_head_pos: Option<Position>,
     #[serde(skip)]
     pub last_contact: Option<Instant>,
     #[serde(skip)]
@@ -93,6 +97,31 @@ pub struct Repl {
     replica: Mutex<ReplicaStatus>,
     /// Operator pause of this node's apply worker (like PostgreSQL's pg_wal_replay_pause).
     paused: watch::Sender<bool>,
+    pub counters: ReplCounters,
+}
+
+/// Counters for `/metrics`, since the process started.
+#[derive(Default)]
+pub struct ReplCounters {
+    /// Change-log entries this node applied as a replica (pulled from its primary).
+    pub applied_entries: AtomicU64,
+    /// Bytes of pull answers (change-log batches) this node sent as primary and received as replica.
+    pub sent_bytes: AtomicU64,
+    pub received_bytes: AtomicU64,
+    /// Sync-mode writes made durable on this node as primary, by answer: confirmed by `min_acks`
+    /// replicas in time, or `outcome_unknown` (not confirmed in time, or the lease lapsed).
+    pub sync_acknowledged: AtomicU64,
+    pub sync_unconfirmed: AtomicU64,
+}
+
+impl ReplCounters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -108,6 +137,7 @@ impl Repl {
             reported: Mutex::default(),
             replica: Mutex::default(),
             paused: watch::channel(false).0,
+            counters: ReplCounters::default(),
         }
     }
 
@@ -172,6 +202,13 @@ impl Repl {
             Some(c) => Some(c.elapsed().as_millis() as u64),
             None => Some(contact.elapsed().as_millis() as u64),
         }
+    }
+
+    /// How many entries this replica is behind its primary's position as of the primary's last
+    /// answer (None before the first one).
+    pub fn lag_entries(&self) -> Option<u64> {
+        let head = lock(&self.replica).source_head_pos?;
+        Some(head.seq.saturating_sub(self.position().seq))
     }
 
     pub fn acks_view(&self) -> BTreeMap<NodeId, String> {
@@ -316,11 +353,12 @@ async fn pull_once(node: &Node, source: NodeId, epoch: u64, catch_up: bool) -> R
         catch_up,
     };
     let timeout = PULL_WAIT + Duration::from_millis(node.config.request_timeout_ms.min(5000));
-    let reply: PullReply = node
+    let (reply, size): (PullReply, usize) = node
         .peers
-        .call(Some(source), &addr, "/peer/repl/pull", &req, timeout)
+        .call_sized(Some(source), &addr, "/peer/repl/pull", &req, timeout)
         .await
         .map_err(|e| e.to_string())?;
+    ReplCounters::add(&repl.counters.received_bytes, size as u64);
     match reply {
         PullReply::Entries {
             epoch: frame_epoch,
@@ -340,6 +378,7 @@ async fn pull_once(node: &Node, source: NodeId, epoch: u64, catch_up: bool) -> R
                 let mut r = lock(&repl.replica);
                 r.source = Some(source);
                 r.source_head = Some(head.to_string());
+                r.source_head_pos = Some(head);
                 r.last_contact = Some(Instant::now());
             }
             if !entries.is_empty() {
@@ -364,6 +403,7 @@ async fn pull_once(node: &Node, source: NodeId, epoch: u64, catch_up: bool) -> R
                     tokio::task::block_in_place(apply)
                 }
                 .map_err(|e| format!("apply {n} entries: {e}"))?;
+                ReplCounters::add(&repl.counters.applied_entries, n as u64);
             }
             let mut r = lock(&repl.replica);
             let now = Instant::now();

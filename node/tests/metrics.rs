@@ -140,6 +140,22 @@ async fn metrics_pass_promtool_and_match_the_readme() {
         sample(&p_text, "keel_datastore_writes_total").is_some_and(|w| w >= 1.0),
         "{p_text}"
     );
+    // The replication counters moved with that write: the replica applied it (and whatever
+    // Git Sync wrote), both ends counted the batch's bytes, and the lag gauges exist.
+    assert!(
+        sample(&r_text, "keel_replication_applied_entries_total").is_some_and(|n| n >= 1.0),
+        "{r_text}"
+    );
+    let streamed = |t: &str, dir: &str| {
+        sample(
+            t,
+            &format!("keel_replication_streamed_bytes_total{{direction=\"{dir}\"}}"),
+        )
+    };
+    assert!(streamed(&p_text, "sent").is_some_and(|b| b > 0.0), "{p_text}");
+    assert!(streamed(&r_text, "received").is_some_and(|b| b > 0.0), "{r_text}");
+    assert_eq!(sample(&p_text, "keel_replication_lag_entries"), Some(0.0), "{p_text}");
+    assert!(sample(&r_text, "keel_replication_lag_entries").is_some(), "{r_text}");
 
     // The README's table lists exactly what a node exports (the primary and the replica together
     // export every family), with the same types.

@@ -161,8 +161,27 @@ async fn set_sync(c: &Cluster, id: u64) {
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
 }
 
+/// Node `id`'s `keel_replication_sync_writes_total{outcome="..."}` from `/metrics`.
+async fn sync_writes(c: &Cluster, id: u64, outcome: &str) -> f64 {
+    let text = c
+        .http
+        .get(format!("{}/metrics", c.node(id).url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("keel_replication_sync_writes_total{{outcome=\"{outcome}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
 /// Sync mode: every acknowledged write survives kill -9 of the primary; with no replica able
-/// to confirm, a write answers 503 outcome_unknown, never success.
+/// to confirm, a write answers 503 outcome_unknown, never success. The primaries count both
+/// outcomes in `/metrics`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_mode_loses_no_acknowledged_write() {
     let mut c = Cluster::new(3, &[]);
@@ -186,6 +205,8 @@ async fn sync_mode_loses_no_acknowledged_write() {
         }
     }
     assert_eq!(acked.len(), 50, "all writes acknowledged while replicas are up");
+    assert!(sync_writes(&c, p, "acknowledged").await >= 50.0);
+    assert_eq!(sync_writes(&c, p, "outcome_unknown").await, 0.0);
     c.kill(p);
     let q = primary(&c).await;
     assert_ne!(q, p);
@@ -221,6 +242,9 @@ async fn sync_mode_loses_no_acknowledged_write() {
         body["error"]["code"] == "outcome_unknown" || body["error"]["code"] == "no_lease",
         "never a false success: {body}"
     );
+    if body["error"]["code"] == "outcome_unknown" {
+        assert!(sync_writes(&c, q, "outcome_unknown").await >= 1.0);
+    }
 }
 
 /// An old primary that rejoins with entries the new primary never had rolls them back and keeps

@@ -196,6 +196,18 @@ impl PeerClient {
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, PeerError> {
+        self.call_sized(peer, addr, path, req, timeout).await.map(|(r, _)| r)
+    }
+
+    /// [`PeerClient::call`], also returning the answer's size in bytes (as encoded).
+    pub async fn call_sized<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        peer: Option<NodeId>,
+        addr: &str,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<(Resp, usize), PeerError> {
         let res = self.call_inner(addr, path, req, timeout).await;
         if let Some(p) = peer {
             match &res {
@@ -265,7 +277,7 @@ impl PeerClient {
         path: &str,
         req: &Req,
         timeout: Duration,
-    ) -> Result<Resp, PeerError> {
+    ) -> Result<(Resp, usize), PeerError> {
         let rb = self.request(addr, path, req, timeout);
         let resp = rb.send().await.map_err(|e| {
             let message = error_chain(&e);
@@ -287,7 +299,7 @@ impl PeerClient {
             message: error_chain(&e),
         })?;
         match status.as_u16() {
-            200 => decode(&body).map_err(|e| PeerError::Decode {
+            200 => decode(&body).map(|r| (r, body.len())).map_err(|e| PeerError::Decode {
                 addr: addr.to_string(),
                 message: e.to_string(),
             }),
