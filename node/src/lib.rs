@@ -22,6 +22,7 @@ pub mod openapi;
 pub mod peer;
 pub mod primary;
 pub mod repl;
+pub mod repl_stream;
 pub mod serve;
 pub mod tls;
 pub mod ui;

@@ -40,6 +40,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/peer/lease", post(lease))
         .route("/peer/stepdown", post(stepdown))
         .route("/peer/repl/pull", post(repl_pull))
+        .route(crate::repl_stream::PATH, post(crate::repl_stream::accept))
         .route("/peer/repl/position", post(repl_position))
         .route("/peer/repl/position_at", post(repl_position_at))
         .route("/peer/repl/report", post(repl_report))

@@ -23,6 +23,7 @@ use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
 use crate::node::Node;
+use crate::repl_stream::PullStream;
 
 pub const MAX_BATCH_ENTRIES: usize = 1000;
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
@@ -75,6 +76,9 @@ pub enum PullReply {
 pub struct ReplicaStatus {
     pub source: Option<NodeId>,
     pub source_head: Option<String>,
+    /// How this replica pulls from `source`: `stream` (one long-lived connection, see
+    /// `repl_stream`) or `pull` (an HTTP request each, from a primary without the stream).
+    pub transport: Option<&'static str>,
     /// `source_head` as a position (for the lag in entries).
     #[serde(skip)]
     pub source_head_pos: Option<Position>,
@@ -287,11 +291,14 @@ pub async fn apply_task(node: Arc<Node>) {
     // `changed()` waits for the next state. (A fresh clone of `node.state` each round would report the
     // node's first state change as new every time, and this loop would spin on a primary.)
     let mut state_rx = node.state.clone();
+    // The connection to the primary the pulls go over (see `repl_stream`).
+    let mut stream = PullStream::default();
     loop {
         if node.cancel.is_cancelled() {
             return;
         }
         if *paused.borrow_and_update() {
+            stream.close();
             tokio::select! {
                 _ = node.cancel.cancelled() => return,
                 _ = paused.changed() => {}
@@ -303,6 +310,7 @@ pub async fn apply_task(node: Arc<Node>) {
             Some(p) if p.node != node.id => p,
             _ => {
                 // Primary (or none yet): nothing to pull. Wait for a state change.
+                stream.close();
                 tokio::select! {
                     _ = node.cancel.cancelled() => return,
                     _ = state_rx.changed() => {}
@@ -312,7 +320,7 @@ pub async fn apply_task(node: Arc<Node>) {
             }
         };
         let before = node.repl.position();
-        match pull_once(&node, primary.node, primary.epoch, false).await {
+        match pull_once(&node, primary.node, primary.epoch, Some(&mut stream)).await {
             Ok(()) => {
                 backoff = Duration::from_millis(50);
                 // Async mode: after applying entries, let more accumulate before the next pull
@@ -339,8 +347,10 @@ pub async fn apply_task(node: Arc<Node>) {
     }
 }
 
-/// One pull from `source` and the apply of what it returns.
-async fn pull_once(node: &Node, source: NodeId, epoch: u64, catch_up: bool) -> Result<(), String> {
+/// One pull from `source` and the apply of what it returns: over `stream` when given (the
+/// replica's apply loop), else over plain HTTP (a new primary's catch-up, from any member).
+async fn pull_once(node: &Node, source: NodeId, epoch: u64, stream: Option<&mut PullStream>) -> Result<(), String> {
+    let catch_up = stream.is_none();
     let repl = &node.repl;
     let addr = node
         .peer_addr_of(source)
@@ -353,11 +363,19 @@ async fn pull_once(node: &Node, source: NodeId, epoch: u64, catch_up: bool) -> R
         catch_up,
     };
     let timeout = PULL_WAIT + Duration::from_millis(node.config.request_timeout_ms.min(5000));
-    let (reply, size): (PullReply, usize) = node
-        .peers
-        .call_sized(Some(source), &addr, "/peer/repl/pull", &req, timeout)
-        .await
-        .map_err(|e| e.to_string())?;
+    let streamed = match stream {
+        Some(s) => s.pull(node, source, &addr, &req, timeout).await?,
+        None => None,
+    };
+    let transport = if streamed.is_some() { "stream" } else { "pull" };
+    let (reply, size): (PullReply, usize) = match streamed {
+        Some(answer) => answer,
+        None => node
+            .peers
+            .call_sized(Some(source), &addr, "/peer/repl/pull", &req, timeout)
+            .await
+            .map_err(|e| e.to_string())?,
+    };
     ReplCounters::add(&repl.counters.received_bytes, size as u64);
     match reply {
         PullReply::Entries {
@@ -379,6 +397,9 @@ async fn pull_once(node: &Node, source: NodeId, epoch: u64, catch_up: bool) -> R
                 r.source = Some(source);
                 r.source_head = Some(head.to_string());
                 r.source_head_pos = Some(head);
+                if !catch_up {
+                    r.transport = Some(transport);
+                }
                 r.last_contact = Some(Instant::now());
             }
             if !entries.is_empty() {
@@ -546,7 +567,7 @@ pub async fn catch_up(node: &Node, epoch: u64) -> Result<(), String> {
             if Instant::now() > deadline {
                 return Err(format!("catch-up from node {source} did not reach {target} in time"));
             }
-            pull_once(node, source, epoch, true).await?;
+            pull_once(node, source, epoch, None).await?;
         }
     }
     let store = node.repl.store.clone();

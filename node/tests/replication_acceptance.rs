@@ -155,6 +155,10 @@ async fn thousand_keys_reach_every_replica() {
         assert_eq!(resp.status(), 200);
         assert!(resp.headers().contains_key("keel-lag-ms"));
         assert!(resp.headers().contains_key("keel-position"));
+        // Replicas of a primary of this release pull over the replication stream
+        // (node/src/repl_stream.rs); the primary counts what it sent on it.
+        let st = status(&c, r).await;
+        assert_eq!(st["replication"]["replica"]["transport"], "stream", "{st}");
     }
     println!(
         "1000 keys written in {written:?}; every replica identical {:?} after the last ack",

@@ -244,6 +244,9 @@ async fn mtls_cluster_elects_replicates_and_serves_the_cli() {
     assert!(r.status().is_success(), "{:?}", r.text().await);
     for id in &replicas {
         wait_value(&c, *id, "greeting", "hello over tls").await;
+        // Through the replication stream, the HTTP upgrade inside the TLS connection.
+        let st = c.status(*id).await.unwrap();
+        assert_eq!(st["replication"]["replica"]["transport"], "stream", "{st}");
     }
     // A write sent to a replica is forwarded to the primary's https API.
     let r = put(&c, replicas[0], "forwarded", "via replica").await;

@@ -216,6 +216,16 @@ async fn wait_caught_up(c: &Cluster, id: u64, primary: u64) {
     .await;
 }
 
+/// How replica `id` pulls (`replication.replica.transport` in its status), once it says.
+async fn transport(c: &Cluster, id: u64) -> String {
+    c.wait_for(T, &format!("node {id} to report its replication transport"), || async {
+        c.status(id).await?["replication"]["replica"]["transport"]
+            .as_str()
+            .map(str::to_string)
+    })
+    .await
+}
+
 async fn primary_id(c: &Cluster) -> u64 {
     c.wait_primary(&[], T).await
 }
@@ -257,6 +267,8 @@ async fn rolling_upgrade_from_the_previous_release_and_back() {
             &format!("node {r} upgraded (old primary {p0}, mixed replicas)"),
         )
         .await;
+        // The old primary has no replication stream: the new replica pulls over plain HTTP.
+        assert_eq!(transport(&c, r).await, "pull");
     }
 
     // 2. A failover across versions: kill -9 the old primary; a new-version node takes over.
@@ -272,6 +284,7 @@ async fn rolling_upgrade_from_the_previous_release_and_back() {
     spawn_with(&mut c, p0, &new);
     wait_caught_up(&c, p0, p1).await;
     wait_progress(&c, &load, &format!("node {p0} back on the new release: all new")).await;
+    assert_eq!(transport(&c, p0).await, "stream");
 
     // 3. Roll one node back to the old binary, and make it the primary (old primary, new replicas).
     let back = (1..=3).find(|id| *id != p1).unwrap();

@@ -303,17 +303,86 @@ impl PeerClient {
                 addr: addr.to_string(),
                 message: e.to_string(),
             }),
-            401 => Err(PeerError::Unauthorized { addr: addr.to_string() }),
-            409 => Err(PeerError::ClusterMismatch {
-                addr: addr.to_string(),
-                message: String::from_utf8_lossy(&body).into_owned(),
-            }),
-            s => Err(PeerError::Status {
-                addr: addr.to_string(),
-                status: s,
-                body: String::from_utf8_lossy(&body).into_owned(),
-            }),
+            s => Err(status_error(addr, s, &body)),
         }
+    }
+
+    /// Open a byte stream to `addr`: a POST to `path` asking to switch the connection to
+    /// `protocol` (HTTP/1.1 `Upgrade`), with the headers of every peer call (node id, cluster id,
+    /// cluster token), so the peer's checks are the same as for a call. On `101 Switching
+    /// Protocols` both ends speak `protocol` on the connection from then on; any other answer is
+    /// an error (`Status` 404 from a peer that predates `path`). `timeout` bounds the opening only:
+    /// the caller bounds each exchange on the stream itself. Records the outcome in
+    /// [`PeerHealth`] when `peer` is given.
+    pub async fn open_stream(
+        &self,
+        peer: Option<NodeId>,
+        addr: &str,
+        path: &str,
+        protocol: &'static str,
+        timeout: Duration,
+    ) -> Result<reqwest::Upgraded, PeerError> {
+        let res = self.open_stream_inner(addr, path, protocol, timeout).await;
+        if let (Some(p), Err(e)) = (peer, &res) {
+            let mismatch = match e {
+                PeerError::ClusterMismatch { message, .. } => Some(message.clone()),
+                _ => None,
+            };
+            self.health.record_err(p, e.to_string(), mismatch);
+        }
+        res
+    }
+
+    async fn open_stream_inner(
+        &self,
+        addr: &str,
+        path: &str,
+        protocol: &'static str,
+        timeout: Duration,
+    ) -> Result<reqwest::Upgraded, PeerError> {
+        let network = |e: reqwest::Error| PeerError::Network {
+            addr: addr.to_string(),
+            message: error_chain(&e),
+        };
+        let resp = self
+            .request(addr, path, &(), timeout)
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, protocol)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    PeerError::Unreachable {
+                        addr: addr.to_string(),
+                        message: error_chain(&e),
+                    }
+                } else {
+                    network(e)
+                }
+            })?;
+        let status = resp.status();
+        if status != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            let body = resp.bytes().await.map_err(network)?;
+            return Err(status_error(addr, status.as_u16(), &body));
+        }
+        resp.upgrade().await.map_err(network)
+    }
+}
+
+/// The error for a peer's non-success answer.
+fn status_error(addr: &str, status: u16, body: &[u8]) -> PeerError {
+    let text = String::from_utf8_lossy(body).into_owned();
+    match status {
+        401 => PeerError::Unauthorized { addr: addr.to_string() },
+        409 => PeerError::ClusterMismatch {
+            addr: addr.to_string(),
+            message: text,
+        },
+        _ => PeerError::Status {
+            addr: addr.to_string(),
+            status,
+            body: text,
+        },
     }
 }
 
