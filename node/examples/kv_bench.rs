@@ -39,6 +39,11 @@
 //! percent of one core: the generator's own cost. (Before, each client was an OS thread with its
 //! own blocking client, two threads per client: 128 B x 64 async took 76 % of a core and
 //! reached 9,976 writes/s; as tasks, 32 % and 14,134 writes/s, same cluster, back to back.)
+//! Column `srv µs/w` is the CPU time (user + system, all threads, from `/proc/<pid>/stat` at
+//! 10 ms resolution) the three server processes (Keel nodes or etcd members) used during the
+//! run, per acknowledged write: what a write costs the cluster, and on a machine whose cores the
+//! servers share, what bounds the many-client cells. `--only` lines split it into the primary's
+//! and each replica's.
 //!
 //! It prints one table row per cell, then the goal checks, then the failed writes by kind, any
 //! change of primary (or etcd leader) during a run, and the WARN/ERROR lines the Keel nodes
