@@ -124,7 +124,9 @@ async fn metrics_pass_promtool_and_match_the_readme() {
                 let ready = |t: &str| {
                     t.contains("keel_gitsync_commit_age_seconds ") && t.contains("keel_replication_lag_seconds ")
                 };
-                (ready(&p) && ready(&r)).then_some((p, r))
+                // ... and the replica has applied the write.
+                let applied = sample(&r, "keel_replication_applied_entries_total").is_some_and(|n| n >= 1.0);
+                (ready(&p) && ready(&r) && applied).then_some((p, r))
             },
         )
         .await;

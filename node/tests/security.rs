@@ -11,6 +11,30 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(15);
 
+/// Opens the replication stream on `peer` (host:port) by hand and sends `bytes` on it; true when
+/// the node then closes the connection (within 5 s) without answering anything.
+fn stream_closed_after(peer: &str, bytes: &[u8]) -> bool {
+    let mut s = TcpStream::connect(peer).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "POST /peer/repl/stream HTTP/1.1\r\nHost: {peer}\r\nAuthorization: Bearer peer-secret\r\n\
+         Connection: upgrade\r\nUpgrade: keel-repl-pull/1\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "answer head cut short: {head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s.write_all(bytes).unwrap();
+    let mut rest = Vec::new();
+    matches!(s.read_to_end(&mut rest), Ok(0))
+}
+
 async fn error_code(r: reqwest::Response) -> (u16, String) {
     let status = r.status().as_u16();
     let v: Value = r.json().await.unwrap_or(Value::Null);
@@ -42,7 +66,13 @@ async fn tokens_limits_and_garbage() {
     let peer = format!("http://{}", c.node(1).peer);
 
     // Peer endpoints: 401 without the cluster token, and with a wrong one.
-    for path in ["/peer/raft/vote", "/peer/raft/append", "/peer/ping", "/peer/admin"] {
+    for path in [
+        "/peer/raft/vote",
+        "/peer/raft/append",
+        "/peer/ping",
+        "/peer/admin",
+        "/peer/repl/stream",
+    ] {
         let r = c
             .http
             .post(format!("{peer}{path}"))
@@ -73,6 +103,19 @@ async fn tokens_limits_and_garbage() {
             .unwrap();
         assert_eq!(r.status(), 400, "{path} with a garbage body");
     }
+    // The replication stream: without `Upgrade` a 400; on an open stream, a frame announcing
+    // more than the limit, or one that does not decode, closes the connection, unanswered.
+    let r = c
+        .http
+        .post(format!("{peer}/peer/repl/stream"))
+        .bearer_auth("peer-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "the stream without Upgrade");
+    let addr = c.node(1).peer.to_string();
+    assert!(stream_closed_after(&addr, &u32::MAX.to_be_bytes()), "oversized frame");
+    assert!(stream_closed_after(&addr, &[0, 0, 0, 2, 1, 0xff]), "garbage frame");
     // A vote may be refused before its body is read: for election_timeout_max after the node
     // started, and on a coordinator that granted a lease within it (503, raft/DESIGN.md). Node 1
     // is often that coordinator here, so either answer is right; a crash or a 2xx is not.
