@@ -56,6 +56,15 @@ pub fn router(node: Arc<Node>) -> Router {
         .layer(DefaultBodyLimit::max(PEER_MAX_BODY))
 }
 
+/// The node id a peer request says it comes from (`?` when it does not say), for logs.
+pub fn sender_id(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get(NODE_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("?")
+        .to_string()
+}
+
 /// Cluster token and cluster id checks, before any handler runs.
 async fn guard(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
     if let Some(token) = &node.config.cluster_token {
@@ -75,12 +84,7 @@ async fn guard(State(node): State<Arc<Node>>, req: Request, next: Next) -> Respo
     let ours = node.view().state.cluster_id.clone();
     if let (Some(theirs), Some(ours)) = (theirs, ours) {
         if theirs != ours {
-            let from = req
-                .headers()
-                .get(NODE_ID_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("?")
-                .to_string();
+            let from = sender_id(req.headers());
             warn!(from, their_cluster = %theirs, our_cluster = %ours, "refused a peer of another cluster: its data dir belongs to a different cluster");
             return (
                 StatusCode::CONFLICT,

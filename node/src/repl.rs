@@ -2,8 +2,10 @@
 //! the new primary's catch-up step, divergence handling, position reports to the coordinator,
 //! and the acknowledgements sync mode waits for.
 //!
-//! Data flow: a replica *pulls* (`/peer/repl/pull`) from the primary of the newest epoch it
-//! knows, asking for entries after its durable position. The pull itself is the replica's
+//! Data flow: a replica *pulls* from the primary of the newest epoch it knows, asking for
+//! entries after its durable position: over its pull stream (`repl_stream`: one long-lived
+//! connection, a request and an answer per frame), or with one `/peer/repl/pull` request each
+//! from a primary of an older release. The pull itself is the replica's
 //! acknowledgement: asking for entries after `p` means everything up to `p` is durably
 //! applied, so the primary counts sync-mode acks from pulls. When nothing is new, the primary
 //! holds the pull open (long poll) until a write lands or `wait_ms` passes, so an idle replica
@@ -225,7 +227,7 @@ impl Repl {
     }
 }
 
-/// Serve a pull (`/peer/repl/pull`).
+/// Serve a pull (`/peer/repl/pull`, or one request on a pull stream).
 pub async fn serve_pull(node: &Node, req: PullRequest) -> PullReply {
     let repl = &node.repl;
     let view = node.view();

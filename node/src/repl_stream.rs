@@ -30,7 +30,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keel_raft::codec::{decode, encode};
-use keel_raft::network::{PeerError, NODE_ID_HEADER};
+use keel_raft::network::PeerError;
 use keel_raft::NodeId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info};
@@ -97,12 +97,7 @@ pub async fn accept(State(node): State<Arc<Node>>, mut req: Request) -> Response
         )
             .into_response();
     }
-    let from = req
-        .headers()
-        .get(NODE_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("?")
-        .to_string();
+    let from = crate::peer::sender_id(req.headers());
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match upgrade.await {
@@ -163,11 +158,6 @@ impl PullStream {
     /// Drop the connection (the node stopped pulling: it is primary, or paused).
     pub fn close(&mut self) {
         self.open = None;
-    }
-
-    /// Whether a connection is open (to anyone).
-    pub fn is_open(&self) -> bool {
-        self.open.is_some()
     }
 
     /// One pull from `source` at `addr` over the stream, opening it first when needed. `None`:

@@ -210,17 +210,20 @@ impl PeerClient {
     ) -> Result<(Resp, usize), PeerError> {
         let res = self.call_inner(addr, path, req, timeout).await;
         if let Some(p) = peer {
-            match &res {
-                Ok(_) => self.health.record_ok(p),
-                Err(PeerError::ClusterMismatch { message, .. }) => self.health.record_err(
-                    p,
-                    res.as_ref().err().map(|e| e.to_string()).unwrap_or_default(),
-                    Some(message.clone()),
-                ),
-                Err(e) => self.health.record_err(p, e.to_string(), None),
-            }
+            self.record(p, &res);
         }
         res
+    }
+
+    /// Record the outcome of a call to `peer` in [`PeerHealth`].
+    fn record<T>(&self, peer: NodeId, res: &Result<T, PeerError>) {
+        match res {
+            Ok(_) => self.health.record_ok(peer),
+            Err(e @ PeerError::ClusterMismatch { message, .. }) => {
+                self.health.record_err(peer, e.to_string(), Some(message.clone()))
+            }
+            Err(e) => self.health.record_err(peer, e.to_string(), None),
+        }
     }
 
     /// POST an encoded body and hand back the raw response (for streamed answers, e.g. a
@@ -312,8 +315,8 @@ impl PeerClient {
     /// cluster token), so the peer's checks are the same as for a call. On `101 Switching
     /// Protocols` both ends speak `protocol` on the connection from then on; any other answer is
     /// an error (`Status` 404 from a peer that predates `path`). `timeout` bounds the opening only:
-    /// the caller bounds each exchange on the stream itself. Records the outcome in
-    /// [`PeerHealth`] when `peer` is given.
+    /// the caller bounds each exchange on the stream itself (and records their outcomes). Records
+    /// the opening's outcome in [`PeerHealth`] when `peer` is given.
     pub async fn open_stream(
         &self,
         peer: Option<NodeId>,
@@ -323,12 +326,8 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<reqwest::Upgraded, PeerError> {
         let res = self.open_stream_inner(addr, path, protocol, timeout).await;
-        if let (Some(p), Err(e)) = (peer, &res) {
-            let mismatch = match e {
-                PeerError::ClusterMismatch { message, .. } => Some(message.clone()),
-                _ => None,
-            };
-            self.health.record_err(p, e.to_string(), mismatch);
+        if let Some(p) = peer {
+            self.record(p, &res);
         }
         res
     }
