@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use keel_raft::network::{CLUSTER_ID_HEADER, NODE_ID_HEADER};
-use keel_raft::server::{decode_body, encoded, raft_router};
+use keel_raft::server::{decode_body, encoded, octet_stream, raft_router};
 use keel_raft::NodeId;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
@@ -171,11 +171,10 @@ async fn stepdown(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 
 async fn repl_pull(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     match decode_body::<crate::repl::PullRequest>(&body) {
-        Ok(req) => {
-            let reply = keel_raft::codec::encode(&crate::repl::serve_pull(&node, req).await);
-            crate::repl::ReplCounters::add(&node.repl.counters.sent_bytes, reply.len() as u64);
-            ([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], reply).into_response()
-        }
+        Ok(req) => octet_stream(crate::repl::encode_reply(
+            &node,
+            &crate::repl::serve_pull(&node, req).await,
+        )),
         Err(r) => r,
     }
 }

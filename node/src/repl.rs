@@ -298,6 +298,14 @@ pub async fn serve_pull(node: &Node, req: PullRequest) -> PullReply {
     }
 }
 
+/// A pull answer in the peer codec, counted in `keel_replication_streamed_bytes_total` as sent
+/// (both transports: `/peer/repl/pull` and the pull stream).
+pub fn encode_reply(node: &Node, reply: &PullReply) -> Vec<u8> {
+    let bytes = keel_raft::codec::encode(reply);
+    ReplCounters::add(&node.repl.counters.sent_bytes, bytes.len() as u64);
+    bytes
+}
+
 /// The replica apply worker: pull from the primary, apply, repeat.
 pub async fn apply_task(node: Arc<Node>) {
     let mut backoff = Duration::from_millis(50);

@@ -36,7 +36,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info};
 
 use crate::node::Node;
-use crate::repl::{serve_pull, PullReply, PullRequest, ReplCounters};
+use crate::repl::{encode_reply, serve_pull, PullReply, PullRequest};
 
 pub const PATH: &str = "/peer/repl/stream";
 pub const PROTOCOL: &str = "keel-repl-pull/1";
@@ -134,8 +134,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(node: &Node, mut io: S, from: 
             _ = node.cancel.cancelled() => break "node stopping".to_string(),
             r = serve_pull(node, req) => r,
         };
-        let bytes = encode(&reply);
-        ReplCounters::add(&node.repl.counters.sent_bytes, bytes.len() as u64);
+        let bytes = encode_reply(node, &reply);
         match tokio::time::timeout(WRITE_TIMEOUT, write_frame(&mut io, &bytes)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => break format!("write: {e}"),
@@ -215,18 +214,13 @@ impl PullStream {
                     Ok(reply) => Ok((reply, bytes.len())),
                     Err(e) => Err(format!("malformed answer on the replication stream from {addr}: {e}")),
                 },
-                Ok(Ok(None)) if reused => {
+                Ok(failed @ (Ok(None) | Err(_))) if reused => {
+                    debug!(addr, outcome = ?failed.err(), "replication stream: reused connection closed or failed; opening a new one");
                     reused = false;
                     self.open = None;
                     continue;
                 }
                 Ok(Ok(None)) => Err(format!("replication stream to {addr} closed by the primary")),
-                Ok(Err(e)) if reused => {
-                    debug!(addr, error = %e, "replication stream: reused connection failed; opening a new one");
-                    reused = false;
-                    self.open = None;
-                    continue;
-                }
                 Ok(Err(e)) => Err(format!("replication stream to {addr}: {e}")),
                 Err(_) => Err(format!(
                     "replication stream to {addr}: no answer within {} ms",

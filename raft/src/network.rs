@@ -282,20 +282,7 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<(Resp, usize), PeerError> {
         let rb = self.request(addr, path, req, timeout);
-        let resp = rb.send().await.map_err(|e| {
-            let message = error_chain(&e);
-            if e.is_connect() {
-                PeerError::Unreachable {
-                    addr: addr.to_string(),
-                    message,
-                }
-            } else {
-                PeerError::Network {
-                    addr: addr.to_string(),
-                    message,
-                }
-            }
-        })?;
+        let resp = rb.send().await.map_err(|e| send_error(addr, &e))?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(|e| PeerError::Network {
             addr: addr.to_string(),
@@ -349,22 +336,23 @@ impl PeerClient {
             .header(reqwest::header::UPGRADE, protocol)
             .send()
             .await
-            .map_err(|e| {
-                if e.is_connect() {
-                    PeerError::Unreachable {
-                        addr: addr.to_string(),
-                        message: error_chain(&e),
-                    }
-                } else {
-                    network(e)
-                }
-            })?;
+            .map_err(|e| send_error(addr, &e))?;
         let status = resp.status();
         if status != reqwest::StatusCode::SWITCHING_PROTOCOLS {
             let body = resp.bytes().await.map_err(network)?;
             return Err(status_error(addr, status.as_u16(), &body));
         }
         resp.upgrade().await.map_err(network)
+    }
+}
+
+/// The error for a request to a peer that got no answer: `Unreachable` when it could not connect.
+fn send_error(addr: &str, e: &reqwest::Error) -> PeerError {
+    let (addr, message) = (addr.to_string(), error_chain(e));
+    if e.is_connect() {
+        PeerError::Unreachable { addr, message }
+    } else {
+        PeerError::Network { addr, message }
     }
 }
 

@@ -31,11 +31,12 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
 
 /// Encode an answer with the versioned codec.
 pub fn encoded<T: Serialize>(value: &T) -> Response {
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
-        encode(value),
-    )
-        .into_response()
+    octet_stream(encode(value))
+}
+
+/// An answer already encoded with the versioned codec.
+pub fn octet_stream(bytes: Vec<u8>) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()
 }
 
 async fn append(State(raft): State<Raft>, body: Bytes) -> Response {

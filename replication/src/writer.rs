@@ -199,23 +199,23 @@ fn commit_batch(inner: &Inner, meta: crate::store::Meta, ops: Vec<(u64, WriteOp)
         tx.set_durability(Durability::None).ctx("set durability")?;
         tx.commit().ctx("commit write batch (visible)")?;
         inner.signal_visible(new.position);
-        match journal {
-            // DURABILITY POINT of primary writes with early visibility, small batch: the batch's
-            // entries appended to the journal and fdatasynced. Nobody is answered before.
-            Some(entries) => {
-                if let Err(e) = inner.journal_append(new.newest_epoch, &entries, "write batch") {
+        // DURABILITY POINT of primary writes with early visibility, small batch: the batch's
+        // entries appended to the journal and fdatasynced. Nobody is answered before.
+        let journaled = journal.is_some_and(|entries| {
+            inner
+                .journal_append(new.newest_epoch, &entries, "write batch")
+                .inspect_err(|e| {
                     // The batch is committed (visible) already: make it durable the other way.
                     tracing::warn!(error = %e, "could not journal a write batch; committing it durably instead");
-                    begin_write(&inner.db)?.commit().ctx("commit write batch (durable)")?;
-                    inner.journal_superseded();
-                }
-            }
-            // DURABILITY POINT of primary writes with early visibility, large batch: this empty
-            // commit fsyncs the batch committed above. Nobody is answered before it returns.
-            None => {
-                begin_write(&inner.db)?.commit().ctx("commit write batch (durable)")?;
-                inner.journal_superseded();
-            }
+                })
+                .is_ok()
+        });
+        if !journaled {
+            // DURABILITY POINT of primary writes with early visibility, large batch (or one the
+            // journal refused): this empty commit fsyncs the batch committed above. Nobody is
+            // answered before it returns.
+            begin_write(&inner.db)?.commit().ctx("commit write batch (durable)")?;
+            inner.journal_superseded();
         }
         return Ok((new, results));
     }
