@@ -20,6 +20,13 @@
 //!   that has the key (an upper bound, by at most one poll interval plus one read).
 //!   A key not there within 5 s counts as 5 s. The replicas' own `replication.lag_ms` (from
 //!   `/v1/status`, every 50 ms) is printed next to it;
+//! - the no-disk control (rows `tmpfs`): async, one client and 64, both value sizes, with the
+//!   data dirs on tmpfs (`/dev/shm`, skipped when no tmpfs is mounted there), where writes and
+//!   fsyncs reach no disk. Whatever the disk adds, many clients cannot write faster than they do
+//!   here, so "tmpfs 64 clients / disk one client" is the highest group-commit ratio any
+//!   implementation could reach on this machine at this CPU cost per write; the goal check prints
+//!   it next to the measured ratio, with the share of its no-disk rate each disk cell reaches.
+//!   (`--only` cells take their data dirs from `TMPDIR`: `TMPDIR=/dev/shm` runs them on tmpfs.)
 //! - with `--compare etcd`: the same load generator against a three-member etcd with its
 //!   default timings (the `etcd` binary from PATH, on Debian the `etcd-server` package), through
 //!   its JSON gateway (`POST /v3/kv/put`, base64 key and value) on the leader, with the same
@@ -231,12 +238,19 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn new(prefix: &str) -> Cluster {
+    /// In the system's temp dir (`TMPDIR`, else /tmp), or under `root`.
+    fn new(prefix: &str, root: Option<&Path>) -> Cluster {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(prefix);
+        let dir = match root {
+            Some(root) => builder.tempdir_in(root),
+            None => builder.tempdir(),
+        };
         Cluster {
             procs: Vec::new(),
             marks: Vec::new(),
             prefix: prefix.to_string(),
-            dir: tempfile::Builder::new().prefix(prefix).tempdir().expect("temp dir"),
+            dir: dir.expect("temp dir"),
         }
     }
 
@@ -568,6 +582,16 @@ fn merge_rounds(rounds: Vec<Vec<Row>>) -> Vec<Row> {
     cells.into_iter().map(Row::merge).collect()
 }
 
+/// Where the no-disk control keeps its data dirs: /dev/shm, when a tmpfs is mounted there.
+fn tmpfs_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .any(|f| f.get(1) == Some(&"/dev/shm") && f.get(2) == Some(&"tmpfs"))
+        .then(|| PathBuf::from("/dev/shm"))
+}
+
 fn size_label(size: usize) -> String {
     if size >= 1024 {
         format!("{} KiB", size / 1024)
@@ -591,14 +615,15 @@ struct Keel {
     replicas: Vec<String>,
 }
 
-fn start_keel(http: &Http) -> Keel {
+/// A Keel cluster with its data dirs in the system's temp dir (`root` None), or under `root`.
+fn start_keel(http: &Http, root: Option<&Path>) -> Keel {
     let keel = keel_bin();
     assert!(
         keel.exists(),
         "{} not found: run `cargo build --release` first",
         keel.display()
     );
-    let mut cluster = Cluster::new("keel-kv-bench");
+    let mut cluster = Cluster::new("keel-kv-bench", root);
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
     let peers = ports
         .iter()
@@ -942,7 +967,7 @@ struct Etcd {
 
 /// A three-member etcd on 127.0.0.1 with etcd's default timings.
 fn start_etcd(bin: &Path, api: &'static str) -> Etcd {
-    let mut cluster = Cluster::new("keel-kv-bench-etcd");
+    let mut cluster = Cluster::new("keel-kv-bench-etcd", None);
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
     let initial = ports
         .iter()
@@ -1305,7 +1330,7 @@ fn main() {
     if !only.is_empty() {
         // One-off cells: no etcd, no half-load run, no goal checks.
         let (http, gen) = (http_client(), Gen::new());
-        let keel = start_keel(&http);
+        let keel = start_keel(&http, None);
         for (mode, size, clients) in &only {
             let mode: &'static str = if mode == "async" { "async" } else { "sync" };
             set_mode(&http, &keel.primary, mode);
@@ -1389,7 +1414,7 @@ fn main() {
         for size in SIZES {
             for clients in CLIENTS {
                 for mode in ["async", "sync"] {
-                    let k = start_keel(&http);
+                    let k = start_keel(&http, None);
                     if probes.is_none() {
                         probes = Some((
                             fsync_rate(k.cluster.dir.path(), Duration::from_secs(2)),
@@ -1410,8 +1435,36 @@ fn main() {
     }
     let ((disk, fsyncs), bandwidth) = probes.expect("disk probes");
     let mut rows = merge_rounds(keel_rounds);
+    // The no-disk control: one client and the most clients, async, with the data dirs on tmpfs.
+    let last = CLIENTS[CLIENTS.len() - 1];
+    let tmpfs = tmpfs_root();
+    if let Some(root) = &tmpfs {
+        let mut control_rounds = Vec::new();
+        for round in 0..rounds {
+            eprintln!(
+                "no-disk control (data dirs in {}), round {} of {rounds}",
+                root.display(),
+                round + 1
+            );
+            let mut cells = Vec::new();
+            for size in SIZES {
+                for clients in [CLIENTS[0], last] {
+                    let k = start_keel(&http, Some(root));
+                    set_mode(&http, &k.primary, "async");
+                    let before = k.primary_record(&http);
+                    let mut row = keel_cell(&http, &gen, &k, "async", size, clients, dur);
+                    row.mode = "tmpfs";
+                    cells.push(row);
+                    watch(format!("keel tmpfs {} × {clients}", size_label(size)), before, &k);
+                    warnings.extend(k.cluster.warnings());
+                }
+            }
+            control_rounds.push(cells);
+        }
+        rows.extend(merge_rounds(control_rounds));
+    }
     // The half-load run, once, on a fresh cluster: half the best async throughput above.
-    let keel = start_keel(&http);
+    let keel = start_keel(&http, None);
     let best = rows
         .iter()
         .filter(|r| r.mode == "async")
@@ -1561,7 +1614,6 @@ fn main() {
     let rate = |system: &str, mode: &str, size: usize, clients: usize| {
         find(&rows, system, mode, size, clients).map_or(f64::NAN, |r| r.out.rate())
     };
-    let last = CLIENTS[CLIENTS.len() - 1];
     let per_size = |f: &dyn Fn(usize) -> f64| -> (f64, String) {
         let v: Vec<(usize, f64)> = SIZES.iter().map(|&s| (s, f(s))).collect();
         let worst = v.iter().map(|x| x.1).fold(f64::NAN, f64::min);
@@ -1593,6 +1645,38 @@ fn main() {
             bandwidth / 1e6,
             mbs(one * 10.0),
         );
+    }
+    // The ceiling: no group commit can take many clients above what they reach when writes and
+    // fsyncs cost no disk at all.
+    match &tmpfs {
+        Some(root) => {
+            let (ceiling, ceiling_text) =
+                per_size(&|s| rate("keel", "tmpfs", s, last) / rate("keel", "async", s, CLIENTS[0]));
+            println!(
+                "  no-disk ceiling: {last} clients with the data dirs on tmpfs ({}, rows `tmpfs`) = {ceiling:.1}× \
+                 single-client on the disk [{ceiling_text}]; any rate a disk adds work to stays below it",
+                root.display()
+            );
+            let share = |clients: usize| {
+                SIZES
+                    .iter()
+                    .map(|&s| {
+                        format!(
+                            "{}: {:.0} %",
+                            size_label(s),
+                            100.0 * rate("keel", "async", s, clients) / rate("keel", "tmpfs", s, clients)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            println!(
+                "  on the disk, {last} clients reach {} of their no-disk rate; one client {}",
+                share(last),
+                share(CLIENTS[0])
+            );
+        }
+        None => println!("  no-disk ceiling: not measured (no tmpfs mounted at /dev/shm)"),
     }
     let mut ratios = Vec::new();
     for size in SIZES {
