@@ -1406,6 +1406,15 @@ fn main() {
     // the sync cell of the same size and clients. The disk probes run once, in the first
     // cluster's dir.
     let (mut keel_rounds, mut warnings, mut probes) = (Vec::new(), Vec::new(), None);
+    // One closed-loop cell on a fresh cluster `k`, in `mode`; `label` names it in the reports.
+    let mut measure = |k: &Keel, mode: &'static str, label: &str, size: usize, clients: usize| {
+        set_mode(&http, &k.primary, mode);
+        let before = k.primary_record(&http);
+        let row = keel_cell(&http, &gen, k, mode, size, clients, dur);
+        watch(format!("keel {label} {} × {clients}", size_label(size)), before, k);
+        warnings.extend(k.cluster.warnings());
+        row
+    };
     for round in 0..rounds {
         if rounds > 1 {
             eprintln!("round {} of {rounds}", round + 1);
@@ -1421,11 +1430,7 @@ fn main() {
                             write_bandwidth(k.cluster.dir.path(), Duration::from_secs(1)),
                         ));
                     }
-                    set_mode(&http, &k.primary, mode);
-                    let before = k.primary_record(&http);
-                    cells.push(keel_cell(&http, &gen, &k, mode, size, clients, dur));
-                    watch(format!("keel {mode} {} × {clients}", size_label(size)), before, &k);
-                    warnings.extend(k.cluster.warnings());
+                    cells.push(measure(&k, mode, mode, size, clients));
                 }
             }
         }
@@ -1449,14 +1454,9 @@ fn main() {
             let mut cells = Vec::new();
             for size in SIZES {
                 for clients in [CLIENTS[0], last] {
-                    let k = start_keel(&http, Some(root));
-                    set_mode(&http, &k.primary, "async");
-                    let before = k.primary_record(&http);
-                    let mut row = keel_cell(&http, &gen, &k, "async", size, clients, dur);
+                    let mut row = measure(&start_keel(&http, Some(root)), "async", "tmpfs", size, clients);
                     row.mode = "tmpfs";
                     cells.push(row);
-                    watch(format!("keel tmpfs {} × {clients}", size_label(size)), before, &k);
-                    warnings.extend(k.cluster.warnings());
                 }
             }
             control_rounds.push(cells);
