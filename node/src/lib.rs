@@ -1,30 +1,29 @@
 //! keel-node: the Keel daemon and CLI.
 //!
-//! Owns configuration ([`config::Config`]), the node life cycle ([`node::Node::start`] →
-//! [`node::NodeHandle`]), the HTTP API ([`api`]), the peer listener ([`peer`]), admin
-//! operations routed to the coordinator ([`admin`]), and the CLI: the client commands
-//! ([`cli`]) and the local-cluster launcher `keel up` ([`up`]).
+//! Layers, each importing only the ones below it:
+//! - [`cli`]: the `keel` commands (`serve`, `up`, the client commands) — the top.
+//! - [`http`] (the API port: router, handlers, [`http::error::ApiError`], OpenAPI, `/ui`) and
+//!   [`peer`] (the peer port's listener and its RPCs): the edges where requests are answered.
+//! - [`backup`]: backup files, serving them and restoring from them.
+//! - [`cluster`]: decisions and duties (lease, coordinator, failover, admin operations, hook,
+//!   join). It never imports `http`, `cli` or axum.
+//! - [`start`] (`Node::start` → [`start::NodeHandle`]) and [`state`] (the shared [`state::Node`]),
+//!   [`repl`] (replication glue), [`config`], [`metrics`], [`tls`], [`util`]: the ground floor.
+//!
+//! It must not hold storage or protocol logic that belongs to a lower crate: the Raft stores
+//! and transport are `keel-raft`, the datastore and its replication are `keel-replication`,
+//! Git is `keel-gitsync`. See `node/DESIGN.md`.
 
-pub mod admin;
-pub mod api;
 pub mod backup;
 pub mod cli;
+pub mod cluster;
 pub mod config;
-pub mod data;
-pub mod error;
-pub mod failover;
-pub mod gitsync_api;
-pub mod hook;
-pub mod join;
+pub mod http;
 pub mod metrics;
-pub mod node;
-pub mod openapi;
 pub mod peer;
-pub mod primary;
 pub mod repl;
 pub mod repl_stream;
-pub mod serve;
+pub mod start;
+pub mod state;
 pub mod tls;
-pub mod ui;
-pub mod up;
 pub mod util;

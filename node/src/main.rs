@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use keel_node::cli::{self, ClientCommand, ClientOpts};
+use keel_node::cli::{serve, up};
 use keel_node::config::ServeArgs;
-use keel_node::{serve, up};
 
 /// Keel: a high-availability cluster manager.
 #[derive(Parser)]

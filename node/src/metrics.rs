@@ -8,7 +8,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::node::Node;
+use crate::state::Node;
 
 static FAILOVERS: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
 static LEADER_CHANGES: AtomicU64 = AtomicU64::new(0);
@@ -59,7 +59,7 @@ fn series(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
 pub fn render(node: &Node) -> String {
     let m = node.metrics();
     let view = node.view();
-    let role = crate::api::role(node);
+    let role = crate::state::role(node);
     let mut out = String::new();
     let roles = ["primary", "replica", "candidate", "learner", "fenced"];
     let samples: Vec<(String, f64)> = roles

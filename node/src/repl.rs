@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
-use crate::node::Node;
 use crate::repl_stream::PullStream;
+use crate::state::Node;
 
 pub const MAX_BATCH_ENTRIES: usize = 1000;
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;

@@ -35,8 +35,8 @@ use keel_raft::NodeId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info};
 
-use crate::node::Node;
 use crate::repl::{encode_reply, serve_pull, PullReply, PullRequest};
+use crate::state::Node;
 
 pub const PATH: &str = "/peer/repl/stream";
 pub const PROTOCOL: &str = "keel-repl-pull/1";

@@ -1,7 +1,7 @@
 //! A model of Keel's fencing layer (raft/DESIGN.md, "Fencing" and "The fencing model"),
 //! explored exhaustively with `stateright`. It drives the real code where the decisions are
-//! made: `keel_node::failover::decide` (when and whom the coordinator promotes), and the lease
-//! arithmetic of `keel_node::primary` (`lease_len_ms`: the lease capped at 3/4 of
+//! made: `keel_node::cluster::failover::decide` (when and whom the coordinator promotes), and the lease
+//! arithmetic of `keel_node::cluster::primary` (`lease_len_ms`: the lease capped at 3/4 of
 //! `election_timeout_max_ms`; `lease_deadline`: the lease counted from the renewal's send time;
 //! `fence_deadline`: a new epoch's first lease waits for the last grant + `lease_ms`).
 //!
@@ -30,8 +30,8 @@
 
 use std::time::Duration;
 
-use keel_node::failover::{decide, Candidate, ClusterView, Decision};
-use keel_node::primary::{fence_deadline, lease_deadline, lease_len_ms};
+use keel_node::cluster::failover::{decide, Candidate, ClusterView, Decision};
+use keel_node::cluster::primary::{fence_deadline, lease_deadline, lease_len_ms};
 use keel_raft::state::{DynamicConfig, PrimaryRecord};
 use stateright::{Checker, HasDiscoveries, Model, Property};
 
@@ -560,7 +560,7 @@ fn mutation_failover_timeout_not_above_lease_is_caught() {
         failover_timeout_ms: p.failover_timeout_ms,
         ..Default::default()
     };
-    assert!(keel_node::api::validate_dynamic(&cfg, p.election_timeout_max_ms).is_err());
+    assert!(keel_node::cluster::admin::validate_dynamic(&cfg, p.election_timeout_max_ms).is_err());
     assert_unsafe("failover_timeout_ms = lease_ms", p);
 }
 

@@ -4,7 +4,7 @@
 //!
 //! The aggregate is `{"served_by", "cluster", "nodes", "errors", "history", "at_ms"}`:
 //! `cluster` and `history` are this node's `/v1/cluster` and `/v1/history` answers (the same
-//! handlers, called in-process through [`crate::api::router`]); `nodes` maps every member id
+//! handlers, called in-process through [`crate::http::router`]); `nodes` maps every member id
 //! to its `/v1/status` (this node's in-process, the others' fetched concurrently over HTTP
 //! with a 1 s timeout), or `null` with the reason in `errors` when it did not answer. The
 //! browser thus talks to one node only and needs no CORS.
@@ -21,7 +21,7 @@ use keel_raft::NodeId;
 use serde_json::{json, Map, Value};
 use tower::ServiceExt;
 
-use crate::node::Node;
+use crate::state::Node;
 
 /// The page itself.
 pub const PAGE: &str = include_str!("ui.html");
@@ -119,7 +119,7 @@ fn members(cluster: &Value) -> Vec<(NodeId, String)> {
 /// A GET answered by this node's own API router, in-process (same handlers, same JSON).
 async fn local_get(node: &Arc<Node>, path: &str) -> Result<Value, String> {
     let req = Request::get(path).body(Body::empty()).map_err(|e| e.to_string())?;
-    let resp = crate::api::router(node.clone())
+    let resp = crate::http::router(node.clone())
         .oneshot(req)
         .await
         .map_err(|e| e.to_string())?;

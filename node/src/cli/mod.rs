@@ -7,6 +7,9 @@
 //! pure [`verdict`] function. Everything else exits 0 on success and 1 on any error. Tables are rendered
 //! by one helper, [`render_table`], with column widths taken from the content.
 
+pub mod serve;
+pub mod up;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::io::{IsTerminal as _, Read, Write as _};
@@ -1721,7 +1724,7 @@ mod tests {
     #[derive(clap::Subcommand, Debug)]
     enum TestCommand {
         Serve(Box<crate::config::ServeArgs>),
-        Up(crate::up::UpArgs),
+        Up(crate::cli::up::UpArgs),
         #[command(flatten)]
         Client(ClientCommand),
     }

@@ -1,7 +1,7 @@
 //! The primary's lease and the coordinator's side of it: lease renewal, the failover
 //! controller loop, switchover and forced failover. The safety argument for all of this is
 //! in `raft/DESIGN.md` ("Fencing"); the rules the coordinator follows are in
-//! [`crate::failover::decide`].
+//! [`crate::cluster::failover::decide`].
 //!
 //! - Every node runs [`renew_task`]: when the cluster state names it primary, it first runs
 //!   the catch-up step, then renews its lease every `lease/3` with the coordinator. The lease
@@ -20,10 +20,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::admin::{self, member_views};
-use crate::error::ApiError;
-use crate::failover::{self, Candidate, ClusterView, Decision};
-use crate::node::Node;
+use crate::cluster::admin::{self, member_views};
+use crate::cluster::error::{ClusterError, RemoteError};
+use crate::cluster::failover::{self, Candidate, ClusterView, Decision};
+use crate::state::Node;
 use crate::util::unix_ms;
 
 /// The lease must end well before any follower may vote again (openraft's leader lease on a
@@ -193,21 +193,15 @@ impl Coordinator {
     }
 
     /// Grant (renew) the lease of `node` for `epoch`. Runs on the leader.
-    pub async fn grant(&self, node: &Node, who: NodeId, epoch: u64) -> Result<(), ApiError> {
+    pub async fn grant(&self, node: &Node, who: NodeId, epoch: u64) -> Result<(), ClusterError> {
         {
             let c = self.lock();
             if c.refused_epoch == Some(epoch) {
-                return Err(ApiError::conflict(
-                    "stepped_down",
-                    format!("epoch {epoch} is being replaced"),
-                ));
+                return Err(ClusterError::SteppedDown(epoch));
             }
             if let Some(f) = c.fence_until {
                 if Instant::now() < f {
-                    return Err(ApiError::unavailable(
-                        "previous_lease_running",
-                        "the previous primary's lease has not ended yet",
-                    ));
+                    return Err(ClusterError::PreviousLeaseRunning);
                 }
             }
         }
@@ -216,18 +210,15 @@ impl Coordinator {
         node.raft
             .ensure_linearizable()
             .await
-            .map_err(|e| ApiError::unavailable("not_leader", format!("cannot confirm leadership: {e}")))?;
+            .map_err(|e| ClusterError::NotLeader(format!("cannot confirm leadership: {e}")))?;
         let primary = node.view().state.primary;
         if primary != Some(PrimaryRecord { node: who, epoch }) {
-            return Err(ApiError::conflict(
-                "not_primary",
-                format!(
-                    "node {who} epoch {epoch} is not the primary (committed primary: {})",
-                    primary
-                        .map(|p| format!("node {} epoch {}", p.node, p.epoch))
-                        .unwrap_or_else(|| "none".into())
-                ),
-            ));
+            return Err(ClusterError::NotPrimary(format!(
+                "node {who} epoch {epoch} is not the primary (committed primary: {})",
+                primary
+                    .map(|p| format!("node {} epoch {}", p.node, p.epoch))
+                    .unwrap_or_else(|| "none".into())
+            )));
         }
         self.lock().last_grant = Some((who, epoch, Instant::now()));
         Ok(())
@@ -299,18 +290,18 @@ async fn renew_once(node: &Node, epoch: u64, lease_len: Duration) {
         Some(l) => match node.peer_addr_of(l) {
             Some(addr) => {
                 let req = LeaseRequest { node: node.id, epoch };
-                match node
+                let answer: Result<Result<(), RemoteError>, _> = node
                     .peers
                     .call(Some(l), &addr, "/peer/lease", &req, lease_len / 3)
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(e) => Err(ApiError::unavailable("coordinator_unreachable", e.to_string())),
+                    .await;
+                match answer {
+                    Ok(r) => r.map_err(ClusterError::from_remote),
+                    Err(e) => Err(ClusterError::CoordinatorUnreachable(e.to_string())),
                 }
             }
-            None => Err(admin::no_leader()),
+            None => Err(ClusterError::NoLeader),
         },
-        None => Err(admin::no_leader()),
+        None => Err(ClusterError::NoLeader),
     };
     match res {
         Ok(()) => {
@@ -434,7 +425,7 @@ pub async fn controller_task(node: Arc<Node>) {
                 // stay stuck here once it is deposed.
                 let res = tokio::time::timeout(PROMOTE_TIMEOUT, promote(&node, to, epoch, &reason))
                     .await
-                    .unwrap_or_else(|_| Err(ApiError::unavailable("timeout", "promotion not committed in time")));
+                    .unwrap_or_else(|_| Err(ClusterError::Timeout("promotion not committed in time".into())));
                 match res {
                     Ok(()) => {
                         let mut c = node.coordinator.lock();
@@ -464,7 +455,7 @@ async fn probe(node: &Node, peer: NodeId) -> bool {
 }
 
 /// Commit `Promote`, fencing the new epoch's first lease behind the old one's end.
-async fn promote(node: &Node, to: NodeId, epoch: u64, reason: &str) -> Result<(), ApiError> {
+async fn promote(node: &Node, to: NodeId, epoch: u64, reason: &str) -> Result<(), ClusterError> {
     let lease_ms = node.view().state.config.lease_ms;
     {
         let mut c = node.coordinator.lock();
@@ -494,28 +485,23 @@ async fn promote(node: &Node, to: NodeId, epoch: u64, reason: &str) -> Result<()
 }
 
 /// Validate a switchover/failover target.
-fn check_target(node: &Node, to: NodeId) -> Result<(), ApiError> {
+fn check_target(node: &Node, to: NodeId) -> Result<(), ClusterError> {
     let members = member_views(node);
     let Some(m) = members.iter().find(|m| m.id == to) else {
-        return Err(ApiError::not_found(format!("no member {to}")));
+        return Err(ClusterError::NotFound(format!("no member {to}")));
     };
     if !m.voter {
-        return Err(ApiError::conflict(
-            "bad_target",
-            format!("member {to} is a learner; promote it to voter first"),
-        ));
+        return Err(ClusterError::BadTarget(format!(
+            "member {to} is a learner; promote it to voter first"
+        )));
     }
     if m.tags.nofailover {
-        return Err(ApiError::conflict(
-            "bad_target",
-            format!("member {to} has the nofailover tag"),
-        ));
+        return Err(ClusterError::BadTarget(format!("member {to} has the nofailover tag")));
     }
     if !m.reachable {
-        return Err(ApiError::conflict(
-            "bad_target",
-            format!("member {to} is unreachable from the coordinator"),
-        ));
+        return Err(ClusterError::BadTarget(format!(
+            "member {to} is unreachable from the coordinator"
+        )));
     }
     Ok(())
 }
@@ -530,13 +516,10 @@ pub struct Promoted {
 
 /// Planned switchover, on the coordinator: stop the old primary's writes, wait until the
 /// target has caught up, promote it.
-pub async fn switchover(node: &Node, to: Option<NodeId>) -> Result<Promoted, ApiError> {
+pub async fn switchover(node: &Node, to: Option<NodeId>) -> Result<Promoted, ClusterError> {
     let state = node.view().state.clone();
     let Some(old) = state.primary else {
-        return Err(ApiError::conflict(
-            "no_primary",
-            "there is no primary to switch over from",
-        ));
+        return Err(ClusterError::NoPrimary);
     };
     let to = match to {
         Some(t) => t,
@@ -546,16 +529,11 @@ pub async fn switchover(node: &Node, to: Option<NodeId>) -> Result<Promoted, Api
                 .filter(|m| m.voter && m.reachable && !m.tags.nofailover && m.id != old.node)
                 .collect();
             c.sort_by_key(|m| (std::cmp::Reverse(m.tags.priority), m.id));
-            c.first()
-                .map(|m| m.id)
-                .ok_or_else(|| ApiError::conflict("no_candidate", "no member qualifies as target"))?
+            c.first().map(|m| m.id).ok_or(ClusterError::NoCandidate)?
         }
     };
     if to == old.node {
-        return Err(ApiError::conflict(
-            "bad_target",
-            format!("member {to} is already the primary"),
-        ));
+        return Err(ClusterError::BadTarget(format!("member {to} is already the primary")));
     }
     check_target(node, to)?;
     // 1. Stop the old primary: refuse its renewals, ask it to drop its lease now.
@@ -566,7 +544,7 @@ pub async fn switchover(node: &Node, to: Option<NodeId>) -> Result<Promoted, Api
     } else {
         match node.peer_addr_of(old.node) {
             Some(addr) => {
-                let r: Result<Result<(), ApiError>, _> = node
+                let r: Result<Result<(), RemoteError>, _> = node
                     .peers
                     .call(
                         Some(old.node),
@@ -596,25 +574,19 @@ pub async fn switchover(node: &Node, to: Option<NodeId>) -> Result<Promoted, Api
 }
 
 /// Forced failover to `to`, for when the primary is dead. Refused while the primary renews.
-pub async fn failover(node: &Node, to: NodeId, force: bool) -> Result<Promoted, ApiError> {
+pub async fn failover(node: &Node, to: NodeId, force: bool) -> Result<Promoted, ClusterError> {
     let state = node.view().state.clone();
     check_target(node, to)?;
     if state.primary.is_some_and(|p| p.node == to) {
-        return Err(ApiError::conflict(
-            "bad_target",
-            format!("member {to} is already the primary"),
-        ));
+        return Err(ClusterError::BadTarget(format!("member {to} is already the primary")));
     }
     if let (Some(p), Some(since)) = (state.primary, node.coordinator.since_last_grant(state.primary)) {
         if since.as_millis() < state.config.failover_timeout_ms as u128 && !force {
-            return Err(ApiError::conflict(
-                "primary_healthy",
-                format!(
-                    "primary {} renewed its lease {} ms ago; use switchover for a planned change, or force=true",
-                    p.node,
-                    since.as_millis()
-                ),
-            ));
+            return Err(ClusterError::PrimaryHealthy(format!(
+                "primary {} renewed its lease {} ms ago; use switchover for a planned change, or force=true",
+                p.node,
+                since.as_millis()
+            )));
         }
     }
     if let Some(p) = state.primary {

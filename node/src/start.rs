@@ -5,7 +5,7 @@
 //! `Node::start(config) -> NodeHandle` is the whole life cycle: tests run nodes in-process
 //! through it, `keel serve` calls it and waits for a signal.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -14,27 +14,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_raft::network::{PeerClient, PeerHealth, PeerNetwork};
-use keel_raft::state::Request;
-use keel_raft::store::StateView;
 use keel_raft::{BasicNode, NodeId, Raft};
 use openraft::error::{InitializeError, RaftError};
-use openraft::{RaftMetrics, ServerState, SnapshotPolicy};
+use openraft::SnapshotPolicy;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::admin::{self, AdminOp};
 use crate::config::Config;
+use crate::state::Node;
 use crate::tls::ListenerKind;
 
-/// A peer counts as reachable when a request to it succeeded this recently.
-pub const REACHABLE_WITHIN: Duration = Duration::from_millis(2000);
 /// Longest a role-change hook may run before it is killed.
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often followers probe peers they have not heard from (the leader's heartbeats already do).
-const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -69,102 +62,6 @@ pub enum StartError {
     GitSync(String),
     #[error("tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
-}
-
-/// Shared state of a running node, handed to every request handler and background task.
-pub struct Node {
-    pub id: NodeId,
-    pub config: Config,
-    pub raft: Raft,
-    pub state: watch::Receiver<Arc<StateView>>,
-    pub peers: PeerClient,
-    pub started: Instant,
-    pub cancel: CancellationToken,
-    /// Local address the API listener is bound to (useful with port 0 in tests).
-    pub api_bound: SocketAddr,
-    pub peer_bound: SocketAddr,
-    /// Set when the node stopped itself because it cannot go on (e.g. refused to join).
-    pub fatal: std::sync::Mutex<Option<String>>,
-    /// This node's write lease as primary.
-    pub lease: crate::primary::Lease,
-    /// Coordinator memory (used while this node is the Raft leader).
-    pub coordinator: crate::primary::Coordinator,
-    /// Runs the role-change hook.
-    pub hook: crate::hook::HookRunner,
-    /// The datastore and its replication state.
-    pub repl: crate::repl::Repl,
-    /// HTTP client for API-to-API calls (forwarded writes).
-    pub http: reqwest::Client,
-    /// The Git Sync agent, when `--gitsync-repo` is set.
-    pub gitsync: Option<Arc<keel_gitsync::GitSync>>,
-    /// Certificates and TLS settings, when `--tls-cert` is set.
-    pub tls: Option<Arc<crate::tls::Tls>>,
-}
-
-impl Node {
-    pub fn metrics(&self) -> RaftMetrics<NodeId, BasicNode> {
-        self.raft.metrics().borrow().clone()
-    }
-
-    pub fn view(&self) -> Arc<StateView> {
-        self.state.borrow().clone()
-    }
-
-    pub fn health(&self) -> &PeerHealth {
-        self.peers.health()
-    }
-
-    /// Reachability of a member from this node's point of view.
-    pub fn reachable(&self, id: NodeId) -> bool {
-        id == self.id || self.health().reachable(id, REACHABLE_WITHIN)
-    }
-
-    /// Ids of voters in the current membership config.
-    pub fn voters(&self) -> BTreeSet<NodeId> {
-        self.metrics().membership_config.membership().voter_ids().collect()
-    }
-
-    /// Peer address of a member, from the Raft membership config.
-    pub fn peer_addr_of(&self, id: NodeId) -> Option<String> {
-        self.metrics()
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .map(|n| n.addr.clone())
-    }
-
-    /// After start, this node neither votes nor campaigns for this long (raft/DESIGN.md).
-    pub fn vote_quiet_period(&self) -> Duration {
-        Duration::from_millis(self.config.raft.election_timeout_max_ms)
-    }
-
-    /// Still inside [`Node::vote_quiet_period`].
-    pub fn in_vote_quiet_period(&self) -> bool {
-        self.started.elapsed() < self.vote_quiet_period()
-    }
-
-    /// Stop the node because it cannot go on; `keel serve` then exits non-zero with `reason`.
-    pub fn fail(&self, reason: String) {
-        *self.fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
-        self.cancel.cancel();
-    }
-
-    /// Base URL of another member's API from its advertised `host:port` (https when TLS is on).
-    pub fn api_url(&self, api_addr: &str) -> String {
-        format!("{}://{api_addr}", crate::tls::scheme(self.tls.as_ref()))
-    }
-
-    pub fn fatal_error(&self) -> Option<String> {
-        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// A member that answered "another cluster", if any (shown in status and readyz).
-    pub fn cluster_mismatch(&self) -> Option<(NodeId, String)> {
-        self.health()
-            .snapshot()
-            .into_iter()
-            .find_map(|(id, s)| s.cluster_mismatch.map(|m| (id, m)))
-    }
 }
 
 /// A running node. Dropping it does not stop it: call [`NodeHandle::shutdown`].
@@ -312,14 +209,18 @@ impl Node {
             .map_err(|e| StartError::Client(e.to_string()))?;
         let gitsync = {
             let config = config.clone();
-            tokio::task::spawn_blocking(move || crate::gitsync_api::open(&config))
+            tokio::task::spawn_blocking(move || crate::cluster::gitsync::open(&config))
                 .await
                 .map_err(|e| StartError::GitSync(e.to_string()))?
                 .map_err(StartError::GitSync)?
         };
         let cancel = CancellationToken::new();
-        let hook =
-            crate::hook::HookRunner::start(config.role_change_hook.clone(), config.id, HOOK_TIMEOUT, cancel.clone());
+        let hook = crate::cluster::hook::HookRunner::start(
+            config.role_change_hook.clone(),
+            config.id,
+            HOOK_TIMEOUT,
+            cancel.clone(),
+        );
         let node = Arc::new(Node {
             id: config.id,
             config,
@@ -349,7 +250,7 @@ impl Node {
         ));
         let api_task = tokio::spawn(serve(
             api_listener,
-            crate::api::router(node.clone()),
+            crate::http::router(node.clone()),
             node.cancel.clone(),
             node.tls.clone(),
             ListenerKind::Api,
@@ -379,13 +280,13 @@ impl Node {
             });
         }
         let mut background = vec![
-            tokio::spawn(announce_task(node.clone())),
-            tokio::spawn(probe_task(node.clone())),
-            tokio::spawn(leader_duties_task(node.clone())),
-            tokio::spawn(crate::primary::renew_task(node.clone())),
-            tokio::spawn(crate::primary::lease_expiry_task(node.clone())),
-            tokio::spawn(crate::primary::controller_task(node.clone())),
-            tokio::spawn(role_task(node.clone())),
+            tokio::spawn(crate::cluster::duties::announce_task(node.clone())),
+            tokio::spawn(crate::cluster::duties::probe_task(node.clone())),
+            tokio::spawn(crate::cluster::duties::leader_duties_task(node.clone())),
+            tokio::spawn(crate::cluster::primary::renew_task(node.clone())),
+            tokio::spawn(crate::cluster::primary::lease_expiry_task(node.clone())),
+            tokio::spawn(crate::cluster::primary::controller_task(node.clone())),
+            tokio::spawn(crate::cluster::duties::role_task(node.clone())),
             tokio::spawn(crate::repl::apply_task(node.clone())),
             tokio::spawn(crate::repl::report_task(node.clone())),
             tokio::spawn(crate::repl::retention_task(node.clone())),
@@ -394,11 +295,15 @@ impl Node {
         if let Some(g) = node.gitsync.clone() {
             background.push(tokio::spawn(g.clone().run(node.cancel.clone())));
             if let Some(cmd) = node.config.gitsync.as_ref().and_then(|c| c.hook.clone()) {
-                background.push(tokio::spawn(crate::gitsync_api::sync_hook_task(node.clone(), g, cmd)));
+                background.push(tokio::spawn(crate::cluster::gitsync::sync_hook_task(
+                    node.clone(),
+                    g,
+                    cmd,
+                )));
             }
         }
         if let Some(join) = node.config.join.clone() {
-            background.push(tokio::spawn(crate::join::join_task(node.clone(), join)));
+            background.push(tokio::spawn(crate::cluster::join::join_task(node.clone(), join)));
         }
 
         Ok(NodeHandle {
@@ -478,158 +383,4 @@ async fn bootstrap(node: &Node) -> Result<(), StartError> {
         Err(e) => return Err(StartError::Bootstrap(e.to_string())),
     }
     Ok(())
-}
-
-/// Record this node's advertised API address in the cluster state whenever it differs (first
-/// start, or restart with a new address).
-async fn announce_task(node: Arc<Node>) {
-    let mut metrics = node.raft.metrics();
-    let mut state = node.state.clone();
-    loop {
-        let want = node.config.advertise_api_addr.clone();
-        let is_member = node
-            .metrics()
-            .membership_config
-            .membership()
-            .get_node(&node.id)
-            .is_some();
-        let current = node.view().state.members.get(&node.id).map(|m| m.api_addr.clone());
-        let leader = node.metrics().current_leader;
-        if is_member && leader.is_some() && current.as_deref() != Some(want.as_str()) {
-            let op = AdminOp::Write(Request::UpsertMember {
-                id: node.id,
-                api_addr: Some(want.clone()),
-                tags: None,
-            });
-            match admin::submit(&node, op, Duration::from_secs(3)).await {
-                Ok(_) => info!(api_addr = %want, "announced API address"),
-                Err(e) => debug!(error = %e, "announce API address (will retry)"),
-            }
-            tokio::select! {
-                _ = node.cancel.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
-            }
-            continue;
-        }
-        tokio::select! {
-            _ = node.cancel.cancelled() => return,
-            r = metrics.changed() => if r.is_err() { return },
-            r = state.changed() => if r.is_err() { return },
-        }
-    }
-}
-
-/// Followers hear from the leader but not from each other: ping members not heard from
-/// recently, so every node can say which members are reachable.
-async fn probe_task(node: Arc<Node>) {
-    let mut tick = tokio::time::interval(PROBE_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = node.cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let m = node.metrics();
-        let mut set = tokio::task::JoinSet::new();
-        for (id, n) in m.membership_config.membership().nodes() {
-            if *id == node.id || node.health().reachable(*id, PROBE_INTERVAL) {
-                continue;
-            }
-            let (id, addr, client) = (*id, n.addr.clone(), node.peers.clone());
-            set.spawn(async move {
-                let r: Result<crate::peer::Ping, _> =
-                    client.call(Some(id), &addr, "/peer/ping", &(), PROBE_INTERVAL).await;
-                if let Err(e) = r {
-                    debug!(peer = id, error = %e, "probe failed");
-                }
-            });
-        }
-        while set.join_next().await.is_some() {}
-    }
-}
-
-/// Work only the leader does: give a new cluster its id.
-async fn leader_duties_task(node: Arc<Node>) {
-    let mut metrics = node.raft.metrics();
-    loop {
-        let m = metrics.borrow_and_update().clone();
-        if m.state == ServerState::Leader && node.view().state.cluster_id.is_none() {
-            // A new cluster: seed the cluster-wide replication settings from this node's
-            // `--replication-mode` / `--min-acks` (later changes go through PATCH /v1/config).
-            let mut cfg = node.view().state.config.clone();
-            cfg.replication_mode = match node.config.replication.mode {
-                crate::config::ReplicationMode::Async => keel_raft::state::ReplicationMode::Async,
-                crate::config::ReplicationMode::Sync => keel_raft::state::ReplicationMode::Sync,
-            };
-            cfg.min_acks = node.config.replication.min_acks;
-            if cfg != node.view().state.config {
-                if let Err(e) = admin::submit(
-                    &node,
-                    AdminOp::Write(Request::SetConfig { config: cfg }),
-                    Duration::from_secs(3),
-                )
-                .await
-                {
-                    debug!(error = %e, "seed replication settings (will retry)");
-                    continue;
-                }
-            }
-            let id = random_cluster_id();
-            let op = AdminOp::Write(Request::InitClusterId { cluster_id: id });
-            match admin::submit(&node, op, Duration::from_secs(3)).await {
-                Ok(_) => info!(cluster_id = %crate::util::opt(node.view().state.cluster_id.clone()), "cluster id set"),
-                Err(e) => debug!(error = %e, "set cluster id (will retry)"),
-            }
-            continue;
-        }
-        tokio::select! {
-            _ = node.cancel.cancelled() => return,
-            r = metrics.changed() => if r.is_err() { return },
-        }
-    }
-}
-
-fn random_cluster_id() -> String {
-    let v: u128 = rand::random();
-    format!("{v:032x}")
-}
-
-/// The role the hook and the logs talk about: `primary` only while holding a lease.
-pub fn hook_role(node: &Node) -> &'static str {
-    match crate::api::role(node) {
-        "primary" => "primary",
-        "learner" => "learner",
-        _ => "replica",
-    }
-}
-
-/// Track role and leader changes: log them, count them, run the role-change hook.
-async fn role_task(node: Arc<Node>) {
-    let mut metrics = node.raft.metrics();
-    let mut state = node.state.clone();
-    let mut lease = node.lease.subscribe();
-    let mut role = hook_role(&node);
-    let mut leader = node.metrics().current_leader;
-    info!(role, "initial role");
-    loop {
-        tokio::select! {
-            _ = node.cancel.cancelled() => return,
-            r = metrics.changed() => if r.is_err() { return },
-            r = state.changed() => if r.is_err() { return },
-            r = lease.changed() => if r.is_err() { return },
-        }
-        let l = node.metrics().current_leader;
-        if l != leader {
-            crate::metrics::leader_changed();
-            leader = l;
-        }
-        let now = hook_role(&node);
-        if now != role {
-            let epoch = node.view().state.epoch();
-            info!(from = role, to = now, epoch, "role changed");
-            crate::metrics::role_changed();
-            node.hook.role_changed(role, now, epoch);
-            role = now;
-        }
-    }
 }

@@ -45,8 +45,8 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::cli::{ClientOpts, OutputFormat};
-use crate::error::ApiError;
-use crate::node::Node;
+use crate::http::error::ApiError;
+use crate::state::Node;
 
 /// First bytes of every backup file.
 pub const MAGIC: &[u8; 8] = b"KEELBKUP";

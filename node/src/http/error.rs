@@ -1,11 +1,15 @@
 //! One error type for the HTTP API: every failure becomes a status code and the JSON body
 //! `{"error": {"code": "...", "message": "..."}}` in exactly one place ([`ApiError`]'s
-//! `IntoResponse`). The same struct travels between nodes when an admin request is
-//! forwarded to the coordinator, so a client sees the coordinator's error unchanged.
+//! `IntoResponse`). A decision-layer [`ClusterError`] becomes an `ApiError` in one `match`
+//! (`From<ClusterError>`), here and nowhere else; the peer port sends that same form to a node
+//! that forwarded an admin operation (as [`crate::cluster::error::RemoteError`], the same fields),
+//! so a client sees the coordinator's error unchanged.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+
+use crate::cluster::ClusterError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message} ({code}, HTTP {status})")]
@@ -46,6 +50,47 @@ impl ApiError {
     }
     pub fn status_code(&self) -> StatusCode {
         StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+impl From<ClusterError> for ApiError {
+    fn from(e: ClusterError) -> ApiError {
+        use ClusterError as E;
+        use StatusCode as S;
+        let (status, code) = match &e {
+            E::NoLeader => (S::SERVICE_UNAVAILABLE, "no_leader"),
+            E::NotLeader(_) => (S::SERVICE_UNAVAILABLE, "not_leader"),
+            E::LeaderUnreachable { .. } => (S::SERVICE_UNAVAILABLE, "leader_unreachable"),
+            E::CoordinatorUnreachable(_) => (S::SERVICE_UNAVAILABLE, "coordinator_unreachable"),
+            E::ShuttingDown(_) => (S::SERVICE_UNAVAILABLE, "shutting_down"),
+            E::Timeout(_) => (S::SERVICE_UNAVAILABLE, "timeout"),
+            E::PreviousLeaseRunning => (S::SERVICE_UNAVAILABLE, "previous_lease_running"),
+            E::SteppedDown(_) => (S::CONFLICT, "stepped_down"),
+            E::NotPrimary(_) => (S::CONFLICT, "not_primary"),
+            E::Invalid(_) => (S::BAD_REQUEST, "bad_request"),
+            E::NotFound(_) => (S::NOT_FOUND, "not_found"),
+            E::Rejected(_) => (S::CONFLICT, "rejected"),
+            E::MembershipChangeInProgress(_) => (S::CONFLICT, "membership_change_in_progress"),
+            E::EmptyMembership => (S::CONFLICT, "empty_membership"),
+            E::DuplicateId(_) => (S::CONFLICT, "duplicate_id"),
+            E::DuplicateAddress(_) => (S::CONFLICT, "duplicate_address"),
+            E::AlreadyVoter(_) => (S::CONFLICT, "already_voter"),
+            E::NotCaughtUp(_) => (S::CONFLICT, "not_caught_up"),
+            E::QuorumAtRisk(_) => (S::CONFLICT, "quorum_at_risk"),
+            E::BadTarget(_) => (S::CONFLICT, "bad_target"),
+            E::NoPrimary => (S::CONFLICT, "no_primary"),
+            E::NoCandidate => (S::CONFLICT, "no_candidate"),
+            E::PrimaryHealthy(_) => (S::CONFLICT, "primary_healthy"),
+            E::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
+            E::Remote(r) => {
+                return ApiError {
+                    status: r.status,
+                    code: r.code.clone(),
+                    message: r.message.clone(),
+                }
+            }
+        };
+        ApiError::new(status, code, e.to_string())
     }
 }
 

@@ -1,5 +1,5 @@
 //! `GET /v1/openapi.json`: an OpenAPI 3.0 description of every public endpoint on the API port
-//! (the router in [`crate::api::router`]): methods, path and query parameters, request bodies,
+//! (the router in [`crate::http::router`]): methods, path and query parameters, request bodies,
 //! status codes with the JSON error format, and the admin token.
 //!
 //! The spec is built from one table, [`operations`]. Two tests keep it in step with the router:
@@ -7,7 +7,7 @@
 //! is missing from the table or the table names a route the router does not have, and the live
 //! test `node/tests/openapi.rs` sends every operation of the spec to a real node and fails when
 //! one lands in the router's fallback (404 `no such endpoint` / 405). Whether an operation needs
-//! the admin token is not written twice: it is [`crate::api::requires_admin`], evaluated here.
+//! the admin token is not written twice: it is [`crate::http::requires_admin`], evaluated here.
 
 use axum::http::Method;
 use axum::response::{IntoResponse, Response};
@@ -741,11 +741,11 @@ pub const ADMIN_READS: &[&str] = &["/v1/backup"];
 /// Does this operation need the admin token (when one is configured)?
 pub fn needs_admin(method: &str, path: &str) -> bool {
     let m: Method = method.to_ascii_uppercase().parse().expect("valid method");
-    crate::api::requires_admin(&m, &example_path(path)) || (method == "get" && ADMIN_READS.contains(&path))
+    crate::http::requires_admin(&m, &example_path(path)) || (method == "get" && ADMIN_READS.contains(&path))
 }
 
 /// A concrete request path for an operation's path template (placeholders filled with examples),
-/// used to ask [`crate::api::requires_admin`] about it.
+/// used to ask [`crate::http::requires_admin`] about it.
 pub fn example_path(template: &str) -> String {
     template
         .replace("{id}", "1")
@@ -923,7 +923,7 @@ mod tests {
 
     #[test]
     fn spec_matches_router() {
-        let routes = router_routes(include_str!("api.rs"));
+        let routes = router_routes(include_str!("mod.rs"));
         assert!(
             routes.len() >= 20,
             "suspiciously few routes read from api.rs: {routes:?}"

@@ -22,10 +22,10 @@ use keel_raft::state::ReplicationMode;
 use keel_replication::{DataError, WriteOp, MAX_LIST_LIMIT};
 use serde_json::json;
 
-use crate::api::{body_bytes, parse_query};
-use crate::error::{ApiError, ApiPath};
-use crate::node::Node;
+use crate::http::error::{ApiError, ApiPath};
+use crate::http::{body_bytes, parse_query};
 use crate::repl::ReplCounters;
+use crate::state::Node;
 
 pub const FORWARDED_HEADER: &str = "keel-forwarded";
 /// How long a sync-mode write waits for replica acknowledgements before answering

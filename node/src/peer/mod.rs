@@ -18,8 +18,9 @@ use keel_raft::NodeId;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::admin::{self, AdminOp};
-use crate::node::Node;
+use crate::cluster::admin::{self, AdminOp};
+use crate::http::error::ApiError;
+use crate::state::Node;
 use crate::util::bearer_matches;
 
 /// Largest peer request: Raft snapshot chunks are up to 3 MiB by openraft's default.
@@ -51,7 +52,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such peer endpoint") })
         .layer(middleware::from_fn_with_state(node, guard))
         .layer(middleware::from_fn(move |req, next| {
-            crate::api::timeout_mw(timeout, req, next)
+            crate::http::timeout_mw(timeout, req, next)
         }))
         .layer(DefaultBodyLimit::max(PEER_MAX_BODY))
 }
@@ -127,14 +128,14 @@ async fn ping(State(node): State<Arc<Node>>) -> Response {
 /// Runs an admin operation here, only if this node leads (never forwards again).
 async fn admin_op(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     match decode_body::<AdminOp>(&body) {
-        Ok(op) => encoded(&admin::execute(&node, op).await),
+        Ok(op) => encoded(&admin::execute(&node, op).await.map_err(ApiError::from)),
         Err(r) => r,
     }
 }
 
 /// A primary renews its lease here (on the coordinator).
 async fn lease(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    match decode_body::<crate::primary::LeaseRequest>(&body) {
+    match decode_body::<crate::cluster::primary::LeaseRequest>(&body) {
         Ok(req) => {
             let res = match admin::execute(
                 &node,
@@ -146,7 +147,7 @@ async fn lease(State(node): State<Arc<Node>>, body: Bytes) -> Response {
             .await
             {
                 Ok(_) => Ok(()),
-                Err(e) => Err(e),
+                Err(e) => Err(ApiError::from(e)),
             };
             encoded(&res)
         }
@@ -156,14 +157,14 @@ async fn lease(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 
 /// The coordinator tells this (old) primary to stop accepting writes for `epoch` now.
 async fn stepdown(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    match decode_body::<crate::primary::StepDown>(&body) {
+    match decode_body::<crate::cluster::primary::StepDown>(&body) {
         Ok(req) => {
             node.lease.drop_now(Some(req.epoch));
             tracing::info!(
                 epoch = req.epoch,
                 "stepped down at the coordinator's request: writes stopped"
             );
-            encoded(&Ok::<(), crate::error::ApiError>(()))
+            encoded(&Ok::<(), ApiError>(()))
         }
         Err(r) => r,
     }
@@ -211,7 +212,7 @@ async fn repl_snapshot(State(node): State<Arc<Node>>) -> Response {
 async fn gitsync_kick(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     match decode_body::<String>(&body) {
         Ok(trigger) => {
-            crate::gitsync_api::kick_local(&node, &trigger);
+            crate::cluster::gitsync::kick_local(&node, &trigger);
             encoded(&())
         }
         Err(r) => r,

@@ -4,7 +4,7 @@ use keel_raft::NodeId;
 use tracing::{error, info};
 
 use crate::config::{Config, LogFormat, ServeArgs};
-use crate::node::Node;
+use crate::state::Node;
 
 /// Set up the tracing subscriber: `RUST_LOG` if set, else info for Keel and warn for
 /// openraft (whose info level is chatty).
@@ -32,7 +32,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
         }
     };
     init_tracing(config.log_format);
-    crate::data::warn_unsafe_test_switches();
+    crate::http::kv::warn_unsafe_test_switches();
     let id: NodeId = config.id;
     let handle = match Node::start(config).await {
         Ok(h) => h,

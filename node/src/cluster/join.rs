@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tracing::{error, info, warn};
 
-use crate::node::Node;
+use crate::state::Node;
 
 const RETRY: Duration = Duration::from_secs(1);
 

@@ -17,8 +17,8 @@ use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use crate::error::ApiError;
-use crate::node::Node;
+use crate::cluster::error::{ClusterError, RemoteError};
+use crate::state::Node;
 
 /// An operation that needs the leader.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,7 +45,7 @@ pub enum AdminOp {
         force: bool,
     },
     /// Merge a partial config update into the newest committed config.
-    PatchConfig(crate::api::ConfigPatch),
+    PatchConfig(ConfigPatch),
     /// Renew the lease of `node` for `epoch` (sent by the primary every lease/3).
     Lease {
         node: NodeId,
@@ -69,7 +69,7 @@ pub enum AdminReply {
     Applied(Response),
     Member(MemberView),
     Removed(NodeId),
-    Promoted(crate::primary::Promoted),
+    Promoted(crate::cluster::primary::Promoted),
     Granted,
     Config(keel_raft::state::DynamicConfig),
 }
@@ -81,7 +81,7 @@ const QUORUM_CHECK_WITHIN: Duration = Duration::from_millis(1000);
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Run `op` on the leader, wherever it is, retrying across leader changes until `timeout`.
-pub async fn submit(node: &Node, op: AdminOp, timeout: Duration) -> Result<AdminReply, ApiError> {
+pub async fn submit(node: &Node, op: AdminOp, timeout: Duration) -> Result<AdminReply, ClusterError> {
     let deadline = Instant::now() + timeout;
     let mut metrics = node.raft.metrics();
     loop {
@@ -90,12 +90,12 @@ pub async fn submit(node: &Node, op: AdminOp, timeout: Duration) -> Result<Admin
             Some(l) if l == node.id && m.state == ServerState::Leader => execute(node, op.clone()).await,
             Some(l) => match node.peer_addr_of(l) {
                 Some(addr) => forward(node, l, &addr, &op, deadline).await,
-                None => Err(not_leader(format!("leader {l} has no known peer address"))),
+                None => Err(ClusterError::NotLeader(format!("leader {l} has no known peer address"))),
             },
-            None => Err(no_leader()),
+            None => Err(ClusterError::NoLeader),
         };
         match attempt {
-            Err(e) if retryable(&e) && Instant::now() < deadline => {
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
                 // Wait for the leadership to settle (or a short pause), then try again.
                 let wait = deadline
                     .saturating_duration_since(Instant::now())
@@ -110,47 +110,32 @@ pub async fn submit(node: &Node, op: AdminOp, timeout: Duration) -> Result<Admin
     }
 }
 
-fn retryable(e: &ApiError) -> bool {
-    matches!(e.code.as_str(), "not_leader" | "no_leader" | "leader_unreachable")
-}
-
-pub fn no_leader() -> ApiError {
-    ApiError::unavailable(
-        "no_leader",
-        "the cluster has no leader right now (no quorum of voters reachable?)",
-    )
-}
-
-fn not_leader(message: String) -> ApiError {
-    ApiError::unavailable("not_leader", message)
-}
-
 async fn forward(
     node: &Node,
     leader: NodeId,
     addr: &str,
     op: &AdminOp,
     deadline: Instant,
-) -> Result<AdminReply, ApiError> {
+) -> Result<AdminReply, ClusterError> {
     let timeout = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(100));
-    let res: Result<Result<AdminReply, ApiError>, _> =
+    let res: Result<Result<AdminReply, RemoteError>, _> =
         node.peers.call(Some(leader), addr, "/peer/admin", op, timeout).await;
     match res {
-        Ok(r) => r,
-        Err(e) => Err(ApiError::unavailable(
-            "leader_unreachable",
-            format!("forward to leader {leader}: {e}"),
-        )),
+        Ok(r) => r.map_err(ClusterError::from_remote),
+        Err(e) => Err(ClusterError::LeaderUnreachable {
+            leader,
+            reason: e.to_string(),
+        }),
     }
 }
 
 /// Execute on this node, which must be the leader.
-pub async fn execute(node: &Node, op: AdminOp) -> Result<AdminReply, ApiError> {
+pub async fn execute(node: &Node, op: AdminOp) -> Result<AdminReply, ClusterError> {
     let m = node.metrics();
     if m.state != ServerState::Leader {
-        return Err(not_leader(format!(
+        return Err(ClusterError::NotLeader(format!(
             "node {} is not the leader (leader: {})",
             node.id,
             crate::util::opt(m.current_leader)
@@ -166,8 +151,10 @@ pub async fn execute(node: &Node, op: AdminOp) -> Result<AdminReply, ApiError> {
         AdminOp::PromoteMember { id } => promote_member(node, id).await,
         AdminOp::RemoveMember { id, force } => remove_member(node, id, force).await,
         AdminOp::PatchConfig(p) => patch_config(node, p).await,
-        AdminOp::Switchover { to } => crate::primary::switchover(node, to).await.map(AdminReply::Promoted),
-        AdminOp::Failover { to, force } => crate::primary::failover(node, to, force)
+        AdminOp::Switchover { to } => crate::cluster::primary::switchover(node, to)
+            .await
+            .map(AdminReply::Promoted),
+        AdminOp::Failover { to, force } => crate::cluster::primary::failover(node, to, force)
             .await
             .map(AdminReply::Promoted),
         AdminOp::Lease { node: who, epoch } => node
@@ -178,48 +165,43 @@ pub async fn execute(node: &Node, op: AdminOp) -> Result<AdminReply, ApiError> {
     }
 }
 
-async fn patch_config(node: &Node, p: crate::api::ConfigPatch) -> Result<AdminReply, ApiError> {
+async fn patch_config(node: &Node, p: ConfigPatch) -> Result<AdminReply, ClusterError> {
     // Read the newest committed config: confirm leadership and wait for the state machine.
     node.raft
         .ensure_linearizable()
         .await
-        .map_err(|e| not_leader(format!("cannot confirm leadership: {e}")))?;
+        .map_err(|e| ClusterError::NotLeader(format!("cannot confirm leadership: {e}")))?;
     let c = p.apply(node.view().state.config.clone());
-    crate::api::validate_dynamic(&c, node.config.raft.election_timeout_max_ms).map_err(ApiError::bad_request)?;
+    validate_dynamic(&c, node.config.raft.election_timeout_max_ms).map_err(ClusterError::Invalid)?;
     write(node, Request::SetConfig { config: c.clone() }).await?;
     Ok(AdminReply::Config(c))
 }
 
 /// Propose a command and wait until it is committed and applied.
-pub async fn write(node: &Node, req: Request) -> Result<Response, ApiError> {
+pub async fn write(node: &Node, req: Request) -> Result<Response, ClusterError> {
     match node.raft.client_write(req).await {
         Ok(r) => match r.data {
-            Response::Rejected { reason } => Err(ApiError::conflict("rejected", reason)),
+            Response::Rejected { reason } => Err(ClusterError::Rejected(reason)),
             other => Ok(other),
         },
         Err(e) => Err(map_write_error(e)),
     }
 }
 
-fn map_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ApiError {
+fn map_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ClusterError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(format!(
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ClusterError::NotLeader(format!(
             "leadership moved to {} during the request",
             crate::util::opt(f.leader_id)
         )),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => match c {
-            ChangeMembershipError::InProgress(p) => ApiError::conflict(
-                "membership_change_in_progress",
-                format!("another membership change is still in progress ({p}); retry in a moment"),
-            ),
-            ChangeMembershipError::EmptyMembership(_) => {
-                ApiError::conflict("empty_membership", "the change would leave the cluster without voters")
-            }
+            ChangeMembershipError::InProgress(p) => ClusterError::MembershipChangeInProgress(p.to_string()),
+            ChangeMembershipError::EmptyMembership(_) => ClusterError::EmptyMembership,
             ChangeMembershipError::LearnerNotFound(l) => {
-                ApiError::not_found(format!("node {} is not a learner of this cluster", l.node_id))
+                ClusterError::NotFound(format!("node {} is not a learner of this cluster", l.node_id))
             }
         },
-        RaftError::Fatal(f) => ApiError::unavailable("shutting_down", format!("raft stopped: {f}")),
+        RaftError::Fatal(f) => ClusterError::ShuttingDown(f.to_string()),
     }
 }
 
@@ -250,14 +232,14 @@ fn member_view(node: &Node, id: NodeId) -> Option<MemberView> {
 }
 
 /// Validate a `host:port` address given to the admin API.
-fn check_addr(field: &str, addr: &str) -> Result<(), ApiError> {
+fn check_addr(field: &str, addr: &str) -> Result<(), ClusterError> {
     crate::config::check_host_port(addr, true)
-        .map_err(|reason| ApiError::bad_request(format!("{field} {addr:?} is not a valid host:port: {reason}")))
+        .map_err(|reason| ClusterError::Invalid(format!("{field} {addr:?} is not a valid host:port: {reason}")))
 }
 
-async fn add_member(node: &Node, id: NodeId, api_addr: String, peer_addr: String) -> Result<AdminReply, ApiError> {
+async fn add_member(node: &Node, id: NodeId, api_addr: String, peer_addr: String) -> Result<AdminReply, ClusterError> {
     if id == 0 {
-        return Err(ApiError::bad_request("member id must be a positive integer"));
+        return Err(ClusterError::Invalid("member id must be a positive integer".into()));
     }
     check_addr("api_addr", &api_addr)?;
     check_addr("peer_addr", &peer_addr)?;
@@ -267,22 +249,22 @@ async fn add_member(node: &Node, id: NodeId, api_addr: String, peer_addr: String
         if existing.peer_addr == peer_addr && (existing.api_addr == api_addr || existing.api_addr.is_empty()) {
             return Ok(AdminReply::Member(existing.clone()));
         }
-        return Err(ApiError::conflict(
-            "duplicate_id",
-            format!("member {id} already exists (peer {})", existing.peer_addr),
-        ));
+        return Err(ClusterError::DuplicateId(format!(
+            "member {id} already exists (peer {})",
+            existing.peer_addr
+        )));
     }
     if let Some(other) = members.iter().find(|m| m.peer_addr == peer_addr) {
-        return Err(ApiError::conflict(
-            "duplicate_address",
-            format!("peer address {peer_addr} is already used by member {}", other.id),
-        ));
+        return Err(ClusterError::DuplicateAddress(format!(
+            "peer address {peer_addr} is already used by member {}",
+            other.id
+        )));
     }
     if let Some(other) = members.iter().find(|m| m.api_addr == api_addr) {
-        return Err(ApiError::conflict(
-            "duplicate_address",
-            format!("API address {api_addr} is already used by member {}", other.id),
-        ));
+        return Err(ClusterError::DuplicateAddress(format!(
+            "API address {api_addr} is already used by member {}",
+            other.id
+        )));
     }
     // Metadata first, so the member never appears without its API address.
     write(
@@ -301,18 +283,15 @@ async fn add_member(node: &Node, id: NodeId, api_addr: String, peer_addr: String
     info!(member = id, "added learner");
     member_view(node, id)
         .map(AdminReply::Member)
-        .ok_or_else(|| ApiError::internal("learner missing after add"))
+        .ok_or_else(|| ClusterError::Internal("learner missing after add".into()))
 }
 
-async fn promote_member(node: &Node, id: NodeId) -> Result<AdminReply, ApiError> {
+async fn promote_member(node: &Node, id: NodeId) -> Result<AdminReply, ClusterError> {
     let Some(member) = member_view(node, id) else {
-        return Err(ApiError::not_found(format!("no member {id}")));
+        return Err(ClusterError::NotFound(format!("no member {id}")));
     };
     if member.voter {
-        return Err(ApiError::conflict(
-            "already_voter",
-            format!("member {id} is already a voter"),
-        ));
+        return Err(ClusterError::AlreadyVoter(id));
     }
     // Wait until the learner has replicated what the leader had when we were asked.
     let target = node.metrics().last_log_index.unwrap_or(0);
@@ -330,14 +309,11 @@ async fn promote_member(node: &Node, id: NodeId) -> Result<AdminReply, ApiError>
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(ApiError::conflict(
-                "not_caught_up",
-                format!(
+            return Err(ClusterError::NotCaughtUp(format!(
                     "learner {id} has replicated up to {} of {target} after {}s; is it running and reachable? retry when it has caught up",
                     crate::util::opt(matched),
                     CATCH_UP_TIMEOUT.as_secs()
-                ),
-            ));
+            )));
         }
         let _ = tokio::time::timeout(left, metrics.changed()).await;
     }
@@ -348,7 +324,7 @@ async fn promote_member(node: &Node, id: NodeId) -> Result<AdminReply, ApiError>
     info!(member = id, "promoted learner to voter");
     member_view(node, id)
         .map(AdminReply::Member)
-        .ok_or_else(|| ApiError::internal("member missing after promote"))
+        .ok_or_else(|| ClusterError::Internal("member missing after promote".into()))
 }
 
 /// Would removing `id` leave fewer reachable voters than the new configuration's quorum?
@@ -374,10 +350,10 @@ pub fn removal_risk(voters: &BTreeSet<NodeId>, reachable: &BTreeSet<NodeId>, id:
     None
 }
 
-async fn remove_member(node: &Node, id: NodeId, force: bool) -> Result<AdminReply, ApiError> {
+async fn remove_member(node: &Node, id: NodeId, force: bool) -> Result<AdminReply, ClusterError> {
     let members = member_views(node);
     let Some(member) = members.iter().find(|m| m.id == id) else {
-        return Err(ApiError::not_found(format!("no member {id}")));
+        return Err(ClusterError::NotFound(format!("no member {id}")));
     };
     let voters: BTreeSet<NodeId> = members.iter().filter(|m| m.voter).map(|m| m.id).collect();
     // Stricter than the displayed `reachable`: the leader hears from live voters every
@@ -390,7 +366,7 @@ async fn remove_member(node: &Node, id: NodeId, force: bool) -> Result<AdminRepl
         .collect();
     if let Some(risk) = removal_risk(&voters, &reachable, id) {
         if !force || voters.len() == 1 {
-            return Err(ApiError::conflict("quorum_at_risk", risk));
+            return Err(ClusterError::QuorumAtRisk(risk));
         }
     }
     let change = if member.voter {
@@ -418,6 +394,78 @@ pub fn matched_indexes(node: &Node) -> BTreeMap<NodeId, u64> {
         .replication
         .map(|r| r.into_iter().filter_map(|(id, l)| l.map(|l| (id, l.index))).collect())
         .unwrap_or_default()
+}
+
+/// A partial update of the dynamic config; the result is validated as a whole.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigPatch {
+    lease_ms: Option<u64>,
+    failover_timeout_ms: Option<u64>,
+    min_failover_interval_ms: Option<u64>,
+    replication_mode: Option<keel_raft::state::ReplicationMode>,
+    min_acks: Option<u32>,
+    max_lag_on_failover: Option<u64>,
+    log_retention_entries: Option<u64>,
+}
+
+impl ConfigPatch {
+    /// The config with this patch applied.
+    pub fn apply(&self, mut c: keel_raft::state::DynamicConfig) -> keel_raft::state::DynamicConfig {
+        if let Some(v) = self.lease_ms {
+            c.lease_ms = v;
+        }
+        if let Some(v) = self.failover_timeout_ms {
+            c.failover_timeout_ms = v;
+        }
+        if let Some(v) = self.min_failover_interval_ms {
+            c.min_failover_interval_ms = v;
+        }
+        if let Some(v) = self.replication_mode {
+            c.replication_mode = v;
+        }
+        if let Some(v) = self.min_acks {
+            c.min_acks = v;
+        }
+        if let Some(v) = self.max_lag_on_failover {
+            c.max_lag_on_failover = v;
+        }
+        if let Some(v) = self.log_retention_entries {
+            c.log_retention_entries = v;
+        }
+        c
+    }
+}
+
+/// Check a dynamic config against this node's Raft timings (raft/DESIGN.md, "Fencing").
+pub fn validate_dynamic(c: &keel_raft::state::DynamicConfig, election_timeout_max_ms: u64) -> Result<(), String> {
+    if c.lease_ms < 50 {
+        return Err(format!("lease_ms = {} is too short (minimum 50)", c.lease_ms));
+    }
+    if c.failover_timeout_ms * 2 < c.lease_ms * 3 {
+        return Err(format!(
+            "failover_timeout_ms = {} must be at least 1.5 x lease_ms = {}",
+            c.failover_timeout_ms,
+            c.lease_ms * 3 / 2
+        ));
+    }
+    if c.lease_ms * 4 > election_timeout_max_ms * 3 {
+        // Not unsafe (the node caps its lease at 3/4 of election_timeout_max), but say so.
+        return Err(format!(
+            "lease_ms = {} exceeds 3/4 of election_timeout_max_ms = {election_timeout_max_ms}; the lease must end before followers may vote again",
+            c.lease_ms
+        ));
+    }
+    if c.log_retention_entries < 10 {
+        return Err(format!(
+            "log_retention_entries = {} is too small (minimum 10)",
+            c.log_retention_entries
+        ));
+    }
+    if c.min_acks == 0 {
+        return Err("min_acks must be at least 1".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

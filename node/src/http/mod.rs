@@ -23,9 +23,15 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::admin::{self, AdminOp, AdminReply};
-use crate::error::{ApiError, ApiPath};
-use crate::node::Node;
+use crate::cluster::admin::{self, AdminOp, AdminReply, ConfigPatch};
+use crate::state::{quorum_reachable, role, Node};
+use error::{ApiError, ApiPath};
+
+pub mod error;
+pub mod gitsync;
+pub mod kv;
+pub mod openapi;
+pub mod ui;
 use crate::util::{bearer_matches, rfc3339};
 
 type ApiResult = Result<Response, ApiError>;
@@ -42,23 +48,23 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/members/{id}/tags", put(members_tags))
         .route("/v1/history", get(history))
         .route("/v1/maintenance", put(maintenance))
-        .route("/v1/kv", get(crate::data::list))
-        .route("/v1/kv/", axum::routing::any(crate::data::empty_key))
+        .route("/v1/kv", get(crate::http::kv::list))
+        .route("/v1/kv/", axum::routing::any(crate::http::kv::empty_key))
         .route(
             "/v1/kv/{*key}",
-            get(crate::data::get)
-                .put(crate::data::put)
-                .delete(crate::data::delete)
-                .post(crate::data::post),
+            get(crate::http::kv::get)
+                .put(crate::http::kv::put)
+                .delete(crate::http::kv::delete)
+                .post(crate::http::kv::post),
         )
-        .route("/v1/diverged", get(crate::data::diverged))
+        .route("/v1/diverged", get(crate::http::kv::diverged))
         .route("/v1/replication/paused", put(replication_paused))
-        .route("/v1/gitsync", get(crate::gitsync_api::status))
-        .route("/v1/gitsync/sync", post(crate::gitsync_api::sync))
-        .route("/v1/gitsync/webhook", post(crate::gitsync_api::webhook))
+        .route("/v1/gitsync", get(crate::http::gitsync::status))
+        .route("/v1/gitsync/sync", post(crate::http::gitsync::sync))
+        .route("/v1/gitsync/webhook", post(crate::http::gitsync::webhook))
         .route(
             "/v1/gitsync/files/{*path}",
-            axum::routing::put(crate::gitsync_api::edit).delete(crate::gitsync_api::edit),
+            axum::routing::put(crate::http::gitsync::edit).delete(crate::http::gitsync::edit),
         )
         .route("/v1/switchover", post(switchover))
         .route("/v1/failover", post(failover))
@@ -67,11 +73,11 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/primary", get(probe_primary))
         .route("/replica", get(probe_replica))
         .route("/metrics", get(metrics))
-        .route("/ui", get(crate::ui::page))
-        .route("/ui/cluster.json", get(crate::ui::cluster_json))
+        .route("/ui", get(crate::http::ui::page))
+        .route("/ui/cluster.json", get(crate::http::ui::cluster_json))
         .route("/health", get(health))
         .route("/readyz", get(readyz))
-        .route("/v1/openapi.json", get(crate::openapi::serve))
+        .route("/v1/openapi.json", get(crate::http::openapi::serve))
         .fallback(|| async { ApiError::not_found("no such endpoint; see the API reference in README.md") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -199,33 +205,6 @@ fn log_start(node: &Node) -> Option<String> {
     match node.repl.store.read_log(Default::default(), 1, 1) {
         Ok(keel_replication::LogRead::Trimmed { oldest_retained }) => oldest_retained.map(|p| p.to_string()),
         _ => None,
-    }
-}
-
-/// Can this node reach a majority of voters (itself included) right now?
-pub fn quorum_reachable(node: &Node) -> bool {
-    let voters = node.voters();
-    let live = voters.iter().filter(|v| node.reachable(**v)).count();
-    live > voters.len() / 2
-}
-
-/// This node's role as the contract names it.
-pub fn role(node: &Node) -> &'static str {
-    let m = node.metrics();
-    let voter = m.membership_config.membership().voter_ids().any(|v| v == node.id);
-    if !voter {
-        return "learner";
-    }
-    if m.state == ServerState::Candidate {
-        return "candidate";
-    }
-    match node.view().state.primary {
-        Some(p) if p.node == node.id => match node.lease.valid_epoch() {
-            Some(e) if e == p.epoch => "primary",
-            // Named primary in the (possibly stale) state, but no valid lease: not writing.
-            _ => "fenced",
-        },
-        _ => "replica",
     }
 }
 
@@ -460,78 +439,6 @@ async fn failover(State(node): State<Arc<Node>>, body: Result<Bytes, BytesReject
         )
         .await?,
     )
-}
-
-/// A partial update of the dynamic config; the result is validated as a whole.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigPatch {
-    lease_ms: Option<u64>,
-    failover_timeout_ms: Option<u64>,
-    min_failover_interval_ms: Option<u64>,
-    replication_mode: Option<keel_raft::state::ReplicationMode>,
-    min_acks: Option<u32>,
-    max_lag_on_failover: Option<u64>,
-    log_retention_entries: Option<u64>,
-}
-
-impl ConfigPatch {
-    /// The config with this patch applied.
-    pub fn apply(&self, mut c: keel_raft::state::DynamicConfig) -> keel_raft::state::DynamicConfig {
-        if let Some(v) = self.lease_ms {
-            c.lease_ms = v;
-        }
-        if let Some(v) = self.failover_timeout_ms {
-            c.failover_timeout_ms = v;
-        }
-        if let Some(v) = self.min_failover_interval_ms {
-            c.min_failover_interval_ms = v;
-        }
-        if let Some(v) = self.replication_mode {
-            c.replication_mode = v;
-        }
-        if let Some(v) = self.min_acks {
-            c.min_acks = v;
-        }
-        if let Some(v) = self.max_lag_on_failover {
-            c.max_lag_on_failover = v;
-        }
-        if let Some(v) = self.log_retention_entries {
-            c.log_retention_entries = v;
-        }
-        c
-    }
-}
-
-/// Check a dynamic config against this node's Raft timings (raft/DESIGN.md, "Fencing").
-pub fn validate_dynamic(c: &keel_raft::state::DynamicConfig, election_timeout_max_ms: u64) -> Result<(), String> {
-    if c.lease_ms < 50 {
-        return Err(format!("lease_ms = {} is too short (minimum 50)", c.lease_ms));
-    }
-    if c.failover_timeout_ms * 2 < c.lease_ms * 3 {
-        return Err(format!(
-            "failover_timeout_ms = {} must be at least 1.5 x lease_ms = {}",
-            c.failover_timeout_ms,
-            c.lease_ms * 3 / 2
-        ));
-    }
-    if c.lease_ms * 4 > election_timeout_max_ms * 3 {
-        // Not unsafe (the node caps its lease at 3/4 of election_timeout_max), but say so.
-        return Err(format!(
-            "lease_ms = {} exceeds 3/4 of election_timeout_max_ms = {election_timeout_max_ms}; the lease must end before followers may vote again",
-            c.lease_ms
-        ));
-    }
-    if c.log_retention_entries < 10 {
-        return Err(format!(
-            "log_retention_entries = {} is too small (minimum 10)",
-            c.log_retention_entries
-        ));
-    }
-    if c.min_acks == 0 {
-        return Err("min_acks must be at least 1".into());
-    }
-    Ok(())
 }
 
 async fn patch_config(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRejection>) -> ApiResult {

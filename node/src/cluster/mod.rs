@@ -1,0 +1,19 @@
+//! The decision layer: everything that decides and acts for the cluster — the lease and the
+//! coordinator ([`primary`]), the failover rules ([`failover`], pure), admin operations routed to
+//! the coordinator ([`admin`]), the role-change hook ([`hook`]), joining a cluster ([`join`]),
+//! and the duties every node runs ([`duties`]).
+//!
+//! Nothing here knows HTTP: no module under `cluster/` imports [`crate::http`], [`crate::cli`]
+//! or axum. Operations take and return domain types and fail with [`ClusterError`]; the HTTP and
+//! peer edges turn that into their answers.
+
+pub mod admin;
+pub mod duties;
+pub mod error;
+pub mod failover;
+pub mod gitsync;
+pub mod hook;
+pub mod join;
+pub mod primary;
+
+pub use error::ClusterError;
