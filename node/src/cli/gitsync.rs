@@ -1,0 +1,81 @@
+//! `keel gitsync status|sync`.
+
+#[allow(unused_imports)]
+use super::*;
+
+pub(crate) async fn gitsync_sync(api: &Api, accept_reset: bool, output: OutputFormat) -> Result<i32, CallError> {
+    let path = if accept_reset {
+        "/v1/gitsync/sync?accept_reset=true"
+    } else {
+        "/v1/gitsync/sync"
+    };
+    let answer = api.call(Method::POST, path, None).await?;
+    match output {
+        OutputFormat::Json => print_json(&answer),
+        OutputFormat::Table => print_out(&format!(
+            "node {}: {} at {}\n",
+            cell(&answer["node_id"]),
+            cell(&answer["outcome"]["change"]),
+            short_sha(&answer["outcome"]["commit"]["sha"])
+        )),
+    }
+    Ok(EXIT_OK)
+}
+
+pub(crate) fn short_sha(v: &Value) -> String {
+    v.as_str()
+        .map(|s| s.chars().take(12).collect())
+        .unwrap_or_else(|| "-".to_string())
+}
+
+/// Every node's Git Sync state side by side; exit 1 unless all reachable nodes serve one commit.
+pub(crate) async fn gitsync_status(api: &Api, output: OutputFormat) -> Result<i32, CallError> {
+    let cluster = api.call(Method::GET, "/v1/cluster", None).await?;
+    let statuses = fetch_statuses(api, &cluster).await;
+    let (converged, text) = render_gitsync(&statuses);
+    match output {
+        OutputFormat::Json => {
+            let nodes: Map<String, Value> = statuses
+                .iter()
+                .map(|(id, s)| {
+                    (
+                        id.to_string(),
+                        s.as_ref().map(|s| s["gitsync"].clone()).unwrap_or(Value::Null),
+                    )
+                })
+                .collect();
+            print_json(&json!({"nodes": nodes, "converged": converged}));
+        }
+        OutputFormat::Table => print_out(&text),
+    }
+    Ok(if converged { EXIT_OK } else { EXIT_ERROR })
+}
+
+/// The table and whether every node serves the same commit.
+pub(crate) fn render_gitsync(statuses: &BTreeMap<u64, Option<Value>>) -> (bool, String) {
+    let mut commits = BTreeSet::new();
+    let rows: Vec<Vec<String>> = statuses
+        .iter()
+        .map(|(id, s)| match s.as_ref().map(|s| &s["gitsync"]) {
+            Some(g) if g.is_object() => {
+                commits.insert(g["commit"].as_str().unwrap_or("").to_string());
+                vec![
+                    id.to_string(),
+                    cell(&g["state"]),
+                    short_sha(&g["commit"]),
+                    g["last_success_at_ms"]
+                        .as_u64()
+                        .map(crate::util::rfc3339)
+                        .unwrap_or_else(|| "-".into()),
+                    g["last_error"].as_str().unwrap_or("-").chars().take(60).collect(),
+                ]
+            }
+            Some(_) => vec![id.to_string(), "disabled".into(), "-".into(), "-".into(), "-".into()],
+            None => vec![id.to_string(), "unreachable".into(), "-".into(), "-".into(), "-".into()],
+        })
+        .collect();
+    let converged = commits.len() == 1 && !commits.contains("") && rows.iter().all(|r| r[1] != "unreachable");
+    let mut out = render_table(&["NODE", "STATE", "COMMIT", "LAST SUCCESS", "LAST ERROR"], &rows);
+    out.push_str(if converged { "converged\n" } else { "not converged\n" });
+    (converged, out)
+}

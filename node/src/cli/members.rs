@@ -1,0 +1,164 @@
+//! `keel members`, `history`, `maintenance`, `switchover` and `failover`.
+
+#[allow(unused_imports)]
+use super::*;
+
+pub(crate) fn render_members(answer: &Value) -> String {
+    let rows: Vec<Vec<String>> = member_list(answer)
+        .into_iter()
+        .map(|m| {
+            vec![
+                cell(&m["id"]),
+                cell(&m["voter"]),
+                cell(&m["reachable"]),
+                cell(&m["api_addr"]),
+                cell(&m["peer_addr"]),
+                cell(&m["tags"]["nofailover"]),
+                cell(&m["tags"]["priority"]),
+            ]
+        })
+        .collect();
+    render_table(
+        &["ID", "VOTER", "REACHABLE", "API", "PEER", "NOFAILOVER", "PRIORITY"],
+        &rows,
+    )
+}
+
+/// `voter` or `learner`, from a member object.
+pub(crate) fn member_kind(member: &Value) -> &'static str {
+    if member["voter"].as_bool().unwrap_or(false) {
+        "voter"
+    } else {
+        "learner"
+    }
+}
+
+pub(crate) async fn members(api: &Api, cmd: MembersCommand, output: OutputFormat) -> Result<i32, CallError> {
+    let (answer, confirmation) = match cmd {
+        MembersCommand::List => {
+            let answer = api.call(Method::GET, "/v1/members", None).await?;
+            let table = render_members(&answer);
+            (answer, table)
+        }
+        MembersCommand::Add {
+            id,
+            api_addr,
+            peer_addr,
+        } => {
+            let body = json!({"id": id, "api_addr": api_addr, "peer_addr": peer_addr});
+            let answer = api.call(Method::POST, "/v1/members", Some(body)).await?;
+            let line = format!(
+                "added member {id} as {} (api {api_addr}, peer {peer_addr})\n",
+                member_kind(&answer["member"])
+            );
+            (answer, line)
+        }
+        MembersCommand::Remove { id, force } => {
+            let answer = api
+                .call(Method::DELETE, &format!("/v1/members/{id}?force={force}"), None)
+                .await?;
+            (answer, format!("removed member {id}\n"))
+        }
+        MembersCommand::Tag {
+            id,
+            nofailover,
+            priority,
+        } => {
+            let mut body = serde_json::Map::new();
+            if let Some(n) = nofailover {
+                body.insert("nofailover".into(), json!(n));
+            }
+            if let Some(p) = priority {
+                body.insert("priority".into(), json!(p));
+            }
+            let answer = api
+                .call(
+                    Method::PUT,
+                    &format!("/v1/members/{id}/tags"),
+                    Some(Value::Object(body)),
+                )
+                .await?;
+            let t = &answer["member"]["tags"];
+            let line = format!(
+                "member {id}: nofailover {}, priority {}\n",
+                cell(&t["nofailover"]),
+                cell(&t["priority"])
+            );
+            (answer, line)
+        }
+        MembersCommand::Promote { id } => {
+            let answer = api
+                .call(Method::POST, &format!("/v1/members/{id}/promote"), None)
+                .await?;
+            let line = format!("member {id} is now a {}\n", member_kind(&answer["member"]));
+            (answer, line)
+        }
+    };
+    match output {
+        OutputFormat::Json => print_json(&answer),
+        OutputFormat::Table => print_out(&confirmation),
+    }
+    Ok(EXIT_OK)
+}
+
+pub(crate) fn render_history(answer: &Value) -> String {
+    let rows: Vec<Vec<String>> = answer["history"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|h| {
+            let at = if h["at"].is_null() { &h["at_ms"] } else { &h["at"] };
+            vec![
+                cell(&h["epoch"]),
+                cell(&h["from"]),
+                cell(&h["to"]),
+                cell(&h["reason"]),
+                cell(at),
+            ]
+        })
+        .collect();
+    render_table(&["EPOCH", "FROM", "TO", "REASON", "AT"], &rows)
+}
+
+pub(crate) async fn history(api: &Api, output: OutputFormat) -> Result<i32, CallError> {
+    let answer = api.call(Method::GET, "/v1/history", None).await?;
+    match output {
+        OutputFormat::Json => print_json(&answer),
+        OutputFormat::Table => print_out(&render_history(&answer)),
+    }
+    Ok(EXIT_OK)
+}
+
+pub(crate) async fn maintenance(api: &Api, state: OnOff, output: OutputFormat) -> Result<i32, CallError> {
+    let enabled = state == OnOff::On;
+    let answer = api
+        .call(Method::PUT, "/v1/maintenance", Some(json!({"enabled": enabled})))
+        .await?;
+    match output {
+        OutputFormat::Json => print_json(&answer),
+        OutputFormat::Table => {
+            let now = answer["maintenance"].as_bool().unwrap_or(enabled);
+            print_out(&format!("maintenance {}\n", if now { "on" } else { "off" }));
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+pub(crate) async fn promotion(api: &Api, path: &str, body: Value, output: OutputFormat) -> Result<i32, CallError> {
+    let answer = api.call(Method::POST, path, Some(body)).await?;
+    match output {
+        OutputFormat::Json => print_json(&answer),
+        OutputFormat::Table => print_out(&format!(
+            "primary is now node {} (epoch {}), was {}\n",
+            answer["to"],
+            answer["epoch"],
+            if answer["from"].is_null() {
+                "none".to_string()
+            } else {
+                format!("node {}", answer["from"])
+            }
+        )),
+    }
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,161 @@
+//! `keel serve`'s flags and `KEEL_*` environment variables ([`ServeArgs`], clap). Every field is an
+//! `Option` without a clap default, so "not given" stays visible to the merge in [`Config::load`].
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Flags of `keel serve`. Each also reads `KEEL_<FLAG>` from the environment (clap: flag beats env) and
+/// the matching key from the `--config` TOML file (see [`Config::load`]).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    /// Path to a TOML config file; its keys are the flag names in snake_case, with `[raft]`,
+    /// `[replication]` and `[gitsync]` tables. Flags and env override it.
+    #[arg(long, env = "KEEL_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// This node's id (non-zero, unique in the cluster). Required.
+    #[arg(long, env = "KEEL_ID")]
+    pub id: Option<u64>,
+
+    /// Listen address of the HTTP API, ip:port [default: 127.0.0.1:7101].
+    #[arg(long, env = "KEEL_API_ADDR", value_name = "IP:PORT")]
+    pub api_addr: Option<String>,
+
+    /// Listen address for Raft peer traffic, ip:port [default: this node's --peers entry if it is an
+    /// ip:port, else 127.0.0.1:7201].
+    #[arg(long, env = "KEEL_PEER_ADDR", value_name = "IP:PORT")]
+    pub peer_addr: Option<String>,
+
+    /// API address clients and other nodes use to reach this node, host:port [default: --api-addr].
+    #[arg(long, env = "KEEL_ADVERTISE_API_ADDR", value_name = "HOST:PORT")]
+    pub advertise_api_addr: Option<String>,
+
+    /// Peer address other nodes use to reach this node, host:port [default: this node's --peers entry,
+    /// else --peer-addr]. Must agree with this node's --peers entry.
+    #[arg(long, env = "KEEL_ADVERTISE_PEER_ADDR", value_name = "HOST:PORT")]
+    pub advertise_peer_addr: Option<String>,
+
+    /// Directory holding everything this node persists [default: keel-data/node-{id}].
+    #[arg(long, env = "KEEL_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Initial members, `id=host:port` of their peer addresses, comma-separated, e.g.
+    /// 1=10.0.0.1:7201,2=10.0.0.2:7201,3=10.0.0.3:7201. Nodes started with the same list bootstrap the
+    /// cluster once. Mutually exclusive with --join.
+    #[arg(long, env = "KEEL_PEERS", value_name = "ID=HOST:PORT,...")]
+    pub peers: Option<String>,
+
+    /// API address of any member of a running cluster to join as a learner, e.g. http://10.0.0.1:7101
+    /// (the scheme defaults to http). Mutually exclusive with --peers.
+    #[arg(long, env = "KEEL_JOIN", value_name = "URL")]
+    pub join: Option<String>,
+
+    /// Shared secret nodes present to each other on the peer port [default: none, peer traffic is
+    /// unauthenticated].
+    #[arg(long, env = "KEEL_CLUSTER_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub cluster_token: Option<Secret>,
+
+    /// Bearer token required by admin endpoints [default: none, admin endpoints are open].
+    #[arg(long, env = "KEEL_ADMIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub admin_token: Option<Secret>,
+
+    /// PEM certificate (chain) served on both the API and the peer listener; turns on TLS, needs
+    /// --tls-key. Reloaded on SIGHUP and when the file changes [default: none, plain HTTP].
+    #[arg(long, env = "KEEL_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert [default: none].
+    #[arg(long, env = "KEEL_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle for mutual TLS between peers: the peer port accepts only client certificates
+    /// from this CA, and peers are verified against it; needs --tls-cert [default: none, peers are
+    /// verified with the system trust store and need no client certificate].
+    #[arg(long, env = "KEEL_PEER_CA", value_name = "FILE")]
+    pub peer_ca: Option<PathBuf>,
+
+    /// Log output format [default: text].
+    #[arg(long, env = "KEEL_LOG_FORMAT", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
+
+    /// Datastore replication mode: async acknowledges writes on the primary, sync waits for --min-acks
+    /// replicas [default: async].
+    #[arg(long, env = "KEEL_REPLICATION_MODE", value_parser = ["async", "sync"])]
+    pub replication_mode: Option<String>,
+
+    /// In sync mode, how many replicas must confirm a write before it is acknowledged [default: 1].
+    #[arg(long, env = "KEEL_MIN_ACKS", value_name = "N")]
+    pub min_acks: Option<u32>,
+
+    /// On-disk format of this node's datastore: 2 stores each value over 512 bytes once, in page-sized
+    /// chunks; 1 is what releases before it read. Moving a datastore from 1 to 2 is allowed, back is
+    /// refused [default: 2 for a new datastore, else the format it has].
+    #[arg(long, env = "KEEL_DATASTORE_FORMAT", value_name = "N", value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub datastore_format: Option<u8>,
+
+    /// Command run (through the shell) when this node's role changes [default: none].
+    #[arg(long, env = "KEEL_ROLE_CHANGE_HOOK", value_name = "CMD")]
+    pub role_change_hook: Option<String>,
+
+    /// Raft heartbeat interval in ms; at most half of --election-timeout-min-ms [default: 50].
+    #[arg(long, env = "KEEL_HEARTBEAT_MS", value_name = "MS")]
+    pub heartbeat_ms: Option<u64>,
+
+    /// Lower bound of the randomised Raft election timeout in ms [default: 200].
+    #[arg(long, env = "KEEL_ELECTION_TIMEOUT_MIN_MS", value_name = "MS")]
+    pub election_timeout_min_ms: Option<u64>,
+
+    /// Upper bound of the randomised Raft election timeout in ms, above the minimum [default: 400].
+    #[arg(long, env = "KEEL_ELECTION_TIMEOUT_MAX_MS", value_name = "MS")]
+    pub election_timeout_max_ms: Option<u64>,
+
+    /// Timeout for one HTTP request, including forwarding to the leader, in ms; at least 100
+    /// [default: 10000].
+    #[arg(long, env = "KEEL_REQUEST_TIMEOUT_MS", value_name = "MS")]
+    pub request_timeout_ms: Option<u64>,
+
+    /// Largest accepted HTTP request body in bytes; at least 1024 [default: 2162688 = 2 MiB + 64 KiB].
+    #[arg(long, env = "KEEL_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+
+    /// Git repository URL to keep checked out; enables Git Sync [default: none, Git Sync off].
+    #[arg(long, env = "KEEL_GITSYNC_REPO", hide_env_values = true, value_name = "URL")]
+    pub gitsync_repo: Option<String>,
+
+    /// Branch Git Sync follows [default: main].
+    #[arg(long, env = "KEEL_GITSYNC_BRANCH", value_name = "BRANCH")]
+    pub gitsync_branch: Option<String>,
+
+    /// Relative path inside the repository to materialise [default: empty, the whole repository].
+    #[arg(long, env = "KEEL_GITSYNC_PATH", value_name = "PATH")]
+    pub gitsync_path: Option<String>,
+
+    /// Git Sync polling interval in ms [default: 60000].
+    #[arg(long, env = "KEEL_GITSYNC_INTERVAL_MS", value_name = "MS")]
+    pub gitsync_interval_ms: Option<u64>,
+
+    /// Secret verifying the X-Hub-Signature-256 of Git Sync webhooks [default: none, webhooks are
+    /// rejected].
+    #[arg(
+        long,
+        env = "KEEL_GITSYNC_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub gitsync_webhook_secret: Option<Secret>,
+
+    /// Command run (`sh -c`) after every sync that changed the served commit, with
+    /// `KEEL_GIT_COMMIT`, `KEEL_GIT_PATH` (the served tree) and `KEEL_NODE_ID` set; bounded by
+    /// a 30 s timeout, like git-sync's exec hook, so the served application can reload.
+    #[arg(long, env = "KEEL_GITSYNC_HOOK", value_name = "CMD")]
+    pub gitsync_hook: Option<String>,
+
+    /// Private key file (OpenSSH or PEM) for `ssh://` and `user@host:path` repositories [default: none].
+    #[arg(long, env = "KEEL_GITSYNC_SSH_KEY", value_name = "FILE")]
+    pub gitsync_ssh_key: Option<PathBuf>,
+
+    /// known_hosts file that must list the ssh server's host key (`ssh-keyscan -p PORT HOST`)
+    /// [default: none, libgit2 checks ~/.ssh/known_hosts].
+    #[arg(long, env = "KEEL_GITSYNC_KNOWN_HOSTS", value_name = "FILE")]
+    pub gitsync_known_hosts: Option<PathBuf>,
+}

@@ -1,0 +1,305 @@
+//! The value types of a [`Config`]: secrets, log format, replication, Raft timings, Git Sync and TLS.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// A token or secret. `Debug` prints `***` so it never reaches logs; use [`Secret::expose`] where the
+/// value is really needed (and compare it in constant time there).
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret value itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value)
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("expected `text` or `json`".to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the primary acknowledges datastore writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReplicationMode {
+    /// Acknowledge once durable on the primary; replicas catch up.
+    #[default]
+    Async,
+    /// Acknowledge once `min_acks` replicas have confirmed the write.
+    Sync,
+}
+
+impl ReplicationMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicationMode::Async => "async",
+            ReplicationMode::Sync => "sync",
+        }
+    }
+}
+
+impl FromStr for ReplicationMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "async" => Ok(ReplicationMode::Async),
+            "sync" => Ok(ReplicationMode::Sync),
+            _ => Err("expected `async` or `sync`".to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for ReplicationMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Raft timers, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTimings {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        RaftTimings {
+            heartbeat_ms: defaults::HEARTBEAT_MS,
+            election_timeout_min_ms: defaults::ELECTION_TIMEOUT_MIN_MS,
+            election_timeout_max_ms: defaults::ELECTION_TIMEOUT_MAX_MS,
+        }
+    }
+}
+
+/// Datastore replication settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicationConfig {
+    pub mode: ReplicationMode,
+    /// Replicas that must confirm a write in [`ReplicationMode::Sync`]; unused in async mode.
+    pub min_acks: u32,
+    /// Datastore format to open with (`None`: newest for a new file, else as it is).
+    pub datastore_format: Option<u8>,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            mode: ReplicationMode::default(),
+            min_acks: defaults::MIN_ACKS,
+            datastore_format: None,
+        }
+    }
+}
+
+/// Git Sync settings; present only when a repository is configured.
+#[derive(Clone)]
+pub struct GitSyncConfig {
+    /// Repository URL. May carry credentials (`https://user:token@host/...`); `Debug` hides them.
+    pub repo: String,
+    pub branch: String,
+    /// Relative path inside the repository, without a trailing `/`; empty means the whole repository.
+    pub path: String,
+    pub interval_ms: u64,
+    pub webhook_secret: Option<Secret>,
+    /// On-sync hook command.
+    pub hook: Option<String>,
+    /// Private key file for ssh remotes.
+    pub ssh_key: Option<PathBuf>,
+    /// known_hosts file for ssh remotes; `None` leaves host key checking to libgit2 (~/.ssh/known_hosts).
+    pub known_hosts: Option<PathBuf>,
+}
+
+impl fmt::Debug for GitSyncConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GitSyncConfig")
+            .field("repo", &redact_url_userinfo(&self.repo))
+            .field("branch", &self.branch)
+            .field("path", &self.path)
+            .field("interval_ms", &self.interval_ms)
+            .field("webhook_secret", &self.webhook_secret)
+            .field("hook", &self.hook)
+            .field("ssh_key", &self.ssh_key)
+            .field("known_hosts", &self.known_hosts)
+            .finish()
+    }
+}
+
+/// TLS files (PEM). Present only when `--tls-cert` and `--tls-key` are set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA bundle for mutual TLS between peers.
+    pub peer_ca: Option<PathBuf>,
+}
+
+impl RaftTimings {
+    /// Heartbeats must fit at least twice into the shortest election timeout, or followers start elections
+    /// against a healthy leader; the election window must be non-empty so timeouts are randomised.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_ms == 0 {
+            return Err(bad_value(
+                "raft.heartbeat_ms",
+                self.heartbeat_ms,
+                "must be greater than 0",
+            ));
+        }
+        if self.heartbeat_ms.saturating_mul(2) > self.election_timeout_min_ms {
+            return Err(bad_value(
+                "raft.heartbeat_ms",
+                self.heartbeat_ms,
+                format!(
+                    "must be at most half of raft.election_timeout_min_ms ({}); lower the heartbeat or raise \
+                     the election timeout",
+                    self.election_timeout_min_ms
+                ),
+            ));
+        }
+        if self.election_timeout_min_ms >= self.election_timeout_max_ms {
+            return Err(bad_value(
+                "raft.election_timeout_max_ms",
+                self.election_timeout_max_ms,
+                format!(
+                    "must be greater than raft.election_timeout_min_ms ({})",
+                    self.election_timeout_min_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl TlsConfig {
+    /// The files must exist; their contents are checked when the node loads them (`keel serve` refuses
+    /// to start on a bad file, a reload keeps the old certificate).
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let files = [
+            ("tls_cert", Some(&self.cert)),
+            ("tls_key", Some(&self.key)),
+            ("peer_ca", self.peer_ca.as_ref()),
+        ];
+        for (key, file) in files {
+            if let Some(file) = file {
+                if !file.is_file() {
+                    return Err(bad_value(
+                        key,
+                        file.display(),
+                        "is not a readable file; give the path of a PEM file",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl GitSyncConfig {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.repo.trim().is_empty() {
+            return Err(bad_value(
+                "gitsync.repo",
+                "",
+                "must not be empty; omit it to disable Git Sync",
+            ));
+        }
+        if self.branch.is_empty() || self.branch.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad_value(
+                "gitsync.branch",
+                &self.branch,
+                "must be a non-empty branch name without spaces",
+            ));
+        }
+        let path = Path::new(&self.path);
+        if !path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return Err(bad_value(
+                "gitsync.path",
+                &self.path,
+                "must be a relative path inside the repository, without `..`",
+            ));
+        }
+        if self.interval_ms < MIN_GITSYNC_INTERVAL_MS {
+            return Err(bad_value(
+                "gitsync.interval_ms",
+                self.interval_ms,
+                format!("must be at least {MIN_GITSYNC_INTERVAL_MS}"),
+            ));
+        }
+        for (key, file) in [
+            ("gitsync.ssh_key", &self.ssh_key),
+            ("gitsync.known_hosts", &self.known_hosts),
+        ] {
+            if let Some(file) = file {
+                if !file.is_file() {
+                    return Err(bad_value(
+                        key,
+                        file.display(),
+                        "is not a readable file; check the path (it is read when Git Sync connects)",
+                    ));
+                }
+            }
+        }
+        check_secret("gitsync.webhook_secret", &self.webhook_secret)
+    }
+}
