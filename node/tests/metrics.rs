@@ -1,6 +1,7 @@
 //! `GET /metrics` of a primary and of a replica passes `promtool check metrics` (Debian's
-//! `prometheus` package: the exposition format and Prometheus' naming lint), and the README's
-//! "Metrics reference" table lists exactly the metric families a node exports, with their types.
+//! `prometheus` package: the exposition format and Prometheus' naming lint), and the
+//! "Metrics reference" table in docs/http-api.md lists exactly the metric families a node
+//! exports, with their types.
 //!
 //! Git Sync is configured so that its series are exported and checked too. Without `promtool`
 //! the promtool part skips with a message, and fails when `CI` is set.
@@ -30,12 +31,12 @@ fn families(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// `| `name` | type | ...` rows of the README's "Metrics reference" table.
+/// `| `name` | type | ...` rows of the "Metrics reference" table in docs/http-api.md.
 fn readme_families() -> BTreeMap<String, String> {
-    let readme = include_str!("../../README.md");
+    let readme = include_str!("../../docs/http-api.md");
     let start = readme
         .find("### Metrics reference")
-        .expect("README.md has a \"### Metrics reference\" section");
+        .expect("docs/http-api.md has a \"### Metrics reference\" section");
     let section = &readme[start + 1..];
     let section = &section[..section.find("\n#").unwrap_or(section.len())];
     section
@@ -159,14 +160,14 @@ async fn metrics_pass_promtool_and_match_the_readme() {
     assert_eq!(sample(&p_text, "keel_replication_lag_entries"), Some(0.0), "{p_text}");
     assert!(sample(&r_text, "keel_replication_lag_entries").is_some(), "{r_text}");
 
-    // The README's table lists exactly what a node exports (the primary and the replica together
+    // The docs' table lists exactly what a node exports (the primary and the replica together
     // export every family), with the same types.
     let mut exported = families(&p_text);
     exported.extend(families(&r_text));
     let documented = readme_families();
     assert_eq!(
         exported, documented,
-        "the README's Metrics reference table (left: exported, right: documented) is out of date"
+        "the Metrics reference table of docs/http-api.md (left: exported, right: documented) is out of date"
     );
 
     match which("promtool") {
