@@ -7,7 +7,7 @@
 //!   halves, bridge), sync mode;
 //! - append workload under clock skew (libfaketime), data-dir wipes and kills.
 //!
-//! The long suite is `keel-jepsen run` (see README).
+//! The long suite is `keel-jepsen run` (see docs/testing.md).
 
 use std::time::Duration;
 

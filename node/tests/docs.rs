@@ -1,7 +1,7 @@
 //! The reference pages in `docs/` against the code, so that they cannot drift from it:
 //!
 //! - `docs/http-api.md` names exactly the operations of the OpenAPI spec
-//!   (`keel_node::openapi::spec()`, served as `GET /v1/openapi.json`): every operation has a
+//!   (`keel_node::http::openapi::spec()`, served as `GET /v1/openapi.json`): every operation has a
 //!   heading that names it as `` `METHOD /path` ``, and no `` `METHOD /path` `` anywhere on the
 //!   page (outside code blocks) is missing from the spec. The convention is stated at the top of
 //!   that page.
@@ -21,7 +21,7 @@ const METHODS: &[&str] = &["GET", "PUT", "POST", "DELETE", "PATCH", "HEAD", "OPT
 
 /// `METHOD /path` of every operation in the spec.
 fn spec_operations() -> BTreeSet<String> {
-    let spec = keel_node::openapi::spec();
+    let spec = keel_node::http::openapi::spec();
     let paths = spec["paths"].as_object().expect("the spec has `paths`");
     let mut ops = BTreeSet::new();
     for (path, item) in paths {

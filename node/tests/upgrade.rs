@@ -7,7 +7,7 @@
 //! promoted by a failover across versions; the killed node comes back on the new binary; then one
 //! node is rolled back to the old binary and made primary by a switchover (an old primary serving
 //! new replicas). Writes must keep working after every step, and at the end every node holds the
-//! last acknowledged value of every key. The rule this checks is in README.md, "Upgrading".
+//! last acknowledged value of every key. The rule this checks is in docs/upgrading.md.
 //!
 //! When the old commit is not in the clone (a shallow clone), the test skips with a loud message,
 //! also in CI. When the commit is there but the old binary was not built, it fails in CI (where

@@ -21,7 +21,7 @@
 //! builds the data dir in a staging directory next to the target and renames it into place, so a
 //! corrupt, truncated or foreign file leaves the target untouched. How the restored cluster starts
 //! (same positions and epoch, a new cluster id, Raft membership from `--peers`) is described in
-//! README.md, "Backup and restore".
+//! docs/operations.md, "Backup and restore".
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufReader, Read, Write};

@@ -59,7 +59,7 @@ pub(crate) const NOT_KEEL_HINT: &str =
     "hint: is --addr the API address (--api-addr) of a keel node, not its peer port or \
                              another service? keel and the node should be the same version";
 
-/// What to do next after an error answer, from its code (the API's error codes, README "Errors").
+/// What to do next after an error answer, from its code (the API's error codes, docs/http-api.md, "Errors").
 pub(crate) fn status_hint(status: StatusCode, code: Option<&str>, message: &str) -> &'static str {
     match code {
         None => NOT_KEEL_HINT,

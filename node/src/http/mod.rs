@@ -78,7 +78,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/health", get(health))
         .route("/readyz", get(readyz))
         .route("/v1/openapi.json", get(crate::http::openapi::serve))
-        .fallback(|| async { ApiError::not_found("no such endpoint; see the API reference in README.md") })
+        .fallback(|| async {
+            ApiError::not_found("no such endpoint; see the API reference in docs/http-api.md or GET /v1/openapi.json")
+        })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -676,7 +676,7 @@ pub fn operations() -> Vec<Op> {
             method: "get",
             path: "/metrics",
             tag: "monitoring",
-            summary: "Prometheus text format (see the metrics reference in README.md)",
+            summary: "Prometheus text format (see the metrics reference in docs/http-api.md)",
             params: vec![],
             body: None,
             responses: std(
