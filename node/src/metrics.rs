@@ -8,35 +8,17 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use crate::cluster::failover::FailoverReason;
 use crate::state::Node;
 
 static FAILOVERS: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
 static LEADER_CHANGES: AtomicU64 = AtomicU64::new(0);
 static ROLE_CHANGES: AtomicU64 = AtomicU64::new(0);
 
-/// Reason label for a promotion reason text.
-pub fn reason_label(reason: &str) -> &'static str {
-    if reason.starts_with("no primary yet") {
-        "bootstrap"
-    } else if reason.contains("did not renew") {
-        "lease_expired"
-    } else if reason.contains("unreachable when coordinator") {
-        "primary_lost"
-    } else if reason.contains("no longer a voter") {
-        "primary_removed"
-    } else if reason.starts_with("switchover") {
-        "switchover"
-    } else if reason.starts_with("manual failover") {
-        "manual"
-    } else {
-        "other"
-    }
-}
-
 /// Count a promotion committed by this node.
-pub fn failover(reason: &str) {
+pub fn failover(reason: &FailoverReason) {
     let mut m = FAILOVERS.lock().unwrap_or_else(|e| e.into_inner());
-    *m.entry(reason_label(reason)).or_default() += 1;
+    *m.entry(reason.label()).or_default() += 1;
 }
 
 pub fn leader_changed() {
@@ -294,25 +276,4 @@ pub fn render(node: &Node) -> String {
         &[(String::new(), node.repl.replica_status().rolled_back as f64)],
     );
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reason_labels() {
-        let cases = [
-            ("no primary yet", "bootstrap"),
-            ("primary 1 did not renew its lease for 900 ms", "lease_expired"),
-            ("primary 1 unreachable when coordinator 2 was elected", "primary_lost"),
-            ("primary 1 is no longer a voter", "primary_removed"),
-            ("switchover from 1 to 2", "switchover"),
-            ("manual failover to 3", "manual"),
-            ("??", "other"),
-        ];
-        for (r, want) in cases {
-            assert_eq!(reason_label(r), want, "{r}");
-        }
-    }
 }

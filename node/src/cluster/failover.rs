@@ -51,27 +51,96 @@ pub enum Decision {
     /// Nothing to do: the primary is healthy (or this node is not the coordinator).
     Healthy,
     /// Commit `Promote { node, epoch, reason }`.
-    Promote { node: NodeId, epoch: u64, reason: String },
+    Promote {
+        node: NodeId,
+        epoch: u64,
+        reason: FailoverReason,
+    },
     /// A failover is due but cannot happen; `reason` says why (shown in status).
     Blocked { reason: String },
+}
+
+/// Why a new primary is promoted. Its text (`Display`) is what the failover history and the logs
+/// show; [`FailoverReason::label`] is the `reason` label of `keel_failovers_total`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailoverReason {
+    /// The cluster has no primary yet.
+    Bootstrap,
+    /// The primary was removed from the voters.
+    PrimaryRemoved { primary: NodeId },
+    /// The primary did not answer when this coordinator was elected, and has not renewed since.
+    PrimaryLost { primary: NodeId, coordinator: NodeId },
+    /// The primary did not renew its lease for longer than `failover_timeout_ms`.
+    LeaseExpired { primary: NodeId, silent_ms: u64 },
+    /// A planned switchover.
+    Switchover { from: NodeId, to: NodeId },
+    /// An operator's forced failover.
+    Manual { to: NodeId },
+}
+
+impl FailoverReason {
+    /// The metric label: one word per kind of reason.
+    pub fn label(&self) -> &'static str {
+        match self {
+            FailoverReason::Bootstrap => "bootstrap",
+            FailoverReason::PrimaryRemoved { .. } => "primary_removed",
+            FailoverReason::PrimaryLost { .. } => "primary_lost",
+            FailoverReason::LeaseExpired { .. } => "lease_expired",
+            FailoverReason::Switchover { .. } => "switchover",
+            FailoverReason::Manual { .. } => "manual",
+        }
+    }
+}
+
+impl std::fmt::Display for FailoverReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailoverReason::Bootstrap => write!(f, "no primary yet"),
+            FailoverReason::PrimaryRemoved { primary } => write!(f, "primary {primary} is no longer a voter"),
+            FailoverReason::PrimaryLost { primary, coordinator } => {
+                write!(
+                    f,
+                    "primary {primary} unreachable when coordinator {coordinator} was elected"
+                )
+            }
+            FailoverReason::LeaseExpired { primary, silent_ms } => {
+                write!(f, "primary {primary} did not renew its lease for {silent_ms} ms")
+            }
+            FailoverReason::Switchover { from, to } => write!(f, "switchover from {from} to {to}"),
+            FailoverReason::Manual { to } => write!(f, "manual failover to {to}"),
+        }
+    }
+}
+
+/// Serialized as its text, as the reason was before it had a type.
+impl Serialize for FailoverReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// Decide whether to promote a new primary, and whom.
 pub fn decide(v: &ClusterView) -> Decision {
     let epoch = v.primary.map(|p| p.epoch).unwrap_or(0) + 1;
     let reason = match v.primary {
-        None => "no primary yet".to_string(),
+        None => FailoverReason::Bootstrap,
         Some(p) if p.node == v.me => return Decision::Healthy,
         Some(p) => {
             let still_member = v.members.iter().any(|m| m.id == p.node && m.voter);
             let since = v.last_renewal_ms.unwrap_or(0).max(v.leader_since_ms);
             let silent_ms = v.now_ms.saturating_sub(since);
             if !still_member {
-                format!("primary {} is no longer a voter", p.node)
+                FailoverReason::PrimaryRemoved { primary: p.node }
             } else if v.primary_lost_at_election && v.last_renewal_ms.is_none() {
-                format!("primary {} unreachable when coordinator {} was elected", p.node, v.me)
+                FailoverReason::PrimaryLost {
+                    primary: p.node,
+                    coordinator: v.me,
+                }
             } else if silent_ms > v.config.failover_timeout_ms {
-                format!("primary {} did not renew its lease for {silent_ms} ms", p.node)
+                FailoverReason::LeaseExpired {
+                    primary: p.node,
+                    silent_ms,
+                }
             } else {
                 return Decision::Healthy;
             }
@@ -153,6 +222,47 @@ fn pick(v: &ClusterView) -> Result<NodeId, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The text is what the failover history keeps (older entries included), the label what
+    /// `keel_failovers_total{reason}` counts: both are part of the contract.
+    #[test]
+    fn failover_reason_texts_and_labels() {
+        let cases = [
+            (FailoverReason::Bootstrap, "no primary yet", "bootstrap"),
+            (
+                FailoverReason::LeaseExpired {
+                    primary: 1,
+                    silent_ms: 900,
+                },
+                "primary 1 did not renew its lease for 900 ms",
+                "lease_expired",
+            ),
+            (
+                FailoverReason::PrimaryLost {
+                    primary: 1,
+                    coordinator: 2,
+                },
+                "primary 1 unreachable when coordinator 2 was elected",
+                "primary_lost",
+            ),
+            (
+                FailoverReason::PrimaryRemoved { primary: 1 },
+                "primary 1 is no longer a voter",
+                "primary_removed",
+            ),
+            (
+                FailoverReason::Switchover { from: 1, to: 2 },
+                "switchover from 1 to 2",
+                "switchover",
+            ),
+            (FailoverReason::Manual { to: 3 }, "manual failover to 3", "manual"),
+        ];
+        for (reason, text, label) in cases {
+            assert_eq!(reason.to_string(), text);
+            assert_eq!(reason.label(), label, "{text}");
+            assert_eq!(serde_json::to_value(&reason).unwrap(), serde_json::json!(text));
+        }
+    }
 
     fn member(id: NodeId) -> Candidate {
         Candidate {

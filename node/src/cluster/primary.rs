@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::cluster::admin::{self, member_views};
 use crate::cluster::error::{ClusterError, RemoteError};
-use crate::cluster::failover::{self, Candidate, ClusterView, Decision};
+use crate::cluster::failover::{self, Candidate, ClusterView, Decision, FailoverReason};
 use crate::state::Node;
 use crate::util::unix_ms;
 
@@ -430,7 +430,7 @@ pub async fn controller_task(node: Arc<Node>) {
                     Ok(()) => {
                         let mut c = node.coordinator.lock();
                         c.blocked = None;
-                        c.last_decision = Some(reason.clone());
+                        c.last_decision = Some(reason.to_string());
                         if automatic {
                             c.last_auto_failover = Some(Instant::now());
                         }
@@ -455,7 +455,7 @@ async fn probe(node: &Node, peer: NodeId) -> bool {
 }
 
 /// Commit `Promote`, fencing the new epoch's first lease behind the old one's end.
-async fn promote(node: &Node, to: NodeId, epoch: u64, reason: &str) -> Result<(), ClusterError> {
+async fn promote(node: &Node, to: NodeId, epoch: u64, reason: &FailoverReason) -> Result<(), ClusterError> {
     let lease_ms = node.view().state.config.lease_ms;
     {
         let mut c = node.coordinator.lock();
@@ -480,7 +480,7 @@ async fn promote(node: &Node, to: NodeId, epoch: u64, reason: &str) -> Result<()
     .await?;
     node.coordinator.lock().last_promotion = Some(Instant::now());
     crate::metrics::failover(reason);
-    info!(to, epoch, reason, "promoted a new primary");
+    info!(to, epoch, %reason, "promoted a new primary");
     Ok(())
 }
 
@@ -562,7 +562,7 @@ pub async fn switchover(node: &Node, to: Option<NodeId>) -> Result<Promoted, Clu
     // 2. Catch-up of the target: nothing to replicate until the datastore exists.
     // 3. Promote; the new epoch's first lease waits for the old lease unless it was dropped.
     let epoch = old.epoch + 1;
-    let res = promote(node, to, epoch, &format!("switchover from {} to {to}", old.node)).await;
+    let res = promote(node, to, epoch, &FailoverReason::Switchover { from: old.node, to }).await;
     if acked {
         node.coordinator.lock().fence_until = None;
     }
@@ -594,6 +594,6 @@ pub async fn failover(node: &Node, to: NodeId, force: bool) -> Result<Promoted, 
     }
     let epoch = state.epoch() + 1;
     let from = state.primary.map(|p| p.node);
-    promote(node, to, epoch, &format!("manual failover to {to}")).await?;
+    promote(node, to, epoch, &FailoverReason::Manual { to }).await?;
     Ok(Promoted { from, to, epoch })
 }
