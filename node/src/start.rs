@@ -59,7 +59,9 @@ pub enum StartError {
     #[error("datastore: {0}")]
     Data(String),
     #[error("git sync: {0}")]
-    GitSync(String),
+    GitSync(#[from] keel_gitsync::GitSyncError),
+    #[error("start task {what}: {reason}")]
+    Task { what: &'static str, reason: String },
     #[error("tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
 }
@@ -211,8 +213,10 @@ impl Node {
             let config = config.clone();
             tokio::task::spawn_blocking(move || crate::cluster::gitsync::open(&config))
                 .await
-                .map_err(|e| StartError::GitSync(e.to_string()))?
-                .map_err(StartError::GitSync)?
+                .map_err(|e| StartError::Task {
+                    what: "open git sync",
+                    reason: e.to_string(),
+                })??
         };
         let cancel = CancellationToken::new();
         let hook = crate::cluster::hook::HookRunner::start(

@@ -172,7 +172,7 @@ async fn patch_config(node: &Node, p: ConfigPatch) -> Result<AdminReply, Cluster
         .await
         .map_err(|e| ClusterError::NotLeader(format!("cannot confirm leadership: {e}")))?;
     let c = p.apply(node.view().state.config.clone());
-    validate_dynamic(&c, node.config.raft.election_timeout_max_ms).map_err(ClusterError::Invalid)?;
+    validate_dynamic(&c, node.config.raft.election_timeout_max_ms)?;
     write(node, Request::SetConfig { config: c.clone() }).await?;
     Ok(AdminReply::Config(c))
 }
@@ -438,32 +438,35 @@ impl ConfigPatch {
 }
 
 /// Check a dynamic config against this node's Raft timings (raft/DESIGN.md, "Fencing").
-pub fn validate_dynamic(c: &keel_raft::state::DynamicConfig, election_timeout_max_ms: u64) -> Result<(), String> {
+pub fn validate_dynamic(c: &keel_raft::state::DynamicConfig, election_timeout_max_ms: u64) -> Result<(), ClusterError> {
     if c.lease_ms < 50 {
-        return Err(format!("lease_ms = {} is too short (minimum 50)", c.lease_ms));
+        return Err(ClusterError::Invalid(format!(
+            "lease_ms = {} is too short (minimum 50)",
+            c.lease_ms
+        )));
     }
     if c.failover_timeout_ms * 2 < c.lease_ms * 3 {
-        return Err(format!(
+        return Err(ClusterError::Invalid(format!(
             "failover_timeout_ms = {} must be at least 1.5 x lease_ms = {}",
             c.failover_timeout_ms,
             c.lease_ms * 3 / 2
-        ));
+        )));
     }
     if c.lease_ms * 4 > election_timeout_max_ms * 3 {
         // Not unsafe (the node caps its lease at 3/4 of election_timeout_max), but say so.
-        return Err(format!(
+        return Err(ClusterError::Invalid(format!(
             "lease_ms = {} exceeds 3/4 of election_timeout_max_ms = {election_timeout_max_ms}; the lease must end before followers may vote again",
             c.lease_ms
-        ));
+        )));
     }
     if c.log_retention_entries < 10 {
-        return Err(format!(
+        return Err(ClusterError::Invalid(format!(
             "log_retention_entries = {} is too small (minimum 10)",
             c.log_retention_entries
-        ));
+        )));
     }
     if c.min_acks == 0 {
-        return Err("min_acks must be at least 1".into());
+        return Err(ClusterError::Invalid("min_acks must be at least 1".into()));
     }
     Ok(())
 }

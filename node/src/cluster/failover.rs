@@ -172,7 +172,7 @@ pub fn decide(v: &ClusterView) -> Decision {
 
 /// Rank candidates: most advanced position, then priority, then the coordinator itself (the
 /// fast path: a primary that is also the Raft leader renews its lease locally), then lowest id.
-fn pick(v: &ClusterView) -> Result<NodeId, String> {
+fn pick(v: &ClusterView) -> Result<NodeId, NoCandidate> {
     let old = v.primary.map(|p| p.node);
     let best_pos = v
         .members
@@ -198,7 +198,7 @@ fn pick(v: &ClusterView) -> Result<NodeId, String> {
             None
         };
         match why {
-            Some(w) => skipped.push(format!("{}: {w}", m.id)),
+            Some(w) => skipped.push((m.id, w)),
             None => ok.push(m),
         }
     }
@@ -210,13 +210,26 @@ fn pick(v: &ClusterView) -> Result<NodeId, String> {
             m.id,
         )
     });
-    ok.first().map(|m| m.id).ok_or_else(|| {
-        if skipped.is_empty() {
-            "no members".into()
-        } else {
-            skipped.join(", ")
+    ok.first().map(|m| m.id).ok_or(NoCandidate { skipped })
+}
+
+/// No member qualifies as the new primary: each member with why it was passed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NoCandidate {
+    skipped: Vec<(NodeId, &'static str)>,
+}
+
+impl std::fmt::Display for NoCandidate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.skipped.is_empty() {
+            return write!(f, "no members");
         }
-    })
+        for (i, (id, why)) in self.skipped.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{id}: {why}")?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

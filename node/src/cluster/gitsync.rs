@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_gitsync::{GitSync, Trigger};
+use keel_gitsync::{GitSync, GitSyncError, Trigger};
 use serde_json::json;
 use tracing::{debug, info};
 
@@ -13,7 +13,7 @@ use crate::state::Node;
 /// Build the agent from the node's config (blocking: opens or creates the local repository).
 /// The token for https remotes comes from `KEEL_GITSYNC_TOKEN` or the file named by
 /// `KEEL_GITSYNC_TOKEN_FILE`; an ssh key and known_hosts file from `--gitsync-ssh-key` / `--gitsync-known-hosts`.
-pub fn open(config: &crate::config::Config) -> Result<Option<Arc<GitSync>>, String> {
+pub fn open(config: &crate::config::Config) -> Result<Option<Arc<GitSync>>, GitSyncError> {
     let Some(g) = &config.gitsync else { return Ok(None) };
     let mut c = keel_gitsync::GitSyncConfig::new(g.repo.clone(), g.branch.clone());
     c.path = g.path.clone();
@@ -26,7 +26,7 @@ pub fn open(config: &crate::config::Config) -> Result<Option<Arc<GitSync>>, Stri
         (Ok(t), _) if !t.is_empty() => Some(t),
         (_, Ok(f)) if !f.is_empty() => Some(
             std::fs::read_to_string(&f)
-                .map_err(|e| format!("read KEEL_GITSYNC_TOKEN_FILE {f}: {e}"))?
+                .map_err(|e| GitSyncError::Config(format!("read KEEL_GITSYNC_TOKEN_FILE {f}: {e}")))?
                 .trim()
                 .to_string(),
         ),
@@ -34,9 +34,7 @@ pub fn open(config: &crate::config::Config) -> Result<Option<Arc<GitSync>>, Stri
     };
     c.ssh_key = g.ssh_key.clone();
     c.known_hosts = g.known_hosts.clone();
-    GitSync::new(c, &config.data_dir)
-        .map(|g| Some(Arc::new(g)))
-        .map_err(|e| e.to_string())
+    GitSync::new(c, &config.data_dir).map(|g| Some(Arc::new(g)))
 }
 
 /// Ask every other member to sync now (best effort, concurrently, bounded).

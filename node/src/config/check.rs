@@ -59,11 +59,20 @@ pub(crate) fn peers_from_table(table: BTreeMap<String, String>) -> Result<BTreeM
     Ok(peers)
 }
 
-pub(crate) fn parse_peer_id(s: &str) -> Result<u64, String> {
+/// Why a peer id is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerIdError {
+    #[error("id 0 is reserved; ids start at 1")]
+    Zero,
+    #[error("id `{0}` is not a positive integer")]
+    NotANumber(String),
+}
+
+pub(crate) fn parse_peer_id(s: &str) -> Result<u64, PeerIdError> {
     match s.parse::<u64>() {
-        Ok(0) => Err("id 0 is reserved; ids start at 1".to_owned()),
+        Ok(0) => Err(PeerIdError::Zero),
         Ok(id) => Ok(id),
-        Err(_) => Err(format!("id `{s}` is not a positive integer")),
+        Err(_) => Err(PeerIdError::NotANumber(s.to_owned())),
     }
 }
 
@@ -132,7 +141,7 @@ pub(crate) fn parse_listen_addr(field: &'static str, value: &str) -> Result<Sock
 }
 
 pub(crate) fn check_advertise_addr(field: &'static str, value: &str) -> Result<(), ConfigError> {
-    check_host_port(value, true).map_err(|reason| bad_address(field, value, reason))?;
+    check_host_port(value, true).map_err(|reason| bad_address(field, value, reason.to_string()))?;
     if let Ok(addr) = value.parse::<SocketAddr>() {
         if addr.ip().is_unspecified() {
             return Err(bad_address(
@@ -162,57 +171,73 @@ pub(crate) fn check_url(field: &'static str, url: &str) -> Result<(), ConfigErro
     if authority.contains('@') {
         return Err(bad_address(field, url, "credentials in the URL are not supported"));
     }
-    check_host_port(authority, false).map_err(|reason| bad_address(field, url, reason))
+    check_host_port(authority, false).map_err(|reason| bad_address(field, url, reason.to_string()))
+}
+
+/// Why a `host:port` is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddrError {
+    #[error("expected host:port without a scheme")]
+    Scheme,
+    #[error("missing `]` after the IPv6 address")]
+    UnclosedBracket,
+    #[error("`{0}` is not an IPv6 address")]
+    NotIpv6(String),
+    #[error("expected `:port` after `]`")]
+    PortAfterBracket,
+    #[error("IPv6 addresses need brackets, e.g. [::1]:7201")]
+    Ipv6WithoutBrackets,
+    #[error("missing host")]
+    MissingHost,
+    #[error("`{0}` is not a host name or IP address")]
+    BadHost(String),
+    #[error("missing `:port`")]
+    MissingPort,
+    #[error("port 0 cannot be dialled")]
+    PortZero,
+    #[error("port `{0}` is not a number in 1..=65535")]
+    BadPort(String),
 }
 
 /// Checks `host:port` (or `host` when `require_port` is false): non-empty host name or IP, IPv6 in
 /// brackets, port 1..=65535.
-pub fn check_host_port(s: &str, require_port: bool) -> Result<(), String> {
+pub fn check_host_port(s: &str, require_port: bool) -> Result<(), AddrError> {
     if s.contains("://") {
-        return Err("expected host:port without a scheme".to_owned());
+        return Err(AddrError::Scheme);
     }
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let (ip, after) = rest
-            .split_once(']')
-            .ok_or_else(|| "missing `]` after the IPv6 address".to_owned())?;
-        ip.parse::<Ipv6Addr>()
-            .map_err(|_| format!("`{ip}` is not an IPv6 address"))?;
+        let (ip, after) = rest.split_once(']').ok_or(AddrError::UnclosedBracket)?;
+        ip.parse::<Ipv6Addr>().map_err(|_| AddrError::NotIpv6(ip.to_owned()))?;
         let port = match after {
             "" => None,
-            _ => Some(
-                after
-                    .strip_prefix(':')
-                    .ok_or_else(|| "expected `:port` after `]`".to_owned())?,
-            ),
+            _ => Some(after.strip_prefix(':').ok_or(AddrError::PortAfterBracket)?),
         };
         (None, port)
     } else {
         match s.rsplit_once(':') {
-            Some((host, _)) if host.contains(':') => {
-                return Err("IPv6 addresses need brackets, e.g. [::1]:7201".to_owned());
-            }
+            Some((host, _)) if host.contains(':') => return Err(AddrError::Ipv6WithoutBrackets),
             Some((host, port)) => (Some(host), Some(port)),
             None => (Some(s), None),
         }
     };
     if let Some(host) = host {
         if host.is_empty() {
-            return Err("missing host".to_owned());
+            return Err(AddrError::MissingHost);
         }
         let valid = host
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
         if !valid || host.starts_with(['-', '.']) {
-            return Err(format!("`{host}` is not a host name or IP address"));
+            return Err(AddrError::BadHost(host.to_owned()));
         }
     }
     match port {
-        None if require_port => Err("missing `:port`".to_owned()),
+        None if require_port => Err(AddrError::MissingPort),
         None => Ok(()),
         Some(port) => match port.parse::<u16>() {
-            Ok(0) => Err("port 0 cannot be dialled".to_owned()),
+            Ok(0) => Err(AddrError::PortZero),
             Ok(_) => Ok(()),
-            Err(_) => Err(format!("port `{port}` is not a number in 1..=65535")),
+            Err(_) => Err(AddrError::BadPort(port.to_owned())),
         },
     }
 }
