@@ -29,6 +29,9 @@ use crate::tls::ListenerKind;
 /// Longest a role-change hook may run before it is killed.
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long shutdown waits for the background tasks to finish their current unit of work.
+const TASK_GRACE: Duration = Duration::from_secs(2);
+
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -71,7 +74,8 @@ pub struct NodeHandle {
     pub node: Arc<Node>,
     api_task: JoinHandle<()>,
     peer_task: JoinHandle<()>,
-    background: Vec<JoinHandle<()>>,
+    /// Background tasks by name; they stop on `node.cancel`.
+    background: Vec<(&'static str, JoinHandle<()>)>,
     /// Held for the life of the process: a second keel on the same data dir is refused.
     _lock: File,
 }
@@ -90,10 +94,21 @@ impl NodeHandle {
     pub async fn shutdown(self) {
         info!("shutting down");
         self.node.cancel.cancel();
-        for t in self.background {
-            t.abort();
-        }
         let _ = self.api_task.await;
+        // Every background task watches `cancel` and returns once its current unit of work
+        // (a pull, a renewal, a sync, a hook run) is done; one that is still busy after the
+        // grace period is stopped where it is.
+        let deadline = tokio::time::Instant::now() + TASK_GRACE;
+        for (name, mut task) in self.background {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                warn!(
+                    task = name,
+                    grace_ms = TASK_GRACE.as_millis() as u64,
+                    "background task still busy at shutdown: stopped"
+                );
+                task.abort();
+            }
+        }
         if let Err(e) = self.node.raft.shutdown().await {
             warn!(error = %e, "raft shutdown");
         }
@@ -284,30 +299,56 @@ impl Node {
             });
         }
         let mut background = vec![
-            tokio::spawn(crate::cluster::duties::announce_task(node.clone())),
-            tokio::spawn(crate::cluster::duties::probe_task(node.clone())),
-            tokio::spawn(crate::cluster::duties::leader_duties_task(node.clone())),
-            tokio::spawn(crate::cluster::primary::renew_task(node.clone())),
-            tokio::spawn(crate::cluster::primary::lease_expiry_task(node.clone())),
-            tokio::spawn(crate::cluster::primary::controller_task(node.clone())),
-            tokio::spawn(crate::cluster::duties::role_task(node.clone())),
-            tokio::spawn(crate::repl::apply_task(node.clone())),
-            tokio::spawn(crate::repl::report_task(node.clone())),
-            tokio::spawn(crate::repl::retention_task(node.clone())),
-            tokio::spawn(crate::tls::reload_task(node.tls.clone(), node.cancel.clone())),
+            (
+                "announce",
+                tokio::spawn(crate::cluster::duties::announce_task(node.clone())),
+            ),
+            ("probe", tokio::spawn(crate::cluster::duties::probe_task(node.clone()))),
+            (
+                "leader duties",
+                tokio::spawn(crate::cluster::duties::leader_duties_task(node.clone())),
+            ),
+            (
+                "lease renewal",
+                tokio::spawn(crate::cluster::primary::renew_task(node.clone())),
+            ),
+            (
+                "lease expiry",
+                tokio::spawn(crate::cluster::primary::lease_expiry_task(node.clone())),
+            ),
+            (
+                "failover controller",
+                tokio::spawn(crate::cluster::primary::controller_task(node.clone())),
+            ),
+            (
+                "role tracker",
+                tokio::spawn(crate::cluster::duties::role_task(node.clone())),
+            ),
+            ("replication apply", tokio::spawn(crate::repl::apply_task(node.clone()))),
+            (
+                "replication report",
+                tokio::spawn(crate::repl::report_task(node.clone())),
+            ),
+            ("log retention", tokio::spawn(crate::repl::retention_task(node.clone()))),
+            (
+                "tls reload",
+                tokio::spawn(crate::tls::reload_task(node.tls.clone(), node.cancel.clone())),
+            ),
         ];
         if let Some(g) = node.gitsync.clone() {
-            background.push(tokio::spawn(g.clone().run(node.cancel.clone())));
+            background.push(("git sync", tokio::spawn(g.clone().run(node.cancel.clone()))));
             if let Some(cmd) = node.config.gitsync.as_ref().and_then(|c| c.hook.clone()) {
-                background.push(tokio::spawn(crate::cluster::gitsync::sync_hook_task(
-                    node.clone(),
-                    g,
-                    cmd,
-                )));
+                background.push((
+                    "git sync hook",
+                    tokio::spawn(crate::cluster::gitsync::sync_hook_task(node.clone(), g, cmd)),
+                ));
             }
         }
         if let Some(join) = node.config.join.clone() {
-            background.push(tokio::spawn(crate::cluster::join::join_task(node.clone(), join)));
+            background.push((
+                "join",
+                tokio::spawn(crate::cluster::join::join_task(node.clone(), join)),
+            ));
         }
 
         Ok(NodeHandle {

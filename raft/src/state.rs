@@ -46,9 +46,43 @@ pub struct PrimaryRecord {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReplicationMode {
+    /// Acknowledge once durable on the primary; replicas catch up.
     #[default]
     Async,
+    /// Acknowledge once `min_acks` replicas have confirmed the write.
     Sync,
+}
+
+impl ReplicationMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicationMode::Async => "async",
+            ReplicationMode::Sync => "sync",
+        }
+    }
+}
+
+/// A replication mode that is neither `async` nor `sync`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected `async` or `sync`")]
+pub struct BadReplicationMode;
+
+impl std::str::FromStr for ReplicationMode {
+    type Err = BadReplicationMode;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "async" => Ok(ReplicationMode::Async),
+            "sync" => Ok(ReplicationMode::Sync),
+            _ => Err(BadReplicationMode),
+        }
+    }
+}
+
+impl std::fmt::Display for ReplicationMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Cluster-wide settings changed at run time through the log (`PATCH /v1/config`).

@@ -87,15 +87,15 @@ pub async fn probe_task(node: Arc<Node>) {
 pub async fn leader_duties_task(node: Arc<Node>) {
     let mut metrics = node.raft.metrics();
     loop {
+        if node.cancel.is_cancelled() {
+            return;
+        }
         let m = metrics.borrow_and_update().clone();
         if m.state == ServerState::Leader && node.view().state.cluster_id.is_none() {
             // A new cluster: seed the cluster-wide replication settings from this node's
             // `--replication-mode` / `--min-acks` (later changes go through PATCH /v1/config).
             let mut cfg = node.view().state.config.clone();
-            cfg.replication_mode = match node.config.replication.mode {
-                crate::config::ReplicationMode::Async => keel_raft::state::ReplicationMode::Async,
-                crate::config::ReplicationMode::Sync => keel_raft::state::ReplicationMode::Sync,
-            };
+            cfg.replication_mode = node.config.replication.mode;
             cfg.min_acks = node.config.replication.min_acks;
             if cfg != node.view().state.config {
                 if let Err(e) = admin::submit(

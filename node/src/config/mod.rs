@@ -232,7 +232,9 @@ impl Config {
             None => LogFormat::default(),
         };
         let mode = match args.replication_mode.or(file.replication.mode) {
-            Some(s) => s.parse().map_err(|reason| bad_value("replication.mode", &s, reason))?,
+            Some(s) => s.parse().map_err(|reason: keel_raft::state::BadReplicationMode| {
+                bad_value("replication.mode", &s, reason.to_string())
+            })?,
             None => ReplicationMode::default(),
         };
 

@@ -75,42 +75,9 @@ impl fmt::Display for LogFormat {
     }
 }
 
-/// How the primary acknowledges datastore writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ReplicationMode {
-    /// Acknowledge once durable on the primary; replicas catch up.
-    #[default]
-    Async,
-    /// Acknowledge once `min_acks` replicas have confirmed the write.
-    Sync,
-}
-
-impl ReplicationMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReplicationMode::Async => "async",
-            ReplicationMode::Sync => "sync",
-        }
-    }
-}
-
-impl FromStr for ReplicationMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "async" => Ok(ReplicationMode::Async),
-            "sync" => Ok(ReplicationMode::Sync),
-            _ => Err("expected `async` or `sync`".to_owned()),
-        }
-    }
-}
-
-impl fmt::Display for ReplicationMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// How the primary acknowledges datastore writes: the cluster-wide setting this node seeds a new
+/// cluster with (one type with the Raft state's, so nothing is copied between two).
+pub use keel_raft::state::ReplicationMode;
 
 /// Raft timers, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
