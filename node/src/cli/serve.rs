@@ -32,7 +32,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
         }
     };
     init_tracing(config.log_format);
-    crate::http::kv::warn_unsafe_test_switches();
+    crate::cluster::write::warn_unsafe_test_switches();
     let id: NodeId = config.id;
     let handle = match Node::start(config).await {
         Ok(h) => h,

@@ -15,5 +15,6 @@ pub mod gitsync;
 pub mod hook;
 pub mod join;
 pub mod primary;
+pub mod write;
 
 pub use error::ClusterError;

@@ -122,7 +122,7 @@ pub async fn edit(
         return crate::http::kv::forward(&node, method, &pq, &headers, body).await;
     }
     // Only a primary holding its lease pushes: a deposed primary must not move the branch.
-    let Some(epoch) = crate::http::kv::wait_write_epoch(&node).await else {
+    let Some(epoch) = crate::cluster::write::wait_write_epoch(&node).await else {
         return Err(ApiError::unavailable(
             "no_lease",
             "this node holds no valid lease: it may not push edits",

@@ -22,49 +22,39 @@ use keel_raft::state::ReplicationMode;
 use keel_replication::{DataError, WriteOp, MAX_LIST_LIMIT};
 use serde_json::json;
 
+use crate::cluster::write::{is_named_primary, unsafe_test_ack_early, write_epoch, SYNC_ACK_TIMEOUT};
 use crate::http::error::{ApiError, ApiPath};
 use crate::http::{body_bytes, parse_query};
-use crate::repl::ReplCounters;
 use crate::state::Node;
 
 pub const FORWARDED_HEADER: &str = "keel-forwarded";
-/// How long a sync-mode write waits for replica acknowledgements before answering
-/// `outcome_unknown`. Replicas acknowledge within one round trip of applying, so this only
-/// runs out when they are down or partitioned.
-pub const SYNC_ACK_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a write on the primary waits for a lapsed lease to be renewed before 503.
-const LEASE_WAIT: Duration = Duration::from_secs(1);
 
-/// TEST ONLY — NEVER SET IN PRODUCTION. With `KEEL_UNSAFE_TEST_ACK_EARLY=1` in its environment a
-/// node that believes it is the primary accepts a write without holding a lease and
-/// acknowledges it as soon as it is durable *locally*: no lease check before or after, and in
-/// sync mode no wait for the replicas' acknowledgements (nor before answering a primary read).
-/// Acknowledged writes can then be lost on failover. It exists only so the chaos harness can
-/// prove that it catches a deliberately broken build (`node/tests/chaos_weakened.rs`);
-/// `keel serve` logs it loudly at start.
-pub const UNSAFE_TEST_ACK_EARLY_ENV: &str = "KEEL_UNSAFE_TEST_ACK_EARLY";
-
-/// Whether the unsafe test-only switch above is on (read once per process).
-pub fn unsafe_test_ack_early() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var(UNSAFE_TEST_ACK_EARLY_ENV).is_ok_and(|v| v == "1"))
-}
-
-/// Log the unsafe test-only switch at start, loudly, if it is on.
-pub fn warn_unsafe_test_switches() {
-    if unsafe_test_ack_early() {
-        for _ in 0..3 {
-            tracing::error!(
-                "{UNSAFE_TEST_ACK_EARLY_ENV}=1: UNSAFE TEST-ONLY BUILD BEHAVIOUR: writes are acknowledged without a \
-                 lease and before replica acks; acknowledged writes WILL be lost on failover. Never use in production."
-            );
+impl From<crate::cluster::write::WriteError> for ApiError {
+    fn from(e: crate::cluster::write::WriteError) -> ApiError {
+        use crate::cluster::write::WriteError as E;
+        match e {
+            E::NoLease => ApiError::unavailable(
+                "no_lease",
+                "this node is the primary but holds no valid lease; retry shortly",
+            ),
+            E::LeaseLapsed => ApiError::unavailable(
+                "outcome_unknown",
+                "the lease lapsed while the write was being made durable: it may or may not survive a failover",
+            ),
+            E::NotConfirmed { min_acks, timeout } => ApiError::unavailable(
+                "outcome_unknown",
+                format!(
+                    "durable on the primary but not confirmed by {min_acks} replica(s) within {} ms; it may or may not survive a failover",
+                    timeout.as_millis()
+                ),
+            ),
+            E::Data(e) => data_error(e),
         }
     }
 }
-
 type ApiResult = Result<Response, ApiError>;
 
-fn data_error(e: DataError) -> ApiError {
+pub(crate) fn data_error(e: DataError) -> ApiError {
     match e {
         DataError::EmptyKey => ApiError::bad_request(e.to_string()),
         DataError::KeyTooLarge { .. } | DataError::ValueTooLarge { .. } => ApiError::too_large(e.to_string()),
@@ -139,107 +129,23 @@ pub async fn forward(node: &Node, method: Method, path_and_query: &str, headers:
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 
-/// The epoch this node may write in right now (primary with a valid lease), if any.
-fn write_epoch(node: &Node) -> Option<u64> {
-    let p = node.view().state.primary?;
-    (p.node == node.id && node.lease.valid_epoch() == Some(p.epoch)).then_some(p.epoch)
-}
-
-fn is_named_primary(node: &Node) -> bool {
-    node.view().state.primary.is_some_and(|p| p.node == node.id)
-}
-
-/// Wait up to `LEASE_WAIT` for this primary's lease (a renewal in flight, or a new primary
-/// still catching up) rather than failing a write at once.
-pub async fn wait_write_epoch(node: &Node) -> Option<u64> {
-    let mut holding = node.lease.subscribe();
-    let deadline = tokio::time::Instant::now() + LEASE_WAIT;
-    loop {
-        if let Some(e) = write_epoch(node) {
-            return Some(e);
-        }
-        if !is_named_primary(node) {
-            return None;
-        }
-        if tokio::time::timeout_at(deadline, holding.changed()).await.is_err() {
-            return None;
-        }
-    }
-}
-
+/// A write on this node, answered: 201 (new key) or 200 with the version, position and epoch in
+/// the body and the `Keel-*` headers.
 async fn do_write(node: &Node, op: WriteOp) -> ApiResult {
-    let epoch = if unsafe_test_ack_early() {
-        // UNSAFE, test only: no lease needed, the epoch this node last learned will do.
-        node.view().state.primary.filter(|p| p.node == node.id).map(|p| p.epoch)
-    } else {
-        wait_write_epoch(node).await
-    };
-    let Some(epoch) = epoch else {
-        return Err(ApiError::unavailable(
-            "no_lease",
-            "this node is the primary but holds no valid lease; retry shortly",
-        ));
-    };
-    // Sync mode ships each batch to the replicas before this node's own fsync (see
-    // `DataStore::set_early_visibility`); the answer below still waits for both.
-    let sync_mode = node.view().state.config.replication_mode == ReplicationMode::Sync;
-    node.repl.store.set_early_visibility(sync_mode);
-    let res = node.repl.store.write(epoch, op).await.map_err(data_error)?;
-    // Durable on the primary. Re-check the lease before acknowledging: if it lapsed while the
-    // write was in flight, another node may already be primary. (The unsafe test-only switch
-    // skips this and the sync-mode wait below.)
-    let ack_early = unsafe_test_ack_early();
-    // `keel_replication_sync_writes_total`: every sync-mode write made durable here ends as one
-    // of the two outcomes.
-    let count_sync = |confirmed: bool| {
-        if sync_mode {
-            let c = &node.repl.counters;
-            ReplCounters::add(
-                if confirmed {
-                    &c.sync_acknowledged
-                } else {
-                    &c.sync_unconfirmed
-                },
-                1,
-            );
-        }
-    };
-    if !ack_early && write_epoch(node) != Some(epoch) {
-        count_sync(false);
-        return Err(ApiError::unavailable(
-            "outcome_unknown",
-            "the lease lapsed while the write was being made durable: it may or may not survive a failover",
-        ));
-    }
-    let cfg = node.view().state.config.clone();
-    if cfg.replication_mode == ReplicationMode::Sync && !ack_early {
-        let timeout = SYNC_ACK_TIMEOUT;
-        if !node.repl.wait_acks(res.pos, cfg.min_acks, timeout).await {
-            count_sync(false);
-            return Err(ApiError::unavailable(
-                "outcome_unknown",
-                format!(
-                    "durable on the primary but not confirmed by {} replica(s) within {} ms; it may or may not survive a failover",
-                    cfg.min_acks,
-                    timeout.as_millis()
-                ),
-            ));
-        }
-    }
-    count_sync(true);
-    let status = if res.existed {
+    let w = crate::cluster::write::write(node, op).await?;
+    let status = if w.result.existed {
         StatusCode::OK
     } else {
         StatusCode::CREATED
     };
     let mut r = (
         status,
-        Json(json!({"version": res.version, "position": res.pos.to_string(), "epoch": epoch})),
+        Json(json!({"version": w.result.version, "position": w.result.pos.to_string(), "epoch": w.epoch})),
     )
         .into_response();
-    set_header(&mut r, "keel-version", res.version.to_string());
-    set_header(&mut r, "keel-epoch", epoch.to_string());
-    set_header(&mut r, "keel-position", res.pos.to_string());
+    set_header(&mut r, "keel-version", w.result.version.to_string());
+    set_header(&mut r, "keel-epoch", w.epoch.to_string());
+    set_header(&mut r, "keel-position", w.result.pos.to_string());
     Ok(r)
 }
 
