@@ -447,7 +447,7 @@ async fn probe(node: &Node, peer: NodeId) -> bool {
     let Some(addr) = node.peer_addr_of(peer) else {
         return false;
     };
-    let r: Result<crate::peer::Ping, _> = node
+    let r: Result<crate::cluster::duties::Ping, _> = node
         .peers
         .call(Some(peer), &addr, "/peer/ping", &(), Duration::from_millis(300))
         .await;

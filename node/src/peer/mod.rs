@@ -15,23 +15,16 @@ use axum::Router;
 use keel_raft::network::{CLUSTER_ID_HEADER, NODE_ID_HEADER};
 use keel_raft::server::{decode_body, encoded, octet_stream, raft_router};
 use keel_raft::NodeId;
-use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::cluster::admin::{self, AdminOp};
+use crate::cluster::duties::Ping;
 use crate::http::error::ApiError;
 use crate::state::Node;
 use crate::util::bearer_matches;
 
 /// Largest peer request: Raft snapshot chunks are up to 3 MiB by openraft's default.
 pub const PEER_MAX_BODY: usize = 16 * 1024 * 1024;
-
-/// Answer to `/peer/ping`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Ping {
-    pub node_id: NodeId,
-    pub cluster_id: Option<String>,
-}
 
 pub fn router(node: Arc<Node>) -> Router {
     let timeout = Duration::from_millis(node.config.request_timeout_ms);
