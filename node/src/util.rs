@@ -1,6 +1,8 @@
 //! Small helpers shared by the node's modules.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
 
 /// Milliseconds since the Unix epoch (wall clock; informational only).
 pub fn unix_ms() -> u64 {
@@ -75,6 +77,29 @@ pub fn strip_ansi(s: &str) -> String {
         }
     }
     out
+}
+
+/// A periodic timer that ends with a cancellation token, for background loops:
+/// `while ticker.tick().await { ... }`. A late tick is delayed, not bunched up.
+pub struct Ticker {
+    interval: tokio::time::Interval,
+    cancel: CancellationToken,
+}
+
+impl Ticker {
+    pub fn new(period: Duration, cancel: CancellationToken) -> Ticker {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ticker { interval, cancel }
+    }
+
+    /// Wait for the next tick; `false` once the token is cancelled.
+    pub async fn tick(&mut self) -> bool {
+        tokio::select! {
+            _ = self.cancel.cancelled() => false,
+            _ = self.interval.tick() => true,
+        }
+    }
 }
 
 #[cfg(test)]

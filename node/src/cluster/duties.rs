@@ -65,13 +65,8 @@ pub async fn announce_task(node: Arc<Node>) {
 /// Followers hear from the leader but not from each other: ping members not heard from
 /// recently, so every node can say which members are reachable.
 pub async fn probe_task(node: Arc<Node>) {
-    let mut tick = tokio::time::interval(PROBE_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = node.cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut tick = crate::util::Ticker::new(PROBE_INTERVAL, node.cancel.clone());
+    while tick.tick().await {
         let m = node.metrics();
         let mut set = tokio::task::JoinSet::new();
         for (id, n) in m.membership_config.membership().nodes() {

@@ -76,13 +76,8 @@ const SYNC_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Run `--gitsync-hook` after every sync that changed the served commit, one at a time.
 pub async fn sync_hook_task(node: Arc<Node>, g: Arc<GitSync>, cmd: String) {
     let mut last = g.status().commit.clone();
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = node.cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut tick = crate::util::Ticker::new(Duration::from_millis(100), node.cancel.clone());
+    while tick.tick().await {
         let now = g.status().commit.clone();
         let Some(commit) = now.clone().filter(|_| now != last) else {
             continue;

@@ -337,13 +337,8 @@ pub async fn lease_expiry_task(node: Arc<Node>) {
 /// The failover controller: acts only while this node is the Raft leader.
 pub async fn controller_task(node: Arc<Node>) {
     let origin = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = node.cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut tick = crate::util::Ticker::new(Duration::from_millis(50), node.cancel.clone());
+    while tick.tick().await {
         let m = node.metrics();
         if m.state != ServerState::Leader {
             let mut c = node.coordinator.lock();
