@@ -1,12 +1,10 @@
 //! Git Sync across real processes with real repositories made by the `git` CLI (file://).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::*;
 use hmac::{Hmac, KeyInit, Mac};
+use keel_testkit::*;
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(30);

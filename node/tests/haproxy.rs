@@ -3,15 +3,13 @@
 //! `keel serve --config deploy/keel.toml` (the example file is accepted, with every commented-out
 //! option switched on too, and it lists every `keel serve` flag).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use keel_testkit::*;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -453,7 +451,7 @@ async fn serve_with_config(c: &mut Cluster, config: &Path, flags: &[String]) -> 
         .append(true)
         .open(&log)
         .unwrap();
-    let mut cmd = Command::new(KEEL);
+    let mut cmd = Command::new(keel_bin());
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("KEEL_") {
             cmd.env_remove(k);
@@ -543,7 +541,10 @@ const CLIENT_ONLY_FLAGS: &[&str] = &["addr", "output", "timeout-ms", "ca", "help
 
 /// The long flags `keel serve --help` lists.
 fn serve_flags() -> Vec<String> {
-    let out = Command::new(KEEL).args(["serve", "--help"]).output().expect("run keel");
+    let out = Command::new(keel_bin())
+        .args(["serve", "--help"])
+        .output()
+        .expect("run keel");
     assert!(out.status.success(), "keel serve --help: {}", stderr(&out));
     let mut flags = Vec::new();
     for line in stdout(&out).lines() {

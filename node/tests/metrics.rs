@@ -5,15 +5,13 @@
 //! Git Sync is configured so that its series are exported and checked too. Without `promtool`
 //! the promtool part skips with a message, and fails when `CI` is set.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use keel_testkit::*;
 
 const T: Duration = Duration::from_secs(30);
 

@@ -2,11 +2,9 @@
 //! replicas, reads with lag headers, sync mode, no acknowledged write lost on failover, and
 //! divergence of an old primary.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use keel_testkit::*;
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(20);

@@ -6,13 +6,11 @@
 //! part is skipped with a message, and fails when `CI` is set.
 //! The screenshots land in `target/ui-screenshot.png` and `target/ui-screenshot-narrow.png`.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use keel_testkit::*;
 
 const T: Duration = Duration::from_secs(20);
 const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(60);
@@ -180,7 +178,7 @@ fn which(name: &str) -> Option<PathBuf> {
 
 /// Cargo's target directory: the test binary's `<target>/<profile>/deps/..`.
 fn target_dir() -> PathBuf {
-    let keel = Path::new(KEEL);
+    let keel = keel_bin();
     keel.parent()
         .and_then(Path::parent)
         .map(Path::to_path_buf)

@@ -1,0 +1,92 @@
+//! keel-testkit: the one place that starts Keel clusters for tests and benchmarks (dev-only,
+//! never published, never a dependency of a shipped crate).
+//!
+//! It owns:
+//! - [`Cluster`]: one cluster fixture whose nodes run either as child processes of the `keel`
+//!   binary ([`Cluster::new`], for anything that kills, pauses or isolates a process) or
+//!   in-process through `Node::start` ([`Cluster::in_process`], for tests of logic over HTTP),
+//!   with the same API: start, stop, url, status, wait_leader, wait_primary, cli, logs;
+//! - [`Procs`]: named child processes with their logs in one temp dir (benchmarks' clusters,
+//!   etcd, git daemons), killed on drop;
+//! - ports ([`free_port`], [`process_ip`], shared with the chaos runner), waits ([`wait_for`],
+//!   [`poll_until`]), the `keel` binary's path ([`keel_bin`]), log helpers ([`logs`]), git
+//!   helpers ([`git`]), etcd helpers ([`etcd`]) and the network-namespace lab ([`netns`]).
+//!
+//! It must not touch: production code paths (`keel up` in `node/src/up.rs` cannot depend on a
+//! dev-only crate and keeps its own launcher), process-global state of the test process beyond
+//! the tracing subscriber that in-process nodes need, or anything outside the temp dirs it
+//! creates (the netns lab cleans only its own, pid-tagged names).
+
+pub mod cluster;
+pub mod etcd;
+pub mod git;
+pub mod logs;
+pub mod procs;
+pub mod wait;
+
+pub use cluster::{Backend, Cluster, TestNode};
+pub use git::{git, git_cmd, gitsync_cluster, gitsync_upstream};
+pub use keel_jepsen::netns;
+pub use keel_jepsen::ports::{free_port, process_ip};
+pub use keel_node::util::{strip_ansi, unix_ms};
+pub use logs::{stderr, stdout};
+pub use procs::Procs;
+pub use wait::{poll_until, poll_until_blocking, wait_for};
+
+use std::path::PathBuf;
+
+/// The `keel` binary to run: `$KEEL_BIN` if set, else `keel` in the directory above the running
+/// executable's own. That is where cargo puts it: integration tests run from
+/// `target/<profile>/deps/`, examples from `target/<profile>/examples/`, and both build the
+/// package's binaries first. (`env!("CARGO_BIN_EXE_keel")` exists only while compiling the
+/// `keel-node` package's own tests, not in this crate.)
+pub fn keel_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("KEEL_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("path of the running executable");
+    let bin = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("keel"))
+        .expect("the running executable is in target/<profile>/<dir>/");
+    assert!(
+        bin.is_file(),
+        "no keel binary at {} (build it, or set KEEL_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// Standard base64 with padding, as the etcd JSON gateway wants keys and values.
+pub fn b64(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// The machine's load average (the first three fields of `/proc/loadavg`), for bench reports.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn b64_matches_the_rfc_4648_vectors() {
+        for (plain, enc) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(b64(plain.as_bytes()), enc);
+        }
+    }
+}
