@@ -51,7 +51,7 @@ async fn get_local(c: &Cluster, id: u64, key: &str) -> Option<(String, reqwest::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_replicate_and_forward() {
-    let mut c = Cluster::new(3, &[]);
+    let mut c = Cluster::in_process(3, &[]);
     c.start_all();
     let p = primary(&c).await;
     let r = (1..=3).find(|i| *i != p).unwrap();

@@ -104,8 +104,14 @@ impl Cluster {
     }
 
     /// Lay out `n` nodes (ids 1..=n) to run in this process, without starting them.
+    /// `KEEL_TESTKIT_BACKEND=process` runs them as child processes instead (to compare, or to
+    /// get one log file per node when debugging).
     pub fn in_process(n: u64, common: &[&str]) -> Cluster {
-        Cluster::with_backend(Backend::InProcess, n, common)
+        let backend = match std::env::var("KEEL_TESTKIT_BACKEND").as_deref() {
+            Ok("process") => Backend::Process,
+            _ => Backend::InProcess,
+        };
+        Cluster::with_backend(backend, n, common)
     }
 
     pub fn with_backend(backend: Backend, n: u64, common: &[&str]) -> Cluster {
@@ -462,6 +468,12 @@ impl Drop for Cluster {
                 let _ = c.wait();
             }
             inproc.extend(n.inproc.take());
+        }
+        // Debugging aid for the benchmarks: keep each node's log (`n<id>.log`) in $KEEL_BENCH_LOG_DIR.
+        if let Some(keep) = std::env::var_os("KEEL_BENCH_LOG_DIR") {
+            for n in &self.nodes {
+                let _ = std::fs::copy(&n.log, PathBuf::from(&keep).join(format!("n{}.log", n.id)));
+            }
         }
         if !inproc.is_empty() {
             shutdown_in_process(inproc);

@@ -64,6 +64,23 @@ pub fn b64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
 }
 
+/// A blocking HTTP client for benchmarks: no proxy, `timeout` per request, ring installed as
+/// the TLS crypto provider first (reqwest has none of its own here).
+pub fn blocking_client(timeout: std::time::Duration) -> reqwest::blocking::Client {
+    keel_raft::network::install_crypto_provider();
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(timeout)
+        .build()
+        .expect("http client")
+}
+
+/// GET `url` with a 1 s timeout: its JSON body on a 2xx answer, else None.
+pub fn get_json(http: &reqwest::blocking::Client, url: &str) -> Option<serde_json::Value> {
+    let r = http.get(url).timeout(std::time::Duration::from_secs(1)).send().ok()?;
+    r.status().is_success().then(|| r.json().ok())?
+}
+
 /// The machine's load average (the first three fields of `/proc/loadavg`), for bench reports.
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")

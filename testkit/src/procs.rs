@@ -113,19 +113,27 @@ impl Procs {
     }
 }
 
-/// SIGKILL; for a group leader first to the whole group. The pid cannot be reused before the
-/// reap, so the group kill cannot hit anything else.
 fn kill(p: &mut Proc) {
     let Some(mut c) = p.child.take() else { return };
     if p.group {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", c.id())])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        kill_group(&mut c);
+    } else {
+        let _ = c.kill();
+        let _ = c.wait();
     }
-    let _ = c.kill();
-    let _ = c.wait();
+}
+
+/// SIGKILL to the process group `child` leads (started with `process_group(0)`), then to the
+/// process itself, then reaps it. The pid cannot be reused before the reap, so the group kill
+/// cannot hit anything else.
+pub fn kill_group(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for Procs {
