@@ -40,9 +40,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, KeyInit, Mac};
 use keel_testkit::procs::kill_group;
-use keel_testkit::{blocking_client, free_port, get_json, keel_bin, load_average, Procs};
+use keel_testkit::{
+    blocking_client, free_port, get_json, git_cmd, load_average, node_addrs, serve_command, webhook_signature, Procs,
+    Upstream,
+};
 use serde_json::Value;
 
 type Http = reqwest::blocking::Client;
@@ -129,13 +131,7 @@ fn run(cmd: &mut Command, timeout: Duration, what: &str) -> (String, Duration) {
     try_run(cmd, timeout, what).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A `git` command in `dir` with a fixed identity (the test kit's) and no global or system config.
-fn git_cmd(dir: &Path, args: &[&str]) -> Command {
-    let mut c = keel_testkit::git_cmd(dir, args);
-    c.env("GIT_CONFIG_GLOBAL", "/dev/null").env("GIT_CONFIG_NOSYSTEM", "1");
-    c
-}
-
+/// `git ARGS` in `dir` (the test kit's: fixed identity, no global or system config), bounded by `GIT_WAIT`.
 fn git(dir: &Path, args: &[&str]) -> String {
     run(&mut git_cmd(dir, args), GIT_WAIT, &format!("git {args:?}")).0
 }
@@ -145,75 +141,27 @@ fn flush() {
     run(&mut Command::new("sync"), BIG_WAIT, "sync");
 }
 
-/// `serve` arguments of a node on 127.0.0.1 with a single-node or three-node `--peers`.
-fn serve_cmd(id: u64, api: u16, peer: u16, data: &Path, peers: &str, extra: &[String]) -> Command {
-    let mut c = Command::new(keel_bin());
-    c.args(["serve", "--id", &id.to_string()])
-        .args(["--api-addr", &format!("127.0.0.1:{api}")])
-        .args(["--peer-addr", &format!("127.0.0.1:{peer}")])
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--peers", peers])
-        .args(extra);
-    if std::env::var_os("RUST_LOG").is_none() {
-        c.env("RUST_LOG", "info,openraft=warn");
-    }
-    c
-}
-
 // ---- part 1: webhook to all nodes served ----
 
 fn sign(body: &[u8]) -> String {
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    let bytes = mac.finalize().into_bytes();
-    format!(
-        "sha256={}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    webhook_signature(SECRET, body)
 }
 
-/// An upstream bare repository and a work clone that pushes to it.
-struct Upstream {
-    bare: PathBuf,
-    work: PathBuf,
-}
-
-impl Upstream {
-    fn new(dir: &Path) -> Upstream {
-        let bare = dir.join("upstream.git");
-        let work = dir.join("work");
-        std::fs::create_dir_all(&work).unwrap();
-        git(dir, &["init", "-q", "--bare", "-b", BRANCH, bare.to_str().unwrap()]);
-        git(&work, &["init", "-q", "-b", BRANCH]);
-        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-        // A small config directory: the file the pushes change and a few that stay.
-        for i in 1..=9 {
-            let p = work.join(format!("shared/dashboards/d{i}.json"));
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(
-                &p,
-                format!("{{\"dashboard\": {i}, \"panels\": [{}]}}\n", "1,".repeat(500) + "1"),
-            )
-            .unwrap();
-        }
-        std::fs::write(work.join("README.md"), "outside the synced path\n").unwrap();
-        Upstream { bare, work }
-    }
-
-    /// Commits `contents` as `shared/config.txt` and pushes; returns the commit.
-    fn push(&self, contents: &str) -> String {
-        let p = self.work.join("shared/config.txt");
+/// The upstream of part 1: a small config directory, the file the pushes change and a few that
+/// stay, and a file outside the synced path.
+fn upstream(dir: &Path) -> Upstream {
+    let up = Upstream::new(dir);
+    for i in 1..=9 {
+        let p = up.work.join(format!("shared/dashboards/d{i}.json"));
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, contents).unwrap();
-        git(&self.work, &["add", "-A"]);
-        git(
-            &self.work,
-            &["commit", "-q", "-m", &format!("config: {}", contents.trim())],
-        );
-        git(&self.work, &["push", "-q", "origin", BRANCH]);
-        git(&self.work, &["rev-parse", "HEAD"]).trim().to_string()
+        std::fs::write(
+            &p,
+            format!("{{\"dashboard\": {i}, \"panels\": [{}]}}\n", "1,".repeat(500) + "1"),
+        )
+        .unwrap();
     }
+    std::fs::write(up.work.join("README.md"), "outside the synced path\n").unwrap();
+    up
 }
 
 struct BenchNode {
@@ -253,20 +201,12 @@ fn webhook_latency(http: &Http, pushes: usize) {
         load_average()
     );
     let mut lab = Procs::new("keel-gitsync-bench-", None);
-    let up = Upstream::new(lab.path());
-    let first = up.push("push 0\n");
-    let ports: Vec<(u16, u16)> = (0..3)
-        .map(|_| (free_port("127.0.0.1"), free_port("127.0.0.1")))
-        .collect();
-    let peers = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}=127.0.0.1:{}", i + 1, p.1))
-        .collect::<Vec<_>>()
-        .join(",");
+    let up = upstream(lab.path());
+    let first = up.commit("shared/config.txt", "push 0\n");
+    let (addrs, peers) = node_addrs(3, "127.0.0.1");
     let extra: Vec<String> = [
         "--gitsync-repo",
-        &format!("file://{}", up.bare.display()),
+        &up.url(),
         "--gitsync-branch",
         BRANCH,
         "--gitsync-path",
@@ -280,13 +220,15 @@ fn webhook_latency(http: &Http, pushes: usize) {
     .map(|s| s.to_string())
     .collect();
     let mut nodes = Vec::new();
-    for (i, (api, peer)) in ports.iter().enumerate() {
+    for (i, (api, peer)) in addrs.iter().enumerate() {
         let id = i as u64 + 1;
         let data = lab.path().join(format!("n{id}"));
-        lab.spawn_group(&format!("n{id}"), serve_cmd(id, *api, *peer, &data, &peers, &extra));
+        let mut cmd = serve_command(id, api, peer, &data, &peers);
+        cmd.args(&extra);
+        lab.spawn_group(&format!("n{id}"), cmd);
         nodes.push(BenchNode {
             id,
-            api: format!("127.0.0.1:{api}"),
+            api: api.clone(),
             data,
         });
     }
@@ -323,7 +265,7 @@ fn webhook_latency(http: &Http, pushes: usize) {
     let mut agent = Vec::new();
     for i in 1..=pushes {
         let contents = format!("push {i}\n");
-        let sha = up.push(&contents);
+        let sha = up.commit("shared/config.txt", &contents);
         let target = &nodes[(i - 1) % nodes.len()];
         let delivery = format!("bench-{}-{run_id}-{i}", std::process::id());
         let mut seen: Vec<Option<Duration>> = vec![None; nodes.len()];
@@ -587,7 +529,8 @@ fn first_sync(http: &Http, files: usize, total_mb: u64) {
 
     // 2) A fresh node's first sync.
     flush();
-    let (api, peer) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
+    let (addrs, peers) = node_addrs(1, "127.0.0.1");
+    let (api, peer) = &addrs[0];
     let data = lab.path().join("node");
     let extra: Vec<String> = [
         "--gitsync-repo",
@@ -600,8 +543,9 @@ fn first_sync(http: &Http, files: usize, total_mb: u64) {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let cmd = serve_cmd(1, api, peer, &data, &format!("1=127.0.0.1:{peer}"), &extra);
-    let status_url = format!("http://127.0.0.1:{api}/v1/gitsync");
+    let mut cmd = serve_command(1, api, peer, &data, &peers);
+    cmd.args(&extra);
+    let status_url = format!("http://{api}/v1/gitsync");
     let t0 = Instant::now();
     lab.spawn_group("keel", cmd);
     let deadline = t0 + BIG_WAIT;
@@ -666,7 +610,7 @@ fn first_sync(http: &Http, files: usize, total_mb: u64) {
     flush();
     let t1 = Instant::now();
     let r = http
-        .post(format!("http://127.0.0.1:{api}/v1/gitsync/sync"))
+        .post(format!("http://{api}/v1/gitsync/sync"))
         .timeout(BIG_WAIT)
         .send()
         .expect("POST /v1/gitsync/sync");
@@ -744,12 +688,8 @@ fn main() {
         pushes > 0 && files > 0 && total_mb > 0,
         "--pushes, --files and --mb must be positive"
     );
-    let keel = keel_bin();
-    assert!(
-        keel.exists(),
-        "{} not found: run `cargo build --release --bins --examples` first",
-        keel.display()
-    );
+    // Panics naming the path when it is missing: run `cargo build --release --bins --examples` first.
+    keel_testkit::keel_bin();
     let http = blocking_client(Duration::from_secs(10));
     println!(
         "gitsync_bench, {} CPUs, load average {}",

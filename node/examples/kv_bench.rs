@@ -76,14 +76,13 @@ use std::fmt;
 use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use keel_testkit::etcd::{self, EtcdMember};
-use keel_testkit::{b64, blocking_client, free_port, get_json, keel_bin, load_average, Procs};
+use keel_testkit::{b64, blocking_client, get_json, load_average, node_addrs, serve_command, Procs};
 
 /// The blocking client of the setup and management calls (status, metrics, config), made from
 /// the main thread, never from inside the load generator's runtime.
@@ -464,28 +463,14 @@ struct Keel {
 
 /// A Keel cluster with its data dirs in the system's temp dir (`root` None), or under `root`.
 fn start_keel(http: &Http, root: Option<&Path>) -> Keel {
-    // Panics naming the path when it is missing: run `cargo build --release` first.
-    let keel = keel_bin();
     let mut cluster = Procs::new("keel-kv-bench", root);
-    let ports: Vec<(u16, u16)> = (0..3)
-        .map(|_| (free_port("127.0.0.1"), free_port("127.0.0.1")))
-        .collect();
-    let peers = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}=127.0.0.1:{}", i + 1, p.1))
-        .collect::<Vec<_>>()
-        .join(",");
-    for (i, (a, p)) in ports.iter().enumerate() {
-        let id = (i + 1).to_string();
+    let (addrs, peers) = node_addrs(3, "127.0.0.1");
+    for (i, (api, peer)) in addrs.iter().enumerate() {
+        let id = i as u64 + 1;
         let data = cluster.path().join(format!("n{id}"));
-        let mut cmd = Command::new(&keel);
-        cmd.args(["serve", "--id", &id, "--api-addr", &format!("127.0.0.1:{a}")])
-            .args(["--peer-addr", &format!("127.0.0.1:{p}")])
-            .args(["--data-dir", &data.display().to_string(), "--peers", &peers]);
-        cluster.spawn(&format!("n{id}"), cmd);
+        cluster.spawn(&format!("n{id}"), serve_command(id, api, peer, &data, &peers));
     }
-    let apis: Vec<String> = ports.iter().map(|(a, _)| format!("127.0.0.1:{a}")).collect();
+    let apis: Vec<String> = addrs.into_iter().map(|(api, _)| api).collect();
     let primary = wait("a Keel primary", || {
         apis.iter()
             .find(|api| {

@@ -25,7 +25,7 @@ pub mod procs;
 pub mod wait;
 
 pub use cluster::{Backend, Cluster, TestNode};
-pub use git::{git, git_cmd, gitsync_cluster, gitsync_upstream};
+pub use git::{git, git_cmd, gitsync_cluster, gitsync_upstream, webhook_signature, Upstream};
 pub use keel_jepsen::netns;
 pub use keel_jepsen::ports::{free_port, process_ip};
 pub use keel_node::util::{strip_ansi, unix_ms};
@@ -33,7 +33,8 @@ pub use logs::{stderr, stdout};
 pub use procs::Procs;
 pub use wait::{poll_until, poll_until_blocking, wait_for};
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// The `keel` binary to run: `$KEEL_BIN` if set, else `keel` in the directory above the running
 /// executable's own. That is where cargo puts it: integration tests run from
@@ -62,6 +63,35 @@ pub fn keel_bin() -> PathBuf {
 pub fn b64(data: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// `n` nodes' API and peer addresses on `ip` with fresh ports, and the `--peers` value that
+/// names them (ids 1..=n).
+pub fn node_addrs(n: usize, ip: &str) -> (Vec<(String, String)>, String) {
+    let addrs: Vec<(String, String)> = (0..n)
+        .map(|_| (format!("{ip}:{}", free_port(ip)), format!("{ip}:{}", free_port(ip))))
+        .collect();
+    let peers = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("{}={peer}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    (addrs, peers)
+}
+
+/// `keel serve` of node `id` at `api` and `peer` with its data in `data`, bootstrapping from
+/// `peers`; `RUST_LOG` defaults to Keel's own default. Add flags, then spawn it (e.g. with [`Procs`]).
+pub fn serve_command(id: u64, api: &str, peer: &str, data: &Path, peers: &str) -> Command {
+    let mut c = Command::new(keel_bin());
+    c.args(["serve", "--id", &id.to_string(), "--api-addr", api, "--peer-addr", peer])
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--peers", peers]);
+    if std::env::var_os("RUST_LOG").is_none() {
+        c.env("RUST_LOG", "info,openraft=warn");
+    }
+    c
 }
 
 /// A blocking HTTP client for benchmarks: no proxy, `timeout` per request, ring installed as
