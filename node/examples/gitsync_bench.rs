@@ -256,10 +256,7 @@ fn webhook_latency(http: &Http, pushes: usize) {
     });
     lab.mark();
 
-    let run_id = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let run_id = keel_testkit::unix_ms();
     let mut all_served = Vec::new();
     let mut answered = Vec::new();
     let mut agent = Vec::new();

@@ -1099,19 +1099,8 @@ fn main() {
     assert!(secs > 0.0, "--secs must be positive");
     let dur = Duration::from_secs_f64(secs);
     // Before anything is started, so a missing etcd does not cost the Keel runs.
-    let etcd_bin = compare_etcd.then(|| {
-        etcd::find_etcd().unwrap_or_else(|| {
-            eprintln!(
-                "error: --compare etcd needs the `etcd` binary on PATH, and it is not there; on Debian/Ubuntu install \
-                 the etcd-server package: `sudo apt-get install etcd-server`"
-            );
-            std::process::exit(2)
-        })
-    });
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let etcd_bin = compare_etcd.then(|| etcd::find_etcd_or_exit());
+    let now_ms = keel_testkit::unix_ms();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let load_before = load_average();
     let (http, gen) = (blocking_client(REQUEST_TIMEOUT), Gen::new());

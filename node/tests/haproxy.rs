@@ -291,13 +291,7 @@ async fn writes_through_haproxy_follow_the_primary_across_kill_9() {
     c.kill(p);
     let keel_failover = first_time(t0, || async {
         for id in &replicas {
-            let r = c
-                .http
-                .get(format!("{}/primary", c.node(*id).url()))
-                .timeout(Duration::from_millis(300))
-                .send()
-                .await;
-            if r.is_ok_and(|r| r.status() == 200) {
+            if c.holds_lease(*id, Duration::from_millis(300)).await {
                 return true;
             }
         }

@@ -304,14 +304,7 @@ async fn rolling_upgrade_from_the_previous_release_and_back() {
         r.text().await.unwrap_or_default()
     );
     c.wait_for(T, "the rolled-back node holds the primary lease", || async {
-        let r = c
-            .http
-            .get(format!("{}/primary", c.node(back).url()))
-            .timeout(Duration::from_millis(500))
-            .send()
-            .await
-            .ok()?;
-        (r.status() == 200).then_some(())
+        c.holds_lease(back, Duration::from_millis(500)).await.then_some(())
     })
     .await;
     wait_progress(

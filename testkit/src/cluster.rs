@@ -389,19 +389,25 @@ impl Cluster {
     pub async fn wait_primary(&self, exclude: &[u64], timeout: Duration) -> u64 {
         self.wait_for(timeout, "a primary with a lease", || async {
             for n in self.nodes.iter().filter(|n| n.running() && !exclude.contains(&n.id)) {
-                let r = self
-                    .http
-                    .get(format!("{}/primary", n.url()))
-                    .timeout(Duration::from_millis(500))
-                    .send()
-                    .await;
-                if r.is_ok_and(|r| r.status() == 200) {
+                if self.holds_lease(n.id, Duration::from_millis(500)).await {
                     return Some(n.id);
                 }
             }
             None
         })
         .await
+    }
+
+    /// Whether node `id` answers 200 on `/primary` (it is the primary and holds a valid lease)
+    /// within `timeout`.
+    pub async fn holds_lease(&self, id: u64, timeout: Duration) -> bool {
+        let r = self
+            .http
+            .get(format!("{}/primary", self.node(id).url()))
+            .timeout(timeout)
+            .send()
+            .await;
+        r.is_ok_and(|r| r.status() == 200)
     }
 
     /// Run the `keel` CLI (always the binary, whatever the backend).

@@ -18,6 +18,17 @@ pub fn find_etcd() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// [`find_etcd`], or exit 2 with how to install it (for `--compare etcd`, before anything starts).
+pub fn find_etcd_or_exit() -> PathBuf {
+    find_etcd().unwrap_or_else(|| {
+        eprintln!(
+            "error: --compare etcd needs the `etcd` binary on PATH, and it is not there; on Debian/Ubuntu install \
+             the etcd-server package: `sudo apt-get install etcd-server`"
+        );
+        std::process::exit(2)
+    })
+}
+
 /// etcd's version ("3.4.23") and the path prefix of its JSON gateway for that version
 /// (3.4: `/v3`, also `/v3beta`; 3.5 and later: `/v3` only; 3.3: `/v3beta`; 3.2: `/v3alpha`).
 pub fn etcd_version(bin: &Path) -> (String, &'static str) {
