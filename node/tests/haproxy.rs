@@ -33,15 +33,6 @@ fn read_deploy_file(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-/// `haproxy` on PATH, or where Debian installs it (/usr/sbin is not on every user's PATH).
-fn find_haproxy() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join("haproxy"))
-        .find(|p| p.is_file())
-}
-
 /// Where the test's HAProxy listens.
 struct Frontends {
     write: SocketAddr,
@@ -233,7 +224,7 @@ async fn read_from_replica(c: &Cluster, read: SocketAddr, key: &str, want: &str)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_haproxy_follow_the_primary_across_kill_9() {
-    let Some(haproxy) = find_haproxy() else {
+    let Some(haproxy) = which("haproxy") else {
         println!(
             "SKIPPED: haproxy is not installed (not on PATH, nor in /usr/sbin); install Debian's `haproxy` \
              package (scripts/test.sh does, as root) to run this test"

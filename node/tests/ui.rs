@@ -172,10 +172,6 @@ async fn chromium_run(chromium: &Path, tmp: &Path, args: &[String]) -> String {
     std::fs::read_to_string(&stdout).unwrap_or_default() + &std::fs::read_to_string(&stderr).unwrap_or_default()
 }
 
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|f| f.is_file()))
-}
-
 /// Cargo's target directory: the test binary's `<target>/<profile>/deps/..`.
 fn target_dir() -> PathBuf {
     let keel = keel_bin();

@@ -9,13 +9,9 @@ use serde_json::Value;
 
 use crate::free_port;
 
-/// `etcd` on PATH, else `/usr/bin/etcd`, or None.
+/// `etcd` on PATH, else in the usual system directories, or None.
 pub fn find_etcd() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join("etcd"))
-        .chain([PathBuf::from("/usr/bin/etcd")])
-        .find(|p| p.is_file())
+    crate::which("etcd")
 }
 
 /// [`find_etcd`], or exit 2 with how to install it (for `--compare etcd`, before anything starts).

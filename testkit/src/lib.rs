@@ -59,6 +59,26 @@ pub fn keel_bin() -> PathBuf {
     bin
 }
 
+/// The program `name` on PATH, else in the usual system directories (`/usr/sbin` and friends are
+/// not on every user's PATH), or None.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(
+            [
+                "/usr/local/sbin",
+                "/usr/local/bin",
+                "/usr/sbin",
+                "/usr/bin",
+                "/sbin",
+                "/bin",
+            ]
+            .map(PathBuf::from),
+        )
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
 /// Standard base64 with padding, as the etcd JSON gateway wants keys and values.
 pub fn b64(data: &[u8]) -> String {
     use base64::Engine;
