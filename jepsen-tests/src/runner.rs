@@ -9,7 +9,7 @@
 //! clients reach every node, partitioned or not.
 //!
 //! Every loop is bounded by the run's duration and stops by itself; every process started is
-//! killed when the [`Cluster`] drops (panics included), and the namespaces are removed after it.
+//! killed when the `Cluster` drops (panics included), and the namespaces are removed after it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;

@@ -374,7 +374,7 @@ fn main() {
     }
     assert!(runs > 0, "--runs must be at least 1");
     // Before anything is started, so a missing etcd does not cost the Keel runs.
-    let etcd = compare_etcd.then(|| etcd::find_etcd_or_exit());
+    let etcd = compare_etcd.then(etcd::find_etcd_or_exit);
     keel_raft::network::install_crypto_provider();
     let http = reqwest::blocking::Client::builder().no_proxy().build().unwrap();
     let mut keel = keel_failover(&http, runs, quiet_ms);

@@ -1099,7 +1099,7 @@ fn main() {
     assert!(secs > 0.0, "--secs must be positive");
     let dur = Duration::from_secs_f64(secs);
     // Before anything is started, so a missing etcd does not cost the Keel runs.
-    let etcd_bin = compare_etcd.then(|| etcd::find_etcd_or_exit());
+    let etcd_bin = compare_etcd.then(etcd::find_etcd_or_exit);
     let now_ms = keel_testkit::unix_ms();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let load_before = load_average();

@@ -10,7 +10,7 @@
 //!   etcd, git daemons), killed on drop;
 //! - ports ([`free_port`], [`process_ip`], shared with the chaos runner), waits ([`wait_for`],
 //!   [`poll_until`]), the `keel` binary's path ([`keel_bin`]), log helpers ([`logs`]), git
-//!   helpers ([`git`]), etcd helpers ([`etcd`]) and the network-namespace lab ([`netns`]).
+//!   helpers ([`git`](mod@git)), etcd helpers ([`etcd`]) and the network-namespace lab ([`netns`]).
 //!
 //! It must not touch: production code paths (`keel up` in `node/src/up.rs` cannot depend on a
 //! dev-only crate and keeps its own launcher), process-global state of the test process beyond
