@@ -24,7 +24,7 @@ fn voters(cluster: &Value) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_bootstrap_in_any_order() {
     for order in [[3u64, 1, 2], [2, 3, 1]] {
-        let mut c = Cluster::in_process(3, &[]);
+        let mut c = Cluster::new(3, &[]);
         for id in order {
             c.start(id);
             // Stagger the starts so that the order really differs.

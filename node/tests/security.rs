@@ -47,7 +47,7 @@ async fn error_code(r: reqwest::Response) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_limits_and_garbage() {
-    let mut c = Cluster::in_process(
+    let mut c = Cluster::new(
         3,
         &[
             "--cluster-token",
