@@ -12,6 +12,11 @@
 //!   [`poll_until`]), the `keel` binary's path ([`keel_bin`]), log helpers ([`logs`]), git
 //!   helpers ([`git`](mod@git)), etcd helpers ([`etcd`]) and the network-namespace lab ([`netns`]).
 //!
+//! The chaos runner (`keel-jepsen`) keeps its own blocking process fixture (faketime, wipes,
+//! SIGSTOP): that crate sits below this one (the kit uses its netns lab and port rule), so it
+//! cannot use the kit without a dependency cycle, and a shipped harness binary should not link
+//! the daemon library. What both need, ports and the netns lab, lives there and is re-exported here.
+//!
 //! It must not touch: production code paths (`keel up` in `node/src/up.rs` cannot depend on a
 //! dev-only crate and keeps its own launcher), process-global state of the test process beyond
 //! the tracing subscriber that in-process nodes need, or anything outside the temp dirs it
