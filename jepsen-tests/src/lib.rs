@@ -10,7 +10,8 @@
 //! [`check`] runs all three and returns a serializable [`Report`] whose verdict is the worst of the checkers'
 //! (`invalid` > `unknown` > `valid`); `unknown` means a search bound was hit and nothing was
 //! concluded. The checkers are pure; the runner ([`runner`], with the network-namespace lab
-//! [`netns`] and the seeded fault schedule [`nemesis`]) drives real processes and faults.
+//! [`netns`], the seeded fault schedule [`nemesis`] and the loopback ports of [`ports`], which the
+//! test kit `keel-testkit` shares) drives real processes and faults.
 //! See `DESIGN.md` for the model and the meaning of `info`.
 
 pub mod append;
@@ -19,6 +20,7 @@ mod intern;
 pub mod linearizable;
 pub mod nemesis;
 pub mod netns;
+pub mod ports;
 pub mod runner;
 #[cfg(test)]
 mod testutil;

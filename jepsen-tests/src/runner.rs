@@ -9,11 +9,10 @@
 //! clients reach every node, partitioned or not.
 //!
 //! Every loop is bounded by the run's duration and stops by itself; every process started is
-//! killed when the [`Cluster`] drops (panics included), and the namespaces are removed after it.
+//! killed when the `Cluster` drops (panics included), and the namespaces are removed after it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -191,11 +190,8 @@ impl Cluster {
             match &lab {
                 Some(lab) => addrs.push((format!("{}:7101", lab.addr(i)), format!("{}:7201", lab.addr(i)))),
                 None => {
-                    let free = || -> Result<u16, String> {
-                        let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-                        Ok(l.local_addr().map_err(|e| e.to_string())?.port())
-                    };
-                    addrs.push((format!("127.0.0.1:{}", free()?), format!("127.0.0.1:{}", free()?)));
+                    let free = || crate::ports::free_port("127.0.0.1");
+                    addrs.push((format!("127.0.0.1:{}", free()), format!("127.0.0.1:{}", free())));
                 }
             }
         }

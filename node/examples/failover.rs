@@ -19,48 +19,18 @@
 //!
 //! Keel's figure compared with etcd's is the time to the first accepted write.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use keel_testkit::etcd::{self, EtcdMember, EtcdStatus};
+use keel_testkit::{b64, keel_bin, wait_for, Cluster};
 
 type Http = reqwest::blocking::Client;
 
 /// Deadline of every wait (a primary, a leader, a healthy member, a successful put).
 const WAIT: Duration = Duration::from_secs(30);
-
-fn keel_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    exe.parent()
-        .and_then(|p| p.parent())
-        .map(|p| p.join("keel"))
-        .expect("target dir")
-}
-
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind(format!("{ip}:0"))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Node {
-    id: u64,
-    api: String,
-    args: Vec<String>,
-    child: Option<Child>,
-}
-
-/// Kills the node's process on every exit path, panics included.
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 fn get(http: &Http, url: &str) -> Option<(u16, serde_json::Value)> {
     let r = http.get(url).timeout(Duration::from_millis(300)).send().ok()?;
@@ -68,34 +38,28 @@ fn get(http: &Http, url: &str) -> Option<(u16, serde_json::Value)> {
     Some((s, r.json().unwrap_or(serde_json::Value::Null)))
 }
 
-fn primary_of(http: &Http, nodes: &[Node]) -> Vec<u64> {
-    nodes
+fn primary_of(http: &Http, c: &Cluster) -> Vec<u64> {
+    c.nodes
         .iter()
-        .filter(|n| n.child.is_some())
-        .filter(|n| get(http, &format!("http://{}/primary", n.api)).is_some_and(|(s, _)| s == 200))
+        .filter(|n| n.running())
+        .filter(|n| get(http, &format!("{}/primary", n.url())).is_some_and(|(s, _)| s == 200))
         .map(|n| n.id)
         .collect()
 }
 
-fn epoch(http: &Http, nodes: &[Node]) -> u64 {
-    nodes
+fn epoch(http: &Http, c: &Cluster) -> u64 {
+    c.nodes
         .iter()
-        .filter(|n| n.child.is_some())
-        .filter_map(|n| get(http, &format!("http://{}/v1/status", n.api)))
+        .filter(|n| n.running())
+        .filter_map(|n| get(http, &format!("{}/v1/status", n.url())))
         .filter_map(|(_, v)| v["primary"]["epoch"].as_u64())
         .max()
         .unwrap_or(0)
 }
 
-fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+/// Poll every 5 ms: the poll interval bounds how finely a failover is timed.
+fn wait<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    wait_for(what, timeout, Duration::from_millis(5), f)
 }
 
 /// Median, p90 and max in ms (the same nearest-rank rule for Keel and etcd).
@@ -108,104 +72,42 @@ fn stats(times: &mut [Duration]) -> (f64, f64, f64) {
 
 /// The Keel runs; prints one line per run and the summary, returns the failover times.
 fn keel_failover(http: &Http, runs: usize, quiet_ms: u64) -> Vec<Duration> {
-    let keel = keel_bin();
-    assert!(
-        keel.exists(),
-        "{} not found: run `cargo build --release` first",
-        keel.display()
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let ip = "127.0.0.1";
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(ip), free_port(ip))).collect();
-    let peers = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}={ip}:{}", i + 1, p.1))
-        .collect::<Vec<_>>()
-        .join(",");
-    // Declared after `dir`, so dropped (processes killed) before the directory is removed.
-    let mut nodes: Vec<Node> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, (a, p))| {
-            let id = i as u64 + 1;
-            let data = dir.path().join(format!("n{id}"));
-            Node {
-                id,
-                api: format!("{ip}:{a}"),
-                args: vec![
-                    "serve".into(),
-                    "--id".into(),
-                    id.to_string(),
-                    "--api-addr".into(),
-                    format!("{ip}:{a}"),
-                    "--peer-addr".into(),
-                    format!("{ip}:{p}"),
-                    "--data-dir".into(),
-                    data.display().to_string(),
-                    "--peers".into(),
-                    peers.clone(),
-                ],
-                child: None,
-            }
-        })
-        .collect();
-    let spawn = |n: &mut Node| {
-        n.child = Some(
-            Command::new(&keel)
-                .args(&n.args)
-                .stdout(Stdio::null())
-                .stderr(match std::env::var_os("KEEL_BENCH_LOG_DIR") {
-                    // Debugging aid: keep each node's log.
-                    Some(d) => std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(PathBuf::from(d).join(format!("n{}.log", n.id)))
-                        .map(Stdio::from)
-                        .unwrap_or_else(|_| Stdio::null()),
-                    None => Stdio::null(),
-                })
-                .spawn()
-                .expect("spawn keel"),
-        );
-    };
-    for n in nodes.iter_mut() {
-        spawn(n);
-    }
+    // Panics naming the path when it is missing: run `cargo build --release` first.
+    keel_bin();
+    // Child processes on this process's own loopback address, killed when `c` drops; each
+    // node's log is in the cluster's temp dir (copied to $KEEL_BENCH_LOG_DIR if set).
+    let mut c = Cluster::new(3, &[]);
+    c.start_all();
     let mut times = Vec::new();
     let mut probe_times = Vec::new();
     let mut spurious = 0u64;
     for run in 1..=runs {
         let p = wait("one primary", WAIT, || {
-            let p = primary_of(http, &nodes);
+            let p = primary_of(http, &c);
             (p.len() == 1).then(|| p[0])
         });
         // Leave the cluster alone; any epoch change now is a spurious failover.
-        let e0 = epoch(http, &nodes);
+        let e0 = epoch(http, &c);
         std::thread::sleep(Duration::from_millis(quiet_ms));
-        let e1 = epoch(http, &nodes);
+        let e1 = epoch(http, &c);
         spurious += e1.saturating_sub(e0);
         let p = if e1 != e0 {
-            primary_of(http, &nodes).first().copied().unwrap_or(p)
+            primary_of(http, &c).first().copied().unwrap_or(p)
         } else {
             p
         };
-        let idx = (p - 1) as usize;
         let t0 = Instant::now();
-        if let Some(mut c) = nodes[idx].child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        c.kill(p);
         let newp = wait("new primary", WAIT, || {
-            let q = primary_of(http, &nodes);
+            let q = primary_of(http, &c);
             (q.len() == 1 && q[0] != p).then(|| q[0])
         });
         let took = t0.elapsed();
         // Then the first acknowledged write on the new primary (what a client sees; the
         // number compared with etcd's first acknowledged put).
-        let api = nodes[(newp - 1) as usize].api.clone();
+        let api = c.node(newp).url();
         wait("a write accepted by the new primary", WAIT, || {
-            http.put(format!("http://{api}/v1/kv/bench/failover-{run}"))
+            http.put(format!("{api}/v1/kv/bench/failover-{run}"))
                 .body("x")
                 .timeout(Duration::from_millis(300))
                 .send()
@@ -221,9 +123,9 @@ fn keel_failover(http: &Http, runs: usize, quiet_ms: u64) -> Vec<Duration> {
         );
         probe_times.push(took);
         times.push(took_write);
-        spawn(&mut nodes[idx]);
+        c.start(p);
     }
-    drop(nodes);
+    drop(c);
     let (median, p90, max) = stats(&mut probe_times);
     println!("failover to /primary 200 over {runs} runs: median {median:.1} ms, p90 {p90:.1} ms, max {max:.1} ms");
     let (median, p90, max) = stats(&mut times);
@@ -235,195 +137,67 @@ fn keel_failover(http: &Http, runs: usize, quiet_ms: u64) -> Vec<Duration> {
 
 // ---- etcd ----
 
-/// `etcd` on PATH, or None.
-fn find_etcd() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("etcd"))
-        .find(|p| p.is_file())
-}
-
-/// etcd's version ("3.4.23") and the path prefix of its JSON gateway for that version
-/// (3.4: `/v3`, also `/v3beta`; 3.5 and later: `/v3` only; 3.3: `/v3beta`; 3.2: `/v3alpha`).
-fn etcd_version(bin: &Path) -> (String, &'static str) {
-    // Bounded like everything else: a `--version` that does not exit within 10 s is killed.
-    let mut text = String::new();
-    if let Ok(mut c) = Command::new(bin)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-    {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-        if let Some(mut out) = c.stdout.take() {
-            let _ = std::io::Read::read_to_string(&mut out, &mut text);
-        }
-    }
-    let version = text
-        .lines()
-        .find_map(|l| l.strip_prefix("etcd Version:"))
-        .map(|v| v.trim().to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
-    let prefix = match (parts.next().flatten(), parts.next().flatten()) {
-        (Some(3), Some(3)) => "/v3beta",
-        (Some(3), Some(m)) if m < 3 => "/v3alpha",
-        _ => "/v3",
-    };
-    (version, prefix)
-}
-
-fn b64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::new();
-    for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
-        for k in 0..4 {
-            s.push(if k <= c.len() {
-                A[(n >> (18 - 6 * k)) as usize & 63] as char
-            } else {
-                '='
-            });
-        }
-    }
-    s
-}
-
-/// A member id in the gateway's JSON: uint64 comes as a decimal string ("0" = no leader).
-fn id_of(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-    .filter(|s| s != "0")
-}
-
-struct EtcdMember {
-    name: String,
-    client: String,
-    args: Vec<String>,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-/// A local three-member etcd cluster; dropping it (panics included) kills every member, then
-/// removes the data dirs.
+/// A local three-member etcd cluster (the layout and commands of `keel_testkit::etcd`); dropping
+/// it (panics included) kills every member, then removes the data dirs.
 struct Etcd {
     bin: PathBuf,
     api: &'static str,
     members: Vec<EtcdMember>,
-    _dir: tempfile::TempDir,
+    children: Vec<Option<Child>>,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        for m in self.members.iter_mut() {
-            if let Some(mut c) = m.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+        for mut c in self.children.iter_mut().filter_map(Option::take) {
+            let _ = c.kill();
+            let _ = c.wait();
         }
         if std::thread::panicking() {
             for m in &self.members {
-                let log = std::fs::read_to_string(&m.log).unwrap_or_default();
-                let lines: Vec<&str> = log.lines().collect();
-                eprintln!("--- last lines of {} ({}):", m.name, m.log.display());
-                for l in &lines[lines.len().saturating_sub(8)..] {
-                    eprintln!("{l}");
-                }
+                let log = self.log(m);
+                eprintln!("--- last lines of {} ({}):", m.name, log.display());
+                eprintln!("{}", keel_testkit::logs::tail(&log, 8));
             }
         }
     }
-}
-
-/// One member's view from `POST {api}/maintenance/status`.
-struct EtcdStatus {
-    member: String,
-    leader: Option<String>,
-    term: u64,
 }
 
 impl Etcd {
     fn new(bin: PathBuf, api: &'static str) -> Etcd {
         let dir = tempfile::Builder::new().prefix("keel-failover-etcd").tempdir().unwrap();
-        let ip = "127.0.0.1";
-        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(ip), free_port(ip))).collect();
-        let cluster = ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("e{}=http://{ip}:{}", i + 1, p.1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let token = format!("keel-failover-{}-{nanos}", std::process::id());
-        let members = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (c, p))| {
-                let name = format!("e{}", i + 1);
-                let args = vec![
-                    format!("--name={name}"),
-                    format!("--data-dir={}", dir.path().join(&name).display()),
-                    format!("--listen-client-urls=http://{ip}:{c}"),
-                    format!("--advertise-client-urls=http://{ip}:{c}"),
-                    format!("--listen-peer-urls=http://{ip}:{p}"),
-                    format!("--initial-advertise-peer-urls=http://{ip}:{p}"),
-                    format!("--initial-cluster={cluster}"),
-                    format!("--initial-cluster-token={token}"),
-                ];
-                EtcdMember {
-                    log: dir.path().join(format!("{name}.log")),
-                    name,
-                    client: format!("{ip}:{c}"),
-                    args,
-                    child: None,
-                }
-            })
-            .collect();
+        let token = format!("keel-failover-{}-{}", std::process::id(), keel_testkit::unix_ms());
+        let members = etcd::layout(3, "127.0.0.1", dir.path(), &token);
         Etcd {
             bin,
             api,
+            children: members.iter().map(|_| None).collect(),
             members,
-            _dir: dir,
+            dir,
         }
+    }
+
+    fn log(&self, m: &EtcdMember) -> PathBuf {
+        self.dir.path().join(format!("{}.log", m.name))
     }
 
     /// Starts member `i` with `--initial-cluster-state state` ("new" or "existing"; the
     /// latter restarts it on its own data dir).
     fn start(&mut self, i: usize, state: &str) {
-        let m = &mut self.members[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&m.log)
+            .open(self.log(&self.members[i]))
             .expect("etcd log file");
-        let mut cmd = Command::new(&self.bin);
-        cmd.args(&m.args)
-            .arg(format!("--initial-cluster-state={state}"))
-            .stdin(Stdio::null())
+        let mut cmd = etcd::command(&self.bin, &self.members[i], state);
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("etcd log file"))
             .stderr(log);
-        // etcd reads every flag from ETCD_* as well: make sure its default timings are used.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("ETCD_") {
-                cmd.env_remove(k);
-            }
-        }
-        m.child = Some(cmd.spawn().expect("spawn etcd"));
+        self.children[i] = Some(cmd.spawn().expect("spawn etcd"));
     }
 
     fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.members[i].child.take() {
+        if let Some(mut c) = self.children[i].take() {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -435,27 +209,12 @@ impl Etcd {
 
     fn running(&self) -> Vec<usize> {
         (0..self.members.len())
-            .filter(|&i| self.members[i].child.is_some())
+            .filter(|&i| self.children[i].is_some())
             .collect()
     }
 
     fn status(&self, http: &Http, i: usize) -> Option<EtcdStatus> {
-        let r = http
-            .post(self.url(i, "/maintenance/status"))
-            .timeout(Duration::from_millis(300))
-            .json(&serde_json::json!({}))
-            .send()
-            .ok()?;
-        if r.status() != 200 {
-            return None;
-        }
-        let v: serde_json::Value = r.json().ok()?;
-        let term = &v["header"]["raft_term"];
-        Some(EtcdStatus {
-            member: id_of(&v["header"]["member_id"])?,
-            leader: id_of(&v["leader"]),
-            term: term.as_u64().or_else(|| term.as_str()?.parse().ok()).unwrap_or(0),
-        })
+        etcd::status(http, &self.members[i].client, self.api, Duration::from_millis(300))
     }
 
     fn healthy(&self, http: &Http, i: usize) -> bool {
@@ -531,7 +290,7 @@ impl Etcd {
 
 /// The etcd runs; prints one line per run and the summary, returns the failover times.
 fn etcd_failover(http: &Http, bin: PathBuf, runs: usize, quiet_ms: u64) -> Vec<Duration> {
-    let (version, api) = etcd_version(&bin);
+    let (version, api) = etcd::etcd_version(&bin);
     println!(
         "etcd {version} ({}), JSON gateway {api}, default timings; three members on 127.0.0.1",
         bin.display()
@@ -615,15 +374,7 @@ fn main() {
     }
     assert!(runs > 0, "--runs must be at least 1");
     // Before anything is started, so a missing etcd does not cost the Keel runs.
-    let etcd = compare_etcd.then(|| {
-        find_etcd().unwrap_or_else(|| {
-            eprintln!(
-                "error: --compare etcd needs the `etcd` binary on PATH, and it is not there; on Debian/Ubuntu install \
-                 the etcd-server package: `sudo apt-get install etcd-server`"
-            );
-            std::process::exit(2)
-        })
-    });
+    let etcd = compare_etcd.then(etcd::find_etcd_or_exit);
     keel_raft::network::install_crypto_provider();
     let http = reqwest::blocking::Client::builder().no_proxy().build().unwrap();
     let mut keel = keel_failover(&http, runs, quiet_ms);

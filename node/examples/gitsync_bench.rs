@@ -37,11 +37,14 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, KeyInit, Mac};
-use keel_node::util::strip_ansi;
+use keel_testkit::procs::kill_group;
+use keel_testkit::{
+    blocking_client, free_port, get_json, git_cmd, load_average, node_addrs, serve_command, webhook_signature, Procs,
+    Upstream,
+};
 use serde_json::Value;
 
 type Http = reqwest::blocking::Client;
@@ -57,54 +60,9 @@ const POLL: Duration = Duration::from_millis(2);
 const SECRET: &str = "bench-webhook-s3cret";
 const BRANCH: &str = "main";
 
-fn keel_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    exe.parent()
-        .and_then(|p| p.parent())
-        .map(|p| p.join("keel"))
-        .expect("target dir")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn http_client() -> Http {
-    keel_raft::network::install_crypto_provider();
-    reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("http client")
-}
-
-fn get_json(http: &Http, url: &str) -> Option<Value> {
-    let r = http.get(url).timeout(Duration::from_secs(1)).send().ok()?;
-    r.status().is_success().then(|| r.json().ok())?
-}
-
-fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
+/// Poll every 5 ms: the poll interval bounds how finely the waits here are timed.
+fn wait<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    keel_testkit::wait_for(what, timeout, Duration::from_millis(5), f)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -122,19 +80,6 @@ fn met(ok: bool) -> &'static str {
     } else {
         "NOT met"
     }
-}
-
-/// SIGKILL to the process group `pid` leads (every process here is started as a group leader),
-/// then to the process itself, then reaps it. The pid cannot be reused before the reap, so the
-/// group kill cannot hit anything else.
-fn kill_group(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-KILL", "--", &format!("-{}", child.id())])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// Runs `cmd` (in its own process group) to completion within `timeout`, killing the group on a
@@ -186,21 +131,7 @@ fn run(cmd: &mut Command, timeout: Duration, what: &str) -> (String, Duration) {
     try_run(cmd, timeout, what).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A `git` command in `dir` with a fixed identity and no global or system config.
-fn git_cmd(dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new("git");
-    c.args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_AUTHOR_NAME", "bench")
-        .env("GIT_AUTHOR_EMAIL", "bench@example.invalid")
-        .env("GIT_COMMITTER_NAME", "bench")
-        .env("GIT_COMMITTER_EMAIL", "bench@example.invalid");
-    c
-}
-
+/// `git ARGS` in `dir` (the test kit's: fixed identity, no global or system config), bounded by `GIT_WAIT`.
 fn git(dir: &Path, args: &[&str]) -> String {
     run(&mut git_cmd(dir, args), GIT_WAIT, &format!("git {args:?}")).0
 }
@@ -210,187 +141,27 @@ fn flush() {
     run(&mut Command::new("sync"), BIG_WAIT, "sync");
 }
 
-/// Local processes and the temp dir they keep their data and logs in. Dropping it (panics
-/// included) kills every process group, then removes the dir; on a panic it prints the logs'
-/// tails.
-struct Lab {
-    procs: Vec<(String, Option<Child>)>,
-    dir: tempfile::TempDir,
-    /// Log lengths at `mark`.
-    marks: Vec<u64>,
-    prefix: String,
-}
-
-impl Lab {
-    fn new(prefix: &str) -> Lab {
-        Lab {
-            procs: Vec::new(),
-            marks: Vec::new(),
-            prefix: prefix.to_string(),
-            dir: tempfile::Builder::new().prefix(prefix).tempdir().expect("temp dir"),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn log(&self, name: &str) -> PathBuf {
-        self.dir.path().join(format!("{name}.log"))
-    }
-
-    /// Starts `cmd` in its own process group, stdout and stderr to `<dir>/<name>.log`.
-    fn spawn(&mut self, name: &str, mut cmd: Command) {
-        use std::os::unix::process::CommandExt;
-        let log = std::fs::File::create(self.log(name)).expect("log file");
-        let child = cmd
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        self.procs.push((name.to_string(), Some(child)));
-    }
-
-    fn stop(&mut self, name: &str) {
-        for (n, c) in &mut self.procs {
-            if n == name {
-                if let Some(mut c) = c.take() {
-                    kill_group(&mut c);
-                }
-            }
-        }
-    }
-
-    /// Remembers how far each log goes, so that `warnings` skips start-up chatter.
-    fn mark(&mut self) {
-        self.marks = self
-            .procs
-            .iter()
-            .map(|(name, _)| std::fs::metadata(self.log(name)).map_or(0, |m| m.len()))
-            .collect();
-    }
-
-    /// WARN and ERROR lines in the logs since `mark`: how many per process, and the last few.
-    fn warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for (i, (name, _)) in self.procs.iter().enumerate() {
-            let log = std::fs::read(self.log(name)).unwrap_or_default();
-            let since = log
-                .get(self.marks.get(i).copied().unwrap_or(0) as usize..)
-                .unwrap_or_default();
-            let log = strip_ansi(&String::from_utf8_lossy(since));
-            let lines: Vec<&str> = log
-                .lines()
-                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
-                .collect();
-            if !lines.is_empty() {
-                out.push(format!("{name}: {} WARN/ERROR log lines; the last ones:", lines.len()));
-                out.extend(lines[lines.len().saturating_sub(3)..].iter().map(|l| format!("  {l}")));
-            }
-        }
-        out
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.procs {
-            if let Some(mut c) = c.take() {
-                kill_group(&mut c);
-            }
-        }
-        // Debugging aid: keep the logs (`<prefix>-<name>.log`) in $KEEL_BENCH_LOG_DIR.
-        if let Some(keep) = std::env::var_os("KEEL_BENCH_LOG_DIR") {
-            for (name, _) in &self.procs {
-                let to = PathBuf::from(&keep).join(format!("{}-{name}.log", self.prefix.trim_end_matches('-')));
-                let _ = std::fs::copy(self.log(name), to);
-            }
-        }
-        if std::thread::panicking() {
-            for (name, _) in &self.procs {
-                let log = std::fs::read_to_string(self.log(name)).unwrap_or_default();
-                let lines: Vec<&str> = log.lines().collect();
-                eprintln!("--- last lines of {name}:");
-                for l in &lines[lines.len().saturating_sub(8)..] {
-                    eprintln!("{l}");
-                }
-            }
-        }
-        // `dir` is removed after this, when the fields drop.
-    }
-}
-
-/// `serve` arguments of a node on 127.0.0.1 with a single-node or three-node `--peers`.
-fn serve_cmd(id: u64, api: u16, peer: u16, data: &Path, peers: &str, extra: &[String]) -> Command {
-    let mut c = Command::new(keel_bin());
-    c.args(["serve", "--id", &id.to_string()])
-        .args(["--api-addr", &format!("127.0.0.1:{api}")])
-        .args(["--peer-addr", &format!("127.0.0.1:{peer}")])
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--peers", peers])
-        .args(extra);
-    if std::env::var_os("RUST_LOG").is_none() {
-        c.env("RUST_LOG", "info,openraft=warn");
-    }
-    c
-}
-
 // ---- part 1: webhook to all nodes served ----
 
 fn sign(body: &[u8]) -> String {
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    let bytes = mac.finalize().into_bytes();
-    format!(
-        "sha256={}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    webhook_signature(SECRET, body)
 }
 
-/// An upstream bare repository and a work clone that pushes to it.
-struct Upstream {
-    bare: PathBuf,
-    work: PathBuf,
-}
-
-impl Upstream {
-    fn new(dir: &Path) -> Upstream {
-        let bare = dir.join("upstream.git");
-        let work = dir.join("work");
-        std::fs::create_dir_all(&work).unwrap();
-        git(dir, &["init", "-q", "--bare", "-b", BRANCH, bare.to_str().unwrap()]);
-        git(&work, &["init", "-q", "-b", BRANCH]);
-        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-        // A small config directory: the file the pushes change and a few that stay.
-        for i in 1..=9 {
-            let p = work.join(format!("shared/dashboards/d{i}.json"));
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(
-                &p,
-                format!("{{\"dashboard\": {i}, \"panels\": [{}]}}\n", "1,".repeat(500) + "1"),
-            )
-            .unwrap();
-        }
-        std::fs::write(work.join("README.md"), "outside the synced path\n").unwrap();
-        Upstream { bare, work }
-    }
-
-    /// Commits `contents` as `shared/config.txt` and pushes; returns the commit.
-    fn push(&self, contents: &str) -> String {
-        let p = self.work.join("shared/config.txt");
+/// The upstream of part 1: a small config directory, the file the pushes change and a few that
+/// stay, and a file outside the synced path.
+fn upstream(dir: &Path) -> Upstream {
+    let up = Upstream::new(dir);
+    for i in 1..=9 {
+        let p = up.work.join(format!("shared/dashboards/d{i}.json"));
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, contents).unwrap();
-        git(&self.work, &["add", "-A"]);
-        git(
-            &self.work,
-            &["commit", "-q", "-m", &format!("config: {}", contents.trim())],
-        );
-        git(&self.work, &["push", "-q", "origin", BRANCH]);
-        git(&self.work, &["rev-parse", "HEAD"]).trim().to_string()
+        std::fs::write(
+            &p,
+            format!("{{\"dashboard\": {i}, \"panels\": [{}]}}\n", "1,".repeat(500) + "1"),
+        )
+        .unwrap();
     }
+    std::fs::write(up.work.join("README.md"), "outside the synced path\n").unwrap();
+    up
 }
 
 struct BenchNode {
@@ -429,19 +200,13 @@ fn webhook_latency(http: &Http, pushes: usize) {
         "== webhook to all three nodes served ({pushes} pushes), load average {}",
         load_average()
     );
-    let mut lab = Lab::new("keel-gitsync-bench-");
-    let up = Upstream::new(lab.path());
-    let first = up.push("push 0\n");
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    let peers = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}=127.0.0.1:{}", i + 1, p.1))
-        .collect::<Vec<_>>()
-        .join(",");
+    let mut lab = Procs::new("keel-gitsync-bench-", None);
+    let up = upstream(lab.path());
+    let first = up.commit("shared/config.txt", "push 0\n");
+    let (addrs, peers) = node_addrs(3, "127.0.0.1");
     let extra: Vec<String> = [
         "--gitsync-repo",
-        &format!("file://{}", up.bare.display()),
+        &up.url(),
         "--gitsync-branch",
         BRANCH,
         "--gitsync-path",
@@ -455,13 +220,15 @@ fn webhook_latency(http: &Http, pushes: usize) {
     .map(|s| s.to_string())
     .collect();
     let mut nodes = Vec::new();
-    for (i, (api, peer)) in ports.iter().enumerate() {
+    for (i, (api, peer)) in addrs.iter().enumerate() {
         let id = i as u64 + 1;
         let data = lab.path().join(format!("n{id}"));
-        lab.spawn(&format!("n{id}"), serve_cmd(id, *api, *peer, &data, &peers, &extra));
+        let mut cmd = serve_command(id, api, peer, &data, &peers);
+        cmd.args(&extra);
+        lab.spawn_group(&format!("n{id}"), cmd);
         nodes.push(BenchNode {
             id,
-            api: format!("127.0.0.1:{api}"),
+            api: api.clone(),
             data,
         });
     }
@@ -489,16 +256,13 @@ fn webhook_latency(http: &Http, pushes: usize) {
     });
     lab.mark();
 
-    let run_id = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let run_id = keel_testkit::unix_ms();
     let mut all_served = Vec::new();
     let mut answered = Vec::new();
     let mut agent = Vec::new();
     for i in 1..=pushes {
         let contents = format!("push {i}\n");
-        let sha = up.push(&contents);
+        let sha = up.commit("shared/config.txt", &contents);
         let target = &nodes[(i - 1) % nodes.len()];
         let delivery = format!("bench-{}-{run_id}-{i}", std::process::id());
         let mut seen: Vec<Option<Duration>> = vec![None; nodes.len()];
@@ -681,7 +445,7 @@ fn first_sync(http: &Http, files: usize, total_mb: u64) {
         "== first sync of {files} files / {total_mb} MB next to `git clone --depth 1`, load average {}",
         load_average()
     );
-    let mut lab = Lab::new("keel-gitsync-big-");
+    let mut lab = Procs::new("keel-gitsync-big-", None);
     let repos = lab.path().join("repos");
     let bare = repos.join("repo.git");
     std::fs::create_dir_all(&repos).unwrap();
@@ -731,7 +495,7 @@ fn first_sync(http: &Http, files: usize, total_mb: u64) {
     );
 
     // git daemon on loopback.
-    let port = free_port();
+    let port = free_port("127.0.0.1");
     let mut daemon = Command::new(git_daemon_bin());
     daemon
         .arg("--export-all")
@@ -744,7 +508,7 @@ fn first_sync(http: &Http, files: usize, total_mb: u64) {
         ])
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GIT_CONFIG_NOSYSTEM", "1");
-    lab.spawn("git-daemon", daemon);
+    lab.spawn_group("git-daemon", daemon);
     let url = format!("git://127.0.0.1:{port}/repo.git");
     let listed = wait("git daemon serving the repository", WAIT, || {
         try_run(&mut git_cmd(lab.path(), &["ls-remote", &url]), WAIT, "git ls-remote")
@@ -762,7 +526,8 @@ fn first_sync(http: &Http, files: usize, total_mb: u64) {
 
     // 2) A fresh node's first sync.
     flush();
-    let (api, peer) = (free_port(), free_port());
+    let (addrs, peers) = node_addrs(1, "127.0.0.1");
+    let (api, peer) = &addrs[0];
     let data = lab.path().join("node");
     let extra: Vec<String> = [
         "--gitsync-repo",
@@ -775,10 +540,11 @@ fn first_sync(http: &Http, files: usize, total_mb: u64) {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let cmd = serve_cmd(1, api, peer, &data, &format!("1=127.0.0.1:{peer}"), &extra);
-    let status_url = format!("http://127.0.0.1:{api}/v1/gitsync");
+    let mut cmd = serve_command(1, api, peer, &data, &peers);
+    cmd.args(&extra);
+    let status_url = format!("http://{api}/v1/gitsync");
     let t0 = Instant::now();
-    lab.spawn("keel", cmd);
+    lab.spawn_group("keel", cmd);
     let deadline = t0 + BIG_WAIT;
     let status = loop {
         if let Some(s) = get_json(http, &status_url) {
@@ -841,7 +607,7 @@ fn first_sync(http: &Http, files: usize, total_mb: u64) {
     flush();
     let t1 = Instant::now();
     let r = http
-        .post(format!("http://127.0.0.1:{api}/v1/gitsync/sync"))
+        .post(format!("http://{api}/v1/gitsync/sync"))
         .timeout(BIG_WAIT)
         .send()
         .expect("POST /v1/gitsync/sync");
@@ -919,13 +685,9 @@ fn main() {
         pushes > 0 && files > 0 && total_mb > 0,
         "--pushes, --files and --mb must be positive"
     );
-    let keel = keel_bin();
-    assert!(
-        keel.exists(),
-        "{} not found: run `cargo build --release --bins --examples` first",
-        keel.display()
-    );
-    let http = http_client();
+    // Panics naming the path when it is missing: run `cargo build --release --bins --examples` first.
+    keel_testkit::keel_bin();
+    let http = blocking_client(Duration::from_secs(10));
     println!(
         "gitsync_bench, {} CPUs, load average {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),

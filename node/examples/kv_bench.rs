@@ -71,18 +71,18 @@
 //! cells and prints one line each (no etcd, no half-load run, no goal checks), e.g. to profile
 //! one cell.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use keel_node::util::strip_ansi;
+use keel_testkit::etcd::{self, EtcdMember};
+use keel_testkit::{b64, blocking_client, get_json, load_average, node_addrs, serve_command, Procs};
 
 /// The blocking client of the setup and management calls (status, metrics, config), made from
 /// the main thread, never from inside the load generator's runtime.
@@ -101,39 +101,6 @@ const LAG_POLL: Duration = Duration::from_millis(2);
 const LAG_GIVE_UP: Duration = Duration::from_secs(5);
 /// How long the replicas get to catch up after a run.
 const CATCH_UP: Duration = Duration::from_secs(60);
-
-fn keel_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    exe.parent()
-        .and_then(|p| p.parent())
-        .map(|p| p.join("keel"))
-        .expect("target dir")
-}
-
-/// A port nothing listens on now, and one this process has not handed out before (the kernel may
-/// give a port released by an earlier call to a later one).
-fn free_port() -> u16 {
-    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind 127.0.0.1:0")
-            .local_addr()
-            .expect("local addr")
-            .port();
-        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
-            return port;
-        }
-    }
-}
-
-fn http_client() -> Http {
-    keel_raft::network::install_crypto_provider();
-    reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .expect("http client")
-}
 
 /// The load generator: one tokio runtime and one async HTTP client (one connection pool) that
 /// every simulated client of every cell shares, Keel and etcd alike.
@@ -190,20 +157,8 @@ fn proc_cpu(pid: &str) -> Duration {
     Duration::from_millis(10 * fields.iter().sum::<u64>())
 }
 
-fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn get_json(http: &Http, url: &str) -> Option<serde_json::Value> {
-    let r = http.get(url).timeout(Duration::from_secs(1)).send().ok()?;
-    r.status().is_success().then(|| r.json().ok())?
+fn wait<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    keel_testkit::wait_for(what, WAIT, Duration::from_millis(20), f)
 }
 
 /// A metric's value from a Prometheus text page (`name value` lines), 0 if absent.
@@ -219,115 +174,6 @@ fn metric(http: &Http, url: &str, name: &str) -> f64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
-/// Local processes and the temp dir they keep their data and logs in. Dropping it (panics
-/// included) kills every process, then removes the dir; on a panic it prints the logs' tails.
-struct Cluster {
-    procs: Vec<(String, Child)>,
-    dir: tempfile::TempDir,
-    /// Log lengths at `mark`.
-    marks: Vec<usize>,
-    prefix: String,
-}
-
-impl Cluster {
-    /// In the system's temp dir (`TMPDIR`, else /tmp), or under `root`.
-    fn new(prefix: &str, root: Option<&Path>) -> Cluster {
-        let mut builder = tempfile::Builder::new();
-        builder.prefix(prefix);
-        let dir = match root {
-            Some(root) => builder.tempdir_in(root),
-            None => builder.tempdir(),
-        };
-        Cluster {
-            procs: Vec::new(),
-            marks: Vec::new(),
-            prefix: prefix.to_string(),
-            dir: dir.expect("temp dir"),
-        }
-    }
-
-    fn log(&self, name: &str) -> PathBuf {
-        self.dir.path().join(format!("{name}.log"))
-    }
-
-    /// Starts `cmd` with stdout and stderr appended to `<dir>/<name>.log`.
-    fn spawn(&mut self, name: &str, mut cmd: Command) {
-        let log = std::fs::File::create(self.log(name)).expect("log file");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        self.procs.push((name.to_string(), child));
-    }
-
-    /// The processes' ids, in start order.
-    fn pids(&self) -> Vec<u32> {
-        self.procs.iter().map(|(_, c)| c.id()).collect()
-    }
-
-    /// Remembers how far each log goes, so that `warnings` skips start-up chatter.
-    fn mark(&mut self) {
-        self.marks = self
-            .procs
-            .iter()
-            .map(|(name, _)| std::fs::metadata(self.log(name)).map_or(0, |m| m.len() as usize))
-            .collect();
-    }
-
-    /// WARN and ERROR lines in the logs since `mark`: how many per process, and the last few.
-    fn warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for (i, (name, _)) in self.procs.iter().enumerate() {
-            let log = std::fs::read(self.log(name)).unwrap_or_default();
-            let since = log.get(self.marks.get(i).copied().unwrap_or(0)..).unwrap_or_default();
-            let log = strip_ansi(&String::from_utf8_lossy(since));
-            let lines: Vec<&str> = log
-                .lines()
-                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
-                .collect();
-            if !lines.is_empty() {
-                out.push(format!("{name}: {} WARN/ERROR log lines; the last ones:", lines.len()));
-                out.extend(lines[lines.len().saturating_sub(3)..].iter().map(|l| format!("  {l}")));
-            }
-        }
-        out
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.procs {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // Debugging aid: keep the logs (`<prefix>-<name>.log`) in $KEEL_BENCH_LOG_DIR.
-        if let Some(keep) = std::env::var_os("KEEL_BENCH_LOG_DIR") {
-            for (name, _) in &self.procs {
-                let to = PathBuf::from(&keep).join(format!("{}-{name}.log", self.prefix));
-                let _ = std::fs::copy(self.log(name), to);
-            }
-        }
-        if std::thread::panicking() {
-            for (name, _) in &self.procs {
-                let log = std::fs::read_to_string(self.log(name)).unwrap_or_default();
-                let lines: Vec<&str> = log.lines().collect();
-                eprintln!("--- last lines of {name}:");
-                for l in &lines[lines.len().saturating_sub(8)..] {
-                    eprintln!("{l}");
-                }
-            }
-        }
-    }
 }
 
 /// The disk's raw fsync rate: 4 KiB appends, each followed by fdatasync, for `dur` in `dir`;
@@ -608,7 +454,7 @@ fn find<'a>(rows: &'a [Row], system: &str, mode: &str, size: usize, clients: usi
 // ---------------------------------------------------------------- Keel
 
 struct Keel {
-    cluster: Cluster,
+    cluster: Procs,
     /// API address of each node, in start order (the order of `cluster.procs`).
     apis: Vec<String>,
     primary: String,
@@ -617,30 +463,14 @@ struct Keel {
 
 /// A Keel cluster with its data dirs in the system's temp dir (`root` None), or under `root`.
 fn start_keel(http: &Http, root: Option<&Path>) -> Keel {
-    let keel = keel_bin();
-    assert!(
-        keel.exists(),
-        "{} not found: run `cargo build --release` first",
-        keel.display()
-    );
-    let mut cluster = Cluster::new("keel-kv-bench", root);
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    let peers = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}=127.0.0.1:{}", i + 1, p.1))
-        .collect::<Vec<_>>()
-        .join(",");
-    for (i, (a, p)) in ports.iter().enumerate() {
-        let id = (i + 1).to_string();
-        let data = cluster.dir.path().join(format!("n{id}"));
-        let mut cmd = Command::new(&keel);
-        cmd.args(["serve", "--id", &id, "--api-addr", &format!("127.0.0.1:{a}")])
-            .args(["--peer-addr", &format!("127.0.0.1:{p}")])
-            .args(["--data-dir", &data.display().to_string(), "--peers", &peers]);
-        cluster.spawn(&format!("n{id}"), cmd);
+    let mut cluster = Procs::new("keel-kv-bench", root);
+    let (addrs, peers) = node_addrs(3, "127.0.0.1");
+    for (i, (api, peer)) in addrs.iter().enumerate() {
+        let id = i as u64 + 1;
+        let data = cluster.path().join(format!("n{id}"));
+        cluster.spawn(&format!("n{id}"), serve_command(id, api, peer, &data, &peers));
     }
-    let apis: Vec<String> = ports.iter().map(|(a, _)| format!("127.0.0.1:{a}")).collect();
+    let apis: Vec<String> = addrs.into_iter().map(|(api, _)| api).collect();
     let primary = wait("a Keel primary", || {
         apis.iter()
             .find(|api| {
@@ -886,138 +716,33 @@ fn keel_lag(http: &Http, gen: &Gen, keel: &Keel, rate: f64, size: usize, dur: Du
 
 // ---------------------------------------------------------------- etcd
 
-fn find_etcd() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join("etcd"))
-        .chain([PathBuf::from("/usr/bin/etcd")])
-        .find(|p| p.is_file())
-}
-
-/// etcd's version ("3.4.23") and the path prefix of its JSON gateway for that version
-/// (3.4: `/v3`, also `/v3beta`; 3.5 and later: `/v3` only; 3.3: `/v3beta`; 3.2: `/v3alpha`).
-fn etcd_version(bin: &Path) -> (String, &'static str) {
-    // Bounded like everything else: a `--version` that does not exit within 10 s is killed.
-    let mut text = String::new();
-    if let Ok(mut c) = Command::new(bin)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-    {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-        if let Some(mut out) = c.stdout.take() {
-            let _ = std::io::Read::read_to_string(&mut out, &mut text);
-        }
-    }
-    let version = text
-        .lines()
-        .find_map(|l| l.strip_prefix("etcd Version:"))
-        .map(|v| v.trim().to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
-    let prefix = match (parts.next().flatten(), parts.next().flatten()) {
-        (Some(3), Some(3)) => "/v3beta",
-        (Some(3), Some(m)) if m < 3 => "/v3alpha",
-        _ => "/v3",
-    };
-    (version, prefix)
-}
-
-fn b64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
-    for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
-        for k in 0..4 {
-            s.push(if k <= c.len() {
-                A[(n >> (18 - 6 * k)) as usize & 63] as char
-            } else {
-                '='
-            });
-        }
-    }
-    s
-}
-
-/// A member id in the gateway's JSON: uint64 comes as a decimal string ("0" = no leader).
-fn id_of(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-    .filter(|s| s != "0")
-}
-
 struct Etcd {
     /// Dropping it stops the members.
-    cluster: Cluster,
-    /// Client address of each member.
-    clients: Vec<String>,
+    cluster: Procs,
+    members: Vec<EtcdMember>,
     /// The gateway's path prefix (`/v3`).
     api: &'static str,
 }
 
 /// A three-member etcd on 127.0.0.1 with etcd's default timings.
 fn start_etcd(bin: &Path, api: &'static str) -> Etcd {
-    let mut cluster = Cluster::new("keel-kv-bench-etcd", None);
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    let initial = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("e{}=http://127.0.0.1:{}", i + 1, p.1))
-        .collect::<Vec<_>>()
-        .join(",");
+    let mut cluster = Procs::new("keel-kv-bench-etcd", None);
     let token = format!("keel-kv-bench-{}", std::process::id());
-    for (i, (c, p)) in ports.iter().enumerate() {
-        let name = format!("e{}", i + 1);
-        let mut cmd = Command::new(bin);
-        cmd.arg(format!("--name={name}"))
-            .arg(format!("--data-dir={}", cluster.dir.path().join(&name).display()))
-            .arg(format!("--listen-client-urls=http://127.0.0.1:{c}"))
-            .arg(format!("--advertise-client-urls=http://127.0.0.1:{c}"))
-            .arg(format!("--listen-peer-urls=http://127.0.0.1:{p}"))
-            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{p}"))
-            .arg(format!("--initial-cluster={initial}"))
-            .arg(format!("--initial-cluster-token={token}"))
-            .arg("--initial-cluster-state=new");
-        // etcd reads every flag from ETCD_* as well: make sure its default timings are used.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("ETCD_") {
-                cmd.env_remove(k);
-            }
-        }
-        cluster.spawn(&name, cmd);
+    let members = etcd::layout(3, "127.0.0.1", cluster.path(), &token);
+    for m in &members {
+        cluster.spawn(&m.name, etcd::command(bin, m, "new"));
     }
-    Etcd {
-        cluster,
-        clients: ports.iter().map(|(c, _)| format!("127.0.0.1:{c}")).collect(),
-        api,
-    }
+    Etcd { cluster, members, api }
 }
 
 impl Etcd {
     /// The leader's index once every member is healthy and names the same leader.
     fn leader(&self, http: &Http) -> Option<usize> {
         let mut ids = Vec::new();
-        for c in &self.clients {
-            let v: serde_json::Value = http
-                .post(format!("http://{c}{}/maintenance/status", self.api))
-                .timeout(Duration::from_millis(500))
-                .json(&serde_json::json!({}))
-                .send()
-                .ok()?
-                .json()
-                .ok()?;
-            ids.push((id_of(&v["header"]["member_id"])?, id_of(&v["leader"])?));
-            let health = get_json(http, &format!("http://{c}/health"))?;
+        for m in &self.members {
+            let s = etcd::status(http, &m.client, self.api, Duration::from_millis(500))?;
+            ids.push((s.member, s.leader?));
+            let health = get_json(http, &format!("http://{}/health", m.client))?;
             if health["health"] != "true" {
                 return None;
             }
@@ -1048,7 +773,7 @@ async fn etcd_put(http: &raw_http::Client, path: &str, key: &str, value_b64: &st
 fn etcd_cell(http: &Http, gen: &Gen, etcd: &Etcd, leader: usize, size: usize, clients: usize, dur: Duration) -> Row {
     eprintln!("etcd {} × {clients} clients ...", size_label(size));
     let value: Arc<str> = b64(&vec![b'e'; size]).into();
-    let member = &etcd.clients[leader];
+    let member = &etcd.members[leader].client;
     let (path, metrics): (Arc<str>, String) = (
         format!("{}/kv/put", etcd.api).into(),
         format!("http://{member}/metrics"),
@@ -1329,7 +1054,7 @@ fn main() {
     }
     if !only.is_empty() {
         // One-off cells: no etcd, no half-load run, no goal checks.
-        let (http, gen) = (http_client(), Gen::new());
+        let (http, gen) = (blocking_client(REQUEST_TIMEOUT), Gen::new());
         let keel = start_keel(&http, None);
         for (mode, size, clients) in &only {
             let mode: &'static str = if mode == "async" { "async" } else { "sync" };
@@ -1374,22 +1099,11 @@ fn main() {
     assert!(secs > 0.0, "--secs must be positive");
     let dur = Duration::from_secs_f64(secs);
     // Before anything is started, so a missing etcd does not cost the Keel runs.
-    let etcd_bin = compare_etcd.then(|| {
-        find_etcd().unwrap_or_else(|| {
-            eprintln!(
-                "error: --compare etcd needs the `etcd` binary on PATH, and it is not there; on Debian/Ubuntu install \
-                 the etcd-server package: `sudo apt-get install etcd-server`"
-            );
-            std::process::exit(2)
-        })
-    });
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let etcd_bin = compare_etcd.then(etcd::find_etcd_or_exit);
+    let now_ms = keel_testkit::unix_ms();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let load_before = load_average();
-    let (http, gen) = (http_client(), Gen::new());
+    let (http, gen) = (blocking_client(REQUEST_TIMEOUT), Gen::new());
 
     // A change of primary during a run (a failover under load) is reported with the results.
     let mut events = Vec::new();
@@ -1426,8 +1140,8 @@ fn main() {
                     let k = start_keel(&http, None);
                     if probes.is_none() {
                         probes = Some((
-                            fsync_rate(k.cluster.dir.path(), Duration::from_secs(2)),
-                            write_bandwidth(k.cluster.dir.path(), Duration::from_secs(1)),
+                            fsync_rate(k.cluster.path(), Duration::from_secs(2)),
+                            write_bandwidth(k.cluster.path(), Duration::from_secs(1)),
                         ));
                     }
                     cells.push(measure(&k, mode, mode, size, clients));
@@ -1482,7 +1196,7 @@ fn main() {
 
     let mut etcd_about = None;
     if let Some(bin) = etcd_bin {
-        let (version, api) = etcd_version(&bin);
+        let (version, api) = etcd::etcd_version(&bin);
         etcd_about = Some(format!(
             "etcd {version} ({}), three members with default timings, JSON gateway `POST {api}/kv/put` on the leader",
             bin.display()

@@ -7,15 +7,13 @@
 //! byte, a truncated file, a foreign file and a non-empty data dir are refused and leave the target
 //! untouched.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use keel_testkit::*;
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(20);
@@ -162,7 +160,7 @@ async fn dump(c: &Cluster, id: u64) -> BTreeMap<String, (Vec<u8>, u64)> {
 }
 
 fn run_keel(args: &[String]) -> std::process::Output {
-    std::process::Command::new(KEEL)
+    std::process::Command::new(keel_bin())
         .args(args)
         .env_remove("KEEL_ADDR")
         .env_remove("KEEL_ADMIN_TOKEN")

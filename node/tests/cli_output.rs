@@ -3,11 +3,9 @@
 //! document a script can parse, `table` prints aligned columns for people (and is not JSON).
 //! Errors name what to do next (a `hint:` line).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use keel_testkit::*;
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);

@@ -1,10 +1,8 @@
 //! Multi-process tests of the foundation: bootstrap, crash/restart, membership.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use keel_testkit::*;
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(15);

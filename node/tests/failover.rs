@@ -1,12 +1,10 @@
 //! Primary election, lease fencing and automatic failover, with real processes.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use keel_testkit::*;
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(20);
@@ -342,7 +340,7 @@ async fn switchover_is_clean_and_validated() {
 /// `/primary` within its lease, and after the heal it rejoins as a replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_isolated_primary_is_replaced() {
-    let lab = match common::netns::NetLab::new(3) {
+    let lab = match netns::NetLab::new(3) {
         Ok(l) => l,
         Err(why) => {
             println!("SKIPPED partition_isolated_primary_is_replaced: {why}");
@@ -383,7 +381,7 @@ async fn partition_isolated_primary_is_replaced() {
 /// majority: the primary keeps its role, no failover.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_isolated_coordinator_keeps_primary() {
-    let lab = match common::netns::NetLab::new(3) {
+    let lab = match netns::NetLab::new(3) {
         Ok(l) => l,
         Err(why) => {
             println!("SKIPPED partition_isolated_coordinator_keeps_primary: {why}");

@@ -1,52 +1,19 @@
 //! Git Sync across real processes with real repositories made by the `git` CLI (file://).
 
-mod common;
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
-use hmac::{Hmac, KeyInit, Mac};
+use keel_testkit::*;
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(30);
 const SECRET: &str = "webhook-s3cret";
 
-/// An upstream bare repository and a work clone that pushes to it.
-struct Upstream {
-    bare: PathBuf,
-    work: PathBuf,
-}
-
-impl Upstream {
-    fn new(dir: &Path) -> Upstream {
-        let bare = dir.join("upstream.git");
-        let work = dir.join("work");
-        std::fs::create_dir_all(&work).unwrap();
-        git(dir, &["init", "--bare", "-b", "main", bare.to_str().unwrap()]);
-        git(&work, &["init", "-b", "main"]);
-        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-        let u = Upstream { bare, work };
-        u.commit("shared/config.txt", "v1");
-        u
-    }
-
-    fn url(&self) -> String {
-        format!("file://{}", self.bare.display())
-    }
-
-    fn commit(&self, file: &str, contents: &str) -> String {
-        let p = self.work.join(file);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, contents).unwrap();
-        git(&self.work, &["add", "-A"]);
-        git(
-            &self.work,
-            &["commit", "-q", "-m", &format!("set {file} to {contents}")],
-        );
-        git(&self.work, &["push", "-q", "origin", "main"]);
-        git(&self.work, &["rev-parse", "HEAD"]).trim().to_string()
-    }
+/// The upstream every test here starts from: `shared/config.txt` at "v1".
+fn upstream(dir: &Path) -> Upstream {
+    let up = Upstream::new(dir);
+    up.commit("shared/config.txt", "v1");
+    up
 }
 
 fn served(c: &Cluster, id: u64, file: &str) -> Option<String> {
@@ -54,13 +21,7 @@ fn served(c: &Cluster, id: u64, file: &str) -> Option<String> {
 }
 
 fn sign(body: &[u8]) -> String {
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    let bytes = mac.finalize().into_bytes();
-    format!(
-        "sha256={}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    webhook_signature(SECRET, body)
 }
 
 async fn webhook(c: &Cluster, id: u64, signature: &str, delivery: &str) -> (u16, Value) {
@@ -113,7 +74,7 @@ async fn wait_served(c: &Cluster, file: &str, want: &str, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_to_one_node_syncs_all() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Upstream::new(dir.path());
+    let up = upstream(dir.path());
     let mut c = cluster(&up, 600_000);
     c.start_all();
     wait_served(&c, "config.txt", "v1", "every node serves the initial commit").await;
@@ -166,7 +127,7 @@ async fn webhook_to_one_node_syncs_all() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interval_pickup_and_upstream_outage() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Upstream::new(dir.path());
+    let up = upstream(dir.path());
     let mut c = cluster(&up, 300);
     c.start_all();
     wait_served(&c, "config.txt", "v1", "initial commit").await;
@@ -202,7 +163,7 @@ async fn interval_pickup_and_upstream_outage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn force_push_is_a_conflict_until_accepted() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Upstream::new(dir.path());
+    let up = upstream(dir.path());
     let mut c = cluster(&up, 300);
     c.start_all();
     up.commit("shared/config.txt", "v2");
@@ -241,7 +202,7 @@ async fn force_push_is_a_conflict_until_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_are_committed_by_the_primary() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Upstream::new(dir.path());
+    let up = upstream(dir.path());
     let mut c = cluster(&up, 300);
     c.start_all();
     wait_served(&c, "config.txt", "v1", "initial commit").await;
@@ -290,7 +251,7 @@ async fn edits_are_committed_by_the_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_sync_hook_runs_with_commit_and_path() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Upstream::new(dir.path());
+    let up = upstream(dir.path());
     let mut c = cluster(&up, 300);
     let hook = format!(
         "echo \"$KEEL_NODE_ID $KEEL_GIT_COMMIT $(cat \"$KEEL_GIT_PATH/config.txt\")\" >> {}/hook.log",

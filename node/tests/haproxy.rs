@@ -3,15 +3,13 @@
 //! `keel serve --config deploy/keel.toml` (the example file is accepted, with every commented-out
 //! option switched on too, and it lists every `keel serve` flag).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use keel_testkit::*;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -33,15 +31,6 @@ fn deploy_file(name: &str) -> PathBuf {
 fn read_deploy_file(name: &str) -> String {
     let path = deploy_file(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
-
-/// `haproxy` on PATH, or where Debian installs it (/usr/sbin is not on every user's PATH).
-fn find_haproxy() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join("haproxy"))
-        .find(|p| p.is_file())
 }
 
 /// Where the test's HAProxy listens.
@@ -235,7 +224,7 @@ async fn read_from_replica(c: &Cluster, read: SocketAddr, key: &str, want: &str)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_haproxy_follow_the_primary_across_kill_9() {
-    let Some(haproxy) = find_haproxy() else {
+    let Some(haproxy) = which("haproxy") else {
         println!(
             "SKIPPED: haproxy is not installed (not on PATH, nor in /usr/sbin); install Debian's `haproxy` \
              package (scripts/test.sh does, as root) to run this test"
@@ -293,13 +282,7 @@ async fn writes_through_haproxy_follow_the_primary_across_kill_9() {
     c.kill(p);
     let keel_failover = first_time(t0, || async {
         for id in &replicas {
-            let r = c
-                .http
-                .get(format!("{}/primary", c.node(*id).url()))
-                .timeout(Duration::from_millis(300))
-                .send()
-                .await;
-            if r.is_ok_and(|r| r.status() == 200) {
+            if c.holds_lease(*id, Duration::from_millis(300)).await {
                 return true;
             }
         }
@@ -453,7 +436,7 @@ async fn serve_with_config(c: &mut Cluster, config: &Path, flags: &[String]) -> 
         .append(true)
         .open(&log)
         .unwrap();
-    let mut cmd = Command::new(KEEL);
+    let mut cmd = Command::new(keel_bin());
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("KEEL_") {
             cmd.env_remove(k);
@@ -543,7 +526,10 @@ const CLIENT_ONLY_FLAGS: &[&str] = &["addr", "output", "timeout-ms", "ca", "help
 
 /// The long flags `keel serve --help` lists.
 fn serve_flags() -> Vec<String> {
-    let out = Command::new(KEEL).args(["serve", "--help"]).output().expect("run keel");
+    let out = Command::new(keel_bin())
+        .args(["serve", "--help"])
+        .output()
+        .expect("run keel");
     assert!(out.status.success(), "keel serve --help: {}", stderr(&out));
     let mut flags = Vec::new();
     for line in stdout(&out).lines() {

@@ -6,21 +6,15 @@
 //! Git Sync is configured so that its series are exported and checked too. Without `promtool`
 //! the promtool part skips with a message, and fails when `CI` is set.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use keel_testkit::*;
 
 const T: Duration = Duration::from_secs(30);
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|f| f.is_file()))
-}
 
 /// `# TYPE name kind` lines of an exposition.
 fn families(text: &str) -> BTreeMap<String, String> {

@@ -19,14 +19,12 @@
 //! Without schemathesis (no python3 venv/pip) the fuzz test skips with a message, and fails
 //! when `CI` is set. `KEEL_FUZZ_EXAMPLES` (default 25) and `KEEL_FUZZ_SEED` tune the run.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use keel_testkit::*;
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(30);
@@ -184,7 +182,7 @@ async fn spec_is_served_and_every_operation_is_routed() {
 
 /// Cargo's target directory: the test binary's `<target>/<profile>/deps/..`.
 fn target_dir() -> PathBuf {
-    Path::new(KEEL)
+    keel_bin()
         .parent()
         .and_then(Path::parent)
         .map(Path::to_path_buf)

@@ -1,11 +1,9 @@
 //! Process-level behaviour: config errors, the data-dir lock, graceful shutdown, and refusing
 //! a data dir of another cluster.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use keel_testkit::*;
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(15);
@@ -66,7 +64,7 @@ fn bad_config_is_refused_with_a_clear_error() {
     for (args, needle) in cases {
         let mut full = vec!["serve".to_string()];
         full.extend(args.clone());
-        let out = std::process::Command::new(KEEL)
+        let out = std::process::Command::new(keel_bin())
             .args(&full)
             .env_remove("KEEL_ID")
             .output()
@@ -97,7 +95,7 @@ async fn lock_file_and_graceful_shutdown() {
     let peer = format!("{}:{}", c.ip, free_port(&c.ip));
     args[4] = api;
     args[6] = peer;
-    let out = std::process::Command::new(KEEL).args(&args).output().unwrap();
+    let out = std::process::Command::new(keel_bin()).args(&args).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("in use by another keel process"),
@@ -137,7 +135,7 @@ async fn data_dir_of_another_cluster_is_refused() {
     let dd = args.iter().position(|x| x == "--data-dir").unwrap();
     args[dd + 1] = foreign_dir.display().to_string();
     args.extend(["--join".to_string(), a.node(1).url()]);
-    let out = tokio::task::spawn_blocking(move || std::process::Command::new(KEEL).args(&args).output().unwrap())
+    let out = tokio::task::spawn_blocking(move || std::process::Command::new(keel_bin()).args(&args).output().unwrap())
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -175,7 +173,7 @@ fn shell_completions() {
         ("zsh", "#compdef keel"),
         ("fish", "complete -c keel"),
     ] {
-        let out = std::process::Command::new(KEEL)
+        let out = std::process::Command::new(keel_bin())
             .args(["completions", shell])
             .output()
             .unwrap();

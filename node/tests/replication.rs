@@ -2,11 +2,9 @@
 //! replicas, reads with lag headers, sync mode, no acknowledged write lost on failover, and
 //! divergence of an old primary.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use keel_testkit::*;
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(20);
@@ -51,9 +49,13 @@ async fn get_local(c: &Cluster, id: u64, key: &str) -> Option<(String, reqwest::
     Some((r.text().await.ok()?, h))
 }
 
+/// In-process nodes (`Cluster::in_process`): this test only talks HTTP to a healthy cluster, and
+/// it keeps the test kit's in-process backend exercised. Measured on this 2-core machine it is
+/// not faster than child processes (median 1.17 s against 1.08 s over five alternating runs):
+/// start-up is dominated by Raft's election and lease timings, not by starting a process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_replicate_and_forward() {
-    let mut c = Cluster::new(3, &[]);
+    let mut c = Cluster::in_process(3, &[]);
     c.start_all();
     let p = primary(&c).await;
     let r = (1..=3).find(|i| *i != p).unwrap();

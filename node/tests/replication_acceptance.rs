@@ -2,15 +2,13 @@
 //! loss; async: loss reported and kept in `diverged`), catch-up and snapshot resync with full
 //! content comparison, kill -9 mid-apply, and bad input that changes nothing.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
 use keel_node::util::strip_ansi;
+use keel_testkit::*;
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(60);

@@ -1,12 +1,10 @@
 //! Acceptance 5: tokens, malformed and oversized input, garbage bytes.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::*;
+use keel_testkit::*;
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(15);

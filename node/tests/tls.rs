@@ -5,14 +5,12 @@
 //! client looks at the handshakes themselves: which certificate a listener serves, and whether the peer
 //! port lets a client without a certificate from the cluster CA through.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use keel_testkit::*;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
@@ -270,7 +268,7 @@ async fn mtls_cluster_elects_replicates_and_serves_the_cli() {
     let o = c.cli(&["--addr", &addr, "--ca", &ca_path, "status"]);
     assert_eq!(o.status.code(), Some(0), "stdout {} stderr {}", stdout(&o), stderr(&o));
     // KEEL_CA works like --ca.
-    let o = std::process::Command::new(KEEL)
+    let o = std::process::Command::new(keel_bin())
         .args(["--addr", &addr, "kv", "get", "forwarded"])
         .env_remove("KEEL_ADDR")
         .env("KEEL_CA", &ca_path)
@@ -553,7 +551,7 @@ fn bad_tls_settings_are_refused_at_start_with_a_clear_error() {
         other_key.display().to_string(),
     );
     let missing = dir.path().join("missing.pem").display().to_string();
-    let ip = test_ip();
+    let ip = process_ip();
     let base = |data: &str| {
         vec![
             "serve".to_string(),
@@ -596,7 +594,7 @@ fn bad_tls_settings_are_refused_at_start_with_a_clear_error() {
     for (i, (flags, code, msg)) in cases.into_iter().enumerate() {
         let mut args = base(&format!("d{i}"));
         args.extend(flags.iter().map(|s| s.to_string()));
-        let mut cmd = std::process::Command::new(KEEL);
+        let mut cmd = std::process::Command::new(keel_bin());
         cmd.args(&args);
         for var in ["KEEL_TLS_CERT", "KEEL_TLS_KEY", "KEEL_PEER_CA"] {
             cmd.env_remove(var);
@@ -610,7 +608,7 @@ fn bad_tls_settings_are_refused_at_start_with_a_clear_error() {
     std::fs::write(&toml, format!("tls_cert = {crt:?}\n")).unwrap();
     let mut args = base("file");
     args.extend(["--config".to_string(), toml.display().to_string()]);
-    let mut cmd = std::process::Command::new(KEEL);
+    let mut cmd = std::process::Command::new(keel_bin());
     cmd.args(&args).env_remove("KEEL_TLS_CERT").env_remove("KEEL_TLS_KEY");
     let o = run_bounded(cmd);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
@@ -619,7 +617,7 @@ fn bad_tls_settings_are_refused_at_start_with_a_clear_error() {
         "{}",
         stderr(&o)
     );
-    let mut cmd = std::process::Command::new(KEEL);
+    let mut cmd = std::process::Command::new(keel_bin());
     cmd.args(base("env"))
         .env("KEEL_TLS_KEY", &key)
         .env_remove("KEEL_TLS_CERT");
@@ -646,7 +644,7 @@ async fn tls_without_peer_ca_verifies_peers_with_the_system_trust_store() {
     for id in 1..=3u64 {
         let args = c.serve_args(id, Some(3));
         let log = std::fs::File::create(&c.node(id).log).unwrap();
-        let child = std::process::Command::new(KEEL)
+        let child = std::process::Command::new(keel_bin())
             .args(&args)
             .env("RUST_LOG", "info,openraft=warn")
             .env("SSL_CERT_FILE", &ca_path)

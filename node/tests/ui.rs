@@ -6,13 +6,11 @@
 //! part is skipped with a message, and fails when `CI` is set.
 //! The screenshots land in `target/ui-screenshot.png` and `target/ui-screenshot-narrow.png`.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use keel_testkit::*;
 
 const T: Duration = Duration::from_secs(20);
 const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(60);
@@ -174,13 +172,9 @@ async fn chromium_run(chromium: &Path, tmp: &Path, args: &[String]) -> String {
     std::fs::read_to_string(&stdout).unwrap_or_default() + &std::fs::read_to_string(&stderr).unwrap_or_default()
 }
 
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|f| f.is_file()))
-}
-
 /// Cargo's target directory: the test binary's `<target>/<profile>/deps/..`.
 fn target_dir() -> PathBuf {
-    let keel = Path::new(KEEL);
+    let keel = keel_bin();
     keel.parent()
         .and_then(Path::parent)
         .map(Path::to_path_buf)

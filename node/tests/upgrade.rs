@@ -13,8 +13,6 @@
 //! also in CI. When the commit is there but the old binary was not built, it fails in CI (where
 //! scripts/test.sh builds it first) and skips with a message saying how to build it elsewhere.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use keel_testkit::*;
 use serde_json::Value;
 
 /// The previous release.
@@ -233,7 +231,7 @@ async fn primary_id(c: &Cluster) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rolling_upgrade_from_the_previous_release_and_back() {
     let Some(old) = prev_binary() else { return };
-    let new = PathBuf::from(KEEL);
+    let new = keel_bin();
     eprintln!("old: {} ({PREV_COMMIT}), new: {}", old.display(), new.display());
     // Two releases indeed: the old one predates `keel backup`.
     let help = |b: &Path| String::from_utf8_lossy(&Command::new(b).arg("--help").output().unwrap().stdout).into_owned();
@@ -306,14 +304,7 @@ async fn rolling_upgrade_from_the_previous_release_and_back() {
         r.text().await.unwrap_or_default()
     );
     c.wait_for(T, "the rolled-back node holds the primary lease", || async {
-        let r = c
-            .http
-            .get(format!("{}/primary", c.node(back).url()))
-            .timeout(Duration::from_millis(500))
-            .send()
-            .await
-            .ok()?;
-        (r.status() == 200).then_some(())
+        c.holds_lease(back, Duration::from_millis(500)).await.then_some(())
     })
     .await;
     wait_progress(
