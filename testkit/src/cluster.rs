@@ -267,12 +267,12 @@ impl Cluster {
             keel_node::config::Config::load(&serve.args).unwrap_or_else(|e| panic!("node {id}: configuration: {e}"));
         // One subscriber for the whole process (later calls keep it): every node logs to the
         // test's captured stderr.
-        keel_node::serve::init_tracing(keel_node::config::LogFormat::Text);
+        keel_node::cli::serve::init_tracing(keel_node::config::LogFormat::Text);
         let rt = tokio::runtime::Handle::try_current().expect("in-process nodes run on the test's tokio runtime");
         let (stop, stopped) = oneshot::channel::<()>();
         let errors = self.start_errors.clone();
         let task = rt.spawn(async move {
-            match keel_node::node::Node::start(config).await {
+            match keel_node::state::Node::start(config).await {
                 Ok(handle) => {
                     // A dropped sender (the fixture dropped) stops the node as well.
                     let _ = stopped.await;
