@@ -73,4 +73,11 @@ mod tests {
     fn frame_limit_matches_the_peer_body_limit() {
         assert_eq!(keel_replication::protocol::MAX_FRAME_BYTES, crate::peer::PEER_MAX_BODY);
     }
+
+    /// The path and the upgrade token are the wire contract with other releases.
+    #[test]
+    fn path_and_protocol_are_unchanged() {
+        assert_eq!(super::PATH, "/peer/repl/stream");
+        assert_eq!(super::PROTOCOL, "keel-repl-pull/1");
+    }
 }

@@ -66,7 +66,10 @@ impl<P: ReplicationPeers> Replica<'_, P> {
                 }
             };
             let before = self.repl.position();
-            match self.pull_once(primary.node, primary.epoch, Some(&mut stream)).await {
+            match self
+                .pull_once(primary.node, primary.epoch, Some(&mut stream), Some(&cancel))
+                .await
+            {
                 Ok(()) => {
                     backoff = Duration::from_millis(50);
                     // Async mode: after applying entries, let more accumulate before the next pull
@@ -94,11 +97,14 @@ impl<P: ReplicationPeers> Replica<'_, P> {
 
     /// One pull from `source` and the apply of what it returns: over `stream` when given (the
     /// replica's apply loop), else with one request (a new primary's catch-up, from any member).
+    /// `cancel` ends the wait for the answer (nothing is applied then); once an answer is in,
+    /// its apply (or rollback, or snapshot install) runs to the end.
     async fn pull_once(
         &self,
         source: NodeId,
         epoch: u64,
         stream: Option<&mut PullStream<P::Stream>>,
+        cancel: Option<&CancellationToken>,
     ) -> Result<(), ReplError> {
         let catch_up = stream.is_none();
         let repl = self.repl;
@@ -110,14 +116,27 @@ impl<P: ReplicationPeers> Replica<'_, P> {
             catch_up,
         };
         let timeout = PULL_WAIT + self.request_timeout.min(Duration::from_secs(5));
-        let streamed = match stream {
-            Some(s) => s.pull(self.peers, source, &req, timeout).await?,
-            None => None,
+        let fetch = async {
+            let streamed = match stream {
+                Some(s) => s.pull(self.peers, source, &req, timeout).await?,
+                None => None,
+            };
+            match streamed {
+                Some((reply, size)) => Ok::<_, ReplError>((reply, size, "stream")),
+                None => {
+                    let (reply, size) = self.peers.call(source, PeerRpc::Pull, &req, timeout).await?;
+                    Ok((reply, size, "pull"))
+                }
+            }
         };
-        let transport = if streamed.is_some() { "stream" } else { "pull" };
-        let (reply, size): (PullReply, usize) = match streamed {
-            Some(answer) => answer,
-            None => self.peers.call(source, PeerRpc::Pull, &req, timeout).await?,
+        let (reply, size, transport): (PullReply, usize, &'static str) = match cancel {
+            Some(cancel) => tokio::select! {
+                r = fetch => r?,
+                // Stopping while the primary holds the pull open: nothing is applied yet. A stream
+                // left mid-exchange is dropped with the worker.
+                _ = cancel.cancelled() => return Ok(()),
+            },
+            None => fetch.await?,
         };
         ReplCounters::add(&repl.counters.received_bytes, size as u64);
         match reply {
@@ -284,7 +303,7 @@ impl<P: ReplicationPeers> Replica<'_, P> {
                 if Instant::now() > deadline {
                     return Err(ReplError::CatchUpTimeout { peer: source, target });
                 }
-                self.pull_once(source, epoch, None).await?;
+                self.pull_once(source, epoch, None, None).await?;
             }
         }
         let store = self.repl.store.clone();
@@ -710,11 +729,11 @@ mod tests {
         assert_eq!(r.find_fork_point(REMOTE).await.unwrap(), Some(Position::new(1, 5)));
         // The first pull meets the fork and rolls back; the next one applies the new primary's.
         let mut stream = PullStream::default();
-        r.pull_once(REMOTE, 2, Some(&mut stream)).await.unwrap();
+        r.pull_once(REMOTE, 2, Some(&mut stream), None).await.unwrap();
         assert_eq!(local.position(), Position::new(1, 5));
         assert_eq!(local.replica_status().rolled_back, 3);
         assert_eq!(local.store.diverged(10).unwrap().len(), 3);
-        r.pull_once(REMOTE, 2, Some(&mut stream)).await.unwrap();
+        r.pull_once(REMOTE, 2, Some(&mut stream), None).await.unwrap();
         assert_eq!(local.position(), Position::new(2, 9));
         assert!(local.store.get("lost0").unwrap().is_none());
         assert_eq!(local.store.get("new3").unwrap().unwrap().0, b"new");
@@ -731,10 +750,12 @@ mod tests {
         let r = replica(&local, &peer);
         // A new primary's catch-up cannot use a snapshot; a replica's pull can.
         assert!(matches!(
-            r.pull_once(REMOTE, 1, None).await,
+            r.pull_once(REMOTE, 1, None, None).await,
             Err(ReplError::TrimmedAtSource { peer: REMOTE, .. })
         ));
-        r.pull_once(REMOTE, 1, Some(&mut PullStream::default())).await.unwrap();
+        r.pull_once(REMOTE, 1, Some(&mut PullStream::default()), None)
+            .await
+            .unwrap();
         assert_eq!(local.position(), peer.remote.position());
         assert_eq!(local.store.get("k0").unwrap().unwrap().0, b"v");
     }
@@ -773,6 +794,29 @@ mod tests {
             assert_eq!(status.source, Some(REMOTE));
             assert_eq!(ReplCounters::get(&local.counters.applied_entries), 50);
         }
+    }
+
+    /// Cancelling the worker while the primary holds an idle pull open returns at once, not
+    /// after the long poll.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_apply_worker_stops_during_a_long_poll() {
+        let (_dirs, local, peer) = pair(1, true);
+        let cancel = CancellationToken::new();
+        let stopper = async {
+            // The first answer (an idle primary holds it for PULL_WAIT), then into the next poll.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while local.replica_status().source.is_none() {
+                assert!(Instant::now() < deadline, "no first answer");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            cancel.cancel();
+            Instant::now()
+        };
+        let worker = replica(&local, &peer);
+        let (_, cancelled_at) = tokio::join!(worker.run(cancel.clone()), stopper);
+        assert!(cancelled_at.elapsed() < PULL_WAIT / 2, "{:?}", cancelled_at.elapsed());
+        peer.cancel.cancel();
     }
 
     /// A new primary pulls what it lacks from the most advanced member, then refuses older epochs.
