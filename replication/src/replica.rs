@@ -466,9 +466,9 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> PullStream<S> {
             let res = match tokio::time::timeout(timeout, exchange).await {
                 Ok(Ok(Some(bytes))) => match decode::<PullReply>(&bytes) {
                     Ok(reply) => Ok((reply, bytes.len())),
-                    Err(source_err) => Err(ReplError::MalformedAnswer {
+                    Err(error) => Err(ReplError::MalformedAnswer {
                         peer: source,
-                        source: source_err,
+                        source: error,
                     }),
                 },
                 Ok(failed @ (Ok(None) | Err(_))) if reused => {
