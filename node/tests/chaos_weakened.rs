@@ -1,6 +1,6 @@
 //! Acceptance 3 of the chaos-harness issue: the harness catches a deliberately weakened build.
 //!
-//! The nodes run with `KEEL_UNSAFE_TEST_ACK_EARLY=1` (see `node/src/data.rs`): a node that
+//! The nodes run with `KEEL_UNSAFE_TEST_ACK_EARLY=1` (see `node/src/cluster/write.rs`): a node that
 //! believes it is the primary accepts writes without a lease and acknowledges them as soon as
 //! they are durable locally, without waiting for the sync-mode replica acknowledgements. Under a
 //! schedule that pauses or kills the primary every 3 s, the checkers must report a violation;

@@ -1,20 +1,35 @@
-//! The datastore: Keel's replicated key–value store and its change log, on redb.
+//! Keel's replicated datastore: the key–value store with its change log on redb, and the
+//! replication protocol that carries the change log from the primary to the replicas.
 //!
-//! Job: hold the data (keys ≤ 1 KiB, values ≤ 1 MiB, prefix listing, compare-and-set) and a
-//! change log of every write at a [`Position`] `(epoch, seq)`, and give the node what it needs to
-//! replicate it: read the log after a position ([`DataStore::read_log`]), apply a primary's
-//! entries on a replica ([`DataStore::apply`]), roll back entries that diverged after a failover
+//! **Storage** ([`DataStore`]): hold the data (keys ≤ 1 KiB, values ≤ 1 MiB, prefix listing,
+//! compare-and-set) and a change log of every write at a [`Position`] `(epoch, seq)`: read the log
+//! after a position ([`DataStore::read_log`]), apply a primary's entries on a replica
+//! ([`DataStore::apply`]), roll back entries that diverged after a failover
 //! ([`DataStore::rollback_to`], kept in a `diverged` table, never dropped silently), stream a
-//! consistent snapshot to a replica behind the retained log ([`DataStore::snapshot`],
-//! [`DataStore::begin_install`]), and trim the log ([`DataStore::trim`]).
+//! consistent snapshot ([`DataStore::snapshot`], [`DataStore::begin_install`]), and trim the log
+//! ([`DataStore::trim`]). Owns one redb file (e.g. `<data_dir>/data.redb`) with the tables `kv`,
+//! `log`, `meta` and `diverged`, and its journal.
 //!
-//! Owns one redb file (e.g. `<data_dir>/data.redb`) with the tables `kv`, `log`, `meta` and
-//! `diverged`. It owns no network, no roles and no lease: the node decides who may write and
-//! passes the epoch in; this crate only refuses epochs older than the newest it has seen.
+//! **Protocol** (see DESIGN.md, "Replication protocol"): the primary's pull serving with long poll
+//! and sync-mode acknowledgements ([`serve_pull`], [`serve_stream`], [`Repl::wait_acks`]), the
+//! replica's apply worker and its pull-stream client ([`Replica::run`], [`PullStream`]), a new
+//! primary's catch-up ([`Replica::catch_up`]), fork detection and rollback, snapshot resync
+//! ([`serve_snapshot`] and the replica's installer), position reports and log retention
+//! ([`report_worker`], [`retention_worker`]). The messages, limits and frames are in
+//! [`protocol`]; their bytes are a wire contract with other releases.
+//!
+//! **What it must not touch**: no Raft (keel-raft, openraft), no HTTP framework or client (axum,
+//! hyper, reqwest), no roles or lease. The node feeds a [`PrimaryView`] (who is primary at which
+//! epoch, the newest epoch, the replication mode) through [`Repl::publish_view`], and implements
+//! [`ReplicationPeers`] (peer calls by node id, errors as [`PeerCallError`]) on its peer client.
+//! The node decides who may write and passes the epoch in; this crate only refuses epochs older
+//! than the newest it has seen.
 //!
 //! Key types: [`DataStore`] (a cheap `Clone` handle), [`WriteOp`] / [`WriteResult`], [`Entry`]
 //! (a change-log entry with the before-image that makes rollback possible), [`LogRead`],
-//! [`DataError`].
+//! [`DataError`]; [`Repl`] (a node's replication state: store, acks, replica status, counters,
+//! view), [`Replica`], [`PullRequest`] / [`PullReply`], [`ReplicationPeers`], [`PrimaryView`],
+//! [`ReplError`].
 //!
 //! Durability point: primary writes are group-committed by one writer thread (`writer.rs`):
 //! every caller waiting in its queue shares one redb transaction (data, log entries and the new
@@ -23,11 +38,18 @@
 //! a checkpoint makes it durable later and a restart applies the journal again. A batch over
 //! 64 KiB commits with `Durability::Immediate` instead. A replica's `apply` is durable the same
 //! way. `rollback_to`, `trim`, `observe_epoch` and snapshot install commit with
-//! `Durability::Immediate` before they return. Every persisted structure goes through the versioned codec (`codec.rs`).
+//! `Durability::Immediate` before they return. Every persisted or peer-sent structure goes through
+//! the versioned codec (`codec.rs`).
 
 pub mod codec;
+mod error;
 mod journal;
+pub mod peers;
+pub mod protocol;
+mod replica;
+mod serve;
 mod snapshot;
+mod state;
 mod store;
 mod values;
 mod writer;
@@ -39,6 +61,19 @@ use serde::{Deserialize, Serialize};
 pub use snapshot::{SnapshotInstaller, SnapshotReader, SNAPSHOT_CHUNK_BYTES};
 pub use store::{journaled_batch, DataStats, DataStore};
 pub use values::{CHUNK_MAX, INLINE_MAX, NEWEST_FORMAT};
+
+pub use error::ReplError;
+pub use peers::{
+    sync_guarantee_warning, ByteStream, PeerCallError, PeerRpc, PrimaryRef, PrimaryView, ReplicationMode,
+    ReplicationPeers,
+};
+pub use protocol::{PullReply, PullRequest};
+pub use replica::{feed_view, report_worker, retention_worker, PullStream, Replica};
+pub use serve::{serve_pull, serve_snapshot, serve_stream};
+pub use state::{Repl, ReplCounters, ReplicaStatus};
+
+/// A cluster member's id (the node's Raft id, a plain `u64` here).
+pub type NodeId = u64;
 
 /// Longest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;

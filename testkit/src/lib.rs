@@ -17,7 +17,7 @@
 //! cannot use the kit without a dependency cycle, and a shipped harness binary should not link
 //! the daemon library. What both need, ports and the netns lab, lives there and is re-exported here.
 //!
-//! It must not touch: production code paths (`keel up` in `node/src/up.rs` cannot depend on a
+//! It must not touch: production code paths (`keel up` in `node/src/cli/up.rs` cannot depend on a
 //! dev-only crate and keeps its own launcher), process-global state of the test process beyond
 //! the tracing subscriber that in-process nodes need, or anything outside the temp dirs it
 //! creates (the netns lab cleans only its own, pid-tagged names).

@@ -240,7 +240,7 @@ pub struct StepDown {
 
 /// The step a new primary runs before it accepts writes: pull whatever entries it lacks from
 /// the most advanced reachable member (see [`crate::repl::catch_up`]).
-pub async fn catch_up(node: &Node, epoch: u64) -> Result<(), String> {
+pub async fn catch_up(node: &Node, epoch: u64) -> Result<(), keel_replication::ReplError> {
     crate::repl::catch_up(node, epoch).await
 }
 
