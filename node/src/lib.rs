@@ -22,7 +22,6 @@ pub mod http;
 pub mod metrics;
 pub mod peer;
 pub mod repl;
-pub mod repl_stream;
 pub mod start;
 pub mod state;
 pub mod tls;

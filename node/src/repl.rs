@@ -4,7 +4,7 @@
 //!
 //! - [`NodePeers`] implements [`ReplicationPeers`] on the node's peer client: the protocol's peer
 //!   calls by node id become requests to `/peer/repl/*` on the member's peer address (from the
-//!   Raft membership), and the pull stream is the HTTP/1.1 upgrade of [`crate::repl_stream`].
+//!   Raft membership), and the pull stream is the HTTP/1.1 upgrade of `crate::peer::stream` (path [`STREAM_PATH`]).
 //! - The view feeder publishes a [`PrimaryView`] derived from the node's Raft state watch
 //!   (`node.state`) into [`Repl`], which the protocol reads.
 //! - The functions below keep the names the rest of the node calls (`serve_pull`, `apply_task`,
@@ -23,6 +23,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use keel_replication::protocol::{ASYNC_PULL_GAP, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES, PULL_WAIT};
+/// Where replicas open the pull stream on the peer port.
+pub const STREAM_PATH: &str = "/peer/repl/stream";
+/// The `Upgrade` protocol of the pull stream.
+pub use keel_replication::protocol::STREAM_PROTOCOL;
+
 pub use keel_replication::{PullReply, PullRequest, Repl, ReplCounters, ReplicaStatus};
 
 use crate::state::Node;
@@ -118,7 +123,7 @@ impl ReplicationPeers for NodePeers<'_> {
 
     async fn open_stream(&self, peer: NodeId, timeout: Duration) -> Result<reqwest::Upgraded, PeerCallError> {
         let addr = self.addr(peer)?;
-        let (path, protocol) = (crate::repl_stream::PATH, crate::repl_stream::PROTOCOL);
+        let (path, protocol) = (STREAM_PATH, STREAM_PROTOCOL);
         self.node
             .peers
             .open_stream(Some(peer), &addr, path, protocol, timeout)
@@ -232,28 +237,6 @@ pub async fn report_task(node: Arc<Node>) {
 pub async fn retention_task(node: Arc<Node>) {
     refresh_view(&node);
     keel_replication::retention_worker(&node.repl, node.cancel.clone()).await
-}
-
-/// A response body fed from a channel (the snapshot stream).
-struct ChannelBody(tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>);
-
-impl futures_core::Stream for ChannelBody {
-    type Item = Result<bytes::Bytes, std::io::Error>;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.0
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|r| r.map(bytes::Bytes::from)))
-    }
-}
-
-/// Serve a full snapshot (`/peer/repl/snapshot`) as the response body (see
-/// [`keel_replication::serve_snapshot`]).
-pub fn serve_snapshot(node: &Node) -> axum::response::Response {
-    let chunks = keel_replication::serve_snapshot(&node.repl.store);
-    axum::response::Response::new(axum::body::Body::from_stream(ChannelBody(chunks)))
 }
 
 /// Why sync mode does not guarantee what it promises with these settings, if it does not (see

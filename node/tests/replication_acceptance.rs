@@ -154,7 +154,7 @@ async fn thousand_keys_reach_every_replica() {
         assert!(resp.headers().contains_key("keel-lag-ms"));
         assert!(resp.headers().contains_key("keel-position"));
         // Replicas of a primary of this release pull over the replication stream
-        // (node/src/repl_stream.rs); the primary counts what it sent on it.
+        // (node/src/peer/stream.rs); the primary counts what it sent on it.
         let st = status(&c, r).await;
         assert_eq!(st["replication"]["replica"]["transport"], "stream", "{st}");
     }

@@ -4,20 +4,6 @@
 #[allow(unused_imports)]
 use super::*;
 
-/// A response body fed from a bounded channel: the producer (a blocking thread reading redb)
-/// waits while the client is slow, so memory stays at a few chunks whatever the store's size.
-pub(crate) struct ChannelBody(tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>);
-
-impl futures_core::Stream for ChannelBody {
-    type Item = Result<bytes::Bytes, std::io::Error>;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx)
-    }
-}
-
 /// `GET /v1/backup`: stream a backup of this node (admin token required when one is configured).
 /// Headers: `Keel-Position` (the snapshot's position) and `Keel-Backup-Keys`.
 pub async fn serve_backup(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
@@ -130,7 +116,7 @@ pub(crate) async fn start_backup(node: Arc<Node>, headers: &HeaderMap) -> Result
             );
         }
     });
-    let mut r = Response::new(axum::body::Body::from_stream(ChannelBody(rx)));
+    let mut r = Response::new(crate::http::body::channel_body(rx));
     let h = r.headers_mut();
     h.insert(
         axum::http::header::CONTENT_TYPE,

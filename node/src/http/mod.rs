@@ -27,6 +27,7 @@ use crate::cluster::admin::{self, AdminOp, AdminReply, ConfigPatch};
 use crate::state::{quorum_reachable, role, Node};
 use error::{ApiError, ApiPath};
 
+pub mod body;
 pub mod error;
 pub mod gitsync;
 pub mod kv;

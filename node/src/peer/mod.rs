@@ -2,6 +2,8 @@
 //! the coordinator. Everything here requires the cluster token when one is configured, and
 //! refuses requests from another cluster (`Keel-Cluster-Id` differs) with 409.
 
+pub mod stream;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +36,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/peer/lease", post(lease))
         .route("/peer/stepdown", post(stepdown))
         .route("/peer/repl/pull", post(repl_pull))
-        .route(crate::repl_stream::PATH, post(crate::repl_stream::accept))
+        .route(stream::PATH, post(stream::accept))
         .route("/peer/repl/position", post(repl_position))
         .route("/peer/repl/position_at", post(repl_position_at))
         .route("/peer/repl/report", post(repl_report))
@@ -198,7 +200,10 @@ async fn repl_report(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 }
 
 async fn repl_snapshot(State(node): State<Arc<Node>>) -> Response {
-    crate::repl::serve_snapshot(&node)
+    // The whole snapshot, streamed from one read transaction (keel_replication::serve_snapshot).
+    axum::response::Response::new(crate::http::body::channel_body(keel_replication::serve_snapshot(
+        &node.repl.store,
+    )))
 }
 
 /// Another node verified a webhook (or an operator asked): sync now.

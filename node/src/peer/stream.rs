@@ -34,8 +34,7 @@ use tracing::debug;
 
 use crate::state::Node;
 
-pub const PATH: &str = "/peer/repl/stream";
-pub const PROTOCOL: &str = keel_replication::protocol::STREAM_PROTOCOL;
+pub use crate::repl::{STREAM_PATH as PATH, STREAM_PROTOCOL as PROTOCOL};
 
 /// `POST /peer/repl/stream` on the peer listener: switch the connection to the pull stream.
 pub async fn accept(State(node): State<Arc<Node>>, mut req: Request) -> Response {
@@ -47,7 +46,7 @@ pub async fn accept(State(node): State<Arc<Node>>, mut req: Request) -> Response
         )
             .into_response();
     }
-    let from = crate::peer::sender_id(req.headers());
+    let from = super::sender_id(req.headers());
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match upgrade.await {
