@@ -166,10 +166,12 @@ fn raft_config(config: &Config) -> Result<openraft::Config, StartError> {
     c.validate().map_err(|e| StartError::RaftConfig(e.to_string()))
 }
 
-async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { what, addr, source })
+/// Bind a listener, and say where it is bound (port 0 picks a free one).
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let bound = |source| StartError::Bind { what, addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bound)?;
+    let local = listener.local_addr().map_err(bound)?;
+    Ok((listener, local))
 }
 
 impl Node {
@@ -185,18 +187,8 @@ impl Node {
         let state = sm_store.subscribe();
 
         // Bind both listeners before starting Raft, so a port clash fails fast and cleanly.
-        let api_listener = bind("api", config.api_addr).await?;
-        let peer_listener = bind("peer", config.peer_addr).await?;
-        let api_bound = api_listener.local_addr().map_err(|source| StartError::Bind {
-            what: "api",
-            addr: config.api_addr,
-            source,
-        })?;
-        let peer_bound = peer_listener.local_addr().map_err(|source| StartError::Bind {
-            what: "peer",
-            addr: config.peer_addr,
-            source,
-        })?;
+        let (api_listener, api_bound) = bind("api", config.api_addr).await?;
+        let (peer_listener, peer_bound) = bind("peer", config.peer_addr).await?;
 
         let peers = PeerClient::with_transport(
             config.id,
@@ -290,66 +282,7 @@ impl Node {
         if !node.config.peers.is_empty() {
             bootstrap(&node).await?;
         }
-        {
-            let node = node.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(node.vote_quiet_period()).await;
-                node.raft.runtime_config().elect(true);
-                debug!("elections enabled");
-            });
-        }
-        let mut background = vec![
-            (
-                "announce",
-                tokio::spawn(crate::cluster::duties::announce_task(node.clone())),
-            ),
-            ("probe", tokio::spawn(crate::cluster::duties::probe_task(node.clone()))),
-            (
-                "leader duties",
-                tokio::spawn(crate::cluster::duties::leader_duties_task(node.clone())),
-            ),
-            (
-                "lease renewal",
-                tokio::spawn(crate::cluster::primary::renew_task(node.clone())),
-            ),
-            (
-                "lease expiry",
-                tokio::spawn(crate::cluster::primary::lease_expiry_task(node.clone())),
-            ),
-            (
-                "failover controller",
-                tokio::spawn(crate::cluster::primary::controller_task(node.clone())),
-            ),
-            (
-                "role tracker",
-                tokio::spawn(crate::cluster::duties::role_task(node.clone())),
-            ),
-            ("replication apply", tokio::spawn(crate::repl::apply_task(node.clone()))),
-            (
-                "replication report",
-                tokio::spawn(crate::repl::report_task(node.clone())),
-            ),
-            ("log retention", tokio::spawn(crate::repl::retention_task(node.clone()))),
-            (
-                "tls reload",
-                tokio::spawn(crate::tls::reload_task(node.tls.clone(), node.cancel.clone())),
-            ),
-        ];
-        if let Some(g) = node.gitsync.clone() {
-            background.push(("git sync", tokio::spawn(g.clone().run(node.cancel.clone()))));
-            if let Some(cmd) = node.config.gitsync.as_ref().and_then(|c| c.hook.clone()) {
-                background.push((
-                    "git sync hook",
-                    tokio::spawn(crate::cluster::gitsync::sync_hook_task(node.clone(), g, cmd)),
-                ));
-            }
-        }
-        if let Some(join) = node.config.join.clone() {
-            background.push((
-                "join",
-                tokio::spawn(crate::cluster::join::join_task(node.clone(), join)),
-            ));
-        }
+        let background = spawn_background(&node);
 
         Ok(NodeHandle {
             node,
@@ -359,6 +292,72 @@ impl Node {
             _lock: lock,
         })
     }
+}
+
+/// Start the node's background tasks (elections after the quiet period, the duties, the lease,
+/// the failover controller, replication, TLS reload, Git Sync, join). Each stops on `node.cancel`.
+fn spawn_background(node: &Arc<Node>) -> Vec<(&'static str, JoinHandle<()>)> {
+    {
+        let node = node.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(node.vote_quiet_period()).await;
+            node.raft.runtime_config().elect(true);
+            debug!("elections enabled");
+        });
+    }
+    let mut background = vec![
+        (
+            "announce",
+            tokio::spawn(crate::cluster::duties::announce_task(node.clone())),
+        ),
+        ("probe", tokio::spawn(crate::cluster::duties::probe_task(node.clone()))),
+        (
+            "leader duties",
+            tokio::spawn(crate::cluster::duties::leader_duties_task(node.clone())),
+        ),
+        (
+            "lease renewal",
+            tokio::spawn(crate::cluster::primary::renew_task(node.clone())),
+        ),
+        (
+            "lease expiry",
+            tokio::spawn(crate::cluster::primary::lease_expiry_task(node.clone())),
+        ),
+        (
+            "failover controller",
+            tokio::spawn(crate::cluster::primary::controller_task(node.clone())),
+        ),
+        (
+            "role tracker",
+            tokio::spawn(crate::cluster::duties::role_task(node.clone())),
+        ),
+        ("replication apply", tokio::spawn(crate::repl::apply_task(node.clone()))),
+        (
+            "replication report",
+            tokio::spawn(crate::repl::report_task(node.clone())),
+        ),
+        ("log retention", tokio::spawn(crate::repl::retention_task(node.clone()))),
+        (
+            "tls reload",
+            tokio::spawn(crate::tls::reload_task(node.tls.clone(), node.cancel.clone())),
+        ),
+    ];
+    if let Some(g) = node.gitsync.clone() {
+        background.push(("git sync", tokio::spawn(g.clone().run(node.cancel.clone()))));
+        if let Some(cmd) = node.config.gitsync.as_ref().and_then(|c| c.hook.clone()) {
+            background.push((
+                "git sync hook",
+                tokio::spawn(crate::cluster::gitsync::sync_hook_task(node.clone(), g, cmd)),
+            ));
+        }
+    }
+    if let Some(join) = node.config.join.clone() {
+        background.push((
+            "join",
+            tokio::spawn(crate::cluster::join::join_task(node.clone(), join)),
+        ));
+    }
+    background
 }
 
 /// Serve `router` on `listener` (over TLS when `tls` is set) until `cancel`, then finish in-flight
