@@ -158,8 +158,9 @@ impl Config {
     }
 
     /// Merges `args` over `file` over the defaults, parsing strings; checks only what parsing needs.
-    fn resolve(args: ServeArgs, file: FileConfig) -> Result<Config, ConfigError> {
+    fn resolve(mut args: ServeArgs, mut file: FileConfig) -> Result<Config, ConfigError> {
         let id = args.id.or(file.id).ok_or(ConfigError::MissingId)?;
+        let gitsync = gitsync_config(&mut args, &mut file.gitsync)?;
 
         let peers = match (args.peers, file.peers) {
             (Some(s), _) | (None, Some(FilePeers::List(s))) => parse_peers(&s)?,
@@ -190,35 +191,11 @@ impl Config {
             .or(own_peer)
             .unwrap_or_else(|| peer_addr.to_string());
 
-        let tls = match (
+        let tls = tls_files(
             args.tls_cert.or(file.tls_cert),
             args.tls_key.or(file.tls_key),
             args.peer_ca.or(file.peer_ca),
-        ) {
-            (Some(cert), Some(key), peer_ca) => Some(TlsConfig { cert, key, peer_ca }),
-            (None, None, None) => None,
-            (Some(_), None, _) => {
-                return Err(bad_value(
-                    "tls_key",
-                    "",
-                    "--tls-cert is set but --tls-key is not; give both (PEM files) or neither",
-                ))
-            }
-            (None, Some(_), _) => {
-                return Err(bad_value(
-                    "tls_cert",
-                    "",
-                    "--tls-key is set but --tls-cert is not; give both (PEM files) or neither",
-                ))
-            }
-            (None, None, Some(_)) => {
-                return Err(bad_value(
-                    "peer_ca",
-                    "",
-                    "--peer-ca needs --tls-cert and --tls-key: mutual TLS is TLS with client certificates",
-                ))
-            }
-        };
+        )?;
         // With TLS the cluster speaks HTTPS, so a bare `--join host:port` means https.
         let join_scheme = if tls.is_some() { "https" } else { "http" };
 
@@ -236,54 +213,6 @@ impl Config {
                 bad_value("replication.mode", &s, reason.to_string())
             })?,
             None => ReplicationMode::default(),
-        };
-
-        let gitsync_settings_given = args.gitsync_branch.is_some()
-            || args.gitsync_path.is_some()
-            || args.gitsync_interval_ms.is_some()
-            || args.gitsync_webhook_secret.is_some()
-            || args.gitsync_hook.is_some()
-            || args.gitsync_ssh_key.is_some()
-            || args.gitsync_known_hosts.is_some()
-            || file.gitsync.ssh_key.is_some()
-            || file.gitsync.known_hosts.is_some()
-            || file.gitsync.hook.is_some()
-            || file.gitsync.branch.is_some()
-            || file.gitsync.path.is_some()
-            || file.gitsync.interval_ms.is_some()
-            || file.gitsync.webhook_secret.is_some();
-        let gitsync = match args.gitsync_repo.or(file.gitsync.repo) {
-            Some(repo) => Some(GitSyncConfig {
-                repo,
-                branch: args
-                    .gitsync_branch
-                    .or(file.gitsync.branch)
-                    .unwrap_or_else(|| defaults::GITSYNC_BRANCH.to_owned()),
-                path: normalize_gitsync_path(
-                    &args
-                        .gitsync_path
-                        .or(file.gitsync.path)
-                        .unwrap_or_else(|| defaults::GITSYNC_PATH.to_owned()),
-                ),
-                interval_ms: args
-                    .gitsync_interval_ms
-                    .or(file.gitsync.interval_ms)
-                    .unwrap_or(defaults::GITSYNC_INTERVAL_MS),
-                webhook_secret: args.gitsync_webhook_secret.or(file.gitsync.webhook_secret),
-                hook: args.gitsync_hook.or(file.gitsync.hook).filter(|h| !h.trim().is_empty()),
-                ssh_key: args.gitsync_ssh_key.or(file.gitsync.ssh_key),
-                known_hosts: args.gitsync_known_hosts.or(file.gitsync.known_hosts),
-            }),
-            // Settings without a repository would be silently ignored; more likely a forgotten flag.
-            None if gitsync_settings_given => {
-                return Err(bad_value(
-                    "gitsync.repo",
-                    "",
-                    "Git Sync settings are given but no repository; set --gitsync-repo (or `repo` in [gitsync]) \
-                     or drop the other gitsync settings",
-                ))
-            }
-            None => None,
         };
 
         Ok(Config {
@@ -429,6 +358,97 @@ impl Config {
             gitsync.validate()?;
         }
         Ok(())
+    }
+}
+
+/// The TLS files: all of cert and key (and optionally the peer CA), or none.
+fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    peer_ca: Option<PathBuf>,
+) -> Result<Option<TlsConfig>, ConfigError> {
+    Ok(match (cert, key, peer_ca) {
+        (Some(cert), Some(key), peer_ca) => Some(TlsConfig { cert, key, peer_ca }),
+        (None, None, None) => None,
+        (Some(_), None, _) => {
+            return Err(bad_value(
+                "tls_key",
+                "",
+                "--tls-cert is set but --tls-key is not; give both (PEM files) or neither",
+            ))
+        }
+        (None, Some(_), _) => {
+            return Err(bad_value(
+                "tls_cert",
+                "",
+                "--tls-key is set but --tls-cert is not; give both (PEM files) or neither",
+            ))
+        }
+        (None, None, Some(_)) => {
+            return Err(bad_value(
+                "peer_ca",
+                "",
+                "--peer-ca needs --tls-cert and --tls-key: mutual TLS is TLS with client certificates",
+            ))
+        }
+    })
+}
+
+/// Git Sync's settings, when a repository is given; an error for settings without one.
+fn gitsync_config(args: &mut ServeArgs, file: &mut FileGitSync) -> Result<Option<GitSyncConfig>, ConfigError> {
+    let gitsync_settings_given = args.gitsync_branch.is_some()
+        || args.gitsync_path.is_some()
+        || args.gitsync_interval_ms.is_some()
+        || args.gitsync_webhook_secret.is_some()
+        || args.gitsync_hook.is_some()
+        || args.gitsync_ssh_key.is_some()
+        || args.gitsync_known_hosts.is_some()
+        || file.ssh_key.is_some()
+        || file.known_hosts.is_some()
+        || file.hook.is_some()
+        || file.branch.is_some()
+        || file.path.is_some()
+        || file.interval_ms.is_some()
+        || file.webhook_secret.is_some();
+    match args.gitsync_repo.take().or(file.repo.take()) {
+        Some(repo) => Ok(Some(GitSyncConfig {
+            repo,
+            branch: args
+                .gitsync_branch
+                .take()
+                .or(file.branch.take())
+                .unwrap_or_else(|| defaults::GITSYNC_BRANCH.to_owned()),
+            path: normalize_gitsync_path(
+                &args
+                    .gitsync_path
+                    .take()
+                    .or(file.path.take())
+                    .unwrap_or_else(|| defaults::GITSYNC_PATH.to_owned()),
+            ),
+            interval_ms: args
+                .gitsync_interval_ms
+                .take()
+                .or(file.interval_ms.take())
+                .unwrap_or(defaults::GITSYNC_INTERVAL_MS),
+            webhook_secret: args.gitsync_webhook_secret.take().or(file.webhook_secret.take()),
+            hook: args
+                .gitsync_hook
+                .take()
+                .or(file.hook.take())
+                .filter(|h| !h.trim().is_empty()),
+            ssh_key: args.gitsync_ssh_key.take().or(file.ssh_key.take()),
+            known_hosts: args.gitsync_known_hosts.take().or(file.known_hosts.take()),
+        })),
+        // Settings without a repository would be silently ignored; more likely a forgotten flag.
+        None if gitsync_settings_given => {
+            return Err(bad_value(
+                "gitsync.repo",
+                "",
+                "Git Sync settings are given but no repository; set --gitsync-repo (or `repo` in [gitsync]) \
+                 or drop the other gitsync settings",
+            ))
+        }
+        None => Ok(None),
     }
 }
 
