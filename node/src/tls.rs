@@ -10,7 +10,7 @@
 //! - The API listener never asks for a client certificate: clients authenticate with the admin token,
 //!   and load balancers' health checks and browsers (`/ui`) must reach it without one.
 //!
-//! Everything loaded from the files lives in one [`Material`] behind a lock. [`reload_task`] replaces it
+//! Everything loaded from the files lives in one `Material` behind a lock. [`reload_task`] replaces it
 //! on SIGHUP and when a file's mtime/size changes (polled every [`POLL_INTERVAL`]); a file that does not
 //! load is logged and the old material kept. Each accepted connection takes the material current at
 //! accept time, and the client side resolves its certificate and trust anchors per handshake, so new

@@ -5,6 +5,8 @@
 use super::*;
 
 /// `keel restore`.
+// The `<time>` in the --force help is text for the terminal, not an HTML tag.
+#[allow(rustdoc::invalid_html_tags)]
 #[derive(clap::Args, Debug, Clone)]
 pub struct RestoreArgs {
     /// Backup file written by `keel backup`

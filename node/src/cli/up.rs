@@ -2,9 +2,9 @@
 //!
 //! Starts `--nodes` children running `keel serve` on loopback ports, merges their JSON logs into one
 //! compact stream on stdout, waits until every node answers and one reports a leader, prints the endpoints,
-//! and on Ctrl-C / SIGTERM stops the children (SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]).
+//! and on Ctrl-C / SIGTERM stops the children (SIGTERM, then SIGKILL after `STOP_TIMEOUT`).
 //!
-//! The ports are chosen once and saved in `<data-dir>/up.json` ([`UpPlan`]); the next `keel up` on the same
+//! The ports are chosen once and saved in `<data-dir>/up.json` (`UpPlan`); the next `keel up` on the same
 //! data dir reuses them, so the same cluster (same ids, peer addresses and node data) comes back. The pure
 //! parts, plan handling and log formatting, are plain functions with unit tests.
 
