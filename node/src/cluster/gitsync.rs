@@ -15,10 +15,7 @@ use crate::state::Node;
 /// `KEEL_GITSYNC_TOKEN_FILE`; an ssh key and known_hosts file from `--gitsync-ssh-key` / `--gitsync-known-hosts`.
 pub fn open(config: &crate::config::Config) -> Result<Option<Arc<GitSync>>, GitSyncError> {
     let Some(g) = &config.gitsync else { return Ok(None) };
-    let mut c = keel_gitsync::GitSyncConfig::new(g.repo.clone(), g.branch.clone());
-    c.path = g.path.clone();
-    c.interval = Duration::from_millis(g.interval_ms);
-    c.webhook_secret = g.webhook_secret.as_ref().map(|s| s.expose().to_string());
+    let mut c = g.agent.clone();
     c.token = match (
         std::env::var("KEEL_GITSYNC_TOKEN"),
         std::env::var("KEEL_GITSYNC_TOKEN_FILE"),
@@ -32,8 +29,6 @@ pub fn open(config: &crate::config::Config) -> Result<Option<Arc<GitSync>>, GitS
         ),
         _ => None,
     };
-    c.ssh_key = g.ssh_key.clone();
-    c.known_hosts = g.known_hosts.clone();
     GitSync::new(c, &config.data_dir).map(|g| Some(Arc::new(g)))
 }
 

@@ -242,35 +242,14 @@ pub fn check_host_port(s: &str, require_port: bool) -> Result<(), AddrError> {
     }
 }
 
-pub(crate) fn check_secret(field: &'static str, secret: &Option<Secret>) -> Result<(), ConfigError> {
+pub(crate) fn check_secret(field: &'static str, secret: Option<&str>) -> Result<(), ConfigError> {
     match secret {
         // Never echo the value, not even a whitespace-only one.
-        Some(s) if s.expose().trim().is_empty() => Err(bad_value(
+        Some(s) if s.trim().is_empty() => Err(bad_value(
             field,
             "***",
             "must not be empty; omit it (and unset its KEEL_* variable) to disable it",
         )),
         _ => Ok(()),
-    }
-}
-
-/// `https://user:token@host/x` -> `https://user:***@host/x`, for `Debug`.
-pub(crate) fn redact_url_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            let masked = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                // A lone token (`https://TOKEN@github.com`) is the secret itself.
-                "***".to_owned()
-            };
-            format!("{scheme}://{masked}@{host}{}", &rest[authority_end..])
-        }
-        None => url.to_owned(),
     }
 }

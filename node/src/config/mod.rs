@@ -13,6 +13,7 @@ use std::fmt;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -308,8 +309,8 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return Err(bad_value("data_dir", "", "must not be empty"));
         }
-        check_secret("cluster_token", &self.cluster_token)?;
-        check_secret("admin_token", &self.admin_token)?;
+        check_secret("cluster_token", self.cluster_token.as_ref().map(Secret::expose))?;
+        check_secret("admin_token", self.admin_token.as_ref().map(Secret::expose))?;
         if let Some(tls) = &self.tls {
             tls.validate()?;
         }
@@ -411,34 +412,40 @@ fn gitsync_config(args: &mut ServeArgs, file: &mut FileGitSync) -> Result<Option
         || file.interval_ms.is_some()
         || file.webhook_secret.is_some();
     match args.gitsync_repo.take().or(file.repo.take()) {
-        Some(repo) => Ok(Some(GitSyncConfig {
-            repo,
-            branch: args
+        Some(repo) => {
+            let branch = args
                 .gitsync_branch
                 .take()
                 .or(file.branch.take())
-                .unwrap_or_else(|| defaults::GITSYNC_BRANCH.to_owned()),
-            path: normalize_gitsync_path(
+                .unwrap_or_else(|| defaults::GITSYNC_BRANCH.to_owned());
+            let mut agent = keel_gitsync::GitSyncConfig::new(repo, branch);
+            agent.path = normalize_gitsync_path(
                 &args
                     .gitsync_path
                     .take()
                     .or(file.path.take())
                     .unwrap_or_else(|| defaults::GITSYNC_PATH.to_owned()),
-            ),
-            interval_ms: args
-                .gitsync_interval_ms
+            );
+            agent.interval = Duration::from_millis(
+                args.gitsync_interval_ms
+                    .take()
+                    .or(file.interval_ms.take())
+                    .unwrap_or(defaults::GITSYNC_INTERVAL_MS),
+            );
+            agent.webhook_secret = args
+                .gitsync_webhook_secret
                 .take()
-                .or(file.interval_ms.take())
-                .unwrap_or(defaults::GITSYNC_INTERVAL_MS),
-            webhook_secret: args.gitsync_webhook_secret.take().or(file.webhook_secret.take()),
-            hook: args
+                .or(file.webhook_secret.take())
+                .map(|s| s.expose().to_owned());
+            agent.ssh_key = args.gitsync_ssh_key.take().or(file.ssh_key.take());
+            agent.known_hosts = args.gitsync_known_hosts.take().or(file.known_hosts.take());
+            let hook = args
                 .gitsync_hook
                 .take()
                 .or(file.hook.take())
-                .filter(|h| !h.trim().is_empty()),
-            ssh_key: args.gitsync_ssh_key.take().or(file.ssh_key.take()),
-            known_hosts: args.gitsync_known_hosts.take().or(file.known_hosts.take()),
-        })),
+                .filter(|h| !h.trim().is_empty());
+            Ok(Some(GitSyncConfig { agent, hook }))
+        }
         // Settings without a repository would be silently ignored; more likely a forgotten flag.
         None if gitsync_settings_given => {
             return Err(bad_value(

@@ -158,12 +158,12 @@ fn flag_beats_file_beats_default() {
     assert_eq!(c.log_format, LogFormat::Json);
     assert_eq!(c.request_timeout_ms, 5000);
     assert_eq!(c.replication.mode, ReplicationMode::Sync);
-    let g = c.gitsync.as_ref().unwrap();
+    let g = &c.gitsync.as_ref().unwrap().agent;
     assert_eq!(g.repo, "https://example.com/cfg.git");
     assert_eq!(g.path, "shared");
     // Defaults.
     assert_eq!(g.branch, "main");
-    assert_eq!(g.interval_ms, 60_000);
+    assert_eq!(g.interval, Duration::from_millis(60_000));
     assert_eq!(c.raft.election_timeout_min_ms, 200);
     assert_eq!(c.max_body_bytes, defaults::MAX_BODY_BYTES);
     assert_eq!(c.data_dir, PathBuf::from("keel-data/node-3"));
@@ -491,7 +491,7 @@ fn debug_hides_secrets() {
     assert!(shown.contains("https://bot:***@git.example/cfg.git"), "{shown}");
     assert_eq!(c.admin_token.as_ref().unwrap().expose(), "admin-s3cret");
     assert_eq!(
-        c.gitsync.as_ref().unwrap().repo,
+        c.gitsync.as_ref().unwrap().agent.repo,
         "https://bot:repo-s3cret@git.example/cfg.git"
     );
 
@@ -501,8 +501,11 @@ fn debug_hides_secrets() {
         ..args()
     };
     assert!(!format!("{a:?}").contains("s3cret"));
-    assert_eq!(redact_url_userinfo("https://tok@h/x"), "https://***@h/x");
-    assert_eq!(redact_url_userinfo("git@github.com:o/r.git"), "git@github.com:o/r.git");
+    assert_eq!(keel_gitsync::redact_url("https://tok@h/x"), "https://***@h/x");
+    assert_eq!(
+        keel_gitsync::redact_url("git@github.com:o/r.git"),
+        "git@github.com:o/r.git"
+    );
 }
 
 #[derive(clap::Parser)]
@@ -564,7 +567,7 @@ fn clap_parses_flag_names() {
         }
     );
     assert_eq!(c.raft.election_timeout_max_ms, 900);
-    assert_eq!(c.gitsync.unwrap().webhook_secret.unwrap().expose(), "s");
+    assert_eq!(c.gitsync.unwrap().agent.webhook_secret.as_deref(), Some("s"));
 
     assert!(Cli::try_parse_from(["keel", "--log-format", "yaml"]).is_err());
 }

@@ -118,36 +118,14 @@ impl Default for ReplicationConfig {
 }
 
 /// Git Sync settings; present only when a repository is configured.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct GitSyncConfig {
-    /// Repository URL. May carry credentials (`https://user:token@host/...`); `Debug` hides them.
-    pub repo: String,
-    pub branch: String,
-    /// Relative path inside the repository, without a trailing `/`; empty means the whole repository.
-    pub path: String,
-    pub interval_ms: u64,
-    pub webhook_secret: Option<Secret>,
+    /// What the agent syncs, in keel-gitsync's own type (its `Debug` hides the webhook secret and
+    /// any password in the repository URL). The token for https remotes is not here: the node reads
+    /// it from `KEEL_GITSYNC_TOKEN` / `KEEL_GITSYNC_TOKEN_FILE` when the agent opens.
+    pub agent: keel_gitsync::GitSyncConfig,
     /// On-sync hook command.
     pub hook: Option<String>,
-    /// Private key file for ssh remotes.
-    pub ssh_key: Option<PathBuf>,
-    /// known_hosts file for ssh remotes; `None` leaves host key checking to libgit2 (~/.ssh/known_hosts).
-    pub known_hosts: Option<PathBuf>,
-}
-
-impl fmt::Debug for GitSyncConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GitSyncConfig")
-            .field("repo", &redact_url_userinfo(&self.repo))
-            .field("branch", &self.branch)
-            .field("path", &self.path)
-            .field("interval_ms", &self.interval_ms)
-            .field("webhook_secret", &self.webhook_secret)
-            .field("hook", &self.hook)
-            .field("ssh_key", &self.ssh_key)
-            .field("known_hosts", &self.known_hosts)
-            .finish()
-    }
 }
 
 /// TLS files (PEM). Present only when `--tls-cert` and `--tls-key` are set.
@@ -221,42 +199,41 @@ impl TlsConfig {
 
 impl GitSyncConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        if self.repo.trim().is_empty() {
+        let g = &self.agent;
+        let interval_ms = g.interval.as_millis() as u64;
+        if g.repo.trim().is_empty() {
             return Err(bad_value(
                 "gitsync.repo",
                 "",
                 "must not be empty; omit it to disable Git Sync",
             ));
         }
-        if self.branch.is_empty() || self.branch.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if g.branch.is_empty() || g.branch.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(bad_value(
                 "gitsync.branch",
-                &self.branch,
+                &g.branch,
                 "must be a non-empty branch name without spaces",
             ));
         }
-        let path = Path::new(&self.path);
+        let path = Path::new(&g.path);
         if !path
             .components()
             .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
         {
             return Err(bad_value(
                 "gitsync.path",
-                &self.path,
+                &g.path,
                 "must be a relative path inside the repository, without `..`",
             ));
         }
-        if self.interval_ms < MIN_GITSYNC_INTERVAL_MS {
+        if interval_ms < MIN_GITSYNC_INTERVAL_MS {
             return Err(bad_value(
                 "gitsync.interval_ms",
-                self.interval_ms,
+                interval_ms,
                 format!("must be at least {MIN_GITSYNC_INTERVAL_MS}"),
             ));
         }
-        for (key, file) in [
-            ("gitsync.ssh_key", &self.ssh_key),
-            ("gitsync.known_hosts", &self.known_hosts),
-        ] {
+        for (key, file) in [("gitsync.ssh_key", &g.ssh_key), ("gitsync.known_hosts", &g.known_hosts)] {
             if let Some(file) = file {
                 if !file.is_file() {
                     return Err(bad_value(
@@ -267,6 +244,6 @@ impl GitSyncConfig {
                 }
             }
         }
-        check_secret("gitsync.webhook_secret", &self.webhook_secret)
+        check_secret("gitsync.webhook_secret", g.webhook_secret.as_deref())
     }
 }
