@@ -447,14 +447,12 @@ fn gitsync_config(args: &mut ServeArgs, file: &mut FileGitSync) -> Result<Option
             Ok(Some(GitSyncConfig { agent, hook }))
         }
         // Settings without a repository would be silently ignored; more likely a forgotten flag.
-        None if gitsync_settings_given => {
-            return Err(bad_value(
-                "gitsync.repo",
-                "",
-                "Git Sync settings are given but no repository; set --gitsync-repo (or `repo` in [gitsync]) \
+        None if gitsync_settings_given => Err(bad_value(
+            "gitsync.repo",
+            "",
+            "Git Sync settings are given but no repository; set --gitsync-repo (or `repo` in [gitsync]) \
                  or drop the other gitsync settings",
-            ))
-        }
+        )),
         None => Ok(None),
     }
 }
