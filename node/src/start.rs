@@ -252,20 +252,10 @@ impl Node {
             tls,
         });
 
-        let peer_task = tokio::spawn(serve(
-            peer_listener,
-            crate::peer::router(node.clone()),
-            node.cancel.clone(),
-            node.tls.clone(),
-            ListenerKind::Peer,
-        ));
-        let api_task = tokio::spawn(serve(
-            api_listener,
-            crate::http::router(node.clone()),
-            node.cancel.clone(),
-            node.tls.clone(),
-            ListenerKind::Api,
-        ));
+        let listen =
+            |listener, router, kind| tokio::spawn(serve(listener, router, node.cancel.clone(), node.tls.clone(), kind));
+        let peer_task = listen(peer_listener, crate::peer::router(node.clone()), ListenerKind::Peer);
+        let api_task = listen(api_listener, crate::http::router(node.clone()), ListenerKind::Api);
         info!(
             id = node.id,
             api = %api_bound,

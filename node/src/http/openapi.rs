@@ -87,6 +87,25 @@ fn r(name: &str) -> Value {
     json!({"$ref": format!("#/components/responses/{name}")})
 }
 
+/// The standard error answers for these status codes, as `$ref`s to `components/responses`.
+fn errors(statuses: &[&'static str]) -> Vec<(&'static str, Value)> {
+    statuses
+        .iter()
+        .map(|status| {
+            let name = match *status {
+                "400" => "BadRequest",
+                "401" => "Unauthorized",
+                "404" => "NotFound",
+                "409" => "Conflict",
+                "413" => "TooLarge",
+                "503" => "Unavailable",
+                other => panic!("no standard error answer for {other}"),
+            };
+            (*status, r(name))
+        })
+        .collect()
+}
+
 /// The standard error answers, shared through `components/responses`.
 fn error_responses() -> Value {
     let e = |description: &str| json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
@@ -128,20 +147,9 @@ pub fn operations() -> Vec<Op> {
         json!({"type": "string", "minLength": 1}),
     );
     let promoted = obj(&["to", "epoch"]);
-    let admin_errs = [
-        ("400", r("BadRequest")),
-        ("409", r("Conflict")),
-        ("413", r("TooLarge")),
-        ("503", r("Unavailable")),
-    ];
+    let admin_errs = errors(&["400", "409", "413", "503"]);
     // Switchover and failover name a target member, which may not exist.
-    let promotion_errs = [
-        ("400", r("BadRequest")),
-        ("404", r("NotFound")),
-        ("409", r("Conflict")),
-        ("413", r("TooLarge")),
-        ("503", r("Unavailable")),
-    ];
+    let promotion_errs = errors(&["400", "404", "409", "413", "503"]);
     vec![
         Op {
             method: "get",
@@ -151,7 +159,7 @@ pub fn operations() -> Vec<Op> {
             params: vec![],
             body: None,
             responses: std(
-                &[("503", r("Unavailable"))],
+                &errors(&["503"]),
                 (
                     "200",
                     ok("this node's status", obj(&["node_id", "role", "raft", "primary"])),
@@ -166,7 +174,7 @@ pub fn operations() -> Vec<Op> {
             params: vec![],
             body: None,
             responses: std(
-                &[("503", r("Unavailable"))],
+                &errors(&["503"]),
                 (
                     "200",
                     ok("the cluster", obj(&["members", "primary", "maintenance", "config"])),
@@ -181,7 +189,7 @@ pub fn operations() -> Vec<Op> {
             params: vec![],
             body: None,
             responses: std(
-                &[("503", r("Unavailable"))],
+                &errors(&["503"]),
                 (
                     "200",
                     ok(
@@ -230,12 +238,7 @@ pub fn operations() -> Vec<Op> {
             ],
             body: None,
             responses: std(
-                &[
-                    ("400", r("BadRequest")),
-                    ("404", r("NotFound")),
-                    ("409", r("Conflict")),
-                    ("503", r("Unavailable")),
-                ],
+                &errors(&["400", "404", "409", "503"]),
                 ("200", ok("removed", obj(&["removed"]))),
             ),
         },
@@ -247,12 +250,7 @@ pub fn operations() -> Vec<Op> {
             params: vec![member_id()],
             body: None,
             responses: std(
-                &[
-                    ("400", r("BadRequest")),
-                    ("404", r("NotFound")),
-                    ("409", r("Conflict")),
-                    ("503", r("Unavailable")),
-                ],
+                &errors(&["400", "404", "409", "503"]),
                 ("200", ok("promoted", obj(&["member"]))),
             ),
         },
@@ -268,12 +266,7 @@ pub fn operations() -> Vec<Op> {
                 true,
             ),
             responses: std(
-                &[
-                    ("400", r("BadRequest")),
-                    ("404", r("NotFound")),
-                    ("413", r("TooLarge")),
-                    ("503", r("Unavailable")),
-                ],
+                &errors(&["400", "404", "413", "503"]),
                 ("200", ok("the member with its new tags", obj(&["member"]))),
             ),
         },
@@ -285,7 +278,7 @@ pub fn operations() -> Vec<Op> {
             params: vec![],
             body: None,
             responses: std(
-                &[("503", r("Unavailable"))],
+                &errors(&["503"]),
                 ("200", ok("history, oldest first", obj(&["history"]))),
             ),
         },
@@ -365,7 +358,7 @@ pub fn operations() -> Vec<Op> {
             ],
             body: None,
             responses: std(
-                &[("400", r("BadRequest")), ("503", r("Unavailable"))],
+                &errors(&["400", "503"]),
                 (
                     "200",
                     ok(
@@ -393,12 +386,7 @@ pub fn operations() -> Vec<Op> {
             ],
             body: None,
             responses: std(
-                &[
-                    ("400", r("BadRequest")),
-                    ("404", r("NotFound")),
-                    ("413", r("TooLarge")),
-                    ("503", r("Unavailable")),
-                ],
+                &errors(&["400", "404", "413", "503"]),
                 (
                     "200",
                     json!({"description": "the value", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}),
@@ -477,7 +465,7 @@ pub fn operations() -> Vec<Op> {
             params: vec![],
             body: None,
             responses: std(
-                &[("503", r("Unavailable"))],
+                &errors(&["503"]),
                 (
                     "200",
                     json!({"description": "the backup file (position in Keel-Position, key count in Keel-Backup-Keys)",
@@ -493,7 +481,7 @@ pub fn operations() -> Vec<Op> {
             params: vec![],
             body: None,
             responses: std(
-                &[("503", r("Unavailable"))],
+                &errors(&["503"]),
                 ("200", ok("rolled-back entries", obj(&["diverged"]))),
             ),
         },
@@ -508,11 +496,7 @@ pub fn operations() -> Vec<Op> {
                 true,
             ),
             responses: std(
-                &[
-                    ("400", r("BadRequest")),
-                    ("413", r("TooLarge")),
-                    ("503", r("Unavailable")),
-                ],
+                &errors(&["400", "413", "503"]),
                 ("200", ok("the new setting", obj(&["paused"]))),
             ),
         },
@@ -524,7 +508,7 @@ pub fn operations() -> Vec<Op> {
             params: vec![],
             body: None,
             responses: std(
-                &[("404", r("NotFound")), ("503", r("Unavailable"))],
+                &errors(&["404", "503"]),
                 ("200", ok("agent status", obj(&["node_id"]))),
             ),
         },
@@ -540,11 +524,7 @@ pub fn operations() -> Vec<Op> {
             )],
             body: None,
             responses: std(
-                &[
-                    ("404", r("NotFound")),
-                    ("409", r("Conflict")),
-                    ("503", r("Unavailable")),
-                ],
+                &errors(&["404", "409", "503"]),
                 ("200", ok("the outcome", obj(&["node_id", "outcome", "status"]))),
             ),
         },
@@ -593,13 +573,7 @@ pub fn operations() -> Vec<Op> {
             params: vec![file_path.clone()],
             body: raw_body("the file's new contents"),
             responses: std(
-                &[
-                    ("400", r("BadRequest")),
-                    ("404", r("NotFound")),
-                    ("409", r("Conflict")),
-                    ("413", r("TooLarge")),
-                    ("503", r("Unavailable")),
-                ],
+                &errors(&["400", "404", "409", "413", "503"]),
                 ("200", ok("the new commit", obj(&["commit", "epoch"]))),
             ),
         },
@@ -611,13 +585,7 @@ pub fn operations() -> Vec<Op> {
             params: vec![file_path],
             body: None,
             responses: std(
-                &[
-                    ("400", r("BadRequest")),
-                    ("404", r("NotFound")),
-                    ("409", r("Conflict")),
-                    ("413", r("TooLarge")),
-                    ("503", r("Unavailable")),
-                ],
+                &errors(&["400", "404", "409", "413", "503"]),
                 ("200", ok("the new commit", obj(&["commit", "epoch"]))),
             ),
         },
@@ -629,7 +597,7 @@ pub fn operations() -> Vec<Op> {
             params: vec![],
             body: None,
             responses: std(
-                &[("503", r("Unavailable"))],
+                &errors(&["503"]),
                 ("200", ok("this node is the primary", obj(&["role", "epoch"]))),
             ),
         },
@@ -646,7 +614,7 @@ pub fn operations() -> Vec<Op> {
             )],
             body: None,
             responses: std(
-                &[("400", r("BadRequest")), ("503", r("Unavailable"))],
+                &errors(&["400", "503"]),
                 ("200", ok("a healthy replica", obj(&["role", "lag_ms"]))),
             ),
         },
@@ -657,7 +625,7 @@ pub fn operations() -> Vec<Op> {
             summary: "200 when the process is up and its data readable",
             params: vec![],
             body: None,
-            responses: std(&[("503", r("Unavailable"))], ("200", ok("healthy", obj(&["status"])))),
+            responses: std(&errors(&["503"]), ("200", ok("healthy", obj(&["status"])))),
         },
         Op {
             method: "get",
@@ -668,7 +636,7 @@ pub fn operations() -> Vec<Op> {
             params: vec![],
             body: None,
             responses: std(
-                &[("503", r("Unavailable"))],
+                &errors(&["503"]),
                 ("200", ok("ready", obj(&["status", "leader"]))),
             ),
         },
@@ -680,7 +648,7 @@ pub fn operations() -> Vec<Op> {
             params: vec![],
             body: None,
             responses: std(
-                &[("503", r("Unavailable"))],
+                &errors(&["503"]),
                 (
                     "200",
                     json!({"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}),
@@ -695,7 +663,7 @@ pub fn operations() -> Vec<Op> {
             params: vec![],
             body: None,
             responses: std(
-                &[("503", r("Unavailable"))],
+                &errors(&["503"]),
                 (
                     "200",
                     json!({"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}),
@@ -710,7 +678,7 @@ pub fn operations() -> Vec<Op> {
             params: vec![],
             body: None,
             responses: std(
-                &[("503", r("Unavailable"))],
+                &errors(&["503"]),
                 (
                     "200",
                     ok(
@@ -728,7 +696,7 @@ pub fn operations() -> Vec<Op> {
             params: vec![],
             body: None,
             responses: std(
-                &[("503", r("Unavailable"))],
+                &errors(&["503"]),
                 ("200", ok("OpenAPI 3.0 document", obj(&["openapi", "paths"]))),
             ),
         },
