@@ -151,10 +151,7 @@ pub(crate) fn render_kv_list(items: &[Value]) -> String {
 pub(crate) const DIVERGED_VALUE_CHARS: usize = 40;
 
 pub(crate) fn render_diverged(answer: &Value) -> String {
-    let rows: Vec<Vec<String>> = answer["diverged"]
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = array(answer, "diverged")
         .iter()
         .map(|d| {
             let value = match d["value_base64"].as_str() {

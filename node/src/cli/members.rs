@@ -102,10 +102,7 @@ pub(crate) async fn members(api: &Api, cmd: MembersCommand, output: OutputFormat
 }
 
 pub(crate) fn render_history(answer: &Value) -> String {
-    let rows: Vec<Vec<String>> = answer["history"]
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = array(answer, "history")
         .iter()
         .map(|h| {
             let at = if h["at"].is_null() { &h["at_ms"] } else { &h["at"] };

@@ -63,8 +63,13 @@ pub(crate) fn cell(v: &Value) -> String {
 }
 
 /// The `members` array of a `/v1/cluster` or `/v1/members` answer, sorted by id.
+/// The array under `key` of a JSON answer (empty when absent or not an array).
+pub(crate) fn array<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+    v[key].as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
 pub(crate) fn member_list(v: &Value) -> Vec<&Value> {
-    let mut members: Vec<&Value> = v["members"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
+    let mut members: Vec<&Value> = array(v, "members").iter().collect();
     members.sort_by_key(|m| m["id"].as_u64().unwrap_or(u64::MAX));
     members
 }
