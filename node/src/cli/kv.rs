@@ -20,16 +20,23 @@ pub(crate) fn percent_encode(s: &str, keep_slash: bool) -> String {
     out
 }
 
+/// A key the CLI cannot send.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("the key is empty: give a non-empty key")]
+    Empty,
+    #[error("the key {0:?} cannot be put in a URL path (clients resolve it away): use another key")]
+    DotSegment(String),
+}
+
 /// `/v1/kv/{key}` with the key percent-encoded. `/` stays readable unless the key has a `.` or `..`
 /// segment, which an HTTP client would resolve away (`a/../b` becomes `b`); then `/` is encoded too.
-pub fn kv_path(key: &str) -> Result<String, String> {
+pub fn kv_path(key: &str) -> Result<String, KeyError> {
     if key.is_empty() {
-        return Err("the key is empty: give a non-empty key".to_string());
+        return Err(KeyError::Empty);
     }
     if key == "." || key == ".." {
-        return Err(format!(
-            "the key {key:?} cannot be put in a URL path (clients resolve it away): use another key"
-        ));
+        return Err(KeyError::DotSegment(key.to_string()));
     }
     let dot_segment = key.split('/').any(|seg| seg == "." || seg == "..");
     Ok(format!("/v1/kv/{}", percent_encode(key, !dot_segment)))
@@ -216,7 +223,7 @@ pub(crate) async fn kv_write(
 pub(crate) async fn kv(api: &Api, cmd: KvCommand, output: OutputFormat) -> Result<i32, CallError> {
     match cmd {
         KvCommand::Get { key, consistency } => {
-            let mut path = kv_path(&key).map_err(CallError::Local)?;
+            let mut path = kv_path(&key).map_err(|e| CallError::Local(e.to_string()))?;
             if let Some(c) = consistency {
                 path.push_str("?consistency=");
                 path.push_str(c.as_str());
@@ -229,17 +236,20 @@ pub(crate) async fn kv(api: &Api, cmd: KvCommand, output: OutputFormat) -> Resul
             Ok(EXIT_OK)
         }
         KvCommand::Put { key, value } => {
-            let path = kv_path(&key).map_err(CallError::Local)?;
+            let path = kv_path(&key).map_err(|e| CallError::Local(e.to_string()))?;
             let (value, over) = value_arg(value).await?;
             kv_write(api, Method::PUT, &path, &key, value, over, output).await
         }
         KvCommand::Cas { key, version, value } => {
-            let path = format!("{}/cas?version={version}", kv_path(&key).map_err(CallError::Local)?);
+            let path = format!(
+                "{}/cas?version={version}",
+                kv_path(&key).map_err(|e| CallError::Local(e.to_string()))?
+            );
             let (value, over) = value_arg(value).await?;
             kv_write(api, Method::POST, &path, &key, value, over, output).await
         }
         KvCommand::Del { key } => {
-            let path = kv_path(&key).map_err(CallError::Local)?;
+            let path = kv_path(&key).map_err(|e| CallError::Local(e.to_string()))?;
             let answer = api.call_raw(Method::DELETE, &path, ReqBody::Empty).await?;
             let v = answer.json()?;
             match output {
