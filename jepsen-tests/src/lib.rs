@@ -21,6 +21,7 @@ pub mod linearizable;
 pub mod nemesis;
 pub mod netns;
 pub mod ports;
+mod rng;
 pub mod runner;
 #[cfg(test)]
 mod testutil;

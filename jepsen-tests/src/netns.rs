@@ -25,6 +25,8 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::rng::Rng;
+
 /// Every namespace and interface a lab creates starts with this.
 pub const PREFIX: &str = "kj";
 
@@ -388,12 +390,9 @@ impl NetLab {
 /// A `10.x.y` /24 not configured on any interface of the root namespace.
 fn free_subnet(seed: u64) -> Result<String, String> {
     let used = run("ip", &["-o", "-4", "addr", "show"]).unwrap_or_default();
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rng = Rng::new(seed);
     for _ in 0..64 {
-        s ^= s >> 12;
-        s ^= s << 25;
-        s ^= s >> 27;
-        let r = s.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        let r = rng.next_u64();
         let subnet = format!("10.{}.{}", 100 + (r >> 8) % 100, (r >> 24) % 250 + 1);
         if !used.contains(&format!(" {subnet}.")) {
             return Ok(subnet);
