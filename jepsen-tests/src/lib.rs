@@ -111,16 +111,24 @@ pub fn check_with(history: &History, config: &CheckConfig) -> Result<Report, His
 mod tests {
     use super::*;
 
+    /// Register `r`: a write of 1 by node 1 acknowledged in `write_epoch`, then a read of 1 by
+    /// node 2 acknowledged in `read_epoch`.
+    fn write_then_read(write_epoch: u64, read_epoch: u64) -> String {
+        format!(
+            r#"
+{{"index":0,"process":1,"kind":"invoke","f":"write","key":"r","value":1,"time_ns":0}}
+{{"index":1,"process":1,"kind":"ok","f":"write","key":"r","value":1,"time_ns":10,"node":1,"epoch":{write_epoch}}}
+{{"index":2,"process":2,"kind":"invoke","f":"read","key":"r","time_ns":20}}
+{{"index":3,"process":2,"kind":"ok","f":"read","key":"r","value":1,"time_ns":30,"node":2,"epoch":{read_epoch}}}
+"#
+        )
+    }
+
     #[test]
     fn an_older_epoch_acknowledged_after_a_newer_one_fails_the_verdict() {
         // Linearizable values, but the read was acknowledged in epoch 3 after a write of epoch 4
         // had completed: a deposed primary still answering.
-        let jsonl = r#"
-{"index":0,"process":1,"kind":"invoke","f":"write","key":"r","value":1,"time_ns":0}
-{"index":1,"process":1,"kind":"ok","f":"write","key":"r","value":1,"time_ns":10,"node":1,"epoch":4}
-{"index":2,"process":2,"kind":"invoke","f":"read","key":"r","time_ns":20}
-{"index":3,"process":2,"kind":"ok","f":"read","key":"r","value":1,"time_ns":30,"node":2,"epoch":3}
-"#;
+        let jsonl = write_then_read(4, 3);
         let report = check(&History::from_reader(jsonl.as_bytes()).unwrap()).unwrap();
         assert_eq!(report.linearizable.verdict, Verdict::Valid);
         assert_eq!(report.overlapping_primaries.len(), 1);
@@ -128,7 +136,7 @@ mod tests {
         assert_eq!(report.verdict, Verdict::Invalid);
 
         // The same read in epoch 4 (or 5) is fine.
-        let ok = jsonl.replace(r#""node":2,"epoch":3"#, r#""node":2,"epoch":5"#);
+        let ok = write_then_read(4, 5);
         let report = check(&History::from_reader(ok.as_bytes()).unwrap()).unwrap();
         assert!(report.overlapping_primaries.is_empty());
         assert_eq!(report.verdict, Verdict::Valid);
@@ -136,12 +144,8 @@ mod tests {
 
     #[test]
     fn report_combines_checkers_and_serializes() {
-        let jsonl = r#"
-{"index":0,"process":1,"kind":"invoke","f":"write","key":"r","value":1,"time_ns":0}
-{"index":1,"process":1,"kind":"ok","f":"write","key":"r","value":1,"time_ns":10,"node":1,"epoch":3}
-{"index":2,"process":2,"kind":"invoke","f":"read","key":"r","time_ns":20}
-{"index":3,"process":2,"kind":"ok","f":"read","key":"r","value":1,"time_ns":30,"node":2,"epoch":3}
-{"index":4,"process":1,"kind":"invoke","f":"append","key":"l","value":7,"time_ns":40}
+        let jsonl = write_then_read(3, 3)
+            + r#"{"index":4,"process":1,"kind":"invoke","f":"append","key":"l","value":7,"time_ns":40}
 {"index":5,"process":1,"kind":"ok","f":"append","key":"l","value":7,"time_ns":50}
 {"index":6,"process":2,"kind":"invoke","f":"read-list","key":"l","time_ns":60}
 {"index":7,"process":2,"kind":"ok","f":"read-list","key":"l","value":[],"time_ns":70}
