@@ -1,17 +1,33 @@
-//! keel-jepsen: the history model and checkers of Keel's Jepsen-style chaos harness.
+//! keel-jepsen: Keel's Jepsen-style chaos harness, and the history model and checkers that
+//! judge what it records.
 //!
-//! A chaos run records every client operation twice, at invocation and at completion (`ok`,
-//! `fail` or `info`), to `history.jsonl` ([`history::Op`], [`history::History`]). This crate
-//! owns that format and judges a history: [`linearizable`] checks the register workload
-//! (read / write / cas) with a bounded Wing & Gong / Lowe search per key, [`append`] looks for
-//! lost, duplicated, reordered, phantom, aborted and diverged elements in the append workload.
-//! [`history::overlapping_primaries`] looks for an operation acknowledged in an older epoch after
-//! one of a newer epoch had completed (two primaries acting at once).
-//! [`check`] runs all three and returns a serializable [`Report`] whose verdict is the worst of the checkers'
-//! (`invalid` > `unknown` > `valid`); `unknown` means a search bound was hit and nothing was
-//! concluded. The checkers are pure; the runner ([`runner`], with the network-namespace lab
-//! [`netns`], the seeded fault schedule [`nemesis`] and the loopback ports of [`ports`], which the
-//! test kit `keel-testkit` shares) drives real processes and faults.
+//! **What it owns.**
+//! - The record format: every client operation is recorded twice, at invocation and at
+//!   completion (`ok`, `fail` or `info`), to `history.jsonl` ([`history::Op`],
+//!   [`history::History`]).
+//! - The checkers, which are pure (no processes, no network): [`linearizable`] checks the
+//!   register workload (read / write / cas) with a bounded Wing & Gong / Lowe search per key;
+//!   [`append`] looks for lost, duplicated, reordered, phantom, aborted and diverged elements in
+//!   the append workload; [`history::overlapping_primaries`] looks for an operation acknowledged
+//!   in an older epoch after one of a newer epoch had completed (two primaries acting at once).
+//!   [`check`] runs all three and returns a serializable [`Report`] whose verdict is the worst
+//!   of the checkers' (`invalid` > `unknown` > `valid`); `unknown` means a search bound was hit
+//!   and nothing was concluded.
+//! - The harness that produces histories ([`runner`], `keel-jepsen run`): real `keel serve`
+//!   processes on loopback or each in its own network namespace ([`netns`]), the clients, the
+//!   seeded fault schedule ([`nemesis`]) and the faults it injects, the `/primary` sampler, and
+//!   the report directory (`index.html`, `latency.svg`, `summary.json`). The namespace lab and
+//!   the loopback ports of [`ports`] are shared with the test kit `keel-testkit`.
+//!
+//! **What it must not touch.** The harness treats Keel as a black box, as Jepsen does: it starts
+//! the `keel` binary through its CLI (`keel serve` and its flags), talks to the nodes only
+//! through their HTTP API (`/primary`, `/v1/status`, `/v1/kv`, `/v1/switchover`,
+//! `/v1/members`), and acts on them only from outside (signals, network namespaces, libfaketime,
+//! deleting a whole data directory for the `wipe` fault). It never links the daemon's crates:
+//! no `keel-*` crate is a dependency (a test below checks `Cargo.toml`), so a checker cannot
+//! lean on an internal that the system under test might get wrong. Only tests and the test kit
+//! depend on it; the daemon never does.
+//!
 //! See `DESIGN.md` for the model and the meaning of `info`.
 
 pub mod append;
@@ -189,6 +205,20 @@ mod tests {
         assert_eq!(key["verdict"], "invalid");
         assert_eq!(key["witness"]["op"]["invoke_index"], 2);
         assert_eq!(serde_json::from_value::<Report>(json).unwrap(), report);
+    }
+
+    /// The harness drives `keel` as a black box: none of Keel's crates is a dependency.
+    #[test]
+    fn no_keel_crate_is_a_dependency() {
+        let manifest = include_str!("../Cargo.toml");
+        let mut section = "";
+        for line in manifest.lines().map(str::trim) {
+            if line.starts_with('[') {
+                section = line;
+            } else if section.ends_with("dependencies]") {
+                assert!(!line.starts_with("keel"), "keel-jepsen depends on a Keel crate: {line}");
+            }
+        }
     }
 
     #[test]
