@@ -531,8 +531,8 @@ impl Trie {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::{History, Op, OpKind};
-    use crate::testutil::{history, Rng, Row};
+    use crate::history::{History, OpKind};
+    use crate::testutil::{history, last_ok, push_op, Rng, Row};
     use serde_json::Value;
 
     fn check_rows(rows: &[Row]) -> AppendReport {
@@ -669,22 +669,8 @@ mod tests {
         while invoked < total_ops || pending.iter().any(Option::is_some) {
             time += 1 + rng.below(1_000);
             let p = rng.below(processes) as usize;
-            let mut record = |kind: OpKind, f: OpFn, key: &str, value: Value| {
-                let index = ops.len() as u64;
-                let process = p as u64;
-                ops.push(Op {
-                    index,
-                    process,
-                    kind,
-                    f,
-                    key: key.into(),
-                    value,
-                    time_ns: time,
-                    node: None,
-                    epoch: None,
-                    error: None,
-                });
-            };
+            let mut record =
+                |kind: OpKind, f: OpFn, key: &str, value: Value| push_op(&mut ops, p as u64, kind, f, key, value, time);
             match pending[p].take() {
                 None if invoked < total_ops => {
                     invoked += 1;
@@ -737,11 +723,7 @@ mod tests {
     fn simulated_history_with_a_dropped_element_is_caught() {
         let mut h = simulated_history(3, 6, 1, 400);
         // Drop the first element from the last successful read: an acknowledged append lost.
-        let i = h
-            .ops
-            .iter()
-            .rposition(|op| op.kind == OpKind::Ok && op.f == OpFn::ReadList)
-            .unwrap();
+        let i = last_ok(&h, OpFn::ReadList);
         h.ops[i].value.as_array_mut().unwrap().remove(0);
         let report = check(&h.pair().unwrap());
         assert_eq!(report.verdict, Verdict::Invalid);

@@ -415,22 +415,8 @@ pub fn overlapping_primaries(ops: &[PairedOp]) -> Vec<EpochOverlap> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::op;
     use serde_json::json;
-
-    fn op(index: u64, process: u64, kind: OpKind, f: OpFn, value: Value, time_ns: u64) -> Op {
-        Op {
-            index,
-            process,
-            kind,
-            f,
-            key: "x".into(),
-            value,
-            time_ns,
-            node: None,
-            epoch: None,
-            error: None,
-        }
-    }
 
     #[test]
     fn line_format_round_trips() {

@@ -1,17 +1,33 @@
-//! keel-jepsen: the history model and checkers of Keel's Jepsen-style chaos harness.
+//! keel-jepsen: Keel's Jepsen-style chaos harness, and the history model and checkers that
+//! judge what it records.
 //!
-//! A chaos run records every client operation twice, at invocation and at completion (`ok`,
-//! `fail` or `info`), to `history.jsonl` ([`history::Op`], [`history::History`]). This crate
-//! owns that format and judges a history: [`linearizable`] checks the register workload
-//! (read / write / cas) with a bounded Wing & Gong / Lowe search per key, [`append`] looks for
-//! lost, duplicated, reordered, phantom, aborted and diverged elements in the append workload.
-//! [`history::overlapping_primaries`] looks for an operation acknowledged in an older epoch after
-//! one of a newer epoch had completed (two primaries acting at once).
-//! [`check`] runs all three and returns a serializable [`Report`] whose verdict is the worst of the checkers'
-//! (`invalid` > `unknown` > `valid`); `unknown` means a search bound was hit and nothing was
-//! concluded. The checkers are pure; the runner ([`runner`], with the network-namespace lab
-//! [`netns`], the seeded fault schedule [`nemesis`] and the loopback ports of [`ports`], which the
-//! test kit `keel-testkit` shares) drives real processes and faults.
+//! **What it owns.**
+//! - The record format: every client operation is recorded twice, at invocation and at
+//!   completion (`ok`, `fail` or `info`), to `history.jsonl` ([`history::Op`],
+//!   [`history::History`]).
+//! - The checkers, which are pure (no processes, no network): [`linearizable`] checks the
+//!   register workload (read / write / cas) with a bounded Wing & Gong / Lowe search per key;
+//!   [`append`] looks for lost, duplicated, reordered, phantom, aborted and diverged elements in
+//!   the append workload; [`history::overlapping_primaries`] looks for an operation acknowledged
+//!   in an older epoch after one of a newer epoch had completed (two primaries acting at once).
+//!   [`check`] runs all three and returns a serializable [`Report`] whose verdict is the worst
+//!   of the checkers' (`invalid` > `unknown` > `valid`); `unknown` means a search bound was hit
+//!   and nothing was concluded.
+//! - The harness that produces histories ([`runner`], `keel-jepsen run`): real `keel serve`
+//!   processes on loopback or each in its own network namespace ([`netns`]), the clients, the
+//!   seeded fault schedule ([`nemesis`]) and the faults it injects, the `/primary` sampler, and
+//!   the report directory (`index.html`, `latency.svg`, `summary.json`). The namespace lab and
+//!   the loopback ports of [`ports`] are shared with the test kit `keel-testkit`.
+//!
+//! **What it must not touch.** The harness treats Keel as a black box, as Jepsen does: it starts
+//! the `keel` binary through its CLI (`keel serve` and its flags), talks to the nodes only
+//! through their HTTP API (`/primary`, `/v1/status`, `/v1/kv`, `/v1/switchover`,
+//! `/v1/members`), and acts on them only from outside (signals, network namespaces, libfaketime,
+//! deleting a whole data directory for the `wipe` fault). It never links the daemon's crates:
+//! no `keel-*` crate is a dependency (a test below checks `Cargo.toml`), so a checker cannot
+//! lean on an internal that the system under test might get wrong. Only tests and the test kit
+//! depend on it; the daemon never does.
+//!
 //! See `DESIGN.md` for the model and the meaning of `info`.
 
 pub mod append;
@@ -21,6 +37,7 @@ pub mod linearizable;
 pub mod nemesis;
 pub mod netns;
 pub mod ports;
+mod rng;
 pub mod runner;
 #[cfg(test)]
 mod testutil;
@@ -110,16 +127,24 @@ pub fn check_with(history: &History, config: &CheckConfig) -> Result<Report, His
 mod tests {
     use super::*;
 
+    /// Register `r`: a write of 1 by node 1 acknowledged in `write_epoch`, then a read of 1 by
+    /// node 2 acknowledged in `read_epoch`.
+    fn write_then_read(write_epoch: u64, read_epoch: u64) -> String {
+        format!(
+            r#"
+{{"index":0,"process":1,"kind":"invoke","f":"write","key":"r","value":1,"time_ns":0}}
+{{"index":1,"process":1,"kind":"ok","f":"write","key":"r","value":1,"time_ns":10,"node":1,"epoch":{write_epoch}}}
+{{"index":2,"process":2,"kind":"invoke","f":"read","key":"r","time_ns":20}}
+{{"index":3,"process":2,"kind":"ok","f":"read","key":"r","value":1,"time_ns":30,"node":2,"epoch":{read_epoch}}}
+"#
+        )
+    }
+
     #[test]
     fn an_older_epoch_acknowledged_after_a_newer_one_fails_the_verdict() {
         // Linearizable values, but the read was acknowledged in epoch 3 after a write of epoch 4
         // had completed: a deposed primary still answering.
-        let jsonl = r#"
-{"index":0,"process":1,"kind":"invoke","f":"write","key":"r","value":1,"time_ns":0}
-{"index":1,"process":1,"kind":"ok","f":"write","key":"r","value":1,"time_ns":10,"node":1,"epoch":4}
-{"index":2,"process":2,"kind":"invoke","f":"read","key":"r","time_ns":20}
-{"index":3,"process":2,"kind":"ok","f":"read","key":"r","value":1,"time_ns":30,"node":2,"epoch":3}
-"#;
+        let jsonl = write_then_read(4, 3);
         let report = check(&History::from_reader(jsonl.as_bytes()).unwrap()).unwrap();
         assert_eq!(report.linearizable.verdict, Verdict::Valid);
         assert_eq!(report.overlapping_primaries.len(), 1);
@@ -127,7 +152,7 @@ mod tests {
         assert_eq!(report.verdict, Verdict::Invalid);
 
         // The same read in epoch 4 (or 5) is fine.
-        let ok = jsonl.replace(r#""node":2,"epoch":3"#, r#""node":2,"epoch":5"#);
+        let ok = write_then_read(4, 5);
         let report = check(&History::from_reader(ok.as_bytes()).unwrap()).unwrap();
         assert!(report.overlapping_primaries.is_empty());
         assert_eq!(report.verdict, Verdict::Valid);
@@ -135,12 +160,8 @@ mod tests {
 
     #[test]
     fn report_combines_checkers_and_serializes() {
-        let jsonl = r#"
-{"index":0,"process":1,"kind":"invoke","f":"write","key":"r","value":1,"time_ns":0}
-{"index":1,"process":1,"kind":"ok","f":"write","key":"r","value":1,"time_ns":10,"node":1,"epoch":3}
-{"index":2,"process":2,"kind":"invoke","f":"read","key":"r","time_ns":20}
-{"index":3,"process":2,"kind":"ok","f":"read","key":"r","value":1,"time_ns":30,"node":2,"epoch":3}
-{"index":4,"process":1,"kind":"invoke","f":"append","key":"l","value":7,"time_ns":40}
+        let jsonl = write_then_read(3, 3)
+            + r#"{"index":4,"process":1,"kind":"invoke","f":"append","key":"l","value":7,"time_ns":40}
 {"index":5,"process":1,"kind":"ok","f":"append","key":"l","value":7,"time_ns":50}
 {"index":6,"process":2,"kind":"invoke","f":"read-list","key":"l","time_ns":60}
 {"index":7,"process":2,"kind":"ok","f":"read-list","key":"l","value":[],"time_ns":70}
@@ -184,6 +205,20 @@ mod tests {
         assert_eq!(key["verdict"], "invalid");
         assert_eq!(key["witness"]["op"]["invoke_index"], 2);
         assert_eq!(serde_json::from_value::<Report>(json).unwrap(), report);
+    }
+
+    /// The harness drives `keel` as a black box: none of Keel's crates is a dependency.
+    #[test]
+    fn no_keel_crate_is_a_dependency() {
+        let manifest = include_str!("../Cargo.toml");
+        let mut section = "";
+        for line in manifest.lines().map(str::trim) {
+            if line.starts_with('[') {
+                section = line;
+            } else if section.ends_with("dependencies]") {
+                assert!(!line.starts_with("keel"), "keel-jepsen depends on a Keel crate: {line}");
+            }
+        }
     }
 
     #[test]

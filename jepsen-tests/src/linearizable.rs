@@ -508,8 +508,8 @@ impl<'a> Search<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::{History, Op, OpKind};
-    use crate::testutil::{history, Rng, Row};
+    use crate::history::{History, OpKind};
+    use crate::testutil::{history, last_ok, op, push_op, Rng, Row};
     use std::collections::HashMap;
 
     fn check_rows(rows: &[Row], config: &LinearizableConfig) -> LinearizableReport {
@@ -708,50 +708,41 @@ mod tests {
         History::new(ops).pair().unwrap()
     }
 
-    fn op(index: u64, process: u64, kind: OpKind, f: OpFn, value: Value, time_ns: u64) -> Op {
-        Op {
-            index,
-            process,
-            kind,
-            f,
-            key: "x".into(),
-            value,
-            time_ns,
-            node: None,
-            epoch: None,
-            error: None,
-        }
-    }
-
     #[test]
     fn bounds_give_unknown_never_a_guess() {
         let ops = pathological(12);
-        let tight = LinearizableConfig {
-            max_states: 1_000,
-            ..LinearizableConfig::default()
-        };
-        let report = check(&ops, &tight);
-        let KeyResult::Unknown { reason } = &report.keys[0].result else {
-            panic!("{report:#?}")
-        };
-        assert!(reason.contains("state bound exceeded"), "{reason}");
-        assert_eq!(report.verdict, Verdict::Unknown);
-
-        let small_memory = LinearizableConfig {
-            max_memory_bytes: 64 * 1024,
-            ..LinearizableConfig::default()
-        };
-        assert_eq!(check(&ops, &small_memory).verdict, Verdict::Unknown);
-
-        let no_time = LinearizableConfig {
-            time_limit_ms: 0,
-            ..LinearizableConfig::default()
-        };
-        let report = check(&ops, &no_time);
-        let KeyResult::Unknown { reason } = &report.keys[0].result else {
-            panic!("{report:#?}")
-        };
-        assert!(reason.contains("time limit"), "{reason}");
+        // Each bound alone, too tight for this history: `unknown`, and the reason names it.
+        let cases = [
+            (
+                "state bound exceeded",
+                LinearizableConfig {
+                    max_states: 1_000,
+                    ..LinearizableConfig::default()
+                },
+            ),
+            (
+                "state bound exceeded",
+                LinearizableConfig {
+                    max_memory_bytes: 64 * 1024,
+                    ..LinearizableConfig::default()
+                },
+            ),
+            (
+                "time limit",
+                LinearizableConfig {
+                    time_limit_ms: 0,
+                    ..LinearizableConfig::default()
+                },
+            ),
+        ];
+        for (bound, config) in cases {
+            let report = check(&ops, &config);
+            let KeyResult::Unknown { reason } = &report.keys[0].result else {
+                panic!("{report:#?}")
+            };
+            assert!(reason.contains(bound), "{reason}");
+            assert_eq!(report.verdict, Verdict::Unknown);
+        }
 
         // With room to finish, the same history is decided.
         let report = check(&ops, &LinearizableConfig::default());
@@ -905,21 +896,7 @@ mod tests {
         let mut invoked = 0;
         let mut time = 0u64;
         let mut next_value = 1u64;
-        let record = |ops: &mut Vec<Op>, p: u64, kind: OpKind, f: OpFn, key: &str, value: Value, time: u64| {
-            let index = ops.len() as u64;
-            ops.push(Op {
-                index,
-                process: p,
-                kind,
-                f,
-                key: key.into(),
-                value,
-                time_ns: time,
-                node: None,
-                epoch: None,
-                error: None,
-            });
-        };
+        let record = push_op;
         let apply_op = |registers: &mut HashMap<String, Value>, f: OpFn, key: &str, value: &Value| -> Option<Value> {
             let current = registers.get(key).cloned().unwrap_or(Value::Null);
             match f {
@@ -1029,11 +1006,7 @@ mod tests {
         // The same generator, with one read late in the history changed to a value no one wrote:
         // proves the generated test above is not vacuous.
         let mut h = simulated_history(7, 6, 5, 200);
-        let i = h
-            .ops
-            .iter()
-            .rposition(|op| op.kind == OpKind::Ok && op.f == OpFn::Read)
-            .unwrap();
+        let i = last_ok(&h, OpFn::Read);
         h.ops[i].value = Value::from(1_000_000);
         let report = check(&h.pair().unwrap(), &LinearizableConfig::default());
         assert_eq!(report.verdict, Verdict::Invalid, "{report:#?}");

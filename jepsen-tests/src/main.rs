@@ -29,23 +29,7 @@ fn usage() -> ! {
 fn main() {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
-        Some("check") => {
-            let Some(path) = args.next() else { usage() };
-            let h = keel_jepsen::History::load(&path).unwrap_or_else(|e| {
-                eprintln!("error: {e}");
-                std::process::exit(2)
-            });
-            let report = keel_jepsen::check(&h).unwrap_or_else(|e| {
-                eprintln!("error: {e}");
-                std::process::exit(2)
-            });
-            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
-            std::process::exit(if report.verdict == keel_jepsen::Verdict::Valid {
-                0
-            } else {
-                1
-            });
-        }
+        Some("check") => check(args),
         // Hidden helper for the faketime test: how much time this process's monotonic clock
         // (std's `Instant`, what tokio and Keel's lease use) sees across a sleep of N ms.
         Some("clock-probe") => {
@@ -55,9 +39,63 @@ fn main() {
             println!("{}", t.elapsed().as_millis());
             std::process::exit(0);
         }
-        Some("run") => {}
+        Some("run") => run(args),
         _ => usage(),
     }
+}
+
+/// The value, or the error printed and exit code 2.
+fn or_exit<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(2)
+    })
+}
+
+/// `keel-jepsen check HISTORY.jsonl`: the report as JSON; exit 0 only if valid.
+fn check(mut args: impl Iterator<Item = String>) -> ! {
+    let Some(path) = args.next() else { usage() };
+    let h = or_exit(keel_jepsen::History::load(&path));
+    let report = or_exit(keel_jepsen::check(&h));
+    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    std::process::exit(if report.verdict == keel_jepsen::Verdict::Valid {
+        0
+    } else {
+        1
+    });
+}
+
+/// `keel-jepsen run ...`: one chaos run, its verdict and where the report is.
+fn run(args: impl Iterator<Item = String>) -> ! {
+    let (cfg, opts) = parse_run(args);
+    println!(
+        "keel-jepsen: seed {} ({} s, {} nodes{}, {:?} workload, nemesis {:?}, mode {}), report in {}",
+        cfg.seed,
+        cfg.time.as_secs(),
+        cfg.nodes,
+        if opts.netns {
+            " in network namespaces"
+        } else {
+            " on loopback"
+        },
+        opts.workload,
+        cfg.nemesis,
+        cfg.mode,
+        cfg.out.display()
+    );
+    let r = or_exit(run_with(&cfg, &opts));
+    println!("{}", r.summary());
+    let kinds: std::collections::BTreeMap<&str, usize> = r.faults.iter().fold(Default::default(), |mut m, f| {
+        *m.entry(f["kind"].as_str().unwrap_or("?")).or_default() += 1;
+        m
+    });
+    println!("faults: {kinds:?}");
+    println!("report: {}", cfg.out.join("index.html").display());
+    std::process::exit(if r.ok() { 0 } else { 1 });
+}
+
+/// The flags of `run` over the defaults; bad usage exits 2.
+fn parse_run(mut args: impl Iterator<Item = String>) -> (RunConfig, RunOptions) {
     let exe_dir = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.to_path_buf()))
@@ -87,6 +125,15 @@ fn main() {
             usage()
         })
     };
+    // A rate that `ok` accepts, or the error and usage.
+    let rate = |v: Option<String>, ok: fn(f64) -> bool, error: &str| -> f64 {
+        v.and_then(|v| v.parse::<f64>().ok())
+            .filter(|r| ok(*r))
+            .unwrap_or_else(|| {
+                eprintln!("error: {error}");
+                usage()
+            })
+    };
     while let Some(a) = args.next() {
         match a.as_str() {
             "--nodes" => cfg.nodes = num(args.next(), "--nodes"),
@@ -101,15 +148,11 @@ fn main() {
             "--netns" => opts.netns = true,
             "--min-acks" => opts.min_acks = Some(num(args.next(), "--min-acks")),
             "--rate" => {
-                opts.rate = Some(
-                    args.next()
-                        .and_then(|v| v.parse::<f64>().ok())
-                        .filter(|r| r.is_finite() && *r > 0.0)
-                        .unwrap_or_else(|| {
-                            eprintln!("error: --rate needs operations per second of all clients together, such as 200");
-                            usage()
-                        }),
-                )
+                opts.rate = Some(rate(
+                    args.next(),
+                    |r| r.is_finite() && r > 0.0,
+                    "--rate needs operations per second of all clients together, such as 200",
+                ))
             }
             "--workload" => {
                 opts.workload = match args.next().as_deref() {
@@ -122,15 +165,11 @@ fn main() {
                 }
             }
             "--skew-rate" => {
-                opts.skew_rate = Some(
-                    args.next()
-                        .and_then(|v| v.parse::<f64>().ok())
-                        .filter(|r| *r > 0.0 && *r < 100.0)
-                        .unwrap_or_else(|| {
-                            eprintln!("error: --skew-rate needs a clock rate such as 0.9");
-                            usage()
-                        }),
-                )
+                opts.skew_rate = Some(rate(
+                    args.next(),
+                    |r| r > 0.0 && r < 100.0,
+                    "--skew-rate needs a clock rate such as 0.9",
+                ))
             }
             "--keel" => cfg.keel = PathBuf::from(args.next().unwrap_or_else(|| usage())),
             "--out" => cfg.out = PathBuf::from(args.next().unwrap_or_else(|| usage())),
@@ -153,50 +192,5 @@ fn main() {
     if cfg.out.as_os_str().is_empty() {
         cfg.out = PathBuf::from(format!("report/run-{}", cfg.seed));
     }
-    println!(
-        "keel-jepsen: seed {} ({} s, {} nodes{}, {:?} workload, nemesis {:?}, mode {}), report in {}",
-        cfg.seed,
-        cfg.time.as_secs(),
-        cfg.nodes,
-        if opts.netns {
-            " in network namespaces"
-        } else {
-            " on loopback"
-        },
-        opts.workload,
-        cfg.nemesis,
-        cfg.mode,
-        cfg.out.display()
-    );
-    match run_with(&cfg, &opts) {
-        Ok(r) => {
-            println!(
-                "verdict: {} (linearizable {:?}; append {:?}; overlapping primaries {}; ops ok {} fail {} info {}; double-primary rounds {} of {}; epochs monotonic {}; converged {}; failovers ms {:?})",
-                if r.ok() { "PASS" } else { "FAIL" },
-                r.check.linearizable.verdict,
-                r.check.append.verdict,
-                r.check.overlapping_primaries.len(),
-                r.check.ops.ok,
-                r.check.ops.fail,
-                r.check.ops.info,
-                r.double_primary_rounds,
-                r.primary_samples,
-                r.epochs_monotonic,
-                r.converged,
-                r.failover_ms
-            );
-            let kinds: std::collections::BTreeMap<&str, usize> =
-                r.faults.iter().fold(Default::default(), |mut m, f| {
-                    *m.entry(f["kind"].as_str().unwrap_or("?")).or_default() += 1;
-                    m
-                });
-            println!("faults: {kinds:?}");
-            println!("report: {}", cfg.out.join("index.html").display());
-            std::process::exit(if r.ok() { 0 } else { 1 });
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    }
+    (cfg, opts)
 }

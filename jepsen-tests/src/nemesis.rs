@@ -15,7 +15,7 @@
 
 use serde::Serialize;
 
-use crate::runner::Rng;
+use crate::rng::Rng;
 
 /// Every kind, in the order `all` expands to.
 pub const ALL: &[&str] = &["kill", "kill-primary", "pause", "partition", "netem", "skew", "wipe"];

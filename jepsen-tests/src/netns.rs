@@ -25,6 +25,8 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::rng::Rng;
+
 /// Every namespace and interface a lab creates starts with this.
 pub const PREFIX: &str = "kj";
 
@@ -57,6 +59,13 @@ fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
 
 fn ip(args: &[&str]) -> Result<(), String> {
     run("ip", args).map(|_| ())
+}
+
+/// `ip netns exec NS args...`: runs a command inside namespace `ns`.
+fn in_ns(ns: &str, args: &[&str]) -> Result<String, String> {
+    let mut all = vec!["netns", "exec", ns];
+    all.extend_from_slice(args);
+    run("ip", &all)
 }
 
 fn is_root() -> bool {
@@ -169,6 +178,11 @@ impl NetLab {
         format!("{}.{i}", self.subnet)
     }
 
+    /// The bridge's end of node `i`'s veth pair (in the root namespace).
+    fn host(&self, i: u64) -> String {
+        format!("{}h{i}", self.tag)
+    }
+
     /// The node's end of its veth pair (inside its namespace).
     pub fn dev(&self, i: u64) -> String {
         format!("{}p{i}", self.tag)
@@ -180,7 +194,7 @@ impl NetLab {
         ip(&["link", "set", &self.bridge, "up"])?;
         for i in 1..=self.n {
             let ns = self.ns(i);
-            let host = format!("{}h{i}", self.tag);
+            let host = self.host(i);
             let peer = self.dev(i);
             ip(&["netns", "add", &ns])?;
             ip(&["link", "add", &host, "type", "veth", "peer", "name", &peer])?;
@@ -232,70 +246,18 @@ impl NetLab {
     /// of delay with netem, or the fallback described at [`Degrade`].
     pub fn degrade(&self, i: u64, delay_ms: u64, loss_pct: u64) -> Result<Degrade, String> {
         let ns = self.ns(i);
-        let dev = self.dev(i);
-        let netem = run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &ns,
-                "tc",
-                "qdisc",
-                "replace",
-                "dev",
-                &dev,
-                "root",
-                "netem",
-                "delay",
-                &format!("{delay_ms}ms"),
-                &format!("{}ms", delay_ms / 4),
-                "loss",
-                &format!("{loss_pct}%"),
-            ],
-        );
+        let (delay, loss) = (format!("{delay_ms}ms"), format!("{loss_pct}%"));
+        let jitter = format!("{}ms", delay_ms / 4);
+        let netem = self.root_qdisc(i, true, &["netem", "delay", &delay, &jitter, "loss", &loss]);
         if netem.is_ok() {
             // netem on the node's side delays what it sends; the bridge side delays what it gets.
-            let host = format!("{}h{i}", self.tag);
-            let _ = run(
-                "tc",
-                &[
-                    "qdisc",
-                    "replace",
-                    "dev",
-                    &host,
-                    "root",
-                    "netem",
-                    "delay",
-                    &format!("{delay_ms}ms"),
-                    "loss",
-                    &format!("{loss_pct}%"),
-                ],
-            );
+            let _ = self.root_qdisc(i, false, &["netem", "delay", &delay, "loss", &loss]);
             return Ok(Degrade::Netem { delay_ms, loss_pct });
         }
         let p = format!("{:.3}", loss_pct as f64 / 100.0);
         for chain in ["INPUT", "OUTPUT"] {
-            run(
-                "ip",
-                &[
-                    "netns",
-                    "exec",
-                    &ns,
-                    "iptables",
-                    "-w",
-                    "-A",
-                    chain,
-                    "-m",
-                    "statistic",
-                    "--mode",
-                    "random",
-                    "--probability",
-                    &p,
-                    "-j",
-                    "DROP",
-                ],
-            )
-            .map_err(|e| {
+            let drop = ["-m", "statistic", "--mode", "random", "--probability", &p, "-j", "DROP"];
+            in_ns(&ns, &[&["iptables", "-w", "-A", chain][..], &drop].concat()).map_err(|e| {
                 format!(
                     "netem unavailable ({}) and iptables failed: {e}",
                     netem.clone().unwrap_err()
@@ -303,28 +265,21 @@ impl NetLab {
             })?;
         }
         let rate_kbit = 2048;
-        let _ = run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &ns,
-                "tc",
-                "qdisc",
-                "replace",
-                "dev",
-                &dev,
-                "root",
-                "tbf",
-                "rate",
-                &format!("{rate_kbit}kbit"),
-                "burst",
-                "16kbit",
-                "latency",
-                &format!("{delay_ms}ms"),
-            ],
-        );
+        let rate = format!("{rate_kbit}kbit");
+        let _ = self.root_qdisc(i, true, &["tbf", "rate", &rate, "burst", "16kbit", "latency", &delay]);
         Ok(Degrade::Fallback { loss_pct, rate_kbit })
+    }
+
+    /// `tc qdisc replace dev DEV root QDISC...` on node `i`'s end of its veth pair (inside its
+    /// namespace) or, if not `node_side`, on the bridge's end.
+    fn root_qdisc(&self, i: u64, node_side: bool, qdisc: &[&str]) -> Result<String, String> {
+        let dev = if node_side { self.dev(i) } else { self.host(i) };
+        let args = [&["tc", "qdisc", "replace", "dev", &dev, "root"][..], qdisc].concat();
+        if node_side {
+            in_ns(&self.ns(i), &args)
+        } else {
+            run(args[0], &args[1..])
+        }
     }
 
     /// Remove every cut, qdisc and iptables rule (idempotent).
@@ -332,13 +287,10 @@ impl NetLab {
         for i in 1..=self.n {
             let ns = self.ns(i);
             let _ = ip(&["-n", &ns, "route", "flush", "type", "blackhole"]);
-            let _ = run(
-                "ip",
-                &["netns", "exec", &ns, "tc", "qdisc", "del", "dev", &self.dev(i), "root"],
-            );
-            let _ = run("tc", &["qdisc", "del", "dev", &format!("{}h{i}", self.tag), "root"]);
+            let _ = in_ns(&ns, &["tc", "qdisc", "del", "dev", &self.dev(i), "root"]);
+            let _ = run("tc", &["qdisc", "del", "dev", &self.host(i), "root"]);
             for chain in ["INPUT", "OUTPUT"] {
-                let _ = run("ip", &["netns", "exec", &ns, "iptables", "-w", "-F", chain]);
+                let _ = in_ns(&ns, &["iptables", "-w", "-F", chain]);
             }
         }
     }
@@ -358,7 +310,7 @@ impl NetLab {
             let ns = self.ns(i);
             kill_inside(&ns);
             let _ = ip(&["netns", "del", &ns]);
-            let _ = ip(&["link", "del", &format!("{}h{i}", self.tag)]);
+            let _ = ip(&["link", "del", &self.host(i)]);
         }
         let _ = ip(&["link", "del", &self.bridge]);
     }
@@ -388,12 +340,9 @@ impl NetLab {
 /// A `10.x.y` /24 not configured on any interface of the root namespace.
 fn free_subnet(seed: u64) -> Result<String, String> {
     let used = run("ip", &["-o", "-4", "addr", "show"]).unwrap_or_default();
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rng = Rng::new(seed);
     for _ in 0..64 {
-        s ^= s >> 12;
-        s ^= s << 25;
-        s ^= s >> 27;
-        let r = s.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        let r = rng.next_u64();
         let subnet = format!("10.{}.{}", 100 + (r >> 8) % 100, (r >> 24) % 250 + 1);
         if !used.contains(&format!(" {subnet}.")) {
             return Ok(subnet);

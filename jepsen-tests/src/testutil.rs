@@ -1,8 +1,9 @@
-//! Helpers shared by the checkers' tests: a compact history builder and a seeded PRNG.
+//! Helpers shared by the checkers' tests: a compact history builder, single records, and a
+//! seeded PRNG.
 
 use serde_json::Value;
 
-use crate::history::{History, Op, OpKind};
+use crate::history::{History, Op, OpFn, OpKind};
 
 /// A row: (time_ns, process, kind, f, value as JSON text).
 pub type Row = (u64, u64, &'static str, &'static str, &'static str);
@@ -32,6 +33,47 @@ pub fn history(key_rows: &[(&str, &[Row])]) -> History {
         op.index = i as u64;
     }
     History::new(ops)
+}
+
+/// One record on key `x`, without node, epoch or error.
+pub fn op(index: u64, process: u64, kind: OpKind, f: OpFn, value: Value, time_ns: u64) -> Op {
+    Op {
+        index,
+        process,
+        kind,
+        f,
+        key: "x".into(),
+        value,
+        time_ns,
+        node: None,
+        epoch: None,
+        error: None,
+    }
+}
+
+/// Appends a record to `ops`, indexed by its position, without node, epoch or error.
+pub fn push_op(ops: &mut Vec<Op>, process: u64, kind: OpKind, f: OpFn, key: &str, value: Value, time_ns: u64) {
+    let index = ops.len() as u64;
+    ops.push(Op {
+        index,
+        process,
+        kind,
+        f,
+        key: key.into(),
+        value,
+        time_ns,
+        node: None,
+        epoch: None,
+        error: None,
+    });
+}
+
+/// Position of the last `ok` completion of `f` in the history (a test corrupts it).
+pub fn last_ok(h: &History, f: OpFn) -> usize {
+    h.ops
+        .iter()
+        .rposition(|op| op.kind == OpKind::Ok && op.f == f)
+        .expect("an ok completion of f")
 }
 
 /// A tiny deterministic PRNG (splitmix64) so generated histories replay from a seed.

@@ -78,15 +78,11 @@ fn chaos_weakened_ack_early_is_caught() {
             .filter(|k| k.result.verdict() == Verdict::Invalid)
             .count();
         println!(
-            "weakened seed {seed}: verdict {:?}, invalid keys {invalid_keys}, ops ok {} fail {} info {}, double-primary rounds {}, converged {}, kills {}, {:.1} s since start",
+            "weakened seed {seed}: checkers' verdict {:?}, invalid keys {invalid_keys}, faults {}, {:.1} s since start; {}",
             r.check.verdict,
-            r.check.ops.ok,
-            r.check.ops.fail,
-            r.check.ops.info,
-            r.double_primary_rounds,
-            r.converged,
             r.faults.len(),
-            started.elapsed().as_secs_f64()
+            started.elapsed().as_secs_f64(),
+            r.summary()
         );
         // The switch really was on: every node logged the warning at start.
         for id in 1..=cfg.nodes {
@@ -120,17 +116,7 @@ fn chaos_primary_fault_schedule_passes() {
     let out = dir.path().join("sync-kill-primary");
     let cfg = primary_fault_schedule(env!("CARGO_BIN_EXE_keel").into(), out);
     let r = run(&cfg).unwrap_or_else(|e| panic!("run failed: {e}"));
-    println!(
-        "normal: verdict {:?}, ops ok {} fail {} info {}, double-primary rounds {} of {}, converged {}, failovers ms {:?}",
-        r.check.verdict,
-        r.check.ops.ok,
-        r.check.ops.fail,
-        r.check.ops.info,
-        r.double_primary_rounds,
-        r.primary_samples,
-        r.converged,
-        r.failover_ms
-    );
+    println!("normal: {}", r.summary());
     if !r.ok() {
         let keep = dir.keep();
         panic!(
