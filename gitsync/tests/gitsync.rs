@@ -513,9 +513,19 @@ async fn write_file_retries_once_when_upstream_moved() {
     assert_eq!(read(&data.path().join("gitsync/current"), "a.txt"), "a2");
 }
 
+/// A child process, killed and reaped on drop.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `git daemon` on loopback, killed on drop.
 struct Daemon {
-    child: Child,
+    _child: KillOnDrop,
     port: u16,
 }
 
@@ -546,14 +556,10 @@ impl Daemon {
             assert!(Instant::now() < deadline, "git daemon did not listen on {port}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Daemon { child, port }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Daemon {
+            _child: KillOnDrop(child),
+            port,
+        }
     }
 }
 
@@ -629,7 +635,7 @@ async fn errors_and_status_never_show_secrets() {
 /// OpenSSH's `sshd` on loopback with its own host key and one authorised client key, serving the test's
 /// repositories to the current user (git-upload-pack / git-receive-pack over the ssh session).
 struct Sshd {
-    child: Child,
+    child: KillOnDrop,
     port: u16,
     user: String,
     dir: tempfile::TempDir,
@@ -693,10 +699,15 @@ impl Sshd {
             .stderr(std::fs::File::create(d.join("sshd.log")).unwrap())
             .spawn()
             .expect("start sshd");
-        let mut sshd = Sshd { child, port, user, dir };
+        let mut sshd = Sshd {
+            child: KillOnDrop(child),
+            port,
+            user,
+            dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = sshd.child.try_wait() {
+            if let Ok(Some(status)) = sshd.child.0.try_wait() {
                 panic!("sshd exited with {status}: {}", sshd.log());
             }
             assert!(
@@ -730,13 +741,6 @@ impl Sshd {
         );
         std::fs::write(&file, text).unwrap();
         file
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

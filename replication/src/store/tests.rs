@@ -20,6 +20,23 @@ pub(crate) fn put(key: &str, value: &[u8]) -> WriteOp {
     }
 }
 
+pub(crate) fn cas(key: &str, expected_version: u64, value: &[u8]) -> WriteOp {
+    WriteOp::Cas {
+        key: key.to_string(),
+        expected_version,
+        value: value.to_vec(),
+    }
+}
+
+/// The refusal of a CAS expecting `expected` on `key` at version `current`.
+pub(crate) fn mismatch(key: &str, expected: u64, current: u64) -> DataError {
+    DataError::CasMismatch {
+        key: key.to_string(),
+        expected,
+        current,
+    }
+}
+
 /// Everything a client can observe: every key (through paginated `list`) with `get`.
 pub(crate) fn dump(store: &DataStore) -> Vec<(String, Vec<u8>, ValueMeta)> {
     let mut out = Vec::new();
@@ -92,89 +109,18 @@ async fn put_get_delete_cas() {
     assert_eq!(s.get("a").unwrap().unwrap().0, b"two");
 
     // CAS: 0 = must not exist.
-    let err = s
-        .write(
-            1,
-            WriteOp::Cas {
-                key: "a".into(),
-                expected_version: 0,
-                value: b"x".to_vec(),
-            },
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err,
-        DataError::CasMismatch {
-            key: "a".into(),
-            expected: 0,
-            current: 2
-        }
-    );
-    let err = s
-        .write(
-            1,
-            WriteOp::Cas {
-                key: "a".into(),
-                expected_version: 1,
-                value: b"x".to_vec(),
-            },
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err,
-        DataError::CasMismatch {
-            key: "a".into(),
-            expected: 1,
-            current: 2
-        }
-    );
+    let err = s.write(1, cas("a", 0, b"x")).await.unwrap_err();
+    assert_eq!(err, mismatch("a", 0, 2));
+    let err = s.write(1, cas("a", 1, b"x")).await.unwrap_err();
+    assert_eq!(err, mismatch("a", 1, 2));
     assert_eq!(s.get("a").unwrap().unwrap().0, b"two", "a failed CAS changes nothing");
     assert_eq!(s.position(), Position::new(1, 2), "a failed CAS takes no position");
-    let r = s
-        .write(
-            1,
-            WriteOp::Cas {
-                key: "a".into(),
-                expected_version: 2,
-                value: b"three".to_vec(),
-            },
-        )
-        .await
-        .unwrap();
+    let r = s.write(1, cas("a", 2, b"three")).await.unwrap();
     assert_eq!((r.pos, r.version, r.existed), (Position::new(1, 3), 3, true));
-    let r = s
-        .write(
-            1,
-            WriteOp::Cas {
-                key: "b".into(),
-                expected_version: 0,
-                value: b"new".to_vec(),
-            },
-        )
-        .await
-        .unwrap();
+    let r = s.write(1, cas("b", 0, b"new")).await.unwrap();
     assert_eq!((r.version, r.existed), (4, false));
-    let err = s
-        .write(
-            1,
-            WriteOp::Cas {
-                key: "c".into(),
-                expected_version: 7,
-                value: b"x".to_vec(),
-            },
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err,
-        DataError::CasMismatch {
-            key: "c".into(),
-            expected: 7,
-            current: 0
-        }
-    );
+    let err = s.write(1, cas("c", 7, b"x")).await.unwrap_err();
+    assert_eq!(err, mismatch("c", 7, 0));
 
     let r = s.write(1, WriteOp::Delete { key: "a".into() }).await.unwrap();
     assert_eq!(
@@ -622,17 +568,7 @@ async fn replica_apply_matches_primary() {
             .unwrap();
     }
     primary.write(1, WriteOp::Delete { key: "k5".into() }).await.unwrap();
-    primary
-        .write(
-            1,
-            WriteOp::Cas {
-                key: "k6".into(),
-                expected_version: 19,
-                value: b"cas".to_vec(),
-            },
-        )
-        .await
-        .unwrap();
+    primary.write(1, cas("k6", 19, b"cas")).await.unwrap();
     primary.write(2, put("k7", b"epoch2")).await.unwrap();
 
     // Stream it in small batches, as the apply worker would.
