@@ -115,6 +115,12 @@ fn read(dir: &Path, rel: &str) -> String {
     std::fs::read_to_string(dir.join(rel)).unwrap_or_else(|e| panic!("read {}: {e}", dir.join(rel).display()))
 }
 
+/// A webhook sync that fast-forwards to `sha`.
+async fn fast_forwards_to(gs: &GitSync, sha: &str) {
+    let out = gs.sync(Trigger::Webhook, false).await.unwrap();
+    assert_eq!((out.change, out.commit.sha.as_str()), (Change::FastForward, sha));
+}
+
 fn tree_count(data: &Path) -> usize {
     std::fs::read_dir(data.join("gitsync/trees")).unwrap().count()
 }
@@ -583,11 +589,7 @@ async fn git_daemon_shallow_fetch_fast_forward_conflict_and_push() {
     // Fast-forward over two commits: the fetch connects them to the shallow root.
     up.commit(&[("cfg/a.txt", "3")], &[], "3");
     let four = up.commit(&[("cfg/b.txt", "b")], &[], "4");
-    let out = gs.sync(Trigger::Webhook, false).await.unwrap();
-    assert_eq!(
-        (out.change, out.commit.sha.as_str()),
-        (Change::FastForward, four.as_str())
-    );
+    fast_forwards_to(&gs, &four).await;
     assert_eq!(read(&current, "a.txt"), "3");
 
     // An edit pushed from the shallow repository over git://.
@@ -796,11 +798,7 @@ async fn ssh_remote_with_key_file_and_known_hosts() {
     let current = data.path().join("gitsync/current");
     assert_eq!(read(&current, "a.txt"), "2");
     let three = up.commit(&[("cfg/b.txt", "b")], &[], "3");
-    let out = gs.sync(Trigger::Webhook, false).await.unwrap();
-    assert_eq!(
-        (out.change, out.commit.sha.as_str()),
-        (Change::FastForward, three.as_str())
-    );
+    fast_forwards_to(&gs, &three).await;
     assert_eq!(read(&current, "b.txt"), "b");
     let info = gs
         .write_file("c.txt", Some(b"over ssh"), 4, ("k", "k@e"))

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::*;
 use crate::values::{Held, StoredKv};
-use crate::{LogRead, ValueMeta, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use crate::{ListPage, LogRead, ValueMeta, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 
 pub(crate) fn open_temp() -> (tempfile::TempDir, DataStore) {
     let dir = tempfile::tempdir().unwrap();
@@ -68,6 +68,10 @@ pub(crate) async fn put_many(store: &DataStore, epoch: u64, items: Vec<(String, 
     for t in tasks {
         t.await.unwrap().unwrap();
     }
+}
+
+fn page_keys(page: ListPage) -> Vec<String> {
+    page.items.into_iter().map(|i| i.key).collect()
 }
 
 fn entries(read: LogRead) -> Vec<Entry> {
@@ -260,21 +264,9 @@ async fn list_prefix_after_limit_and_pagination() {
     let page = s.list("a/", Some("0"), 1).unwrap();
     assert_eq!(page.items[0].key, "a/00000");
     assert!(s.list("a/", Some("a0"), 10).unwrap().items.is_empty());
-    let all: Vec<_> = s
-        .list("a", Some("a/02499"), 10)
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|i| i.key)
-        .collect();
+    let all = page_keys(s.list("a", Some("a/02499"), 10).unwrap());
     assert_eq!(all, ["a0"]);
-    let b: Vec<_> = s
-        .list("b", None, 10)
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|i| i.key)
-        .collect();
+    let b = page_keys(s.list("b", None, 10).unwrap());
     assert_eq!(b, ["b/1"]);
     assert_eq!(s.list("", None, 1).unwrap().items[0].key, "0");
     assert!(s.list("zzz", None, 10).unwrap().items.is_empty());
