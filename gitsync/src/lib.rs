@@ -9,8 +9,16 @@
 //! [`GitSync::write_file`] commits an edit (trailer `Keel-Epoch: N`) and pushes it, retrying once on a race.
 //! [`verify_webhook`] authenticates GitHub / Gitea / Forgejo / GitLab webhooks (pure function).
 //!
-//! Owns: `<data_dir>/gitsync/` (bare repository `repo.git`, `trees/`, `current`). Depends on no other Keel
-//! crate. See `DESIGN.md` next to this crate for the data flow, locking and crash safety.
+//! **Owns**: `<data_dir>/gitsync/` (the bare repository `repo.git`, `trees/`, `current`) and the agent's state
+//! and counters ([`GitSyncStatus`]). Key types: [`GitSync`], [`GitSyncConfig`] (its `Debug`, the status and every
+//! error redact secrets), [`GitSyncError`], [`SyncOutcome`], [`WebhookVerdict`].
+//!
+//! **Must not touch**: it depends on no other Keel crate and knows nothing of Raft, the datastore, roles or leases
+//! (the caller checks its lease and passes the epoch for the commit trailer), nor of HTTP servers: the node serves
+//! the status and the webhook endpoint and fans a delivery out to the other members; this crate only judges a
+//! delivery's headers and body. Its only network traffic is Git's own transports (libgit2).
+//!
+//! See `DESIGN.md` next to this crate for the data flow, locking and crash safety.
 
 mod agent;
 mod config;

@@ -115,6 +115,12 @@ fn read(dir: &Path, rel: &str) -> String {
     std::fs::read_to_string(dir.join(rel)).unwrap_or_else(|e| panic!("read {}: {e}", dir.join(rel).display()))
 }
 
+/// A webhook sync that fast-forwards to `sha`.
+async fn fast_forwards_to(gs: &GitSync, sha: &str) {
+    let out = gs.sync(Trigger::Webhook, false).await.unwrap();
+    assert_eq!((out.change, out.commit.sha.as_str()), (Change::FastForward, sha));
+}
+
 fn tree_count(data: &Path) -> usize {
     std::fs::read_dir(data.join("gitsync/trees")).unwrap().count()
 }
@@ -513,9 +519,19 @@ async fn write_file_retries_once_when_upstream_moved() {
     assert_eq!(read(&data.path().join("gitsync/current"), "a.txt"), "a2");
 }
 
+/// A child process, killed and reaped on drop.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `git daemon` on loopback, killed on drop.
 struct Daemon {
-    child: Child,
+    _child: KillOnDrop,
     port: u16,
 }
 
@@ -546,14 +562,10 @@ impl Daemon {
             assert!(Instant::now() < deadline, "git daemon did not listen on {port}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Daemon { child, port }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Daemon {
+            _child: KillOnDrop(child),
+            port,
+        }
     }
 }
 
@@ -577,11 +589,7 @@ async fn git_daemon_shallow_fetch_fast_forward_conflict_and_push() {
     // Fast-forward over two commits: the fetch connects them to the shallow root.
     up.commit(&[("cfg/a.txt", "3")], &[], "3");
     let four = up.commit(&[("cfg/b.txt", "b")], &[], "4");
-    let out = gs.sync(Trigger::Webhook, false).await.unwrap();
-    assert_eq!(
-        (out.change, out.commit.sha.as_str()),
-        (Change::FastForward, four.as_str())
-    );
+    fast_forwards_to(&gs, &four).await;
     assert_eq!(read(&current, "a.txt"), "3");
 
     // An edit pushed from the shallow repository over git://.
@@ -629,7 +637,7 @@ async fn errors_and_status_never_show_secrets() {
 /// OpenSSH's `sshd` on loopback with its own host key and one authorised client key, serving the test's
 /// repositories to the current user (git-upload-pack / git-receive-pack over the ssh session).
 struct Sshd {
-    child: Child,
+    child: KillOnDrop,
     port: u16,
     user: String,
     dir: tempfile::TempDir,
@@ -693,10 +701,15 @@ impl Sshd {
             .stderr(std::fs::File::create(d.join("sshd.log")).unwrap())
             .spawn()
             .expect("start sshd");
-        let mut sshd = Sshd { child, port, user, dir };
+        let mut sshd = Sshd {
+            child: KillOnDrop(child),
+            port,
+            user,
+            dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = sshd.child.try_wait() {
+            if let Ok(Some(status)) = sshd.child.0.try_wait() {
                 panic!("sshd exited with {status}: {}", sshd.log());
             }
             assert!(
@@ -730,13 +743,6 @@ impl Sshd {
         );
         std::fs::write(&file, text).unwrap();
         file
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -792,11 +798,7 @@ async fn ssh_remote_with_key_file_and_known_hosts() {
     let current = data.path().join("gitsync/current");
     assert_eq!(read(&current, "a.txt"), "2");
     let three = up.commit(&[("cfg/b.txt", "b")], &[], "3");
-    let out = gs.sync(Trigger::Webhook, false).await.unwrap();
-    assert_eq!(
-        (out.change, out.commit.sha.as_str()),
-        (Change::FastForward, three.as_str())
-    );
+    fast_forwards_to(&gs, &three).await;
     assert_eq!(read(&current, "b.txt"), "b");
     let info = gs
         .write_file("c.txt", Some(b"over ssh"), 4, ("k", "k@e"))

@@ -1,74 +1,7 @@
-//! Versioned binary encoding for everything Keel writes to disk or sends to a peer.
+//! The versioned binary encoding of everything keel-raft writes to disk or sends to a peer: one
+//! format-version byte, then postcard; unknown versions and trailing bytes are refused.
 //!
-//! Every blob starts with one format-version byte followed by a postcard body. A reader
-//! refuses versions it does not know instead of guessing (postcard is not self-describing,
-//! so a silent mis-decode is the failure mode this byte exists to prevent), and refuses
-//! trailing bytes for the same reason.
+//! The code lives in the `keel-codec` crate, shared with keel-replication (neither of the two
+//! depends on the other); this module re-exports it so callers write `keel_raft::codec::encode`.
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
-/// Current format version of every encoded structure. Bump it (and keep a decoder for the
-/// old one) whenever a persisted or peer-sent type changes shape incompatibly.
-pub const FORMAT_VERSION: u8 = 1;
-
-#[derive(Debug, thiserror::Error)]
-pub enum CodecError {
-    #[error("empty buffer: expected a format version byte")]
-    Empty,
-    #[error("unsupported format version {found} (this build reads version {FORMAT_VERSION})")]
-    UnsupportedVersion { found: u8 },
-    #[error("malformed body: {0}")]
-    Malformed(#[from] postcard::Error),
-    #[error("{0} trailing bytes after the body")]
-    TrailingBytes(usize),
-}
-
-/// Encode `value` as `[FORMAT_VERSION] ++ postcard(value)`.
-pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    let out = vec![FORMAT_VERSION];
-    // postcard only fails on writer errors (none for a Vec) or on types serde cannot
-    // represent (none of ours): a failure here is a programming error.
-    postcard::to_extend(value, out).expect("postcard encoding into a Vec cannot fail for keel types")
-}
-
-/// Decode a buffer produced by [`encode`].
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
-    if version != FORMAT_VERSION {
-        return Err(CodecError::UnsupportedVersion { found: version });
-    }
-    let (value, rest) = postcard::take_from_bytes(body)?;
-    if !rest.is_empty() {
-        return Err(CodecError::TrailingBytes(rest.len()));
-    }
-    Ok(value)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn round_trip_and_rejects() {
-        let v = (7u64, "abc".to_string(), vec![1u8, 2, 3]);
-        let bytes = encode(&v);
-        assert_eq!(bytes[0], FORMAT_VERSION);
-        assert_eq!(decode::<(u64, String, Vec<u8>)>(&bytes).unwrap(), v);
-
-        assert!(matches!(decode::<u64>(&[]), Err(CodecError::Empty)));
-        let mut wrong = bytes.clone();
-        wrong[0] = 99;
-        assert!(matches!(
-            decode::<(u64, String, Vec<u8>)>(&wrong),
-            Err(CodecError::UnsupportedVersion { found: 99 })
-        ));
-        let mut trailing = bytes.clone();
-        trailing.push(0);
-        assert!(matches!(
-            decode::<(u64, String, Vec<u8>)>(&trailing),
-            Err(CodecError::TrailingBytes(1))
-        ));
-        assert!(decode::<(u64, String, Vec<u8>)>(&bytes[..3]).is_err());
-    }
-}
+pub use keel_codec::{decode, encode, CodecError, FORMAT_VERSION};

@@ -208,22 +208,20 @@ impl PeerClient {
         req: &Req,
         timeout: Duration,
     ) -> Result<(Resp, usize), PeerError> {
-        let res = self.call_inner(addr, path, req, timeout).await;
-        if let Some(p) = peer {
-            self.record(p, &res);
-        }
-        res
+        self.recorded(peer, self.call_inner(addr, path, req, timeout).await)
     }
 
-    /// Record the outcome of a call to `peer` in [`PeerHealth`].
-    fn record<T>(&self, peer: NodeId, res: &Result<T, PeerError>) {
-        match res {
+    /// Record the outcome of a call to `peer`, if given, in [`PeerHealth`]; hand it back.
+    fn recorded<T>(&self, peer: Option<NodeId>, res: Result<T, PeerError>) -> Result<T, PeerError> {
+        let Some(peer) = peer else { return res };
+        match &res {
             Ok(_) => self.health.record_ok(peer),
             Err(e @ PeerError::ClusterMismatch { message, .. }) => {
                 self.health.record_err(peer, e.to_string(), Some(message.clone()))
             }
             Err(e) => self.health.record_err(peer, e.to_string(), None),
         }
+        res
     }
 
     /// POST an encoded body and hand back the raw response (for streamed answers, e.g. a
@@ -312,11 +310,7 @@ impl PeerClient {
         protocol: &'static str,
         timeout: Duration,
     ) -> Result<reqwest::Upgraded, PeerError> {
-        let res = self.open_stream_inner(addr, path, protocol, timeout).await;
-        if let Some(p) = peer {
-            self.record(p, &res);
-        }
-        res
+        self.recorded(peer, self.open_stream_inner(addr, path, protocol, timeout).await)
     }
 
     async fn open_stream_inner(

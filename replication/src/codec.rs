@@ -1,112 +1,13 @@
-//! Versioned binary encoding for everything the datastore writes to disk or hands to a peer.
+//! The versioned binary encoding of everything the datastore writes to disk or hands to a peer:
+//! one format-version byte, then postcard; unknown versions and trailing bytes are refused.
 //!
-//! Every blob starts with one format-version byte followed by a postcard body. A reader
-//! refuses versions it does not know instead of guessing (postcard is not self-describing,
-//! so a silent mis-decode is the failure mode this byte exists to prevent), and refuses
-//! trailing bytes for the same reason.
-//!
-//! A copy of the pattern in `keel_raft::codec`: this crate must not depend on keel-raft.
+//! The code lives in the `keel-codec` crate, shared with keel-raft (neither of the two depends on
+//! the other); this module re-exports it and adds the datastore's second record version.
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
-/// Current format version of every encoded structure. Bump it (and keep a decoder for the
-/// old one) whenever a persisted or peer-sent type changes shape incompatibly.
-pub const FORMAT_VERSION: u8 = 1;
+pub use keel_codec::{decode, encode, CodecError, FORMAT_VERSION};
+pub(crate) use keel_codec::{decode_as, decode_prefix, decode_prefix_as, encode_as};
 
 /// Version of the datastore's `kv` records and change-log entries that hold a value in the
 /// `values` table (datastore format 2, `values.rs`). Every other structure is at
 /// [`FORMAT_VERSION`], and so are the records of format 2 whose values are all inline.
 pub const FORMAT_EXTERNAL: u8 = 2;
-
-#[derive(Debug, thiserror::Error)]
-pub enum CodecError {
-    #[error("empty buffer: expected a format version byte")]
-    Empty,
-    #[error("unsupported format version {found} (this build reads version {FORMAT_VERSION})")]
-    UnsupportedVersion { found: u8 },
-    #[error("malformed body: {0}")]
-    Malformed(#[from] postcard::Error),
-    #[error("{0} trailing bytes after the body")]
-    TrailingBytes(usize),
-}
-
-/// Encode `value` as `[FORMAT_VERSION] ++ postcard(value)`.
-pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    let out = vec![FORMAT_VERSION];
-    // postcard only fails on writer errors (none for a Vec) or on types serde cannot
-    // represent (none of ours): a failure here is a programming error.
-    postcard::to_extend(value, out).expect("postcard encoding into a Vec cannot fail for keel types")
-}
-
-/// Encode `value` as `[version] ++ postcard(value)`: for a structure at another version than
-/// [`FORMAT_VERSION`].
-pub(crate) fn encode_as<T: Serialize + ?Sized>(version: u8, value: &T) -> Vec<u8> {
-    postcard::to_extend(value, vec![version]).expect("postcard encoding into a Vec cannot fail for keel types")
-}
-
-/// Decode a buffer produced by [`encode`].
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    decode_as(FORMAT_VERSION, bytes)
-}
-
-/// Decode a buffer produced by [`encode_as`] with `version`.
-pub(crate) fn decode_as<T: DeserializeOwned>(version: u8, bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, rest) = decode_prefix_as(version, bytes)?;
-    if !rest.is_empty() {
-        return Err(CodecError::TrailingBytes(rest.len()));
-    }
-    Ok(value)
-}
-
-/// Decode the leading fields of a buffer produced by [`encode`] and return the undecoded rest:
-/// lets a reader take a small header without copying a large trailing field. The caller is
-/// responsible for checking the rest.
-pub(crate) fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8]), CodecError> {
-    decode_prefix_as(FORMAT_VERSION, bytes)
-}
-
-/// [`decode_prefix`] for a buffer at `version`.
-pub(crate) fn decode_prefix_as<T: DeserializeOwned>(version: u8, bytes: &[u8]) -> Result<(T, &[u8]), CodecError> {
-    let (&found, body) = bytes.split_first().ok_or(CodecError::Empty)?;
-    if found != version {
-        return Err(CodecError::UnsupportedVersion { found });
-    }
-    Ok(postcard::take_from_bytes(body)?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn round_trip_and_rejects() {
-        let v = (7u64, "abc".to_string(), vec![1u8, 2, 3]);
-        let bytes = encode(&v);
-        assert_eq!(bytes[0], FORMAT_VERSION);
-        assert_eq!(decode::<(u64, String, Vec<u8>)>(&bytes).unwrap(), v);
-
-        assert!(matches!(decode::<u64>(&[]), Err(CodecError::Empty)));
-        let mut wrong = bytes.clone();
-        wrong[0] = 99;
-        assert!(matches!(
-            decode::<(u64, String, Vec<u8>)>(&wrong),
-            Err(CodecError::UnsupportedVersion { found: 99 })
-        ));
-        let mut trailing = bytes.clone();
-        trailing.push(0);
-        assert!(matches!(
-            decode::<(u64, String, Vec<u8>)>(&trailing),
-            Err(CodecError::TrailingBytes(1))
-        ));
-        assert!(decode::<(u64, String, Vec<u8>)>(&bytes[..3]).is_err());
-    }
-
-    #[test]
-    fn prefix_leaves_the_rest() {
-        let bytes = encode(&(5u64, 9u64));
-        let (first, rest) = decode_prefix::<u64>(&bytes).unwrap();
-        assert_eq!(first, 5);
-        assert_eq!(rest, &[9u8]);
-    }
-}

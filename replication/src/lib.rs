@@ -8,7 +8,8 @@
 //! ([`DataStore::rollback_to`], kept in a `diverged` table, never dropped silently), stream a
 //! consistent snapshot ([`DataStore::snapshot`], [`DataStore::begin_install`]), and trim the log
 //! ([`DataStore::trim`]). Owns one redb file (e.g. `<data_dir>/data.redb`) with the tables `kv`,
-//! `log`, `meta` and `diverged`, and its journal.
+//! `log`, `meta`, `diverged`, `values` (large values of datastore format 2) and the staging tables
+//! of a snapshot install, and its journal next to it (`data.redb.journal`).
 //!
 //! **Protocol** (see DESIGN.md, "Replication protocol"): the primary's pull serving with long poll
 //! and sync-mode acknowledgements ([`serve_pull`], [`serve_stream`], [`Repl::wait_acks`]), the
@@ -64,7 +65,7 @@ pub use values::{CHUNK_MAX, INLINE_MAX, NEWEST_FORMAT};
 
 pub use error::ReplError;
 pub use peers::{
-    sync_guarantee_warning, ByteStream, PeerCallError, PeerRpc, PrimaryRef, PrimaryView, ReplicationMode,
+    sync_guarantee_warning, ByteStream, CallResult, PeerCallError, PeerRpc, PrimaryRef, PrimaryView, ReplicationMode,
     ReplicationPeers,
 };
 pub use protocol::{PullReply, PullRequest};
@@ -328,21 +329,8 @@ mod tests {
     /// release used, so nodes of both versions read each other's change log and frames.
     #[test]
     fn byte_fields_encode_as_before() {
-        #[derive(Serialize)]
-        enum OldWriteOp {
-            Put {
-                key: String,
-                value: Vec<u8>,
-            },
-            Delete {
-                key: String,
-            },
-            Cas {
-                key: String,
-                expected_version: u64,
-                value: Vec<u8>,
-            },
-        }
+        // The first release's `WriteOp` had plain `Vec<u8>` values; postcard writes an enum as its
+        // variant index (a varint) followed by the fields, so its bytes are those of these tuples.
         #[derive(Serialize)]
         struct OldEntry {
             pos: Position,
@@ -358,26 +346,16 @@ mod tests {
                     key: "k".into(),
                     value: value.clone(),
                 }),
-                encode(&OldWriteOp::Put {
-                    key: "k".into(),
-                    value: value.clone(),
-                }),
+                encode(&(0u32, "k", &value)),
             ),
-            (
-                encode(&WriteOp::Delete { key: "k".into() }),
-                encode(&OldWriteOp::Delete { key: "k".into() }),
-            ),
+            (encode(&WriteOp::Delete { key: "k".into() }), encode(&(1u32, "k"))),
             (
                 encode(&WriteOp::Cas {
                     key: "k".into(),
                     expected_version: 9,
                     value: vec![],
                 }),
-                encode(&OldWriteOp::Cas {
-                    key: "k".into(),
-                    expected_version: 9,
-                    value: vec![],
-                }),
+                encode(&(2u32, "k", 9u64, Vec::<u8>::new())),
             ),
         ];
         for (new, old) in &pairs {

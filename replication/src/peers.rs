@@ -141,6 +141,10 @@ impl PeerCallError {
     }
 }
 
+/// What [`ReplicationPeers::call`] returns: the decoded answer and its size in bytes (as encoded),
+/// or why the call failed.
+pub type CallResult<Resp> = Result<(Resp, usize), PeerCallError>;
+
 /// A streamed answer (a datastore snapshot), read piece by piece.
 pub trait ByteStream: Send {
     /// Append the next piece of the body to `buf`; `false` at the end of the body.
@@ -162,7 +166,7 @@ pub trait ReplicationPeers: Send + Sync {
         rpc: PeerRpc,
         req: &Req,
         timeout: Duration,
-    ) -> impl Future<Output = Result<(Resp, usize), PeerCallError>> + Send
+    ) -> impl Future<Output = CallResult<Resp>> + Send
     where
         Req: Serialize + Sync,
         Resp: DeserializeOwned + Send;

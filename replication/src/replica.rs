@@ -574,7 +574,7 @@ mod tests {
 
     use super::*;
     use crate::codec;
-    use crate::peers::PeerCallError;
+    use crate::peers::{CallResult, PeerCallError};
     use crate::store::tests::{open_temp, put};
     use crate::{serve_pull, serve_snapshot, serve_stream, PrimaryRef};
 
@@ -616,13 +616,7 @@ mod tests {
         type Stream = tokio::io::DuplexStream;
         type Snapshot = FakeSnapshot;
 
-        async fn call<Req, Resp>(
-            &self,
-            peer: NodeId,
-            rpc: PeerRpc,
-            req: &Req,
-            _timeout: Duration,
-        ) -> Result<(Resp, usize), PeerCallError>
+        async fn call<Req, Resp>(&self, peer: NodeId, rpc: PeerRpc, req: &Req, _: Duration) -> CallResult<Resp>
         where
             Req: Serialize + Sync,
             Resp: DeserializeOwned + Send,

@@ -315,22 +315,16 @@ mod tests {
     #[test]
     fn record_encodings_round_trip_and_stay_format_1_when_inline() {
         let pos = Position::new(3, 99);
-        let inline = StoredKv {
-            pos,
-            held: Held::Inline(b"hello".to_vec()),
-        };
-        let bytes = inline.encode();
-        assert_eq!(bytes[0], FORMAT_VERSION);
-        assert_eq!(StoredKv::decode("k", &bytes).unwrap(), inline);
-        assert_eq!(StoredKv::meta("k", &bytes).unwrap(), (pos, 5));
-        let ext = StoredKv {
-            pos,
-            held: Held::External { len: 70_000 },
-        };
-        let bytes = ext.encode();
-        assert_eq!(bytes[0], FORMAT_EXTERNAL);
-        assert_eq!(StoredKv::decode("k", &bytes).unwrap(), ext);
-        assert_eq!(StoredKv::meta("k", &bytes).unwrap(), (pos, 70_000));
+        for (held, version, len) in [
+            (Held::Inline(b"hello".to_vec()), FORMAT_VERSION, 5),
+            (Held::External { len: 70_000 }, FORMAT_EXTERNAL, 70_000),
+        ] {
+            let record = StoredKv { pos, held };
+            let bytes = record.encode();
+            assert_eq!(bytes[0], version);
+            assert_eq!(StoredKv::decode("k", &bytes).unwrap(), record);
+            assert_eq!(StoredKv::meta("k", &bytes).unwrap(), (pos, len));
+        }
 
         let e = StoredEntry {
             pos,

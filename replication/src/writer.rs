@@ -247,12 +247,21 @@ fn commit_batch(inner: &Inner, meta: crate::store::Meta, ops: Vec<(u64, WriteOp)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tests::{dump, open_temp, put};
+    use crate::store::tests::{cas, dump, mismatch, open_temp, put};
     use crate::{LogRead, Position};
     use std::time::{Duration, Instant};
 
     // Holding the write lock across awaits is the point of these tests: it stalls the writer
     // thread (not this task) so that the queue fills deterministically.
+    /// Wait (10 s at most) until `n` writes are queued: the writer is stalled on the write lock.
+    async fn wait_queued(s: &crate::DataStore, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.stats().queued < n {
+            assert!(Instant::now() < deadline, "writers never queued: {:?}", s.stats());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     #[allow(clippy::await_holding_lock)]
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_writes_are_group_committed() {
@@ -268,11 +277,7 @@ mod tests {
                 s.write(1, put(&format!("k{i:03}"), &[i as u8; 64])).await
             }));
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while s.stats().queued < 200 {
-            assert!(Instant::now() < deadline, "writers never queued: {:?}", s.stats());
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        wait_queued(&s, 200).await;
         assert_eq!(s.stats().commits, 0, "nothing commits while the lock is held");
         drop(guard);
 
@@ -439,41 +444,16 @@ mod tests {
         let mut tasks = Vec::new();
         let ops = vec![
             (1, put("k", b"a")),
-            (
-                1,
-                WriteOp::Cas {
-                    key: "k".into(),
-                    expected_version: 1,
-                    value: b"b".to_vec(),
-                },
-            ),
-            (
-                1,
-                WriteOp::Cas {
-                    key: "k".into(),
-                    expected_version: 1,
-                    value: b"c".to_vec(),
-                },
-            ),
-            (
-                2,
-                WriteOp::Cas {
-                    key: "n".into(),
-                    expected_version: 0,
-                    value: b"n".to_vec(),
-                },
-            ),
+            (1, cas("k", 1, b"b")),
+            (1, cas("k", 1, b"c")),
+            (2, cas("n", 0, b"n")),
             (1, put("old", b"epoch 1 after epoch 2")),
         ];
         for (i, (epoch, op)) in ops.into_iter().enumerate() {
             let s2 = s.clone();
             tasks.push(tokio::spawn(async move { s2.write(epoch, op).await }));
             // Keep the queue order deterministic.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while s.stats().queued < i as u64 + 1 {
-                assert!(Instant::now() < deadline);
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            wait_queued(&s, i as u64 + 1).await;
         }
         drop(guard);
         let mut results = Vec::new();
@@ -482,14 +462,7 @@ mod tests {
         }
         assert_eq!(results[0].as_ref().unwrap().pos, Position::new(1, 1));
         assert_eq!(results[1].as_ref().unwrap().pos, Position::new(1, 2));
-        assert_eq!(
-            results[2].as_ref().unwrap_err(),
-            &DataError::CasMismatch {
-                key: "k".into(),
-                expected: 1,
-                current: 2
-            }
-        );
+        assert_eq!(results[2].as_ref().unwrap_err(), &mismatch("k", 1, 2));
         assert_eq!(results[3].as_ref().unwrap().pos, Position::new(2, 3));
         assert_eq!(
             results[4].as_ref().unwrap_err(),
