@@ -249,7 +249,6 @@ pub fn sync_guarantee_warning(mode: keel_raft::state::ReplicationMode, min_acks:
 mod tests {
     use super::*;
     use keel_raft::state::ReplicationMode::{Async, Sync};
-    use keel_replication::{Entry, Position};
 
     #[test]
     fn sync_guarantee_needs_a_majority() {
@@ -261,32 +260,5 @@ mod tests {
         assert!(w.contains("at least 2"), "{w}");
         assert!(sync_guarantee_warning(Sync, 2, 7).unwrap().contains("at least 3"));
         assert!(sync_guarantee_warning(Sync, 0, 3).is_some());
-    }
-
-    /// The peer client encodes requests with `keel_raft::codec`, the crate answers with its own
-    /// codec: both must produce the same bytes for the pull messages (the wire contract).
-    #[test]
-    fn both_codecs_write_the_same_pull_bytes() {
-        let req = PullRequest {
-            node: 3,
-            after: Position::new(2, 70_000),
-            newest_epoch: 9,
-            wait_ms: 500,
-            catch_up: false,
-        };
-        assert_eq!(keel_raft::codec::encode(&req), keel_replication::codec::encode(&req));
-        let reply = PullReply::Entries {
-            epoch: 9,
-            head: Position::new(9, 2),
-            entries: vec![Entry {
-                pos: Position::new(9, 2),
-                key: "k".into(),
-                value: None,
-                prev: Some((vec![1, 2], Position::new(8, 1))),
-            }],
-        };
-        let bytes = keel_replication::codec::encode(&reply);
-        assert_eq!(keel_raft::codec::encode(&reply), bytes);
-        assert_eq!(keel_raft::codec::decode::<PullReply>(&bytes).unwrap(), reply);
     }
 }
