@@ -149,7 +149,10 @@ use webhook::webhook_latency;
 
 /// The command line: `gitsync_bench [--pushes N] [--files N] [--mb N] [--skip-big]`.
 #[derive(clap::Parser)]
-#[command(name = "gitsync_bench", about = "Git Sync benchmark: webhook to served on three nodes, first sync of a big repository")]
+#[command(
+    name = "gitsync_bench",
+    about = "Git Sync benchmark: webhook to served on three nodes, first sync of a big repository"
+)]
 struct Args {
     /// Pushes (each one webhook) in part 1.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]

@@ -91,7 +91,8 @@ fn start_nodes(http: &Http, lab: &mut Procs, up: &Upstream, first: &str) -> Vec<
             .iter()
             .all(|n| {
                 n.served("config.txt").as_deref() == Some("push 0\n")
-                    && n.status(http).is_some_and(|s| s["state"] == "ok" && s["commit"] == first)
+                    && n.status(http)
+                        .is_some_and(|s| s["state"] == "ok" && s["commit"] == first)
             })
             .then_some(())
     });

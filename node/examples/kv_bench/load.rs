@@ -126,7 +126,14 @@ impl fmt::Display for Step {
 /// clients (open loop: a late write is sent at once, the schedule is kept). A write returns its
 /// latency or the kind of its failure. Also measures the CPU time this process and each of
 /// `servers` (process ids) used meanwhile.
-pub(crate) fn run_load<W, F>(gen: &Gen, servers: Vec<u32>, clients: usize, dur: Duration, rate: Option<f64>, write: W) -> Outcome
+pub(crate) fn run_load<W, F>(
+    gen: &Gen,
+    servers: Vec<u32>,
+    clients: usize,
+    dur: Duration,
+    rate: Option<f64>,
+    write: W,
+) -> Outcome
 where
     W: Fn(usize, Step) -> F + Send + Sync + 'static,
     F: Future<Output = Result<Duration, String>> + Send + 'static,

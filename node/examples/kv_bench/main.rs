@@ -120,7 +120,10 @@ fn wait<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
 
 /// The command line: `kv_bench [--secs S] [--rounds N] [--compare etcd] [--only MODE:SIZE:CLIENTS ...]`.
 #[derive(clap::Parser)]
-#[command(name = "kv_bench", about = "Datastore write benchmark: a local three-node Keel cluster, optionally against etcd")]
+#[command(
+    name = "kv_bench",
+    about = "Datastore write benchmark: a local three-node Keel cluster, optionally against etcd"
+)]
 struct Args {
     /// Seconds per cell.
     #[arg(long, default_value_t = 5.0)]
@@ -146,7 +149,10 @@ struct Cell {
 }
 
 fn at_least_one(v: &str) -> Result<usize, String> {
-    v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| "expected N >= 1".to_string())
+    v.parse()
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| "expected N >= 1".to_string())
 }
 
 fn parse_cell(v: &str) -> Result<Cell, String> {
@@ -289,21 +295,41 @@ impl Bench {
         row
     }
 
+    /// `round` `rounds` times (it gets the round's number from 1), announcing each with the line
+    /// `announce` makes of that number, if any; the rows of every round merged per cell.
+    fn each_round(
+        &mut self,
+        announce: impl Fn(usize) -> Option<String>,
+        mut round: impl FnMut(&mut Bench) -> Vec<Row>,
+    ) -> Vec<Row> {
+        let mut rounds = Vec::new();
+        for n in 1..=self.rounds {
+            if let Some(line) = announce(n) {
+                eprintln!("{line}");
+            }
+            rounds.push(round(self));
+        }
+        merge_rounds(rounds)
+    }
+
+    /// With `--rounds` above 1, "`what` N of M".
+    fn round_line(&self, what: &'static str) -> impl Fn(usize) -> Option<String> {
+        let rounds = self.rounds;
+        move |n| (rounds > 1).then(|| format!("{what} {n} of {rounds}"))
+    }
+
     /// Every Keel cell, `rounds` times, each on a fresh cluster (empty data dirs): no cell runs
     /// on the data and dirty pages the cells before it left. Each async cell is followed at once
     /// by the sync cell of the same size and clients. The disk probes run once, in the first
     /// cluster's dir.
     fn keel_rounds(&mut self) -> (Vec<Row>, Probes) {
-        let (mut keel_rounds, mut probes) = (Vec::new(), None);
-        for round in 0..self.rounds {
-            if self.rounds > 1 {
-                eprintln!("round {} of {}", round + 1, self.rounds);
-            }
+        let mut probes = None;
+        let rows = self.each_round(self.round_line("round"), |bench| {
             let mut cells = Vec::new();
             for size in SIZES {
                 for clients in CLIENTS {
                     for mode in ["async", "sync"] {
-                        let k = start_keel(&self.http, None);
+                        let k = start_keel(&bench.http, None);
                         if probes.is_none() {
                             let (disk, fsyncs) = fsync_rate(k.cluster.path(), Duration::from_secs(2));
                             let bandwidth = write_bandwidth(k.cluster.path(), Duration::from_secs(1));
@@ -313,39 +339,38 @@ impl Bench {
                                 bandwidth,
                             });
                         }
-                        cells.push(self.measure(&k, mode, mode, size, clients));
+                        cells.push(bench.measure(&k, mode, mode, size, clients));
                     }
                 }
             }
             // The table's order: every async cell, then every sync cell.
             let (sync, asynchronous): (Vec<Row>, Vec<Row>) = cells.into_iter().partition(|r| r.mode == "sync");
-            keel_rounds.push(asynchronous.into_iter().chain(sync).collect());
-        }
-        (merge_rounds(keel_rounds), probes.expect("disk probes"))
+            asynchronous.into_iter().chain(sync).collect()
+        });
+        (rows, probes.expect("disk probes"))
     }
 
     /// The no-disk control: one client and the most clients, async, with the data dirs on tmpfs.
     fn no_disk_control(&mut self, root: &Path) -> Vec<Row> {
-        let mut control_rounds = Vec::new();
-        for round in 0..self.rounds {
-            eprintln!(
-                "no-disk control (data dirs in {}), round {} of {}",
-                root.display(),
-                round + 1,
-                self.rounds
-            );
+        let rounds = self.rounds;
+        let announce = |n| {
+            Some(format!(
+                "no-disk control (data dirs in {}), round {n} of {rounds}",
+                root.display()
+            ))
+        };
+        self.each_round(announce, |bench| {
             let mut cells = Vec::new();
             for size in SIZES {
                 for clients in [CLIENTS[0], CLIENTS[CLIENTS.len() - 1]] {
-                    let k = start_keel(&self.http, Some(root));
-                    let mut row = self.measure(&k, "async", "tmpfs", size, clients);
+                    let k = start_keel(&bench.http, Some(root));
+                    let mut row = bench.measure(&k, "async", "tmpfs", size, clients);
                     row.mode = "tmpfs";
                     cells.push(row);
                 }
             }
-            control_rounds.push(cells);
-        }
-        merge_rounds(control_rounds)
+            cells
+        })
     }
 
     /// The half-load run, once, on a fresh cluster: half the best async throughput in `rows`;
@@ -375,35 +400,37 @@ impl Bench {
             "etcd {version} ({}), three members with default timings, JSON gateway `POST {api}/kv/put` on the leader",
             bin.display()
         );
-        let mut etcd_rounds = Vec::new();
-        for round in 0..self.rounds {
-            if self.rounds > 1 {
-                eprintln!("etcd round {} of {}", round + 1, self.rounds);
-            }
+        let rows = self.each_round(self.round_line("etcd round"), |bench| {
             let mut round_rows = Vec::new();
             for size in SIZES {
                 for clients in CLIENTS {
                     // A fresh etcd for every cell, as for Keel.
-                    let etcd = start_etcd(bin, api);
-                    let leader = wait("an etcd leader and three healthy members", || etcd.leader(&self.http));
-                    round_rows.push(etcd_cell(&self.http, &self.gen, &etcd, leader, size, clients, self.dur));
-                    let now = (0..50).find_map(|_| {
-                        let l = etcd.leader(&self.http);
-                        if l.is_none() {
-                            std::thread::sleep(Duration::from_millis(20));
-                        }
-                        l
-                    });
-                    if now != Some(leader) {
-                        self.events.push(format!(
-                            "etcd {} × {clients}: the leader changed from member {leader} to {now:?} during the run",
-                            size_label(size)
-                        ));
-                    }
+                    round_rows.push(bench.etcd_cell_on_fresh_etcd(bin, api, size, clients));
                 }
             }
-            etcd_rounds.push(round_rows);
+            round_rows
+        });
+        (about, rows)
+    }
+
+    /// One etcd cell on a fresh etcd; a change of leader during the run goes to the events.
+    fn etcd_cell_on_fresh_etcd(&mut self, bin: &Path, api: &'static str, size: usize, clients: usize) -> Row {
+        let etcd = start_etcd(bin, api);
+        let leader = wait("an etcd leader and three healthy members", || etcd.leader(&self.http));
+        let row = etcd_cell(&self.http, &self.gen, &etcd, leader, size, clients, self.dur);
+        let now = (0..50).find_map(|_| {
+            let l = etcd.leader(&self.http);
+            if l.is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            l
+        });
+        if now != Some(leader) {
+            self.events.push(format!(
+                "etcd {} × {clients}: the leader changed from member {leader} to {now:?} during the run",
+                size_label(size)
+            ));
         }
-        (about, merge_rounds(etcd_rounds))
+        row
     }
 }

@@ -288,9 +288,8 @@ impl Goals<'_> {
         let mut ratios = Vec::new();
         for size in SIZES {
             for clients in CLIENTS {
-                let p50 = |mode| {
-                    find(self.rows, "keel", mode, size, clients).map_or(f64::NAN, |r| pct_ms(&r.out.lat, 0.5))
-                };
+                let p50 =
+                    |mode| find(self.rows, "keel", mode, size, clients).map_or(f64::NAN, |r| pct_ms(&r.out.lat, 0.5));
                 ratios.push((size, clients, p50("sync") / p50("async")));
             }
         }

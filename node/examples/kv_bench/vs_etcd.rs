@@ -43,7 +43,12 @@ impl Etcd {
 }
 
 /// One put through etcd's JSON gateway; its latency or the kind of its failure.
-pub(crate) async fn etcd_put(http: &raw_http::Client, path: &str, key: &str, value_b64: &str) -> Result<Duration, String> {
+pub(crate) async fn etcd_put(
+    http: &raw_http::Client,
+    path: &str,
+    key: &str,
+    value_b64: &str,
+) -> Result<Duration, String> {
     let body = format!(r#"{{"key":"{}","value":"{value_b64}"}}"#, b64(key.as_bytes()));
     let t0 = Instant::now();
     let r = http
@@ -57,7 +62,15 @@ pub(crate) async fn etcd_put(http: &raw_http::Client, path: &str, key: &str, val
 }
 
 /// One closed-loop cell against the etcd leader; writes per WAL fsync from its `/metrics`.
-pub(crate) fn etcd_cell(http: &Http, gen: &Gen, etcd: &Etcd, leader: usize, size: usize, clients: usize, dur: Duration) -> Row {
+pub(crate) fn etcd_cell(
+    http: &Http,
+    gen: &Gen,
+    etcd: &Etcd,
+    leader: usize,
+    size: usize,
+    clients: usize,
+    dur: Duration,
+) -> Row {
     eprintln!("etcd {} × {clients} clients ...", size_label(size));
     let value: Arc<str> = b64(&vec![b'e'; size]).into();
     let member = &etcd.members[leader].client;
