@@ -22,6 +22,7 @@
 //! the tracing subscriber that in-process nodes need, or anything outside the temp dirs it
 //! creates (the netns lab cleans only its own, pid-tagged names).
 
+pub mod api;
 pub mod cluster;
 pub mod etcd;
 pub mod git;
@@ -29,6 +30,7 @@ pub mod logs;
 pub mod procs;
 pub mod wait;
 
+pub use api::{error_code, status_json, Sent};
 pub use cluster::{Backend, Cluster, TestNode};
 pub use git::{git, git_cmd, gitsync_cluster, gitsync_upstream, webhook_signature, Upstream};
 pub use keel_jepsen::netns;
