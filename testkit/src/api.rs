@@ -107,4 +107,14 @@ impl Cluster {
         let p = c.wait_primary(&[], timeout).await;
         (c, p)
     }
+
+    /// `n` nodes as child processes with `common` flags, all started, once all of them agree on
+    /// a leader (within `timeout`); the fixture and the leader's id.
+    pub async fn started_with_leader(n: u64, common: &[&str], timeout: Duration) -> (Cluster, u64) {
+        let mut c = Cluster::new(n, common);
+        c.start_all();
+        let ids: Vec<u64> = (1..=n).collect();
+        let leader = c.wait_leader(&ids, timeout).await;
+        (c, leader)
+    }
 }
