@@ -37,7 +37,7 @@ pub use keel_jepsen::netns;
 pub use keel_jepsen::ports::{free_port, process_ip};
 pub use keel_node::util::{strip_ansi, unix_ms};
 pub use logs::{stderr, stdout};
-pub use procs::Procs;
+pub use procs::{KeelProc, Procs};
 pub use wait::{poll_until, poll_until_blocking, wait_for};
 
 use std::path::{Path, PathBuf};
@@ -136,6 +136,16 @@ pub fn blocking_client(timeout: std::time::Duration) -> reqwest::blocking::Clien
 pub fn get_json(http: &reqwest::blocking::Client, url: &str) -> Option<serde_json::Value> {
     let r = http.get(url).timeout(std::time::Duration::from_secs(1)).send().ok()?;
     r.status().is_success().then(|| r.json().ok())?
+}
+
+/// The indices of the API addresses `apis` (`host:port`) whose node answers 200 on `/primary`
+/// (it is the primary and holds a valid lease) within `timeout`.
+pub fn primaries(http: &reqwest::blocking::Client, apis: &[&str], timeout: std::time::Duration) -> Vec<usize> {
+    let is_primary = |api: &str| {
+        let r = http.get(format!("http://{api}/primary")).timeout(timeout).send();
+        r.is_ok_and(|r| r.status() == 200)
+    };
+    (0..apis.len()).filter(|i| is_primary(apis[*i])).collect()
 }
 
 /// The machine's load average (the first three fields of `/proc/loadavg`), for bench reports.

@@ -42,8 +42,8 @@ use std::time::{Duration, Instant};
 
 use keel_testkit::procs::kill_group;
 use keel_testkit::{
-    blocking_client, free_port, get_json, git_cmd, load_average, node_addrs, serve_command, webhook_signature, Procs,
-    Upstream,
+    blocking_client, free_port, get_json, git_cmd, load_average, node_addrs, primaries, serve_command,
+    webhook_signature, Procs, Upstream,
 };
 use serde_json::Value;
 

@@ -59,7 +59,6 @@ pub(crate) fn send_webhook(http: &Http, api: &str, delivery: &str, t0: Instant) 
 /// Three `keel serve` nodes following `up` (webhooks only: a ten-minute poll interval), once
 /// every node serves the commit `first` and one of them is primary.
 fn start_nodes(http: &Http, lab: &mut Procs, up: &Upstream, first: &str) -> Vec<BenchNode> {
-    let (addrs, peers) = node_addrs(3, "127.0.0.1");
     let url = up.url();
     let extra = [
         "--gitsync-repo",
@@ -73,19 +72,15 @@ fn start_nodes(http: &Http, lab: &mut Procs, up: &Upstream, first: &str) -> Vec<
         "--gitsync-webhook-secret",
         SECRET,
     ];
-    let mut nodes = Vec::new();
-    for (i, (api, peer)) in addrs.iter().enumerate() {
-        let id = i as u64 + 1;
-        let data = lab.path().join(format!("n{id}"));
-        let mut cmd = serve_command(id, api, peer, &data, &peers);
-        cmd.args(extra);
-        lab.spawn_group(&format!("n{id}"), cmd);
-        nodes.push(BenchNode {
-            id,
-            api: api.clone(),
-            data,
-        });
-    }
+    let nodes: Vec<BenchNode> = lab
+        .spawn_keel_nodes(3, &extra, true)
+        .into_iter()
+        .map(|n| BenchNode {
+            id: n.id,
+            api: n.api,
+            data: n.data,
+        })
+        .collect();
     wait("every node serving the initial commit", WAIT, || {
         nodes
             .iter()
@@ -97,16 +92,8 @@ fn start_nodes(http: &Http, lab: &mut Procs, up: &Upstream, first: &str) -> Vec<
             .then_some(())
     });
     wait("one primary", WAIT, || {
-        let p = nodes
-            .iter()
-            .filter(|n| {
-                http.get(format!("http://{}/primary", n.api))
-                    .timeout(Duration::from_millis(300))
-                    .send()
-                    .is_ok_and(|r| r.status() == 200)
-            })
-            .count();
-        (p == 1).then_some(())
+        let apis: Vec<&str> = nodes.iter().map(|n| n.api.as_str()).collect();
+        (primaries(http, &apis, Duration::from_millis(300)).len() == 1).then_some(())
     });
     lab.mark();
     nodes

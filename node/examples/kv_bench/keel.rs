@@ -29,22 +29,15 @@ pub(crate) struct Keel {
 /// A Keel cluster with its data dirs in the system's temp dir (`root` None), or under `root`.
 pub(crate) fn start_keel(http: &Http, root: Option<&Path>) -> Keel {
     let mut cluster = Procs::new("keel-kv-bench", root);
-    let (addrs, peers) = node_addrs(3, "127.0.0.1");
-    for (i, (api, peer)) in addrs.iter().enumerate() {
-        let id = i as u64 + 1;
-        let data = cluster.path().join(format!("n{id}"));
-        cluster.spawn(&format!("n{id}"), serve_command(id, api, peer, &data, &peers));
-    }
-    let apis: Vec<String> = addrs.into_iter().map(|(api, _)| api).collect();
+    let apis: Vec<String> = cluster
+        .spawn_keel_nodes(3, &[], false)
+        .into_iter()
+        .map(|n| n.api)
+        .collect();
     let primary = wait("a Keel primary", || {
-        apis.iter()
-            .find(|api| {
-                http.get(format!("http://{api}/primary"))
-                    .timeout(Duration::from_millis(500))
-                    .send()
-                    .is_ok_and(|r| r.status() == 200)
-            })
-            .cloned()
+        let apis: Vec<&str> = apis.iter().map(String::as_str).collect();
+        let found = primaries(http, &apis, Duration::from_millis(500));
+        found.first().map(|i| apis[*i].to_string())
     });
     let replicas = apis.iter().filter(|a| **a != primary).cloned().collect();
     cluster.mark();

@@ -81,7 +81,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use keel_testkit::etcd::{self, EtcdMember};
-use keel_testkit::{b64, blocking_client, get_json, load_average, node_addrs, serve_command, Procs};
+use keel_testkit::{b64, blocking_client, get_json, load_average, primaries, Procs};
 
 /// The blocking client of the setup and management calls (status, metrics, config), made from
 /// the main thread, never from inside the load generator's runtime.
