@@ -384,9 +384,9 @@ async fn bad_input_changes_nothing() {
     let before = contents(&c, p).await.unwrap();
     let long_key = format!("/v1/kv/{}", "k".repeat(1025));
     // (method, path, body, the status it must get, and the error code where one is checked)
-    let cases: [(Method, &str, Vec<u8>, u16, Option<&str>); 8] = [
+    let cases = [
         (Method::PUT, "/v1/kv/key", vec![b'x'; (1 << 20) + 1], 413, None),
-        (Method::PUT, &long_key, b"v".to_vec(), 413, None),
+        (Method::PUT, long_key.as_str(), b"v".to_vec(), 413, None),
         (
             Method::POST,
             "/v1/kv/key/cas?version=999",
