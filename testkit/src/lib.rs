@@ -5,9 +5,12 @@
 //! - [`Cluster`]: one cluster fixture whose nodes run either as child processes of the `keel`
 //!   binary ([`Cluster::new`], for anything that kills, pauses or isolates a process) or
 //!   in-process through `Node::start` ([`Cluster::in_process`], for tests of logic over HTTP),
-//!   with the same API: start, stop, url, status, wait_leader, wait_primary, cli, logs;
+//!   with the same API: start, stop, url, status, wait_leader, wait_primary, cli, logs, and
+//!   ([`api`]) one call per request to a node (`req`, `put`, `get_local`, `wait_value`,
+//!   `put_everywhere`, `patch_config`, `diverged_keys`; [`status_json`], [`error_code`]);
 //! - [`Procs`]: named child processes with their logs in one temp dir (benchmarks' clusters,
-//!   etcd, git daemons), killed on drop;
+//!   etcd, git daemons), killed on drop; [`Procs::spawn_keel_nodes`] and [`primaries`] start a
+//!   benchmark's `keel serve` cluster and find its primary;
 //! - ports ([`free_port`], [`process_ip`], shared with the chaos runner), waits ([`wait_for`],
 //!   [`poll_until`]), the `keel` binary's path ([`keel_bin`]), log helpers ([`logs`]), git
 //!   helpers ([`git`](mod@git)), etcd helpers ([`etcd`]) and the network-namespace lab ([`netns`]).
