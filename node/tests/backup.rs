@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_testkit::*;
+use reqwest::Method;
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(20);
@@ -190,81 +191,177 @@ async fn backup_under_load_restores_into_a_new_cluster_with_equal_contents() {
     let mut src = Cluster::new(3, &common);
     src.start_all();
     let primary = src.wait_primary(&[], T).await;
-    let purl = src.node(primary).url();
-
-    // Some large values first, so the datastore snapshot spans several ~1 MiB chunks.
-    let mut writes = Vec::new();
-    let mut uncertain = Vec::new();
-    for i in 0..24u8 {
-        let key = format!("big/{i:02}");
-        let v = vec![b'a' + (i % 26); 200 * 1024];
-        match write(&src.http, &purl, &key, Some(&v)).await {
-            Outcome::Ok(pos) => writes.push(Acked {
-                key,
-                value: Some(v),
-                pos,
-            }),
-            Outcome::Unknown => uncertain.push(key),
-        }
-    }
-
-    // The continuous write load.
-    let stop = Arc::new(AtomicBool::new(false));
-    let acks = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for w in 0..WRITERS {
-        tasks.push(tokio::spawn(writer(
-            src.http.clone(),
-            purl.clone(),
-            w,
-            stop.clone(),
-            acks.clone(),
-        )));
-    }
-    let load_going = |n: usize| {
-        let acks = acks.clone();
-        async move { (acks.load(Ordering::Relaxed) >= n).then_some(()) }
-    };
-    src.wait_for(T, "the write load to get going", || load_going(40)).await;
+    let load = Load::start(&src, primary).await;
 
     // Outside the source cluster's directory, which goes away with it.
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().to_path_buf();
     let file = dir.join("cluster.keelbak");
-    let addr = purl.clone();
+    let report = backups_under_load(&src, primary, &file).await;
+    let at = parse_pos(report["position"].as_str().unwrap());
+    let (expected, uncertain) = load.finish(&src, primary, at).await;
 
+    let src_cluster_id = src.status(primary).await.unwrap()["cluster_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let src_epoch = src.status(primary).await.unwrap()["primary"]["epoch"].as_u64().unwrap();
+    drop(src); // the source is gone: a real disaster recovery
+
+    restore_refuses_bad_files_and_used_dirs(&file, &dir);
+    let source = Source {
+        file,
+        report,
+        at,
+        expected,
+        uncertain,
+        cluster_id: src_cluster_id,
+        epoch: src_epoch,
+    };
+    restored_cluster_equals_the_source(&common, &source).await;
+}
+
+/// The source cluster's writes: large values first (so the datastore snapshot spans several
+/// ~1 MiB chunks), then `WRITERS` continuous writers on the primary.
+struct Load {
+    writes: Vec<Acked>,
+    uncertain: Vec<String>,
+    stop: Arc<AtomicBool>,
+    acks: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<(Vec<Acked>, Vec<String>)>>,
+}
+
+impl Load {
+    /// Writes the large values, starts the writers and waits until the load gets going.
+    async fn start(src: &Cluster, primary: u64) -> Load {
+        let purl = src.node(primary).url();
+        // Some large values first, so the datastore snapshot spans several ~1 MiB chunks.
+        let mut writes = Vec::new();
+        let mut uncertain = Vec::new();
+        for i in 0..24u8 {
+            let key = format!("big/{i:02}");
+            let v = vec![b'a' + (i % 26); 200 * 1024];
+            match write(&src.http, &purl, &key, Some(&v)).await {
+                Outcome::Ok(pos) => writes.push(Acked {
+                    key,
+                    value: Some(v),
+                    pos,
+                }),
+                Outcome::Unknown => uncertain.push(key),
+            }
+        }
+
+        // The continuous write load.
+        let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for w in 0..WRITERS {
+            let (http, url) = (src.http.clone(), purl.clone());
+            tasks.push(tokio::spawn(writer(http, url, w, stop.clone(), acks.clone())));
+        }
+        let load = Load {
+            writes,
+            uncertain,
+            stop,
+            acks,
+            tasks,
+        };
+        load.wait_acks(src, "the write load to get going", 40).await;
+        load
+    }
+
+    /// Waits until the writers have `n` acknowledged writes in all.
+    async fn wait_acks(&self, src: &Cluster, what: &str, n: usize) {
+        src.wait_for(T, what, || async {
+            (self.acks.load(Ordering::Relaxed) >= n).then_some(())
+        })
+        .await;
+    }
+
+    /// More writes after the backup at `at`, then the writers stop; the expected contents at
+    /// `at` (without the keys of unknown outcome) and those keys.
+    async fn finish(
+        mut self,
+        src: &Cluster,
+        primary: u64,
+        at: (u64, u64),
+    ) -> (BTreeMap<String, (Vec<u8>, u64)>, Vec<String>) {
+        let so_far = self.acks.load(Ordering::Relaxed);
+        self.wait_acks(src, "more writes after the backup", so_far + 40).await;
+        self.stop.store(true, Ordering::Relaxed);
+        let (mut writes, mut uncertain) = (std::mem::take(&mut self.writes), std::mem::take(&mut self.uncertain));
+        for t in self.tasks {
+            let (acked, unknown) = t.await.unwrap();
+            writes.extend(acked);
+            uncertain.extend(unknown);
+        }
+        // No fault is injected: an unknown outcome is possible only if a lease lapsed mid-write on a
+        // very busy machine. Such keys are left out of the comparison, and they must stay rare.
+        assert!(
+            uncertain.len() <= 5,
+            "too many writes of unknown outcome: {uncertain:?}"
+        );
+        let before = writes.iter().filter(|a| a.pos <= at).count();
+        let after = writes.len() - before;
+        eprintln!(
+            "{} acknowledged writes: {before} at or before the backup, {after} after it",
+            writes.len()
+        );
+        assert!(before >= 20, "the load was running before the backup ({before} writes)");
+        assert!(after >= 20, "the load kept running after the backup ({after} writes)");
+
+        // Expected contents at the backup's position, from the recorded writes.
+        let mut expected = contents_at(&writes, at);
+        expected.retain(|k, _| !uncertain.contains(k));
+        assert_eq!(
+            expected.keys().filter(|k| k.starts_with("big/")).count()
+                + uncertain.iter().filter(|k| k.starts_with("big/")).count(),
+            24
+        );
+        // The source itself, now, differs (the writes after the backup): the comparison can fail.
+        assert_ne!(
+            dump(src, primary).await,
+            expected,
+            "writes after the backup changed the source"
+        );
+        (expected, uncertain)
+    }
+}
+
+/// `keel backup --addr ADDR --out FILE`, with `--admin-token` and `--output json` if `token`,
+/// run off the runtime's workers.
+async fn backup(addr: String, token: bool, out: &Path) -> std::process::Output {
+    let mut args: Vec<String> = vec!["backup".into(), "--addr".into(), addr];
+    if token {
+        args.extend(["--admin-token".into(), TOKEN.into()]);
+    }
+    args.extend(["--out".into(), out.display().to_string()]);
+    if token {
+        args.extend(["--output".into(), "json".into()]);
+    }
+    tokio::task::spawn_blocking(move || run_keel(&args)).await.unwrap()
+}
+
+/// Without the admin token a backup is refused and leaves no file; with it, one from the
+/// primary while the writers keep writing (written to `file`; its JSON report), and one from a
+/// replica, consistent at the replica's own position.
+async fn backups_under_load(src: &Cluster, primary: u64, file: &Path) -> Value {
+    let dir = file.parent().unwrap();
+    let addr = src.node(primary).url();
     // Without the admin token: refused, and no file is left behind.
-    let args: Vec<String> = vec![
-        "backup".into(),
-        "--addr".into(),
-        addr.clone(),
-        "--out".into(),
-        file.display().to_string(),
-    ];
-    let out = tokio::task::spawn_blocking(move || run_keel(&args)).await.unwrap();
+    let out = backup(addr.clone(), false, file).await;
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("admin token"), "{}", stderr(&out));
     assert!(!file.exists());
 
     // The backup, while the writers keep writing.
-    let args: Vec<String> = vec![
-        "backup".into(),
-        "--addr".into(),
-        addr,
-        "--admin-token".into(),
-        TOKEN.into(),
-        "--out".into(),
-        file.display().to_string(),
-        "--output".into(),
-        "json".into(),
-    ];
     let started = Instant::now();
-    let out = tokio::task::spawn_blocking(move || run_keel(&args)).await.unwrap();
+    let out = backup(addr, true, file).await;
     let took = started.elapsed();
     assert_eq!(out.status.code(), Some(0), "keel backup: {}", stderr(&out));
     let report: Value = serde_json::from_str(&stdout(&out)).expect("backup report is JSON");
     let at = parse_pos(report["position"].as_str().unwrap());
-    let size = std::fs::metadata(&file).unwrap().len();
+    let size = std::fs::metadata(file).unwrap().len();
     assert_eq!(report["bytes"].as_u64(), Some(size));
     assert!(!dir.join("cluster.keelbak.partial").exists());
     eprintln!(
@@ -276,18 +373,7 @@ async fn backup_under_load_restores_into_a_new_cluster_with_equal_contents() {
     // position, which is never past the primary's.
     let replica = (1..=3).find(|id| *id != primary).unwrap();
     let rfile = dir.join("replica.keelbak");
-    let args: Vec<String> = vec![
-        "backup".into(),
-        "--addr".into(),
-        src.node(replica).url(),
-        "--admin-token".into(),
-        TOKEN.into(),
-        "--out".into(),
-        rfile.display().to_string(),
-        "--output".into(),
-        "json".into(),
-    ];
-    let out = tokio::task::spawn_blocking(move || run_keel(&args)).await.unwrap();
+    let out = backup(src.node(replica).url(), true, &rfile).await;
     assert_eq!(out.status.code(), Some(0), "keel backup of a replica: {}", stderr(&out));
     let rreport: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(rreport["source_node"].as_u64(), Some(replica));
@@ -301,56 +387,14 @@ async fn backup_under_load_restores_into_a_new_cluster_with_equal_contents() {
         rat <= primary_now,
         "replica backup at {rat:?} is past the primary's position {primary_now:?}"
     );
+    report
+}
 
-    // More writes after the backup, then stop the load.
-    let so_far = acks.load(Ordering::Relaxed);
-    src.wait_for(T, "more writes after the backup", || load_going(so_far + 40))
-        .await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let (acked, unknown) = t.await.unwrap();
-        writes.extend(acked);
-        uncertain.extend(unknown);
-    }
-    // No fault is injected: an unknown outcome is possible only if a lease lapsed mid-write on a
-    // very busy machine. Such keys are left out of the comparison, and they must stay rare.
-    assert!(
-        uncertain.len() <= 5,
-        "too many writes of unknown outcome: {uncertain:?}"
-    );
-    let before = writes.iter().filter(|a| a.pos <= at).count();
-    let after = writes.len() - before;
-    eprintln!(
-        "{} acknowledged writes: {before} at or before the backup, {after} after it",
-        writes.len()
-    );
-    assert!(before >= 20, "the load was running before the backup ({before} writes)");
-    assert!(after >= 20, "the load kept running after the backup ({after} writes)");
-
-    // Expected contents at the backup's position, from the recorded writes.
-    let mut expected = contents_at(&writes, at);
-    expected.retain(|k, _| !uncertain.contains(k));
-    assert_eq!(
-        expected.keys().filter(|k| k.starts_with("big/")).count()
-            + uncertain.iter().filter(|k| k.starts_with("big/")).count(),
-        24
-    );
-    // The source itself, now, differs (the writes after the backup): the comparison can fail.
-    assert_ne!(
-        dump(&src, primary).await,
-        expected,
-        "writes after the backup changed the source"
-    );
-
-    let src_cluster_id = src.status(primary).await.unwrap()["cluster_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let src_epoch = src.status(primary).await.unwrap()["primary"]["epoch"].as_u64().unwrap();
-    drop(src); // the source is gone: a real disaster recovery
-
+/// Corrupt, truncated, foreign and future-version copies are refused before anything is
+/// written; a non-empty data dir is refused unless forced, and then its contents are moved aside.
+fn restore_refuses_bad_files_and_used_dirs(file: &Path, dir: &Path) {
     // Corrupt and truncated copies are refused before anything is written.
-    let bytes = std::fs::read(&file).unwrap();
+    let bytes = std::fs::read(file).unwrap();
     let target = dir.join("refused");
     let peers_probe = "1=127.0.0.1:1";
     for (name, content, needle) in [
@@ -394,12 +438,12 @@ async fn backup_under_load_restores_into_a_new_cluster_with_equal_contents() {
     // A non-empty data dir is refused unless forced, and its contents are kept.
     std::fs::create_dir_all(&target).unwrap();
     std::fs::write(target.join("precious"), b"keep me").unwrap();
-    let out = run_keel(&restore_args(&file, &target, peers_probe, 1));
+    let out = run_keel(&restore_args(file, &target, peers_probe, 1));
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
     assert_eq!(std::fs::read(target.join("precious")).unwrap(), b"keep me");
     // With --force it is restored, and what was there is moved aside inside it, not deleted.
-    let mut forced = restore_args(&file, &target, peers_probe, 1);
+    let mut forced = restore_args(file, &target, peers_probe, 1);
     forced.push("--force".into());
     let out = run_keel(&forced);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -408,22 +452,39 @@ async fn backup_under_load_restores_into_a_new_cluster_with_equal_contents() {
     assert_eq!(std::fs::read(aside.join("precious")).unwrap(), b"keep me");
     assert!(target.join("data.redb").is_file() && target.join("raft-state.redb").is_file());
     assert!(!target.join("precious").exists());
-    let leftovers: Vec<PathBuf> = std::fs::read_dir(&dir)
+    let leftovers: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .chain(std::fs::read_dir(&target).unwrap().map(|e| e.unwrap().path()))
         .filter(|p| p.to_string_lossy().contains("restoring-"))
         .collect();
     assert!(leftovers.is_empty(), "staging dirs left behind: {leftovers:?}");
+}
 
-    // Restore into three fresh data dirs (one of them an existing empty directory) and start a
-    // new cluster on them.
-    let mut dst = Cluster::new(3, &common);
+/// What the restore is compared with: the backup file and its report, its position, the
+/// source's contents there (without the keys of unknown outcome), and the source's identity.
+struct Source {
+    file: PathBuf,
+    report: Value,
+    at: (u64, u64),
+    expected: BTreeMap<String, (Vec<u8>, u64)>,
+    uncertain: Vec<String>,
+    cluster_id: String,
+    epoch: u64,
+}
+
+/// Restore into three fresh data dirs (one of them an existing empty directory) and start a new
+/// cluster on them: every node holds exactly the source's contents at the backup's position, and
+/// the cluster continues the backup's history.
+async fn restored_cluster_equals_the_source(common: &[&str], source: &Source) {
+    let (file, report, expected, uncertain) = (&source.file, &source.report, &source.expected, &source.uncertain);
+    let (at, src_cluster_id, src_epoch) = (source.at, &source.cluster_id, source.epoch);
+    let mut dst = Cluster::new(3, common);
     let peers = dst.peers(3);
     std::fs::create_dir_all(dst.data_dir(2)).unwrap();
     let mut cluster_ids = Vec::new();
     for id in 1..=3 {
-        let out = run_keel(&restore_args(&file, dst.data_dir(id), &peers, id));
+        let out = run_keel(&restore_args(file, dst.data_dir(id), &peers, id));
         assert_eq!(out.status.code(), Some(0), "restore node {id}: {}", stderr(&out));
         let r: Value = serde_json::from_str(&stdout(&out)).unwrap();
         assert_eq!(r["position"], report["position"]);
@@ -432,7 +493,7 @@ async fn backup_under_load_restores_into_a_new_cluster_with_equal_contents() {
     }
     assert!(cluster_ids.iter().all(|c| *c == cluster_ids[0]), "{cluster_ids:?}");
     assert_ne!(
-        cluster_ids[0], src_cluster_id,
+        cluster_ids[0], *src_cluster_id,
         "a restored cluster gets a new cluster id"
     );
     dst.start_all();
@@ -480,12 +541,7 @@ async fn backup_under_load_restores_into_a_new_cluster_with_equal_contents() {
     );
     for id in 1..=3 {
         dst.wait_for(T, "the new write on every node", || async {
-            let r = dst
-                .http
-                .get(format!("{}/v1/kv/after-restore", dst.node(id).url()))
-                .send()
-                .await
-                .ok()?;
+            let r = dst.req(Method::GET, id, "/v1/kv/after-restore").send().await.ok()?;
             (r.status() == 200).then_some(())
         })
         .await;

@@ -57,43 +57,41 @@ async fn every_read_command_prints_table_or_json() {
     let (c, primary) = gitsync_cluster(repo.path(), &[], T).await;
     let addr = c.node(primary).url();
     let a = addr.as_str();
+    status_and_members(&c, a, primary).await;
+    history_kv_and_diverged(&c, a);
+    gitsync_status(&c, a).await;
+    output_flag_and_errors(&c, a);
+}
 
+/// `keel kv put` (a key for the reads below), `status` and `members list`.
+async fn status_and_members(c: &Cluster, a: &str, primary: u64) {
     // A key to read, written with --output json (write commands take it too).
-    let v = json(&c, a, &["kv", "put", "greeting", "hello"], 0);
+    let v = json(c, a, &["kv", "put", "greeting", "hello"], 0);
     assert_eq!(v["version"], 1, "{v}");
     assert!(v["position"].is_string(), "{v}");
 
     // status: healthy once every member answers.
     let v = c
         .wait_for(T, "keel status --output json healthy", || async {
-            let v = json(&c, a, &["status"], 0);
+            let v = json(c, a, &["status"], 0);
             (v["verdict"] == "healthy").then_some(v)
         })
         .await;
     assert_eq!(v["nodes"].as_object().unwrap().len(), 3, "{v}");
     assert_eq!(v["cluster"]["primary"]["node"], primary, "{v}");
     assert_eq!(v["reason"], "", "{v}");
-    let t = table(&c, a, &["status"], 0, "cluster");
+    let t = table(c, a, &["status"], 0, "cluster");
+    let columns = "NODE ROLE RAFT TERM LEADER REACHABLE APPLIED VOTER API";
     assert!(
         t.lines().nth(1).unwrap().split_whitespace().collect::<Vec<_>>()
-            == [
-                "NODE",
-                "ROLE",
-                "RAFT",
-                "TERM",
-                "LEADER",
-                "REACHABLE",
-                "APPLIED",
-                "VOTER",
-                "API"
-            ],
+            == columns.split_whitespace().collect::<Vec<_>>(),
         "{t}"
     );
     assert_eq!(t.lines().last(), Some("healthy"), "{t}");
     assert_eq!(t.lines().count(), 2 + 3 + 1, "{t}");
 
     // members list
-    let v = json(&c, a, &["members", "list"], 0);
+    let v = json(c, a, &["members", "list"], 0);
     let ids: Vec<u64> = v["members"]
         .as_array()
         .unwrap()
@@ -102,38 +100,41 @@ async fn every_read_command_prints_table_or_json() {
         .collect();
     assert_eq!(ids.len(), 3, "{v}");
     let t = table(
-        &c,
+        c,
         a,
         &["members", "list"],
         0,
         "ID VOTER REACHABLE API PEER NOFAILOVER PRIORITY",
     );
     assert_eq!(t.lines().count(), 4, "{t}");
+}
 
+/// `history`, `kv get`, `kv list` and `diverged list`.
+fn history_kv_and_diverged(c: &Cluster, a: &str) {
     // history: the bootstrap promotion.
-    let v = json(&c, a, &["history"], 0);
+    let v = json(c, a, &["history"], 0);
     let h = v["history"].as_array().unwrap();
     assert!(!h.is_empty() && h[0]["to"].is_u64() && h[0]["epoch"].is_u64(), "{v}");
-    let t = table(&c, a, &["history"], 0, "EPOCH FROM TO REASON AT");
+    let t = table(c, a, &["history"], 0, "EPOCH FROM TO REASON AT");
     assert_eq!(t.lines().count(), 1 + h.len(), "{t}");
 
     // kv get: JSON with value and metadata; the table form is the raw value.
-    let v = json(&c, a, &["kv", "get", "greeting"], 0);
+    let v = json(c, a, &["kv", "get", "greeting"], 0);
     assert_eq!(
         (v["key"].as_str(), v["value"].as_str(), v["version"].as_u64()),
         (Some("greeting"), Some("hello"), Some(1)),
         "{v}"
     );
     assert!(v["epoch"].is_u64() && v["position"].is_string(), "{v}");
-    let (code, out, err) = keel(&c, a, &["kv", "get", "greeting", "--output", "table"]);
+    let (code, out, err) = keel(c, a, &["kv", "get", "greeting", "--output", "table"]);
     assert_eq!((code, out.as_str()), (0, "hello"), "{err}");
 
     // kv list
-    let v = json(&c, a, &["kv", "list"], 0);
+    let v = json(c, a, &["kv", "list"], 0);
     assert_eq!(v["items"][0]["key"], "greeting", "{v}");
     assert_eq!(v["items"][0]["size"], 5, "{v}");
     assert!(v["next"].is_null(), "{v}");
-    let t = table(&c, a, &["kv", "list"], 0, "KEY VERSION SIZE");
+    let t = table(c, a, &["kv", "list"], 0, "KEY VERSION SIZE");
     assert_eq!(
         t.lines().nth(1).map(|l| l.split_whitespace().collect::<Vec<_>>()),
         Some(vec!["greeting", "1", "5"]),
@@ -141,21 +142,23 @@ async fn every_read_command_prints_table_or_json() {
     );
 
     // diverged list: nothing rolled back.
-    let v = json(&c, a, &["diverged", "list"], 0);
+    let v = json(c, a, &["diverged", "list"], 0);
     assert_eq!(v["diverged"], serde_json::json!([]), "{v}");
     let t = table(
-        &c,
+        c,
         a,
         &["diverged", "list"],
         0,
         "ROLLED_BACK_AT POSITION KEY DELETED VALUE",
     );
     assert_eq!(t.lines().count(), 1, "{t}");
+}
 
-    // gitsync status: every node on the same commit.
+/// `gitsync status`: every node on the same commit.
+async fn gitsync_status(c: &Cluster, a: &str) {
     let v = c
         .wait_for(T, "keel gitsync status converged", || async {
-            let (code, out, _) = keel(&c, a, &["gitsync", "status", "--output", "json"]);
+            let (code, out, _) = keel(c, a, &["gitsync", "status", "--output", "json"]);
             let v: Value = serde_json::from_str(&out).ok()?;
             (code == 0 && v["converged"] == true).then_some(v)
         })
@@ -169,14 +172,17 @@ async fn every_read_command_prints_table_or_json() {
     assert_eq!(commits.len(), 3, "{v}");
     assert!(commits.iter().all(|c| *c == commits[0] && c.len() == 40), "{v}");
     let t = table(
-        &c,
+        c,
         a,
         &["gitsync", "status"],
         0,
         "NODE STATE COMMIT LAST SUCCESS LAST ERROR",
     );
     assert_eq!(t.lines().last(), Some("converged"), "{t}");
+}
 
+/// `--output` is global and checked; errors go to stderr with a hint; nothing listening is exit 2.
+fn output_flag_and_errors(c: &Cluster, a: &str) {
     // --output is global: accepted before the subcommand too.
     let out = c.cli(&["--output", "json", "--addr", a, "members", "list"]);
     assert!(serde_json::from_slice::<Value>(&out.stdout).is_ok(), "{}", stdout(&out));
@@ -196,7 +202,7 @@ async fn every_read_command_prints_table_or_json() {
         (vec!["kv", "cas", "greeting", "x", "--version", "7"], 1, "--output json"),
         (vec!["failover", "--to", "99"], 1, "keel members list"),
     ] {
-        let (got, out, err) = keel(&c, a, &args);
+        let (got, out, err) = keel(c, a, &args);
         assert_eq!(got, code, "keel {args:?}: {out}{err}");
         assert!(out.is_empty(), "keel {args:?} printed to stdout: {out}");
         let lines: Vec<&str> = err.lines().collect();
@@ -211,7 +217,7 @@ async fn every_read_command_prints_table_or_json() {
     }
     // Nothing listening: exit 2 for status (Nagios critical), with a hint.
     let dead = format!("{}:{}", c.ip, free_port(&c.ip));
-    let (got, _, err) = keel(&c, &dead, &["status", "--output", "json"]);
+    let (got, _, err) = keel(c, &dead, &["status", "--output", "json"]);
     assert_eq!(got, 2, "{err}");
     assert!(err.contains("cannot reach") && err.contains("hint:"), "{err}");
 }

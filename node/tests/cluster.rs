@@ -3,7 +3,8 @@
 use std::time::{Duration, Instant};
 
 use keel_testkit::*;
-use serde_json::Value;
+use reqwest::Method;
+use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(15);
 
@@ -92,9 +93,7 @@ async fn futures_join(c: &Cluster, path: &str) -> Vec<Value> {
 /// restarting it rejoins with its log intact and without bootstrapping again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_one_node_then_rejoin() {
-    let mut c = Cluster::new(3, &[]);
-    c.start_all();
-    let leader = c.wait_leader(&[1, 2, 3], T).await;
+    let (mut c, leader) = Cluster::started_with_leader(3, &[], T).await;
     // Make some log: toggle maintenance a few times.
     for on in [true, false, true] {
         let r = c.cli(&["maintenance", if on { "on" } else { "off" }, "--addr", &c.node(1).url()]);
@@ -140,9 +139,7 @@ async fn kill_one_node_then_rejoin() {
 /// Acceptance 3: kill -9 all three and restart: the same cluster comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_all_then_restart_same_cluster() {
-    let mut c = Cluster::new(3, &[]);
-    c.start_all();
-    c.wait_leader(&[1, 2, 3], T).await;
+    let (mut c, _) = Cluster::started_with_leader(3, &[], T).await;
     let before = c
         .wait_for(T, "cluster id", || async {
             let v = c.get(1, "/v1/cluster").await?;
@@ -195,9 +192,7 @@ async fn kill_all_then_restart_same_cluster() {
 /// each step visible in /v1/cluster; a removal that would break quorum is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_add_promote_remove() {
-    let mut c = Cluster::new(3, &[]);
-    c.start_all();
-    c.wait_leader(&[1, 2, 3], T).await;
+    let (mut c, _) = Cluster::started_with_leader(3, &[], T).await;
     let four = c.add_node();
     let mut args = c.serve_args(four, None);
     args.extend(["--join".to_string(), c.node(2).url()]);
@@ -237,39 +232,31 @@ async fn membership_add_promote_remove() {
 
     // Errors: unknown id 404, duplicate id 409, bad input 400.
     let url = c.node(1).url();
-    let r = c.http.delete(format!("{url}/v1/members/42")).send().await.unwrap();
-    assert_eq!(r.status(), 404);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "not_found");
-    let dup = serde_json::json!({"id": 2, "api_addr": "127.0.0.1:1", "peer_addr": "127.0.0.1:2"});
-    let r = c
-        .http
-        .post(format!("{url}/v1/members"))
-        .json(&dup)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 409);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "duplicate_id");
-    let dup_addr = serde_json::json!({"id": 9, "api_addr": "127.0.0.1:1", "peer_addr": c.node(3).peer.to_string()});
-    let r = c
-        .http
-        .post(format!("{url}/v1/members"))
-        .json(&dup_addr)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 409);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "duplicate_address");
-    let bad = serde_json::json!({"id": 9, "api_addr": "nope", "peer_addr": "127.0.0.1:2"});
-    let r = c
-        .http
-        .post(format!("{url}/v1/members"))
-        .json(&bad)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    let dup = json!({"id": 2, "api_addr": "127.0.0.1:1", "peer_addr": "127.0.0.1:2"});
+    let dup_addr = json!({"id": 9, "api_addr": "127.0.0.1:1", "peer_addr": c.node(3).peer.to_string()});
+    let bad = json!({"id": 9, "api_addr": "nope", "peer_addr": "127.0.0.1:2"});
+    // (request, the status it must get, and the error code where one is checked)
+    let cases = [
+        (c.req(Method::DELETE, 1, "/v1/members/42"), 404, Some("not_found")),
+        (
+            c.req(Method::POST, 1, "/v1/members").json(&dup),
+            409,
+            Some("duplicate_id"),
+        ),
+        (
+            c.req(Method::POST, 1, "/v1/members").json(&dup_addr),
+            409,
+            Some("duplicate_address"),
+        ),
+        (c.req(Method::POST, 1, "/v1/members").json(&bad), 400, None),
+    ];
+    for (req, want, want_code) in cases {
+        let (status, code) = error_code(req.sent().await).await;
+        assert_eq!(status, want);
+        if let Some(want_code) = want_code {
+            assert_eq!(code, want_code);
+        }
+    }
 
     // Quorum guard: with node 3 down, removing node 2 would leave 1 live voter of 2.
     c.kill(3);
@@ -294,9 +281,7 @@ async fn membership_add_promote_remove() {
 /// every acknowledged change is present afterwards, on every node, including the one killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_membership_changes_survive_kill() {
-    let mut c = Cluster::new(3, &[]);
-    c.start_all();
-    let leader = c.wait_leader(&[1, 2, 3], T).await;
+    let (mut c, leader) = Cluster::started_with_leader(3, &[], T).await;
     let other = (1..=3).find(|i| *i != leader).unwrap();
     let mut acked = Vec::new();
     let mut killed = false;

@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keel_testkit::*;
-use serde_json::Value;
+use reqwest::Method;
+use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -99,6 +100,29 @@ async fn wait_single_primary(c: &Cluster, exclude: &[u64]) -> u64 {
         (p.len() == 1).then(|| p[0])
     })
     .await
+}
+
+/// Three nodes as child processes, started, once exactly one of them answers 200 on `/primary`.
+async fn started() -> (Cluster, u64) {
+    let mut c = Cluster::new(3, &[]);
+    c.start_all();
+    let p = wait_single_primary(&c, &[]).await;
+    (c, p)
+}
+
+/// Three nodes, each in its own network namespace of a new lab, started; None where the lab
+/// cannot be made (the test `test` is then skipped, saying why).
+fn netns_cluster(test: &str) -> Option<(netns::NetLab, Cluster)> {
+    let lab = match netns::NetLab::new(3) {
+        Ok(l) => l,
+        Err(why) => {
+            println!("SKIPPED {test}: {why}");
+            return None;
+        }
+    };
+    let mut c = Cluster::in_netns(&lab, &[]);
+    c.start_all();
+    Some((lab, c))
 }
 
 async fn epoch(c: &Cluster, id: u64) -> u64 {
@@ -195,9 +219,7 @@ async fn kill_primary_promotes_another() {
 /// over and the old one never answers 200 again; never two 200s in one poll round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_primary_is_fenced() {
-    let mut c = Cluster::new(3, &[]);
-    c.start_all();
-    let old = wait_single_primary(&c, &[]).await;
+    let (c, old) = started().await;
     let poller = Poller::start(&c);
     let pid = c.node(old).child.as_ref().unwrap().id().to_string();
     assert!(std::process::Command::new("kill")
@@ -237,9 +259,7 @@ async fn paused_primary_is_fenced() {
 /// with maintenance off, promotion follows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_pauses_failover() {
-    let mut c = Cluster::new(3, &[]);
-    c.start_all();
-    let old = wait_single_primary(&c, &[]).await;
+    let (mut c, old) = started().await;
     let e1 = epoch(&c, old).await;
     let survivor = (1..=3).find(|i| *i != old).unwrap();
     let out = c.cli(&["maintenance", "on", "--addr", &c.node(survivor).url()]);
@@ -272,9 +292,7 @@ async fn maintenance_pauses_failover() {
 /// are refused with the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switchover_is_clean_and_validated() {
-    let mut c = Cluster::new(3, &[]);
-    c.start_all();
-    let old = wait_single_primary(&c, &[]).await;
+    let (mut c, old) = started().await;
     let target = (1..=3).find(|i| *i != old).unwrap();
     let poller = Poller::start(&c);
     let any = c.node((1..=3).find(|i| *i != target && *i != old).unwrap()).url();
@@ -289,26 +307,20 @@ async fn switchover_is_clean_and_validated() {
     assert!(last["reason"].as_str().unwrap().starts_with("switchover"), "{last}");
 
     // Ask the new primary: the old one is killed below.
-    let url = c.node(target).url();
-    let http = c.http.clone();
+    let (http, url) = (c.http.clone(), c.node(target).url());
     let post = |body: Value| {
-        let (http, url) = (http.clone(), url.clone());
+        let req = http.post(format!("{url}/v1/switchover")).json(&body);
         async move {
-            let r = http
-                .post(format!("{url}/v1/switchover"))
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
+            let r = req.sent().await;
             let status = r.status().as_u16();
             let text = r.text().await.unwrap();
             let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status} {text:?}: {e}"));
             (status, v["error"]["message"].as_str().unwrap_or("").to_string())
         }
     };
-    let (s, m) = post(serde_json::json!({"to": 42})).await;
+    let (s, m) = post(json!({"to": 42})).await;
     assert_eq!(s, 404, "{m}");
-    let (s, m) = post(serde_json::json!({"to": target})).await;
+    let (s, m) = post(json!({"to": target})).await;
     assert_eq!(s, 409);
     assert!(m.contains("already the primary"), "{m}");
     let down = old;
@@ -319,18 +331,16 @@ async fn switchover_is_clean_and_validated() {
         (m["reachable"] == Value::Bool(false)).then_some(())
     })
     .await;
-    let (s, m) = post(serde_json::json!({"to": down})).await;
+    let (s, m) = post(json!({"to": down})).await;
     assert_eq!(s, 409);
     assert!(m.contains("unreachable"), "{m}");
     // A forced failover while the primary is healthy is refused without force.
     let other = (1..=3).find(|i| *i != target && *i != down).unwrap();
     let r = c
-        .http
-        .post(format!("{url}/v1/failover"))
-        .json(&serde_json::json!({"to": other}))
-        .send()
-        .await
-        .unwrap();
+        .req(Method::POST, target, "/v1/failover")
+        .json(&json!({"to": other}))
+        .sent()
+        .await;
     assert_eq!(r.status(), 409);
     assert!(r.text().await.unwrap().contains("renewed its lease"));
 }
@@ -340,15 +350,9 @@ async fn switchover_is_clean_and_validated() {
 /// `/primary` within its lease, and after the heal it rejoins as a replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_isolated_primary_is_replaced() {
-    let lab = match netns::NetLab::new(3) {
-        Ok(l) => l,
-        Err(why) => {
-            println!("SKIPPED partition_isolated_primary_is_replaced: {why}");
-            return;
-        }
+    let Some((lab, c)) = netns_cluster("partition_isolated_primary_is_replaced") else {
+        return;
     };
-    let mut c = Cluster::in_netns(&lab, &[]);
-    c.start_all();
     let old = wait_single_primary(&c, &[]).await;
     let e1 = epoch(&c, old).await;
     let poller = Poller::start(&c);
@@ -381,15 +385,9 @@ async fn partition_isolated_primary_is_replaced() {
 /// majority: the primary keeps its role, no failover.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_isolated_coordinator_keeps_primary() {
-    let lab = match netns::NetLab::new(3) {
-        Ok(l) => l,
-        Err(why) => {
-            println!("SKIPPED partition_isolated_coordinator_keeps_primary: {why}");
-            return;
-        }
+    let Some((lab, c)) = netns_cluster("partition_isolated_coordinator_keeps_primary") else {
+        return;
     };
-    let mut c = Cluster::in_netns(&lab, &[]);
-    c.start_all();
     let first = wait_single_primary(&c, &[]).await;
     let leader = c.wait_leader(&[1, 2, 3], T).await;
     // Make the primary a node that is not the coordinator.
@@ -458,9 +456,7 @@ async fn no_spurious_failover_under_load() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(120);
-    let mut c = Cluster::new(3, &[]);
-    c.start_all();
-    let primary = wait_single_primary(&c, &[]).await;
+    let (c, primary) = started().await;
     let e = epoch(&c, primary).await;
     let _burner = Burner(
         std::process::Command::new("sh")
@@ -488,7 +484,7 @@ async fn no_spurious_failover_under_load() {
             let r = c
                 .http
                 .put(format!("{url}/v1/maintenance"))
-                .json(&serde_json::json!({"enabled": false}))
+                .json(&json!({"enabled": false}))
                 .send()
                 .await;
             if r.is_ok_and(|r| r.status().is_success()) {
@@ -509,9 +505,7 @@ async fn no_spurious_failover_under_load() {
 /// refused, and `priority` picks among the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tags_steer_failover() {
-    let mut c = Cluster::new(3, &[]);
-    c.start_all();
-    let p = wait_single_primary(&c, &[]).await;
+    let (mut c, p) = started().await;
     let others: Vec<u64> = (1..=3).filter(|i| *i != p).collect();
     let (a, b) = (others[0], others[1]);
     let url = c.node(a).url();
@@ -522,7 +516,7 @@ async fn tags_steer_failover() {
     let r = c
         .http
         .post(format!("{url}/v1/switchover"))
-        .json(&serde_json::json!({"to": a}))
+        .json(&json!({"to": a}))
         .send()
         .await
         .unwrap();

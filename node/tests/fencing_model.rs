@@ -533,21 +533,24 @@ fn assert_unsafe(name: &str, p: Params) {
     }
 }
 
+/// Keel's defaults, explored up to `max_term` Raft terms and `max_epoch` primary epochs.
+fn defaults_up_to(max_term: u8, max_epoch: u8) -> Params {
+    Params {
+        max_term,
+        max_epoch,
+        ..Params::keel_defaults()
+    }
+}
+
 #[test]
 fn fencing_defaults_are_safe() {
     // Bootstrap promotion, one failover, two elections after the first.
-    let mut p = Params::keel_defaults();
-    p.max_term = 3;
-    p.max_epoch = 2;
-    assert_safe("defaults, drift 5 %, 3 terms, 2 epochs", p);
+    assert_safe("defaults, drift 5 %, 3 terms, 2 epochs", defaults_up_to(3, 2));
 }
 
 #[test]
 fn fencing_defaults_are_safe_across_two_failovers() {
-    let mut p = Params::keel_defaults();
-    p.max_term = 2;
-    p.max_epoch = 3;
-    assert_safe("defaults, drift 5 %, 2 terms, 3 epochs", p);
+    assert_safe("defaults, drift 5 %, 2 terms, 3 epochs", defaults_up_to(2, 3));
 }
 
 #[test]
@@ -564,46 +567,38 @@ fn mutation_failover_timeout_not_above_lease_is_caught() {
     assert_unsafe("failover_timeout_ms = lease_ms", p);
 }
 
-#[test]
-fn mutation_drift_above_bound_is_caught() {
-    let mut p = Params::keel_defaults();
-    p.drift_permille = 200;
-    assert_unsafe("drift 20 %", p);
+/// One test per mutation of Keel's defaults that the model must catch: `name: "what", |p| change;`
+/// makes test `name`, which checks that the defaults changed by `change` are unsafe.
+macro_rules! mutations_are_caught {
+    ($($(#[$doc:meta])* $name:ident: $what:literal, |$p:ident| $change:expr;)*) => {
+        $(
+            $(#[$doc])*
+            #[test]
+            fn $name() {
+                let mut $p = Params::keel_defaults();
+                $change;
+                assert_unsafe($what, $p);
+            }
+        )*
+    };
 }
 
-#[test]
-fn mutation_lease_from_receive_time_is_caught() {
-    let mut p = Params::keel_defaults();
-    p.lease_from_receive = true;
-    assert_unsafe("lease counted from receive time", p);
-}
-
-#[test]
-fn mutation_no_lease_cap_is_caught() {
-    let mut p = Params::keel_defaults();
-    p.lease_ms = p.election_timeout_max_ms;
-    p.failover_timeout_ms = p.lease_ms * 2;
-    p.no_lease_cap = true;
-    assert_unsafe("lease not capped at 3/4 of election_timeout_max", p);
-}
-
-#[test]
-fn mutation_no_restart_vote_guard_is_caught() {
-    let mut p = Params::keel_defaults();
-    p.no_restart_guard = true;
-    assert_unsafe("restarted node votes at once", p);
-}
-
-/// openraft 0.9.25 touches a leader's own vote only when it is elected, so a leader that has
-/// led for longer than `election_timeout_max` votes for a higher-term candidate at once, even
-/// right after a quorum (itself and one follower) confirmed a lease grant. With only that
-/// follower refusing, a candidate elected by {itself, the old leader} may promote at once (fast
-/// path) while the old primary's lease runs. Keel's vote guard closes this (`peer.rs`;
-/// `failover.rs` `coordinator_refuses_votes_while_it_grants_leases` pins the wiring). See
-/// raft/DESIGN.md, "The fencing model".
-#[test]
-fn leader_that_does_not_refuse_votes_after_grant_is_unsafe() {
-    let mut p = Params::keel_defaults();
-    p.leader_refuses_votes_after_grant = false;
-    assert_unsafe("leader votes during its followers' lease", p);
+mutations_are_caught! {
+    mutation_drift_above_bound_is_caught: "drift 20 %", |p| p.drift_permille = 200;
+    mutation_lease_from_receive_time_is_caught: "lease counted from receive time", |p| p.lease_from_receive = true;
+    mutation_no_lease_cap_is_caught: "lease not capped at 3/4 of election_timeout_max", |p| {
+        p.lease_ms = p.election_timeout_max_ms;
+        p.failover_timeout_ms = p.lease_ms * 2;
+        p.no_lease_cap = true;
+    };
+    mutation_no_restart_vote_guard_is_caught: "restarted node votes at once", |p| p.no_restart_guard = true;
+    /// openraft 0.9.25 touches a leader's own vote only when it is elected, so a leader that has
+    /// led for longer than `election_timeout_max` votes for a higher-term candidate at once, even
+    /// right after a quorum (itself and one follower) confirmed a lease grant. With only that
+    /// follower refusing, a candidate elected by {itself, the old leader} may promote at once (fast
+    /// path) while the old primary's lease runs. Keel's vote guard closes this (`peer.rs`;
+    /// `failover.rs` `coordinator_refuses_votes_while_it_grants_leases` pins the wiring). See
+    /// raft/DESIGN.md, "The fencing model".
+    leader_that_does_not_refuse_votes_after_grant_is_unsafe: "leader votes during its followers' lease",
+        |p| p.leader_refuses_votes_after_grant = false;
 }

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use keel_testkit::*;
+use reqwest::Method;
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(30);
@@ -27,17 +28,15 @@ fn sign(body: &[u8]) -> String {
 async fn webhook(c: &Cluster, id: u64, signature: &str, delivery: &str) -> (u16, Value) {
     let body = json!({"ref": "refs/heads/main"}).to_string();
     let r = c
-        .http
-        .post(format!("{}/v1/gitsync/webhook", c.node(id).url()))
+        .req(Method::POST, id, "/v1/gitsync/webhook")
         .header("X-GitHub-Event", "push")
         .header("X-GitHub-Delivery", delivery)
         .header("X-Hub-Signature-256", signature)
         .header("Content-Type", "application/json")
         .body(body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+        .sent()
+        .await;
+    status_json(r).await
 }
 
 fn cluster(up: &Upstream, interval_ms: u64) -> Cluster {
@@ -60,6 +59,24 @@ fn cluster(up: &Upstream, interval_ms: u64) -> Cluster {
     )
 }
 
+/// A temp dir holding [`upstream`] and a three-node cluster following it every `interval_ms`,
+/// started.
+fn started(interval_ms: u64) -> (tempfile::TempDir, Upstream, Cluster) {
+    let dir = tempfile::tempdir().unwrap();
+    let up = upstream(dir.path());
+    let mut c = cluster(&up, interval_ms);
+    c.start_all();
+    (dir, up, c)
+}
+
+/// `PUT /v1/gitsync/files/{path}` with `body` on node `id`.
+async fn put_file(c: &Cluster, id: u64, path: &str, body: &'static str) -> reqwest::Response {
+    c.req(Method::PUT, id, &format!("/v1/gitsync/files/{path}"))
+        .body(body)
+        .sent()
+        .await
+}
+
 async fn wait_served(c: &Cluster, file: &str, want: &str, what: &str) {
     c.wait_for(T, what, || async {
         (1..=3u64)
@@ -73,10 +90,7 @@ async fn wait_served(c: &Cluster, file: &str, want: &str, what: &str) {
 /// makes all three serve the new tree; a wrong signature changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_to_one_node_syncs_all() {
-    let dir = tempfile::tempdir().unwrap();
-    let up = upstream(dir.path());
-    let mut c = cluster(&up, 600_000);
-    c.start_all();
+    let (_dir, up, c) = started(600_000);
     wait_served(&c, "config.txt", "v1", "every node serves the initial commit").await;
 
     up.commit("shared/config.txt", "v2");
@@ -126,10 +140,7 @@ async fn webhook_to_one_node_syncs_all() {
 /// recovery is automatic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interval_pickup_and_upstream_outage() {
-    let dir = tempfile::tempdir().unwrap();
-    let up = upstream(dir.path());
-    let mut c = cluster(&up, 300);
-    c.start_all();
+    let (dir, up, c) = started(300);
     wait_served(&c, "config.txt", "v1", "initial commit").await;
     let t0 = Instant::now();
     up.commit("shared/config.txt", "v2");
@@ -162,10 +173,7 @@ async fn interval_pickup_and_upstream_outage() {
 /// reset moves to the new history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn force_push_is_a_conflict_until_accepted() {
-    let dir = tempfile::tempdir().unwrap();
-    let up = upstream(dir.path());
-    let mut c = cluster(&up, 300);
-    c.start_all();
+    let (_dir, up, c) = started(300);
     up.commit("shared/config.txt", "v2");
     wait_served(&c, "config.txt", "v2", "v2 served").await;
     // Rewrite history: drop v2, commit something else, force-push.
@@ -187,11 +195,9 @@ async fn force_push_is_a_conflict_until_accepted() {
     }
     for id in 1..=3u64 {
         let r = c
-            .http
-            .post(format!("{}/v1/gitsync/sync?accept_reset=true", c.node(id).url()))
-            .send()
-            .await
-            .unwrap();
+            .req(Method::POST, id, "/v1/gitsync/sync?accept_reset=true")
+            .sent()
+            .await;
         assert_eq!(r.status(), 200, "{:?}", r.text().await);
     }
     wait_served(&c, "config.txt", "rewritten", "new history served after accept_reset").await;
@@ -201,20 +207,11 @@ async fn force_push_is_a_conflict_until_accepted() {
 /// trailer and is served by all nodes; after a failover the new primary pushes with its epoch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_are_committed_by_the_primary() {
-    let dir = tempfile::tempdir().unwrap();
-    let up = upstream(dir.path());
-    let mut c = cluster(&up, 300);
-    c.start_all();
+    let (_dir, up, mut c) = started(300);
     wait_served(&c, "config.txt", "v1", "initial commit").await;
     let p = c.wait_primary(&[], T).await;
     let replica = (1..=3).find(|i| *i != p).unwrap();
-    let r = c
-        .http
-        .put(format!("{}/v1/gitsync/files/edited.txt", c.node(replica).url()))
-        .body("from the API")
-        .send()
-        .await
-        .unwrap();
+    let r = put_file(&c, replica, "edited.txt", "from the API").await;
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
     wait_served(&c, "edited.txt", "from the API", "edit served everywhere").await;
     let log = git(&up.bare, &["log", "-1", "--format=%B", "main"]);
@@ -223,26 +220,14 @@ async fn edits_are_committed_by_the_primary() {
 
     c.kill(p);
     let q = c.wait_primary(&[p], T).await;
-    let r = c
-        .http
-        .put(format!("{}/v1/gitsync/files/edited.txt", c.node(q).url()))
-        .body("after failover")
-        .send()
-        .await
-        .unwrap();
+    let r = put_file(&c, q, "edited.txt", "after failover").await;
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
     let e2 = c.status(q).await.unwrap()["primary"]["epoch"].as_u64().unwrap();
     assert!(e2 > e1);
     let log = git(&up.bare, &["log", "-1", "--format=%B", "main"]);
     assert!(log.contains(&format!("Keel-Epoch: {e2}")), "{log}");
     // Bad paths are refused.
-    let r = c
-        .http
-        .put(format!("{}/v1/gitsync/files/..%2Fescape", c.node(q).url()))
-        .body("x")
-        .send()
-        .await
-        .unwrap();
+    let r = put_file(&c, q, "..%2Fescape", "x").await;
     assert_eq!(r.status(), 400);
 }
 

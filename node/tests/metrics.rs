@@ -89,13 +89,7 @@ async fn metrics_pass_promtool_and_match_the_readme() {
     let (c, primary) = gitsync_cluster(repo.path(), &[], T).await;
     let replica = (1..=3).find(|id| *id != primary).unwrap();
     // One write, so the replica has a position and a lag to report.
-    let r = c
-        .http
-        .put(format!("{}/v1/kv/m", c.node(primary).url()))
-        .body("1")
-        .send()
-        .await
-        .unwrap();
+    let r = c.put(primary, "m", "1").await;
     assert!(r.status().is_success(), "{}", r.status());
 
     let fetch = |id: u64| {

@@ -25,6 +25,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keel_testkit::*;
+use reqwest::Method;
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(30);
@@ -353,8 +354,7 @@ async fn assert_healthy(c: &mut Cluster, what: &str) {
     let value = format!("after-{what}");
     c.wait_for(T, &format!("{what}: a write through the primary"), || async {
         let r = c
-            .http
-            .put(format!("{}/v1/kv/fuzz-check", c.node(primary).url()))
+            .req(Method::PUT, primary, "/v1/kv/fuzz-check")
             .body(value.clone())
             .send()
             .await
@@ -364,12 +364,7 @@ async fn assert_healthy(c: &mut Cluster, what: &str) {
     .await;
     for id in 1..=3u64 {
         c.wait_for(T, &format!("{what}: the write on node {id}"), || async {
-            let r = c
-                .http
-                .get(format!("{}/v1/kv/fuzz-check", c.node(id).url()))
-                .send()
-                .await
-                .ok()?;
+            let r = c.req(Method::GET, id, "/v1/kv/fuzz-check").send().await.ok()?;
             (r.text().await.ok()? == value).then_some(())
         })
         .await;

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use keel_testkit::*;
+use reqwest::Method;
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(20);
@@ -13,20 +14,11 @@ async fn primary(c: &Cluster) -> u64 {
     c.wait_primary(&[], T).await
 }
 
-async fn put(c: &Cluster, id: u64, key: &str, value: &str) -> reqwest::Response {
-    c.http
-        .put(format!("{}/v1/kv/{key}", c.node(id).url()))
-        .body(value.to_string())
-        .send()
-        .await
-        .unwrap()
-}
-
 /// A client's write: retry 503 (a lease renewal late on a busy machine, a failover) a while.
 async fn put_retry(c: &Cluster, id: u64, key: &str, value: &str) -> reqwest::Response {
     let mut tries = 0;
     loop {
-        let r = put(c, id, key, value).await;
+        let r = c.put(id, key, value).await;
         tries += 1;
         if r.status() != 503 || tries >= 40 {
             return r;
@@ -36,12 +28,7 @@ async fn put_retry(c: &Cluster, id: u64, key: &str, value: &str) -> reqwest::Res
 }
 
 async fn get_local(c: &Cluster, id: u64, key: &str) -> Option<(String, reqwest::header::HeaderMap)> {
-    let r = c
-        .http
-        .get(format!("{}/v1/kv/{key}", c.node(id).url()))
-        .send()
-        .await
-        .ok()?;
+    let r = c.req(Method::GET, id, &format!("/v1/kv/{key}")).send().await.ok()?;
     if r.status() != 200 {
         return None;
     }
@@ -60,7 +47,7 @@ async fn writes_replicate_and_forward() {
     let p = primary(&c).await;
     let r = (1..=3).find(|i| *i != p).unwrap();
 
-    let resp = put(&c, p, "greeting", "hello").await;
+    let resp = c.put(p, "greeting", "hello").await;
     assert_eq!(resp.status(), 201);
     let v: Value = resp.json().await.unwrap();
     let version = v["version"].as_u64().unwrap();
@@ -75,7 +62,7 @@ async fn writes_replicate_and_forward() {
     assert_eq!(h["keel-version"].to_str().unwrap(), version.to_string());
 
     // A write sent to a replica is forwarded to the primary.
-    let resp = put(&c, r, "dir/forwarded key", "via replica").await;
+    let resp = c.put(r, "dir/forwarded key", "via replica").await;
     assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
     let (val, _) = c
         .wait_for(T, "forwarded write visible on the primary", || {
@@ -100,15 +87,15 @@ async fn writes_replicate_and_forward() {
 
     // Size limits: 413 with the JSON error format.
     let big = "x".repeat((1 << 20) + 1);
-    let resp = put(&c, p, "big", &big).await;
+    let resp = c.put(p, "big", &big).await;
     assert_eq!(resp.status(), 413);
     let long_key = "k".repeat(1025);
-    let resp = put(&c, p, &long_key, "v").await;
+    let resp = c.put(p, &long_key, "v").await;
     assert_eq!(resp.status(), 413);
 
     // Listing with pagination.
     for i in 0..25 {
-        assert!(put(&c, p, &format!("list/{i:02}"), "v").await.status().is_success());
+        assert!(c.put(p, &format!("list/{i:02}"), "v").await.status().is_success());
     }
     let mut seen = Vec::new();
     let mut after: Option<String> = None;
@@ -130,50 +117,21 @@ async fn writes_replicate_and_forward() {
     assert!(seen.windows(2).all(|w| w[0] < w[1]));
 
     // Delete, replicated.
-    let resp = c
-        .http
-        .delete(format!("{}/v1/kv/greeting", c.node(r).url()))
-        .send()
-        .await
-        .unwrap();
+    let resp = c.req(Method::DELETE, r, "/v1/kv/greeting").sent().await;
     assert!(resp.status().is_success());
     c.wait_for(T, "delete replicated", || async {
         get_local(&c, r, "greeting").await.is_none().then_some(())
     })
     .await;
     // Primary-consistency read on a replica goes to the primary.
-    let resp = c
-        .http
-        .get(format!("{}/v1/kv/fresh?consistency=primary", c.node(r).url()))
-        .send()
-        .await
-        .unwrap();
+    let resp = c.req(Method::GET, r, "/v1/kv/fresh?consistency=primary").sent().await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "new");
 }
 
-async fn set_sync(c: &Cluster, id: u64) {
-    let r = c
-        .http
-        .patch(format!("{}/v1/config", c.node(id).url()))
-        .json(&json!({"replication_mode": "sync", "min_acks": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{:?}", r.text().await);
-}
-
 /// Node `id`'s `keel_replication_sync_writes_total{outcome="..."}` from `/metrics`.
 async fn sync_writes(c: &Cluster, id: u64, outcome: &str) -> f64 {
-    let text = c
-        .http
-        .get(format!("{}/metrics", c.node(id).url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = c.req(Method::GET, id, "/metrics").sent().await.text().await.unwrap();
     let series = format!("keel_replication_sync_writes_total{{outcome=\"{outcome}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&series))
@@ -186,10 +144,9 @@ async fn sync_writes(c: &Cluster, id: u64, outcome: &str) -> f64 {
 /// outcomes in `/metrics`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_mode_loses_no_acknowledged_write() {
-    let mut c = Cluster::new(3, &[]);
-    c.start_all();
-    let p = primary(&c).await;
-    set_sync(&c, p).await;
+    let (mut c, p) = Cluster::started(3, &[], T).await;
+    c.patch_config(p, json!({"replication_mode": "sync", "min_acks": 1}))
+        .await;
     c.wait_for(T, "sync mode applied everywhere", || async {
         for id in 1..=3 {
             if c.status(id).await?["replication"]["mode"] != "sync" {
@@ -225,16 +182,8 @@ async fn sync_mode_loses_no_acknowledged_write() {
         .args(["-STOP", &pid])
         .status()
         .unwrap();
-    let r = c
-        .http
-        .put(format!("{}/v1/kv/unconfirmed", c.node(q).url()))
-        .body("x")
-        .timeout(Duration::from_secs(15))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let body: Value = r.json().await.unwrap_or(Value::Null);
+    let put = c.req(Method::PUT, q, "/v1/kv/unconfirmed").body("x");
+    let (status, body) = status_json(put.timeout(Duration::from_secs(15)).sent().await).await;
     std::process::Command::new("kill")
         .args(["-CONT", &pid])
         .status()
@@ -253,40 +202,29 @@ async fn sync_mode_loses_no_acknowledged_write() {
 /// them in the diverged table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_primary_rolls_back_divergent_entries() {
-    let mut c = Cluster::new(3, &[]);
-    c.start_all();
-    let p = primary(&c).await;
-    assert!(put(&c, p, "base", "common").await.status().is_success());
+    let (mut c, p) = Cluster::started(3, &[], T).await;
+    assert!(c.put(p, "base", "common").await.status().is_success());
     let others: Vec<u64> = (1..=3).filter(|i| *i != p).collect();
     for id in &others {
         c.wait_for(T, "base replicated", || get_local(&c, *id, "base")).await;
-        let r = c
-            .http
-            .put(format!("{}/v1/replication/paused", c.node(*id).url()))
-            .json(&json!({"paused": true}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        let paused = c.req(Method::PUT, *id, "/v1/replication/paused");
+        assert_eq!(paused.json(&json!({"paused": true})).sent().await.status(), 200);
     }
     // Async mode: these are acknowledged on the primary only.
     for i in 0..5 {
-        assert!(put(&c, p, &format!("lost{i}"), "only on the old primary")
+        assert!(c
+            .put(p, &format!("lost{i}"), "only on the old primary")
             .await
             .status()
             .is_success());
     }
     c.kill(p);
     for id in &others {
-        c.http
-            .put(format!("{}/v1/replication/paused", c.node(*id).url()))
-            .json(&json!({"paused": false}))
-            .send()
-            .await
-            .unwrap();
+        let resumed = c.req(Method::PUT, *id, "/v1/replication/paused");
+        resumed.json(&json!({"paused": false})).sent().await;
     }
     let q = primary(&c).await;
-    assert!(put(&c, q, "after", "new epoch").await.status().is_success());
+    assert!(c.put(q, "after", "new epoch").await.status().is_success());
     c.start(p);
     c.wait_for(T, "old primary converges on the new history", || async {
         let (v, _) = get_local(&c, p, "after").await?;
@@ -297,18 +235,9 @@ async fn old_primary_rolls_back_divergent_entries() {
         get_local(&c, p, "lost0").await.is_none(),
         "rolled-back entry must not stay visible"
     );
-    let d: Value = c.get(p, "/v1/diverged").await.unwrap();
-    let keys: Vec<&str> = d["diverged"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["key"].as_str())
-        .collect();
+    let (keys, d) = c.diverged_keys(p).await;
     for i in 0..5 {
-        assert!(
-            keys.contains(&format!("lost{i}").as_str()),
-            "lost{i} kept in diverged: {d}"
-        );
+        assert!(keys.contains(&format!("lost{i}")), "lost{i} kept in diverged: {d}");
     }
 }
 
@@ -316,17 +245,8 @@ async fn old_primary_rolls_back_divergent_entries() {
 /// continues from the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_replica_resyncs_from_snapshot() {
-    let mut c = Cluster::new(3, &[]);
-    c.start_all();
-    let p = primary(&c).await;
-    let r = c
-        .http
-        .patch(format!("{}/v1/config", c.node(p).url()))
-        .json(&json!({"log_retention_entries": 10}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let (mut c, p) = Cluster::started(3, &[], T).await;
+    c.patch_config(p, json!({"log_retention_entries": 10})).await;
     let lagger = (1..=3).find(|i| *i != p).unwrap();
     c.kill(lagger);
     // Far more entries than retained, with values big enough for a multi-chunk snapshot.
@@ -350,7 +270,7 @@ async fn lagging_replica_resyncs_from_snapshot() {
         "expected a snapshot resync"
     );
     // And it keeps following the stream afterwards.
-    assert!(put(&c, p, "after-snapshot", "x").await.status().is_success());
+    assert!(c.put(p, "after-snapshot", "x").await.status().is_success());
     c.wait_for(T, "stream resumes after the snapshot", || {
         get_local(&c, lagger, "after-snapshot")
     })

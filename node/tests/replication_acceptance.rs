@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use keel_node::util::strip_ansi;
 use keel_testkit::*;
+use reqwest::Method;
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(60);
@@ -130,9 +131,7 @@ async fn bulk(c: &Cluster, via: u64, prefix: &str, n: usize, width: usize, value
 /// 1. 1,000 keys on the primary reach every replica, readable locally with lag headers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_keys_reach_every_replica() {
-    let mut c = Cluster::new(3, &[]);
-    c.start_all();
-    let p = primary(&c, &[]).await;
+    let (c, p) = Cluster::started(3, &[], T).await;
     let t0 = Instant::now();
     bulk(&c, p, "k", 1000, 16, "value").await;
     let written = t0.elapsed();
@@ -144,12 +143,7 @@ async fn thousand_keys_reach_every_replica() {
             (contents(&c, r).await? == primary_contents).then_some(())
         })
         .await;
-        let resp = c
-            .http
-            .get(format!("{}/v1/kv/k00999", c.node(r).url()))
-            .send()
-            .await
-            .unwrap();
+        let resp = c.req(Method::GET, r, "/v1/kv/k00999").sent().await;
         assert_eq!(resp.status(), 200);
         assert!(resp.headers().contains_key("keel-lag-ms"));
         assert!(resp.headers().contains_key("keel-position"));
@@ -205,17 +199,9 @@ impl Writer {
 }
 
 async fn failover_under_writes(mode: &str) -> (usize, usize, Vec<String>, u64, Cluster) {
-    let mut c = Cluster::new(3, &[]);
-    c.start_all();
-    let p = primary(&c, &[]).await;
-    let r = c
-        .http
-        .patch(format!("{}/v1/config", c.node(p).url()))
-        .json(&json!({"replication_mode": mode, "min_acks": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let (mut c, p) = Cluster::started(3, &[], T).await;
+    c.patch_config(p, json!({"replication_mode": mode, "min_acks": 1}))
+        .await;
     let via = (1..=3).find(|i| *i != p).unwrap();
     c.wait_for(T, "mode applied on the writer's node", || async {
         (c.status(via).await?["replication"]["mode"] == mode).then_some(())
@@ -233,12 +219,7 @@ async fn failover_under_writes(mode: &str) -> (usize, usize, Vec<String>, u64, C
     assert!(after_kill > 0, "writes must resume after the failover");
     let mut lost = Vec::new();
     for (k, v, _) in &acked {
-        let r = c
-            .http
-            .get(format!("{}/v1/kv/{k}", c.node(q).url()))
-            .send()
-            .await
-            .unwrap();
+        let r = c.req(Method::GET, q, &format!("/v1/kv/{k}")).sent().await;
         if r.status() != 200 || r.text().await.unwrap() != *v {
             lost.push(k.clone());
         }
@@ -272,16 +253,10 @@ async fn async_failover_reports_loss_and_keeps_diverged() {
     .await;
     let all = (1..=3).collect::<Vec<u64>>();
     wait_same_contents(&c, &all, "all nodes converge after the old primary rejoins").await;
-    let d: Value = c.get(old, "/v1/diverged").await.unwrap();
-    let diverged: Vec<&str> = d["diverged"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["key"].as_str())
-        .collect();
+    let (diverged, d) = c.diverged_keys(old).await;
     for k in &lost {
         assert!(
-            diverged.contains(&k.as_str()),
+            diverged.contains(k),
             "lost write {k} not kept in the old primary's diverged table: {d}"
         );
     }
@@ -291,9 +266,7 @@ async fn async_failover_reports_loss_and_keeps_diverged() {
 /// retention resyncs by snapshot; full contents then match on every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_replicas_catch_up_and_resync() {
-    let mut c = Cluster::new(3, &[]);
-    c.start_all();
-    let p = primary(&c, &[]).await;
+    let (mut c, p) = Cluster::started(3, &[], T).await;
     let others: Vec<u64> = (1..=3).filter(|i| *i != p).collect();
     let (a, b) = (others[0], others[1]);
     // A: stopped while 10,000 writes happen, within the retention.
@@ -308,14 +281,7 @@ async fn stopped_replicas_catch_up_and_resync() {
     );
 
     // B: stopped past the retention.
-    let r = c
-        .http
-        .patch(format!("{}/v1/config", c.node(p).url()))
-        .json(&json!({"log_retention_entries": 1000}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    c.patch_config(p, json!({"log_retention_entries": 1000})).await;
     c.kill(b);
     bulk(&c, p, "b", 3000, 32, "y").await;
     let b_pos = 13_000u64; // rough: B stopped after ~10,000 entries; the primary must trim past it
@@ -341,9 +307,7 @@ async fn stopped_replicas_catch_up_and_resync() {
 /// position, no gap, no duplicate (identical contents and positions).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_killed_mid_apply_resumes_exactly() {
-    let mut c = Cluster::new(3, &[]);
-    c.start_all();
-    let p = primary(&c, &[]).await;
+    let (mut c, p) = Cluster::started(3, &[], T).await;
     let r = (1..=3).find(|i| *i != p).unwrap();
     let w = Writer::start(&c, p);
     for _ in 0..3 {
@@ -387,21 +351,7 @@ async fn replica_killed_mid_apply_resumes_exactly() {
     let journal_bytes = |v: &Value| v["replication"]["store"]["journal_bytes"].as_u64();
     let mut holding = 0;
     for i in 0..50 {
-        let key = format!("journal-{i}");
-        let r2 = c
-            .http
-            .put(format!("{}/v1/kv/{key}", c.node(p).url()))
-            .body("x")
-            .send()
-            .await
-            .unwrap();
-        assert!(r2.status().is_success(), "{}", r2.status());
-        c.wait_for(T, "the replica has the key", || async {
-            let url = format!("{}/v1/kv/{key}?consistency=local", c.node(r).url());
-            let got = c.http.get(url).send().await.ok()?;
-            got.status().is_success().then_some(())
-        })
-        .await;
+        c.put_everywhere(T, p, &[r], &format!("journal-{i}"), "x").await;
         holding = journal_bytes(&status(&c, r).await).expect("journal_bytes in /v1/status");
         if holding > 0 {
             break;
@@ -427,115 +377,46 @@ async fn replica_killed_mid_apply_resumes_exactly() {
 /// 6. Bad input: 413, 409, 400 — and none of them changes data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_changes_nothing() {
-    let mut c = Cluster::new(3, &[]);
-    c.start_all();
-    let p = primary(&c, &[]).await;
-    let url = c.node(p).url();
-    let r = c.http.put(format!("{url}/v1/kv/key")).body("v1").send().await.unwrap();
+    let (c, p) = Cluster::started(3, &[], T).await;
+    let r = c.put(p, "key", "v1").await;
     assert!(r.status().is_success());
     let before_pos = status(&c, p).await["replication"]["position"].clone();
     let before = contents(&c, p).await.unwrap();
-    let code = |r: reqwest::Response| async move {
-        let s = r.status().as_u16();
-        let v: Value = r.json().await.unwrap_or(Value::Null);
-        (s, v["error"]["code"].as_str().unwrap_or("<not JSON>").to_string())
-    };
-    let big_value = vec![b'x'; (1 << 20) + 1];
-    assert_eq!(
-        code(
-            c.http
-                .put(format!("{url}/v1/kv/key"))
-                .body(big_value)
-                .send()
-                .await
-                .unwrap()
-        )
-        .await
-        .0,
-        413
-    );
-    let long_key = "k".repeat(1025);
-    assert_eq!(
-        code(
-            c.http
-                .put(format!("{url}/v1/kv/{long_key}"))
-                .body("v")
-                .send()
-                .await
-                .unwrap()
-        )
-        .await
-        .0,
-        413
-    );
-    assert_eq!(
-        code(
-            c.http
-                .post(format!("{url}/v1/kv/key/cas?version=999"))
-                .body("v")
-                .send()
-                .await
-                .unwrap()
-        )
-        .await,
-        (409, "cas_mismatch".to_string())
-    );
-    assert_eq!(
-        code(
-            c.http
-                .post(format!("{url}/v1/kv/key/cas?version=0"))
-                .body("v")
-                .send()
-                .await
-                .unwrap()
-        )
-        .await
-        .0,
-        409
-    );
-    assert_eq!(
-        code(c.http.put(format!("{url}/v1/kv/")).body("v").send().await.unwrap())
-            .await
-            .0,
-        400
-    );
-    assert_eq!(
-        code(
-            c.http
-                .get(format!("{url}/v1/kv/key?consistency=eventual"))
-                .send()
-                .await
-                .unwrap()
-        )
-        .await
-        .0,
-        400
-    );
-    assert_eq!(
-        code(
-            c.http
-                .post(format!("{url}/v1/kv/key/cas?version=abc"))
-                .body("v")
-                .send()
-                .await
-                .unwrap()
-        )
-        .await
-        .0,
-        400
-    );
-    assert_eq!(
-        code(c.http.get(format!("{url}/v1/kv?limit=0")).send().await.unwrap())
-            .await
-            .0,
-        400
-    );
+    let long_key = format!("/v1/kv/{}", "k".repeat(1025));
+    // (method, path, body, the status it must get, and the error code where one is checked)
+    let cases = [
+        (Method::PUT, "/v1/kv/key", vec![b'x'; (1 << 20) + 1], 413, None),
+        (Method::PUT, long_key.as_str(), b"v".to_vec(), 413, None),
+        (
+            Method::POST,
+            "/v1/kv/key/cas?version=999",
+            b"v".to_vec(),
+            409,
+            Some("cas_mismatch"),
+        ),
+        (Method::POST, "/v1/kv/key/cas?version=0", b"v".to_vec(), 409, None),
+        (Method::PUT, "/v1/kv/", b"v".to_vec(), 400, None),
+        (Method::GET, "/v1/kv/key?consistency=eventual", Vec::new(), 400, None),
+        (Method::POST, "/v1/kv/key/cas?version=abc", b"v".to_vec(), 400, None),
+        (Method::GET, "/v1/kv?limit=0", Vec::new(), 400, None),
+    ];
+    for (method, path, body, want, want_code) in cases {
+        let mut req = c.req(method.clone(), p, path);
+        if !body.is_empty() {
+            req = req.body(body);
+        }
+        let (got, code) = error_code(req.sent().await).await;
+        assert_eq!(got, want, "{method} {path}");
+        if let Some(want_code) = want_code {
+            assert_eq!(code, want_code, "{method} {path}");
+        }
+    }
     assert_eq!(
         status(&c, p).await["replication"]["position"],
         before_pos,
         "bad input changed the log"
     );
     assert_eq!(contents(&c, p).await.unwrap(), before, "bad input changed data");
-    let r = c.http.get(format!("{url}/v1/kv/key")).send().await.unwrap();
+    let r = c.req(Method::GET, p, "/v1/kv/key").sent().await;
     assert_eq!(r.text().await.unwrap(), "v1");
 }

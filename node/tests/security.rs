@@ -5,7 +5,8 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use keel_testkit::*;
-use serde_json::Value;
+use reqwest::Method;
+use serde_json::json;
 
 const T: Duration = Duration::from_secs(15);
 
@@ -33,18 +34,6 @@ fn stream_closed_after(peer: &str, bytes: &[u8]) -> bool {
     matches!(s.read_to_end(&mut rest), Ok(0))
 }
 
-async fn error_code(r: reqwest::Response) -> (u16, String) {
-    let status = r.status().as_u16();
-    let v: Value = r.json().await.unwrap_or(Value::Null);
-    (
-        status,
-        v["error"]["code"]
-            .as_str()
-            .unwrap_or("<not the JSON error format>")
-            .to_string(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_limits_and_garbage() {
     let mut c = Cluster::new(
@@ -60,10 +49,31 @@ async fn tokens_limits_and_garbage() {
     );
     c.start_all();
     c.wait_leader(&[1, 2, 3], T).await;
-    let api = c.node(1).url();
-    let peer = format!("http://{}", c.node(1).peer);
+    peer_port_checks_token_and_input(&c).await;
+    admin_endpoints_need_the_token(&c).await;
+    malformed_and_oversized_input(&c).await;
+    garbage_bytes_on_every_port(&c);
+    for id in 1..=3u64 {
+        let r = c.req(Method::GET, id, "/health").sent().await;
+        assert_eq!(r.status(), 200, "node {id} unhealthy after garbage");
+    }
+    c.wait_leader(&[1, 2, 3], T).await;
+}
 
-    // Peer endpoints: 401 without the cluster token, and with a wrong one.
+/// `POST` `path` on node 1's peer port with `body` (none when empty), and the cluster token `token` if given.
+async fn peer_post(c: &Cluster, path: &str, token: Option<&str>, body: Vec<u8>) -> reqwest::Response {
+    let mut req = c.http.post(format!("http://{}{path}", c.node(1).peer));
+    if !body.is_empty() {
+        req = req.body(body);
+    }
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    req.sent().await
+}
+
+/// Peer endpoints: 401 without the cluster token or with a wrong one; 400 for garbage with it.
+async fn peer_port_checks_token_and_input(c: &Cluster) {
     for path in [
         "/peer/raft/vote",
         "/peer/raft/append",
@@ -71,45 +81,19 @@ async fn tokens_limits_and_garbage() {
         "/peer/admin",
         "/peer/repl/stream",
     ] {
-        let r = c
-            .http
-            .post(format!("{peer}{path}"))
-            .body(vec![1u8, 0])
-            .send()
-            .await
-            .unwrap();
+        let r = peer_post(c, path, None, vec![1u8, 0]).await;
         assert_eq!(r.status(), 401, "{path} without token");
-        let r = c
-            .http
-            .post(format!("{peer}{path}"))
-            .bearer_auth("wrong")
-            .body(vec![1u8, 0])
-            .send()
-            .await
-            .unwrap();
+        let r = peer_post(c, path, Some("wrong"), vec![1u8, 0]).await;
         assert_eq!(r.status(), 401, "{path} with a wrong token");
     }
     // With the token but a garbage body: 400, not a crash.
     for path in ["/peer/raft/append", "/peer/admin", "/peer/repl/pull"] {
-        let r = c
-            .http
-            .post(format!("{peer}{path}"))
-            .bearer_auth("peer-secret")
-            .body(vec![1u8, 0xff])
-            .send()
-            .await
-            .unwrap();
+        let r = peer_post(c, path, Some("peer-secret"), vec![1u8, 0xff]).await;
         assert_eq!(r.status(), 400, "{path} with a garbage body");
     }
     // The replication stream: without `Upgrade` a 400; on an open stream, a frame announcing
     // more than the limit, or one that does not decode, closes the connection, unanswered.
-    let r = c
-        .http
-        .post(format!("{peer}/peer/repl/stream"))
-        .bearer_auth("peer-secret")
-        .send()
-        .await
-        .unwrap();
+    let r = peer_post(c, "/peer/repl/stream", Some("peer-secret"), Vec::new()).await;
     assert_eq!(r.status(), 400, "the stream without Upgrade");
     let addr = c.node(1).peer.to_string();
     assert!(stream_closed_after(&addr, &u32::MAX.to_be_bytes()), "oversized frame");
@@ -117,50 +101,39 @@ async fn tokens_limits_and_garbage() {
     // A vote may be refused before its body is read: for election_timeout_max after the node
     // started, and on a coordinator that granted a lease within it (503, raft/DESIGN.md). Node 1
     // is often that coordinator here, so either answer is right; a crash or a 2xx is not.
-    let r = c
-        .http
-        .post(format!("{peer}/peer/raft/vote"))
-        .bearer_auth("peer-secret")
-        .body(vec![1u8, 0xff])
-        .send()
-        .await
-        .unwrap();
+    let r = peer_post(c, "/peer/raft/vote", Some("peer-secret"), vec![1u8, 0xff]).await;
     let status = r.status().as_u16();
     let text = r.text().await.unwrap_or_default();
     assert!(
         status == 400 || (status == 503 && text.contains("not voting yet")),
         "garbage vote: {status} {text}"
     );
+}
 
-    // Mutating admin endpoints: 401 without the admin token; reads stay open.
-    let r = c
-        .http
-        .put(format!("{api}/v1/maintenance"))
-        .json(&serde_json::json!({"enabled": true}))
-        .send()
-        .await
-        .unwrap();
+/// Mutating admin endpoints: 401 without the admin token; reads stay open; the CLI passes the
+/// token too.
+async fn admin_endpoints_need_the_token(c: &Cluster) {
+    let maintenance = json!({"enabled": true});
+    let r = c.req(Method::PUT, 1, "/v1/maintenance").json(&maintenance).sent().await;
     assert_eq!(error_code(r).await, (401, "unauthorized".into()));
-    let r = c.http.delete(format!("{api}/v1/members/3")).send().await.unwrap();
+    let r = c.req(Method::DELETE, 1, "/v1/members/3").sent().await;
     assert_eq!(error_code(r).await, (401, "unauthorized".into()));
-    let r = c.http.get(format!("{api}/v1/cluster")).send().await.unwrap();
+    let r = c.req(Method::GET, 1, "/v1/cluster").sent().await;
     assert_eq!(r.status(), 200);
-    let r = c
-        .http
-        .put(format!("{api}/v1/maintenance"))
-        .bearer_auth("admin-secret")
-        .json(&serde_json::json!({"enabled": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    // The CLI passes the token too.
+    let r = c.req(Method::PUT, 1, "/v1/maintenance").bearer_auth("admin-secret");
+    assert_eq!(r.json(&maintenance).sent().await.status(), 200);
+    let api = c.node(1).url();
     let out = c.cli(&["maintenance", "off", "--addr", &api, "--admin-token", "admin-secret"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let out = c.cli(&["maintenance", "off", "--addr", &api]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("admin token"), "{}", stderr(&out));
+}
 
+/// Malformed JSON, oversized bodies (declared or chunked), unknown endpoints, bad ids and path
+/// parameters that are not UTF-8: each in the JSON error format.
+async fn malformed_and_oversized_input(c: &Cluster) {
+    let admin = |method: Method, path: &str| c.req(method, 1, path).bearer_auth("admin-secret");
     // Malformed JSON: 400 in the error format; unknown fields too.
     for body in [
         "{not json",
@@ -168,64 +141,38 @@ async fn tokens_limits_and_garbage() {
         "{\"enabled\": true, \"extra\": 1}",
         "",
     ] {
-        let r = c
-            .http
-            .put(format!("{api}/v1/maintenance"))
-            .bearer_auth("admin-secret")
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
+        let r = admin(Method::PUT, "/v1/maintenance").header("content-type", "application/json");
+        let r = r.body(body.to_string()).sent().await;
         assert_eq!(error_code(r).await, (400, "bad_request".into()), "body {body:?}");
     }
     // Oversized body: 413 in the error format, declared or chunked.
     let big = vec![b'x'; 200_000];
-    let r = c
-        .http
-        .post(format!("{api}/v1/members"))
-        .bearer_auth("admin-secret")
-        .body(big.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = admin(Method::POST, "/v1/members").body(big.clone()).sent().await;
     assert_eq!(error_code(r).await, (413, "too_large".into()));
     let chunked = raw_chunked_post(c.node(1).api, "/v1/members", "admin-secret", &big);
     assert!(chunked.starts_with("HTTP/1.1 413"), "chunked oversized body: {chunked}");
     assert!(chunked.contains("too_large"), "{chunked}");
     // Unknown endpoint: JSON 404; bad id: 400.
-    let r = c.http.get(format!("{api}/v1/nope")).send().await.unwrap();
+    let r = c.req(Method::GET, 1, "/v1/nope").sent().await;
     assert_eq!(error_code(r).await, (404, "not_found".into()));
-    let r = c
-        .http
-        .post(format!("{api}/v1/members/abc/promote"))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .unwrap();
+    let r = admin(Method::POST, "/v1/members/abc/promote").sent().await;
     assert_eq!(error_code(r).await, (400, "bad_request".into()));
-
-    // A burst of garbage bytes on both ports of every node.
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     // Path parameters that are not UTF-8 (or not numbers) get the JSON error format, not axum's plain text.
     for (method, path) in [
-        (reqwest::Method::PUT, "/v1/kv/%FF"),
-        (reqwest::Method::GET, "/v1/kv/a%FFb"),
-        (reqwest::Method::PUT, "/v1/gitsync/files/%C3%28"),
-        (reqwest::Method::DELETE, "/v1/members/%FF"),
-        (reqwest::Method::POST, "/v1/members/%FF/promote"),
+        (Method::PUT, "/v1/kv/%FF"),
+        (Method::GET, "/v1/kv/a%FFb"),
+        (Method::PUT, "/v1/gitsync/files/%C3%28"),
+        (Method::DELETE, "/v1/members/%FF"),
+        (Method::POST, "/v1/members/%FF/promote"),
     ] {
-        let r = c
-            .http
-            .request(method.clone(), format!("{api}{path}"))
-            .bearer_auth("admin-secret")
-            .body("x")
-            .send()
-            .await
-            .unwrap();
+        let r = admin(method.clone(), path).body("x").sent().await;
         assert_eq!(error_code(r).await, (400, "bad_request".into()), "{method} {path}");
     }
+}
 
+/// A burst of garbage bytes on both ports of every node.
+fn garbage_bytes_on_every_port(c: &Cluster) {
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     for n in &c.nodes {
         for addr in [n.api, n.peer] {
             for i in 0..20 {
@@ -254,11 +201,6 @@ async fn tokens_limits_and_garbage() {
             }
         }
     }
-    for id in 1..=3u64 {
-        let r = c.http.get(format!("{}/health", c.node(id).url())).send().await.unwrap();
-        assert_eq!(r.status(), 200, "node {id} unhealthy after garbage");
-    }
-    c.wait_leader(&[1, 2, 3], T).await;
 }
 
 /// A chunked (no Content-Length) POST over a raw socket; returns the response head and body.

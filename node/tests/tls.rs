@@ -205,29 +205,6 @@ fn tls_cluster(n: u64, ca: &Ca, common_flags: &[&str]) -> (Cluster, Vec<(String,
     (c, leaves)
 }
 
-async fn put(c: &Cluster, id: u64, key: &str, value: &str) -> reqwest::Response {
-    c.http
-        .put(format!("{}/v1/kv/{key}", c.node(id).url()))
-        .body(value.to_string())
-        .send()
-        .await
-        .unwrap()
-}
-
-/// Wait until node `id` serves `key` = `value` from its own copy.
-async fn wait_value(c: &Cluster, id: u64, key: &str, value: &str) {
-    c.wait_for(T, &format!("node {id} to have {key}={value}"), || async {
-        let r = c
-            .http
-            .get(format!("{}/v1/kv/{key}?consistency=local", c.node(id).url()))
-            .send()
-            .await
-            .ok()?;
-        (r.status() == 200 && r.text().await.ok()? == value).then_some(())
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_cluster_elects_replicates_and_serves_the_cli() {
     let ca = Ca::new("keel test CA");
@@ -238,18 +215,18 @@ async fn mtls_cluster_elects_replicates_and_serves_the_cli() {
     let replicas: Vec<u64> = (1..=3).filter(|id| *id != p).collect();
 
     // A write on the primary reaches both replicas over the mTLS peer port.
-    let r = put(&c, p, "greeting", "hello over tls").await;
+    let r = c.put(p, "greeting", "hello over tls").await;
     assert!(r.status().is_success(), "{:?}", r.text().await);
     for id in &replicas {
-        wait_value(&c, *id, "greeting", "hello over tls").await;
+        c.wait_value(T, *id, "greeting", "hello over tls").await;
         // Through the replication stream, the HTTP upgrade inside the TLS connection.
         let st = c.status(*id).await.unwrap();
         assert_eq!(st["replication"]["replica"]["transport"], "stream", "{st}");
     }
     // A write sent to a replica is forwarded to the primary's https API.
-    let r = put(&c, replicas[0], "forwarded", "via replica").await;
+    let r = c.put(replicas[0], "forwarded", "via replica").await;
     assert!(r.status().is_success(), "{:?}", r.text().await);
-    wait_value(&c, replicas[1], "forwarded", "via replica").await;
+    c.wait_value(T, replicas[1], "forwarded", "via replica").await;
 
     // Every member is reachable from every other (the peer client presents its cert and trusts the CA).
     c.wait_for(T, "all members reachable from node 1", || async {
@@ -331,7 +308,7 @@ async fn peer_port_refuses_clients_without_a_cert_from_the_cluster_ca() {
     c.start_all();
     c.wait_leader(&[1, 2], T).await;
     let p = c.wait_primary(&[3], T).await;
-    assert!(put(&c, p, "k", "v").await.status().is_success());
+    assert!(c.put(p, "k", "v").await.status().is_success());
 
     let peer = c.node(1).peer;
     let api = c.node(1).api;
@@ -604,30 +581,23 @@ fn bad_tls_settings_are_refused_at_start_with_a_clear_error() {
         assert!(stderr(&o).contains(msg), "{flags:?}: want {msg:?} in {}", stderr(&o));
     }
     // The same settings from the environment and from the TOML file (flag > env > file).
+    let exits_2_saying = |cmd, msg: &str| {
+        let o = run_bounded(cmd);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains(msg), "{}", stderr(&o));
+    };
     let toml = dir.path().join("keel.toml");
     std::fs::write(&toml, format!("tls_cert = {crt:?}\n")).unwrap();
     let mut args = base("file");
     args.extend(["--config".to_string(), toml.display().to_string()]);
     let mut cmd = std::process::Command::new(keel_bin());
     cmd.args(&args).env_remove("KEEL_TLS_CERT").env_remove("KEEL_TLS_KEY");
-    let o = run_bounded(cmd);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("--tls-cert is set but --tls-key is not"),
-        "{}",
-        stderr(&o)
-    );
+    exits_2_saying(cmd, "--tls-cert is set but --tls-key is not");
     let mut cmd = std::process::Command::new(keel_bin());
     cmd.args(base("env"))
         .env("KEEL_TLS_KEY", &key)
         .env_remove("KEEL_TLS_CERT");
-    let o = run_bounded(cmd);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("--tls-key is set but --tls-cert is not"),
-        "{}",
-        stderr(&o)
-    );
+    exits_2_saying(cmd, "--tls-key is set but --tls-cert is not");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -658,9 +628,9 @@ async fn tls_without_peer_ca_verifies_peers_with_the_system_trust_store() {
     }
     c.wait_leader(&[1, 2, 3], T).await;
     let p = c.wait_primary(&[], T).await;
-    assert!(put(&c, p, "k", "over https").await.status().is_success());
+    assert!(c.put(p, "k", "over https").await.status().is_success());
     for id in (1..=3).filter(|id| *id != p) {
-        wait_value(&c, id, "k", "over https").await;
+        c.wait_value(T, id, "k", "over https").await;
     }
     assert!(has_line(&c, 1, &["node started", "\"on\""]), "{}", c.log(1));
     // Without --peer-ca the peer port asks for no client certificate (the token still guards it).

@@ -17,9 +17,7 @@ const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_serves_aggregates_and_renders_in_chromium() {
-    let mut c = Cluster::new(3, &[]);
-    c.start_all();
-    c.wait_leader(&[1, 2, 3], T).await;
+    let (mut c, _) = Cluster::started_with_leader(3, &[], T).await;
 
     // The aggregate: a primary, and a status from every one of the three members.
     let agg = c

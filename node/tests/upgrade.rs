@@ -74,24 +74,7 @@ fn prev_binary() -> Option<PathBuf> {
 /// Start node `id` of `c` with binary `bin` on its data dir (the fixture's ports and flags).
 fn spawn_with(c: &mut Cluster, id: u64, bin: &Path) {
     let args = c.serve_args(id, Some(c.nodes.len()));
-    let n = &mut c.nodes[(id - 1) as usize];
-    assert!(n.child.is_none(), "node {id} already running");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&n.log)
-        .unwrap();
-    use std::io::Write as _;
-    let _ = writeln!(&log, "===== starting {} =====", bin.display());
-    let child = Command::new(bin)
-        .args(&args)
-        .env("RUST_LOG", "info,openraft=warn")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-    n.child = Some(child);
+    c.spawn_bin(id, bin, args, Some(&format!("===== starting {} =====", bin.display())));
 }
 
 /// What the writer has seen.

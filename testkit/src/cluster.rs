@@ -218,6 +218,12 @@ impl Cluster {
     }
 
     fn spawn_process(&mut self, id: u64, args: Vec<String>) {
+        self.spawn_bin(id, &keel_bin(), args, None);
+    }
+
+    /// Start node `id` as a child process of `bin` (another build of `keel`, e.g. an older
+    /// release) with `args`, appending to its log file, after a line `banner` if given.
+    pub fn spawn_bin(&mut self, id: u64, bin: &Path, args: Vec<String>, banner: Option<&str>) {
         let node = self.node_mut(id);
         assert!(node.child.is_none(), "node {id} already running");
         let log = std::fs::OpenOptions::new()
@@ -225,15 +231,18 @@ impl Cluster {
             .append(true)
             .open(&node.log)
             .unwrap();
-        let keel = keel_bin();
+        if let Some(banner) = banner {
+            use std::io::Write as _;
+            let _ = writeln!(&log, "{banner}");
+        }
         let mut cmd = match &node.netns {
             // `ip netns exec` execs the program in place: the child's pid is keel's.
             Some(ns) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(keel);
+                c.args(["netns", "exec", ns]).arg(bin);
                 c
             }
-            None => Command::new(keel),
+            None => Command::new(bin),
         };
         let child = cmd
             .args(&args)
@@ -242,7 +251,7 @@ impl Cluster {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("spawn keel");
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
         node.child = Some(child);
     }
 

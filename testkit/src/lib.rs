@@ -5,9 +5,12 @@
 //! - [`Cluster`]: one cluster fixture whose nodes run either as child processes of the `keel`
 //!   binary ([`Cluster::new`], for anything that kills, pauses or isolates a process) or
 //!   in-process through `Node::start` ([`Cluster::in_process`], for tests of logic over HTTP),
-//!   with the same API: start, stop, url, status, wait_leader, wait_primary, cli, logs;
+//!   with the same API: start, stop, url, status, wait_leader, wait_primary, cli, logs, and
+//!   ([`api`]) one call per request to a node (`req`, `put`, `get_local`, `wait_value`,
+//!   `put_everywhere`, `patch_config`, `diverged_keys`; [`status_json`], [`error_code`]);
 //! - [`Procs`]: named child processes with their logs in one temp dir (benchmarks' clusters,
-//!   etcd, git daemons), killed on drop;
+//!   etcd, git daemons), killed on drop; [`Procs::spawn_keel_nodes`] and [`primaries`] start a
+//!   benchmark's `keel serve` cluster and find its primary;
 //! - ports ([`free_port`], [`process_ip`], shared with the chaos runner), waits ([`wait_for`],
 //!   [`poll_until`]), the `keel` binary's path ([`keel_bin`]), log helpers ([`logs`]), git
 //!   helpers ([`git`](mod@git)), etcd helpers ([`etcd`]) and the network-namespace lab ([`netns`]).
@@ -22,6 +25,7 @@
 //! the tracing subscriber that in-process nodes need, or anything outside the temp dirs it
 //! creates (the netns lab cleans only its own, pid-tagged names).
 
+pub mod api;
 pub mod cluster;
 pub mod etcd;
 pub mod git;
@@ -29,13 +33,14 @@ pub mod logs;
 pub mod procs;
 pub mod wait;
 
+pub use api::{error_code, status_json, Sent};
 pub use cluster::{Backend, Cluster, TestNode};
 pub use git::{git, git_cmd, gitsync_cluster, gitsync_upstream, webhook_signature, Upstream};
 pub use keel_jepsen::netns;
 pub use keel_jepsen::ports::{free_port, process_ip};
 pub use keel_node::util::{strip_ansi, unix_ms};
 pub use logs::{stderr, stdout};
-pub use procs::Procs;
+pub use procs::{KeelProc, Procs};
 pub use wait::{poll_until, poll_until_blocking, wait_for};
 
 use std::path::{Path, PathBuf};
@@ -134,6 +139,16 @@ pub fn blocking_client(timeout: std::time::Duration) -> reqwest::blocking::Clien
 pub fn get_json(http: &reqwest::blocking::Client, url: &str) -> Option<serde_json::Value> {
     let r = http.get(url).timeout(std::time::Duration::from_secs(1)).send().ok()?;
     r.status().is_success().then(|| r.json().ok())?
+}
+
+/// The indices of the API addresses `apis` (`host:port`) whose node answers 200 on `/primary`
+/// (it is the primary and holds a valid lease) within `timeout`.
+pub fn primaries(http: &reqwest::blocking::Client, apis: &[&str], timeout: std::time::Duration) -> Vec<usize> {
+    let is_primary = |api: &str| {
+        let r = http.get(format!("http://{api}/primary")).timeout(timeout).send();
+        r.is_ok_and(|r| r.status() == 200)
+    };
+    (0..apis.len()).filter(|i| is_primary(apis[*i])).collect()
 }
 
 /// The machine's load average (the first three fields of `/proc/loadavg`), for bench reports.

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use crate::logs::{tail, warnings_since};
+use crate::{node_addrs, serve_command};
 
 struct Proc {
     name: String,
@@ -13,6 +14,14 @@ struct Proc {
     /// Started as the leader of its own process group: killed as a group (a git daemon's
     /// children, a hook's shell).
     group: bool,
+}
+
+/// One node started by [`Procs::spawn_keel_nodes`].
+pub struct KeelProc {
+    pub id: u64,
+    /// `host:port` of its API.
+    pub api: String,
+    pub data: PathBuf,
 }
 
 pub struct Procs {
@@ -46,6 +55,23 @@ impl Procs {
 
     pub fn log(&self, name: &str) -> PathBuf {
         self.dir.path().join(format!("{name}.log"))
+    }
+
+    /// `n` `keel serve` nodes (ids 1..=n) on 127.0.0.1 with fresh ports, bootstrapping together,
+    /// each with its data dir `n<id>` in this dir and the flags `extra`, started as `n<id>` (as
+    /// the leader of its own process group if `group`).
+    pub fn spawn_keel_nodes(&mut self, n: usize, extra: &[&str], group: bool) -> Vec<KeelProc> {
+        let (addrs, peers) = node_addrs(n, "127.0.0.1");
+        let mut nodes = Vec::new();
+        for (i, (api, peer)) in addrs.into_iter().enumerate() {
+            let id = i as u64 + 1;
+            let data = self.path().join(format!("n{id}"));
+            let mut cmd = serve_command(id, &api, &peer, &data, &peers);
+            cmd.args(extra);
+            self.start(&format!("n{id}"), cmd, group);
+            nodes.push(KeelProc { id, api, data });
+        }
+        nodes
     }
 
     /// Starts `cmd` with stdin closed and stdout and stderr to `<dir>/<name>.log`. It stays in
