@@ -144,25 +144,39 @@ fn token_matches(secret: &str, token: &str) -> bool {
     given.verify_slice(&expected).is_ok()
 }
 
+/// Why a delivery is not authentic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum AuthFailure {
+    #[error("malformed x-hub-signature-256 (expected sha256=<hex>)")]
+    MalformedGithubSignature,
+    #[error("{header}: {reason}")]
+    BadSignature { header: &'static str, reason: &'static str },
+    #[error("x-gitlab-token mismatch")]
+    GitlabTokenMismatch,
+    #[error("missing signature (x-hub-signature-256, x-gitea-signature or x-gitlab-token)")]
+    Missing,
+}
+
 /// Authenticates with whichever signature header is present, strongest first.
-fn authenticate(headers: &[(String, String)], body: &[u8], secret: &str) -> Result<(), String> {
+fn authenticate(headers: &[(String, String)], body: &[u8], secret: &str) -> Result<(), AuthFailure> {
+    let bad = |header| move |reason| AuthFailure::BadSignature { header, reason };
     if let Some(sig) = header(headers, "x-hub-signature-256") {
         let hex = sig
             .strip_prefix("sha256=")
-            .ok_or("malformed x-hub-signature-256 (expected sha256=<hex>)")?;
-        return hmac_matches(secret, body, hex).map_err(|r| format!("x-hub-signature-256: {r}"));
+            .ok_or(AuthFailure::MalformedGithubSignature)?;
+        return hmac_matches(secret, body, hex).map_err(bad("x-hub-signature-256"));
     }
     if let Some(sig) = first_header(headers, &["x-gitea-signature", "x-forgejo-signature"]) {
-        return hmac_matches(secret, body, sig).map_err(|r| format!("x-gitea-signature: {r}"));
+        return hmac_matches(secret, body, sig).map_err(bad("x-gitea-signature"));
     }
     if let Some(token) = header(headers, "x-gitlab-token") {
         return if token_matches(secret, token) {
             Ok(())
         } else {
-            Err("x-gitlab-token mismatch".into())
+            Err(AuthFailure::GitlabTokenMismatch)
         };
     }
-    Err("missing signature (x-hub-signature-256, x-gitea-signature or x-gitlab-token)".into())
+    Err(AuthFailure::Missing)
 }
 
 #[derive(Deserialize)]
@@ -186,8 +200,10 @@ pub fn verify_webhook(
             reason: "no webhook secret configured".into(),
         };
     };
-    if let Err(reason) = authenticate(headers, body, secret) {
-        return WebhookVerdict::Unauthorized { reason };
+    if let Err(failure) = authenticate(headers, body, secret) {
+        return WebhookVerdict::Unauthorized {
+            reason: failure.to_string(),
+        };
     }
 
     let delivery = first_header(

@@ -210,21 +210,34 @@ fn taken_addrs(plan: &UpPlan) -> Vec<String> {
     taken
 }
 
-/// Loads the saved plan of `args.data_dir`, or allocates and saves a new one. `Ok(Err(message))` is a
+/// Saved ports of an earlier `keel up` that something else holds now.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "error: saved ports in {} are in use:\n  {}\nis an earlier `keel up` on {} still running? stop it, \
+     free the ports, or pick another --data-dir",
+    plan_file.display(),
+    taken.join("\n  "),
+    data_dir.display()
+)]
+struct PortsTaken {
+    plan_file: PathBuf,
+    taken: Vec<String>,
+    data_dir: PathBuf,
+}
+
+/// Loads the saved plan of `args.data_dir`, or allocates and saves a new one. `Ok(Err(taken))` is a
 /// problem to report with exit code 1 (a saved port is taken).
-fn prepare(args: &UpArgs) -> anyhow::Result<Result<UpPlan, String>> {
+fn prepare(args: &UpArgs) -> anyhow::Result<Result<UpPlan, PortsTaken>> {
     let path = args.data_dir.join(PLAN_FILE);
     if let Some(plan) = read_plan(&path)? {
         check_node_count(&plan, args)?;
         let taken = taken_addrs(&plan);
         if !taken.is_empty() {
-            return Ok(Err(format!(
-                "error: saved ports in {} are in use:\n  {}\nis an earlier `keel up` on {} still running? stop it, \
-                 free the ports, or pick another --data-dir",
-                path.display(),
-                taken.join("\n  "),
-                args.data_dir.display()
-            )));
+            return Ok(Err(PortsTaken {
+                plan_file: path,
+                taken,
+                data_dir: args.data_dir.clone(),
+            }));
         }
         return Ok(Ok(plan));
     }
@@ -572,15 +585,26 @@ async fn probe_all(http: &reqwest::Client, plan: &UpPlan) -> Vec<(u64, Option<Va
     results
 }
 
+/// What was missing when `keel up` gave up waiting for the cluster.
+#[derive(Debug, thiserror::Error)]
+enum NotReady {
+    #[error("build http client: {0}")]
+    Client(String),
+    #[error("every node answers but none reports a leader")]
+    NoLeader,
+    #[error("no answer from {}", .0.join(", "))]
+    Silent(Vec<String>),
+}
+
 /// Polls until every node answers and all report the same leader; returns the leader, or what was missing at
 /// the deadline.
-async fn wait_ready(plan: &UpPlan, deadline: Instant) -> Result<u64, String> {
+async fn wait_ready(plan: &UpPlan, deadline: Instant) -> Result<u64, NotReady> {
     keel_raft::network::install_crypto_provider();
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(PROBE_TIMEOUT)
         .build()
-        .map_err(|e| format!("build http client: {e}"))?;
+        .map_err(|e| NotReady::Client(e.to_string()))?;
     loop {
         let results = probe_all(&http, plan).await;
         let silent: Vec<&UpNode> = plan
@@ -601,10 +625,10 @@ async fn wait_ready(plan: &UpPlan, deadline: Instant) -> Result<u64, String> {
         match (silent.is_empty(), leader) {
             (true, Some(leader)) => return Ok(leader),
             _ if Instant::now() + PROBE_INTERVAL < deadline => tokio::time::sleep(PROBE_INTERVAL).await,
-            (true, None) => return Err("every node answers but none reports a leader".to_string()),
+            (true, None) => return Err(NotReady::NoLeader),
             (false, _) => {
                 let names: Vec<String> = silent.iter().map(|n| format!("n{} ({})", n.id, n.api_addr)).collect();
-                return Err(format!("no answer from {}", names.join(", ")));
+                return Err(NotReady::Silent(names));
             }
         }
     }
@@ -644,7 +668,7 @@ fn ready_banner(plan: &UpPlan, args: &UpArgs, elapsed: Duration, leader: u64) ->
 }
 
 enum Startup {
-    Ready(Result<u64, String>),
+    Ready(Result<u64, NotReady>),
     Exited(ExitReport),
     Signal,
 }
@@ -844,7 +868,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let plan = prepare(&args(dir.path(), 1)).unwrap().unwrap();
         let _busy = TcpListener::bind(plan.nodes[0].peer_addr).unwrap();
-        let message = prepare(&args(dir.path(), 1)).unwrap().unwrap_err();
+        let message = prepare(&args(dir.path(), 1)).unwrap().unwrap_err().to_string();
         assert!(
             message.contains(&format!("node 1 peer address {}", plan.nodes[0].peer_addr)),
             "{message}"

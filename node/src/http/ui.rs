@@ -62,7 +62,7 @@ pub async fn cluster_json(State(node): State<Arc<Node>>) -> Response {
             let status = if id == node.id {
                 local_get(&node, "/v1/status").await
             } else if api_addr.is_empty() {
-                Err("has not announced its API address yet".to_string())
+                Err(FetchError::NoAddress)
             } else {
                 remote_status(&node, &api_addr).await
             };
@@ -79,14 +79,11 @@ pub async fn cluster_json(State(node): State<Arc<Node>>) -> Response {
             }
             Err(e) => {
                 nodes.insert(id.to_string(), Value::Null);
-                errors.insert(id.to_string(), Value::String(e));
+                errors.insert(id.to_string(), Value::String(e.to_string()));
             }
         }
     }
-    let at_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let at_ms = crate::util::unix_ms();
     (
         [(header::CACHE_CONTROL, "no-store")],
         Json(json!({
@@ -116,37 +113,70 @@ fn members(cluster: &Value) -> Vec<(NodeId, String)> {
         .unwrap_or_default()
 }
 
+/// Why one answer for the page could not be had (shown per node under `errors`).
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error("has not announced its API address yet")]
+    NoAddress,
+    #[error("{0}")]
+    Internal(String),
+    #[error("{what}: {reason}")]
+    Failed { what: String, reason: String },
+    #[error("{what}: HTTP {status}")]
+    Status { what: String, status: StatusCode },
+    #[error("no answer from {addr} within {} ms", MEMBER_TIMEOUT.as_millis())]
+    Timeout { addr: String },
+}
+
 /// A GET answered by this node's own API router, in-process (same handlers, same JSON).
-async fn local_get(node: &Arc<Node>, path: &str) -> Result<Value, String> {
-    let req = Request::get(path).body(Body::empty()).map_err(|e| e.to_string())?;
+async fn local_get(node: &Arc<Node>, path: &str) -> Result<Value, FetchError> {
+    let failed = |reason: String| FetchError::Failed {
+        what: path.to_string(),
+        reason,
+    };
+    let req = Request::get(path)
+        .body(Body::empty())
+        .map_err(|e| FetchError::Internal(e.to_string()))?;
     let resp = crate::http::router(node.clone())
         .oneshot(req)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| FetchError::Internal(e.to_string()))?;
     let status = resp.status();
     let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20)
         .await
-        .map_err(|e| format!("{path}: {e}"))?;
+        .map_err(|e| failed(e.to_string()))?;
     if status != StatusCode::OK {
-        return Err(format!("{path}: HTTP {status}"));
+        return Err(FetchError::Status {
+            what: path.to_string(),
+            status,
+        });
     }
-    serde_json::from_slice(&bytes).map_err(|e| format!("{path}: {e}"))
+    serde_json::from_slice(&bytes).map_err(|e| failed(e.to_string()))
 }
 
 /// Another member's `/v1/status`, or why it could not be had within [`MEMBER_TIMEOUT`].
-async fn remote_status(node: &Node, api_addr: &str) -> Result<Value, String> {
+async fn remote_status(node: &Node, api_addr: &str) -> Result<Value, FetchError> {
     let url = format!("{}/v1/status", node.api_url(api_addr));
+    let failed = |reason: String| FetchError::Failed {
+        what: api_addr.to_string(),
+        reason,
+    };
     let resp = node.http.get(&url).timeout(MEMBER_TIMEOUT).send().await.map_err(|e| {
         if e.is_timeout() {
-            format!("no answer from {api_addr} within {} ms", MEMBER_TIMEOUT.as_millis())
+            FetchError::Timeout {
+                addr: api_addr.to_string(),
+            }
         } else {
-            format!("{api_addr}: {}", root_cause(&e))
+            failed(root_cause(&e))
         }
     })?;
     if !resp.status().is_success() {
-        return Err(format!("{api_addr}: HTTP {}", resp.status()));
+        return Err(FetchError::Status {
+            what: api_addr.to_string(),
+            status: resp.status(),
+        });
     }
-    resp.json().await.map_err(|e| format!("{api_addr}: bad JSON: {e}"))
+    resp.json().await.map_err(|e| failed(format!("bad JSON: {e}")))
 }
 
 /// The innermost error of a chain ("Connection refused (os error 111)"), which says what
