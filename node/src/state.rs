@@ -36,13 +36,13 @@ pub struct Node {
     /// Set when the node stopped itself because it cannot go on (e.g. refused to join).
     pub fatal: std::sync::Mutex<Option<String>>,
     /// This node's write lease as primary.
-    pub lease: crate::cluster::primary::Lease,
+    pub lease: crate::cluster::lease::Lease,
     /// Coordinator memory (used while this node is the Raft leader).
-    pub coordinator: crate::cluster::primary::Coordinator,
+    pub coordinator: crate::cluster::lease::Coordinator,
     /// Runs the role-change hook.
     pub hook: crate::cluster::hook::HookRunner,
     /// The datastore and its replication state.
-    pub repl: crate::repl::Repl,
+    pub repl: keel_replication::Repl,
     /// HTTP client for API-to-API calls (forwarded writes).
     pub http: reqwest::Client,
     /// The Git Sync agent, when `--gitsync-repo` is set.

@@ -1,7 +1,7 @@
 //! A model of Keel's fencing layer (raft/DESIGN.md, "Fencing" and "The fencing model"),
 //! explored exhaustively with `stateright`. It drives the real code where the decisions are
 //! made: `keel_node::cluster::failover::decide` (when and whom the coordinator promotes), and the lease
-//! arithmetic of `keel_node::cluster::primary` (`lease_len_ms`: the lease capped at 3/4 of
+//! arithmetic of `keel_node::cluster::lease` (`lease_len_ms`: the lease capped at 3/4 of
 //! `election_timeout_max_ms`; `lease_deadline`: the lease counted from the renewal's send time;
 //! `fence_deadline`: a new epoch's first lease waits for the last grant + `lease_ms`).
 //!
@@ -31,7 +31,7 @@
 use std::time::Duration;
 
 use keel_node::cluster::failover::{decide, Candidate, ClusterView, Decision};
-use keel_node::cluster::primary::{fence_deadline, lease_deadline, lease_len_ms};
+use keel_node::cluster::lease::{fence_deadline, lease_deadline, lease_len_ms};
 use keel_raft::state::{DynamicConfig, PrimaryRecord};
 use stateright::{Checker, HasDiscoveries, Model, Property};
 

@@ -7,17 +7,17 @@
 //! API addresses). The leader never forwards again, so there are no loops; a leader change
 //! mid-flight answers `not_leader` and `submit` retries until its deadline.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use keel_raft::state::{Request, Response, Tags};
+use keel_raft::state::{Request, Response};
 use keel_raft::{BasicNode, NodeId};
-use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::cluster::error::{ClusterError, RemoteError};
+use crate::cluster::members::{map_write_error, member_view, member_views, write, MemberView};
 use crate::state::Node;
 
 /// An operation that needs the leader.
@@ -51,17 +51,6 @@ pub enum AdminOp {
         node: NodeId,
         epoch: u64,
     },
-}
-
-/// A member as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MemberView {
-    pub id: NodeId,
-    pub api_addr: String,
-    pub peer_addr: String,
-    pub voter: bool,
-    pub reachable: bool,
-    pub tags: Tags,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,9 +146,7 @@ pub async fn execute(node: &Node, op: AdminOp) -> Result<AdminReply, ClusterErro
         AdminOp::Failover { to, force } => crate::cluster::primary::failover(node, to, force)
             .await
             .map(AdminReply::Promoted),
-        AdminOp::Lease { node: who, epoch } => node
-            .coordinator
-            .grant(node, who, epoch)
+        AdminOp::Lease { node: who, epoch } => crate::cluster::primary::grant(node, who, epoch)
             .await
             .map(|()| AdminReply::Granted),
     }
@@ -175,60 +162,6 @@ async fn patch_config(node: &Node, p: ConfigPatch) -> Result<AdminReply, Cluster
     validate_dynamic(&c, node.config.raft.election_timeout_max_ms)?;
     write(node, Request::SetConfig { config: c.clone() }).await?;
     Ok(AdminReply::Config(c))
-}
-
-/// Propose a command and wait until it is committed and applied.
-pub async fn write(node: &Node, req: Request) -> Result<Response, ClusterError> {
-    match node.raft.client_write(req).await {
-        Ok(r) => match r.data {
-            Response::Rejected { reason } => Err(ClusterError::Rejected(reason)),
-            other => Ok(other),
-        },
-        Err(e) => Err(map_write_error(e)),
-    }
-}
-
-fn map_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ClusterError {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ClusterError::NotLeader(format!(
-            "leadership moved to {} during the request",
-            crate::util::opt(f.leader_id)
-        )),
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => match c {
-            ChangeMembershipError::InProgress(p) => ClusterError::MembershipChangeInProgress(p.to_string()),
-            ChangeMembershipError::EmptyMembership(_) => ClusterError::EmptyMembership,
-            ChangeMembershipError::LearnerNotFound(l) => {
-                ClusterError::NotFound(format!("node {} is not a learner of this cluster", l.node_id))
-            }
-        },
-        RaftError::Fatal(f) => ClusterError::ShuttingDown(f.to_string()),
-    }
-}
-
-/// Every member of the current membership, with metadata and reachability.
-pub fn member_views(node: &Node) -> Vec<MemberView> {
-    let m = node.metrics();
-    let membership = m.membership_config.membership();
-    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-    let view = node.view();
-    membership
-        .nodes()
-        .map(|(id, n)| {
-            let meta = view.state.members.get(id).cloned().unwrap_or_default();
-            MemberView {
-                id: *id,
-                api_addr: meta.api_addr,
-                peer_addr: n.addr.clone(),
-                voter: voters.contains(id),
-                reachable: node.reachable(*id),
-                tags: meta.tags,
-            }
-        })
-        .collect()
-}
-
-fn member_view(node: &Node, id: NodeId) -> Option<MemberView> {
-    member_views(node).into_iter().find(|m| m.id == id)
 }
 
 /// Validate a `host:port` address given to the admin API.
@@ -386,14 +319,6 @@ async fn remove_member(node: &Node, id: NodeId, force: bool) -> Result<AdminRepl
     }
     info!(member = id, force, "removed member");
     Ok(AdminReply::Removed(id))
-}
-
-/// Used by `/v1/cluster` to expose the leader's view of learners' progress.
-pub fn matched_indexes(node: &Node) -> BTreeMap<NodeId, u64> {
-    node.metrics()
-        .replication
-        .map(|r| r.into_iter().filter_map(|(id, l)| l.map(|l| (id, l.index))).collect())
-        .unwrap_or_default()
 }
 
 /// A partial update of the dynamic config; the result is validated as a whole.

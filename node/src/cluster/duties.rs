@@ -15,14 +15,6 @@ use crate::state::{hook_role, Node};
 /// How often followers probe peers they have not heard from (the leader's heartbeats already do).
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Answer to `/peer/ping`: who answers, and for which cluster (a member of another cluster is
-/// shown as such in status and `/readyz`).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Ping {
-    pub node_id: keel_raft::NodeId,
-    pub cluster_id: Option<String>,
-}
-
 /// Record this node's advertised API address in the cluster state whenever it differs (first
 /// start, or restart with a new address).
 pub async fn announce_task(node: Arc<Node>) {
@@ -75,7 +67,8 @@ pub async fn probe_task(node: Arc<Node>) {
             }
             let (id, addr, client) = (*id, n.addr.clone(), node.peers.clone());
             set.spawn(async move {
-                let r: Result<Ping, _> = client.call(Some(id), &addr, "/peer/ping", &(), PROBE_INTERVAL).await;
+                let r: Result<crate::cluster::probe::Ping, _> =
+                    client.call(Some(id), &addr, "/peer/ping", &(), PROBE_INTERVAL).await;
                 if let Err(e) = r {
                     debug!(peer = id, error = %e, "probe failed");
                 }

@@ -14,7 +14,10 @@ pub mod failover;
 pub mod gitsync;
 pub mod hook;
 pub mod join;
+pub mod lease;
+pub mod members;
 pub mod primary;
+pub mod probe;
 pub mod write;
 
 pub use error::ClusterError;

@@ -6,23 +6,23 @@
 //! - Every node runs [`renew_task`]: when the cluster state names it primary, it first runs
 //!   the catch-up step, then renews its lease every `lease/3` with the coordinator. The lease
 //!   ends at *send time of the last granted request* + lease, on this node's monotonic clock.
-//! - The coordinator grants in [`Coordinator::grant`] only after `ensure_linearizable()` and
+//! - The coordinator grants in [`grant`] only after `ensure_linearizable()` and
 //!   only if the committed state still names that node and epoch.
 //! - Every node runs [`controller_task`]; it acts only while the node is the Raft leader.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_raft::state::{PrimaryRecord, Request};
 use keel_raft::NodeId;
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::cluster::admin::{self, member_views};
 use crate::cluster::error::{ClusterError, RemoteError};
 use crate::cluster::failover::{self, Candidate, ClusterView, Decision, FailoverReason};
+use crate::cluster::lease::{fence_deadline, lease_deadline, lease_len_ms, CoordInner};
+use crate::cluster::members::{self, member_views};
 use crate::state::Node;
 use crate::util::unix_ms;
 
@@ -36,133 +36,6 @@ pub fn effective_lease(node: &Node) -> Duration {
     ))
 }
 
-// The lease arithmetic as pure functions, so the fencing model (`node/tests/fencing_model.rs`)
-// checks the code that runs rather than a copy of it.
-
-/// The lease a primary uses: the configured `lease_ms`, capped at 3/4 of `election_timeout_max_ms`.
-pub fn lease_len_ms(lease_ms: u64, election_timeout_max_ms: u64) -> u64 {
-    lease_ms.min(election_timeout_max_ms * 3 / 4)
-}
-
-/// When a granted lease ends: `sent` is when the renewal request was *sent* (taken before the
-/// request, on the primary's monotonic clock), never when the grant arrived — the coordinator's
-/// quorum confirmation happened after `sent`, and that is what the lease is counted from.
-pub fn lease_deadline<T: std::ops::Add<Duration, Output = T>>(sent: T, lease: Duration) -> T {
-    sent + lease
-}
-
-/// Before this instant (coordinator's clock) no lease for a *newer* epoch is granted: the
-/// previous primary's lease, counted from a send time before `last_grant`, has ended by then
-/// (`lease_ms` is the configured lease, which bounds every node's effective lease).
-pub fn fence_deadline<T: std::ops::Add<Duration, Output = T>>(last_grant: T, lease_ms: u64) -> T {
-    last_grant + Duration::from_millis(lease_ms)
-}
-
-/// This node's lease as primary.
-#[derive(Debug, Default)]
-pub struct Lease {
-    inner: Mutex<LeaseInner>,
-    /// `Some(epoch)` while a lease is held; watched by the role tracker.
-    holding: watch::Sender<Option<u64>>,
-}
-
-#[derive(Debug, Default)]
-struct LeaseInner {
-    epoch: u64,
-    until: Option<Instant>,
-    /// Epoch this node was told to step down from (switchover): never renew it again.
-    stepped_down: Option<u64>,
-}
-
-impl Lease {
-    fn lock(&self) -> std::sync::MutexGuard<'_, LeaseInner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The epoch of a lease that is valid right now.
-    pub fn valid_epoch(&self) -> Option<u64> {
-        let l = self.lock();
-        match l.until {
-            Some(u) if Instant::now() < u => Some(l.epoch),
-            _ => None,
-        }
-    }
-
-    pub fn remaining(&self) -> Option<Duration> {
-        self.lock()
-            .until
-            .map(|u| u.saturating_duration_since(Instant::now()))
-            .filter(|d| !d.is_zero())
-    }
-
-    fn extend(&self, epoch: u64, until: Instant) -> bool {
-        let mut l = self.lock();
-        if l.stepped_down == Some(epoch) {
-            return false;
-        }
-        l.epoch = epoch;
-        l.until = Some(until);
-        drop(l);
-        self.holding.send_if_modified(|h| {
-            let changed = *h != Some(epoch);
-            *h = Some(epoch);
-            changed
-        });
-        true
-    }
-
-    /// Give up the lease at once.
-    pub fn drop_now(&self, step_down_epoch: Option<u64>) {
-        let mut l = self.lock();
-        l.until = None;
-        if step_down_epoch.is_some() {
-            l.stepped_down = step_down_epoch;
-        }
-        drop(l);
-        self.holding.send_if_modified(|h| h.take().is_some());
-    }
-
-    /// Mark expiry in the watch channel once the deadline passed (the deadline task calls it).
-    fn expire_if_due(&self) {
-        if self.valid_epoch().is_none() {
-            self.holding.send_if_modified(|h| h.take().is_some());
-        }
-    }
-
-    pub fn subscribe(&self) -> watch::Receiver<Option<u64>> {
-        self.holding.subscribe()
-    }
-}
-
-/// The coordinator's memory. Reset whenever this node becomes leader: leases granted before
-/// an election have all ended by the time it completes (raft/DESIGN.md).
-#[derive(Debug, Default)]
-pub struct Coordinator {
-    inner: Mutex<CoordInner>,
-}
-
-#[derive(Debug, Default, Clone)]
-struct CoordInner {
-    /// Term in which this node leads, and since when.
-    term: Option<u64>,
-    leader_since: Option<Instant>,
-    /// Last grant: to whom, which epoch, when (after ensure_linearizable returned).
-    last_grant: Option<(NodeId, u64, Instant)>,
-    /// No lease for a *newer* epoch before this instant (the previous primary's lease may
-    /// still run until then).
-    fence_until: Option<Instant>,
-    /// Epoch whose renewals are refused (switchover in progress or done).
-    refused_epoch: Option<u64>,
-    primary_lost_at_election: bool,
-    last_auto_failover: Option<Instant>,
-    /// Last promotion committed here: the new primary's silence is counted from it, since it
-    /// cannot have renewed before it was promoted.
-    last_promotion: Option<Instant>,
-    /// Why a due failover cannot happen, for status.
-    blocked: Option<String>,
-    last_decision: Option<String>,
-}
-
 /// Longest the controller waits for a promotion to commit.
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -171,58 +44,36 @@ fn ms_since(origin: Instant, t: Instant) -> u64 {
     t.saturating_duration_since(origin).as_millis() as u64
 }
 
-impl Coordinator {
-    fn lock(&self) -> std::sync::MutexGuard<'_, CoordInner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn blocked_reason(&self) -> Option<String> {
-        self.lock().blocked.clone()
-    }
-
-    /// Milliseconds since the current primary's epoch was last granted a lease here.
-    pub fn since_last_grant(&self, primary: Option<PrimaryRecord>) -> Option<Duration> {
-        let g = self.lock().last_grant?;
-        let p = primary?;
-        (g.0 == p.node && g.1 == p.epoch).then(|| g.2.elapsed())
-    }
-
-    /// Time since this node last granted any lease as coordinator (its own included).
-    pub fn since_any_grant(&self) -> Option<Duration> {
-        self.lock().last_grant.map(|(_, _, t)| t.elapsed())
-    }
-
-    /// Grant (renew) the lease of `node` for `epoch`. Runs on the leader.
-    pub async fn grant(&self, node: &Node, who: NodeId, epoch: u64) -> Result<(), ClusterError> {
-        {
-            let c = self.lock();
-            if c.refused_epoch == Some(epoch) {
-                return Err(ClusterError::SteppedDown(epoch));
-            }
-            if let Some(f) = c.fence_until {
-                if Instant::now() < f {
-                    return Err(ClusterError::PreviousLeaseRunning);
-                }
+/// Grant (renew) the lease of `node` for `epoch`. Runs on the leader.
+pub async fn grant(node: &Node, who: NodeId, epoch: u64) -> Result<(), ClusterError> {
+    {
+        let c = node.coordinator.lock();
+        if c.refused_epoch == Some(epoch) {
+            return Err(ClusterError::SteppedDown(epoch));
+        }
+        if let Some(f) = c.fence_until {
+            if Instant::now() < f {
+                return Err(ClusterError::PreviousLeaseRunning);
             }
         }
-        // Leadership confirmed by a quorum *after* the primary sent its request: no other
-        // coordinator can be elected for election_timeout_max from here (raft/DESIGN.md).
-        node.raft
-            .ensure_linearizable()
-            .await
-            .map_err(|e| ClusterError::NotLeader(format!("cannot confirm leadership: {e}")))?;
-        let primary = node.view().state.primary;
-        if primary != Some(PrimaryRecord { node: who, epoch }) {
-            return Err(ClusterError::NotPrimary(format!(
-                "node {who} epoch {epoch} is not the primary (committed primary: {})",
-                primary
-                    .map(|p| format!("node {} epoch {}", p.node, p.epoch))
-                    .unwrap_or_else(|| "none".into())
-            )));
-        }
-        self.lock().last_grant = Some((who, epoch, Instant::now()));
-        Ok(())
     }
+    // Leadership confirmed by a quorum *after* the primary sent its request: no other
+    // coordinator can be elected for election_timeout_max from here (raft/DESIGN.md).
+    node.raft
+        .ensure_linearizable()
+        .await
+        .map_err(|e| ClusterError::NotLeader(format!("cannot confirm leadership: {e}")))?;
+    let primary = node.view().state.primary;
+    if primary != Some(PrimaryRecord { node: who, epoch }) {
+        return Err(ClusterError::NotPrimary(format!(
+            "node {who} epoch {epoch} is not the primary (committed primary: {})",
+            primary
+                .map(|p| format!("node {} epoch {}", p.node, p.epoch))
+                .unwrap_or_else(|| "none".into())
+        )));
+    }
+    node.coordinator.lock().last_grant = Some((who, epoch, Instant::now()));
+    Ok(())
 }
 
 /// Peer request: renew my lease.
@@ -286,7 +137,7 @@ async fn renew_once(node: &Node, epoch: u64, lease_len: Duration) {
     let sent = Instant::now();
     let m = node.metrics();
     let res = match m.current_leader {
-        Some(l) if l == node.id && m.state == ServerState::Leader => node.coordinator.grant(node, node.id, epoch).await,
+        Some(l) if l == node.id && m.state == ServerState::Leader => grant(node, node.id, epoch).await,
         Some(l) => match node.peer_addr_of(l) {
             Some(addr) => {
                 let req = LeaseRequest { node: node.id, epoch };
@@ -352,7 +203,7 @@ pub async fn controller_task(node: Arc<Node>) {
         let new_term = node.coordinator.lock().term != Some(m.current_term);
         if new_term {
             let lost = match view_state.state.primary {
-                Some(p) if p.node != node.id => !probe(&node, p.node).await,
+                Some(p) if p.node != node.id => !crate::cluster::probe::alive(&node, p.node).await,
                 _ => false,
             };
             let mut c = node.coordinator.lock();
@@ -437,18 +288,6 @@ pub async fn controller_task(node: Arc<Node>) {
     }
 }
 
-/// Is `peer` alive? One quick ping (used only to decide whether to wait, never for safety).
-async fn probe(node: &Node, peer: NodeId) -> bool {
-    let Some(addr) = node.peer_addr_of(peer) else {
-        return false;
-    };
-    let r: Result<crate::cluster::duties::Ping, _> = node
-        .peers
-        .call(Some(peer), &addr, "/peer/ping", &(), Duration::from_millis(300))
-        .await;
-    r.is_ok()
-}
-
 /// Commit `Promote`, fencing the new epoch's first lease behind the old one's end.
 async fn promote(node: &Node, to: NodeId, epoch: u64, reason: &FailoverReason) -> Result<(), ClusterError> {
     let lease_ms = node.view().state.config.lease_ms;
@@ -463,7 +302,7 @@ async fn promote(node: &Node, to: NodeId, epoch: u64, reason: &FailoverReason) -
             }
         }
     }
-    admin::write(
+    members::write(
         node,
         Request::Promote {
             node: to,

@@ -24,6 +24,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::cluster::admin::{self, AdminOp, AdminReply, ConfigPatch};
+use crate::cluster::members;
 use crate::state::{quorum_reachable, role, Node};
 use error::{ApiError, ApiPath};
 
@@ -259,8 +260,8 @@ async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
 async fn cluster(State(node): State<Arc<Node>>) -> Json<Value> {
     let m = node.metrics();
     let view = node.view();
-    let matched = admin::matched_indexes(&node);
-    let members: Vec<Value> = admin::member_views(&node)
+    let matched = members::matched_indexes(&node);
+    let members: Vec<Value> = members::member_views(&node)
         .into_iter()
         .map(|mv| {
             let mut v = serde_json::to_value(&mv).unwrap_or(Value::Null);
@@ -283,7 +284,7 @@ async fn cluster(State(node): State<Arc<Node>>) -> Json<Value> {
 }
 
 async fn members_list(State(node): State<Arc<Node>>) -> Json<Value> {
-    Json(json!({ "members": admin::member_views(&node) }))
+    Json(json!({ "members": members::member_views(&node) }))
 }
 
 #[derive(Deserialize)]
@@ -335,7 +336,7 @@ async fn members_tags(
 ) -> ApiResult {
     let id = parse_id(&id)?;
     let patch: TagsPatch = parse_json(body)?;
-    let Some(member) = admin::member_views(&node).into_iter().find(|m| m.id == id) else {
+    let Some(member) = members::member_views(&node).into_iter().find(|m| m.id == id) else {
         return Err(ApiError::not_found(format!("no member {id}")));
     };
     let mut tags = member.tags.clone();

@@ -20,7 +20,7 @@ use keel_raft::NodeId;
 use tracing::warn;
 
 use crate::cluster::admin::{self, AdminOp};
-use crate::cluster::duties::Ping;
+use crate::cluster::probe::Ping;
 use crate::http::error::ApiError;
 use crate::state::Node;
 use crate::util::bearer_matches;
