@@ -363,7 +363,7 @@ impl Model for Fencing {
             Action::Renew { node, follower } => {
                 let c = s.leader?;
                 let e = s.nodes[idx(node)].primary_of?;
-                // Coordinator::grant: refused while the fence runs; after ensure_linearizable
+                // cluster::primary::grant: refused while the fence runs; after ensure_linearizable
                 // (a quorum acknowledged this term now), only if the committed state still
                 // names that node and epoch.
                 if s.fence > 0 || s.committed != Some((node, e)) {
