@@ -1,7 +1,6 @@
 //! `keel backup --out FILE`: fetch a backup from a node into a file, atomically (a partial file is
 //! renamed into place only when complete and checked).
 
-#[allow(unused_imports)]
 use super::*;
 
 /// `keel backup`.

@@ -1,7 +1,6 @@
 //! The backup file format: frames, header and end records, and reading and checking a file
 //! (magic, version, checksum) before anything is written.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// First bytes of every backup file.

@@ -53,13 +53,9 @@ mod client;
 mod format;
 mod restore;
 mod serve;
-#[allow(unused_imports)]
 pub use client::*;
-#[allow(unused_imports)]
 pub use format::*;
-#[allow(unused_imports)]
 pub use restore::*;
-#[allow(unused_imports)]
 pub use serve::*;
 
 #[cfg(test)]

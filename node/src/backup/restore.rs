@@ -1,7 +1,6 @@
 //! `keel restore --from FILE`: seed one data dir of a new cluster from a checked backup, built in a
 //! staging directory and renamed into place.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// `keel restore`.

@@ -1,7 +1,6 @@
 //! `GET /v1/backup`: stream a consistent backup of this node (cluster state and datastore at one
 //! position), never held in memory.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// `GET /v1/backup`: stream a backup of this node (admin token required when one is configured).

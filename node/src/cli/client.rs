@@ -1,6 +1,5 @@
 //! The HTTP client of the CLI: one node's API at `--addr`, errors with the hints a user needs.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Why a request failed; each variant is reported differently.

@@ -1,6 +1,5 @@
 //! `keel gitsync status|sync`.
 
-#[allow(unused_imports)]
 use super::*;
 
 pub(crate) async fn gitsync_sync(api: &Api, accept_reset: bool, output: OutputFormat) -> Result<i32, CallError> {

@@ -1,6 +1,5 @@
 //! `keel kv` and `keel diverged`: the datastore from the command line.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// The datastore's value limit. Stdin is read up to one byte more, so an oversized value reaches the server

@@ -1,6 +1,5 @@
 //! `keel members`, `history`, `maintenance`, `switchover` and `failover`.
 
-#[allow(unused_imports)]
 use super::*;
 
 pub(crate) fn render_members(answer: &Value) -> String {

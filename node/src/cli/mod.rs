@@ -28,17 +28,11 @@ mod kv;
 mod members;
 mod render;
 mod status;
-#[allow(unused_imports)]
-pub use client::*;
-#[allow(unused_imports)]
-pub use gitsync::*;
-#[allow(unused_imports)]
+pub(crate) use client::*;
+pub(crate) use gitsync::*;
 pub use kv::*;
-#[allow(unused_imports)]
-pub use members::*;
-#[allow(unused_imports)]
+pub(crate) use members::*;
 pub use render::*;
-#[allow(unused_imports)]
 pub use status::*;
 
 /// Timeout of each per-node `GET /v1/status` made by `keel status`.

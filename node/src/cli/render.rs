@@ -1,6 +1,5 @@
 //! Plain-text rendering shared by the commands: tables, JSON, raw bytes.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Writes raw bytes to stdout, like [`print_out`].

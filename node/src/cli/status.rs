@@ -1,6 +1,5 @@
 //! `keel status`: every node's view, and the Nagios verdict (a pure function).
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Outcome of `keel status`, ordered by severity.

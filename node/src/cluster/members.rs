@@ -1,5 +1,5 @@
 //! The Raft side of cluster operations that every other part of the decision layer builds on:
-//! propose a command and wait until it is applied ([`write`], with openraft's errors turned into
+//! propose a command and wait until it is applied ([`write()`], with openraft's errors turned into
 //! [`ClusterError`]s), and the members as the API shows them ([`member_views`]).
 
 use std::collections::{BTreeMap, BTreeSet};

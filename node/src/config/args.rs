@@ -1,7 +1,6 @@
 //! `keel serve`'s flags and `KEEL_*` environment variables ([`ServeArgs`], clap). Every field is an
 //! `Option` without a clap default, so "not given" stays visible to the merge in [`Config::load`].
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Flags of `keel serve`. Each also reads `KEEL_<FLAG>` from the environment (clap: flag beats env) and

@@ -1,6 +1,5 @@
 //! Parsing and checking of single values: peer lists, listen and advertised addresses, URLs, secrets.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Parses `id=host:port,id=host:port,...` (spaces around entries and a trailing comma are allowed).

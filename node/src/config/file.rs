@@ -1,6 +1,5 @@
 //! The TOML file named by `--config` ([`FileConfig`]): the same settings as the flags, in sections.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// The TOML file. Keys mirror the flags; unknown keys are an error.

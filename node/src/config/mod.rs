@@ -21,13 +21,9 @@ mod args;
 mod check;
 mod file;
 mod types;
-#[allow(unused_imports)]
 pub use args::*;
-#[allow(unused_imports)]
 pub use check::*;
-#[allow(unused_imports)]
-pub use file::*;
-#[allow(unused_imports)]
+pub(crate) use file::*;
 pub use types::*;
 
 /// Every default value, in one place. The `--help` texts in [`ServeArgs`] repeat them for the reader.

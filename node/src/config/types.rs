@@ -1,6 +1,5 @@
 //! The value types of a [`Config`]: secrets, log format, replication, Raft timings, Git Sync and TLS.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// A token or secret. `Debug` prints `***` so it never reaches logs; use [`Secret::expose`] where the
