@@ -131,7 +131,7 @@ pub enum ClientCommand {
 
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum GitsyncCommand {
-    /// every node's Git Sync state and commit, and whether the cluster has converged (exit 1 if not)
+    /// every node's Git Sync state and commit, and whether the cluster has converged (exit 1 if not; 0 when Git Sync is off)
     Status,
     /// sync the node at --addr now and ask every other node to sync
     Sync {

@@ -30,54 +30,176 @@ impl Verdict {
 }
 
 /// Health of the cluster from the `/v1/cluster` answer of one node and the `/v1/status` answer of every
-/// member (`None`: it did not answer). Critical when no member that answered knows a leader; degraded when
-/// a voter did not answer or the members that answered disagree on who leads; healthy otherwise. The
-/// string is the reason, empty when healthy.
+/// member (`None`: it did not answer), with every reason that is not healthy, most severe first, joined
+/// by "; " (empty when healthy).
+///
+/// Critical: nobody answered, no member that answered knows a leader, no member holds the primary's
+/// lease, or failover is blocked while there is no primary. Degraded: a voter did not answer, the
+/// members disagree on the leader, failover is blocked (while a primary exists), a member's
+/// replication is paused, a voter lags the most advanced one by more than `max_lag_on_failover`
+/// entries (so it cannot be promoted), or a member's Git Sync is in conflict.
 pub fn verdict(cluster: &Value, statuses: &BTreeMap<u64, Option<Value>>) -> (Verdict, String) {
-    let reports: BTreeMap<u64, Option<u64>> = statuses
+    let answered: BTreeMap<u64, &Value> = statuses
         .iter()
-        .filter_map(|(id, status)| {
-            // A node that cannot reach a quorum of voters has no usable leader, whatever it
-            // last heard (a lone leader keeps claiming leadership until it hears otherwise).
-            status.as_ref().map(|s| {
-                (
-                    *id,
-                    s["raft"]["leader"].as_u64().filter(|_| s["raft"]["quorum"] != false),
-                )
-            })
-        })
+        .filter_map(|(id, s)| s.as_ref().map(|s| (*id, s)))
         .collect();
-    if reports.is_empty() {
+    if answered.is_empty() {
         return (Verdict::Critical, "no member answered /v1/status".to_string());
     }
-    if reports.values().all(Option::is_none) {
-        return (Verdict::Critical, "no leader".to_string());
-    }
-
-    let mut problems = Vec::new();
-    let unreachable_voters: Vec<u64> = member_list(cluster)
+    let voters: BTreeSet<u64> = member_list(cluster)
         .into_iter()
         .filter(|m| m["voter"].as_bool().unwrap_or(true))
         .filter_map(|m| m["id"].as_u64())
-        .filter(|id| statuses.get(id).is_none_or(Option::is_none))
         .collect();
-    match unreachable_voters.as_slice() {
-        [] => {}
-        [id] => problems.push(format!("voter {id} unreachable")),
-        ids => problems.push(format!("voters {} unreachable", join_ids(ids))),
-    }
-    let leaders: BTreeSet<Option<u64>> = reports.values().copied().collect();
-    if leaders.len() > 1 {
-        let views: Vec<String> = reports
-            .iter()
-            .map(|(id, leader)| format!("{id} says {}", leader.map_or("none".to_string(), |l| l.to_string())))
-            .collect();
-        problems.push(format!("members disagree on the leader ({})", views.join(", ")));
-    }
-    if problems.is_empty() {
-        (Verdict::Healthy, String::new())
+    let primary_missing = primary_problem(cluster, &answered);
+    let mut problems: Vec<(Verdict, String)> = Vec::new();
+    problems.extend(leader_problems(&answered));
+    problems.extend(primary_missing.clone().map(|p| (Verdict::Critical, p)));
+    let blocked_severity = if primary_missing.is_some() {
+        Verdict::Critical
     } else {
-        (Verdict::Degraded, problems.join("; "))
+        Verdict::Degraded
+    };
+    problems.extend(
+        failover_blocked(cluster, &answered)
+            .into_iter()
+            .map(|r| (blocked_severity, r)),
+    );
+    let unreachable: Vec<u64> = voters.iter().copied().filter(|id| !answered.contains_key(id)).collect();
+    match unreachable.as_slice() {
+        [] => {}
+        [id] => problems.push((Verdict::Degraded, format!("voter {id} unreachable"))),
+        ids => problems.push((Verdict::Degraded, format!("voters {} unreachable", join_ids(ids)))),
+    }
+    problems.extend(disagreement(&answered).map(|p| (Verdict::Degraded, p)));
+    let paused: Vec<u64> = ids_where(&answered, |s| s["replication"]["paused"] == true);
+    if !paused.is_empty() {
+        problems.push((
+            Verdict::Degraded,
+            format!("replication paused on {}", join_ids(&paused)),
+        ));
+    }
+    problems.extend(lagging(cluster, &answered, &voters).map(|p| (Verdict::Degraded, p)));
+    let conflicts: Vec<u64> = ids_where(&answered, |s| s["gitsync"]["state"] == "conflict");
+    if !conflicts.is_empty() {
+        problems.push((
+            Verdict::Degraded,
+            format!(
+                "Git Sync conflict on {} (upstream is not a fast-forward of the served commit)",
+                join_ids(&conflicts)
+            ),
+        ));
+    }
+    // Most severe first; within one severity, the order above.
+    problems.sort_by_key(|(v, _)| std::cmp::Reverse(*v));
+    let verdict = problems.first().map_or(Verdict::Healthy, |(v, _)| *v);
+    let reasons: Vec<String> = problems.into_iter().map(|(_, r)| r).collect();
+    (verdict, reasons.join("; "))
+}
+
+/// The ids (ascending) of the members whose status satisfies `f`.
+fn ids_where(answered: &BTreeMap<u64, &Value>, f: impl Fn(&Value) -> bool) -> Vec<u64> {
+    answered.iter().filter(|(_, s)| f(s)).map(|(id, _)| *id).collect()
+}
+
+/// The leader each member reports, `None` when it knows none or cannot reach a quorum of voters
+/// (a lone leader keeps claiming leadership until it hears otherwise).
+fn leader_seen(status: &Value) -> Option<u64> {
+    status["raft"]["leader"]
+        .as_u64()
+        .filter(|_| status["raft"]["quorum"] != false)
+}
+
+/// Critical "no leader" when no member that answered knows one.
+fn leader_problems(answered: &BTreeMap<u64, &Value>) -> Option<(Verdict, String)> {
+    answered
+        .values()
+        .all(|s| leader_seen(s).is_none())
+        .then(|| (Verdict::Critical, "no leader".to_string()))
+}
+
+/// The members that answered disagree on who leads (some may know none).
+fn disagreement(answered: &BTreeMap<u64, &Value>) -> Option<String> {
+    let leaders: BTreeSet<Option<u64>> = answered.values().map(|s| leader_seen(s)).collect();
+    (leaders.len() > 1).then(|| {
+        let views: Vec<String> = answered
+            .iter()
+            .map(|(id, s)| {
+                format!(
+                    "{id} says {}",
+                    leader_seen(s).map_or("none".to_string(), |l| l.to_string())
+                )
+            })
+            .collect();
+        format!("members disagree on the leader ({})", views.join(", "))
+    })
+}
+
+/// Why there is no primary, if no member that answered holds the primary's lease (role `primary`):
+/// none is named, the named one did not answer, or it answered without a valid lease.
+fn primary_problem(cluster: &Value, answered: &BTreeMap<u64, &Value>) -> Option<String> {
+    if answered.values().any(|s| s["role"] == "primary") {
+        return None;
+    }
+    let named = cluster["primary"]["node"]
+        .as_u64()
+        .or_else(|| answered.values().find_map(|s| s["primary"]["node"].as_u64()));
+    Some(match named {
+        None => "no primary".to_string(),
+        Some(p) => match answered.get(&p) {
+            None => format!("no primary: primary {p} did not answer"),
+            Some(s) => format!(
+                "no primary: {p} is named primary but holds no lease (role {})",
+                s["role"].as_str().unwrap_or("unknown")
+            ),
+        },
+    })
+}
+
+/// `failover blocked: <why>` for every distinct reason the coordinator reports (only the Raft
+/// leader's answers carry one, so every member's is read, and the `/v1/cluster` answer's).
+fn failover_blocked(cluster: &Value, answered: &BTreeMap<u64, &Value>) -> Vec<String> {
+    let mut reasons: Vec<&str> = Vec::new();
+    let all = std::iter::once(&cluster["failover_blocked"]).chain(answered.values().map(|s| &s["failover_blocked"]));
+    for r in all.filter_map(Value::as_str) {
+        if !reasons.contains(&r) {
+            reasons.push(r);
+        }
+    }
+    reasons.into_iter().map(|r| format!("failover blocked: {r}")).collect()
+}
+
+/// The sequence number of a `replication.position` (`"epoch:seq"`).
+fn position_seq(status: &Value) -> Option<u64> {
+    let pos = status["replication"]["position"].as_str()?;
+    pos.split_once(':')?.1.parse().ok()
+}
+
+/// Voters further behind the most advanced voter that answered than `max_lag_on_failover` entries:
+/// the failover controller passes them over (the same comparison as `cluster::failover`).
+fn lagging(cluster: &Value, answered: &BTreeMap<u64, &Value>, voters: &BTreeSet<u64>) -> Option<String> {
+    let max_lag = cluster["config"]["max_lag_on_failover"].as_u64()?;
+    let seqs: BTreeMap<u64, u64> = answered
+        .iter()
+        .filter(|(id, _)| voters.contains(id))
+        .filter_map(|(id, s)| position_seq(s).map(|seq| (*id, seq)))
+        .collect();
+    let best = *seqs.values().max()?;
+    let behind: Vec<(u64, u64)> = seqs
+        .iter()
+        .map(|(id, seq)| (*id, best - seq))
+        .filter(|(_, lag)| *lag > max_lag)
+        .collect();
+    let list: Vec<String> = behind.iter().map(|(id, lag)| format!("{id} ({lag} entries)")).collect();
+    match behind.as_slice() {
+        [] => None,
+        [(id, lag)] => Some(format!(
+            "replica {id} lags {lag} entries, more than max_lag_on_failover {max_lag}: it cannot be promoted"
+        )),
+        _ => Some(format!(
+            "replicas {} lag more than max_lag_on_failover {max_lag}: they cannot be promoted",
+            list.join(", ")
+        )),
     }
 }
 
@@ -209,3 +331,7 @@ pub(crate) async fn status(api: &Api, output: OutputFormat) -> Result<i32, CallE
     }
     Ok(v.exit_code())
 }
+
+#[cfg(test)]
+#[path = "status_tests.rs"]
+pub(crate) mod tests;
