@@ -63,6 +63,95 @@ async fn every_read_command_prints_table_or_json() {
     output_flag_and_errors(&c, a);
 }
 
+/// `keel status --output json` when it exits 0 with verdict healthy (a member may still be
+/// starting, or a replica catching up, on the first tries).
+fn healthy(c: &Cluster, a: &str) -> Option<Value> {
+    let (code, out, _) = keel(c, a, &["status", "--output", "json"]);
+    let v: Value = serde_json::from_str(&out).ok()?;
+    (code == 0 && v["verdict"] == "healthy").then_some(v)
+}
+
+/// `keel status` until it exits `code` with a reason that `ok` accepts; the JSON answer, and the
+/// table's verdict line (which must carry the same verdict and reason).
+async fn status_until(c: &Cluster, a: &str, code: i32, what: &str, ok: impl Fn(&str) -> bool) -> (Value, String) {
+    let v = c
+        .wait_for(T, what, || async {
+            let (got, out, _) = keel(c, a, &["status", "--output", "json"]);
+            let v: Value = serde_json::from_str(&out).ok()?;
+            (got == code && ok(v["reason"].as_str()?)).then_some(v)
+        })
+        .await;
+    let (got, out, err) = keel(c, a, &["status"]);
+    assert_eq!(got, code, "{out}{err}");
+    let line = out.lines().last().unwrap_or_default().to_string();
+    (v, line)
+}
+
+/// The verdict of `keel status` on a live cluster follows what the members report: a paused
+/// replica is degraded (exit 1), and so is one lagging past `max_lag_on_failover`; both reasons
+/// are listed. With maintenance on and the primary killed, nothing can fail over: critical
+/// (exit 2), naming the missing primary, the blocked failover and the unreachable voter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_verdict_names_every_reason() {
+    let (mut c, _) = Cluster::started(3, &[], T).await;
+    let a = c.node(1).url();
+    let a = a.as_str();
+    let v = c.wait_for(T, "keel status healthy", || async { healthy(&c, a) }).await;
+    let primary = v["cluster"]["primary"]["node"].as_u64().expect("a primary");
+    let r = (1..=3).find(|id| *id != primary).unwrap();
+    let pause = |paused: bool| {
+        c.req(reqwest::Method::PUT, r, "/v1/replication/paused")
+            .json(&serde_json::json!({ "paused": paused }))
+            .sent()
+    };
+
+    assert_eq!(pause(true).await.status(), 200);
+    let want = format!("replication paused on {r}");
+    let (v, line) = status_until(&c, a, 1, "keel status degraded: paused", |reason| reason == want).await;
+    assert_eq!(v["verdict"], "degraded", "{v}");
+    assert_eq!(line, format!("degraded: {want}"));
+
+    // The paused replica falls behind; past max_lag_on_failover it could not be promoted.
+    c.patch_config(primary, serde_json::json!({"max_lag_on_failover": 2}))
+        .await;
+    for i in 0..4 {
+        let w = c.put(primary, &format!("lag{i}"), "x").await;
+        assert!(w.status().is_success(), "write lag{i}: {}", w.status());
+    }
+    let lag = format!("replica {r} lags ");
+    let (_, line) = status_until(&c, a, 1, "keel status degraded: paused and lagging", |reason| {
+        reason.starts_with(&format!("{want}; {lag}"))
+            && reason.ends_with("entries, more than max_lag_on_failover 2: it cannot be promoted")
+    })
+    .await;
+    assert!(line.starts_with(&format!("degraded: {want}; {lag}")), "{line}");
+
+    assert_eq!(pause(false).await.status(), 200);
+    c.wait_for(T, "keel status healthy after resuming", || async { healthy(&c, a) })
+        .await;
+
+    // No failover possible: maintenance on, then the primary dies.
+    let (code, out, err) = keel(&c, a, &["maintenance", "on"]);
+    assert_eq!(code, 0, "{out}{err}");
+    c.kill(primary);
+    let a = c.node(r).url();
+    let (v, line) = status_until(
+        &c,
+        &a,
+        2,
+        "keel status critical: no primary, failover blocked",
+        |reason| {
+            reason.starts_with(&format!(
+                "no primary: primary {primary} did not answer; failover blocked: "
+            )) && reason.contains("maintenance mode is on")
+                && reason.ends_with(&format!("; voter {primary} unreachable"))
+        },
+    )
+    .await;
+    assert_eq!(v["verdict"], "critical", "{v}");
+    assert!(line.starts_with("critical: no primary"), "{line}");
+}
+
 /// `keel kv put` (a key for the reads below), `status` and `members list`.
 async fn status_and_members(c: &Cluster, a: &str, primary: u64) {
     // A key to read, written with --output json (write commands take it too).
@@ -72,10 +161,7 @@ async fn status_and_members(c: &Cluster, a: &str, primary: u64) {
 
     // status: healthy once every member answers.
     let v = c
-        .wait_for(T, "keel status --output json healthy", || async {
-            let v = json(c, a, &["status"], 0);
-            (v["verdict"] == "healthy").then_some(v)
-        })
+        .wait_for(T, "keel status --output json healthy", || async { healthy(c, a) })
         .await;
     assert_eq!(v["nodes"].as_object().unwrap().len(), 3, "{v}");
     assert_eq!(v["cluster"]["primary"]["node"], primary, "{v}");
