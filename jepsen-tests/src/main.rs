@@ -118,7 +118,10 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> (RunConfig, RunOptions) 
         seed,
         quiet: Duration::from_secs(3),
     };
-    let mut opts = RunOptions::default();
+    let mut opts = RunOptions {
+        progress: true,
+        ..RunOptions::default()
+    };
     let num = |v: Option<String>, name: &str| -> u64 {
         v.and_then(|v| v.parse().ok()).unwrap_or_else(|| {
             eprintln!("error: {name} needs a number");

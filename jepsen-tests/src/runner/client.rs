@@ -59,6 +59,16 @@ pub(super) struct Recorder {
     pub(super) start: Instant,
     index: AtomicU64,
     ops: Mutex<Vec<Op>>,
+    /// Completions so far by kind (ok, fail, info), for the progress lines.
+    done: [AtomicU64; 3],
+}
+
+/// Completed operations so far, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Counts {
+    pub(super) ok: u64,
+    pub(super) fail: u64,
+    pub(super) info: u64,
 }
 
 impl Recorder {
@@ -68,6 +78,17 @@ impl Recorder {
             start: Instant::now(),
             index: AtomicU64::new(0),
             ops: Mutex::new(Vec::new()),
+            done: Default::default(),
+        }
+    }
+
+    /// Completions so far (without taking the history's lock).
+    pub(super) fn counts(&self) -> Counts {
+        let [ok, fail, info] = &self.done;
+        Counts {
+            ok: ok.load(Ordering::Relaxed),
+            fail: fail.load(Ordering::Relaxed),
+            info: info.load(Ordering::Relaxed),
         }
     }
 
@@ -82,6 +103,15 @@ impl Recorder {
 
     /// Appends one record of `call`.
     fn record(&self, call: &Call, kind: OpKind, value: Value, epoch: Option<u64>, error: Option<String>) {
+        let slot = match kind {
+            OpKind::Invoke => None,
+            OpKind::Ok => Some(0),
+            OpKind::Fail => Some(1),
+            OpKind::Info => Some(2),
+        };
+        if let Some(i) = slot {
+            self.done[i].fetch_add(1, Ordering::Relaxed);
+        }
         let mut ops = self.lock();
         // Index and time are taken under the lock so file order matches both.
         let index = self.index.fetch_add(1, Ordering::Relaxed);

@@ -449,6 +449,7 @@ pub(super) fn run_schedule(
     end: Instant,
     faults: &mut Vec<Value>,
     failover_ms: &mut Vec<u64>,
+    progress: &dyn Fn(&str),
 ) -> Result<(), String> {
     for step in steps {
         let at = nem.start + Duration::from_millis(step.at_ms);
@@ -463,7 +464,13 @@ pub(super) fn run_schedule(
         let mut taken = BTreeSet::new();
         let mut active = Vec::new();
         for f in &step.faults {
-            active.push(nem.apply(f, &mut taken)?);
+            let a = nem.apply(f, &mut taken)?;
+            let on = match a.nodes.as_slice() {
+                [] => "skipped".to_string(),
+                nodes => nodes.iter().map(|n| format!("n{n}")).collect::<Vec<_>>().join(" "),
+            };
+            progress(&format!("fault {} ({}) {on}", a.kind, a.variant));
+            active.push(a);
         }
         let hit: Vec<u64> = active
             .iter()

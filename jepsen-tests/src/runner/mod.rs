@@ -11,20 +11,22 @@
 //! Every loop is bounded by the run's duration and stops by itself; every process started is
 //! killed when the cluster drops (panics included), and the namespaces are removed after it.
 //!
-//! Modules: `cluster` starts and signals the `keel serve` processes, `client` runs the
+//! Modules: `preflight` checks the machine for what the chosen nemeses run (before any node
+//! starts), `cluster` starts and signals the `keel serve` processes, `client` runs the
 //! workloads and records the history, `faults` plays the nemesis schedule, `probe` watches
 //! `/primary` and checks convergence, and `report` writes the report directory.
 
 mod client;
 mod cluster;
 mod faults;
+mod preflight;
 mod probe;
+mod progress;
 mod report;
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::history::History;
@@ -34,6 +36,7 @@ use client::{spawn_clients, Recorder};
 use cluster::Cluster;
 use faults::{run_schedule, Nemesis};
 use probe::{converge, new_http, primaries, spawn_sampler, Shared};
+use progress::Progress;
 
 pub use crate::rng::Rng;
 pub use cluster::faketime_lib;
@@ -88,6 +91,9 @@ pub struct RunOptions {
     /// Operations per second of all clients together (each client paced to `rate / clients`);
     /// `None` = as fast as the cluster answers (closed loop).
     pub rate: Option<f64>,
+    /// Print a progress line on stdout at the start of each fault and every 10 s (operations so
+    /// far, failures, the current primary). The `keel-jepsen` binary turns it on.
+    pub progress: bool,
 }
 
 /// Run one test in loopback mode with the register workload (see [`run_with`]).
@@ -99,6 +105,8 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport, String> {
 /// every fault, wait `quiet`, check, and write the report directory.
 pub fn run_with(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport, String> {
     let kinds = nemesis::parse_kinds(&cfg.nemesis, opts.netns)?;
+    // Before anything is written or started: every tool the nemeses need is here.
+    preflight::check(&kinds, opts.netns, &cfg.keel)?;
     let steps = prepare_out_dir(cfg, &kinds)?;
     let mut cluster = Cluster::start(cfg, opts, kinds.iter().any(|k| k == "skew"))?;
     let http = new_http();
@@ -108,21 +116,27 @@ pub fn run_with(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport, String>
     let stop = Arc::new(AtomicBool::new(false));
     let bad_values = Arc::new(AtomicU64::new(0));
     let clients = spawn_clients(cfg, opts, &apis, &rec, &stop, &bad_values);
-    let shared = Arc::new(Shared {
-        wiped: Mutex::new(BTreeSet::new()),
-    });
+    let shared = Arc::new(Shared::default());
     let sampler = spawn_sampler(apis.clone(), stop.clone(), rec.start, shared.clone());
+    let progress = Arc::new(Progress::new(&rec, &shared, opts.progress));
+    let ticker = opts.progress.then(|| progress.spawn_ticker(stop.clone()));
     // The nemesis, on this thread.
     let mut faults = Vec::new();
     let mut failover_ms = Vec::new();
     let end = rec.start + cfg.time;
     let mut nem = Nemesis::new(&mut cluster, &apis, opts, &shared, rec.start, cfg.fault_for);
-    let result = run_schedule(&mut nem, &steps, end, &mut faults, &mut failover_ms);
+    let result = run_schedule(&mut nem, &steps, end, &mut faults, &mut failover_ms, &|e| {
+        progress.say(e)
+    });
     std::thread::sleep(end.saturating_duration_since(Instant::now()));
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         let _ = c.join();
     }
+    if let Some(t) = ticker {
+        let _ = t.join();
+    }
+    progress.say("clients stopped");
     let samples = sampler.join().map_err(|_| "sampler panicked")?;
     result?;
     cluster.heal_all()?;

@@ -78,9 +78,12 @@ pub(super) fn converge(http: &reqwest::blocking::Client, apis: &[(u64, String)],
 }
 
 /// Shared between the nemesis and the sampler.
+#[derive(Default)]
 pub(super) struct Shared {
     /// Nodes whose data dir was wiped: the sampler forgets their last epoch.
     pub(super) wiped: Mutex<BTreeSet<u64>>,
+    /// The nodes answering 200 on `/primary` in the sampler's latest round (for progress lines).
+    pub(super) primaries: Mutex<Vec<u64>>,
 }
 
 /// What the `/primary` sampler saw over the run.
@@ -114,6 +117,7 @@ pub(super) fn spawn_sampler(
                 last_epoch.remove(&id);
             }
             let p = primaries(&http, &apis);
+            *shared.primaries.lock().unwrap_or_else(|e| e.into_inner()) = p.clone();
             rounds += 1;
             if p.len() > 1 {
                 doubles += 1;
