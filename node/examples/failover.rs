@@ -352,27 +352,30 @@ fn etcd_failover(http: &Http, bin: PathBuf, runs: usize, quiet_ms: u64) -> Vec<D
     times
 }
 
+/// The command line: `failover [--runs N] [--quiet-ms MS] [--compare etcd]`. `--help` prints the
+/// usage; a bad argument prints the error and the usage, exit code 2 (clap's).
+#[derive(clap::Parser)]
+#[command(
+    name = "failover",
+    about = "Failover benchmark: kill -9 of the primary of a local three-node Keel cluster, N times; \
+             optionally the same against a local three-member etcd"
+)]
+struct Args {
+    /// Kills (each followed by a failover) to time.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    runs: u64,
+    /// Milliseconds the cluster is left alone between runs (failovers then are spurious).
+    #[arg(long, default_value_t = 3000)]
+    quiet_ms: u64,
+    /// Also measure a local three-member etcd (only `etcd` is supported).
+    #[arg(long, value_parser = ["etcd"])]
+    compare: Option<String>,
+}
+
 fn main() {
-    let mut runs = 10usize;
-    let mut quiet_ms = 3000u64;
-    let mut compare_etcd = false;
-    let usage = "usage: failover [--runs N] [--quiet-ms MS] [--compare etcd]";
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
-            "--quiet-ms" => quiet_ms = args.next().and_then(|v| v.parse().ok()).expect("--quiet-ms MS"),
-            "--compare" => match args.next().as_deref() {
-                Some("etcd") => compare_etcd = true,
-                other => panic!(
-                    "--compare {}: only `--compare etcd` is supported; {usage}",
-                    other.unwrap_or("")
-                ),
-            },
-            other => panic!("unknown argument {other}; {usage}"),
-        }
-    }
-    assert!(runs > 0, "--runs must be at least 1");
+    let args: Args = keel_testkit::parse_args();
+    let (runs, quiet_ms) = (args.runs as usize, args.quiet_ms);
+    let compare_etcd = args.compare.is_some();
     // Before anything is started, so a missing etcd does not cost the Keel runs.
     let etcd = compare_etcd.then(etcd::find_etcd_or_exit);
     keel_raft::network::install_crypto_provider();

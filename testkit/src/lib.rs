@@ -13,7 +13,8 @@
 //!   benchmark's `keel serve` cluster and find its primary;
 //! - ports ([`free_port`], [`process_ip`], shared with the chaos runner), waits ([`wait_for`],
 //!   [`poll_until`]), the `keel` binary's path ([`keel_bin`]), log helpers ([`logs`]), git
-//!   helpers ([`git`](mod@git)), etcd helpers ([`etcd`]) and the network-namespace lab ([`netns`]).
+//!   helpers ([`git`](mod@git)), etcd helpers ([`etcd`]), the network-namespace lab ([`netns`]) and
+//!   the benchmarks' argument parsing ([`parse_args`]).
 //!
 //! The chaos runner (`keel-jepsen`) keeps its own blocking process fixture (faketime, wipes,
 //! SIGSTOP): that crate sits below this one (the kit uses its netns lab and port rule), so it
@@ -26,6 +27,7 @@
 //! creates (the netns lab cleans only its own, pid-tagged names).
 
 pub mod api;
+mod args;
 pub mod cluster;
 pub mod etcd;
 pub mod git;
@@ -34,6 +36,7 @@ pub mod procs;
 pub mod wait;
 
 pub use api::{error_code, status_json, Sent};
+pub use args::parse_args;
 pub use cluster::{Backend, Cluster, TestNode};
 pub use git::{git, git_cmd, gitsync_cluster, gitsync_upstream, webhook_signature, Upstream};
 pub use keel_jepsen::netns;

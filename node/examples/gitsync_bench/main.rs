@@ -169,7 +169,7 @@ struct Args {
 }
 
 fn main() {
-    let args = <Args as clap::Parser>::parse();
+    let args: Args = keel_testkit::parse_args();
     // Panics naming the path when it is missing: run `cargo build --release --bins --examples` first.
     keel_testkit::keel_bin();
     let http = blocking_client(Duration::from_secs(10));

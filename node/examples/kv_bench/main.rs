@@ -126,7 +126,7 @@ fn wait<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
 )]
 struct Args {
     /// Seconds per cell.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = positive_secs)]
     secs: f64,
     /// Every cell N times; the figures pool them.
     #[arg(long, default_value_t = 1, value_parser = at_least_one)]
@@ -148,6 +148,13 @@ struct Cell {
     clients: usize,
 }
 
+fn positive_secs(v: &str) -> Result<f64, String> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s < 86_400.0)
+        .ok_or_else(|| "expected seconds, more than 0 and less than a day, e.g. 5 or 0.5".to_string())
+}
+
 fn at_least_one(v: &str) -> Result<usize, String> {
     v.parse()
         .ok()
@@ -159,23 +166,29 @@ fn parse_cell(v: &str) -> Result<Cell, String> {
     let parts: Vec<&str> = v.split(':').collect();
     let mode = |m: &str| if m == "async" { "async" } else { "sync" };
     match parts[..] {
-        [m @ ("async" | "sync"), s, c] => s.parse().ok().zip(c.parse().ok()).map(|(size, clients)| Cell {
-            mode: mode(m),
-            size,
-            clients,
-        }),
+        [m @ ("async" | "sync"), s, c] => s
+            .parse()
+            .ok()
+            .zip(c.parse().ok())
+            .filter(|&(size, clients): &(usize, usize)| size >= 1 && clients >= 1)
+            .map(|(size, clients)| Cell {
+                mode: mode(m),
+                size,
+                clients,
+            }),
         _ => None,
     }
-    .ok_or_else(|| format!("{v}: expected MODE:SIZE:CLIENTS, e.g. async:16384:64"))
+    .ok_or_else(|| {
+        format!("{v}: expected MODE:SIZE:CLIENTS (async or sync, bytes >= 1, clients >= 1), e.g. async:16384:64")
+    })
 }
 
 fn main() {
-    let args = <Args as clap::Parser>::parse();
+    let args: Args = keel_testkit::parse_args();
     if !args.only.is_empty() {
         run_only(&args.only, Duration::from_secs_f64(args.secs));
         return;
     }
-    assert!(args.secs > 0.0, "--secs must be positive");
     // Before anything is started, so a missing etcd does not cost the Keel runs.
     let etcd_bin = args.compare.is_some().then(etcd::find_etcd_or_exit);
     let header = report::Header {
