@@ -171,7 +171,8 @@ mod tests {
     #[test]
     fn each_nemesis_needs_what_it_runs() {
         let p = Need::Program;
-        let cases: Vec<(&[&str], bool, Vec<(Need, Vec<&str>)>)> = vec![
+        type Case<'a> = (&'a [&'a str], bool, Vec<(Need, Vec<&'a str>)>);
+        let cases: Vec<Case> = vec![
             (&["kill", "kill-primary", "wipe"], false, vec![]),
             (&["pause"], false, vec![(p("kill"), vec!["pause"])]),
             (&["skew"], false, vec![(Need::Faketime, vec!["skew"])]),
