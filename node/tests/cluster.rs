@@ -89,11 +89,14 @@ async fn futures_join(c: &Cluster, path: &str) -> Vec<Value> {
     out
 }
 
-/// Acceptance 2: kill -9 one node; the other two keep a leader and `keel status` exits 1;
-/// restarting it rejoins with its log intact and without bootstrapping again.
+/// Acceptance 2: kill -9 one node; the other two keep a leader and `keel status` exits 1 (2 when
+/// the node was also the primary: maintenance is on, so nothing takes over); restarting it rejoins
+/// with its log intact and without bootstrapping again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_one_node_then_rejoin() {
     let (mut c, leader) = Cluster::started_with_leader(3, &[], T).await;
+    // A primary first: maintenance would keep the first one from being promoted.
+    c.wait_primary(&[], T).await;
     // Make some log: toggle maintenance a few times.
     for on in [true, false, true] {
         let r = c.cli(&["maintenance", if on { "on" } else { "off" }, "--addr", &c.node(1).url()]);
@@ -108,13 +111,26 @@ async fn kill_one_node_then_rejoin() {
     let new_leader = c.wait_leader(&rest, T).await;
     assert_ne!(new_leader, victim);
     let survivor = c.node(rest[0]).url();
+    // With maintenance on, a dead primary is not replaced: no primary is critical.
+    let was_primary = before["primary"]["node"].as_u64() == Some(victim);
+    let (code, verdict) = if was_primary {
+        (2, "critical: no primary")
+    } else {
+        (1, "degraded")
+    };
     let out = c
-        .wait_for(T, "keel status exit 1 (degraded)", || async {
+        .wait_for(T, &format!("keel status exit {code} ({verdict})"), || async {
             let o = c.cli(&["status", "--addr", &survivor]);
-            (o.status.code() == Some(1)).then_some(o)
+            (o.status.code() == Some(code)).then_some(o)
         })
         .await;
-    assert!(stdout(&out).contains("degraded"), "{}", stdout(&out));
+    let last = stdout(&out).lines().last().unwrap_or_default().to_string();
+    assert!(last.starts_with(verdict), "{}", stdout(&out));
+    assert!(
+        last.contains(&format!("voter {victim} unreachable")),
+        "{}",
+        stdout(&out)
+    );
 
     c.start(victim);
     // Right after the restart its own log is already there (read from disk, not re-sent).
