@@ -14,7 +14,7 @@ pub async fn serve_backup(State(node): State<Arc<Node>>, headers: HeaderMap) -> 
 
 pub(crate) async fn start_backup(node: Arc<Node>, headers: &HeaderMap) -> Result<Response, ApiError> {
     // Reads everything, secrets of the cluster's data included: admin only, like mutating endpoints.
-    if let Some(token) = &node.config.admin_token {
+    if let Some(token) = &node.tokens.get().admin {
         let auth = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
