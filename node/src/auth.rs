@@ -197,8 +197,9 @@ fn reload(store: &TokenStore, config: &Config) {
                 warn!("the reload removed every API token: the data plane is open");
             }
         }
+        // The first line only: a TOML parse error quotes the offending line, which may hold a token.
         Err(e) => warn!(
-            error = %e,
+            error = %e.to_string().lines().next().unwrap_or_default(),
             "API tokens not reloaded; the previous ones stay in force (fix the config file, then SIGHUP again)"
         ),
     }
@@ -274,7 +275,11 @@ mod tests {
             (true, Some(Admin), Write, Allow),
         ];
         for (configured, kind, access, want) in cases {
-            assert_eq!(decide(configured, kind, access), want, "{configured} {kind:?} {access:?}");
+            assert_eq!(
+                decide(configured, kind, access),
+                want,
+                "{configured} {kind:?} {access:?}"
+            );
         }
     }
 
@@ -284,7 +289,14 @@ mod tests {
         assert_eq!(t.kind_of(Some("Bearer adm")), Some(TokenKind::Admin));
         assert_eq!(t.kind_of(Some("Bearer cli")), Some(TokenKind::Client));
         assert_eq!(t.kind_of(Some("Bearer rd ")), Some(TokenKind::Read));
-        for header in [None, Some("Bearer "), Some("Bearer nope"), Some("cli"), Some("Basic cli"), Some("Bearer cl")] {
+        for header in [
+            None,
+            Some("Bearer "),
+            Some("Bearer nope"),
+            Some("cli"),
+            Some("Basic cli"),
+            Some("Bearer cl"),
+        ] {
             assert_eq!(t.kind_of(header), None, "{header:?}");
         }
         assert_eq!(t.check(Some("Bearer rd"), Access::Write), Verdict::Forbidden);
@@ -305,7 +317,10 @@ mod tests {
     #[test]
     fn a_swap_reports_the_changed_kinds() {
         let store = TokenStore::new(tokens(Some("adm"), Some("c1"), None));
-        assert_eq!(store.replace(tokens(Some("adm"), Some("c2"), Some("r"))), vec!["client", "read"]);
+        assert_eq!(
+            store.replace(tokens(Some("adm"), Some("c2"), Some("r"))),
+            vec!["client", "read"]
+        );
         assert_eq!(store.get().kind_of(Some("Bearer c2")), Some(TokenKind::Client));
         assert_eq!(store.get().kind_of(Some("Bearer c1")), None);
         assert!(store.replace(tokens(Some("adm"), Some("c2"), Some("r"))).is_empty());

@@ -124,7 +124,11 @@ async fn admin_endpoints_need_the_token(c: &Cluster) {
     // An admin token closes the data plane too: no write without a token.
     let r = c.req(Method::PUT, 1, "/v1/kv/no-token").body("x").sent().await;
     assert_eq!(error_code(r).await, (401, "unauthorized".into()));
-    let r = c.req(Method::GET, 1, "/v1/kv/no-token").bearer_auth("admin-secret").sent().await;
+    let r = c
+        .req(Method::GET, 1, "/v1/kv/no-token")
+        .bearer_auth("admin-secret")
+        .sent()
+        .await;
     assert_eq!(r.status(), 404, "nothing was written");
     assert_eq!(c.status(1).await.unwrap()["auth"], "tokens");
     let r = c.req(Method::PUT, 1, "/v1/maintenance").bearer_auth("admin-secret");
@@ -301,7 +305,10 @@ fn tag(node: u64, kind: Kind) -> String {
 
 /// Commits on the upstream's `main`.
 fn upstream_commits(repo: &std::path::Path) -> usize {
-    git(&repo.join("upstream.git"), &["rev-list", "--count", "main"]).trim().parse().unwrap()
+    git(&repo.join("upstream.git"), &["rev-list", "--count", "main"])
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// A key as the primary has it (read with the admin token), or None on a 404.
@@ -311,7 +318,10 @@ async fn on_primary(c: &Cluster, primary: u64, key: &str) -> Option<String> {
     match r.status().as_u16() {
         200 => Some(r.text().await.unwrap()),
         404 => None,
-        other => panic!("GET {key} on the primary: {other} {}", r.text().await.unwrap_or_default()),
+        other => panic!(
+            "GET {key} on the primary: {other} {}",
+            r.text().await.unwrap_or_default()
+        ),
     }
 }
 
@@ -367,19 +377,32 @@ async fn open_endpoints_stay_open(c: &Cluster, primary: u64, replica: u64) {
 /// refused ones get the JSON error and write nothing; allowed writes land on the primary.
 async fn matrix(c: &Cluster, primary: u64, replica: u64, repo: &std::path::Path) {
     // What the allowed reads and deletes find.
-    let seed = c.req(Method::PUT, primary, "/v1/kv/tok/seed").bearer_auth(ADMIN).body("s");
+    let seed = c
+        .req(Method::PUT, primary, "/v1/kv/tok/seed")
+        .bearer_auth(ADMIN)
+        .body("s");
     assert_eq!(seed.sent().await.status(), 201);
     for node in [primary, replica] {
         for kind in KINDS {
             let path = format!("/v1/kv/tok/{}-del", tag(node, kind));
-            let r = c.req(Method::PUT, primary, &path).bearer_auth(ADMIN).body("d").sent().await;
+            let r = c
+                .req(Method::PUT, primary, &path)
+                .bearer_auth(ADMIN)
+                .body("d")
+                .sent()
+                .await;
             assert_eq!(r.status(), 201, "seed {path}");
         }
     }
     // The replica's own copy, for its local reads.
     c.wait_for(T, "the seeded keys on the replica", || async {
         let last = format!("/v1/kv/tok/{}-del", tag(replica, Kind::Unknown));
-        let r = c.req(Method::GET, replica, &last).bearer_auth(ADMIN).send().await.ok()?;
+        let r = c
+            .req(Method::GET, replica, &last)
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .ok()?;
         (r.status() == 200).then_some(())
     })
     .await;
@@ -428,14 +451,22 @@ async fn matrix(c: &Cluster, primary: u64, replica: u64, repo: &std::path::Path)
 /// The primary checks the rule itself: a request that claims to be forwarded gets no pass.
 async fn forged_forward_is_checked(c: &Cluster, primary: u64) {
     let forged = |token: Option<&str>| {
-        let rb = c.req(Method::PUT, primary, "/v1/kv/tok/forged").header("keel-forwarded", "1");
+        let rb = c
+            .req(Method::PUT, primary, "/v1/kv/tok/forged")
+            .header("keel-forwarded", "1");
         match token {
             Some(t) => rb.bearer_auth(t).body("f"),
             None => rb.body("f"),
         }
     };
-    assert_eq!(error_code(forged(None).sent().await).await, (401, "unauthorized".into()));
-    assert_eq!(error_code(forged(Some(READ)).sent().await).await, (403, "forbidden".into()));
+    assert_eq!(
+        error_code(forged(None).sent().await).await,
+        (401, "unauthorized".into())
+    );
+    assert_eq!(
+        error_code(forged(Some(READ)).sent().await).await,
+        (403, "forbidden".into())
+    );
     assert_eq!(on_primary(c, primary, "tok/forged").await, None);
 }
 
@@ -451,12 +482,21 @@ fn cli_sends_the_data_plane_token(c: &Cluster, replica: u64) {
     let out = kv(&["put", "tok/cli", "c", "--token", CLIENT]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let out = kv(&["get", "tok/cli", "--consistency", "primary", "--token", READ]);
-    assert_eq!((out.status.code(), stdout(&out).as_str()), (Some(0), "c"), "{}", stderr(&out));
+    assert_eq!(
+        (out.status.code(), stdout(&out).as_str()),
+        (Some(0), "c"),
+        "{}",
+        stderr(&out)
+    );
     let out = kv(&["put", "tok/cli", "a", "--admin-token", ADMIN]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let out = kv(&["put", "tok/cli", "r", "--token", READ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("forbidden") && stderr(&out).contains("--token"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("forbidden") && stderr(&out).contains("--token"),
+        "{}",
+        stderr(&out)
+    );
     let out = kv(&["del", "tok/cli"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("KEEL_TOKEN"), "{}", stderr(&out));
@@ -467,12 +507,19 @@ fn cli_sends_the_data_plane_token(c: &Cluster, replica: u64) {
 /// A new client token in the config file and SIGHUP: the old one is refused and the new one
 /// accepted on every node, by the same processes (no restart).
 async fn sighup_rotates_the_client_token(c: &mut Cluster, conf: &std::path::Path, primary: u64, replica: u64) {
-    let pids: Vec<u32> = c.nodes.iter().map(|n| n.child.as_ref().expect("a child process").id()).collect();
+    let pids: Vec<u32> = c
+        .nodes
+        .iter()
+        .map(|n| n.child.as_ref().expect("a child process").id())
+        .collect();
     let uptime = |v: serde_json::Value| v["uptime_ms"].as_u64().unwrap();
     let uptime_before = uptime(c.status(replica).await.unwrap());
     std::fs::write(conf, tokens_toml(CLIENT_NEW)).unwrap();
     for pid in &pids {
-        let ok = std::process::Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap();
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
         assert!(ok.success(), "kill -HUP {pid}");
     }
     for id in 1..=3u64 {
@@ -486,11 +533,25 @@ async fn sighup_rotates_the_client_token(c: &mut Cluster, conf: &std::path::Path
     }
     // The old token is refused everywhere, also when forwarded; the others still work.
     for id in [primary, replica] {
-        let r = c.req(Method::PUT, id, "/v1/kv/tok/old").bearer_auth(CLIENT).body("x").sent().await;
-        assert_eq!(error_code(r).await, (401, "unauthorized".into()), "old client token on node {id}");
+        let r = c
+            .req(Method::PUT, id, "/v1/kv/tok/old")
+            .bearer_auth(CLIENT)
+            .body("x")
+            .sent()
+            .await;
+        assert_eq!(
+            error_code(r).await,
+            (401, "unauthorized".into()),
+            "old client token on node {id}"
+        );
         let r = c.req(Method::GET, id, "/v1/kv/tok/seed").bearer_auth(READ).sent().await;
         assert_eq!(r.status(), 200, "read token on node {id}");
-        let r = c.req(Method::PUT, id, "/v1/kv/tok/adm").bearer_auth(ADMIN).body("x").sent().await;
+        let r = c
+            .req(Method::PUT, id, "/v1/kv/tok/adm")
+            .bearer_auth(ADMIN)
+            .body("x")
+            .sent()
+            .await;
         assert!(r.status().is_success(), "admin token on node {id}");
     }
     assert_eq!(on_primary(c, primary, "tok/old").await, None);
@@ -500,15 +561,23 @@ async fn sighup_rotates_the_client_token(c: &mut Cluster, conf: &std::path::Path
         let child = n.child.as_mut().unwrap();
         assert_eq!(child.try_wait().unwrap(), None, "node {} exited", n.id);
     }
-    assert!(uptime(c.status(replica).await.unwrap()) > uptime_before, "the replica restarted");
+    assert!(
+        uptime(c.status(replica).await.unwrap()) > uptime_before,
+        "the replica restarted"
+    );
     for id in 1..=3u64 {
         let log = keel_node::util::strip_ansi(&c.log(id));
         let reloaded: Vec<&str> = log.lines().filter(|l| l.contains("API tokens")).collect();
         assert!(
-            reloaded.iter().any(|l| l.contains("API tokens reloaded") && l.contains("changed=client")),
+            reloaded
+                .iter()
+                .any(|l| l.contains("API tokens reloaded") && l.contains("changed=client")),
             "node {id}: {reloaded:?}"
         );
-        assert!(!log.contains(CLIENT_NEW) && !log.contains(READ), "node {id} logged a token");
+        assert!(
+            !log.contains(CLIENT_NEW) && !log.contains(READ),
+            "node {id} logged a token"
+        );
     }
 }
 
@@ -522,11 +591,60 @@ async fn no_token_means_an_open_data_plane_announced() {
     assert_eq!(c.status(primary).await.unwrap()["auth"], "open");
     let r = c.put(primary, "open/k", "v").await;
     assert_eq!(r.status(), 201);
-    let r = c.req(Method::DELETE, primary, "/v1/kv/open/k").bearer_auth("anything").sent().await;
+    let r = c
+        .req(Method::DELETE, primary, "/v1/kv/open/k")
+        .bearer_auth("anything")
+        .sent()
+        .await;
     assert_eq!(r.status(), 200, "with no token configured, any token is ignored");
     let log = keel_node::util::strip_ansi(&c.log(primary));
     assert!(
-        log.lines().any(|l| l.contains("WARN") && l.contains("no API token is configured")),
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("no API token is configured")),
         "{log}"
     );
+}
+
+/// Data-plane tokens without an admin token: admin endpoints stay open (as before), but a backup,
+/// which reads the whole datastore, takes a data-plane token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_plane_tokens_without_an_admin_token() {
+    let mut c = Cluster::new(1, &["--client-token", CLIENT, "--read-token", READ]);
+    c.start_all();
+    let primary = c.wait_primary(&[], T).await;
+    assert_eq!(c.status(primary).await.unwrap()["auth"], "tokens");
+    let r = c.put(primary, "k", "v").await;
+    assert_eq!(error_code(r).await, (401, "unauthorized".into()));
+    let r = c
+        .req(Method::PUT, primary, "/v1/kv/k")
+        .bearer_auth(ADMIN)
+        .body("v")
+        .sent()
+        .await;
+    assert_eq!(
+        error_code(r).await,
+        (401, "unauthorized".into()),
+        "no admin token is configured"
+    );
+    let r = c
+        .req(Method::PUT, primary, "/v1/maintenance")
+        .json(&json!({"enabled": false}));
+    assert_eq!(
+        r.sent().await.status(),
+        200,
+        "admin endpoints are open without an admin token"
+    );
+    let r = c.req(Method::GET, primary, "/v1/backup").sent().await;
+    assert_eq!(
+        error_code(r).await,
+        (401, "unauthorized".into()),
+        "a backup without a token"
+    );
+    let out = c.dir.path().join("b.keelbak");
+    let (api, file) = (c.node(primary).url(), out.display().to_string());
+    let backup = c.cli(&["backup", "--addr", &api, "--out", &file, "--token", READ]);
+    assert_eq!(backup.status.code(), Some(0), "{}", stderr(&backup));
+    assert!(out.exists());
+    let log = keel_node::util::strip_ansi(&c.log(primary));
+    assert!(log.contains("no --admin-token: admin endpoints"), "{log}");
 }

@@ -173,7 +173,9 @@ fn flag_beats_file_beats_default() {
 #[test]
 fn api_tokens_resolve_flag_over_file_and_reload_from_the_file_only() {
     let dir = tempfile::tempdir().unwrap();
-    let text = |client: &str| format!("client_token = \"{client}\"\nread_token = \"file-read\"\nadmin_token = \"file-admin\"\n");
+    let text = |client: &str| {
+        format!("client_token = \"{client}\"\nread_token = \"file-read\"\nadmin_token = \"file-admin\"\n")
+    };
     let path = write_file(&dir, &text("file-client-1"));
     let flags = ServeArgs {
         config: Some(path.clone()),
@@ -198,7 +200,10 @@ fn api_tokens_resolve_flag_over_file_and_reload_from_the_file_only() {
     assert!(matches!(c.reread_tokens(), Err(ConfigError::ParseFile { .. })));
     std::fs::write(&path, "client_token = \"file-read\"\nread_token = \"file-read\"\n").unwrap();
     let err = c.reread_tokens().unwrap_err().to_string();
-    assert!(err.contains("the client and the read token are the same") && !err.contains("file-read"), "{err}");
+    assert!(
+        err.contains("the client and the read token are the same") && !err.contains("file-read"),
+        "{err}"
+    );
 
     // Without a config file nothing can change.
     let c = Config::load(&ServeArgs {
@@ -389,8 +394,16 @@ fn rejected_configs() {
         ("body limit", |a| a.max_body_bytes = Some(1023), "at least 1024"),
         ("min acks", |a| a.min_acks = Some(0), "at least 1"),
         ("empty token", |a| a.admin_token = Some(Secret::new("")), "admin_token"),
-        ("empty client token", |a| a.client_token = Some(Secret::new(" ")), "client_token"),
-        ("empty read token", |a| a.read_token = Some(Secret::new("")), "read_token"),
+        (
+            "empty client token",
+            |a| a.client_token = Some(Secret::new(" ")),
+            "client_token",
+        ),
+        (
+            "empty read token",
+            |a| a.read_token = Some(Secret::new("")),
+            "read_token",
+        ),
         (
             "read token equals client token",
             |a| {

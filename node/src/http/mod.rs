@@ -25,8 +25,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::cluster::admin::{self, AdminOp, AdminReply, ConfigPatch};
 use crate::auth::{data_plane_access, Access, Verdict};
+use crate::cluster::admin::{self, AdminOp, AdminReply, ConfigPatch};
 use crate::cluster::members;
 use crate::state::{quorum_reachable, role, Node};
 use error::{ApiError, ApiPath};

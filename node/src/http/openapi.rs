@@ -1020,7 +1020,11 @@ mod tests {
                 admin_ops += usize::from(admin);
                 let data = data_access(method, path);
                 let data_secured = op["security"][0]["dataToken"].is_array();
-                assert_eq!(data.is_some(), data_secured, "{method} {path}: security vs auth::data_plane_access");
+                assert_eq!(
+                    data.is_some(),
+                    data_secured,
+                    "{method} {path}: security vs auth::data_plane_access"
+                );
                 assert!(data.is_none() || responses.contains_key("401"), "{method} {path}");
                 assert_eq!(
                     data == Some(crate::auth::Access::Write),
