@@ -2,7 +2,7 @@
 //! and the load-balancer probes. JSON in and out; every error is an [`ApiError`].
 //!
 //! Layers, outermost first: body size limit (413 before reading a byte too many), request
-//! timeout (503 `timeout`), the token check ([`api_auth`]: data-plane tokens on `/v1/kv*`,
+//! timeout (503 `timeout`), the token check (`api_auth`, with [`crate::auth`]: data-plane tokens on `/v1/kv*`,
 //! `/v1/diverged` and `/v1/gitsync/files/*`, 401 or 403; the admin token on mutating admin
 //! endpoints, 401).
 
