@@ -232,6 +232,7 @@ impl Node {
             HOOK_TIMEOUT,
             cancel.clone(),
         );
+        let tokens = Arc::new(crate::auth::TokenStore::new(config.tokens()));
         let node = Arc::new(Node {
             id: config.id,
             config,
@@ -250,6 +251,7 @@ impl Node {
             http,
             gitsync,
             tls,
+            tokens,
         });
 
         let listen =
@@ -268,6 +270,7 @@ impl Node {
             },
             "node started"
         );
+        crate::auth::warn_at_start(&node.tokens.get());
 
         if !node.config.peers.is_empty() {
             bootstrap(&node).await?;
@@ -330,6 +333,14 @@ fn spawn_background(node: &Arc<Node>) -> Vec<(&'static str, JoinHandle<()>)> {
         (
             "tls reload",
             tokio::spawn(crate::tls::reload_task(node.tls.clone(), node.cancel.clone())),
+        ),
+        (
+            "token reload",
+            tokio::spawn(crate::auth::reload_task(
+                node.tokens.clone(),
+                node.config.clone(),
+                node.cancel.clone(),
+            )),
         ),
     ];
     if let Some(g) = node.gitsync.clone() {

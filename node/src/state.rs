@@ -49,6 +49,8 @@ pub struct Node {
     pub gitsync: Option<Arc<keel_gitsync::GitSync>>,
     /// Certificates and TLS settings, when `--tls-cert` is set.
     pub tls: Option<Arc<crate::tls::Tls>>,
+    /// The API tokens in force: the config's at start, swapped on SIGHUP (`auth::reload_task`).
+    pub tokens: Arc<crate::auth::TokenStore>,
 }
 
 impl Node {

@@ -446,7 +446,7 @@ pub async fn reload_task(tls: Option<Arc<Tls>>, cancel: CancellationToken) {
                 }
                 match &tls {
                     Some(t) => reload_and_log(t, "SIGHUP", true),
-                    None => info!("SIGHUP received; TLS is not configured, nothing to reload"),
+                    None => info!("SIGHUP received; TLS is not configured, no certificates to reload"),
                 }
             }
             _ = tick.tick() => {

@@ -189,6 +189,7 @@ fn restore_args(file: &Path, dir: &Path, peers: &str, id: u64) -> Vec<String> {
 async fn backup_under_load_restores_into_a_new_cluster_with_equal_contents() {
     let common = ["--admin-token", TOKEN];
     let mut src = Cluster::new(3, &common);
+    src.http = with_token(TOKEN);
     src.start_all();
     let primary = src.wait_primary(&[], T).await;
     let load = Load::start(&src, primary).await;
@@ -480,6 +481,7 @@ async fn restored_cluster_equals_the_source(common: &[&str], source: &Source) {
     let (file, report, expected, uncertain) = (&source.file, &source.report, &source.expected, &source.uncertain);
     let (at, src_cluster_id, src_epoch) = (source.at, &source.cluster_id, source.epoch);
     let mut dst = Cluster::new(3, common);
+    dst.http = with_token(TOKEN);
     let peers = dst.peers(3);
     std::fs::create_dir_all(dst.data_dir(2)).unwrap();
     let mut cluster_ids = Vec::new();
@@ -546,4 +548,18 @@ async fn restored_cluster_equals_the_source(common: &[&str], source: &Source) {
         })
         .await;
     }
+}
+
+/// The fixture's client, sending `token` on every request: with the admin token configured the
+/// datastore takes no request without one.
+fn with_token(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }

@@ -167,13 +167,23 @@ async fn spec_is_served_and_every_operation_is_routed() {
                 "{method} {path}: HTTP {status} is not documented in the spec ({text})"
             );
 
-            // The admin token is required exactly where the spec says so.
+            // A token is required exactly where the spec says so: the admin token on admin
+            // endpoints, a data-plane token (or the admin token, the only one configured here) on the
+            // data plane.
             let secured = op["security"][0]["adminToken"].is_array();
+            let data = op["security"][0]["dataToken"].is_array();
             let r = send(false).await.unwrap();
-            let unauthorized = r.status() == 401 && r.text().await.unwrap_or_default().contains("admin token");
+            let status = r.status();
+            let text = r.text().await.unwrap_or_default();
             assert_eq!(
-                secured, unauthorized,
-                "{method} {path}: security in the spec vs the node"
+                secured,
+                status == 401 && text.contains("needs the admin token"),
+                "{method} {path}: admin security in the spec vs the node ({status} {text})"
+            );
+            assert_eq!(
+                data,
+                status == 401 && text.contains("data-plane token"),
+                "{method} {path}: data-plane security in the spec vs the node ({status} {text})"
             );
             admin_ops += usize::from(secured);
         }
@@ -355,6 +365,7 @@ async fn assert_healthy(c: &mut Cluster, what: &str) {
     c.wait_for(T, &format!("{what}: a write through the primary"), || async {
         let r = c
             .req(Method::PUT, primary, "/v1/kv/fuzz-check")
+            .bearer_auth(ADMIN)
             .body(value.clone())
             .send()
             .await
@@ -364,7 +375,12 @@ async fn assert_healthy(c: &mut Cluster, what: &str) {
     .await;
     for id in 1..=3u64 {
         c.wait_for(T, &format!("{what}: the write on node {id}"), || async {
-            let r = c.req(Method::GET, id, "/v1/kv/fuzz-check").send().await.ok()?;
+            let r = c
+                .req(Method::GET, id, "/v1/kv/fuzz-check")
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .ok()?;
             (r.text().await.ok()? == value).then_some(())
         })
         .await;

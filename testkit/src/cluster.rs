@@ -426,6 +426,7 @@ impl Cluster {
             .args(args)
             .env_remove("KEEL_ADDR")
             .env_remove("KEEL_ADMIN_TOKEN")
+            .env_remove("KEEL_TOKEN")
             .output()
             .expect("run keel")
     }

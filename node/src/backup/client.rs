@@ -87,7 +87,13 @@ pub(crate) async fn backup_to_file(args: &BackupArgs, opts: &ClientOpts) -> anyh
     }
     let http = builder.build().context("build http client")?;
     let mut req = http.get(format!("{base}/v1/backup"));
-    if let Some(t) = opts.admin_token.as_ref().map(|t| t.expose()).filter(|t| !t.is_empty()) {
+    // The admin token; a node without one takes a data-plane token for a backup (`--token`).
+    let token = [&opts.admin_token, &opts.token]
+        .into_iter()
+        .flatten()
+        .map(|t| t.expose())
+        .find(|t| !t.is_empty());
+    if let Some(t) = token {
         req = req.bearer_auth(t);
     }
     let mut resp = req

@@ -14,15 +14,23 @@ pub async fn serve_backup(State(node): State<Arc<Node>>, headers: HeaderMap) -> 
 
 pub(crate) async fn start_backup(node: Arc<Node>, headers: &HeaderMap) -> Result<Response, ApiError> {
     // Reads everything, secrets of the cluster's data included: admin only, like mutating endpoints.
-    if let Some(token) = &node.config.admin_token {
-        let auth = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
+    // Without an admin token it is still a read of the whole data plane, so data-plane tokens guard
+    // it then (open only when no token of any kind is set).
+    let tokens = node.tokens.get();
+    let auth = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Some(token) = &tokens.admin {
         if !crate::util::bearer_matches(auth, token.expose()) {
             return Err(ApiError::unauthorized(
                 "a backup needs the admin token: send `Authorization: Bearer <token>` (keel --admin-token)",
             ));
         }
+    } else if tokens.check(auth, crate::auth::Access::Read) != crate::auth::Verdict::Allow {
+        return Err(ApiError::unauthorized(
+            "a backup reads the whole datastore: without an admin token configured it needs a data-plane token \
+             (the read or client token): send `Authorization: Bearer <token>`",
+        ));
     }
     let store = node.repl.store.clone();
     let reader = tokio::task::spawn_blocking(move || store.snapshot())

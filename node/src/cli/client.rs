@@ -65,7 +65,11 @@ pub(crate) fn status_hint(status: StatusCode, code: Option<&str>, message: &str)
         Some("unauthorized") if message.contains("webhook") => {
             "hint: webhooks must be signed with the node's --gitsync-webhook-secret"
         }
+        Some("unauthorized") if message.contains("data-plane token") => {
+            "hint: pass the client token (or the read token to read): --token TOKEN or KEEL_TOKEN"
+        }
         Some("unauthorized") => "hint: pass the admin token: --admin-token TOKEN or KEEL_ADMIN_TOKEN",
+        Some("forbidden") => "hint: the read token only reads: pass the client token with --token to write",
         Some("bad_request") => "hint: check the arguments against `keel <command> --help`",
         Some("not_found") if message.starts_with("no member") => "hint: `keel members list` shows the member ids",
         Some("not_found") if message.starts_with("no key") => {
@@ -201,6 +205,22 @@ impl Api {
             .map(|t| t.expose().to_string())
             .filter(|t| !t.is_empty());
         Ok(Api { http, base, token })
+    }
+
+    /// The same client, sending the data-plane token: `--token`, else `--admin-token` (which the data
+    /// plane takes as well), so one admin token still works everywhere.
+    pub(crate) fn data_plane(&self, opts: &ClientOpts) -> Api {
+        let token = opts
+            .token
+            .as_ref()
+            .map(|t| t.expose().to_string())
+            .filter(|t| !t.is_empty())
+            .or_else(|| self.token.clone());
+        Api {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            token,
+        }
     }
 
     pub(crate) async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, CallError> {

@@ -70,11 +70,17 @@ pub struct ClientOpts {
     #[arg(long, env = "KEEL_ADDR", default_value = "http://127.0.0.1:7101", global = true)]
     pub addr: String,
 
-    /// Admin token, sent as `Authorization: Bearer <token>`
+    /// Admin token, sent as `Authorization: Bearer <token>` by admin and status commands, and by
+    /// data-plane commands (kv, diverged) when --token is not given
     // `Secret`, the type `keel serve --admin-token` uses: a global arg shares its id with the subcommand's
     // arg of the same name, and clap panics when their value types differ. `Debug` also prints `***`.
     #[arg(long, env = "KEEL_ADMIN_TOKEN", global = true, hide_env_values = true)]
     pub admin_token: Option<Secret>,
+
+    /// Data-plane token (the node's --client-token, or --read-token for reads), sent as
+    /// `Authorization: Bearer <token>` by kv and diverged commands
+    #[arg(long, env = "KEEL_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<Secret>,
 
     /// table or json
     #[arg(long, value_enum, default_value = "table", global = true)]
@@ -267,8 +273,8 @@ pub async fn run(cmd: ClientCommand, opts: &ClientOpts) -> anyhow::Result<i32> {
         ClientCommand::Failover { to, force } => {
             promotion(&api, "/v1/failover", json!({"to": to, "force": force}), opts.output).await
         }
-        ClientCommand::Kv(kv_cmd) => kv(&api, kv_cmd, opts.output).await,
-        ClientCommand::Diverged(DivergedCommand::List) => diverged(&api, opts.output).await,
+        ClientCommand::Kv(kv_cmd) => kv(&api.data_plane(opts), kv_cmd, opts.output).await,
+        ClientCommand::Diverged(DivergedCommand::List) => diverged(&api.data_plane(opts), opts.output).await,
         ClientCommand::Gitsync(GitsyncCommand::Status) => gitsync_status(&api, opts.output).await,
         ClientCommand::Gitsync(GitsyncCommand::Sync { accept_reset }) => {
             gitsync_sync(&api, accept_reset, opts.output).await

@@ -75,6 +75,7 @@ fn error_messages() {
     // Every error the API can answer names a next step.
     for (status, code) in [
         (401, "unauthorized"),
+        (403, "forbidden"),
         (400, "bad_request"),
         (404, "not_found"),
         (404, "gitsync_disabled"),
@@ -195,6 +196,20 @@ fn command_line_shape() {
     assert!(format!("{:?}", cli.client).contains("***"));
 }
 
+#[test]
+fn data_plane_commands_send_the_token_else_the_admin_token() {
+    let cli = TestCli::try_parse_from(["keel", "kv", "get", "k", "--token", "c", "--admin-token", "a"]).unwrap();
+    let api = Api::new(&cli.client).unwrap();
+    assert_eq!(api.token.as_deref(), Some("a"), "admin commands send the admin token");
+    assert_eq!(api.data_plane(&cli.client).token.as_deref(), Some("c"));
+    let cli = TestCli::try_parse_from(["keel", "kv", "get", "k", "--admin-token", "a"]).unwrap();
+    let api = Api::new(&cli.client).unwrap();
+    assert_eq!(api.data_plane(&cli.client).token.as_deref(), Some("a"));
+    let cli = TestCli::try_parse_from(["keel", "kv", "get", "k", "--token", ""]).unwrap();
+    let api = Api::new(&cli.client).unwrap();
+    assert_eq!(api.data_plane(&cli.client).token, None);
+}
+
 /// A tiny HTTP server answering fixed JSON per path, for end-to-end runs of [`run`].
 async fn mock(routes: Vec<(&'static str, u16, String)>) -> String {
     use axum::http::StatusCode as S;
@@ -224,6 +239,7 @@ fn opts(addr: &str) -> ClientOpts {
     ClientOpts {
         addr: addr.to_string(),
         admin_token: None,
+        token: None,
         output: OutputFormat::Table,
         timeout_ms: 2000,
         ca: None,

@@ -88,7 +88,7 @@ async fn try_join(node: &Node, http: &reqwest::Client, join: &str) -> Result<Opt
         "api_addr": node.config.advertise_api_addr,
         "peer_addr": node.config.advertise_peer_addr,
     }));
-    if let Some(t) = &node.config.admin_token {
+    if let Some(t) = &node.tokens.get().admin {
         req = req.bearer_auth(t.expose());
     }
     let resp = req.send().await.map_err(retry)?;

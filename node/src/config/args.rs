@@ -54,9 +54,21 @@ pub struct ServeArgs {
     #[arg(long, env = "KEEL_CLUSTER_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub cluster_token: Option<Secret>,
 
-    /// Bearer token required by admin endpoints [default: none, admin endpoints are open].
+    /// Bearer token required by admin endpoints; it also reads and writes the data plane [default: none,
+    /// admin endpoints are open]. Reloaded from the config file on SIGHUP.
     #[arg(long, env = "KEEL_ADMIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub admin_token: Option<Secret>,
+
+    /// Bearer token that reads and writes the data plane (`/v1/kv*`, `/v1/diverged`,
+    /// `/v1/gitsync/files/*`) [default: none]. With no token of any kind the data plane is open.
+    /// Reloaded from the config file on SIGHUP.
+    #[arg(long, env = "KEEL_CLIENT_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub client_token: Option<Secret>,
+
+    /// Bearer token that only reads the data plane; a write with it gets 403 [default: none].
+    /// Reloaded from the config file on SIGHUP.
+    #[arg(long, env = "KEEL_READ_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub read_token: Option<Secret>,
 
     /// PEM certificate (chain) served on both the API and the peer listener; turns on TLS, needs
     /// --tls-key. Reloaded on SIGHUP and when the file changes [default: none, plain HTTP].

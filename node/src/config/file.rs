@@ -16,6 +16,8 @@ pub(crate) struct FileConfig {
     pub(crate) join: Option<String>,
     pub(crate) cluster_token: Option<Secret>,
     pub(crate) admin_token: Option<Secret>,
+    pub(crate) client_token: Option<Secret>,
+    pub(crate) read_token: Option<Secret>,
     pub(crate) tls_cert: Option<PathBuf>,
     pub(crate) tls_key: Option<PathBuf>,
     pub(crate) peer_ca: Option<PathBuf>,
@@ -79,6 +81,15 @@ impl FileConfig {
             source,
         })?;
         FileConfig::parse(&text, path)
+    }
+
+    /// The API tokens the file sets.
+    pub(crate) fn tokens(&self) -> ApiTokens {
+        ApiTokens {
+            admin: self.admin_token.clone(),
+            client: self.client_token.clone(),
+            read: self.read_token.clone(),
+        }
     }
 
     pub(crate) fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {

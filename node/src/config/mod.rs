@@ -71,6 +71,14 @@ pub struct Config {
     pub join: Option<String>,
     pub cluster_token: Option<Secret>,
     pub admin_token: Option<Secret>,
+    /// Reads and writes the data plane.
+    pub client_token: Option<Secret>,
+    /// Reads the data plane.
+    pub read_token: Option<Secret>,
+    /// The `--config` file; SIGHUP re-reads its API tokens ([`Config::reread_tokens`]).
+    pub config_file: Option<PathBuf>,
+    /// The API tokens given as flags or `KEEL_*` variables: they win over the file, on reload too.
+    pub pinned_tokens: ApiTokens,
     pub log_format: LogFormat,
     pub raft: RaftTimings,
     pub request_timeout_ms: u64,
@@ -157,6 +165,12 @@ impl Config {
     /// Merges `args` over `file` over the defaults, parsing strings; checks only what parsing needs.
     fn resolve(mut args: ServeArgs, mut file: FileConfig) -> Result<Config, ConfigError> {
         let id = args.id.or(file.id).ok_or(ConfigError::MissingId)?;
+        let pinned_tokens = ApiTokens {
+            admin: args.admin_token.take(),
+            client: args.client_token.take(),
+            read: args.read_token.take(),
+        };
+        let tokens = pinned_tokens.clone().or(file.tokens());
         let gitsync = gitsync_config(&mut args, &mut file.gitsync)?;
 
         let peers = match (args.peers, file.peers) {
@@ -222,7 +236,11 @@ impl Config {
             peers,
             join: args.join.or(file.join).map(|j| normalize_url_scheme(&j, join_scheme)),
             cluster_token: args.cluster_token.or(file.cluster_token),
-            admin_token: args.admin_token.or(file.admin_token),
+            admin_token: tokens.admin,
+            client_token: tokens.client,
+            read_token: tokens.read,
+            config_file: args.config,
+            pinned_tokens,
             log_format,
             raft: RaftTimings {
                 heartbeat_ms: args
@@ -258,6 +276,26 @@ impl Config {
             gitsync,
             tls,
         })
+    }
+
+    /// The API tokens in force at start.
+    pub fn tokens(&self) -> ApiTokens {
+        ApiTokens {
+            admin: self.admin_token.clone(),
+            client: self.client_token.clone(),
+            read: self.read_token.clone(),
+        }
+    }
+
+    /// The API tokens as the config file says now, under those given as flags or env (which a running
+    /// process cannot change). `None` without a config file: nothing can have changed.
+    pub fn reread_tokens(&self) -> Result<Option<ApiTokens>, ConfigError> {
+        let Some(path) = &self.config_file else {
+            return Ok(None);
+        };
+        let tokens = self.pinned_tokens.clone().or(FileConfig::read(path)?.tokens());
+        tokens.validate()?;
+        Ok(Some(tokens))
     }
 
     /// Checks every invariant of a resolved config; [`Config::load`] calls it, and so should code that
@@ -306,7 +344,7 @@ impl Config {
             return Err(bad_value("data_dir", "", "must not be empty"));
         }
         check_secret("cluster_token", self.cluster_token.as_ref().map(Secret::expose))?;
-        check_secret("admin_token", self.admin_token.as_ref().map(Secret::expose))?;
+        self.tokens().validate()?;
         if let Some(tls) = &self.tls {
             tls.validate()?;
         }

@@ -171,6 +171,50 @@ fn flag_beats_file_beats_default() {
 }
 
 #[test]
+fn api_tokens_resolve_flag_over_file_and_reload_from_the_file_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = |client: &str| {
+        format!("client_token = \"{client}\"\nread_token = \"file-read\"\nadmin_token = \"file-admin\"\n")
+    };
+    let path = write_file(&dir, &text("file-client-1"));
+    let flags = ServeArgs {
+        config: Some(path.clone()),
+        admin_token: Some(Secret::new("flag-admin")),
+        ..args()
+    };
+    let c = Config::load(&flags).unwrap();
+    assert_eq!(c.admin_token.as_ref().unwrap().expose(), "flag-admin");
+    assert_eq!(c.client_token.as_ref().unwrap().expose(), "file-client-1");
+    assert_eq!(c.read_token.as_ref().unwrap().expose(), "file-read");
+    assert!(!format!("{c:?}").contains("file-client-1"), "Debug hides the tokens");
+
+    // The file changes: the client token follows it, the admin token stays the flag's.
+    std::fs::write(&path, text("file-client-2")).unwrap();
+    let now = c.reread_tokens().unwrap().unwrap();
+    assert_eq!(now.client.as_ref().unwrap().expose(), "file-client-2");
+    assert_eq!(now.admin.as_ref().unwrap().expose(), "flag-admin");
+    assert_eq!(c.tokens().changed_kinds(&now), vec!["client"]);
+
+    // A broken file or bad tokens: an error, so the reload keeps the old set.
+    std::fs::write(&path, "client_token = ").unwrap();
+    assert!(matches!(c.reread_tokens(), Err(ConfigError::ParseFile { .. })));
+    std::fs::write(&path, "client_token = \"file-read\"\nread_token = \"file-read\"\n").unwrap();
+    let err = c.reread_tokens().unwrap_err().to_string();
+    assert!(
+        err.contains("the client and the read token are the same") && !err.contains("file-read"),
+        "{err}"
+    );
+
+    // Without a config file nothing can change.
+    let c = Config::load(&ServeArgs {
+        client_token: Some(Secret::new("c")),
+        ..args()
+    })
+    .unwrap();
+    assert!(c.reread_tokens().unwrap().is_none());
+}
+
+#[test]
 fn missing_and_unreadable_file() {
     let err = Config::load(&ServeArgs {
         config: Some("/nonexistent/keel.toml".into()),
@@ -350,6 +394,24 @@ fn rejected_configs() {
         ("body limit", |a| a.max_body_bytes = Some(1023), "at least 1024"),
         ("min acks", |a| a.min_acks = Some(0), "at least 1"),
         ("empty token", |a| a.admin_token = Some(Secret::new("")), "admin_token"),
+        (
+            "empty client token",
+            |a| a.client_token = Some(Secret::new(" ")),
+            "client_token",
+        ),
+        (
+            "empty read token",
+            |a| a.read_token = Some(Secret::new("")),
+            "read_token",
+        ),
+        (
+            "read token equals client token",
+            |a| {
+                a.client_token = Some(Secret::new("same"));
+                a.read_token = Some(Secret::new("same"));
+            },
+            "the client and the read token are the same",
+        ),
         (
             "empty hook",
             |a| a.role_change_hook = Some(" ".into()),

@@ -39,6 +39,69 @@ impl From<String> for Secret {
     }
 }
 
+/// The API port's bearer tokens (docs/operations.md, "Security"). The admin token also opens the data
+/// plane; the client token reads and writes it; the read token only reads it. The rule that says which
+/// token allows what is [`crate::auth::decide`].
+#[derive(Debug, Clone, Default)]
+pub struct ApiTokens {
+    pub admin: Option<Secret>,
+    pub client: Option<Secret>,
+    pub read: Option<Secret>,
+}
+
+impl ApiTokens {
+    /// Each token of `self` where set, else `other`'s (flags and env over the file).
+    pub fn or(self, other: ApiTokens) -> ApiTokens {
+        ApiTokens {
+            admin: self.admin.or(other.admin),
+            client: self.client.or(other.client),
+            read: self.read.or(other.read),
+        }
+    }
+
+    /// The tokens by kind name, in the order admin, client, read.
+    pub fn by_kind(&self) -> [(&'static str, Option<&Secret>); 3] {
+        [
+            ("admin", self.admin.as_ref()),
+            ("client", self.client.as_ref()),
+            ("read", self.read.as_ref()),
+        ]
+    }
+
+    /// No token is empty, and no two kinds share a value (a request's token must name one kind).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        const FIELDS: [&str; 3] = ["admin_token", "client_token", "read_token"];
+        let kinds = self.by_kind();
+        for (field, (_, secret)) in FIELDS.into_iter().zip(kinds) {
+            check_secret(field, secret.map(Secret::expose))?;
+        }
+        for (i, (a, sa)) in kinds.iter().enumerate() {
+            for (j, (b, sb)) in kinds.iter().enumerate().skip(i + 1) {
+                if let (Some(x), Some(y)) = (sa, sb) {
+                    if x.expose() == y.expose() {
+                        return Err(bad_value(
+                            FIELDS[j],
+                            "***",
+                            format!("the {a} and the {b} token are the same; give every kind its own token"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Names of the kinds whose token differs between `self` and `new` (set, unset or changed).
+    pub fn changed_kinds(&self, new: &ApiTokens) -> Vec<&'static str> {
+        self.by_kind()
+            .into_iter()
+            .zip(new.by_kind())
+            .filter(|((_, a), (_, b))| a.map(Secret::expose) != b.map(Secret::expose))
+            .map(|((kind, _), _)| kind)
+            .collect()
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {

@@ -2,7 +2,9 @@
 //! and the load-balancer probes. JSON in and out; every error is an [`ApiError`].
 //!
 //! Layers, outermost first: body size limit (413 before reading a byte too many), request
-//! timeout (503 `timeout`), admin-token check for mutating endpoints (401).
+//! timeout (503 `timeout`), the token check (`api_auth`, with [`crate::auth`]: data-plane tokens on `/v1/kv*`,
+//! `/v1/diverged` and `/v1/gitsync/files/*`, 401 or 403; the admin token on mutating admin
+//! endpoints, 401).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::auth::{data_plane_access, Access, Verdict};
 use crate::cluster::admin::{self, AdminOp, AdminReply, ConfigPatch};
 use crate::cluster::members;
 use crate::state::{quorum_reachable, role, Node};
@@ -91,7 +94,7 @@ pub fn router(node: Arc<Node>) -> Router {
             )
         })
         .with_state(node.clone())
-        .layer(middleware::from_fn_with_state(node, admin_auth))
+        .layer(middleware::from_fn_with_state(node, api_auth))
         .layer(middleware::from_fn(move |req, next| timeout_mw(timeout, req, next)))
         .layer(middleware::from_fn(move |req, next| body_limit_mw(limit, req, next)))
         .layer(DefaultBodyLimit::max(limit))
@@ -100,23 +103,49 @@ pub fn router(node: Arc<Node>) -> Router {
 /// Endpoints that change cluster state need the admin token (when one is configured).
 pub fn requires_admin(method: &Method, path: &str) -> bool {
     let mutating = matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
-    // Data-plane writes and webhooks carry their own authorisation.
-    mutating && path.starts_with("/v1/") && !path.starts_with("/v1/kv") && path != "/v1/gitsync/webhook"
+    // The data plane has its own tokens (`auth`), webhooks their signature.
+    mutating
+        && path.starts_with("/v1/")
+        && data_plane_access(method.as_str(), path).is_none()
+        && path != "/v1/gitsync/webhook"
 }
 
-async fn admin_auth(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
-    if let Some(token) = &node.config.admin_token {
-        if requires_admin(req.method(), req.uri().path()) {
-            let auth = req
-                .headers()
-                .get(axum::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok());
-            if !bearer_matches(auth, token.expose()) {
-                return ApiError::unauthorized(
-                    "this endpoint needs the admin token: send `Authorization: Bearer <token>` (keel --admin-token)",
-                )
-                .into_response();
+/// The token check, on the token set in force (reloaded on SIGHUP). A forwarded write is checked
+/// here on the replica and again on the primary, which gets the client's `Authorization` header
+/// (`kv::forward`): the primary never trusts a forward for being one.
+async fn api_auth(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let tokens = node.tokens.get();
+    let auth = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Some(access) = data_plane_access(req.method().as_str(), req.uri().path()) {
+        let needed = match access {
+            Access::Read => "the read, client or admin token",
+            Access::Write => "the client or admin token",
+        };
+        match tokens.check(auth, access) {
+            Verdict::Allow => {}
+            Verdict::Unauthorized => {
+                return ApiError::unauthorized(format!(
+                    "this endpoint needs a data-plane token ({needed}): send `Authorization: Bearer <token>` \
+                     (keel --token)"
+                ))
+                .into_response()
             }
+            Verdict::Forbidden => {
+                return ApiError::forbidden(format!(
+                    "the read token cannot write; a write needs {needed} (keel --token)"
+                ))
+                .into_response()
+            }
+        }
+    } else if let Some(token) = &tokens.admin {
+        if requires_admin(req.method(), req.uri().path()) && !bearer_matches(auth, token.expose()) {
+            return ApiError::unauthorized(
+                "this endpoint needs the admin token: send `Authorization: Bearer <token>` (keel --admin-token)",
+            )
+            .into_response();
         }
     }
     next.run(req).await
@@ -237,6 +266,8 @@ async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
         "api_addr": node.config.advertise_api_addr,
         "peer_addr": node.config.advertise_peer_addr,
         "uptime_ms": node.started.elapsed().as_millis() as u64,
+        // `open`: no token of any kind, the data plane takes anyone; `tokens`: it needs one.
+        "auth": node.tokens.get().mode(),
         "cluster_id_mismatch": node.cluster_mismatch().map(|(id, m)| json!({"peer": id, "message": m})),
         "replication": {
             "mode": view.state.config.replication_mode,
@@ -586,6 +617,9 @@ mod tests {
             (Method::DELETE, "/v1/members/3", true),
             (Method::PUT, "/v1/maintenance", true),
             (Method::PUT, "/v1/kv/a", false),
+            (Method::DELETE, "/v1/kv/a", false),
+            (Method::PUT, "/v1/gitsync/files/a.txt", false),
+            (Method::DELETE, "/v1/gitsync/files/a.txt", false),
             (Method::POST, "/v1/gitsync/webhook", false),
             (Method::POST, "/v1/gitsync/sync", true),
             (Method::GET, "/health", false),

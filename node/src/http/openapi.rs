@@ -95,6 +95,7 @@ fn errors(statuses: &[&'static str]) -> Vec<(&'static str, Value)> {
             let name = match *status {
                 "400" => "BadRequest",
                 "401" => "Unauthorized",
+                "403" => "Forbidden",
                 "404" => "NotFound",
                 "409" => "Conflict",
                 "413" => "TooLarge",
@@ -111,7 +112,10 @@ fn error_responses() -> Value {
     let e = |description: &str| json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
     json!({
         "BadRequest": e("`bad_request`: malformed JSON, unknown fields, bad ids or query values, invalid config"),
-        "Unauthorized": e("`unauthorized`: the admin token is configured and was not sent as `Authorization: Bearer <token>`"),
+        "Unauthorized": e("`unauthorized`: the admin token (admin endpoints) or a data-plane token (`/v1/kv*`, \
+    `/v1/diverged`, `/v1/gitsync/files/*`) is configured and no token that allows the request was sent as \
+    `Authorization: Bearer <token>`"),
+        "Forbidden": e("`forbidden`: a write on the data plane with the read token (writes need the client or admin token)"),
         "NotFound": e("`not_found` (no such member or key), `gitsync_disabled` (Git Sync not configured on this node)"),
         "Conflict": e("conflicts with the cluster's state: `duplicate_id`, `duplicate_address`, `already_voter`, \
     `not_caught_up`, `quorum_at_risk`, `membership_change_in_progress`, `empty_membership`, `primary_healthy`, \
@@ -162,7 +166,7 @@ pub fn operations() -> Vec<Op> {
                 &errors(&["503"]),
                 (
                     "200",
-                    ok("this node's status", obj(&["node_id", "role", "raft", "primary"])),
+                    ok("this node's status", obj(&["node_id", "role", "raft", "primary", "auth"])),
                 ),
             ),
         },
@@ -706,6 +710,12 @@ pub fn operations() -> Vec<Op> {
 /// Read endpoints whose handler requires the admin token itself (a backup holds all the data).
 pub const ADMIN_READS: &[&str] = &["/v1/backup"];
 
+/// Which data-plane access this operation needs (a token of `dataToken` or `adminToken` once any
+/// token is configured), `None` off the data plane: [`crate::auth::data_plane_access`], evaluated here.
+pub fn data_access(method: &str, path: &str) -> Option<crate::auth::Access> {
+    crate::auth::data_plane_access(&method.to_ascii_uppercase(), &example_path(path))
+}
+
 /// Does this operation need the admin token (when one is configured)?
 pub fn needs_admin(method: &str, path: &str) -> bool {
     let m: Method = method.to_ascii_uppercase().parse().expect("valid method");
@@ -730,8 +740,12 @@ pub fn spec() -> Value {
         for (code, resp) in &op.responses {
             responses.insert((*code).to_string(), resp.clone());
         }
-        if admin {
+        let data = data_access(op.method, op.path);
+        if admin || data.is_some() {
             responses.insert("401".into(), r("Unauthorized"));
+        }
+        if data == Some(crate::auth::Access::Write) {
+            responses.insert("403".into(), r("Forbidden"));
         }
         let mut o = json!({
             "operationId": format!("{}{}", op.method, op.path.replace(['/', '{', '}', '.'], "_")),
@@ -747,8 +761,12 @@ pub fn spec() -> Value {
         }
         // Endpoints that change cluster state need the admin token when one is configured;
         // without one configured, they are open (the empty requirement `{}`).
+        // The data plane takes a data-plane token or the admin token once any token is configured,
+        // and is open while none is.
         o["security"] = if admin {
             json!([{"adminToken": []}, {}])
+        } else if data.is_some() {
+            json!([{"dataToken": []}, {"adminToken": []}, {}])
         } else {
             json!([])
         };
@@ -762,12 +780,17 @@ pub fn spec() -> Value {
             "version": env!("CARGO_PKG_VERSION"),
             "description": "The API port (`--api-addr`) of a Keel node. JSON unless said otherwise; every error has \
     the body {\"error\": {\"code\", \"message\"}}. Endpoints marked with `adminToken` need `Authorization: Bearer \
-    <token>` when the node runs with `--admin-token`. Every request is bounded by `--request-timeout-ms` \
+    <token>` when the node runs with `--admin-token`; those marked with `dataToken` (the data plane) need the client \
+    or admin token to write and the read, client or admin token to read once any token is configured (401, 403 \
+    for a write with the read token). Every request is bounded by `--request-timeout-ms` \
     (503 `timeout`) and `--max-body-bytes` (413 `too_large`).",
         },
         "paths": paths,
         "components": {
-            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer", "description": "the node's --admin-token"}},
+            "securitySchemes": {
+                "adminToken": {"type": "http", "scheme": "bearer", "description": "the node's --admin-token"},
+                "dataToken": {"type": "http", "scheme": "bearer", "description": "the node's --client-token (reads and writes) or --read-token (reads)"},
+            },
             "schemas": {
                 "Error": {
                     "type": "object",
@@ -935,6 +958,7 @@ mod tests {
         let paths = v["paths"].as_object().unwrap();
         let mut seen_ids = BTreeSet::new();
         let mut admin_ops = 0;
+        let mut data_ops = 0;
         for (path, item) in paths {
             assert!(path.starts_with('/'), "{path}");
             for (method, op) in item.as_object().unwrap() {
@@ -994,9 +1018,25 @@ mod tests {
                     "{method} {path}: admin endpoint without 401"
                 );
                 admin_ops += usize::from(admin);
+                let data = data_access(method, path);
+                let data_secured = op["security"][0]["dataToken"].is_array();
+                assert_eq!(
+                    data.is_some(),
+                    data_secured,
+                    "{method} {path}: security vs auth::data_plane_access"
+                );
+                assert!(data.is_none() || responses.contains_key("401"), "{method} {path}");
+                assert_eq!(
+                    data == Some(crate::auth::Access::Write),
+                    responses.contains_key("403"),
+                    "{method} {path}: 403 exactly on data-plane writes"
+                );
+                data_ops += usize::from(data_secured);
             }
         }
         assert!(admin_ops >= 10, "only {admin_ops} admin operations");
+        // GET /v1/kv, GET/PUT/DELETE/POST /v1/kv/{key}, GET /v1/diverged, PUT/DELETE /v1/gitsync/files/{path}.
+        assert_eq!(data_ops, 8, "data-plane operations");
         assert_eq!(v["components"]["securitySchemes"]["adminToken"]["scheme"], "bearer");
         assert_eq!(
             v["components"]["schemas"]["Error"]["properties"]["error"]["required"],
