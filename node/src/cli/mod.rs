@@ -7,6 +7,7 @@
 //! pure [`verdict`] function. Everything else exits 0 on success and 1 on any error. Tables are rendered
 //! by one helper, [`render_table`], with column widths taken from the content.
 
+pub mod git_guard;
 pub mod serve;
 pub mod up;
 
