@@ -77,7 +77,9 @@ pub fn keel_epoch(message: &str) -> TrailerEpoch {
     };
     let mut found = TrailerEpoch::Missing;
     for line in last.lines() {
-        let Some((key, value)) = line.split_once(':') else { continue };
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
         if !key.trim().eq_ignore_ascii_case("keel-epoch") {
             continue;
         }
@@ -277,7 +279,10 @@ pub async fn run(args: GitGuardArgs, opts: &ClientOpts) -> anyhow::Result<i32> {
     match decide(&commits, current, args.require_trailer) {
         Verdict::Allow => {
             let epoch = current.map(|e| format!(", cluster epoch {e}")).unwrap_or_default();
-            eprintln!("keel git-guard: {} new commit(s) on {guarded} accepted{epoch}", commits.len());
+            eprintln!(
+                "keel git-guard: {} new commit(s) on {guarded} accepted{epoch}",
+                commits.len()
+            );
             Ok(EXIT_OK)
         }
         Verdict::Refuse(reason) => {
@@ -292,10 +297,7 @@ mod tests {
     use super::*;
 
     fn c(sha: &str, epoch: TrailerEpoch) -> NewCommit {
-        NewCommit {
-            sha: sha.into(),
-            epoch,
-        }
+        NewCommit { sha: sha.into(), epoch }
     }
 
     #[test]
@@ -331,12 +333,18 @@ mod tests {
             Verdict::Allow => panic!("allowed, wanted a refusal naming {needle:?}"),
         };
         // Current or newer epochs pass; people's commits pass unless trailers are required.
-        assert_eq!(decide(&[c("a", Epoch(5)), c("b", Missing)], Some(5), false), Verdict::Allow);
+        assert_eq!(
+            decide(&[c("a", Epoch(5)), c("b", Missing)], Some(5), false),
+            Verdict::Allow
+        );
         assert_eq!(decide(&[c("a", Epoch(6))], Some(5), true), Verdict::Allow);
         assert_eq!(decide(&[c("a", Missing)], None, false), Verdict::Allow);
         assert_eq!(decide(&[], None, true), Verdict::Allow);
         // A deposed primary's commit, anywhere in the push.
-        refused(decide(&[c("a", Epoch(5)), c("bbbb", Epoch(4))], Some(5), false), "bbbb carries Keel-Epoch 4");
+        refused(
+            decide(&[c("a", Epoch(5)), c("bbbb", Epoch(4))], Some(5), false),
+            "bbbb carries Keel-Epoch 4",
+        );
         refused(decide(&[c("a", Missing)], Some(5), true), "no Keel-Epoch trailer");
         refused(decide(&[c("a", Invalid("x".into()))], Some(5), false), "unreadable");
         // Fail closed when the epoch is unknown.
