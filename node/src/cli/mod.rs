@@ -136,7 +136,7 @@ pub enum GitsyncCommand {
     Status,
     /// sync the node at --addr now and ask every other node to sync
     Sync {
-        /// accept a rewritten upstream history (after a force-push) on this node
+        /// accept a rewritten upstream history (after a force-push), on every node
         #[arg(long)]
         accept_reset: bool,
     },
