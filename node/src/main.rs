@@ -31,6 +31,10 @@ enum Cmd {
     /// Seed one data dir of a new cluster from a backup file (checked before anything is written)
     Restore(keel_node::backup::RestoreArgs),
     /// Git server hook (pre-receive or update) refusing pushes of commits from a deposed primary
+    ///
+    /// `--addr` takes every node's API address, comma-separated: the highest epoch any of them
+    /// reports counts. Exit 0 lets the push through, 1 refuses it, with the reason on stderr
+    /// (which git shows the pusher). See docs/operations.md, "Guarding the Git Sync branch".
     GitGuard(cli::git_guard::GitGuardArgs),
     /// Print a shell completion script: `keel completions bash > /etc/bash_completion.d/keel`
     Completions {
