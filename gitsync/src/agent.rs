@@ -569,7 +569,7 @@ fn edit_blocking(
     };
     if upstream == base {
         // Upstream did not move: the server refuses the push for another reason (protected branch, hook).
-        return Err(GitSyncError::Git(format!("push rejected by the remote: {rejection}")));
+        return Err(GitSyncError::Rejected(rejection));
     }
     if !repo.graph_descendant_of(upstream, base).unwrap_or(false) {
         return Err(conflict(format!(

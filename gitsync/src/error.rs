@@ -37,6 +37,10 @@ pub enum GitSyncError {
     /// The configuration cannot work (bad branch name, path missing in the repository, ...).
     #[error("invalid config: {0}")]
     Config(String),
+    /// The remote refused the push although upstream had not moved: a server-side hook (such as
+    /// `keel git-guard`) or a protected branch. Nothing was pushed; the message is the remote's.
+    #[error("push rejected by the remote: {0}")]
+    Rejected(String),
     /// libgit2 failed on the local repository.
     #[error("git: {0}")]
     Git(String),
@@ -59,6 +63,7 @@ impl GitSyncError {
             GitSyncError::InvalidPath { .. } => "invalid_path",
             GitSyncError::NotFound(_) => "not_found",
             GitSyncError::Config(_) => "config",
+            GitSyncError::Rejected(_) => "rejected",
             GitSyncError::Git(_) => "git",
             GitSyncError::Io { .. } => "io",
         }

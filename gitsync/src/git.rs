@@ -92,9 +92,20 @@ fn remote_error(r: &Redactor, op: &str, e: git2::Error, host_key: HostKeyError) 
     }
 }
 
+/// What the remote said about a push: the ref's rejection status, if any, and its messages (a
+/// hook's stderr, shown to a git user as `remote: ...`), the last [`REMOTE_TEXT_MAX`] bytes.
+#[derive(Default)]
+pub(crate) struct PushReport {
+    rejected: RefCell<Option<String>>,
+    remote_text: RefCell<String>,
+}
+
+/// How much of the remote's messages a push rejection quotes.
+const REMOTE_TEXT_MAX: usize = 2048;
+
 fn callbacks<'a>(
     config: &'a GitSyncConfig,
-    rejected: Option<&'a RefCell<Option<String>>>,
+    push: Option<&'a PushReport>,
     host_key_error: &'a HostKeyError,
 ) -> RemoteCallbacks<'a> {
     let mut cb = RemoteCallbacks::new();
@@ -172,12 +183,24 @@ fn callbacks<'a>(
     }
     let deadline = Instant::now() + TRANSFER_DEADLINE;
     cb.transfer_progress(move |_| Instant::now() < deadline);
-    if let Some(rejected) = rejected {
+    if let Some(push) = push {
         cb.push_update_reference(move |_refname, status| {
             if let Some(message) = status {
-                *rejected.borrow_mut() = Some(message.to_string());
+                *push.rejected.borrow_mut() = Some(message.to_string());
             }
             Ok(())
+        });
+        cb.sideband_progress(move |data| {
+            let mut text = push.remote_text.borrow_mut();
+            text.push_str(&String::from_utf8_lossy(data));
+            if text.len() > REMOTE_TEXT_MAX {
+                let mut cut = text.len() - REMOTE_TEXT_MAX;
+                while !text.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                text.drain(..cut);
+            }
+            true
         });
     }
     cb
@@ -240,18 +263,34 @@ pub(crate) fn push(
     let mut remote = repo
         .remote_anonymous(&config.repo)
         .map_err(|e| GitSyncError::remote(r, "open remote", e))?;
-    let rejected = RefCell::new(None);
+    let report = PushReport::default();
     let host_key = HostKeyError::default();
     let mut opts = PushOptions::new();
-    opts.remote_callbacks(callbacks(config, Some(&rejected), &host_key));
+    opts.remote_callbacks(callbacks(config, Some(&report), &host_key));
     let refspec = format!("{PUSH_REF}:refs/heads/{}", config.branch);
     let result = remote.push(&[refspec.as_str()], Some(&mut opts));
     drop(opts);
     match result {
-        Ok(()) => match rejected.into_inner() {
-            Some(message) => Ok(PushResult::Rejected(r.redact(&message))),
-            None => Ok(PushResult::Pushed),
-        },
+        Ok(()) => {
+            let (status, text) = (report.rejected.into_inner(), report.remote_text.into_inner());
+            match status {
+                Some(status) => {
+                    // The remote's own words (a hook's reason) follow git's short status.
+                    let said: Vec<&str> = text
+                        .split(['\n', '\r'])
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .collect();
+                    let message = if said.is_empty() {
+                        status
+                    } else {
+                        format!("{status} ({})", said.join(" / "))
+                    };
+                    Ok(PushResult::Rejected(r.redact(&message)))
+                }
+                None => Ok(PushResult::Pushed),
+            }
+        }
         Err(e) if e.code() == ErrorCode::NotFastForward => Ok(PushResult::Rejected(r.redact(e.message()))),
         Err(e) => Err(remote_error(r, "push", e, host_key)),
     }

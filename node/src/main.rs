@@ -30,6 +30,12 @@ enum Cmd {
     Backup(keel_node::backup::BackupArgs),
     /// Seed one data dir of a new cluster from a backup file (checked before anything is written)
     Restore(keel_node::backup::RestoreArgs),
+    /// Git server hook (pre-receive or update) refusing pushes of commits from a deposed primary
+    ///
+    /// `--addr` takes every node's API address, comma-separated: the highest epoch any of them
+    /// reports counts. Exit 0 lets the push through, 1 refuses it, with the reason on stderr
+    /// (which git shows the pusher). See docs/operations.md, "Guarding the Git Sync branch".
+    GitGuard(cli::git_guard::GitGuardArgs),
     /// Print a shell completion script: `keel completions bash > /etc/bash_completion.d/keel`
     Completions {
         #[arg(value_enum)]
@@ -68,6 +74,7 @@ fn main() {
             Cmd::Client(c) => cli::run(c, &cli.client).await,
             Cmd::Backup(a) => keel_node::backup::run_backup(a, &cli.client).await,
             Cmd::Restore(a) => keel_node::backup::run_restore(a, cli.client.output).await,
+            Cmd::GitGuard(a) => cli::git_guard::run(a, &cli.client).await,
             Cmd::Completions { .. } => Ok(0),
         }
     });

@@ -1,5 +1,6 @@
-//! Git helpers: a `git` command with a fixed identity, a bare Git Sync upstream, and a started
-//! three-node cluster that follows it.
+//! Git helpers: a `git` command with a fixed identity, a bare Git Sync upstream, `git daemon`
+//! serving it (so pushes run its hooks), a hook installer, and a started three-node cluster that
+//! follows it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -71,6 +72,72 @@ impl Upstream {
         git(&self.work, &["push", "-q", "origin", "main"]);
         git(&self.work, &["rev-parse", "HEAD"]).trim().to_string()
     }
+}
+
+/// `git daemon` on loopback serving the repositories under `base` (fetch and push), killed with
+/// its children (the `receive-pack` and hook processes of pushes in flight) on drop. Pushes over
+/// `git://` run the repository's hooks, as on a real Git server; libgit2's `file://` transport
+/// does not run them.
+pub struct GitDaemon {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl GitDaemon {
+    pub fn start(base: &Path) -> GitDaemon {
+        use std::os::unix::process::CommandExt;
+        let port = crate::free_port("127.0.0.1");
+        // `git-daemon` itself, as the leader of its own process group: `git daemon` would fork
+        // it, and killing that wrapper would orphan the server.
+        let exec_path = git(base, &["--exec-path"]);
+        let child = Command::new(Path::new(exec_path.trim()).join("git-daemon"))
+            .args([
+                "--export-all",
+                "--reuseaddr",
+                "--listen=127.0.0.1",
+                "--enable=receive-pack",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", base.display()))
+            .arg(base)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start git daemon");
+        let daemon = GitDaemon { child, port };
+        crate::wait_for(
+            &format!("git daemon listening on 127.0.0.1:{port}"),
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
+        );
+        daemon
+    }
+
+    /// The `git://` URL of `repo` (a directory name under the base).
+    pub fn url(&self, repo: &str) -> String {
+        format!("git://127.0.0.1:{}/{repo}", self.port)
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        crate::procs::kill_group(&mut self.child);
+    }
+}
+
+/// Writes `script` as the executable hook `name` (`pre-receive`, `update`, ...) of the bare
+/// repository `bare`.
+pub fn install_hook(bare: &Path, name: &str, script: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = bare.join("hooks").join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 /// A bare Git Sync upstream repository in `dir` with one commit under `shared/`; returns its file:// URL.

@@ -38,7 +38,7 @@ pub mod wait;
 pub use api::{error_code, status_json, Sent};
 pub use args::parse_args;
 pub use cluster::{Backend, Cluster, TestNode};
-pub use git::{git, git_cmd, gitsync_cluster, gitsync_upstream, webhook_signature, Upstream};
+pub use git::{git, git_cmd, gitsync_cluster, gitsync_upstream, install_hook, webhook_signature, GitDaemon, Upstream};
 pub use keel_jepsen::netns;
 pub use keel_jepsen::ports::{free_port, process_ip};
 pub use keel_node::util::{strip_ansi, unix_ms};

@@ -7,6 +7,7 @@
 //! pure [`verdict`] function. Everything else exits 0 on success and 1 on any error. Tables are rendered
 //! by one helper, [`render_table`], with column widths taken from the content.
 
+pub mod git_guard;
 pub mod serve;
 pub mod up;
 
@@ -141,7 +142,7 @@ pub enum GitsyncCommand {
     Status,
     /// sync the node at --addr now and ask every other node to sync
     Sync {
-        /// accept a rewritten upstream history (after a force-push) on this node
+        /// accept a rewritten upstream history (after a force-push), on every node
         #[arg(long)]
         accept_reset: bool,
     },

@@ -145,6 +145,11 @@ pub struct ServeArgs {
     #[arg(long, env = "KEEL_GITSYNC_INTERVAL_MS", value_name = "MS")]
     pub gitsync_interval_ms: Option<u64>,
 
+    /// `GET /replica` answers 503 when Git Sync is in conflict or its last successful sync is older
+    /// than this (over the interval); `?max_gitsync_age_ms=` overrides it [default: none, not checked].
+    #[arg(long, env = "KEEL_GITSYNC_MAX_AGE_MS", value_name = "MS")]
+    pub gitsync_max_age_ms: Option<u64>,
+
     /// Secret verifying the X-Hub-Signature-256 of Git Sync webhooks [default: none, webhooks are
     /// rejected].
     #[arg(

@@ -68,6 +68,7 @@ pub(crate) struct FileGitSync {
     pub(crate) branch: Option<String>,
     pub(crate) path: Option<String>,
     pub(crate) interval_ms: Option<u64>,
+    pub(crate) max_age_ms: Option<u64>,
     pub(crate) webhook_secret: Option<Secret>,
     pub(crate) hook: Option<String>,
     pub(crate) ssh_key: Option<PathBuf>,

@@ -434,6 +434,7 @@ fn gitsync_config(args: &mut ServeArgs, file: &mut FileGitSync) -> Result<Option
     let gitsync_settings_given = args.gitsync_branch.is_some()
         || args.gitsync_path.is_some()
         || args.gitsync_interval_ms.is_some()
+        || args.gitsync_max_age_ms.is_some()
         || args.gitsync_webhook_secret.is_some()
         || args.gitsync_hook.is_some()
         || args.gitsync_ssh_key.is_some()
@@ -444,6 +445,7 @@ fn gitsync_config(args: &mut ServeArgs, file: &mut FileGitSync) -> Result<Option
         || file.branch.is_some()
         || file.path.is_some()
         || file.interval_ms.is_some()
+        || file.max_age_ms.is_some()
         || file.webhook_secret.is_some();
     match args.gitsync_repo.take().or(file.repo.take()) {
         Some(repo) => {
@@ -478,7 +480,12 @@ fn gitsync_config(args: &mut ServeArgs, file: &mut FileGitSync) -> Result<Option
                 .take()
                 .or(file.hook.take())
                 .filter(|h| !h.trim().is_empty());
-            Ok(Some(GitSyncConfig { agent, hook }))
+            let max_age_ms = args.gitsync_max_age_ms.take().or(file.max_age_ms.take());
+            Ok(Some(GitSyncConfig {
+                agent,
+                hook,
+                max_age_ms,
+            }))
         }
         // Settings without a repository would be silently ignored; more likely a forgotten flag.
         None if gitsync_settings_given => Err(bad_value(

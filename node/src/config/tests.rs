@@ -133,6 +133,7 @@ fn flag_beats_file_beats_default() {
         [gitsync]
         repo = "https://example.com/cfg.git"
         path = "shared/"
+        max_age_ms = 180000
         "#,
     );
     let flags = ServeArgs {
@@ -161,6 +162,7 @@ fn flag_beats_file_beats_default() {
     let g = &c.gitsync.as_ref().unwrap().agent;
     assert_eq!(g.repo, "https://example.com/cfg.git");
     assert_eq!(g.path, "shared");
+    assert_eq!(c.gitsync.as_ref().unwrap().max_age_ms, Some(180_000));
     // Defaults.
     assert_eq!(g.branch, "main");
     assert_eq!(g.interval, Duration::from_millis(60_000));
@@ -445,6 +447,20 @@ fn rejected_configs() {
                 a.gitsync_interval_ms = Some(10);
             },
             "gitsync.interval_ms",
+        ),
+        (
+            "gitsync max age not over the interval",
+            |a| {
+                a.gitsync_repo = Some("https://x/r.git".into());
+                a.gitsync_interval_ms = Some(1000);
+                a.gitsync_max_age_ms = Some(1000);
+            },
+            "gitsync.max_age_ms",
+        ),
+        (
+            "gitsync max age without repo",
+            |a| a.gitsync_max_age_ms = Some(120_000),
+            "no repository",
         ),
     ];
     for (name, edit, needle) in cases {

@@ -188,6 +188,9 @@ pub struct GitSyncConfig {
     pub agent: keel_gitsync::GitSyncConfig,
     /// On-sync hook command.
     pub hook: Option<String>,
+    /// `GET /replica` answers 503 when this node's Git Sync is in conflict or its last successful
+    /// sync is older than this (`?max_gitsync_age_ms=` overrides it per request); `None`: not checked.
+    pub max_age_ms: Option<u64>,
 }
 
 /// TLS files (PEM). Present only when `--tls-cert` and `--tls-key` are set.
@@ -293,6 +296,16 @@ impl GitSyncConfig {
                 "gitsync.interval_ms",
                 interval_ms,
                 format!("must be at least {MIN_GITSYNC_INTERVAL_MS}"),
+            ));
+        }
+        if let Some(max_age_ms) = self.max_age_ms.filter(|m| *m <= interval_ms) {
+            return Err(bad_value(
+                "gitsync.max_age_ms",
+                max_age_ms,
+                format!(
+                    "must be over gitsync.interval_ms ({interval_ms}): a healthy node syncs only once per interval, \
+                     so a smaller age would take it out of /replica between two good syncs"
+                ),
             ));
         }
         for (key, file) in [("gitsync.ssh_key", &g.ssh_key), ("gitsync.known_hosts", &g.known_hosts)] {

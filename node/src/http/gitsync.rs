@@ -2,7 +2,7 @@
 //!
 //! - `GET /v1/gitsync`: this node's agent status.
 //! - `POST /v1/gitsync/sync[?accept_reset=true]`: sync this node now and kick every other
-//!   node (admin).
+//!   node, passing `accept_reset` on (admin).
 //! - `POST /v1/gitsync/webhook`: verified here (GitHub / Gitea / GitLab signatures); a verified
 //!   push makes *every* node sync, through the cluster (`/peer/gitsync/kick`), not by trusting
 //!   each node to receive its own webhook.
@@ -21,7 +21,7 @@ use keel_gitsync::{GitSync, GitSyncError, Trigger, WebhookVerdict};
 use serde_json::json;
 use tracing::info;
 
-use crate::cluster::gitsync::{kick_all, last_hook};
+use crate::cluster::gitsync::{kick_all, last_hook, EditError, Edited, Kick};
 use crate::http::error::{ApiError, ApiPath};
 use crate::http::{body_bytes, parse_query};
 use crate::state::Node;
@@ -40,13 +40,27 @@ fn agent(node: &Node) -> Result<&Arc<GitSync>, ApiError> {
 
 fn git_error(e: GitSyncError) -> ApiError {
     match &e {
-        GitSyncError::Conflict { .. } => ApiError::conflict("conflict", e.to_string()),
+        GitSyncError::Conflict { .. } | GitSyncError::Rejected(_) => ApiError::conflict("conflict", e.to_string()),
         GitSyncError::InvalidPath { .. } => ApiError::bad_request(e.to_string()),
         GitSyncError::NotFound(_) => ApiError::not_found(e.to_string()),
         GitSyncError::Network(_) | GitSyncError::Auth(_) => {
             ApiError::unavailable("upstream_unavailable", e.to_string())
         }
         _ => ApiError::internal(e.to_string()),
+    }
+}
+
+/// An edit's failure as an answer: the lease cases as the datastore's (`no_lease`, `outcome_unknown`),
+/// a deposed writer's refused push as `stale_epoch`, the rest as [`git_error`].
+fn edit_error(e: EditError) -> ApiError {
+    match e {
+        EditError::NoLease => ApiError::unavailable("no_lease", e.to_string()),
+        EditError::LeaseLapsed { .. } => ApiError::unavailable(
+            "outcome_unknown",
+            format!("{e}: it may or may not stay on the branch; read the branch back before retrying"),
+        ),
+        EditError::Deposed { .. } => ApiError::unavailable("stale_epoch", e.to_string()),
+        EditError::Git(e) => git_error(e),
     }
 }
 
@@ -67,7 +81,12 @@ pub async fn sync(State(node): State<Arc<Node>>, RawQuery(q): RawQuery) -> ApiRe
     );
     let others = {
         let node = node.clone();
-        tokio::spawn(async move { kick_all(&node, "manual").await })
+        let kick = if accept_reset {
+            Kick::ManualAcceptReset
+        } else {
+            Kick::Manual
+        };
+        tokio::spawn(async move { kick_all(&node, kick).await })
     };
     let outcome = g.sync(Trigger::Manual, accept_reset).await.map_err(git_error)?;
     let _ = others.await;
@@ -95,7 +114,7 @@ pub async fn webhook(
         WebhookVerdict::Sync { .. } => {
             info!(?verdict, "verified push webhook: syncing every node");
             g.kick(Trigger::Webhook);
-            kick_all(&node, "webhook").await;
+            kick_all(&node, Kick::Webhook).await;
             Ok((StatusCode::ACCEPTED, Json(json!({ "webhook": verdict }))).into_response())
         }
         _ => Ok((StatusCode::OK, Json(json!({ "webhook": verdict }))).into_response()),
@@ -121,24 +140,15 @@ pub async fn edit(
         }
         return crate::http::kv::forward(&node, method, &pq, &headers, body).await;
     }
-    // Only a primary holding its lease pushes: a deposed primary must not move the branch.
-    let Some(epoch) = crate::cluster::write::wait_write_epoch(&node).await else {
-        return Err(ApiError::unavailable(
-            "no_lease",
-            "this node holds no valid lease: it may not push edits",
-        ));
-    };
     let contents = if method == Method::DELETE {
         None
     } else {
         Some(body.to_vec())
     };
-    let author = ("keel".to_string(), format!("keel@node-{}", node.id));
-    let commit = g
-        .write_file(&path, contents.as_deref(), epoch, (&author.0, &author.1))
+    let Edited { epoch, commit } = crate::cluster::gitsync::edit(&node, &g, &path, contents.as_deref())
         .await
-        .map_err(git_error)?;
+        .map_err(edit_error)?;
     // Everyone else picks the new commit up now rather than at the next interval.
-    kick_all(&node, "webhook").await;
+    kick_all(&node, Kick::Webhook).await;
     Ok(Json(json!({"commit": commit, "epoch": epoch})).into_response())
 }

@@ -506,13 +506,16 @@ async fn probe_primary(State(node): State<Arc<Node>>) -> ApiResult {
 /// Load-balancer probe: 200 on a healthy non-primary.
 async fn probe_replica(State(node): State<Arc<Node>>, RawQuery(q): RawQuery) -> ApiResult {
     let q = parse_query(q);
-    let max_lag_ms = match q.get("max_lag_ms") {
-        Some(v) => Some(
-            v.parse::<u64>()
-                .map_err(|_| ApiError::bad_request(format!("max_lag_ms={v:?} is not a number")))?,
-        ),
-        None => None,
+    let number = |name: &str| -> Result<Option<u64>, ApiError> {
+        q.get(name)
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| ApiError::bad_request(format!("{name}={v:?} is not a number")))
+            })
+            .transpose()
     };
+    let max_lag_ms = number("max_lag_ms")?;
+    let max_gitsync_age_ms = number("max_gitsync_age_ms")?.or(node.config.gitsync.as_ref().and_then(|g| g.max_age_ms));
     let m = node.metrics();
     let view = node.view();
     if view.state.primary.is_some_and(|p| p.node == node.id) {
@@ -538,6 +541,11 @@ async fn probe_replica(State(node): State<Arc<Node>>, RawQuery(q): RawQuery) -> 
             "lagging",
             format!("replication lag {lag_ms} ms over {} ms", crate::util::opt(max_lag_ms)),
         ));
+    }
+    // Without Git Sync on this node there is nothing to be stale: the check passes.
+    if let (Some(max), Some(g)) = (max_gitsync_age_ms, &node.gitsync) {
+        crate::cluster::gitsync::freshness(&g.status(), max, crate::util::unix_ms())
+            .map_err(|stale| ApiError::unavailable(stale.code(), stale.to_string()))?;
     }
     Ok(Json(json!({"role": role(&node), "lag_ms": lag_ms})).into_response())
 }

@@ -126,7 +126,8 @@ fn error_responses() -> Value {
     `primary_unreachable`, `no_lease`, `not_primary`, `stale_epoch`, `state_behind` (backup), `outcome_unknown` (a write may or may not \
     have been applied), `not_replicated` (a sync-mode primary read whose data is not yet on `min_acks` \
     replicas), `upstream_unavailable` (Git Sync remote); the probes' answers: `not_primary`, `is_primary`, \
-    `lagging`, `not_replicating`, `not_member`, `no_quorum`, `raft_stopped`, `data_unreadable`, `cluster_id_mismatch`"),
+    `lagging`, `not_replicating`, `gitsync_conflict`, `gitsync_stale`, `not_member`, `no_quorum`, `raft_stopped`, \
+    `data_unreadable`, `cluster_id_mismatch`"),
     })
 }
 
@@ -523,7 +524,7 @@ pub fn operations() -> Vec<Op> {
             summary: "sync this node now and ask every other node to sync",
             params: vec![query(
                 "accept_reset",
-                "accept a rewritten upstream history (after a force-push)",
+                "accept a rewritten upstream history (after a force-push), on every node",
                 json!({"type": "boolean"}),
             )],
             body: None,
@@ -611,11 +612,19 @@ pub fn operations() -> Vec<Op> {
             tag: "probes",
             summary:
                 "load-balancer probe: 200 on a healthy non-primary member, else 503 (`is_primary`, `lagging`, ...)",
-            params: vec![query(
-                "max_lag_ms",
-                "503 `lagging` when the replica is further behind",
-                json!({"type": "integer", "minimum": 0}),
-            )],
+            params: vec![
+                query(
+                    "max_lag_ms",
+                    "503 `lagging` when the replica is further behind",
+                    json!({"type": "integer", "minimum": 0}),
+                ),
+                query(
+                    "max_gitsync_age_ms",
+                    "503 `gitsync_stale` when Git Sync last succeeded longer ago, `gitsync_conflict` while it is in \
+                     conflict (default `--gitsync-max-age-ms`; not checked without Git Sync)",
+                    json!({"type": "integer", "minimum": 0}),
+                ),
+            ],
             body: None,
             responses: std(
                 &errors(&["400", "503"]),

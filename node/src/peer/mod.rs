@@ -210,7 +210,7 @@ async fn repl_snapshot(State(node): State<Arc<Node>>) -> Response {
 async fn gitsync_kick(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     match decode_body::<String>(&body) {
         Ok(trigger) => {
-            crate::cluster::gitsync::kick_local(&node, &trigger);
+            crate::cluster::gitsync::kick_local(&node, crate::cluster::gitsync::Kick::from_wire(&trigger));
             encoded(&())
         }
         Err(r) => r,
