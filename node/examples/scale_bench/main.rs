@@ -408,11 +408,18 @@ fn run_size(http: &Http, args: &Args, values: u64) -> Row {
     sampler.stop();
     row.resync_mb_s = (values * args.value_bytes) as f64 / 1e6 / row.resync_s;
     let log = std::fs::read_to_string(&c.nodes[replica].log).unwrap_or_default();
-    let by_snapshot = log
+    let installed = log
         .get(log_before as usize..)
-        .is_some_and(|l| l.contains("snapshot installed"));
-    if !by_snapshot {
-        println!("  note: at {values} values the replica caught up from the log, not by snapshot");
+        .and_then(|l| l.lines().find(|l| l.contains("snapshot installed")).map(String::from));
+    match installed {
+        Some(line) => println!(
+            "  resync at {values} values: the replica's own install took {} ms",
+            keel_testkit::strip_ansi(&line)
+                .split_whitespace()
+                .find_map(|f| f.strip_prefix("elapsed_ms="))
+                .unwrap_or("?")
+        ),
+        None => println!("  note: at {values} values the replica caught up from the log, not by snapshot"),
     }
     row.rss_peak_mb = peak.load(Ordering::Relaxed) as f64 / 1024.0;
     row
