@@ -206,6 +206,24 @@ fn datastore_series(out: &mut Exposition, node: &Node) {
         "Durable datastore commits that emptied the datastore journal.",
         stats.checkpoints as f64,
     );
+    let (cache_used, cache_budget) = node.repl.store.cache_use();
+    out.gauge(
+        "keel_datastore_cache_used_bytes",
+        "Bytes in the datastore's page cache (reads and the write buffer); at most keel_datastore_cache_bytes.",
+        cache_used as f64,
+    );
+    out.gauge(
+        "keel_datastore_cache_bytes",
+        "The datastore's page-cache budget: --cache-mb less the Raft stores' share.",
+        cache_budget as f64,
+    );
+    if let Some(rss) = crate::util::rss_bytes() {
+        out.gauge(
+            "process_resident_memory_bytes",
+            "Resident memory of this keel process (VmRSS).",
+            rss as f64,
+        );
+    }
     out.gauge(
         "keel_datastore_journal_bytes",
         "Bytes in the datastore journal: entries written or applied, not yet in a durable datastore commit.",

@@ -209,7 +209,11 @@ impl Node {
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
         let data_path = config.data_dir.join("data.redb");
-        let store = keel_replication::DataStore::open_with_format(&data_path, config.replication.datastore_format)
+        let options = keel_replication::StoreOptions {
+            format: config.replication.datastore_format,
+            cache_bytes: config.datastore_cache_bytes(),
+        };
+        let store = keel_replication::DataStore::open_with(&data_path, &options)
             .map_err(|e| StartError::Data(format!("open {}: {e}", data_path.display())))?;
         let repl = crate::repl::Repl::new(store);
         let http = crate::tls::client_builder(tls.as_ref())

@@ -12,6 +12,25 @@ pub fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// This process's resident memory in bytes (`VmRSS` of `/proc/self/status`); `None` off Linux.
+pub fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_rss(&status)
+}
+
+/// The `VmRSS:` line of a `/proc/<pid>/status` text, in bytes.
+pub fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 /// RFC 3339 UTC rendering of a Unix time in milliseconds, e.g. `2026-11-26T12:00:00.123Z`.
 pub fn rfc3339(ms: u64) -> String {
     let secs = ms / 1000;
@@ -125,6 +144,17 @@ mod tests {
         for (ms, want) in cases {
             assert_eq!(rfc3339(ms), want, "{ms}");
         }
+    }
+
+    #[test]
+    fn vm_rss_is_read_in_bytes() {
+        let status = "Name:\tkeel\nVmPeak:\t  9000 kB\nVmRSS:\t   21504 kB\nThreads:\t9\n";
+        assert_eq!(parse_vm_rss(status), Some(21504 * 1024));
+        assert_eq!(parse_vm_rss("Name:\tkeel\n"), None);
+        assert!(
+            rss_bytes().is_some_and(|b| b > 0),
+            "this test process has resident memory"
+        );
     }
 
     #[test]

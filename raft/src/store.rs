@@ -72,11 +72,26 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> SResult<T> + Send + 'st
     }
 }
 
+/// Page-cache budget of each of the two Raft store files (the log is purged to about a
+/// thousand entries and the state is small, so this is mostly headroom).
+pub const CACHE_BYTES: usize = 8 << 20;
+
 fn open_db(path: &Path) -> Result<Database, StoreError> {
-    Database::create(path).map_err(|source| StoreError::Open {
-        path: path.display().to_string(),
-        source,
-    })
+    Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+/// Begin a write transaction (durable on commit, redb's default) that also saves redb's allocator
+/// state, so that opening the file after a crash does not walk every page to rebuild it.
+fn begin_write(db: &Database) -> Result<redb::WriteTransaction, redb::TransactionError> {
+    let mut tx = db.begin_write()?;
+    tx.set_quick_repair(true);
+    Ok(tx)
 }
 
 /// Create the tables so that readers never see "table does not exist".
@@ -90,7 +105,7 @@ fn init_tables(
         path: path.display().to_string(),
         message: e.to_string(),
     };
-    let tx = db.begin_write().map_err(|e| err(&e))?;
+    let tx = begin_write(&db).map_err(|e| err(&e))?;
     for t in tables {
         tx.open_table(*t).map_err(|e| err(&e))?;
     }
@@ -134,7 +149,7 @@ impl LogStore {
     }
 
     fn put_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> SResult<()> {
-        let tx = db.begin_write().map_err(write_err)?;
+        let tx = begin_write(&db).map_err(write_err)?;
         {
             let mut t = tx.open_table(LOG_META).map_err(write_err)?;
             t.insert(key, encode(value).as_slice()).map_err(write_err)?;
@@ -220,7 +235,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         let encoded: Vec<(u64, Vec<u8>)> = entries.into_iter().map(|e| (e.log_id.index, encode(&e))).collect();
         let res = blocking(move || {
-            let tx = db.begin_write().map_err(write_err)?;
+            let tx = begin_write(&db).map_err(write_err)?;
             {
                 let mut t = tx.open_table(LOG).map_err(write_err)?;
                 for (idx, bytes) in &encoded {
@@ -246,7 +261,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> SResult<()> {
         let db = self.db.clone();
         blocking(move || {
-            let tx = db.begin_write().map_err(write_err)?;
+            let tx = begin_write(&db).map_err(write_err)?;
             {
                 let mut t = tx.open_table(LOG).map_err(write_err)?;
                 t.retain_in(log_id.index.., |_, _| false).map_err(write_err)?;
@@ -259,7 +274,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId<NodeId>) -> SResult<()> {
         let db = self.db.clone();
         blocking(move || {
-            let tx = db.begin_write().map_err(write_err)?;
+            let tx = begin_write(&db).map_err(write_err)?;
             {
                 // Record the purge marker first, in the same transaction: a crash can never
                 // leave entries missing without the marker that explains their absence.
@@ -336,7 +351,7 @@ impl StateMachineStore {
         let db = self.db.clone();
         let bytes = encode(&self.view);
         blocking(move || {
-            let tx = db.begin_write().map_err(write_err)?;
+            let tx = begin_write(&db).map_err(write_err)?;
             {
                 let mut t = tx.open_table(SM).map_err(write_err)?;
                 t.insert(KEY_SM, bytes.as_slice()).map_err(write_err)?;
@@ -376,7 +391,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         let db = self.db.clone();
         blocking(move || {
-            let tx = db.begin_write().map_err(write_err)?;
+            let tx = begin_write(&db).map_err(write_err)?;
             {
                 let mut t = tx.open_table(SM).map_err(write_err)?;
                 t.insert(KEY_SNAPSHOT, encode(&stored).as_slice()).map_err(write_err)?;

@@ -60,7 +60,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use snapshot::{SnapshotInstaller, SnapshotReader, SNAPSHOT_CHUNK_BYTES};
-pub use store::{journaled_batch, DataStats, DataStore};
+pub use store::{journaled_batch, DataStats, DataStore, StoreOptions, DEFAULT_CACHE_BYTES};
 pub use values::{CHUNK_MAX, INLINE_MAX, NEWEST_FORMAT};
 
 pub use error::ReplError;

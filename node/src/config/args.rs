@@ -129,6 +129,11 @@ pub struct ServeArgs {
     #[arg(long, env = "KEEL_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,
 
+    /// Memory for the stores' page caches in MiB, the bulk of the node's memory: the datastore gets
+    /// all of it but 16 MiB, which the two Raft stores share; at least 32 [default: 128].
+    #[arg(long, env = "KEEL_CACHE_MB", value_name = "MIB")]
+    pub cache_mb: Option<u64>,
+
     /// Git repository URL to keep checked out; enables Git Sync [default: none, Git Sync off].
     #[arg(long, env = "KEEL_GITSYNC_REPO", hide_env_values = true, value_name = "URL")]
     pub gitsync_repo: Option<String>,

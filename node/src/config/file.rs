@@ -24,6 +24,7 @@ pub(crate) struct FileConfig {
     pub(crate) log_format: Option<String>,
     pub(crate) request_timeout_ms: Option<u64>,
     pub(crate) max_body_bytes: Option<usize>,
+    pub(crate) cache_mb: Option<u64>,
     pub(crate) role_change_hook: Option<String>,
     #[serde(default)]
     pub(crate) raft: FileRaft,

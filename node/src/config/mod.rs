@@ -41,6 +41,8 @@ pub mod defaults {
     /// 2 MiB of value plus 64 KiB of headroom for the request envelope.
     pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024 + 64 * 1024;
     pub const MIN_ACKS: u32 = 1;
+    /// Page-cache memory of the stores, in MiB (see [`super::Config::datastore_cache_bytes`]).
+    pub const CACHE_MB: u64 = 128;
     pub const GITSYNC_BRANCH: &str = "main";
     /// Path inside the repository; empty means the whole repository.
     pub const GITSYNC_PATH: &str = "";
@@ -50,6 +52,7 @@ pub mod defaults {
 /// Lower bounds enforced by [`Config::validate`].
 const MIN_REQUEST_TIMEOUT_MS: u64 = 100;
 const MIN_MAX_BODY_BYTES: usize = 1024;
+const MIN_CACHE_MB: u64 = 32;
 const MIN_GITSYNC_INTERVAL_MS: u64 = 100;
 
 /// The resolved, validated configuration of one node. `Debug` never prints secrets.
@@ -83,6 +86,8 @@ pub struct Config {
     pub raft: RaftTimings,
     pub request_timeout_ms: u64,
     pub max_body_bytes: usize,
+    /// Page-cache memory of the stores in MiB (`--cache-mb`).
+    pub cache_mb: u64,
     pub replication: ReplicationConfig,
     pub role_change_hook: Option<String>,
     pub gitsync: Option<GitSyncConfig>,
@@ -151,6 +156,11 @@ fn bad_address(field: &'static str, value: &str, reason: impl Into<String>) -> C
 }
 
 impl Config {
+    /// The datastore's page-cache budget: `cache_mb` less what the two Raft stores get.
+    pub fn datastore_cache_bytes(&self) -> usize {
+        ((self.cache_mb as usize) << 20).saturating_sub(2 * keel_raft::store::CACHE_BYTES)
+    }
+
     /// Resolves flag > env (both already in `args`) > file (`args.config`) > default, then validates.
     pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
         let file = match &args.config {
@@ -264,6 +274,7 @@ impl Config {
                 .max_body_bytes
                 .or(file.max_body_bytes)
                 .unwrap_or(defaults::MAX_BODY_BYTES),
+            cache_mb: args.cache_mb.or(file.cache_mb).unwrap_or(defaults::CACHE_MB),
             replication: ReplicationConfig {
                 mode,
                 min_acks: args
@@ -371,6 +382,13 @@ impl Config {
                 "max_body_bytes",
                 self.max_body_bytes,
                 format!("must be at least {MIN_MAX_BODY_BYTES}"),
+            ));
+        }
+        if !(MIN_CACHE_MB..=1 << 20).contains(&self.cache_mb) {
+            return Err(bad_value(
+                "cache_mb",
+                self.cache_mb,
+                format!("must be between {MIN_CACHE_MB} and 1048576 (MiB)"),
             ));
         }
         if let Some(f) = self.replication.datastore_format {

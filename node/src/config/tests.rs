@@ -88,6 +88,8 @@ fn defaults_apply_when_nothing_is_given() {
     assert_eq!(c.raft.heartbeat_ms, 50);
     assert_eq!(c.request_timeout_ms, 10_000);
     assert_eq!(c.max_body_bytes, 2_162_688);
+    assert_eq!(c.cache_mb, 128);
+    assert_eq!(c.datastore_cache_bytes(), 112 << 20);
     assert_eq!(c.replication.mode, ReplicationMode::Async);
     assert_eq!(c.replication.min_acks, 1);
     assert_eq!(c.replication.datastore_format, None);
@@ -394,6 +396,7 @@ fn rejected_configs() {
         ),
         ("request timeout", |a| a.request_timeout_ms = Some(99), "at least 100"),
         ("body limit", |a| a.max_body_bytes = Some(1023), "at least 1024"),
+        ("cache too small", |a| a.cache_mb = Some(31), "between 32 and"),
         ("min acks", |a| a.min_acks = Some(0), "at least 1"),
         ("empty token", |a| a.admin_token = Some(Secret::new("")), "admin_token"),
         (

@@ -285,7 +285,19 @@ async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
             ),
         },
         "gitsync": node.gitsync.as_ref().map(|g| g.status()),
+        "memory": memory(&node),
     }))
+}
+
+/// Resident memory and the stores' page cache (`--cache-mb`), for `/v1/status`.
+fn memory(node: &Node) -> Value {
+    let (cache_used, datastore_budget) = node.repl.store.cache_use();
+    json!({
+        "rss_bytes": crate::util::rss_bytes(),
+        "cache_budget_bytes": node.config.cache_mb << 20,
+        "datastore_cache_bytes": datastore_budget,
+        "datastore_cache_used_bytes": cache_used,
+    })
 }
 
 async fn cluster(State(node): State<Arc<Node>>) -> Json<Value> {

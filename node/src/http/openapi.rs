@@ -167,7 +167,7 @@ pub fn operations() -> Vec<Op> {
                 &errors(&["503"]),
                 (
                     "200",
-                    ok("this node's status", obj(&["node_id", "role", "raft", "primary", "auth"])),
+                    ok("this node's status", obj(&["node_id", "role", "raft", "primary", "auth", "memory"])),
                 ),
             ),
         },

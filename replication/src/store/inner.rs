@@ -74,6 +74,8 @@ pub(crate) struct Inner {
     pub installing: AtomicBool,
     /// Where replica applies become durable (`journal.rs`). Locked only under `meta`.
     pub(super) journal: Mutex<Journal>,
+    /// redb's page-cache budget for this file (see [`crate::StoreOptions`]).
+    pub cache_bytes: usize,
 }
 
 impl Inner {

@@ -40,6 +40,7 @@ pub(crate) mod tests;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
@@ -58,6 +59,28 @@ pub(crate) use inner::{Inner, Stats};
 pub(crate) use tables::{
     begin_write, encode_value, now_ms, read_meta, write_meta, Ctx, Meta, DIVERGED, KV, KV_STAGING, LOG, META,
 };
+
+/// How to open a [`DataStore`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Datastore format to write (see [`DataStore::open_with`]); `None` keeps or picks the newest.
+    pub format: Option<u8>,
+    /// redb page-cache budget in bytes (reads and the write buffer together).
+    pub cache_bytes: usize,
+}
+
+/// Cache budget of a store opened without one: the node's default (`--cache-mb 128`) less what
+/// it gives the Raft stores.
+pub const DEFAULT_CACHE_BYTES: usize = 112 << 20;
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            format: None,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+}
 
 /// Handle to the datastore. Cheap to clone; every clone shares one redb database and one writer
 /// thread. The writer thread stops (after its current batch) when the last clone is dropped.
@@ -84,15 +107,30 @@ impl DataStore {
     /// Takes no lock of its own: the node already holds the data-dir lock. (redb still locks the
     /// file itself, so opening the same file twice fails instead of corrupting it.)
     pub fn open(path: &Path) -> Result<DataStore, DataError> {
-        DataStore::open_with_format(path, None)
+        DataStore::open_with(path, &StoreOptions::default())
     }
 
-    /// [`DataStore::open`] with a datastore format (1 or 2, see `values.rs`). `None`: a new file
+    /// [`DataStore::open_with`] with only a datastore format (see there) and the default cache.
+    pub fn open_with_format(path: &Path, format: Option<u8>) -> Result<DataStore, DataError> {
+        DataStore::open_with(
+            path,
+            &StoreOptions {
+                format,
+                ..StoreOptions::default()
+            },
+        )
+    }
+
+    /// [`DataStore::open`] with options. `options.format` is the datastore format (1 or 2, see `values.rs`). `None`: a new file
     /// gets [`NEWEST_FORMAT`], an existing one keeps the format it has (a file without a recorded
     /// format was written by a release that knew only format 1). `Some(2)` moves a format-1 file
     /// to format 2 (its old records stay as they are); `Some(1)` is refused for a format-2 file,
     /// which may already hold records a format-1 release cannot read.
-    pub fn open_with_format(path: &Path, format: Option<u8>) -> Result<DataStore, DataError> {
+    ///
+    /// `options.cache_bytes` bounds redb's page cache (reads and the write buffer together), so
+    /// the memory this store holds stays flat however large the file grows.
+    pub fn open_with(path: &Path, options: &StoreOptions) -> Result<DataStore, DataError> {
+        let format = options.format;
         if let Some(f) = format {
             if !(1..=NEWEST_FORMAT).contains(&f) {
                 return Err(DataError::Storage(format!(
@@ -101,7 +139,11 @@ impl DataStore {
             }
         }
         let existed = path.exists();
-        let db = Database::create(path).ctx(&format!("open datastore {}", path.display()))?;
+        let opened = Instant::now();
+        let db = Database::builder()
+            .set_cache_size(options.cache_bytes)
+            .create(path)
+            .ctx(&format!("open datastore {}", path.display()))?;
         // Create every table so that readers never see "table does not exist".
         let tx = begin_write(&db)?;
         tx.open_table(KV).ctx("create kv table")?;
@@ -135,7 +177,8 @@ impl DataStore {
         let meta = load_meta(&db)?;
         check_log_shape(&db, &meta)?;
         tracing::info!(path = %path.display(), position = %meta.position, log_start = %meta.log_start,
-            newest_epoch = meta.newest_epoch, format, "opened datastore");
+            newest_epoch = meta.newest_epoch, format, cache_mib = options.cache_bytes >> 20,
+            open_ms = opened.elapsed().as_millis() as u64, "opened datastore");
         let inner = Arc::new(Inner {
             db,
             path: path.to_path_buf(),
@@ -149,6 +192,7 @@ impl DataStore {
             format,
             installing: AtomicBool::new(false),
             journal: Mutex::new(Journal::new(path)),
+            cache_bytes: options.cache_bytes,
         });
         let writer = Arc::new(WriterHandle::spawn(inner.clone())?);
         let store = DataStore { writer, inner };
@@ -270,6 +314,11 @@ impl DataStore {
     pub fn checkpoint(&self) -> Result<(), DataError> {
         let guard = self.inner.lock_meta();
         self.inner.checkpoint(&guard)
+    }
+
+    /// redb's page cache for this file: `(bytes in use, budget)`.
+    pub fn cache_use(&self) -> (usize, usize) {
+        (self.inner.db.cache_stats().used_bytes(), self.inner.cache_bytes)
     }
 
     /// Counters of the group-commit writer.
