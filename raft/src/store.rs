@@ -105,7 +105,7 @@ fn init_tables(
         path: path.display().to_string(),
         message: e.to_string(),
     };
-    let tx = begin_write(&db).map_err(|e| err(&e))?;
+    let tx = begin_write(db).map_err(|e| err(&e))?;
     for t in tables {
         tx.open_table(*t).map_err(|e| err(&e))?;
     }
@@ -149,7 +149,7 @@ impl LogStore {
     }
 
     fn put_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> SResult<()> {
-        let tx = begin_write(&db).map_err(write_err)?;
+        let tx = begin_write(db).map_err(write_err)?;
         {
             let mut t = tx.open_table(LOG_META).map_err(write_err)?;
             t.insert(key, encode(value).as_slice()).map_err(write_err)?;

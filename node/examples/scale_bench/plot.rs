@@ -10,11 +10,14 @@ const H: f64 = 200.0;
 const PAD: f64 = 40.0;
 const COLS: usize = 3;
 
-/// One plot: its title, unit and one or two series (name, value of a row).
+/// One series of a plot: its name and the value it takes from a row.
+type Series = (&'static str, fn(&Row) -> f64);
+
+/// One plot: its title, unit and one or two series.
 struct Figure {
     title: &'static str,
     unit: &'static str,
-    series: Vec<(&'static str, fn(&Row) -> f64)>,
+    series: Vec<Series>,
 }
 
 fn figures() -> Vec<Figure> {
