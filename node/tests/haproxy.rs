@@ -522,7 +522,16 @@ async fn example_keel_toml_starts_a_node() {
 }
 
 /// Client options of the `keel` CLI that `keel serve --help` shows as globals; not server settings.
-const CLIENT_ONLY_FLAGS: &[&str] = &["addr", "output", "timeout-ms", "ca", "help", "version", "config"];
+const CLIENT_ONLY_FLAGS: &[&str] = &[
+    "addr",
+    "output",
+    "timeout-ms",
+    "ca",
+    "token",
+    "help",
+    "version",
+    "config",
+];
 
 /// The long flags `keel serve --help` lists.
 fn serve_flags() -> Vec<String> {

@@ -44,7 +44,7 @@ fn readme_families() -> BTreeMap<String, String> {
                 .split('|')
                 .next()?
                 .trim();
-            name.starts_with("keel_").then(|| (name.to_string(), kind.to_string()))
+            (name.starts_with("keel_") || name.starts_with("process_")).then(|| (name.to_string(), kind.to_string()))
         })
         .collect()
 }
