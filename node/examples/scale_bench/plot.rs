@@ -80,7 +80,7 @@ pub fn render(rows: &[Row], value_bytes: u64) -> String {
 }
 
 fn plot(out: &mut String, fig: &Figure, rows: &[Row], ox: f64, oy: f64) {
-    let (x0, x1, y0, y1) = (ox + PAD, ox + W - 10.0, oy + H - 30.0, oy + 24.0);
+    let (x0, x1, y0, y1) = (ox + PAD, ox + W - 24.0, oy + H - 30.0, oy + 24.0);
     let _ = writeln!(
         out,
         r#"<text x="{}" y="{}" font-size="12">{} ({})</text>"#,
