@@ -1,14 +1,19 @@
-//! `keel serve`'s flags and `KEEL_*` environment variables ([`ServeArgs`], clap). Every field is an
-//! `Option` without a clap default, so "not given" stays visible to the merge in [`Config::load`].
+//! `keel serve`'s settings as given: flags, `KEEL_*` environment variables and the TOML file all
+//! fill the same [`ServeArgs`] (clap reads the first two, serde the file; `[raft]`, `[replication]`
+//! and `[gitsync]` are its sub-structs, flattened into the flags). Every field is an `Option`
+//! without a default, so "not given" stays visible to [`ServeArgs::or`], which lays the flags
+//! over the file; [`Config::load`] then fills the defaults and validates.
 
 use super::*;
 
-/// Flags of `keel serve`. Each also reads `KEEL_<FLAG>` from the environment (clap: flag beats env) and
-/// the matching key from the `--config` TOML file (see [`Config::load`]).
-#[derive(clap::Args, Debug, Clone, Default)]
+/// The settings of `keel serve`, from one source. Each field is a flag, reads `KEEL_<FLAG>` from the
+/// environment (clap: flag beats env), and is a key of the `--config` TOML file (see [`Config::load`]).
+#[derive(clap::Args, Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
 pub struct ServeArgs {
     /// Path to a TOML config file; its keys are the flag names in snake_case, with `[raft]`,
     /// `[replication]` and `[gitsync]` tables. Flags and env override it.
+    #[serde(skip)]
     #[arg(long, env = "KEEL_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
 
@@ -41,8 +46,8 @@ pub struct ServeArgs {
     /// Initial members, `id=host:port` of their peer addresses, comma-separated, e.g.
     /// 1=10.0.0.1:7201,2=10.0.0.2:7201,3=10.0.0.3:7201. Nodes started with the same list bootstrap the
     /// cluster once. Mutually exclusive with --join.
-    #[arg(long, env = "KEEL_PEERS", value_name = "ID=HOST:PORT,...")]
-    pub peers: Option<String>,
+    #[arg(long, env = "KEEL_PEERS", value_name = "ID=HOST:PORT,...", value_parser = Peers::parse_flag)]
+    pub peers: Option<Peers>,
 
     /// API address of any member of a running cluster to join as a learner, e.g. http://10.0.0.1:7101
     /// (the scheme defaults to http). Mutually exclusive with --peers.
@@ -89,36 +94,9 @@ pub struct ServeArgs {
     #[arg(long, env = "KEEL_LOG_FORMAT", value_parser = ["text", "json"])]
     pub log_format: Option<String>,
 
-    /// Datastore replication mode: async acknowledges writes on the primary, sync waits for --min-acks
-    /// replicas [default: async].
-    #[arg(long, env = "KEEL_REPLICATION_MODE", value_parser = ["async", "sync"])]
-    pub replication_mode: Option<String>,
-
-    /// In sync mode, how many replicas must confirm a write before it is acknowledged [default: 1].
-    #[arg(long, env = "KEEL_MIN_ACKS", value_name = "N")]
-    pub min_acks: Option<u32>,
-
-    /// On-disk format of this node's datastore: 2 stores each value over 512 bytes once, in page-sized
-    /// chunks; 1 is what releases before it read. Moving a datastore from 1 to 2 is allowed, back is
-    /// refused [default: 2 for a new datastore, else the format it has].
-    #[arg(long, env = "KEEL_DATASTORE_FORMAT", value_name = "N", value_parser = clap::value_parser!(u8).range(1..=2))]
-    pub datastore_format: Option<u8>,
-
     /// Command run (through the shell) when this node's role changes [default: none].
     #[arg(long, env = "KEEL_ROLE_CHANGE_HOOK", value_name = "CMD")]
     pub role_change_hook: Option<String>,
-
-    /// Raft heartbeat interval in ms; at most half of --election-timeout-min-ms [default: 50].
-    #[arg(long, env = "KEEL_HEARTBEAT_MS", value_name = "MS")]
-    pub heartbeat_ms: Option<u64>,
-
-    /// Lower bound of the randomised Raft election timeout in ms [default: 200].
-    #[arg(long, env = "KEEL_ELECTION_TIMEOUT_MIN_MS", value_name = "MS")]
-    pub election_timeout_min_ms: Option<u64>,
-
-    /// Upper bound of the randomised Raft election timeout in ms, above the minimum [default: 400].
-    #[arg(long, env = "KEEL_ELECTION_TIMEOUT_MAX_MS", value_name = "MS")]
-    pub election_timeout_max_ms: Option<u64>,
 
     /// Timeout for one HTTP request, including forwarding to the leader, in ms; at least 100
     /// [default: 10000].
@@ -134,49 +112,145 @@ pub struct ServeArgs {
     #[arg(long, env = "KEEL_CACHE_MB", value_name = "MIB")]
     pub cache_mb: Option<u64>,
 
+    #[command(flatten)]
+    #[serde(default)]
+    pub raft: RaftArgs,
+
+    #[command(flatten)]
+    #[serde(default)]
+    pub replication: ReplicationArgs,
+
+    #[command(flatten)]
+    #[serde(default)]
+    pub gitsync: GitSyncArgs,
+}
+
+/// `[raft]`: the Raft timings.
+#[derive(clap::Args, Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RaftArgs {
+    /// Raft heartbeat interval in ms; at most half of --election-timeout-min-ms [default: 50].
+    #[arg(long, env = "KEEL_HEARTBEAT_MS", value_name = "MS")]
+    pub heartbeat_ms: Option<u64>,
+
+    /// Lower bound of the randomised Raft election timeout in ms [default: 200].
+    #[arg(long, env = "KEEL_ELECTION_TIMEOUT_MIN_MS", value_name = "MS")]
+    pub election_timeout_min_ms: Option<u64>,
+
+    /// Upper bound of the randomised Raft election timeout in ms, above the minimum [default: 400].
+    #[arg(long, env = "KEEL_ELECTION_TIMEOUT_MAX_MS", value_name = "MS")]
+    pub election_timeout_max_ms: Option<u64>,
+}
+
+/// `[replication]`: the datastore's replication.
+#[derive(clap::Args, Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationArgs {
+    /// Datastore replication mode: async acknowledges writes on the primary, sync waits for --min-acks
+    /// replicas [default: async].
+    #[arg(id = "replication_mode", long = "replication-mode", env = "KEEL_REPLICATION_MODE", value_parser = ["async", "sync"])]
+    pub mode: Option<String>,
+
+    /// In sync mode, how many replicas must confirm a write before it is acknowledged [default: 1].
+    #[arg(long, env = "KEEL_MIN_ACKS", value_name = "N")]
+    pub min_acks: Option<u32>,
+
+    /// On-disk format of this node's datastore: 2 stores each value over 512 bytes once, in page-sized
+    /// chunks; 1 is what releases before it read. Moving a datastore from 1 to 2 is allowed, back is
+    /// refused [default: 2 for a new datastore, else the format it has].
+    #[arg(long, env = "KEEL_DATASTORE_FORMAT", value_name = "N", value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub datastore_format: Option<u8>,
+}
+
+/// `[gitsync]`: Git Sync (flags `--gitsync-*`).
+#[derive(clap::Args, Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GitSyncArgs {
     /// Git repository URL to keep checked out; enables Git Sync [default: none, Git Sync off].
-    #[arg(long, env = "KEEL_GITSYNC_REPO", hide_env_values = true, value_name = "URL")]
-    pub gitsync_repo: Option<String>,
+    #[arg(
+        id = "gitsync_repo",
+        long = "gitsync-repo",
+        env = "KEEL_GITSYNC_REPO",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub repo: Option<String>,
 
     /// Branch Git Sync follows [default: main].
-    #[arg(long, env = "KEEL_GITSYNC_BRANCH", value_name = "BRANCH")]
-    pub gitsync_branch: Option<String>,
+    #[arg(
+        id = "gitsync_branch",
+        long = "gitsync-branch",
+        env = "KEEL_GITSYNC_BRANCH",
+        value_name = "BRANCH"
+    )]
+    pub branch: Option<String>,
 
     /// Relative path inside the repository to materialise [default: empty, the whole repository].
-    #[arg(long, env = "KEEL_GITSYNC_PATH", value_name = "PATH")]
-    pub gitsync_path: Option<String>,
+    #[arg(
+        id = "gitsync_path",
+        long = "gitsync-path",
+        env = "KEEL_GITSYNC_PATH",
+        value_name = "PATH"
+    )]
+    pub path: Option<String>,
 
     /// Git Sync polling interval in ms [default: 60000].
-    #[arg(long, env = "KEEL_GITSYNC_INTERVAL_MS", value_name = "MS")]
-    pub gitsync_interval_ms: Option<u64>,
+    #[arg(
+        id = "gitsync_interval_ms",
+        long = "gitsync-interval-ms",
+        env = "KEEL_GITSYNC_INTERVAL_MS",
+        value_name = "MS"
+    )]
+    pub interval_ms: Option<u64>,
 
     /// `GET /replica` answers 503 when Git Sync is in conflict or its last successful sync is older
     /// than this (over the interval); `?max_gitsync_age_ms=` overrides it [default: none, not checked].
-    #[arg(long, env = "KEEL_GITSYNC_MAX_AGE_MS", value_name = "MS")]
-    pub gitsync_max_age_ms: Option<u64>,
+    #[arg(
+        id = "gitsync_max_age_ms",
+        long = "gitsync-max-age-ms",
+        env = "KEEL_GITSYNC_MAX_AGE_MS",
+        value_name = "MS"
+    )]
+    pub max_age_ms: Option<u64>,
 
     /// Secret verifying the X-Hub-Signature-256 of Git Sync webhooks [default: none, webhooks are
     /// rejected].
     #[arg(
-        long,
+        id = "gitsync_webhook_secret",
+        long = "gitsync-webhook-secret",
         env = "KEEL_GITSYNC_WEBHOOK_SECRET",
         hide_env_values = true,
         value_name = "SECRET"
     )]
-    pub gitsync_webhook_secret: Option<Secret>,
+    pub webhook_secret: Option<Secret>,
 
     /// Command run (`sh -c`) after every sync that changed the served commit, with
     /// `KEEL_GIT_COMMIT`, `KEEL_GIT_PATH` (the served tree) and `KEEL_NODE_ID` set; bounded by
     /// a 30 s timeout, like git-sync's exec hook, so the served application can reload.
-    #[arg(long, env = "KEEL_GITSYNC_HOOK", value_name = "CMD")]
-    pub gitsync_hook: Option<String>,
+    #[arg(
+        id = "gitsync_hook",
+        long = "gitsync-hook",
+        env = "KEEL_GITSYNC_HOOK",
+        value_name = "CMD"
+    )]
+    pub hook: Option<String>,
 
     /// Private key file (OpenSSH or PEM) for `ssh://` and `user@host:path` repositories [default: none].
-    #[arg(long, env = "KEEL_GITSYNC_SSH_KEY", value_name = "FILE")]
-    pub gitsync_ssh_key: Option<PathBuf>,
+    #[arg(
+        id = "gitsync_ssh_key",
+        long = "gitsync-ssh-key",
+        env = "KEEL_GITSYNC_SSH_KEY",
+        value_name = "FILE"
+    )]
+    pub ssh_key: Option<PathBuf>,
 
     /// known_hosts file that must list the ssh server's host key (`ssh-keyscan -p PORT HOST`)
     /// [default: none, libgit2 checks ~/.ssh/known_hosts].
-    #[arg(long, env = "KEEL_GITSYNC_KNOWN_HOSTS", value_name = "FILE")]
-    pub gitsync_known_hosts: Option<PathBuf>,
+    #[arg(
+        id = "gitsync_known_hosts",
+        long = "gitsync-known-hosts",
+        env = "KEEL_GITSYNC_KNOWN_HOSTS",
+        value_name = "FILE"
+    )]
+    pub known_hosts: Option<PathBuf>,
 }

@@ -1,91 +1,60 @@
-//! The TOML file named by `--config` ([`FileConfig`]): the same settings as the flags, in sections.
+//! The TOML file named by `--config`: the same [`ServeArgs`] as the flags, read by serde, and
+//! [`ServeArgs::or`], which lays one source over another, each field once.
 
 use super::*;
 
-/// The TOML file. Keys mirror the flags; unknown keys are an error.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct FileConfig {
-    pub(crate) id: Option<u64>,
-    pub(crate) api_addr: Option<String>,
-    pub(crate) peer_addr: Option<String>,
-    pub(crate) advertise_api_addr: Option<String>,
-    pub(crate) advertise_peer_addr: Option<String>,
-    pub(crate) data_dir: Option<PathBuf>,
-    pub(crate) peers: Option<FilePeers>,
-    pub(crate) join: Option<String>,
-    pub(crate) cluster_token: Option<Secret>,
-    pub(crate) admin_token: Option<Secret>,
-    pub(crate) client_token: Option<Secret>,
-    pub(crate) read_token: Option<Secret>,
-    pub(crate) tls_cert: Option<PathBuf>,
-    pub(crate) tls_key: Option<PathBuf>,
-    pub(crate) peer_ca: Option<PathBuf>,
-    pub(crate) log_format: Option<String>,
-    pub(crate) request_timeout_ms: Option<u64>,
-    pub(crate) max_body_bytes: Option<usize>,
-    pub(crate) cache_mb: Option<u64>,
-    pub(crate) role_change_hook: Option<String>,
-    #[serde(default)]
-    pub(crate) raft: FileRaft,
-    #[serde(default)]
-    pub(crate) replication: FileReplication,
-    #[serde(default)]
-    pub(crate) gitsync: FileGitSync,
-}
-
-/// `peers = "1=a:7201,2=b:7201"` or `peers = { 1 = "a:7201", 2 = "b:7201" }`.
-#[derive(Deserialize)]
+/// `--peers` as given: `"1=a:7201,2=b:7201"` (the flag, or the same string in the file) or, in the
+/// file only, a table `{ 1 = "a:7201", 2 = "b:7201" }`.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(
     untagged,
     expecting = "`peers` must be a string like \"1=host:port,2=host:port\" or a table like { 1 = \"host:port\" }"
 )]
-pub(crate) enum FilePeers {
+pub enum Peers {
     List(String),
     // TOML keys are strings; ids are parsed (and checked) by `peers_from_table`.
     Table(BTreeMap<String, String>),
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct FileRaft {
-    pub(crate) heartbeat_ms: Option<u64>,
-    pub(crate) election_timeout_min_ms: Option<u64>,
-    pub(crate) election_timeout_max_ms: Option<u64>,
+impl Peers {
+    /// clap's parser for `--peers` (checked later, with the rest, by [`Config::load`]).
+    pub fn parse_flag(s: &str) -> Result<Peers, std::convert::Infallible> {
+        Ok(Peers::List(s.to_owned()))
+    }
+
+    /// The members they name, checked.
+    pub(crate) fn resolve(self) -> Result<BTreeMap<u64, String>, ConfigError> {
+        match self {
+            Peers::List(s) => parse_peers(&s),
+            Peers::Table(table) => peers_from_table(table),
+        }
+    }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct FileReplication {
-    pub(crate) mode: Option<String>,
-    pub(crate) min_acks: Option<u32>,
-    pub(crate) datastore_format: Option<u8>,
+impl From<&str> for Peers {
+    fn from(s: &str) -> Peers {
+        Peers::List(s.to_owned())
+    }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct FileGitSync {
-    pub(crate) repo: Option<String>,
-    pub(crate) branch: Option<String>,
-    pub(crate) path: Option<String>,
-    pub(crate) interval_ms: Option<u64>,
-    pub(crate) max_age_ms: Option<u64>,
-    pub(crate) webhook_secret: Option<Secret>,
-    pub(crate) hook: Option<String>,
-    pub(crate) ssh_key: Option<PathBuf>,
-    pub(crate) known_hosts: Option<PathBuf>,
-}
-
-impl FileConfig {
-    pub(crate) fn read(path: &Path) -> Result<FileConfig, ConfigError> {
+impl ServeArgs {
+    /// The TOML file at `path`. Keys mirror the flags; unknown keys are an error.
+    pub(crate) fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
             path: path.to_owned(),
             source,
         })?;
-        FileConfig::parse(&text, path)
+        ServeArgs::parse_file(&text, path)
     }
 
-    /// The API tokens the file sets.
+    pub(crate) fn parse_file(text: &str, path: &Path) -> Result<ServeArgs, ConfigError> {
+        toml::from_str(text).map_err(|e: toml::de::Error| ConfigError::ParseFile {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+
+    /// The API tokens these settings give.
     pub(crate) fn tokens(&self) -> ApiTokens {
         ApiTokens {
             admin: self.admin_token.clone(),
@@ -94,10 +63,97 @@ impl FileConfig {
         }
     }
 
-    pub(crate) fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
-        toml::from_str(text).map_err(|e: toml::de::Error| ConfigError::ParseFile {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })
+    /// Every setting of `self`, and those it lacks from `under` (flags and env over the file).
+    pub fn or(self, under: ServeArgs) -> ServeArgs {
+        ServeArgs {
+            config: self.config.or(under.config),
+            id: self.id.or(under.id),
+            api_addr: self.api_addr.or(under.api_addr),
+            peer_addr: self.peer_addr.or(under.peer_addr),
+            advertise_api_addr: self.advertise_api_addr.or(under.advertise_api_addr),
+            advertise_peer_addr: self.advertise_peer_addr.or(under.advertise_peer_addr),
+            data_dir: self.data_dir.or(under.data_dir),
+            peers: self.peers.or(under.peers),
+            join: self.join.or(under.join),
+            cluster_token: self.cluster_token.or(under.cluster_token),
+            admin_token: self.admin_token.or(under.admin_token),
+            client_token: self.client_token.or(under.client_token),
+            read_token: self.read_token.or(under.read_token),
+            tls_cert: self.tls_cert.or(under.tls_cert),
+            tls_key: self.tls_key.or(under.tls_key),
+            peer_ca: self.peer_ca.or(under.peer_ca),
+            log_format: self.log_format.or(under.log_format),
+            role_change_hook: self.role_change_hook.or(under.role_change_hook),
+            request_timeout_ms: self.request_timeout_ms.or(under.request_timeout_ms),
+            max_body_bytes: self.max_body_bytes.or(under.max_body_bytes),
+            cache_mb: self.cache_mb.or(under.cache_mb),
+            raft: RaftArgs {
+                heartbeat_ms: self.raft.heartbeat_ms.or(under.raft.heartbeat_ms),
+                election_timeout_min_ms: self.raft.election_timeout_min_ms.or(under.raft.election_timeout_min_ms),
+                election_timeout_max_ms: self.raft.election_timeout_max_ms.or(under.raft.election_timeout_max_ms),
+            },
+            replication: ReplicationArgs {
+                mode: self.replication.mode.or(under.replication.mode),
+                min_acks: self.replication.min_acks.or(under.replication.min_acks),
+                datastore_format: self.replication.datastore_format.or(under.replication.datastore_format),
+            },
+            gitsync: self.gitsync.or(under.gitsync),
+        }
     }
+}
+
+impl GitSyncArgs {
+    fn or(self, under: GitSyncArgs) -> GitSyncArgs {
+        GitSyncArgs {
+            repo: self.repo.or(under.repo),
+            branch: self.branch.or(under.branch),
+            path: self.path.or(under.path),
+            interval_ms: self.interval_ms.or(under.interval_ms),
+            max_age_ms: self.max_age_ms.or(under.max_age_ms),
+            webhook_secret: self.webhook_secret.or(under.webhook_secret),
+            hook: self.hook.or(under.hook),
+            ssh_key: self.ssh_key.or(under.ssh_key),
+            known_hosts: self.known_hosts.or(under.known_hosts),
+        }
+    }
+
+    /// Any setting besides the repository.
+    fn any_besides_repo(&self) -> bool {
+        self.branch.is_some()
+            || self.path.is_some()
+            || self.interval_ms.is_some()
+            || self.max_age_ms.is_some()
+            || self.webhook_secret.is_some()
+            || self.hook.is_some()
+            || self.ssh_key.is_some()
+            || self.known_hosts.is_some()
+    }
+}
+
+/// Git Sync's settings, when a repository is given; an error for settings without one.
+pub(crate) fn gitsync_config(g: GitSyncArgs) -> Result<Option<GitSyncConfig>, ConfigError> {
+    let Some(repo) = g.repo.clone() else {
+        // Settings without a repository would be silently ignored; more likely a forgotten flag.
+        if g.any_besides_repo() {
+            return Err(bad_value(
+                "gitsync.repo",
+                "",
+                "Git Sync settings are given but no repository; set --gitsync-repo (or `repo` in [gitsync]) \
+                 or drop the other gitsync settings",
+            ));
+        }
+        return Ok(None);
+    };
+    let branch = g.branch.unwrap_or_else(|| defaults::GITSYNC_BRANCH.to_owned());
+    let mut agent = keel_gitsync::GitSyncConfig::new(repo, branch);
+    agent.path = normalize_gitsync_path(&g.path.unwrap_or_else(|| defaults::GITSYNC_PATH.to_owned()));
+    agent.interval = Duration::from_millis(g.interval_ms.unwrap_or(defaults::GITSYNC_INTERVAL_MS));
+    agent.webhook_secret = g.webhook_secret.map(|s| s.expose().to_owned());
+    agent.ssh_key = g.ssh_key;
+    agent.known_hosts = g.known_hosts;
+    Ok(Some(GitSyncConfig {
+        agent,
+        hook: g.hook.filter(|h| !h.trim().is_empty()),
+        max_age_ms: g.max_age_ms,
+    }))
 }

@@ -1,9 +1,11 @@
 //! Configuration of `keel serve`: flags, `KEEL_*` environment variables and the TOML file, merged into
 //! one validated [`Config`].
 //!
-//! Precedence is flag > env > file > default. clap merges the first two into [`ServeArgs`] (every field is
-//! an `Option` without a clap default, so "not given" stays visible); [`Config::load`] reads the TOML file
-//! named by `--config`, fills the gaps from it and then from [`defaults`], and runs [`Config::validate`].
+//! Precedence is flag > env > file > default. Flags, env and the TOML file all fill one settings
+//! struct, [`ServeArgs`] (clap merges the first two; serde reads the file named by `--config` into
+//! the same struct; every field is an `Option` without a default, so "not given" stays visible).
+//! [`Config::load`] lays the flags over the file ([`ServeArgs::or`]), fills the gaps from
+//! [`defaults`], parses, and runs [`Config::validate`].
 //!
 //! Secrets (tokens, the webhook secret) are held in [`Secret`], whose `Debug` prints `***`, so a config can
 //! be logged with `?config` safely.
@@ -23,7 +25,7 @@ mod file;
 mod types;
 pub use args::*;
 pub use check::*;
-pub(crate) use file::*;
+pub use file::*;
 pub use types::*;
 
 /// Every default value, in one place. The `--help` texts in [`ServeArgs`] repeat them for the reader.
@@ -164,74 +166,59 @@ impl Config {
     /// Resolves flag > env (both already in `args`) > file (`args.config`) > default, then validates.
     pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
         let file = match &args.config {
-            Some(path) => FileConfig::read(path)?,
-            None => FileConfig::default(),
+            Some(path) => ServeArgs::read_file(path)?,
+            None => ServeArgs::default(),
         };
         let config = Config::resolve(args.clone(), file)?;
         config.validate()?;
         Ok(config)
     }
 
-    /// Merges `args` over `file` over the defaults, parsing strings; checks only what parsing needs.
-    fn resolve(mut args: ServeArgs, mut file: FileConfig) -> Result<Config, ConfigError> {
-        let id = args.id.or(file.id).ok_or(ConfigError::MissingId)?;
-        let pinned_tokens = ApiTokens {
-            admin: args.admin_token.take(),
-            client: args.client_token.take(),
-            read: args.read_token.take(),
-        };
-        let tokens = pinned_tokens.clone().or(file.tokens());
-        let gitsync = gitsync_config(&mut args, &mut file.gitsync)?;
+    /// Lays `args` over `file`, fills the defaults and parses strings; checks only what parsing needs.
+    fn resolve(args: ServeArgs, file: ServeArgs) -> Result<Config, ConfigError> {
+        // Tokens given as flags or env stay for the life of the process; the file's may be reloaded.
+        let pinned_tokens = args.tokens();
+        let s = args.or(file);
+        let id = s.id.ok_or(ConfigError::MissingId)?;
+        let tokens = s.tokens();
+        let gitsync = gitsync_config(s.gitsync)?;
 
-        let peers = match (args.peers, file.peers) {
-            (Some(s), _) | (None, Some(FilePeers::List(s))) => parse_peers(&s)?,
-            (None, Some(FilePeers::Table(table))) => peers_from_table(table)?,
-            (None, None) => BTreeMap::new(),
+        let peers = match s.peers {
+            Some(p) => p.resolve()?,
+            None => BTreeMap::new(),
         };
         let own_peer = peers.get(&id).cloned();
 
-        let api_addr = parse_listen_addr(
-            "api_addr",
-            args.api_addr.or(file.api_addr).as_deref().unwrap_or(defaults::API_ADDR),
-        )?;
-        let peer_addr = match args.peer_addr.or(file.peer_addr) {
-            Some(s) => parse_listen_addr("peer_addr", &s)?,
+        let api_addr = parse_listen_addr("api_addr", s.api_addr.as_deref().unwrap_or(defaults::API_ADDR))?;
+        let peer_addr = match s.peer_addr {
+            Some(a) => parse_listen_addr("peer_addr", &a)?,
             // Listening where the peers list says we are is what a local multi-node setup needs.
             None => match own_peer.as_deref().and_then(|p| p.parse::<SocketAddr>().ok()) {
                 Some(addr) => addr,
                 None => parse_listen_addr("peer_addr", defaults::PEER_ADDR)?,
             },
         };
-        let advertise_api_addr = args
-            .advertise_api_addr
-            .or(file.advertise_api_addr)
-            .unwrap_or_else(|| api_addr.to_string());
-        let advertise_peer_addr = args
+        let advertise_api_addr = s.advertise_api_addr.unwrap_or_else(|| api_addr.to_string());
+        let advertise_peer_addr = s
             .advertise_peer_addr
-            .or(file.advertise_peer_addr)
             .or(own_peer)
             .unwrap_or_else(|| peer_addr.to_string());
 
-        let tls = tls_files(
-            args.tls_cert.or(file.tls_cert),
-            args.tls_key.or(file.tls_key),
-            args.peer_ca.or(file.peer_ca),
-        )?;
+        let tls = tls_files(s.tls_cert, s.tls_key, s.peer_ca)?;
         // With TLS the cluster speaks HTTPS, so a bare `--join host:port` means https.
         let join_scheme = if tls.is_some() { "https" } else { "http" };
 
-        let data_dir = args
+        let data_dir = s
             .data_dir
-            .or(file.data_dir)
             .unwrap_or_else(|| Path::new(defaults::DATA_DIR_PARENT).join(format!("node-{id}")));
 
-        let log_format = match args.log_format.or(file.log_format) {
-            Some(s) => s.parse().map_err(|reason| bad_value("log_format", &s, reason))?,
+        let log_format = match s.log_format {
+            Some(f) => f.parse().map_err(|reason| bad_value("log_format", &f, reason))?,
             None => LogFormat::default(),
         };
-        let mode = match args.replication_mode.or(file.replication.mode) {
-            Some(s) => s.parse().map_err(|reason: keel_raft::state::BadReplicationMode| {
-                bad_value("replication.mode", &s, reason.to_string())
+        let mode = match s.replication.mode {
+            Some(m) => m.parse().map_err(|reason: keel_raft::state::BadReplicationMode| {
+                bad_value("replication.mode", &m, reason.to_string())
             })?,
             None => ReplicationMode::default(),
         };
@@ -244,46 +231,34 @@ impl Config {
             advertise_peer_addr,
             data_dir,
             peers,
-            join: args.join.or(file.join).map(|j| normalize_url_scheme(&j, join_scheme)),
-            cluster_token: args.cluster_token.or(file.cluster_token),
+            join: s.join.map(|j| normalize_url_scheme(&j, join_scheme)),
+            cluster_token: s.cluster_token,
             admin_token: tokens.admin,
             client_token: tokens.client,
             read_token: tokens.read,
-            config_file: args.config,
+            config_file: s.config,
             pinned_tokens,
             log_format,
             raft: RaftTimings {
-                heartbeat_ms: args
-                    .heartbeat_ms
-                    .or(file.raft.heartbeat_ms)
-                    .unwrap_or(defaults::HEARTBEAT_MS),
-                election_timeout_min_ms: args
+                heartbeat_ms: s.raft.heartbeat_ms.unwrap_or(defaults::HEARTBEAT_MS),
+                election_timeout_min_ms: s
+                    .raft
                     .election_timeout_min_ms
-                    .or(file.raft.election_timeout_min_ms)
                     .unwrap_or(defaults::ELECTION_TIMEOUT_MIN_MS),
-                election_timeout_max_ms: args
+                election_timeout_max_ms: s
+                    .raft
                     .election_timeout_max_ms
-                    .or(file.raft.election_timeout_max_ms)
                     .unwrap_or(defaults::ELECTION_TIMEOUT_MAX_MS),
             },
-            request_timeout_ms: args
-                .request_timeout_ms
-                .or(file.request_timeout_ms)
-                .unwrap_or(defaults::REQUEST_TIMEOUT_MS),
-            max_body_bytes: args
-                .max_body_bytes
-                .or(file.max_body_bytes)
-                .unwrap_or(defaults::MAX_BODY_BYTES),
-            cache_mb: args.cache_mb.or(file.cache_mb).unwrap_or(defaults::CACHE_MB),
+            request_timeout_ms: s.request_timeout_ms.unwrap_or(defaults::REQUEST_TIMEOUT_MS),
+            max_body_bytes: s.max_body_bytes.unwrap_or(defaults::MAX_BODY_BYTES),
+            cache_mb: s.cache_mb.unwrap_or(defaults::CACHE_MB),
             replication: ReplicationConfig {
                 mode,
-                min_acks: args
-                    .min_acks
-                    .or(file.replication.min_acks)
-                    .unwrap_or(defaults::MIN_ACKS),
-                datastore_format: args.datastore_format.or(file.replication.datastore_format),
+                min_acks: s.replication.min_acks.unwrap_or(defaults::MIN_ACKS),
+                datastore_format: s.replication.datastore_format,
             },
-            role_change_hook: args.role_change_hook.or(file.role_change_hook),
+            role_change_hook: s.role_change_hook,
             gitsync,
             tls,
         })
@@ -304,7 +279,7 @@ impl Config {
         let Some(path) = &self.config_file else {
             return Ok(None);
         };
-        let tokens = self.pinned_tokens.clone().or(FileConfig::read(path)?.tokens());
+        let tokens = self.pinned_tokens.clone().or(ServeArgs::read_file(path)?.tokens());
         tokens.validate()?;
         Ok(Some(tokens))
     }
@@ -445,75 +420,6 @@ fn tls_files(
             ))
         }
     })
-}
-
-/// Git Sync's settings, when a repository is given; an error for settings without one.
-fn gitsync_config(args: &mut ServeArgs, file: &mut FileGitSync) -> Result<Option<GitSyncConfig>, ConfigError> {
-    let gitsync_settings_given = args.gitsync_branch.is_some()
-        || args.gitsync_path.is_some()
-        || args.gitsync_interval_ms.is_some()
-        || args.gitsync_max_age_ms.is_some()
-        || args.gitsync_webhook_secret.is_some()
-        || args.gitsync_hook.is_some()
-        || args.gitsync_ssh_key.is_some()
-        || args.gitsync_known_hosts.is_some()
-        || file.ssh_key.is_some()
-        || file.known_hosts.is_some()
-        || file.hook.is_some()
-        || file.branch.is_some()
-        || file.path.is_some()
-        || file.interval_ms.is_some()
-        || file.max_age_ms.is_some()
-        || file.webhook_secret.is_some();
-    match args.gitsync_repo.take().or(file.repo.take()) {
-        Some(repo) => {
-            let branch = args
-                .gitsync_branch
-                .take()
-                .or(file.branch.take())
-                .unwrap_or_else(|| defaults::GITSYNC_BRANCH.to_owned());
-            let mut agent = keel_gitsync::GitSyncConfig::new(repo, branch);
-            agent.path = normalize_gitsync_path(
-                &args
-                    .gitsync_path
-                    .take()
-                    .or(file.path.take())
-                    .unwrap_or_else(|| defaults::GITSYNC_PATH.to_owned()),
-            );
-            agent.interval = Duration::from_millis(
-                args.gitsync_interval_ms
-                    .take()
-                    .or(file.interval_ms.take())
-                    .unwrap_or(defaults::GITSYNC_INTERVAL_MS),
-            );
-            agent.webhook_secret = args
-                .gitsync_webhook_secret
-                .take()
-                .or(file.webhook_secret.take())
-                .map(|s| s.expose().to_owned());
-            agent.ssh_key = args.gitsync_ssh_key.take().or(file.ssh_key.take());
-            agent.known_hosts = args.gitsync_known_hosts.take().or(file.known_hosts.take());
-            let hook = args
-                .gitsync_hook
-                .take()
-                .or(file.hook.take())
-                .filter(|h| !h.trim().is_empty());
-            let max_age_ms = args.gitsync_max_age_ms.take().or(file.max_age_ms.take());
-            Ok(Some(GitSyncConfig {
-                agent,
-                hook,
-                max_age_ms,
-            }))
-        }
-        // Settings without a repository would be silently ignored; more likely a forgotten flag.
-        None if gitsync_settings_given => Err(bad_value(
-            "gitsync.repo",
-            "",
-            "Git Sync settings are given but no repository; set --gitsync-repo (or `repo` in [gitsync]) \
-                 or drop the other gitsync settings",
-        )),
-        None => Ok(None),
-    }
 }
 
 #[cfg(test)]

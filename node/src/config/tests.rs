@@ -8,13 +8,13 @@ const PEERS3: &str = "1=127.0.0.1:7201,2=127.0.0.1:7202,3=127.0.0.1:7203";
 fn args() -> ServeArgs {
     ServeArgs {
         id: Some(1),
-        peers: Some(PEERS3.to_owned()),
+        peers: Some(PEERS3.into()),
         ..ServeArgs::default()
     }
 }
 
 fn from_toml(args: ServeArgs, toml: &str) -> Result<Config, ConfigError> {
-    let file = FileConfig::parse(toml, Path::new("test.toml"))?;
+    let file = ServeArgs::parse_file(toml, Path::new("test.toml"))?;
     let config = Config::resolve(args, file)?;
     config.validate()?;
     Ok(config)
@@ -143,8 +143,14 @@ fn flag_beats_file_beats_default() {
         api_addr: Some("0.0.0.0:9101".into()),
         advertise_api_addr: Some("node3.example:9101".into()),
         admin_token: Some(Secret::new("flag-token")),
-        heartbeat_ms: Some(20),
-        min_acks: Some(1),
+        raft: RaftArgs {
+            heartbeat_ms: Some(20),
+            ..RaftArgs::default()
+        },
+        replication: ReplicationArgs {
+            min_acks: Some(1),
+            ..ReplicationArgs::default()
+        },
         ..ServeArgs::default()
     };
     let c = Config::load(&flags).unwrap();
@@ -376,28 +382,32 @@ fn rejected_configs() {
         ("bad log format", |a| a.log_format = Some("yaml".into()), "log_format"),
         (
             "bad mode",
-            |a| a.replication_mode = Some("semi".into()),
+            |a| a.replication.mode = Some("semi".into()),
             "replication.mode",
         ),
-        ("zero heartbeat", |a| a.heartbeat_ms = Some(0), "greater than 0"),
-        ("heartbeat too slow", |a| a.heartbeat_ms = Some(201), "at most half"),
+        ("zero heartbeat", |a| a.raft.heartbeat_ms = Some(0), "greater than 0"),
+        (
+            "heartbeat too slow",
+            |a| a.raft.heartbeat_ms = Some(201),
+            "at most half",
+        ),
         (
             "election window empty",
-            |a| a.election_timeout_max_ms = Some(200),
+            |a| a.raft.election_timeout_max_ms = Some(200),
             "greater than raft.election_timeout_min_ms",
         ),
         (
             "election window inverted",
             |a| {
-                a.election_timeout_min_ms = Some(1000);
-                a.election_timeout_max_ms = Some(900);
+                a.raft.election_timeout_min_ms = Some(1000);
+                a.raft.election_timeout_max_ms = Some(900);
             },
             "election_timeout_max_ms",
         ),
         ("request timeout", |a| a.request_timeout_ms = Some(99), "at least 100"),
         ("body limit", |a| a.max_body_bytes = Some(1023), "at least 1024"),
         ("cache too small", |a| a.cache_mb = Some(31), "between 32 and"),
-        ("min acks", |a| a.min_acks = Some(0), "at least 1"),
+        ("min acks", |a| a.replication.min_acks = Some(0), "at least 1"),
         ("empty token", |a| a.admin_token = Some(Secret::new("")), "admin_token"),
         (
             "empty client token",
@@ -424,45 +434,45 @@ fn rejected_configs() {
         ),
         (
             "gitsync without repo",
-            |a| a.gitsync_branch = Some("dev".into()),
+            |a| a.gitsync.branch = Some("dev".into()),
             "no repository",
         ),
         (
             "gitsync path escapes",
             |a| {
-                a.gitsync_repo = Some("https://x/r.git".into());
-                a.gitsync_path = Some("../etc".into());
+                a.gitsync.repo = Some("https://x/r.git".into());
+                a.gitsync.path = Some("../etc".into());
             },
             "without `..`",
         ),
         (
             "gitsync absolute path",
             |a| {
-                a.gitsync_repo = Some("https://x/r.git".into());
-                a.gitsync_path = Some("/etc".into());
+                a.gitsync.repo = Some("https://x/r.git".into());
+                a.gitsync.path = Some("/etc".into());
             },
             "relative path",
         ),
         (
             "gitsync interval",
             |a| {
-                a.gitsync_repo = Some("https://x/r.git".into());
-                a.gitsync_interval_ms = Some(10);
+                a.gitsync.repo = Some("https://x/r.git".into());
+                a.gitsync.interval_ms = Some(10);
             },
             "gitsync.interval_ms",
         ),
         (
             "gitsync max age not over the interval",
             |a| {
-                a.gitsync_repo = Some("https://x/r.git".into());
-                a.gitsync_interval_ms = Some(1000);
-                a.gitsync_max_age_ms = Some(1000);
+                a.gitsync.repo = Some("https://x/r.git".into());
+                a.gitsync.interval_ms = Some(1000);
+                a.gitsync.max_age_ms = Some(1000);
             },
             "gitsync.max_age_ms",
         ),
         (
             "gitsync max age without repo",
-            |a| a.gitsync_max_age_ms = Some(120_000),
+            |a| a.gitsync.max_age_ms = Some(120_000),
             "no repository",
         ),
     ];
@@ -561,8 +571,11 @@ fn debug_hides_secrets() {
     let c = Config::load(&ServeArgs {
         cluster_token: Some(Secret::new("cluster-s3cret")),
         admin_token: Some(Secret::new("admin-s3cret")),
-        gitsync_repo: Some("https://bot:repo-s3cret@git.example/cfg.git".into()),
-        gitsync_webhook_secret: Some(Secret::new("hook-s3cret")),
+        gitsync: GitSyncArgs {
+            repo: Some("https://bot:repo-s3cret@git.example/cfg.git".into()),
+            webhook_secret: Some(Secret::new("hook-s3cret")),
+            ..GitSyncArgs::default()
+        },
         ..args()
     })
     .unwrap();
