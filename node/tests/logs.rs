@@ -83,7 +83,12 @@ async fn a_member_down_is_logged_once_not_every_retry() {
         lines.join("\n")
     );
     let down_lines = lines.iter().filter(|l| l.contains(&down_line)).count();
-    assert_eq!(down_lines, 2, "one unreachable line per survivor:\n{}", lines.join("\n"));
+    assert_eq!(
+        down_lines,
+        2,
+        "one unreachable line per survivor:\n{}",
+        lines.join("\n")
+    );
 
     // It comes back: each survivor says so once.
     let marks: Vec<usize> = survivors.iter().map(|id| c.log(*id).len()).collect();

@@ -59,7 +59,9 @@ impl PeerLog {
             self.reported = true;
             self.failures = 0;
             self.last_line = Some(now);
-            return Some(PeerLine::Unreachable { error: error.to_string() });
+            return Some(PeerLine::Unreachable {
+                error: error.to_string(),
+            });
         }
         let last = self.last_line.unwrap_or(since);
         if now.saturating_duration_since(last) < SUMMARY_EVERY {
@@ -170,7 +172,10 @@ mod tests {
                 error: "connection refused".into()
             }
         );
-        assert_eq!(log.success(t0 + ms(70_000)), Some(PeerLine::Reachable { down_for: ms(70_000) }));
+        assert_eq!(
+            log.success(t0 + ms(70_000)),
+            Some(PeerLine::Reachable { down_for: ms(70_000) })
+        );
         // Back to normal: a later success writes nothing.
         assert_eq!(log.success(t0 + ms(70_200)), None);
     }
