@@ -8,8 +8,10 @@
 //! - Keel says it itself, once: the peer client logs a peer going unreachable, a summary at most
 //!   every 30 s, and its return (`keel_raft::peer_log`, target `keel::peer`). openraft's lines for
 //!   the same condition, and its two known start-up races, are dropped ([`openraft_noise`]).
-//! - Every other WARN or ERROR event passes the [`RateLimiter`], keyed by its call site and the
-//!   peer it names: the first passes, repeats within [`WINDOW`] are counted and dropped, and the
+//! - Every other WARN or ERROR event passes the [`RateLimiter`], keyed by its call site, the peer
+//!   it names and the [`shape`] of its text (the text with numbers blanked, so a retry counter, a
+//!   port or a duration does not make each line new, but another error from the same call site is
+//!   not hidden): the first passes, repeats within [`WINDOW`] are counted and dropped, and the
 //!   first repeat after the window is replaced by one line "N similar messages suppressed in the
 //!   last 30 s: <the first of them>" (target `keel::log`).
 //!
@@ -162,6 +164,43 @@ impl<K: Hash + Eq> RateLimiter<K> {
     }
 }
 
+/// What makes two events "similar": their text with every run of digits, and every long run of hex
+/// digits (ids, hashes), replaced by `#`.
+pub fn shape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        let hex_id = word.len() >= 16 && word.bytes().all(|b| b.is_ascii_hexdigit());
+        if hex_id {
+            out.push('#');
+        } else {
+            let mut in_digits = false;
+            for c in word.chars() {
+                if c.is_ascii_digit() {
+                    if !in_digits {
+                        out.push('#');
+                    }
+                    in_digits = true;
+                } else {
+                    out.push(c);
+                    in_digits = false;
+                }
+            }
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
 fn truncate(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
@@ -219,7 +258,8 @@ impl EventText {
 /// The tracing layer around [`RateLimiter`] and [`openraft_noise`]: it decides in `event_enabled`,
 /// so a dropped event reaches no layer at all.
 pub struct RateLimitLayer {
-    limiter: Mutex<RateLimiter<(Identifier, Option<String>)>>,
+    /// Keyed by call site, peer field and [`shape`].
+    limiter: Mutex<RateLimiter<(Identifier, Option<String>, String)>>,
 }
 
 impl RateLimitLayer {
@@ -255,7 +295,7 @@ impl<S: Subscriber> Layer<S> for RateLimitLayer {
         if meta.target().starts_with("openraft") && openraft_noise(&text).is_some() {
             return false;
         }
-        let key = (meta.callsite(), fields.peer);
+        let key = (meta.callsite(), fields.peer, shape(&text));
         let verdict = self
             .limiter
             .lock()
@@ -359,6 +399,28 @@ mod tests {
     }
 
     #[test]
+    fn shapes_blank_numbers_and_ids_only() {
+        let cases = [
+            ("backoff mode interval=199.998648ms", "backoff mode interval=#.#ms"),
+            (
+                "peer 127.0.0.1:44691 unreachable after 3 tries",
+                "peer #.#.#.#:# unreachable after # tries",
+            ),
+            ("cluster 10ce7cb7a15fce2fea3c8745c58964cb refused", "cluster # refused"),
+            ("node1 on tls13, café", "node# on tls#, café"),
+            ("", ""),
+        ];
+        for (text, want) in cases {
+            assert_eq!(shape(text), want, "{text}");
+        }
+        // Two different errors of one call site stay apart.
+        assert_ne!(
+            shape("TLS certificates not reloaded error=not PEM"),
+            shape("TLS certificates not reloaded error=key does not belong to the certificate")
+        );
+    }
+
+    #[test]
     fn long_text_is_cut_on_a_char_boundary() {
         let long = "é".repeat(MAX_TEXT);
         let cut = truncate(&long, MAX_TEXT);
@@ -393,7 +455,8 @@ mod tests {
     fn event_text_and_peer_field() {
         use tracing_subscriber::layer::SubscriberExt;
         // A layer that records what it was given, to check the visitor on real events.
-        struct Grab(std::sync::Arc<Mutex<Vec<(String, Option<String>)>>>);
+        type Seen = std::sync::Arc<Mutex<Vec<(String, Option<String>)>>>;
+        struct Grab(Seen);
         impl<S: Subscriber> Layer<S> for Grab {
             fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
                 let t = EventText::of(event);
@@ -435,6 +498,9 @@ mod tests {
             for i in 0..50 {
                 tracing::warn!(peer = 3, "lost {i}");
                 tracing::warn!(peer = 4, "lost {i}");
+                // Another message of the same call site is not hidden by the first.
+                let what = if i < 25 { "disk" } else { "net" };
+                tracing::warn!("failed: {what}");
                 tracing::info!("info {i}");
                 tracing::error!(target: "openraft::replication", "RPCError err=Unreachable node: x");
                 tracing::warn!(target: PEER_LOG_TARGET, "peer 3 still unreachable {i}");
@@ -445,6 +511,10 @@ mod tests {
         // One per peer (same call site), every INFO and every already-limited peer line.
         assert_eq!(count("lost 0 peer="), 2);
         assert_eq!(count("lost "), 2);
+        assert_eq!(
+            got.iter().filter(|l| l.starts_with("failed: ")).collect::<Vec<_>>(),
+            ["failed: disk", "failed: net"]
+        );
         assert_eq!(count("info "), 50);
         assert_eq!(count("RPCError"), 0);
         assert_eq!(count("peer 3 still"), 50);

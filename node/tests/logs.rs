@@ -11,7 +11,7 @@ const T: Duration = Duration::from_secs(20);
 const WINDOW: Duration = Duration::from_secs(10);
 /// The most WARN/ERROR lines the two survivors may write together in [`WINDOW`]: one
 /// "unreachable" line each, and room for one more each. The target is at most 10 in 60 s; before
-/// the change this was about 280.
+/// the change this was about 340.
 const MAX_LINES: usize = 6;
 
 /// The log of node `id` after byte `mark`, without colour codes.
