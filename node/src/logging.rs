@@ -15,7 +15,8 @@
 //!   first repeat after the window is replaced by one line "N similar messages suppressed in the
 //!   last 30 s: <the first of them>" (target `keel::log`).
 //!
-//! `KEEL_LOG_RATE_LIMIT=off` turns both off (every line is written, as before).
+//! `KEEL_LOG_RATE_LIMIT=off` turns this layer off: openraft's lines and every repeat are written (the
+//! peer client's own lines are limited where they are made and stay as they are).
 //!
 //! The limiter is a plain struct with the clock passed in; the layer only reads events and feeds
 //! it. The summary is written as a new event from inside the layer: that reaches the process's
@@ -260,12 +261,19 @@ impl EventText {
 pub struct RateLimitLayer {
     /// Keyed by call site, peer field and [`shape`].
     limiter: Mutex<RateLimiter<(Identifier, Option<String>, String)>>,
+    window: Duration,
 }
 
 impl RateLimitLayer {
     pub fn new() -> Self {
+        Self::with_window(WINDOW)
+    }
+
+    /// A layer whose windows last `window` (tests use a short one).
+    pub fn with_window(window: Duration) -> Self {
         RateLimitLayer {
-            limiter: Mutex::new(RateLimiter::new(WINDOW)),
+            limiter: Mutex::new(RateLimiter::new(window)),
+            window,
         }
     }
 
@@ -306,19 +314,23 @@ impl<S: Subscriber> Layer<S> for RateLimitLayer {
             Verdict::Suppress => false,
             Verdict::Summary { count, first } => {
                 // The lock is released: the summary comes back through this layer (and passes).
-                summarise(*meta.level(), meta.target(), count, &first);
+                summarise(*meta.level(), meta.target(), count, self.window, &first);
                 false
             }
         }
     }
 }
 
-fn summarise(level: Level, origin: &str, count: u64, first: &str) {
-    let secs = WINDOW.as_secs();
-    if level == Level::ERROR {
-        tracing::error!(target: SUMMARY_TARGET, suppressed = count, origin, "{count} similar messages suppressed in the last {secs} s: {first}");
+fn summarise(level: Level, origin: &str, count: u64, window: Duration, first: &str) {
+    let window = if window.subsec_millis() == 0 {
+        format!("{} s", window.as_secs())
     } else {
-        tracing::warn!(target: SUMMARY_TARGET, suppressed = count, origin, "{count} similar messages suppressed in the last {secs} s: {first}");
+        format!("{} ms", window.as_millis())
+    };
+    if level == Level::ERROR {
+        tracing::error!(target: SUMMARY_TARGET, suppressed = count, origin, "{count} similar messages suppressed in the last {window}: {first}");
+    } else {
+        tracing::warn!(target: SUMMARY_TARGET, suppressed = count, origin, "{count} similar messages suppressed in the last {window}: {first}");
     }
 }
 

@@ -103,3 +103,54 @@ async fn a_member_down_is_logged_once_not_every_retry() {
     })
     .await;
 }
+
+/// The summary line is a new event written from inside the limiting layer; this checks it reaches
+/// the output under a global subscriber, which is how `keel serve` installs it (a window of
+/// 200 ms instead of 30 s).
+#[test]
+fn repeats_end_in_one_summary_line_under_the_global_subscriber() {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let window = Duration::from_millis(200);
+    let subscriber = tracing_subscriber::registry()
+        .with(keel_node::logging::RateLimitLayer::with_window(window))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(move || writer.clone()),
+        );
+    tracing::subscriber::set_global_default(subscriber).expect("this test's process has no subscriber yet");
+
+    // One call site, as a retry loop has.
+    let warn = |i: u32| tracing::warn!(attempt = i, "disk almost full");
+    for i in 0..20 {
+        warn(i);
+    }
+    // Past the window: the next repeat becomes the summary.
+    std::thread::sleep(window + Duration::from_millis(50));
+    warn(20);
+
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].contains("disk almost full attempt=0"), "{text}");
+    assert!(
+        lines[1].contains("keel::log: 20 similar messages suppressed in the last 200 ms: disk almost full attempt=1"),
+        "{text}"
+    );
+}
