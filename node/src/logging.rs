@@ -56,6 +56,15 @@ pub const OPENRAFT_NOISE: &[(&str, &str)] = &[
         "a peer Keel's client could not reach: Keel logs it going unreachable and coming back",
     ),
     (
+        "error sending request for url",
+        "a request to a peer that got no answer (a timeout, a reset): Keel logs the peer unreachable",
+    ),
+    // openraft logs one failed replication or heartbeat four times; the line kept is
+    // "error replication to target=N error=...", which names the peer.
+    ("RPCError err=", "the same failure as the \"error replication to\" line"),
+    ("update progress error", "the same failure as the \"error replication to\" line"),
+    ("heartbeat error:", "the same failure as the \"error replication to\" line"),
+    (
         "backoff mode: drain events",
         "openraft backing off from an unreachable peer, which Keel logs",
     ),
@@ -449,6 +458,11 @@ mod tests {
             "openraft::replication::ReplicationCore<_, _, _>::backoff_drain_events backoff mode: drain events without processing them interval=199.9ms",
             "while requesting vote error=NetworkError: keel_raft::network::PeerError: peer 127.0.0.1:1 answered 503: just started: not voting yet target=2",
             "A message will be ignored because vote changed: msg sent by vote: T2-N2:uncommitted; current my vote: None; when (VoteResponse)",
+            // A paused peer (SIGSTOP): Keel's client times out.
+            "error replication to target=1 error=NetworkError: keel_raft::network::PeerError: peer 127.0.0.1:1: error sending request for url (http://127.0.0.1:1/peer/raft/append): operation timed out",
+            "RPCError err=timeout after 50ms when AppendEntries 3->1",
+            "update progress error request_id=HeartBeat result=timeout after 50ms when AppendEntries 3->1",
+            "heartbeat error: timeout after 50ms when AppendEntries 3->1, no update to inflight data",
         ];
         for text in dropped {
             assert!(openraft_noise(text).is_some(), "{text}");
@@ -456,6 +470,7 @@ mod tests {
         let kept = [
             "error replication to target=3 error=NetworkError: peer 127.0.0.1:1 answered 500: disk full",
             "timeout while confirming leadership for read request error=timeout after 150ms when AppendEntries 1->3",
+            "error replication to target=1 error=timeout after 50ms when AppendEntries 3->1",
             "error replication to target=3 error=storage error",
         ];
         for text in kept {
