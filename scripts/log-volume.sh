@@ -47,6 +47,7 @@ startup=$(count "$d"/log1 "$d"/log2 "$d"/log3)
 marks=()
 for i in 0 1 2; do marks+=("$(wc -c <"$d/log$((i + 1))")"); done
 kill -9 "${pids[$victim]}"
+wait "${pids[$victim]}" 2>/dev/null || true
 echo "killed node $((victim + 1)) ($which; leader was node $((leader + 1)), primary node $((primary + 1))); counting for $secs s"
 sleep "$secs"
 : >"$d/after"
