@@ -62,8 +62,14 @@ pub const OPENRAFT_NOISE: &[(&str, &str)] = &[
     // openraft logs one failed replication or heartbeat four times; the line kept is
     // "error replication to target=N error=...", which names the peer.
     ("RPCError err=", "the same failure as the \"error replication to\" line"),
-    ("update progress error", "the same failure as the \"error replication to\" line"),
-    ("heartbeat error:", "the same failure as the \"error replication to\" line"),
+    (
+        "update progress error",
+        "the same failure as the \"error replication to\" line",
+    ),
+    (
+        "heartbeat error:",
+        "the same failure as the \"error replication to\" line",
+    ),
     (
         "backoff mode: drain events",
         "openraft backing off from an unreachable peer, which Keel logs",
