@@ -8,7 +8,8 @@
 //! - [`cluster`]: decisions and duties (lease, coordinator, failover, admin operations, hook,
 //!   join). It never imports `http`, `cli` or axum.
 //! - [`start`] (`Node::start` → [`start::NodeHandle`]) and [`state`] (the shared [`state::Node`]),
-//!   [`repl`] (replication glue), [`auth`] (the data plane's tokens), [`config`], [`metrics`], [`tls`], [`util`]: the ground floor.
+//!   [`repl`] (replication glue), [`auth`] (the data plane's tokens), [`config`], [`logging`],
+//!   [`metrics`], [`tls`], [`util`]: the ground floor.
 //!
 //! It must not hold storage or protocol logic that belongs to a lower crate: the Raft stores
 //! and transport are `keel-raft`, the datastore and its replication are `keel-replication`,
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod peer;
 pub mod repl;

@@ -11,7 +11,8 @@
 //! - the peer transport: an HTTP client ([`network::PeerClient`], with per-peer health in
 //!   [`network::PeerHealth`]; the node sends its other peer calls through it too), openraft's
 //!   network on top of it ([`network::PeerNetwork`]), and the axum routes that serve openraft's
-//!   three RPCs ([`server::raft_router`]);
+//!   three RPCs ([`server::raft_router`]); what the log says about a peer going unreachable and
+//!   coming back ([`peer_log`]);
 //! - [`codec`]: the versioned encoding of all of the above (the shared `keel-codec` crate).
 //!
 //! **Must not touch**: it holds no datastore and does not depend on keel-replication or
@@ -26,6 +27,7 @@
 
 pub mod codec;
 pub mod network;
+pub mod peer_log;
 pub mod server;
 pub mod state;
 pub mod store;

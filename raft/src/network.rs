@@ -23,6 +23,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::codec::{decode, encode};
+use crate::peer_log::{log_line, PeerLog};
 use crate::store::StateView;
 use crate::{BasicNode, NodeId, TypeConfig};
 
@@ -40,9 +41,12 @@ pub struct PeerStatus {
     pub last_error: Option<String>,
     /// Set when the peer answered that it belongs to another cluster.
     pub cluster_mismatch: Option<String>,
+    /// What the log last said about the peer (see [`crate::peer_log`]).
+    log: PeerLog,
 }
 
-/// Reachability of peers as seen by this node's outgoing requests.
+/// Reachability of peers as seen by this node's outgoing requests. Every outcome also goes to
+/// the peer's [`PeerLog`], which logs a peer going unreachable and coming back.
 #[derive(Debug, Clone, Default)]
 pub struct PeerHealth {
     inner: Arc<Mutex<BTreeMap<NodeId, PeerStatus>>>,
@@ -50,20 +54,43 @@ pub struct PeerHealth {
 
 impl PeerHealth {
     pub fn record_ok(&self, peer: NodeId) {
-        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let s = m.entry(peer).or_default();
-        s.last_ok = Some(Instant::now());
-        s.last_error = None;
-        s.cluster_mismatch = None;
+        let line = {
+            let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let s = m.entry(peer).or_default();
+            let now = Instant::now();
+            s.last_ok = Some(now);
+            s.last_error = None;
+            s.cluster_mismatch = None;
+            s.log.success(now)
+        };
+        if let Some(line) = line {
+            log_line(peer, line);
+        }
     }
 
+    /// A request to `peer` failed without an answer (or was refused for its token or cluster
+    /// id): it counts towards the peer being unreachable.
     pub fn record_err(&self, peer: NodeId, err: String, mismatch: Option<String>) {
-        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let s = m.entry(peer).or_default();
-        s.last_error = Some(err);
-        if mismatch.is_some() {
-            s.cluster_mismatch = mismatch;
+        let line = {
+            let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let s = m.entry(peer).or_default();
+            let line = s.log.failure(Instant::now(), &err);
+            s.last_error = Some(err);
+            if mismatch.is_some() {
+                s.cluster_mismatch = mismatch;
+            }
+            line
+        };
+        if let Some(line) = line {
+            log_line(peer, line);
         }
+    }
+
+    /// `peer` answered, but with an error (a status, an undecodable body): it is reachable, so
+    /// this is remembered as its last error but neither reports it unreachable nor back.
+    pub fn record_answer_err(&self, peer: NodeId, err: String) {
+        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(peer).or_default().last_error = Some(err);
     }
 
     pub fn get(&self, peer: NodeId) -> PeerStatus {
@@ -218,6 +245,9 @@ impl PeerClient {
             Ok(_) => self.health.record_ok(peer),
             Err(e @ PeerError::ClusterMismatch { message, .. }) => {
                 self.health.record_err(peer, e.to_string(), Some(message.clone()))
+            }
+            Err(e @ (PeerError::Status { .. } | PeerError::Decode { .. })) => {
+                self.health.record_answer_err(peer, e.to_string())
             }
             Err(e) => self.health.record_err(peer, e.to_string(), None),
         }

@@ -7,16 +7,20 @@ use crate::config::{Config, LogFormat, ServeArgs};
 use crate::state::Node;
 
 /// Set up the tracing subscriber: `RUST_LOG` if set, else info for Keel and warn for
-/// openraft (whose info level is chatty).
+/// openraft (whose info level is chatty); repeated WARN/ERROR lines are limited
+/// ([`crate::logging`]).
 pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(crate::logging::RateLimitLayer::from_env());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let res = match format {
-        LogFormat::Json => builder.json().flatten_event(false).try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => registry.with(fmt.json().flatten_event(false)).try_init(),
+        LogFormat::Text => registry.with(fmt).try_init(),
     };
     // Already initialised (in-process tests): keep the existing subscriber.
     let _ = res;
