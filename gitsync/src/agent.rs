@@ -145,29 +145,7 @@ impl GitSync {
         let repo = git::open_or_init(&layout.repo, &redactor)?;
         let shallow = git::transport_allows_shallow(&config.repo);
 
-        let mut status = GitSyncStatus {
-            state: SyncState::Idle,
-            repo: config.redacted_repo(),
-            branch: config.branch.clone(),
-            path: path.join("/"),
-            commit: None,
-            commit_time_ms: None,
-            upstream_commit: None,
-            last_trigger: None,
-            last_sync_at_ms: None,
-            last_success_at_ms: None,
-            last_duration_ms: None,
-            last_error: None,
-            last_error_kind: None,
-            consecutive_failures: 0,
-            next_attempt_at_ms: None,
-            last_webhook: None,
-            syncs_ok: 0,
-            syncs_failed: 0,
-            syncs_conflict: 0,
-            edits_pushed: 0,
-            skipped_entries: 0,
-        };
+        let mut status = GitSyncStatus::new(config.redacted_repo(), config.branch.clone(), path.join("/"));
         if let Some(sha) = layout.current_sha() {
             status.commit = Some(sha.clone());
             if let Ok(info) = Oid::from_str(&sha)

@@ -93,3 +93,32 @@ pub struct GitSyncStatus {
     /// Symlinks and submodules left out of the served tree by the last materialisation.
     pub skipped_entries: u64,
 }
+
+impl GitSyncStatus {
+    /// A status with nothing synced yet: idle, no commit, every counter at zero.
+    pub fn new(repo: String, branch: String, path: String) -> GitSyncStatus {
+        GitSyncStatus {
+            state: SyncState::Idle,
+            repo,
+            branch,
+            path,
+            commit: None,
+            commit_time_ms: None,
+            upstream_commit: None,
+            last_trigger: None,
+            last_sync_at_ms: None,
+            last_success_at_ms: None,
+            last_duration_ms: None,
+            last_error: None,
+            last_error_kind: None,
+            consecutive_failures: 0,
+            next_attempt_at_ms: None,
+            last_webhook: None,
+            syncs_ok: 0,
+            syncs_failed: 0,
+            syncs_conflict: 0,
+            edits_pushed: 0,
+            skipped_entries: 0,
+        }
+    }
+}

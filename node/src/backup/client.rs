@@ -55,16 +55,8 @@ pub(crate) fn human(bytes: u64) -> String {
     }
 }
 
-pub(crate) async fn backup_to_file(args: &BackupArgs, opts: &ClientOpts) -> anyhow::Result<i32> {
-    use std::io::IsTerminal as _;
-    let out = &args.out;
-    if out.exists() && !args.force {
-        bail!(
-            "{} already exists: choose another --out, or pass --force to replace it",
-            out.display()
-        );
-    }
-    let base = crate::cli::normalize_addr(&opts.addr).context("check --addr")?;
+/// `GET {base}/v1/backup` with the client options (CA, token, timeouts), answered 2xx: the stream.
+async fn open_backup_stream(base: &str, opts: &ClientOpts) -> anyhow::Result<reqwest::Response> {
     let timeout = Duration::from_millis(opts.timeout_ms);
     // No total timeout: a large backup takes as long as it takes. A stalled connection is caught
     // by the read timeout instead.
@@ -96,7 +88,7 @@ pub(crate) async fn backup_to_file(args: &BackupArgs, opts: &ClientOpts) -> anyh
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
-    let mut resp = req
+    let resp = req
         .send()
         .await
         .with_context(|| format!("cannot reach {base} (is a node running there? set --addr or KEEL_ADDR)"))?;
@@ -113,6 +105,20 @@ pub(crate) async fn backup_to_file(args: &BackupArgs, opts: &ClientOpts) -> anyh
             None => bail!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim()),
         }
     }
+    Ok(resp)
+}
+
+pub(crate) async fn backup_to_file(args: &BackupArgs, opts: &ClientOpts) -> anyhow::Result<i32> {
+    use std::io::IsTerminal as _;
+    let out = &args.out;
+    if out.exists() && !args.force {
+        bail!(
+            "{} already exists: choose another --out, or pass --force to replace it",
+            out.display()
+        );
+    }
+    let base = crate::cli::normalize_addr(&opts.addr).context("check --addr")?;
+    let mut resp = open_backup_stream(&base, opts).await?;
     let position = resp
         .headers()
         .get("keel-position")

@@ -271,29 +271,7 @@ mod tests {
     use keel_gitsync::{GitSyncStatus, SyncState};
 
     fn status(state: SyncState, last_success_at_ms: Option<u64>) -> GitSyncStatus {
-        let mut s = GitSyncStatus {
-            state: SyncState::Idle,
-            repo: "file:///r".into(),
-            branch: "main".into(),
-            path: String::new(),
-            commit: None,
-            commit_time_ms: None,
-            upstream_commit: None,
-            last_trigger: None,
-            last_sync_at_ms: None,
-            last_success_at_ms: None,
-            last_duration_ms: None,
-            last_error: None,
-            last_error_kind: None,
-            consecutive_failures: 0,
-            next_attempt_at_ms: None,
-            last_webhook: None,
-            syncs_ok: 0,
-            syncs_failed: 0,
-            syncs_conflict: 0,
-            edits_pushed: 0,
-            skipped_entries: 0,
-        };
+        let mut s = GitSyncStatus::new("file:///r".into(), "main".into(), String::new());
         s.state = state;
         s.last_success_at_ms = last_success_at_ms;
         s.commit = Some("abc".into());
