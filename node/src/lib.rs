@@ -3,7 +3,8 @@
 //! Layers, each importing only the ones below it:
 //! - [`cli`]: the `keel` commands (`serve`, `up`, the client commands) — the top.
 //! - [`http`] (the API port: router, handlers, [`http::error::ApiError`], OpenAPI, `/ui`) and
-//!   [`peer`] (the peer port's listener and its RPCs): the edges where requests are answered.
+//!   [`peer`] (the peer port's listener and its RPCs), and [`sentinel`] (the Redis
+//!   Sentinel-compatible discovery listener): the edges where requests are answered.
 //! - [`backup`]: backup files, serving them and restoring from them.
 //! - [`cluster`]: decisions and duties (lease, coordinator, failover, admin operations, hook,
 //!   join). It never imports `http`, `cli` or axum.
@@ -25,6 +26,7 @@ pub mod logging;
 pub mod metrics;
 pub mod peer;
 pub mod repl;
+pub mod sentinel;
 pub mod start;
 pub mod state;
 pub mod tls;

@@ -189,6 +189,10 @@ impl Node {
         // Bind both listeners before starting Raft, so a port clash fails fast and cleanly.
         let (api_listener, api_bound) = bind("api", config.api_addr).await?;
         let (peer_listener, peer_bound) = bind("peer", config.peer_addr).await?;
+        let sentinel_listener = match &config.sentinel {
+            Some(s) => Some((s.clone(), bind("sentinel", s.addr).await?.0)),
+            None => None,
+        };
 
         let peers = PeerClient::with_transport(
             config.id,
@@ -279,7 +283,10 @@ impl Node {
         if !node.config.peers.is_empty() {
             bootstrap(&node).await?;
         }
-        let background = spawn_background(&node);
+        let mut background = spawn_background(&node);
+        if let Some((config, listener)) = sentinel_listener {
+            background.extend(crate::sentinel::spawn(&node, config, listener));
+        }
 
         Ok(NodeHandle {
             node,

@@ -1,11 +1,11 @@
 //! The layering rule of `node/src` (node/DESIGN.md), checked on the source: the decision layer
 //! (`cluster/`) and the ground floor below it (all of it but `start.rs`, which wires the listeners)
-//! never import the HTTP, peer or CLI layers or axum, and
+//! never import the HTTP, peer, Sentinel or CLI layers or axum, and
 //! `ApiError` is named only at the edges where requests are answered (`http/`, `peer/`, and the
 //! backup stream that `GET /v1/backup` serves).
 //!
 //! The same check by hand:
-//! `grep -rnE 'crate::(http|cli|peer)\b|axum|ApiError' node/src/cluster node/src/state.rs node/src/repl.rs node/src/config`
+//! `grep -rnE 'crate::(http|cli|peer|sentinel)\b|axum|ApiError' node/src/cluster node/src/state.rs node/src/repl.rs node/src/config`
 //! prints nothing.
 
 use std::path::{Path, PathBuf};
@@ -63,7 +63,14 @@ fn decision_layer_knows_no_http_cli_or_axum() {
             "auth.rs",
             "config",
         ],
-        &["crate::http", "crate::cli", "crate::peer", "axum", "ApiError"],
+        &[
+            "crate::http",
+            "crate::cli",
+            "crate::peer",
+            "crate::sentinel",
+            "axum",
+            "ApiError",
+        ],
     );
     assert!(
         hits.is_empty(),
@@ -86,6 +93,7 @@ fn api_error_only_at_the_edges() {
             "auth.rs",
             "repl.rs",
             "cli",
+            "sentinel",
         ],
         &["ApiError"],
     );
@@ -96,8 +104,10 @@ fn api_error_only_at_the_edges() {
     );
 }
 
-/// The check itself must be able to fail: the HTTP layer does use what the rule forbids below it.
+/// The check itself must be able to fail: the HTTP layer does use what the rule forbids below it,
+/// and the node's start wires the Sentinel listener.
 #[test]
 fn the_check_sees_the_http_layer() {
     assert!(!offending(&["http"], &["axum", "ApiError"]).is_empty());
+    assert!(!offending(&["start.rs"], &["crate::sentinel"]).is_empty());
 }

@@ -12,7 +12,7 @@ use super::*;
 #[serde(deny_unknown_fields)]
 pub struct ServeArgs {
     /// Path to a TOML config file; its keys are the flag names in snake_case, with `[raft]`,
-    /// `[replication]` and `[gitsync]` tables. Flags and env override it.
+    /// `[replication]`, `[gitsync]` and `[sentinel]` tables. Flags and env override it.
     #[serde(skip)]
     #[arg(long, env = "KEEL_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
@@ -123,6 +123,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     #[serde(default)]
     pub gitsync: GitSyncArgs,
+
+    #[command(flatten)]
+    #[serde(default)]
+    pub sentinel: SentinelArgs,
 }
 
 /// `[raft]`: the Raft timings.
@@ -160,6 +164,42 @@ pub struct ReplicationArgs {
     /// refused [default: 2 for a new datastore, else the format it has].
     #[arg(long, env = "KEEL_DATASTORE_FORMAT", value_name = "N", value_parser = clap::value_parser!(u8).range(1..=2))]
     pub datastore_format: Option<u8>,
+}
+
+/// `[sentinel]`: the Sentinel-compatible discovery listener (flags `--sentinel-*`).
+#[derive(clap::Args, Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelArgs {
+    /// Listen address of the Redis Sentinel-compatible discovery listener, ip:port (Sentinel's own
+    /// port is 26379); turns it on [default: none, off].
+    #[arg(
+        id = "sentinel_addr",
+        long = "sentinel-addr",
+        env = "KEEL_SENTINEL_ADDR",
+        value_name = "IP:PORT"
+    )]
+    pub addr: Option<String>,
+
+    /// The master name Sentinel clients ask for [default: keel].
+    #[arg(
+        id = "sentinel_name",
+        long = "sentinel-name",
+        env = "KEEL_SENTINEL_NAME",
+        value_name = "NAME"
+    )]
+    pub name: Option<String>,
+
+    /// Each member's Redis, `id=host:port` comma-separated, for a Redis that Keel does not start
+    /// itself: discovery names the lease-holding primary's entry as the master [default: none, no
+    /// master is named].
+    #[arg(
+        id = "sentinel_redis_addrs",
+        long = "sentinel-redis-addrs",
+        env = "KEEL_SENTINEL_REDIS_ADDRS",
+        value_name = "ID=HOST:PORT,...",
+        value_parser = Peers::parse_flag
+    )]
+    pub redis_addrs: Option<Peers>,
 }
 
 /// `[gitsync]`: Git Sync (flags `--gitsync-*`).

@@ -98,6 +98,11 @@ impl ServeArgs {
                 datastore_format: self.replication.datastore_format.or(under.replication.datastore_format),
             },
             gitsync: self.gitsync.or(under.gitsync),
+            sentinel: SentinelArgs {
+                addr: self.sentinel.addr.or(under.sentinel.addr),
+                name: self.sentinel.name.or(under.sentinel.name),
+                redis_addrs: self.sentinel.redis_addrs.or(under.sentinel.redis_addrs),
+            },
         }
     }
 }
@@ -155,5 +160,33 @@ pub(crate) fn gitsync_config(g: GitSyncArgs) -> Result<Option<GitSyncConfig>, Co
         agent,
         hook: g.hook.filter(|h| !h.trim().is_empty()),
         max_age_ms: g.max_age_ms,
+    }))
+}
+
+/// The discovery listener's settings, when `--sentinel-addr` is given; an error for settings
+/// without it.
+pub(crate) fn sentinel_config(s: SentinelArgs) -> Result<Option<SentinelConfig>, ConfigError> {
+    let Some(addr) = s.addr else {
+        if s.name.is_some() || s.redis_addrs.is_some() {
+            return Err(bad_value(
+                "sentinel.addr",
+                "",
+                "Sentinel settings are given but no listen address; set --sentinel-addr (or `addr` in \
+                 [sentinel]) or drop the other sentinel settings",
+            ));
+        }
+        return Ok(None);
+    };
+    let redis_addrs = match s.redis_addrs {
+        None => BTreeMap::new(),
+        Some(p) => p.resolve().map_err(|e| match e {
+            ConfigError::BadPeers { value, reason } => bad_value("sentinel.redis_addrs", value, reason),
+            other => other,
+        })?,
+    };
+    Ok(Some(SentinelConfig {
+        addr: parse_listen_addr("sentinel.addr", &addr)?,
+        name: s.name.unwrap_or_else(|| defaults::SENTINEL_NAME.to_owned()),
+        redis_addrs,
     }))
 }

@@ -49,6 +49,8 @@ pub mod defaults {
     /// Path inside the repository; empty means the whole repository.
     pub const GITSYNC_PATH: &str = "";
     pub const GITSYNC_INTERVAL_MS: u64 = 60_000;
+    /// The master name of the Sentinel-compatible listener.
+    pub const SENTINEL_NAME: &str = "keel";
 }
 
 /// Lower bounds enforced by [`Config::validate`].
@@ -95,6 +97,8 @@ pub struct Config {
     pub gitsync: Option<GitSyncConfig>,
     /// HTTPS on both listeners (and for calls to other members) when set.
     pub tls: Option<TlsConfig>,
+    /// The Sentinel-compatible discovery listener, when `--sentinel-addr` is set.
+    pub sentinel: Option<SentinelConfig>,
 }
 
 /// Why a configuration was rejected. Messages say what to change.
@@ -182,6 +186,7 @@ impl Config {
         let id = s.id.ok_or(ConfigError::MissingId)?;
         let tokens = s.tokens();
         let gitsync = gitsync_config(s.gitsync)?;
+        let sentinel = sentinel_config(s.sentinel)?;
 
         let peers = match s.peers {
             Some(p) => p.resolve()?,
@@ -261,6 +266,7 @@ impl Config {
             role_change_hook: s.role_change_hook,
             gitsync,
             tls,
+            sentinel,
         })
     }
 
@@ -384,6 +390,9 @@ impl Config {
         }
         if let Some(gitsync) = &self.gitsync {
             gitsync.validate()?;
+        }
+        if let Some(sentinel) = &self.sentinel {
+            sentinel.validate()?;
         }
         Ok(())
     }

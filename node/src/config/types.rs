@@ -193,6 +193,34 @@ pub struct GitSyncConfig {
     pub max_age_ms: Option<u64>,
 }
 
+/// The Sentinel-compatible discovery listener; present only when `--sentinel-addr` is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelConfig {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The master name clients ask for.
+    pub name: String,
+    /// Member id -> its Redis `host:port` (`--sentinel-redis-addrs`), for a Redis Keel does not start.
+    pub redis_addrs: BTreeMap<u64, String>,
+}
+
+impl SentinelConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        // The name goes into space-separated pub/sub messages (`+switch-master <name> ...`).
+        if self.name.is_empty() || self.name.len() > 128 || !self.name.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(bad_value(
+                "sentinel.name",
+                &self.name,
+                "must be 1 to 128 printable ASCII characters without spaces",
+            ));
+        }
+        for addr in self.redis_addrs.values() {
+            check_advertise_addr("sentinel.redis_addrs", addr)?;
+        }
+        Ok(())
+    }
+}
+
 /// TLS files (PEM). Present only when `--tls-cert` and `--tls-key` are set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {

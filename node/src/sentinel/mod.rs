@@ -1,0 +1,306 @@
+//! The Redis Sentinel-compatible discovery listener (`--sentinel-addr`): enough of the Sentinel
+//! protocol for unmodified clients' Sentinel support to find the Redis master Keel names. An
+//! edge like `http/` and `peer/`: it reads the node's state; nothing in `cluster/` imports it.
+//!
+//! - [`view`]: what it tells clients ([`SentinelView`]), computed by a pure function.
+//! - [`resp`]: the wire protocol (RESP2 and RESP3), pure.
+//! - [`commands`]: the answers, pure.
+//! - here: [`view_task`] recomputes the view from the node on every change; [`serve`] runs the
+//!   TCP listener, one task per connection, and publishes `+switch-master` when the master moves.
+
+pub mod commands;
+pub mod resp;
+pub mod view;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_raft::NodeId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, watch, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::SentinelConfig;
+use crate::state::Node;
+pub use view::{Addr, SentinelView, ViewInputs};
+
+/// A connection that is not subscribed and sends nothing for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest a reply (or a pushed event) may take to be written.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections at once; more are answered with an error and closed.
+const MAX_CONNECTIONS: usize = 1024;
+/// How often the view is recomputed when nothing else changed (the primary's liveness is a
+/// matter of time passing).
+const REFRESH: Duration = Duration::from_millis(100);
+
+/// The channel Sentinel announces a new master on.
+pub const SWITCH_MASTER: &str = "+switch-master";
+
+/// One pub/sub message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub channel: String,
+    pub message: String,
+}
+
+/// Each member's Redis address as discovery names it.
+///
+/// Placeholder: the `--sentinel-redis-addrs` map, for a Redis Keel does not start itself.
+// joined with cluster::service::service_addrs when the managed Redis lands
+pub fn placeholder_redis_addrs(config: &SentinelConfig) -> BTreeMap<NodeId, String> {
+    config.redis_addrs.clone()
+}
+
+/// The other members' Sentinel listeners: each member's API host at this node's Sentinel port
+/// (as with Redis's own port, every node is expected to listen on the same one). A member whose
+/// address would be this node's own listener is left out.
+pub fn sentinel_peers(me: NodeId, api_addrs: &BTreeMap<NodeId, String>, port: u16) -> Vec<String> {
+    let own = api_addrs.get(&me).and_then(|a| Addr::parse(a)).map(|a| a.host);
+    api_addrs
+        .iter()
+        .filter(|(id, _)| **id != me)
+        .filter_map(|(_, a)| Addr::parse(a))
+        .filter(|a| Some(&a.host) != own.as_ref())
+        .map(|a| Addr { host: a.host, port }.to_string())
+        .collect()
+}
+
+/// The view inputs as the node knows them now.
+fn inputs(node: &Node, config: &SentinelConfig) -> ViewInputs {
+    let state = node.view();
+    let primary = state.state.primary;
+    let primary_seen = primary.is_some_and(|p| {
+        let r = node.repl.replica_status();
+        let streamed = r.source == Some(p.node)
+            && r.last_contact
+                .is_some_and(|t| t.elapsed() <= crate::state::REACHABLE_WITHIN);
+        // A node that does not reach a majority may hold a stale state: it names nobody else.
+        (node.reachable(p.node) || streamed) && crate::state::quorum_reachable(node)
+    });
+    let members: BTreeSet<NodeId> = state.state.members.keys().copied().collect();
+    let api_addrs: BTreeMap<NodeId, String> = state
+        .state
+        .members
+        .iter()
+        .filter(|(_, m)| !m.api_addr.is_empty())
+        .map(|(id, m)| (*id, m.api_addr.clone()))
+        .collect();
+    ViewInputs {
+        name: config.name.clone(),
+        me: node.id,
+        primary,
+        own_lease: node.lease.valid_epoch(),
+        primary_seen,
+        reachable: members.iter().copied().filter(|id| node.reachable(*id)).collect(),
+        members,
+        redis_addrs: placeholder_redis_addrs(config),
+        sentinels: sentinel_peers(node.id, &api_addrs, config.addr.port()),
+    }
+}
+
+/// Keep `tx` at the view the node's state gives: recomputed on every cluster-state change, every
+/// change of this node's lease, and every [`REFRESH`]; sent only when it differs.
+pub async fn view_task(node: Arc<Node>, config: SentinelConfig, tx: watch::Sender<SentinelView>) {
+    let mut state = node.state.clone();
+    let mut lease = node.lease.subscribe();
+    loop {
+        let new = view::compute(&inputs(&node, &config));
+        tx.send_if_modified(|v| {
+            let changed = *v != new;
+            if changed {
+                *v = new;
+            }
+            changed
+        });
+        tokio::select! {
+            _ = node.cancel.cancelled() => return,
+            r = state.changed() => if r.is_err() { return },
+            _ = lease.changed() => {}
+            _ = tokio::time::sleep(REFRESH) => {}
+        }
+    }
+}
+
+/// Start the listener's tasks on `listener`: the view feeder and the server.
+pub fn spawn(node: &Arc<Node>, config: SentinelConfig, listener: TcpListener) -> Vec<(&'static str, JoinHandle<()>)> {
+    let (tx, rx) = watch::channel(SentinelView {
+        name: config.name.clone(),
+        ..SentinelView::default()
+    });
+    vec![
+        ("sentinel view", tokio::spawn(view_task(node.clone(), config, tx))),
+        ("sentinel", tokio::spawn(serve(listener, rx, node.cancel.clone()))),
+    ]
+}
+
+/// The `+switch-master` message for a move from `old` to `new`.
+pub fn switch_master_message(name: &str, old: &Addr, new: &Addr) -> String {
+    format!("{name} {} {} {} {}", old.host, old.port, new.host, new.port)
+}
+
+/// Publish `+switch-master` whenever the named master changes to another address (from the last
+/// one named, also across a time with none).
+async fn publish_task(
+    mut views: watch::Receiver<SentinelView>,
+    events: broadcast::Sender<Event>,
+    cancel: CancellationToken,
+) {
+    let mut last: Option<Addr> = views.borrow_and_update().master.clone().map(|m| m.1);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = views.changed() => if r.is_err() { return },
+        }
+        let v = views.borrow_and_update().clone();
+        let Some((node, new)) = v.master else { continue };
+        if let Some(old) = last.as_ref().filter(|old| **old != new) {
+            let message = switch_master_message(&v.name, old, &new);
+            info!(%message, node, epoch = v.epoch, "sentinel: +switch-master");
+            // No subscriber is not an error.
+            let _ = events.send(Event {
+                channel: SWITCH_MASTER.into(),
+                message,
+            });
+        }
+        last = Some(new);
+    }
+}
+
+/// Serve Sentinel clients on `listener` until `cancel`, from the views `views` carries.
+pub async fn serve(listener: TcpListener, views: watch::Receiver<SentinelView>, cancel: CancellationToken) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(addr = %addr, "sentinel-compatible discovery listening");
+    }
+    let (events, _) = broadcast::channel(64);
+    let publisher = tokio::spawn(publish_task(views.clone(), events.clone(), cancel.clone()));
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let ids = AtomicU64::new(1);
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => {
+                let (mut stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!(error = %e, "sentinel: accept");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    conns.spawn(async move {
+                        let msg = resp::Reply::err("ERR max number of clients reached").to_bytes(false);
+                        let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&msg)).await;
+                    });
+                    continue;
+                };
+                let id = ids.fetch_add(1, Ordering::Relaxed);
+                debug!(%peer, id, "sentinel: connection");
+                let (views, events, cancel) = (views.clone(), events.subscribe(), cancel.clone());
+                conns.spawn(async move {
+                    connection(stream, id, views, events, cancel).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+    // Every connection watches `cancel` too: they end at once.
+    while conns.join_next().await.is_some() {}
+    let _ = publisher.await;
+}
+
+/// Write `out` (and clear it); false when the peer is gone or too slow.
+async fn flush(w: &mut tokio::net::tcp::OwnedWriteHalf, out: &mut Vec<u8>) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    let ok = matches!(tokio::time::timeout(WRITE_TIMEOUT, w.write_all(out)).await, Ok(Ok(())));
+    out.clear();
+    ok
+}
+
+/// One client connection: answer requests in order, and push events while subscribed.
+async fn connection(
+    stream: TcpStream,
+    id: u64,
+    views: watch::Receiver<SentinelView>,
+    mut events: broadcast::Receiver<Event>,
+    cancel: CancellationToken,
+) {
+    let (mut r, mut w) = stream.into_split();
+    let mut conn = commands::Conn {
+        id,
+        ..commands::Conn::default()
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(512);
+    let mut out: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        // Answer every complete request received so far.
+        loop {
+            match resp::parse_request(&buf) {
+                Ok(Some((args, used))) => {
+                    buf.drain(..used);
+                    if args.is_empty() {
+                        continue;
+                    }
+                    let view = views.borrow().clone();
+                    let outcome = commands::handle(&args, &mut conn, &view);
+                    outcome.replies.iter().for_each(|r| r.encode(conn.resp3, &mut out));
+                    if outcome.close {
+                        flush(&mut w, &mut out).await;
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    resp::Reply::err(format!("ERR {e}")).encode(conn.resp3, &mut out);
+                    flush(&mut w, &mut out).await;
+                    return;
+                }
+            }
+        }
+        if !flush(&mut w, &mut out).await {
+            return;
+        }
+        // A subscribed connection may stay quiet for as long as it likes.
+        let idle = if conn.subscriptions() > 0 {
+            Duration::MAX
+        } else {
+            IDLE_TIMEOUT
+        };
+        let idle_until = tokio::time::Instant::now().checked_add(idle);
+        let idle_wait = async {
+            match idle_until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = idle_wait => return,
+            read = r.read(&mut chunk) => match read {
+                Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                // Closed or failed.
+                _ => return,
+            },
+            ev = events.recv() => match ev {
+                Ok(e) => conn
+                    .deliveries(&e.channel, &e.message)
+                    .iter()
+                    .for_each(|r| r.encode(conn.resp3, &mut out)),
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
+}
