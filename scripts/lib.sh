@@ -17,7 +17,7 @@ KEEL_BUILD_PACKAGES=(pkg-config libssl-dev gcc libc6-dev git ca-certificates cur
 # download, 395 MiB installed with its libraries, 26 s to install here), faketime (libfaketime: the
 # chaos harness's clock skew and drift nemesis).
 KEEL_TEST_PACKAGES=("${KEEL_BUILD_PACKAGES[@]}" haproxy iproute2 iptables procps openssh-server openssh-client
-    prometheus python3-venv python3-pip chromium faketime)
+    prometheus python3-venv python3-pip chromium faketime redis-server python3-redis)
 
 keel_log() { printf '==> %s\n' "$*"; }
 keel_warn() { printf 'warning: %s\n' "$*" >&2; }

@@ -1,0 +1,372 @@
+//! The Sentinel-compatible discovery listener (`--sentinel-addr`) of a three-node cluster, asked
+//! over raw TCP and by redis-py's own `Sentinel` class (Debian's `python3-redis`).
+//!
+//! What this tests: the Sentinel protocol and the view's choice of master — discovery names the
+//! Redis address of the node that holds the lease, and after a failover (kill -9 of the primary
+//! node) names the new primary's and publishes `+switch-master`. What it does not test: Redis
+//! management. Keel does not start Redis here: each node is told its members' Redis addresses with
+//! `--sentinel-redis-addrs`, and the test itself starts a plain, unreplicated `redis-server` at
+//! each of them, so that redis-py's `master_for` has a server to write to.
+//!
+//! Without `redis-server` or python3-redis the redis-py test is skipped with a message, unless `CI`
+//! is set, where it fails instead. The raw-TCP test needs neither.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use keel_testkit::*;
+
+const T: Duration = Duration::from_secs(20);
+/// Every socket read in this test gives up after this long.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The interpreter that has Debian's python3-redis (a `python3` earlier on PATH may not).
+const PYTHON: &str = "/usr/bin/python3";
+
+/// A RESP reply, as the test reads it.
+#[derive(Debug, Clone, PartialEq)]
+enum R {
+    Str(String),
+    Err(String),
+    Int(i64),
+    Nil,
+    Arr(Vec<R>),
+}
+
+fn read_line(r: &mut impl BufRead) -> String {
+    let mut line = String::new();
+    r.read_line(&mut line).expect("read a reply line");
+    assert!(line.ends_with("\r\n"), "reply line not ended by CRLF: {line:?}");
+    line.truncate(line.len() - 2);
+    line
+}
+
+fn read_reply(r: &mut impl BufRead) -> R {
+    let line = read_line(r);
+    let (kind, rest) = line.split_at(1);
+    match kind {
+        "+" => R::Str(rest.into()),
+        "-" => R::Err(rest.into()),
+        ":" => R::Int(rest.parse().unwrap()),
+        "$" if rest == "-1" => R::Nil,
+        "$" => {
+            let mut b = vec![0; rest.parse::<usize>().unwrap() + 2];
+            r.read_exact(&mut b).expect("read a bulk string");
+            R::Str(String::from_utf8_lossy(&b[..b.len() - 2]).into())
+        }
+        "*" if rest == "-1" => R::Nil,
+        "*" => R::Arr((0..rest.parse::<usize>().unwrap()).map(|_| read_reply(r)).collect()),
+        _ => panic!("unexpected reply line {line:?}"),
+    }
+}
+
+/// A RESP2 connection to a Sentinel listener.
+struct Client {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Client {
+    fn connect(addr: &str) -> std::io::Result<Client> {
+        let w = TcpStream::connect_timeout(&addr.parse().unwrap(), IO_TIMEOUT)?;
+        w.set_read_timeout(Some(IO_TIMEOUT))?;
+        w.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(Client {
+            r: BufReader::new(w.try_clone()?),
+            w,
+        })
+    }
+
+    fn send(&mut self, args: &[&str]) {
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req += &format!("${}\r\n{a}\r\n", a.len());
+        }
+        self.w.write_all(req.as_bytes()).expect("send a request");
+    }
+
+    fn call(&mut self, args: &[&str]) -> R {
+        self.send(args);
+        read_reply(&mut self.r)
+    }
+}
+
+/// `SENTINEL get-master-addr-by-name keel` at `sentinel`, as `host:port`; None for nil or when
+/// the listener does not answer.
+fn master_addr(sentinel: &str) -> Option<String> {
+    let mut c = Client::connect(sentinel).ok()?;
+    match c.call(&["SENTINEL", "get-master-addr-by-name", "keel"]) {
+        R::Arr(v) => match v.as_slice() {
+            [R::Str(h), R::Str(p)] => Some(format!("{h}:{p}")),
+            other => panic!("get-master-addr-by-name answered {other:?}"),
+        },
+        R::Nil => None,
+        other => panic!("get-master-addr-by-name answered {other:?}"),
+    }
+}
+
+/// Three nodes laid out with a Sentinel listener each and one Redis address per member (nothing
+/// listens there unless the test starts it); not started.
+struct Layout {
+    c: Cluster,
+    sentinels: Vec<String>,
+    redis: Vec<String>,
+}
+
+fn layout() -> Layout {
+    let ip = process_ip();
+    let redis: Vec<String> = (0..3).map(|_| format!("{ip}:{}", free_port(&ip))).collect();
+    let map = redis
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut c = Cluster::new(3, &["--sentinel-redis-addrs", &map]);
+    let mut sentinels = Vec::new();
+    for n in c.nodes.iter_mut() {
+        let s = format!("{ip}:{}", free_port(&ip));
+        n.extra = vec!["--sentinel-addr".into(), s.clone()];
+        sentinels.push(s);
+    }
+    Layout { c, sentinels, redis }
+}
+
+impl Layout {
+    fn sentinel(&self, id: u64) -> &str {
+        &self.sentinels[(id - 1) as usize]
+    }
+
+    fn redis(&self, id: u64) -> &str {
+        &self.redis[(id - 1) as usize]
+    }
+
+    /// Wait until every running node's listener names `want` as the master.
+    async fn wait_all_name(&self, want: &str) {
+        let running: Vec<u64> = self.c.nodes.iter().filter(|n| n.running()).map(|n| n.id).collect();
+        self.c
+            .wait_for(
+                T,
+                &format!("every running node's Sentinel listener to name {want}"),
+                || async {
+                    running
+                        .iter()
+                        .all(|id| master_addr(self.sentinel(*id)).as_deref() == Some(want))
+                        .then_some(())
+                },
+            )
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_sentinel_protocol_names_the_lease_holder_and_announces_a_new_one() {
+    let mut l = layout();
+    l.c.start_all();
+    let old = l.c.wait_primary(&[], T).await;
+    l.wait_all_name(l.redis(old)).await;
+
+    let other = (1..=3).find(|id| *id != old).unwrap();
+    let mut c = Client::connect(l.sentinel(other)).unwrap();
+    assert_eq!(c.call(&["PING"]), R::Str("PONG".into()));
+    assert_eq!(
+        c.call(&["ROLE"]),
+        R::Arr(vec![R::Str("sentinel".into()), R::Arr(vec![R::Str("keel".into())])])
+    );
+    assert_eq!(c.call(&["SENTINEL", "get-master-addr-by-name", "nope"]), R::Nil);
+    assert!(matches!(c.call(&["COMMAND"]), R::Err(e) if e.starts_with("ERR unknown command")));
+    let R::Arr(replicas) = c.call(&["SENTINEL", "replicas", "keel"]) else {
+        panic!("SENTINEL replicas is not an array")
+    };
+    assert_eq!(replicas.len(), 2, "the two other members are the replicas");
+
+    // A subscriber on a node that stays up sees the master move.
+    let mut sub = Client::connect(l.sentinel(other)).unwrap();
+    sub.send(&["SUBSCRIBE", "+switch-master"]);
+    assert_eq!(
+        read_reply(&mut sub.r),
+        R::Arr(vec![
+            R::Str("subscribe".into()),
+            R::Str("+switch-master".into()),
+            R::Int(1)
+        ])
+    );
+
+    l.c.kill(old);
+    let new = l.c.wait_primary(&[old], T).await;
+    l.wait_all_name(l.redis(new)).await;
+    // The failover takes longer than one read timeout: read until the message or a deadline.
+    sub.w.set_read_timeout(Some(T)).unwrap();
+    let (o, n) = (
+        l.redis(old).rsplit_once(':').unwrap(),
+        l.redis(new).rsplit_once(':').unwrap(),
+    );
+    let want = format!("keel {} {} {} {}", o.0, o.1, n.0, n.1);
+    assert_eq!(
+        read_reply(&mut sub.r),
+        R::Arr(vec![
+            R::Str("message".into()),
+            R::Str("+switch-master".into()),
+            R::Str(want)
+        ])
+    );
+}
+
+/// `redis-server` and python3-redis, or None when the test must be skipped (a panic under CI).
+fn redis_tools(test: &str) -> Option<PathBuf> {
+    let server = which("redis-server");
+    let py = Command::new(PYTHON)
+        .args(["-c", "import redis.sentinel"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    match (server, py) {
+        (Some(s), true) => Some(s),
+        _ => {
+            let why = "needs Debian's redis-server and python3-redis (scripts/test.sh installs them, as root)";
+            let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+            assert!(!ci, "{test}: {why}; CI is set, so this is a failure, not a skip");
+            println!("SKIPPED {test}: {why}");
+            None
+        }
+    }
+}
+
+/// A plain `redis-server`, killed on drop.
+struct RedisServer(Child);
+
+impl RedisServer {
+    fn start(bin: &Path, addr: &str, dir: &Path) -> RedisServer {
+        let (host, port) = addr.rsplit_once(':').unwrap();
+        let dir = dir.join(format!("redis-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = std::fs::File::create(dir.join("redis.log")).unwrap();
+        let child = Command::new(bin)
+            .args(["--bind", host, "--port", port, "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start redis-server");
+        let server = RedisServer(child);
+        let up = poll_until_blocking(T, Duration::from_millis(50), || {
+            let mut c = Client::connect(addr).ok()?;
+            (c.call(&["PING"]) == R::Str("PONG".into())).then_some(())
+        });
+        assert!(up.is_some(), "redis-server at {addr} did not answer PING within {T:?}");
+        server
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// redis-py: discover the master through the Sentinels, write to it through `master_for`, print
+/// the discovered `host:port`.
+const DISCOVER_AND_WRITE: &str = r#"
+import sys
+from redis.sentinel import Sentinel
+sentinels = [(h, int(p)) for h, p in (a.rsplit(":", 1) for a in sys.argv[1].split(","))]
+s = Sentinel(sentinels, socket_timeout=2)
+host, port = s.discover_master("keel")
+m = s.master_for("keel", socket_timeout=2)
+m.set("written-through-sentinel", sys.argv[2])
+assert m.get("written-through-sentinel").decode() == sys.argv[2]
+print(f"{host}:{port}")
+"#;
+
+/// redis-py: subscribe to `+switch-master` on one Sentinel, say so, print the first message.
+const SUBSCRIBE: &str = r#"
+import sys, time, redis
+h, p = sys.argv[1].rsplit(":", 1)
+ps = redis.Redis(host=h, port=int(p), socket_timeout=5).pubsub()
+ps.subscribe("+switch-master")
+while (m := ps.get_message(timeout=1)) is None or m["type"] != "subscribe":
+    pass
+print("subscribed", flush=True)
+deadline = time.time() + 30
+while time.time() < deadline:
+    m = ps.get_message(timeout=1)
+    if m and m["type"] == "message":
+        print(m["data"].decode(), flush=True)
+        sys.exit(0)
+sys.exit(1)
+"#;
+
+fn discover_and_write(sentinels: &str, value: &str) -> String {
+    let out = Command::new(PYTHON)
+        .args(["-c", DISCOVER_AND_WRITE, sentinels, value])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "redis-py discover_master/master_for failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_py_sentinel_finds_the_primarys_redis_and_follows_a_failover() {
+    let test = "redis_py_sentinel_finds_the_primarys_redis_and_follows_a_failover";
+    let Some(bin) = redis_tools(test) else { return };
+    let mut l = layout();
+    let _servers: Vec<RedisServer> = l
+        .redis
+        .iter()
+        .map(|a| RedisServer::start(&bin, a, l.c.dir.path()))
+        .collect();
+    l.c.start_all();
+    let old = l.c.wait_primary(&[], T).await;
+    l.wait_all_name(l.redis(old)).await;
+    let all = l.sentinels.join(",");
+    assert_eq!(discover_and_write(&all, "before"), l.redis(old));
+
+    // A redis-py subscriber on a node that stays up.
+    let other = (1..=3).find(|id| *id != old).unwrap();
+    let mut sub = Command::new(PYTHON)
+        .args(["-c", SUBSCRIBE, l.sentinel(other)])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = sub.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx.recv_timeout(T);
+    if first.as_deref() != Ok("subscribed") {
+        let _ = sub.kill();
+        let _ = sub.wait();
+        panic!("the redis-py subscriber did not subscribe: {first:?}");
+    }
+
+    l.c.kill(old);
+    let new = l.c.wait_primary(&[old], T).await;
+    l.wait_all_name(l.redis(new)).await;
+    let message = rx.recv_timeout(T + T);
+    let _ = sub.kill();
+    let _ = sub.wait();
+    let (o, n) = (
+        l.redis(old).rsplit_once(':').unwrap(),
+        l.redis(new).rsplit_once(':').unwrap(),
+    );
+    assert_eq!(
+        message.as_deref(),
+        Ok(format!("keel {} {} {} {}", o.0, o.1, n.0, n.1).as_str())
+    );
+
+    // The same code, unchanged, now finds and writes to the new primary's Redis (the killed node's
+    // Sentinel is in the list and does not answer: redis-py moves on to the next).
+    assert_eq!(discover_and_write(&all, "after"), l.redis(new));
+}
