@@ -513,6 +513,9 @@ async fn example_keel_toml_starts_a_node() {
         peer.to_string(),
         "--gitsync-repo".to_owned(),
         repo.display().to_string(),
+        // The file's example address is a fixed port; the flag beats it.
+        "--sentinel-addr".to_owned(),
+        format!("{}:{}", c.ip, free_port(&c.ip)),
     ]);
     let status = serve_with_config(&mut c, &all, &flags).await;
     assert_eq!(status["gitsync"]["repo"], repo.display().to_string(), "{status}");

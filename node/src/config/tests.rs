@@ -475,6 +475,32 @@ fn rejected_configs() {
             |a| a.gitsync.max_age_ms = Some(120_000),
             "no repository",
         ),
+        (
+            "sentinel name without addr",
+            |a| a.sentinel.name = Some("mymaster".into()),
+            "no listen address",
+        ),
+        (
+            "sentinel addr not ip:port",
+            |a| a.sentinel.addr = Some("localhost:26379".into()),
+            "sentinel.addr",
+        ),
+        (
+            "sentinel name with a space",
+            |a| {
+                a.sentinel.addr = Some("127.0.0.1:26379".into());
+                a.sentinel.name = Some("my master".into());
+            },
+            "sentinel.name",
+        ),
+        (
+            "sentinel redis addrs malformed",
+            |a| {
+                a.sentinel.addr = Some("127.0.0.1:26379".into());
+                a.sentinel.redis_addrs = Some("1=nohost".into());
+            },
+            "sentinel.redis_addrs",
+        ),
     ];
     for (name, edit, needle) in cases {
         let mut a = args();
@@ -484,6 +510,29 @@ fn rejected_configs() {
             Err(err) => assert!(err.to_string().contains(needle), "{name}: {err}"),
         }
     }
+}
+
+#[test]
+fn sentinel_settings_from_file_and_flags() {
+    let c = from_toml(args(), "id = 1\n").unwrap();
+    assert_eq!(c.sentinel, None, "off unless an address is given");
+    let toml =
+        "[sentinel]\naddr = \"127.0.0.1:26379\"\nredis_addrs = { 1 = \"10.0.0.1:6379\", 2 = \"10.0.0.2:6379\" }\n";
+    let c = from_toml(args(), toml).unwrap();
+    let s = c.sentinel.unwrap();
+    assert_eq!(s.addr, "127.0.0.1:26379".parse().unwrap());
+    assert_eq!(s.name, defaults::SENTINEL_NAME);
+    assert_eq!(s.redis_addrs.get(&2).map(String::as_str), Some("10.0.0.2:6379"));
+    // Flags over the file, per field.
+    let mut a = args();
+    a.sentinel.name = Some("mymaster".into());
+    a.sentinel.redis_addrs = Some("1=10.0.0.9:6380".into());
+    let s = from_toml(a, toml).unwrap().sentinel.unwrap();
+    assert_eq!((s.addr.port(), s.name.as_str()), (26379, "mymaster"));
+    assert_eq!(
+        s.redis_addrs.into_iter().collect::<Vec<_>>(),
+        vec![(1, "10.0.0.9:6380".to_owned())]
+    );
 }
 
 #[test]
@@ -646,6 +695,10 @@ fn clap_parses_flag_names() {
         "s",
         "--election-timeout-max-ms",
         "900",
+        "--sentinel-addr",
+        "127.0.0.1:26379",
+        "--sentinel-name",
+        "mymaster",
     ])
     .unwrap();
     let c = Config::load(&cli.serve).unwrap();
@@ -662,6 +715,7 @@ fn clap_parses_flag_names() {
     );
     assert_eq!(c.raft.election_timeout_max_ms, 900);
     assert_eq!(c.gitsync.unwrap().agent.webhook_secret.as_deref(), Some("s"));
+    assert_eq!(c.sentinel.map(|s| s.name).as_deref(), Some("mymaster"));
 
     assert!(Cli::try_parse_from(["keel", "--log-format", "yaml"]).is_err());
 }
