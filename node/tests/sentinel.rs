@@ -181,6 +181,22 @@ async fn raw_sentinel_protocol_names_the_lease_holder_and_announces_a_new_one() 
         panic!("SENTINEL replicas is not an array")
     };
     assert_eq!(replicas.len(), 2, "the two other members are the replicas");
+    // A request split across writes is answered once complete; an inline one too.
+    c.w.write_all(b"*1\r\n$4\r\nPI").unwrap();
+    c.w.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(50)); // let the first half arrive on its own
+    c.w.write_all(b"NG\r\nPING\r\n").unwrap();
+    assert_eq!(read_reply(&mut c.r), R::Str("PONG".into()));
+    assert_eq!(read_reply(&mut c.r), R::Str("PONG".into()));
+    // An oversized request is refused with an error, and the connection closed.
+    c.w.write_all(b"*1\r\n$1000000\r\n").unwrap();
+    assert!(matches!(read_reply(&mut c.r), R::Err(e) if e.contains("Protocol error")));
+    let mut rest = String::new();
+    assert_eq!(
+        c.r.read_line(&mut rest).ok(),
+        Some(0),
+        "closed after the error: {rest:?}"
+    );
 
     // A subscriber on a node that stays up sees the master move.
     let mut sub = Client::connect(l.sentinel(other)).unwrap();
@@ -212,6 +228,17 @@ async fn raw_sentinel_protocol_names_the_lease_holder_and_announces_a_new_one() 
             R::Str(want)
         ])
     );
+
+    // The last node alone reaches no majority: it cannot tell that anyone holds the lease, so it
+    // names no master.
+    l.c.kill(new);
+    let last = (1..=3).find(|id| *id != old && *id != new).unwrap();
+    l.c.wait_for(T, "the node left alone to name no master", || async {
+        master_addr(l.sentinel(last)).is_none().then_some(())
+    })
+    .await;
+    let mut c = Client::connect(l.sentinel(last)).unwrap();
+    assert_eq!(c.call(&["SENTINEL", "masters"]), R::Arr(vec![]));
 }
 
 /// `redis-server` and python3-redis, or None when the test must be skipped (a panic under CI).
