@@ -9,7 +9,10 @@
 //! each of them, so that redis-py's `master_for` has a server to write to.
 //!
 //! Without `redis-server` or python3-redis the redis-py test is skipped with a message, unless `CI`
-//! is set, where it fails instead. The raw-TCP test needs neither.
+//! is set, where it fails instead. The raw-TCP test needs neither. The ioredis test (a client in
+//! another language) runs when `KEEL_IOREDIS` names an installed ioredis package directory (Debian
+//! does not package it: `npm install ioredis` somewhere, then `KEEL_IOREDIS=$PWD/node_modules/ioredis`),
+//! and is skipped with a message otherwise.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -396,4 +399,65 @@ async fn redis_py_sentinel_finds_the_primarys_redis_and_follows_a_failover() {
     // The same code, unchanged, now finds and writes to the new primary's Redis (the killed node's
     // Sentinel is in the list and does not answer: redis-py moves on to the next).
     assert_eq!(discover_and_write(&all, "after"), l.redis(new));
+}
+
+/// ioredis (Node.js): connect through the Sentinels, write, print the address of the master the
+/// connection is on.
+const IOREDIS_WRITE: &str = r#"
+const Redis = require(process.env.KEEL_IOREDIS);
+const sentinels = process.argv[1].split(",").map((a) => {
+  const i = a.lastIndexOf(":");
+  return { host: a.slice(0, i), port: Number(a.slice(i + 1)) };
+});
+const r = new Redis({ sentinels, name: "keel", connectTimeout: 2000, sentinelRetryStrategy: () => null,
+                      maxRetriesPerRequest: 1 });
+(async () => {
+  await r.set("written-through-sentinel", process.argv[2]);
+  if ((await r.get("written-through-sentinel")) !== process.argv[2]) throw new Error("read back another value");
+  console.log(`${r.stream.remoteAddress}:${r.stream.remotePort}`);
+  r.disconnect();
+})().catch((e) => { console.error(e); process.exit(1); });
+"#;
+
+fn ioredis_write(module: &str, sentinels: &str, value: &str) -> String {
+    let out = Command::new("node")
+        .env("KEEL_IOREDIS", module)
+        .args(["-e", IOREDIS_WRITE, sentinels, value])
+        .output()
+        .expect("run node");
+    assert!(
+        out.status.success(),
+        "ioredis through the Sentinels failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ioredis_finds_the_primarys_redis_before_and_after_a_failover() {
+    let test = "ioredis_finds_the_primarys_redis_before_and_after_a_failover";
+    let Some(module) = std::env::var("KEEL_IOREDIS").ok().filter(|m| Path::new(m).is_dir()) else {
+        println!("SKIPPED {test}: set KEEL_IOREDIS to an installed ioredis package directory to run it");
+        return;
+    };
+    let Some(bin) = redis_tools(test) else { return };
+    assert!(
+        which("node").is_some(),
+        "KEEL_IOREDIS is set but there is no `node` on PATH"
+    );
+    let mut l = layout();
+    let _servers: Vec<RedisServer> = l
+        .redis
+        .iter()
+        .map(|a| RedisServer::start(&bin, a, l.c.dir.path()))
+        .collect();
+    l.c.start_all();
+    let old = l.c.wait_primary(&[], T).await;
+    l.wait_all_name(l.redis(old)).await;
+    let all = l.sentinels.join(",");
+    assert_eq!(ioredis_write(&module, &all, "before"), l.redis(old));
+    l.c.kill(old);
+    let new = l.c.wait_primary(&[old], T).await;
+    l.wait_all_name(l.redis(new)).await;
+    assert_eq!(ioredis_write(&module, &all, "after"), l.redis(new));
 }
