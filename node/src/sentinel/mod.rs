@@ -244,6 +244,7 @@ async fn connection(
     let mut buf: Vec<u8> = Vec::with_capacity(512);
     let mut out: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 4096];
+    let mut idle_until = tokio::time::Instant::now().checked_add(IDLE_TIMEOUT);
     loop {
         // Answer every complete request received so far.
         loop {
@@ -272,15 +273,11 @@ async fn connection(
         if !flush(&mut w, &mut out).await {
             return;
         }
-        // A subscribed connection may stay quiet for as long as it likes.
-        let idle = if conn.subscriptions() > 0 {
-            Duration::MAX
-        } else {
-            IDLE_TIMEOUT
-        };
-        let idle_until = tokio::time::Instant::now().checked_add(idle);
-        let idle_wait = async {
-            match idle_until {
+        // A subscribed connection may stay quiet for as long as it likes; another one is closed
+        // after IDLE_TIMEOUT without a byte from the client.
+        let deadline = idle_until.filter(|_| conn.subscriptions() == 0);
+        let idle_wait = async move {
+            match deadline {
                 Some(t) => tokio::time::sleep_until(t).await,
                 None => std::future::pending().await,
             }
@@ -289,7 +286,10 @@ async fn connection(
             _ = cancel.cancelled() => return,
             _ = idle_wait => return,
             read = r.read(&mut chunk) => match read {
-                Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                Ok(n) if n > 0 => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    idle_until = tokio::time::Instant::now().checked_add(IDLE_TIMEOUT);
+                }
                 // Closed or failed.
                 _ => return,
             },
@@ -304,3 +304,6 @@ async fn connection(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
