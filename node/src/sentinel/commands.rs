@@ -229,10 +229,9 @@ fn sentinel(argv: &[String], view: &SentinelView) -> Reply {
             Some((_, a)) if named(n) => Reply::Array(view.replicas.iter().map(|r| replica_fields(r, a)).collect()),
             _ => no_such_master(),
         },
-        ("sentinels", [n]) => match &view.master {
-            Some(_) if named(n) => Reply::Array(view.sentinels.iter().map(sentinel_fields).collect()),
-            _ => no_such_master(),
-        },
+        // The listeners do not depend on there being a master (ioredis asks before the master).
+        ("sentinels", [n]) if named(n) => Reply::Array(view.sentinels.iter().map(sentinel_fields).collect()),
+        ("sentinels", [_]) => no_such_master(),
         ("myid", []) => Reply::bulk(format!("{:040x}", 0)),
         ("ckquorum", [n]) if named(n) && view.master.is_some() => Reply::Simple(format!(
             "OK {} usable Sentinels. Quorum and failover authorization is done by Keel's Raft group",

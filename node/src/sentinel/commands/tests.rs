@@ -127,6 +127,11 @@ fn sentinels_lists_the_other_nodes() {
     };
     let f = fields(&ss[0]);
     assert_eq!((f["ip"].as_str(), f["port"].as_str()), ("10.0.0.2", "26379"));
+    assert_eq!(one(&view(false), &["SENTINEL", "sentinels", "keel"]), Reply::Array(ss));
+    assert!(is_err(
+        &one(&view(true), &["SENTINEL", "sentinels", "x"]),
+        "ERR No such master"
+    ));
     assert!(is_err(
         &one(&view(true), &["SENTINEL", "bogus"]),
         "ERR unknown subcommand"
