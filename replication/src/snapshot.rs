@@ -12,6 +12,7 @@
 //! and at `finish` swaps it in for `kv` in one durable transaction that also empties the change
 //! log and swaps `values_staging` in for `values` (the snapshot's large values) and sets the position: readers see the old contents or the new ones, never a mix.
 
+use std::borrow::Cow;
 use std::iter::Peekable;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -228,7 +229,7 @@ impl SnapshotInstaller {
             let external = self.inner.format >= 2;
             for r in chunk.records {
                 // A large value goes to the values table as a write at its own position would.
-                let held = hold(&mut values, external, r.pos.seq, r.value)?;
+                let held = hold(&mut values, external, r.pos.seq, Cow::Owned(r.value))?;
                 let record = StoredKv { pos: r.pos, held };
                 t.insert(r.key.as_str(), record.encode().as_slice())
                     .ctx("stage snapshot record")?;

@@ -26,7 +26,10 @@
 //! `meta` table; see `DataStore::open_with_format`); a release that only knows format 1 refuses
 //! version 2 records loudly.
 
-use redb::{ReadableTable, Table, TableDefinition};
+use std::borrow::Cow;
+use std::ops::Bound;
+
+use redb::{CursorMut, ReadableTable, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError, FORMAT_EXTERNAL, FORMAT_VERSION};
@@ -74,19 +77,93 @@ fn chunking(len: usize) -> (u32, usize) {
     (n as u32, len.div_ceil(n))
 }
 
+/// Where a write puts a record under key `K`: the table itself ([`Table::insert`]), or a cursor at
+/// its end ([`Table::upper_bound_mut`]) when every key of the batch sorts after the table's last.
+///
+/// Why the cursor: it buffers an ascending run and splices it in as packed leaves once (the last
+/// leaf's entries join the run), where one insert at a time walks the tree and rebuilds the leaf
+/// and its branch path for every record. The log and the values table only ever grow at their end
+/// during a write batch or a replica apply (keys are seqs), so their records take the cursor.
+pub(crate) trait Append<K> {
+    fn append(&mut self, key: K, value: &[u8]) -> Result<(), DataError>;
+}
+
+macro_rules! append_impls {
+    ($k:ty) => {
+        impl Append<$k> for Table<'_, $k, &'static [u8]> {
+            fn append(&mut self, key: $k, value: &[u8]) -> Result<(), DataError> {
+                self.insert(key, value).map(drop).ctx("insert record")
+            }
+        }
+        impl Append<$k> for CursorMut<'_, $k, &'static [u8]> {
+            fn append(&mut self, key: $k, value: &[u8]) -> Result<(), DataError> {
+                // UnorderedKey cannot happen for a caller that checked `appends_after` (keys
+                // ascend within a batch); it fails the batch, as any storage error does.
+                self.insert_before(key, value).ctx("append record")
+            }
+        }
+    };
+}
+append_impls!(u64);
+append_impls!((u64, u32));
+
+/// Run `f` with appenders for `log` and `values` that take records of seq `first` and on: cursors
+/// at the tables' ends when those seqs sort after every key they hold (always, for a write batch or
+/// an apply that continues the log), else the tables themselves. The cursors are closed (their
+/// buffered records spliced in) before this returns.
+pub(crate) fn with_appenders<R>(
+    log: &mut Table<'_, u64, &'static [u8]>,
+    values: &mut Table<'_, (u64, u32), &'static [u8]>,
+    first: u64,
+    f: impl FnOnce(&mut dyn Append<u64>, &mut dyn Append<(u64, u32)>) -> Result<R, DataError>,
+) -> Result<R, DataError> {
+    let log_at_end = log
+        .last()
+        .ctx("read last log entry")?
+        .is_none_or(|(k, _)| k.value() < first);
+    let values_at_end = values
+        .last()
+        .ctx("read last value chunk")?
+        .is_none_or(|(k, _)| k.value().0 < first);
+    let mut log_cursor = None;
+    let mut values_cursor = None;
+    let log_sink: &mut dyn Append<u64> = if log_at_end {
+        log_cursor.insert(log.upper_bound_mut(Bound::<u64>::Unbounded).ctx("open log cursor")?)
+    } else {
+        log
+    };
+    let values_sink: &mut dyn Append<(u64, u32)> = if values_at_end {
+        values_cursor.insert(
+            values
+                .upper_bound_mut(Bound::<(u64, u32)>::Unbounded)
+                .ctx("open values cursor")?,
+        )
+    } else {
+        values
+    };
+    let out = f(log_sink, values_sink)?;
+    if let Some(c) = log_cursor {
+        c.close().ctx("append log entries")?;
+    }
+    if let Some(c) = values_cursor {
+        c.close().ctx("append value chunks")?;
+    }
+    Ok(out)
+}
+
 /// Store `value` as the value of write `seq`: external if `external` and it is long, else inline.
 pub(crate) fn hold(
-    values: &mut Table<'_, (u64, u32), &'static [u8]>,
+    values: &mut dyn Append<(u64, u32)>,
     external: bool,
     seq: u64,
-    value: Vec<u8>,
+    value: Cow<'_, [u8]>,
 ) -> Result<Held, DataError> {
     if !external || value.len() <= INLINE_MAX {
-        return Ok(Held::Inline(value));
+        return Ok(Held::Inline(value.into_owned()));
     }
     let (_, size) = chunking(value.len());
     for (i, chunk) in value.chunks(size).enumerate() {
-        values.insert((seq, i as u32), chunk).ctx("write value chunk")?;
+        values.append((seq, i as u32), chunk)?;
     }
     Ok(Held::External {
         len: value.len() as u64,
@@ -310,6 +387,71 @@ mod tests {
             );
         }
         assert_eq!(chunking(16 * 1024), (5, 3277));
+    }
+
+    const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+
+    /// Append `seqs` (a log entry and a two-chunk value each) through `with_appenders`, in one
+    /// transaction, and return both tables' keys.
+    fn append_through(db: &redb::Database, seqs: &[u64]) -> (Vec<u64>, Vec<(u64, u32)>) {
+        let tx = db.begin_write().unwrap();
+        {
+            let mut log = tx.open_table(LOG).unwrap();
+            let mut values = tx.open_table(VALUES).unwrap();
+            with_appenders(&mut log, &mut values, seqs[0], |log, values| {
+                for &seq in seqs {
+                    let held = hold(values, true, seq, Cow::Owned(vec![seq as u8; CHUNK_MAX + 1]))?;
+                    assert_eq!(
+                        held,
+                        Held::External {
+                            len: CHUNK_MAX as u64 + 1
+                        }
+                    );
+                    log.append(seq, b"entry")?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        let tx = db.begin_write().unwrap();
+        let log = tx.open_table(LOG).unwrap();
+        let values = tx.open_table(VALUES).unwrap();
+        let log_keys = log.iter().unwrap().map(|e| e.unwrap().0.value()).collect();
+        let value_keys = values.iter().unwrap().map(|e| e.unwrap().0.value()).collect();
+        (log_keys, value_keys)
+    }
+
+    use redb::ReadableDatabase;
+
+    #[test]
+    fn appenders_add_at_the_end_and_fall_back_to_inserts_before_later_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("t.redb")).unwrap();
+        // Empty tables, then a batch after the last keys: cursors at the end.
+        assert_eq!(append_through(&db, &[1, 2]).0, vec![1, 2]);
+        let (log, values) = append_through(&db, &[3, 4]);
+        assert_eq!(log, vec![1, 2, 3, 4]);
+        assert_eq!(
+            values,
+            [1, 2, 3, 4].iter().flat_map(|&s| [(s, 0), (s, 1)]).collect::<Vec<_>>()
+        );
+        // Keys before the tables' last: a cursor at the end would refuse them (unordered); the
+        // tables' own inserts take them.
+        let (log, values) = append_through(&db, &[0]);
+        assert_eq!(log, vec![0, 1, 2, 3, 4]);
+        assert_eq!(values.len(), 10);
+        let rtx = db.begin_read().unwrap();
+        let t = rtx.open_table(VALUES).unwrap();
+        let back = resolve(
+            &t,
+            3,
+            Held::External {
+                len: CHUNK_MAX as u64 + 1,
+            },
+        )
+        .unwrap();
+        assert_eq!(back, vec![3u8; CHUNK_MAX + 1]);
     }
 
     #[test]

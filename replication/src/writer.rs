@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::journal::JOURNAL_BATCH_MAX;
 use crate::store::{apply_write, begin_write, write_meta, Ctx, Inner, KV, LOG};
-use crate::values::VALUES;
+use crate::values::{with_appenders, VALUES};
 use crate::{DataError, WriteOp, WriteResult};
 
 /// Most writes in one batch.
@@ -169,18 +169,21 @@ fn commit_batch(inner: &Inner, meta: crate::store::Meta, ops: Vec<(u64, WriteOp)
         let mut log = tx.open_table(LOG).ctx("open log table")?;
         let mut values = tx.open_table(VALUES).ctx("open values table")?;
         let external = inner.format >= 2;
-        for (epoch, op) in ops {
-            results.push(apply_write(
-                &mut kv,
-                &mut log,
-                &mut values,
-                external,
-                &mut new,
-                epoch,
-                op,
-                journal.as_mut(),
-            )?);
-        }
+        with_appenders(&mut log, &mut values, meta.position.seq + 1, |log, values| {
+            for (epoch, op) in ops {
+                results.push(apply_write(
+                    &mut kv,
+                    log,
+                    values,
+                    external,
+                    &mut new,
+                    epoch,
+                    op,
+                    journal.as_mut(),
+                )?);
+            }
+            Ok(())
+        })?;
     }
     if new == meta {
         tx.abort().ctx("abort empty write batch")?;

@@ -2,6 +2,7 @@
 //! skipping what this node has, then the journal or a durable commit), [`DataStore::observe_epoch`],
 //! and [`apply_write`], one primary write inside the writer's batch transaction (`writer.rs`).
 
+use std::borrow::Cow;
 use std::sync::MutexGuard;
 
 use redb::{Durability, Table};
@@ -10,7 +11,7 @@ use super::log::entry_position;
 use super::tables::{begin_write, read_kv, write_meta, Ctx, Meta, KV, LOG};
 use super::DataStore;
 use crate::journal::JOURNAL_BATCH_MAX;
-use crate::values::{hold, StoredEntry, StoredKv, VALUES};
+use crate::values::{hold, with_appenders, Append, StoredEntry, StoredKv, VALUES};
 use crate::{validate_key, validate_value, DataError, Entry, Position, WriteOp, WriteResult};
 
 impl DataStore {
@@ -99,37 +100,40 @@ impl DataStore {
                 }
             }
             let external = self.inner.format >= 2;
-            for e in rest {
-                let current = read_kv(&kv, &e.key)?;
-                // The before-image is this node's own state: it is what a rollback here must
-                // restore. (Compared by position: the position names the write, hence the value.)
-                if current.as_ref().map(|c| c.pos) != e.prev.as_ref().map(|p| p.1) {
-                    tracing::warn!(pos = %e.pos, key = %e.key,
-                        "replica state differs from the primary's before-image; keeping the local one for rollback");
+            let first = meta.position.seq + 1;
+            with_appenders(&mut log, &mut values, first, |log, values| {
+                for e in rest {
+                    let current = read_kv(&kv, &e.key)?;
+                    // The before-image is this node's own state: it is what a rollback here must
+                    // restore. (Compared by position: the position names the write, hence the value.)
+                    if current.as_ref().map(|c| c.pos) != e.prev.as_ref().map(|p| p.1) {
+                        tracing::warn!(pos = %e.pos, key = %e.key,
+                            "replica state differs from the primary's before-image; keeping the local one for rollback");
+                    }
+                    let prev = current.map(|c| (c.held, c.pos));
+                    let value = match &e.value {
+                        Some(v) => {
+                            let held = hold(values, external, e.pos.seq, Cow::Borrowed(v))?;
+                            let record = StoredKv { pos: e.pos, held };
+                            kv.insert(e.key.as_str(), record.encode().as_slice()).ctx("write key")?;
+                            Some(record.held)
+                        }
+                        None => {
+                            kv.remove(e.key.as_str()).ctx("delete key")?;
+                            None
+                        }
+                    };
+                    let entry = StoredEntry {
+                        pos: e.pos,
+                        key: e.key.clone(),
+                        value,
+                        prev,
+                    };
+                    log.append(e.pos.seq, entry.encode().as_slice())?;
+                    new.position = e.pos;
                 }
-                let prev = current.map(|c| (c.held, c.pos));
-                let value = match &e.value {
-                    Some(v) => {
-                        let held = hold(&mut values, external, e.pos.seq, v.clone())?;
-                        let record = StoredKv { pos: e.pos, held };
-                        kv.insert(e.key.as_str(), record.encode().as_slice()).ctx("write key")?;
-                        Some(record.held)
-                    }
-                    None => {
-                        kv.remove(e.key.as_str()).ctx("delete key")?;
-                        None
-                    }
-                };
-                let entry = StoredEntry {
-                    pos: e.pos,
-                    key: e.key.clone(),
-                    value,
-                    prev,
-                };
-                log.insert(e.pos.seq, entry.encode().as_slice())
-                    .ctx("append log entry")?;
-                new.position = e.pos;
-            }
+                Ok(())
+            })?;
         }
         if new == meta {
             return Ok((meta.position, false));
@@ -228,8 +232,8 @@ pub fn journaled_batch(entries: &[Entry]) -> bool {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn apply_write(
     kv: &mut Table<'_, &'static str, &'static [u8]>,
-    log: &mut Table<'_, u64, &'static [u8]>,
-    values: &mut Table<'_, (u64, u32), &'static [u8]>,
+    log: &mut dyn Append<u64>,
+    values: &mut dyn Append<(u64, u32)>,
     external: bool,
     meta: &mut Meta,
     epoch: u64,
@@ -280,7 +284,7 @@ pub(crate) fn apply_write(
         Some(v) => {
             let record = StoredKv {
                 pos,
-                held: hold(values, external, pos.seq, v)?,
+                held: hold(values, external, pos.seq, Cow::Owned(v))?,
             };
             kv.insert(key.as_str(), record.encode().as_slice()).ctx("write key")?;
             Some(record.held)
@@ -296,7 +300,7 @@ pub(crate) fn apply_write(
         value,
         prev: current.map(|c| (c.held, c.pos)),
     };
-    log.insert(pos.seq, entry.encode().as_slice()).ctx("append log entry")?;
+    log.append(pos.seq, entry.encode().as_slice())?;
     meta.position = pos;
     meta.newest_epoch = epoch;
     Ok(Ok(WriteResult {
