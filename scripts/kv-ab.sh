@@ -8,7 +8,7 @@
 # aside, and target/release/keel). Cells are kv_bench `--only` values (default: async and sync
 # 128 B with 1 and 64 clients, async 16 KiB with 64). Needs target/release/examples/kv_bench
 # (`cargo build --release --bins --examples`). Prints each cell's line per round, then the median
-# writes/s per cell and build and the change in percent.
+# writes/s and servers' CPU per write per cell and build, and the change in percent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { sed -n 2,10p "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
@@ -36,11 +36,20 @@ echo "median writes/s over $rounds rounds:"
 python3 - "$out" <<'PY'
 import re, statistics, sys
 rows = {}
+cpu = {}
 for line in open(sys.argv[1]):
     m = re.match(r"(before|after) keel (\S+) (.+?): (\d+) writes/s", line)
     if m:
         rows.setdefault(m.group(2) + " " + m.group(3), {}).setdefault(m.group(1), []).append(int(m.group(4)))
+        c = re.search(r"servers' CPU (\d+)", line)
+        if c:
+            cpu.setdefault(m.group(2) + " " + m.group(3), {}).setdefault(m.group(1), []).append(int(c.group(1)))
 for cell, v in rows.items():
+    b, a = statistics.median(v.get("before", [0])), statistics.median(v.get("after", [0]))
+    change = f"{(a - b) / b * 100:+.1f} %" if b else "?"
+    print(f"  {cell:<22} before {b:>8.0f}  after {a:>8.0f}  {change}")
+print("median servers' CPU us/write:")
+for cell, v in cpu.items():
     b, a = statistics.median(v.get("before", [0])), statistics.median(v.get("after", [0]))
     change = f"{(a - b) / b * 100:+.1f} %" if b else "?"
     print(f"  {cell:<22} before {b:>8.0f}  after {a:>8.0f}  {change}")
