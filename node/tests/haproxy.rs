@@ -574,7 +574,7 @@ fn example_keel_toml_lists_every_serve_flag() {
             }
         }
     }
-    let tables = ["raft", "replication", "gitsync"];
+    let tables = ["raft", "replication", "gitsync", "redis"];
     // `--gitsync-repo` is `repo` in [gitsync], `--min-acks` is `min_acks` in [replication], ...
     let key_of = |flag: &str| -> Option<String> {
         let snake = flag.replace('-', "_");

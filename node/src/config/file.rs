@@ -98,6 +98,11 @@ impl ServeArgs {
                 datastore_format: self.replication.datastore_format.or(under.replication.datastore_format),
             },
             gitsync: self.gitsync.or(under.gitsync),
+            redis: RedisArgs {
+                port: self.redis.port.or(under.redis.port),
+                server: self.redis.server.or(under.redis.server),
+                conf: self.redis.conf.or(under.redis.conf),
+            },
         }
     }
 }
