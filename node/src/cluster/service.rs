@@ -178,7 +178,7 @@ pub async fn duty_task(node: Arc<Node>) {
         let mut h = s.redis.health().await;
         h.addr = s.advertise_addr.clone();
         s.record(h.clone());
-        match leased_epoch(&node) {
+        let acted = match leased_epoch(&node) {
             Some(epoch) => {
                 if !h.healthy {
                     let since = *down_since.get_or_insert_with(Instant::now);
@@ -186,15 +186,20 @@ pub async fn duty_task(node: Arc<Node>) {
                         gave_up = Some(epoch);
                         give_up(&node, &s, epoch).await;
                     }
+                    false
                 } else {
                     down_since = None;
-                    lead(&s, &h).await;
+                    lead(&s, &h).await
                 }
             }
             None => {
                 down_since = None;
-                follow(&node, &s, &h).await;
+                follow(&node, &s, &h).await
             }
+        };
+        if acted {
+            // Sample again at once, so /v1/status and /primary show the new role without a tick's delay.
+            continue;
         }
         tokio::select! {
             _ = node.cancel.cancelled() => return,
@@ -205,39 +210,58 @@ pub async fn duty_task(node: Arc<Node>) {
     }
 }
 
-/// The lease holder: its Redis must be the unfenced master.
-async fn lead(s: &ManagedRedis, h: &ServiceHealth) {
+/// The lease holder: its Redis must be the unfenced master. Returns whether it changed anything.
+async fn lead(s: &ManagedRedis, h: &ServiceHealth) -> bool {
+    let mut acted = false;
     if h.role == ServiceRole::Replica {
         match s.redis.promote().await {
-            Ok(()) => info!(addr = %s.advertise_addr, "redis promoted to master"),
+            Ok(()) => {
+                acted = true;
+                info!(addr = %s.advertise_addr, "redis promoted to master")
+            }
             Err(e) => warn!(error = %e, "promote redis"),
         }
     }
     if s.redis.is_fenced() {
         match s.redis.unfence().await {
-            Ok(()) => info!(addr = %s.advertise_addr, "redis unfenced: taking writes as master"),
+            Ok(()) => {
+                acted = true;
+                info!(addr = %s.advertise_addr, "redis unfenced: taking writes as master")
+            }
             Err(e) => warn!(error = %e, "unfence redis"),
         }
     }
+    acted
 }
 
 /// Not the lease holder: fence a master at once, then follow the primary's Redis when known.
-async fn follow(node: &Node, s: &ManagedRedis, h: &ServiceHealth) {
+/// Returns whether it changed anything that succeeded.
+async fn follow(node: &Node, s: &ManagedRedis, h: &ServiceHealth) -> bool {
+    let mut acted = false;
     if h.role == ServiceRole::Master || (h.role == ServiceRole::Down && !s.redis.is_fenced()) {
         match s.redis.fence().await {
-            Ok(()) => info!(addr = %s.advertise_addr, "redis fenced: not the lease holder"),
+            Ok(()) => {
+                acted = h.role == ServiceRole::Master;
+                info!(addr = %s.advertise_addr, "redis fenced: not the lease holder")
+            }
             Err(e) => warn!(error = %e, "fence redis"),
         }
     }
     let Some((primary, addr)) = primary_redis(node) else {
-        return;
+        return acted;
     };
     if primary == node.id || !h.healthy || h.following.as_deref() == Some(addr.as_str()) {
-        return;
+        return acted;
     }
     match s.redis.follow(&addr).await {
-        Ok(()) => info!(primary, master = %addr, "redis now replicates from the primary's"),
-        Err(e) => warn!(error = %e, master = %addr, "redis follow"),
+        Ok(()) => {
+            info!(primary, master = %addr, "redis now replicates from the primary's");
+            true
+        }
+        Err(e) => {
+            warn!(error = %e, master = %addr, "redis follow");
+            acted
+        }
     }
 }
 
