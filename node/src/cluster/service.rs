@@ -174,17 +174,40 @@ pub async fn duty_task(node: Arc<Node>) {
     let mut lease = node.lease.subscribe();
     let mut down_since: Option<Instant> = None;
     let mut gave_up: Option<u64> = None;
+    let mut restarts_at_lease: Option<(u64, u64)> = None;
+    // A switchover away from this epoch's primary was refused: it keeps the role and takes writes.
+    let mut alone = false;
     loop {
         let mut h = s.redis.health().await;
         h.addr = s.advertise_addr.clone();
         s.record(h.clone());
         let acted = match leased_epoch(&node) {
             Some(epoch) => {
-                if !h.healthy {
+                // Restarts of Redis seen when this epoch's lease began.
+                let base = match restarts_at_lease {
+                    Some((e, r)) if e == epoch => r,
+                    _ => {
+                        restarts_at_lease = Some((epoch, h.restarts));
+                        alone = false;
+                        h.restarts
+                    }
+                };
+                if h.restarts > base && h.healthy && gave_up != Some(epoch) && !alone {
+                    // A restarted master has lost whatever it had not saved, and replicas that
+                    // followed it would resync to that: hand over to a replica that has the data.
+                    // Only when no switchover is possible (no other candidate) does it take writes.
+                    gave_up = Some(epoch);
+                    if !give_up(&node, &s, epoch).await {
+                        alone = true;
+                    }
+                    false
+                } else if gave_up == Some(epoch) && !alone {
+                    false
+                } else if !h.healthy {
                     let since = *down_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= GIVE_UP_AFTER && gave_up != Some(epoch) {
                         gave_up = Some(epoch);
-                        give_up(&node, &s, epoch).await;
+                        alone = !give_up(&node, &s, epoch).await;
                     }
                     false
                 } else {
@@ -267,18 +290,28 @@ async fn follow(node: &Node, s: &ManagedRedis, h: &ServiceHealth) -> bool {
 
 /// The lease holder's Redis is down: stop taking writes and hand the primary role to the member whose
 /// Redis is healthy and most advanced (a planned switchover, run by the coordinator).
-async fn give_up(node: &Node, s: &ManagedRedis, epoch: u64) {
+/// Returns whether the switchover was accepted.
+async fn give_up(node: &Node, s: &ManagedRedis, epoch: u64) -> bool {
+    let to = healthy_peer(node, s);
+    warn!(epoch, to = ?to, "this node's redis died or does not answer: giving up the primary role");
+    match admin::submit(node, AdminOp::Switchover { to }, Duration::from_secs(3)).await {
+        Ok(_) => true,
+        Err(e) => {
+            warn!(error = %e, "switchover away from a primary whose redis died");
+            false
+        }
+    }
+}
+
+/// The other member whose Redis is healthy and most advanced (highest offset, then lowest id),
+/// skipping `nofailover` members.
+fn healthy_peer(node: &Node, s: &ManagedRedis) -> Option<NodeId> {
     let members = node.view().state.members.clone();
-    let to = s
-        .peers()
+    s.peers()
         .into_iter()
         .filter(|(id, p)| *id != node.id && p.healthy && members.get(id).is_some_and(|m| !m.tags.nofailover))
         .max_by_key(|(id, p)| (p.offset, std::cmp::Reverse(*id)))
-        .map(|(id, _)| id);
-    warn!(epoch, to = ?to, "this node's redis is down: giving up the primary role");
-    if let Err(e) = admin::submit(node, AdminOp::Switchover { to }, Duration::from_secs(3)).await {
-        warn!(error = %e, "switchover away from a primary whose redis is down");
-    }
+        .map(|(id, _)| id)
 }
 
 /// Learn the other members' Redis addresses and health from their `/v1/status`.
