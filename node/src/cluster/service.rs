@@ -120,6 +120,39 @@ pub fn service_addrs(node: &Node) -> BTreeMap<NodeId, String> {
     out
 }
 
+/// Every member's managed Redis as this node last saw it (its own included), for ranking failover
+/// candidates; empty without `--redis-port`. Other members' come from the directory (polled every
+/// 500 ms), so an offset may be that much behind.
+pub fn service_views(node: &Node) -> BTreeMap<NodeId, crate::cluster::failover::ServiceView> {
+    use crate::cluster::failover::ServiceView;
+    let Some(s) = &node.service else {
+        return BTreeMap::new();
+    };
+    let mut out: BTreeMap<NodeId, ServiceView> = s
+        .peers()
+        .into_iter()
+        .map(|(id, p)| {
+            (
+                id,
+                ServiceView {
+                    healthy: p.healthy,
+                    offset: p.offset,
+                },
+            )
+        })
+        .collect();
+    if let Some(h) = s.health() {
+        out.insert(
+            node.id,
+            ServiceView {
+                healthy: h.healthy,
+                offset: h.offset,
+            },
+        );
+    }
+    out
+}
+
 /// The primary's Redis address and id, as the cluster state names the primary (whether its lease is
 /// valid right now is only known on the primary itself: its `/primary` answers that).
 pub fn primary_redis(node: &Node) -> Option<(NodeId, String)> {
