@@ -129,6 +129,37 @@ async fn redis_follows_the_primary_across_a_node_kill() {
         assert!(cmd(addr(&addrs, *o), &["SET", "x", "y"]).await.is_err());
         wait_service_role(&c, *o, "replica").await;
     }
+    // The Redis metric families: every one documented in docs/http-api.md is exported (the lag by a
+    // replica), and the role gauge says what the status says.
+    let metrics = |id: u64| {
+        let url = format!("{}/metrics", c.node(id).url());
+        let http = c.http.clone();
+        async move { http.get(url).send().await.ok()?.text().await.ok() }
+    };
+    let (pm, rm) = (metrics(p).await.unwrap(), metrics(others[0]).await.unwrap());
+    assert!(pm.contains("keel_redis_role{role=\"master\"} 1"), "{pm}");
+    assert!(rm.contains("keel_redis_role{role=\"replica\"} 1"), "{rm}");
+    let docs = include_str!("../../docs/http-api.md");
+    for family in [
+        "keel_redis_role",
+        "keel_redis_offset_bytes",
+        "keel_redis_restarts_total",
+    ] {
+        assert!(docs.contains(&format!("| `{family}` |")), "{family} is not documented");
+        assert!(pm.contains(&format!("# TYPE {family} ")), "{family} missing:\n{pm}");
+    }
+    // The lag is exported once a sample (every 100 ms) saw the replica's link up.
+    c.wait_for(
+        Duration::from_secs(3),
+        "a replica exporting keel_redis_lag_seconds",
+        || async {
+            metrics(others[0])
+                .await
+                .filter(|m| m.contains("# TYPE keel_redis_lag_seconds gauge"))
+        },
+    )
+    .await;
+    assert!(docs.contains("| `keel_redis_lag_seconds` |"));
 
     // kill -9 the whole primary node: its redis-server dies with it.
     c.kill(p);
