@@ -15,7 +15,8 @@
 //!   a mixed-version cluster decodes everything as before; a member of an older release simply has
 //!   no Redis address.
 //!
-//! [`service_addrs`] is what the Sentinel listener names as masters and replicas.
+//! For the Sentinel listener: [`service_addrs`] (every member's Redis address) and [`master_addr`]
+//! (the one to name as master, only while it is the unfenced master of the lease-holding primary).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -49,6 +50,9 @@ pub struct PeerService {
     pub healthy: bool,
     #[serde(default)]
     pub offset: Option<u64>,
+    /// `master`, `replica`, `fenced` or `down`, as the member last reported it.
+    #[serde(default)]
+    pub role: Option<String>,
 }
 
 /// This node's managed Redis and what the node knows about the others'.
@@ -158,6 +162,20 @@ pub fn service_views(node: &Node) -> BTreeMap<NodeId, crate::cluster::failover::
 pub fn primary_redis(node: &Node) -> Option<(NodeId, String)> {
     let p = node.view().state.primary?;
     service_addrs(node).remove(&p.node).map(|a| (p.node, a))
+}
+
+/// The Redis a client should write to, if any: the primary of the cluster state, when it is this
+/// node holding its lease with its Redis the unfenced master, or another member whose own last
+/// `/v1/status` (at most ~500 ms old) said its Redis is the master. A fenced or down Redis is never
+/// named. For the Sentinel listener (`get-master-addr-by-name`).
+pub fn master_addr(node: &Node) -> Option<(NodeId, String)> {
+    let s = node.service.as_ref()?;
+    let p = node.view().state.primary?;
+    if p.node == node.id {
+        return (leased_epoch(node).is_some() && master_ok(node)).then(|| (node.id, s.advertise_addr.clone()));
+    }
+    let peer = s.peers().remove(&p.node)?;
+    (peer.healthy && peer.role.as_deref() == Some("master")).then_some((p.node, peer.addr))
 }
 
 /// Is this node's Redis up and the unfenced master? (`true` without managed Redis.) `/primary` needs it.
