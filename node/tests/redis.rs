@@ -208,7 +208,7 @@ async fn a_killed_redis_server_is_restarted_or_replaced() {
     if !have_redis() {
         return;
     }
-    let (c, addrs) = cluster();
+    let (mut c, addrs) = cluster();
     let p = c.wait_primary(&[], T).await;
     let master = addr(&addrs, p).to_string();
     wait_set(&c, &master, "k1", "v1").await;
@@ -252,6 +252,13 @@ async fn a_killed_redis_server_is_restarted_or_replaced() {
     if q != p {
         wait_replicates(&c, &master, &new_master, "k2", "v2").await;
     }
+
+    // A clean stop (SIGTERM) stops the node's redis-server too.
+    assert_eq!(c.stop(p), Some(0), "clean exit on SIGTERM");
+    assert!(
+        cmd(&master, &["PING"]).await.is_err(),
+        "redis-server outlived its node's shutdown"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
