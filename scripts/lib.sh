@@ -15,7 +15,8 @@ KEEL_BUILD_PACKAGES=(pkg-config libssl-dev gcc libc6-dev git ca-certificates cur
 # metrics` on /metrics), python3-venv and python3-pip (schemathesis, the OpenAPI fuzzer, in a venv
 # under target/), chromium (the /ui status page rendered headless; the largest: about 118 MiB to
 # download, 395 MiB installed with its libraries, 26 s to install here), faketime (libfaketime: the
-# chaos harness's clock skew and drift nemesis).
+# chaos harness's clock skew and drift nemesis), redis-server (the managed-Redis tests run a real one per
+# node; it brings redis-tools' redis-cli) and python3-redis (redis-py, a real Sentinel-aware client).
 KEEL_TEST_PACKAGES=("${KEEL_BUILD_PACKAGES[@]}" haproxy iproute2 iptables procps openssh-server openssh-client
     prometheus python3-venv python3-pip chromium faketime redis-server python3-redis)
 

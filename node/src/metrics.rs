@@ -59,6 +59,7 @@ pub fn render(node: &Node) -> String {
     replication_series(&mut out, node);
     datastore_series(&mut out, node);
     gitsync_series(&mut out, node);
+    redis_series(&mut out, node);
     out.counter(
         "keel_datastore_rolled_back_total",
         "Divergent entries this node rolled back.",
@@ -232,6 +233,41 @@ fn datastore_series(out: &mut Exposition, node: &Node) {
 }
 
 /// Git Sync, when it is configured.
+/// The managed Redis (`--redis-port`), from the duty loop's latest sample.
+fn redis_series(out: &mut Exposition, node: &Node) {
+    let Some(h) = crate::cluster::service::status(node) else {
+        return;
+    };
+    let role = serde_json::to_value(h.role).unwrap_or_default();
+    let samples: Vec<(String, f64)> = ["master", "replica", "fenced", "down"]
+        .iter()
+        .map(|r| (format!("{{role=\"{r}\"}}"), if role == *r { 1.0 } else { 0.0 }))
+        .collect();
+    out.labelled(
+        "keel_redis_role",
+        "gauge",
+        "1 for the managed Redis's current role.",
+        &samples,
+    );
+    out.gauge(
+        "keel_redis_offset_bytes",
+        "Replication offset of the managed Redis (0 while unknown).",
+        h.offset.unwrap_or(0) as f64,
+    );
+    out.counter(
+        "keel_redis_restarts_total",
+        "Times keel restarted the managed redis-server after it died.",
+        h.restarts as f64,
+    );
+    if let Some(lag) = h.lag {
+        out.gauge(
+            "keel_redis_lag_seconds",
+            "Seconds since the managed Redis replica last heard from its master.",
+            lag as f64,
+        );
+    }
+}
+
 fn gitsync_series(out: &mut Exposition, node: &Node) {
     let Some(g) = &node.gitsync else { return };
     let s = serde_json::to_value(g.status()).unwrap_or_default();

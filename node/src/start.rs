@@ -241,6 +241,7 @@ impl Node {
             cancel.clone(),
         );
         let tokens = Arc::new(crate::auth::TokenStore::new(config.tokens()));
+        let service = crate::cluster::service::ManagedRedis::open(&config);
         let node = Arc::new(Node {
             id: config.id,
             config,
@@ -260,6 +261,7 @@ impl Node {
             gitsync,
             tls,
             tokens,
+            service,
         });
 
         let listen =
@@ -362,6 +364,20 @@ fn spawn_background(node: &Arc<Node>) -> Vec<(&'static str, JoinHandle<()>)> {
                 tokio::spawn(crate::cluster::gitsync::sync_hook_task(node.clone(), g, cmd)),
             ));
         }
+    }
+    if node.service.is_some() {
+        background.push((
+            "redis supervisor",
+            tokio::spawn(crate::cluster::service::supervise_task(node.clone())),
+        ));
+        background.push((
+            "redis duty",
+            tokio::spawn(crate::cluster::service::duty_task(node.clone())),
+        ));
+        background.push((
+            "redis directory",
+            tokio::spawn(crate::cluster::service::directory_task(node.clone())),
+        ));
     }
     if let Some(join) = node.config.join.clone() {
         background.push((

@@ -51,6 +51,8 @@ pub struct Node {
     pub tls: Option<Arc<crate::tls::Tls>>,
     /// The API tokens in force: the config's at start, swapped on SIGHUP (`auth::reload_task`).
     pub tokens: Arc<crate::auth::TokenStore>,
+    /// The managed Redis (`--redis-port`), when configured.
+    pub service: Option<Arc<crate::cluster::service::ManagedRedis>>,
 }
 
 impl Node {

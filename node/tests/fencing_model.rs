@@ -246,6 +246,7 @@ impl Fencing {
                     nofailover: false,
                     priority: 0,
                     position: Some(0),
+                    service: None,
                 })
                 .collect(),
             last_auto_failover_ms: None,

@@ -500,11 +500,22 @@ async fn example_keel_toml_starts_a_node() {
 
     // Every commented-out option switched on (except `join`, which excludes `peers`, the TLS files,
     // which must exist and would make the node speak https: tests/tls.rs covers them, and the Git Sync
-    // ssh key and known_hosts files, which must exist: gitsync/tests covers them against a real sshd),
-    // on a fresh data dir. The Git Sync repository is overridden by a local path so the node never
+    // ssh key and known_hosts files, which must exist: gitsync/tests covers them against a real sshd, and
+    // the managed Redis settings of [redis], which start a redis-server on a fixed port: tests/redis.rs
+    // covers them), on a fresh data dir. The Git Sync repository is overridden by a local path so the node never
     // reaches out.
     let all = c.dir.path().join("keel-all-options.toml");
-    let keep = ["join", "tls_cert", "tls_key", "peer_ca", "ssh_key", "known_hosts"];
+    let keep = [
+        "join",
+        "tls_cert",
+        "tls_key",
+        "peer_ca",
+        "ssh_key",
+        "known_hosts",
+        "port",
+        "server",
+        "conf",
+    ];
     std::fs::write(&all, uncomment_settings(&read_deploy_file("keel.toml"), &keep)).unwrap();
     std::fs::remove_dir_all(c.data_dir(1)).unwrap();
     let repo = c.dir.path().join("nowhere.git");
@@ -577,7 +588,7 @@ fn example_keel_toml_lists_every_serve_flag() {
             }
         }
     }
-    let tables = ["raft", "replication", "gitsync", "sentinel"];
+    let tables = ["raft", "replication", "gitsync", "sentinel", "redis"];
     // `--gitsync-repo` is `repo` in [gitsync], `--min-acks` is `min_acks` in [replication], ...
     let key_of = |flag: &str| -> Option<String> {
         let snake = flag.replace('-', "_");

@@ -49,6 +49,7 @@ pub mod peers;
 pub mod protocol;
 mod replica;
 mod serve;
+pub mod service;
 mod snapshot;
 mod state;
 mod store;

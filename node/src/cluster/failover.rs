@@ -20,6 +20,16 @@ pub struct Candidate {
     pub priority: i32,
     /// Replication position it reported (higher is more advanced); `None` if unknown.
     pub position: Option<u64>,
+    /// Its managed Redis (`--redis-port`), as last seen: `None` without one or when unknown.
+    pub service: Option<ServiceView>,
+}
+
+/// A candidate's managed datastore, for ranking (issue 19: the most advanced replica wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceView {
+    pub healthy: bool,
+    /// Replication offset; offsets of one Redis primary/replica set are comparable across failovers.
+    pub offset: Option<u64>,
 }
 
 /// What the coordinator knows when deciding.
@@ -170,7 +180,8 @@ pub fn decide(v: &ClusterView) -> Decision {
     }
 }
 
-/// Rank candidates: most advanced position, then priority, then the coordinator itself (the
+/// Rank candidates: a managed service that is down disqualifies; then the most advanced managed-service
+/// offset (the data clients wrote), then the most advanced position, then priority, then the coordinator itself (the
 /// fast path: a primary that is also the Raft leader renews its lease locally), then lowest id.
 fn pick(v: &ClusterView) -> Result<NodeId, NoCandidate> {
     let old = v.primary.map(|p| p.node);
@@ -192,6 +203,8 @@ fn pick(v: &ClusterView) -> Result<NodeId, NoCandidate> {
             Some("nofailover tag")
         } else if !m.reachable {
             Some("unreachable")
+        } else if m.service.is_some_and(|s| !s.healthy) {
+            Some("managed service down")
         } else if best_pos.saturating_sub(m.position.unwrap_or(0)) > v.config.max_lag_on_failover {
             Some("lagging more than max_lag_on_failover")
         } else {
@@ -204,6 +217,7 @@ fn pick(v: &ClusterView) -> Result<NodeId, NoCandidate> {
     }
     ok.sort_by_key(|m| {
         (
+            std::cmp::Reverse(m.service.and_then(|s| s.offset).unwrap_or(0)),
             std::cmp::Reverse(m.position.unwrap_or(0)),
             std::cmp::Reverse(m.priority),
             m.id != v.me,
@@ -285,6 +299,7 @@ mod tests {
             nofailover: false,
             priority: 0,
             position: Some(10),
+            service: None,
         }
     }
 
@@ -434,6 +449,37 @@ mod tests {
                     v.members[2].position = Some(20);
                 }),
                 Box::new(blocked("lagging")),
+            ),
+            (
+                "the most advanced managed Redis wins over the datastore position",
+                Box::new(|v| {
+                    v.last_renewal_ms = Some(1_000);
+                    v.members[1].position = Some(50);
+                    v.members[1].service = Some(ServiceView {
+                        healthy: true,
+                        offset: Some(100),
+                    });
+                    v.members[2].service = Some(ServiceView {
+                        healthy: true,
+                        offset: Some(200),
+                    });
+                }),
+                Box::new(promote(3)),
+            ),
+            (
+                "a member whose managed Redis is down is skipped",
+                Box::new(|v| {
+                    v.last_renewal_ms = Some(1_000);
+                    v.members[1].service = Some(ServiceView {
+                        healthy: true,
+                        offset: Some(100),
+                    });
+                    v.members[2].service = Some(ServiceView {
+                        healthy: false,
+                        offset: Some(200),
+                    });
+                }),
+                Box::new(promote(2)),
             ),
             (
                 "primary removed from voters",

@@ -18,6 +18,7 @@ pub mod lease;
 pub mod members;
 pub mod primary;
 pub mod probe;
+pub mod service;
 pub mod write;
 
 pub use error::ClusterError;

@@ -222,9 +222,11 @@ pub async fn controller_task(node: Arc<Node>) {
             _ => None,
         };
         let positions = node.repl.reported_positions(node.id);
+        let services = crate::cluster::service::service_views(&node);
         let members = member_views(&node)
             .into_iter()
             .map(|m| Candidate {
+                service: services.get(&m.id).copied(),
                 id: m.id,
                 voter: m.voter,
                 reachable: m.reachable,

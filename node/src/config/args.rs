@@ -127,6 +127,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     #[serde(default)]
     pub sentinel: SentinelArgs,
+
+    #[command(flatten)]
+    #[serde(default)]
+    pub redis: RedisArgs,
 }
 
 /// `[raft]`: the Raft timings.
@@ -293,4 +297,28 @@ pub struct GitSyncArgs {
         value_name = "FILE"
     )]
     pub known_hosts: Option<PathBuf>,
+}
+
+/// `[redis]`: managed Redis (flags `--redis-*`).
+#[derive(clap::Args, Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RedisArgs {
+    /// Run and supervise a `redis-server` on this node's API host at this port: the primary's is the
+    /// master, every other node's replicates from it [default: none, no managed Redis].
+    #[arg(id = "redis_port", long = "redis-port", env = "KEEL_REDIS_PORT", value_name = "PORT")]
+    pub port: Option<u16>,
+
+    /// The `redis-server` program to run (a path, or a name looked up in PATH) [default: redis-server].
+    #[arg(
+        id = "redis_server",
+        long = "redis-server",
+        env = "KEEL_REDIS_SERVER",
+        value_name = "PATH"
+    )]
+    pub server: Option<PathBuf>,
+
+    /// Extra redis.conf settings, included before Keel's own (port, bind, dir and replication settings
+    /// are Keel's) [default: none].
+    #[arg(id = "redis_conf", long = "redis-conf", env = "KEEL_REDIS_CONF", value_name = "FILE")]
+    pub conf: Option<PathBuf>,
 }

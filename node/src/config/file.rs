@@ -103,6 +103,11 @@ impl ServeArgs {
                 name: self.sentinel.name.or(under.sentinel.name),
                 redis_addrs: self.sentinel.redis_addrs.or(under.sentinel.redis_addrs),
             },
+            redis: RedisArgs {
+                port: self.redis.port.or(under.redis.port),
+                server: self.redis.server.or(under.redis.server),
+                conf: self.redis.conf.or(under.redis.conf),
+            },
         }
     }
 }

@@ -30,6 +30,8 @@ pub use types::*;
 
 /// Every default value, in one place. The `--help` texts in [`ServeArgs`] repeat them for the reader.
 pub mod defaults {
+    /// `--redis-server`: found in PATH.
+    pub const REDIS_SERVER: &str = "redis-server";
     /// HTTP API listen address.
     pub const API_ADDR: &str = "127.0.0.1:7101";
     /// Raft peer listen address (when this node's `--peers` entry is not an `ip:port` to listen on).
@@ -95,6 +97,8 @@ pub struct Config {
     pub replication: ReplicationConfig,
     pub role_change_hook: Option<String>,
     pub gitsync: Option<GitSyncConfig>,
+    /// Managed Redis (`--redis-port`), when set.
+    pub redis: Option<RedisSettings>,
     /// HTTPS on both listeners (and for calls to other members) when set.
     pub tls: Option<TlsConfig>,
     /// The Sentinel-compatible discovery listener, when `--sentinel-addr` is set.
@@ -265,6 +269,11 @@ impl Config {
             },
             role_change_hook: s.role_change_hook,
             gitsync,
+            redis: s.redis.port.map(|port| RedisSettings {
+                port,
+                server: s.redis.server.unwrap_or_else(|| PathBuf::from(defaults::REDIS_SERVER)),
+                conf: s.redis.conf,
+            }),
             tls,
             sentinel,
         })
@@ -393,6 +402,9 @@ impl Config {
         }
         if let Some(sentinel) = &self.sentinel {
             sentinel.validate()?;
+        }
+        if let Some(redis) = &self.redis {
+            redis.validate(self)?;
         }
         Ok(())
     }

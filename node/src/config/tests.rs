@@ -719,3 +719,44 @@ fn clap_parses_flag_names() {
 
     assert!(Cli::try_parse_from(["keel", "--log-format", "yaml"]).is_err());
 }
+
+#[test]
+fn managed_redis_settings() {
+    let c = from_toml(args(), "").unwrap();
+    assert!(c.redis.is_none(), "no managed Redis without a port");
+
+    let c = from_toml(args(), "[redis]\nport = 7301\n").unwrap();
+    let r = c.redis.as_ref().unwrap();
+    assert_eq!(r.port, 7301);
+    assert_eq!(r.server, PathBuf::from(defaults::REDIS_SERVER));
+    assert_eq!(r.advertise_addr(&c.advertise_api_addr), "127.0.0.1:7301");
+
+    let mut a = args();
+    a.redis.port = Some(7302);
+    a.redis.server = Some("/opt/redis/bin/redis-server".into());
+    let c = from_toml(a, "[redis]\nport = 7301\nserver = \"/usr/bin/redis-server\"\n").unwrap();
+    let r = c.redis.unwrap();
+    assert_eq!(
+        (r.port, r.server),
+        (7302, PathBuf::from("/opt/redis/bin/redis-server")),
+        "flags beat the file"
+    );
+
+    let cli = Cli::try_parse_from(["keel", "--id", "1", "--redis-port", "7301", "--redis-conf", "x.conf"]).unwrap();
+    assert_eq!(cli.serve.redis.port, Some(7301));
+    assert_eq!(cli.serve.redis.conf, Some(PathBuf::from("x.conf")));
+
+    for (toml, want) in [
+        ("[redis]\nport = 0\n", "must be a fixed port"),
+        ("[redis]\nport = 7101\n", "api_addr port"),
+        ("[redis]\nport = 7201\n", "peer_addr port"),
+        (
+            "[redis]\nport = 7301\nconf = \"/nonexistent/extra.conf\"\n",
+            "no such file",
+        ),
+        ("[redis]\nprot = 7301\n", "prot"),
+    ] {
+        let e = from_toml(args(), toml).unwrap_err().to_string();
+        assert!(e.contains(want), "{toml:?}: {e}");
+    }
+}

@@ -350,3 +350,55 @@ impl GitSyncConfig {
         check_secret("gitsync.webhook_secret", g.webhook_secret.as_deref())
     }
 }
+
+/// Managed Redis (`--redis-port`, `--redis-server`, `--redis-conf`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    pub port: u16,
+    pub server: PathBuf,
+    /// Extra settings included in the generated redis.conf.
+    pub conf: Option<PathBuf>,
+}
+
+impl RedisSettings {
+    pub(crate) fn validate(&self, config: &Config) -> Result<(), ConfigError> {
+        if self.port == 0 {
+            return Err(bad_value(
+                "redis.port",
+                self.port,
+                "must be a fixed port: the other nodes' Redis replicate from it",
+            ));
+        }
+        for (what, port) in [
+            ("api_addr", config.api_addr.port()),
+            ("peer_addr", config.peer_addr.port()),
+        ] {
+            if port == self.port {
+                return Err(bad_value(
+                    "redis.port",
+                    self.port,
+                    format!("is also this node's {what} port; pick another"),
+                ));
+            }
+        }
+        if let Some(conf) = &self.conf {
+            if !conf.is_file() {
+                return Err(bad_value(
+                    "redis.conf",
+                    conf.display(),
+                    "no such file (give a readable redis.conf with extra settings)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The host:port where this node's Redis is reached: the advertised API host at the Redis port.
+    pub fn advertise_addr(&self, advertise_api_addr: &str) -> String {
+        let host = match advertise_api_addr.rsplit_once(':') {
+            Some((h, _)) => h,
+            None => advertise_api_addr,
+        };
+        format!("{host}:{}", self.port)
+    }
+}

@@ -285,6 +285,8 @@ async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
             ),
         },
         "gitsync": node.gitsync.as_ref().map(|g| g.status()),
+        // Managed Redis (`--redis-port`); null without it.
+        "service": crate::cluster::service::status(&node),
         "memory": memory(&node),
     }))
 }
@@ -498,10 +500,17 @@ async fn patch_config(State(node): State<Arc<Node>>, body: Result<Bytes, BytesRe
     }
 }
 
-/// Load-balancer probe: 200 only on the primary holding a valid lease.
+/// Load-balancer probe: 200 only on the primary holding a valid lease (and, with managed Redis,
+/// whose Redis is up and the unfenced master).
 async fn probe_primary(State(node): State<Arc<Node>>) -> ApiResult {
     let primary = node.view().state.primary;
     match (primary, node.lease.valid_epoch()) {
+        (Some(p), Some(e)) if p.node == node.id && p.epoch == e && !crate::cluster::service::master_ok(&node) => {
+            Err(ApiError::unavailable(
+                "service_not_master",
+                "holding the lease, but the managed Redis is not up as the master (yet)",
+            ))
+        }
         (Some(p), Some(e)) if p.node == node.id && p.epoch == e => {
             Ok(Json(json!({"role": "primary", "epoch": e, "lease_remaining_ms": node.lease.remaining().map(|d| d.as_millis() as u64)})).into_response())
         }

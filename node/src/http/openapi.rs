@@ -125,7 +125,7 @@ fn error_responses() -> Value {
     `timeout` (request not finished within --request-timeout-ms), `shutting_down`, `no_primary`, \
     `primary_unreachable`, `no_lease`, `not_primary`, `stale_epoch`, `state_behind` (backup), `outcome_unknown` (a write may or may not \
     have been applied), `not_replicated` (a sync-mode primary read whose data is not yet on `min_acks` \
-    replicas), `upstream_unavailable` (Git Sync remote); the probes' answers: `not_primary`, `is_primary`, \
+    replicas), `upstream_unavailable` (Git Sync remote); the probes' answers: `not_primary`, `service_not_master`, `is_primary`, \
     `lagging`, `not_replicating`, `gitsync_conflict`, `gitsync_stale`, `not_member`, `no_quorum`, `raft_stopped`, \
     `data_unreadable`, `cluster_id_mismatch`"),
     })

@@ -1,0 +1,414 @@
+//! Managed Redis (`--redis-port`, issue 19): this node's `redis-server` is kept in step with the
+//! cluster's roles. The lease holder's Redis is the unfenced master; every other node's Redis is
+//! fenced if it was a master and replicates from the primary's. The datastore itself is
+//! [`keel_replication::service::redis::RedisService`]; this module decides, from the cluster state
+//! and the lease, which of its operations to run.
+//!
+//! Tasks (started in `start.rs`, stopped by `node.cancel`):
+//! - [`supervise_task`]: runs and restarts the `redis-server` child.
+//! - [`duty_task`]: every [`DUTY_INTERVAL`] and on every state or lease change: promote/unfence on
+//!   the lease holder, fence at once when the lease lapses, follow the primary's Redis otherwise.
+//!   A lease holder whose Redis has not answered for [`GIVE_UP_AFTER`] gives up the primary role
+//!   (a switchover to the member whose Redis is healthy and most advanced).
+//! - [`directory_task`]: learns the other members' Redis addresses and health from their
+//!   `/v1/status` (`service` object). Nothing is added to the Raft state or the peer messages, so
+//!   a mixed-version cluster decodes everything as before; a member of an older release simply has
+//!   no Redis address.
+//!
+//! For the Sentinel listener: [`service_addrs`] (every member's Redis address) and [`master_addr`]
+//! (the one to name as master, only while it is the unfenced master of the lease-holding primary).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keel_raft::NodeId;
+use keel_replication::service::redis::{RedisConfig, RedisService};
+use keel_replication::service::{ManagedService, ServiceHealth, ServiceRole};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::cluster::admin::{self, AdminOp};
+use crate::config::Config;
+use crate::state::Node;
+
+/// How often the duty loop samples Redis and re-checks its role.
+pub const DUTY_INTERVAL: Duration = Duration::from_millis(100);
+/// A lease holder whose Redis does not answer for this long gives up the primary role.
+pub const GIVE_UP_AFTER: Duration = Duration::from_secs(1);
+/// How often the directory asks the other members for their Redis address.
+const DIRECTORY_INTERVAL: Duration = Duration::from_millis(500);
+const DIRECTORY_TIMEOUT: Duration = Duration::from_millis(400);
+/// A health sample older than this is not trusted by `/primary`.
+const SAMPLE_FRESH: Duration = Duration::from_secs(1);
+
+/// What another member said about its Redis in its `/v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PeerService {
+    pub addr: String,
+    #[serde(default)]
+    pub healthy: bool,
+    #[serde(default)]
+    pub offset: Option<u64>,
+    /// `master`, `replica`, `fenced` or `down`, as the member last reported it.
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+/// This node's managed Redis and what the node knows about the others'.
+#[derive(Debug)]
+pub struct ManagedRedis {
+    pub redis: Arc<RedisService>,
+    /// Where the other nodes reach this Redis (the advertised API host at `--redis-port`).
+    pub advertise_addr: String,
+    last: Mutex<Option<(Instant, ServiceHealth)>>,
+    peers: Mutex<BTreeMap<NodeId, PeerService>>,
+}
+
+impl ManagedRedis {
+    /// The managed Redis of `config`, when `--redis-port` is set. Data under `<data-dir>/redis/`.
+    pub fn open(config: &Config) -> Option<Arc<ManagedRedis>> {
+        let r = config.redis.as_ref()?;
+        let host = match config.api_addr.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => "0.0.0.0".to_string(),
+            ip => ip.to_string(),
+        };
+        let redis = RedisService::new(RedisConfig {
+            server: r.server.clone(),
+            host,
+            port: r.port,
+            dir: config.data_dir.join("redis"),
+            include: r.conf.clone(),
+            min_replicas: 0,
+        });
+        Some(Arc::new(ManagedRedis {
+            redis: Arc::new(redis),
+            advertise_addr: r.advertise_addr(&config.advertise_api_addr),
+            last: Mutex::new(None),
+            peers: Mutex::new(BTreeMap::new()),
+        }))
+    }
+
+    /// The latest health sample, if fresh.
+    pub fn health(&self) -> Option<ServiceHealth> {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.as_ref()
+            .filter(|(at, _)| at.elapsed() < SAMPLE_FRESH)
+            .map(|(_, h)| h.clone())
+    }
+
+    fn record(&self, h: ServiceHealth) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), h));
+    }
+
+    fn peers(&self) -> BTreeMap<NodeId, PeerService> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Each member's managed Redis address (`host:port`), this node's included, for the members whose
+/// address is known (learned from their `/v1/status`; empty without `--redis-port`). Which one is
+/// the master: the entry of `node.view().state.primary`, and only while [`primary_redis`] says so.
+pub fn service_addrs(node: &Node) -> BTreeMap<NodeId, String> {
+    let Some(s) = &node.service else {
+        return BTreeMap::new();
+    };
+    let members = node.view().state.members.clone();
+    let mut out: BTreeMap<NodeId, String> = s
+        .peers()
+        .into_iter()
+        .filter(|(id, _)| members.contains_key(id))
+        .map(|(id, p)| (id, p.addr))
+        .collect();
+    out.insert(node.id, s.advertise_addr.clone());
+    out
+}
+
+/// Every member's managed Redis as this node last saw it (its own included), for ranking failover
+/// candidates; empty without `--redis-port`. Other members' come from the directory (polled every
+/// 500 ms), so an offset may be that much behind.
+pub fn service_views(node: &Node) -> BTreeMap<NodeId, crate::cluster::failover::ServiceView> {
+    use crate::cluster::failover::ServiceView;
+    let Some(s) = &node.service else {
+        return BTreeMap::new();
+    };
+    let mut out: BTreeMap<NodeId, ServiceView> = s
+        .peers()
+        .into_iter()
+        .map(|(id, p)| {
+            (
+                id,
+                ServiceView {
+                    healthy: p.healthy,
+                    offset: p.offset,
+                },
+            )
+        })
+        .collect();
+    if let Some(h) = s.health() {
+        out.insert(
+            node.id,
+            ServiceView {
+                healthy: h.healthy,
+                offset: h.offset,
+            },
+        );
+    }
+    out
+}
+
+/// The primary's Redis address and id, as the cluster state names the primary (whether its lease is
+/// valid right now is only known on the primary itself: its `/primary` answers that).
+pub fn primary_redis(node: &Node) -> Option<(NodeId, String)> {
+    let p = node.view().state.primary?;
+    service_addrs(node).remove(&p.node).map(|a| (p.node, a))
+}
+
+/// The Redis a client should write to, if any: the primary of the cluster state, when it is this
+/// node holding its lease with its Redis the unfenced master, or another member whose own last
+/// `/v1/status` (at most ~500 ms old) said its Redis is the master. A fenced or down Redis is never
+/// named. For the Sentinel listener (`get-master-addr-by-name`).
+pub fn master_addr(node: &Node) -> Option<(NodeId, String)> {
+    let s = node.service.as_ref()?;
+    let p = node.view().state.primary?;
+    if p.node == node.id {
+        return (leased_epoch(node).is_some() && master_ok(node)).then(|| (node.id, s.advertise_addr.clone()));
+    }
+    let peer = s.peers().remove(&p.node)?;
+    (peer.healthy && peer.role.as_deref() == Some("master")).then_some((p.node, peer.addr))
+}
+
+/// Is this node's Redis up and the unfenced master? (`true` without managed Redis.) `/primary` needs it.
+pub fn master_ok(node: &Node) -> bool {
+    match &node.service {
+        None => true,
+        Some(s) => s.health().is_some_and(|h| h.healthy && h.role == ServiceRole::Master),
+    }
+}
+
+/// The `service` object of `/v1/status`; `None` without managed Redis.
+pub fn status(node: &Node) -> Option<ServiceHealth> {
+    let s = node.service.as_ref()?;
+    Some(s.health().unwrap_or_else(|| ServiceHealth {
+        kind: "redis",
+        addr: s.advertise_addr.clone(),
+        role: ServiceRole::Down,
+        offset: None,
+        lag: None,
+        following: None,
+        link_up: false,
+        healthy: false,
+        last_error: Some("no recent health sample".into()),
+        restarts: 0,
+    }))
+}
+
+/// Run and restart this node's `redis-server` until shutdown (then stop it).
+pub async fn supervise_task(node: Arc<Node>) {
+    if let Some(s) = node.service.clone() {
+        s.redis.clone().run(node.cancel.clone()).await;
+    }
+}
+
+/// Is this node the primary with a valid lease right now? Returns the epoch.
+fn leased_epoch(node: &Node) -> Option<u64> {
+    let p = node.view().state.primary?;
+    (p.node == node.id && node.lease.valid_epoch() == Some(p.epoch)).then_some(p.epoch)
+}
+
+/// Keep this node's Redis in the role the cluster state and the lease give it.
+pub async fn duty_task(node: Arc<Node>) {
+    let Some(s) = node.service.clone() else {
+        return;
+    };
+    let mut state = node.state.clone();
+    let mut lease = node.lease.subscribe();
+    let mut down_since: Option<Instant> = None;
+    let mut gave_up: Option<u64> = None;
+    let mut restarts_at_lease: Option<(u64, u64)> = None;
+    // A switchover away from this epoch's primary was refused: it keeps the role and takes writes.
+    let mut alone = false;
+    loop {
+        let mut h = s.redis.health().await;
+        h.addr = s.advertise_addr.clone();
+        s.record(h.clone());
+        let acted = match leased_epoch(&node) {
+            Some(epoch) => {
+                // Restarts of Redis seen when this epoch's lease began.
+                let base = match restarts_at_lease {
+                    Some((e, r)) if e == epoch => r,
+                    _ => {
+                        restarts_at_lease = Some((epoch, h.restarts));
+                        alone = false;
+                        h.restarts
+                    }
+                };
+                if h.restarts > base && h.healthy && gave_up != Some(epoch) && !alone {
+                    // A restarted master has lost whatever it had not saved, and replicas that
+                    // followed it would resync to that: hand over to a replica that has the data.
+                    // Only when no switchover is possible (no other candidate) does it take writes.
+                    gave_up = Some(epoch);
+                    if !give_up(&node, &s, epoch).await {
+                        alone = true;
+                    }
+                    false
+                } else if gave_up == Some(epoch) && !alone {
+                    false
+                } else if !h.healthy {
+                    let since = *down_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= GIVE_UP_AFTER && gave_up != Some(epoch) {
+                        gave_up = Some(epoch);
+                        alone = !give_up(&node, &s, epoch).await;
+                    }
+                    false
+                } else {
+                    down_since = None;
+                    lead(&s, &h).await
+                }
+            }
+            None => {
+                down_since = None;
+                follow(&node, &s, &h).await
+            }
+        };
+        if acted {
+            // Sample again at once, so /v1/status and /primary show the new role without a tick's delay.
+            continue;
+        }
+        tokio::select! {
+            _ = node.cancel.cancelled() => return,
+            _ = tokio::time::sleep(DUTY_INTERVAL) => {}
+            r = state.changed() => if r.is_err() { return },
+            r = lease.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// The lease holder: its Redis must be the unfenced master. Returns whether it changed anything.
+async fn lead(s: &ManagedRedis, h: &ServiceHealth) -> bool {
+    let mut acted = false;
+    if h.role == ServiceRole::Replica {
+        match s.redis.promote().await {
+            Ok(()) => {
+                acted = true;
+                info!(addr = %s.advertise_addr, "redis promoted to master")
+            }
+            Err(e) => warn!(error = %e, "promote redis"),
+        }
+    }
+    if s.redis.is_fenced() {
+        match s.redis.unfence().await {
+            Ok(()) => {
+                acted = true;
+                info!(addr = %s.advertise_addr, "redis unfenced: taking writes as master")
+            }
+            Err(e) => warn!(error = %e, "unfence redis"),
+        }
+    }
+    acted
+}
+
+/// Not the lease holder: fence a master at once, then follow the primary's Redis when known.
+/// Returns whether it changed anything that succeeded.
+async fn follow(node: &Node, s: &ManagedRedis, h: &ServiceHealth) -> bool {
+    let mut acted = false;
+    if h.role == ServiceRole::Master || (h.role == ServiceRole::Down && !s.redis.is_fenced()) {
+        match s.redis.fence().await {
+            Ok(()) => {
+                acted = h.role == ServiceRole::Master;
+                info!(addr = %s.advertise_addr, "redis fenced: not the lease holder")
+            }
+            Err(e) => warn!(error = %e, "fence redis"),
+        }
+    }
+    let Some((primary, addr)) = primary_redis(node) else {
+        return acted;
+    };
+    if primary == node.id || !h.healthy || h.following.as_deref() == Some(addr.as_str()) {
+        return acted;
+    }
+    match s.redis.follow(&addr).await {
+        Ok(()) => {
+            info!(primary, master = %addr, "redis now replicates from the primary's");
+            true
+        }
+        Err(e) => {
+            warn!(error = %e, master = %addr, "redis follow");
+            acted
+        }
+    }
+}
+
+/// The lease holder's Redis is down: stop taking writes and hand the primary role to the member whose
+/// Redis is healthy and most advanced (a planned switchover, run by the coordinator).
+/// Returns whether the switchover was accepted.
+async fn give_up(node: &Node, s: &ManagedRedis, epoch: u64) -> bool {
+    let to = healthy_peer(node, s);
+    warn!(epoch, to = ?to, "this node's redis died or does not answer: giving up the primary role");
+    match admin::submit(node, AdminOp::Switchover { to }, Duration::from_secs(3)).await {
+        Ok(_) => true,
+        Err(e) => {
+            warn!(error = %e, "switchover away from a primary whose redis died");
+            false
+        }
+    }
+}
+
+/// The other member whose Redis is healthy and most advanced (highest offset, then lowest id),
+/// skipping `nofailover` members.
+fn healthy_peer(node: &Node, s: &ManagedRedis) -> Option<NodeId> {
+    let members = node.view().state.members.clone();
+    s.peers()
+        .into_iter()
+        .filter(|(id, p)| *id != node.id && p.healthy && members.get(id).is_some_and(|m| !m.tags.nofailover))
+        .max_by_key(|(id, p)| (p.offset, std::cmp::Reverse(*id)))
+        .map(|(id, _)| id)
+}
+
+/// Learn the other members' Redis addresses and health from their `/v1/status`.
+pub async fn directory_task(node: Arc<Node>) {
+    let Some(s) = node.service.clone() else {
+        return;
+    };
+    let mut tick = crate::util::Ticker::new(DIRECTORY_INTERVAL, node.cancel.clone());
+    while tick.tick().await {
+        let mut set = tokio::task::JoinSet::new();
+        for (id, m) in node.view().state.members.iter() {
+            if *id == node.id || m.api_addr.is_empty() {
+                continue;
+            }
+            let (id, url, http) = (
+                *id,
+                format!("{}/v1/status", node.api_url(&m.api_addr)),
+                node.http.clone(),
+            );
+            set.spawn(async move {
+                let r: Result<serde_json::Value, reqwest::Error> =
+                    match http.get(&url).timeout(DIRECTORY_TIMEOUT).send().await {
+                        Ok(resp) => resp.json().await,
+                        Err(e) => Err(e),
+                    };
+                (
+                    id,
+                    r.ok()
+                        .and_then(|v| serde_json::from_value::<PeerService>(v["service"].clone()).ok()),
+                )
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            let Ok((id, found)) = r else { continue };
+            let mut peers = s.peers.lock().unwrap_or_else(|e| e.into_inner());
+            match found {
+                Some(p) => {
+                    peers.insert(id, p);
+                }
+                // Unreachable: keep the address (it rarely changes), but not its health.
+                None => {
+                    if let Some(p) = peers.get_mut(&id) {
+                        p.healthy = false;
+                    }
+                }
+            }
+        }
+    }
+}

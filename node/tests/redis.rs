@@ -1,0 +1,297 @@
+//! Managed Redis (`--redis-port`, issue 19) with real `keel serve` processes and real
+//! `redis-server`s: the primary's Redis is the master and the others replicate from it; a kill -9 of
+//! the whole primary node (its Redis dies with it) makes another node's Redis the master; the old
+//! node comes back as a replica; a killed `redis-server` alone is restarted and its node hands the
+//! primary role to a replica that has the data; a primary
+//! paused past its lease has its Redis refuse writes once it runs again.
+//!
+//! Skipped with a message when redis-server is not installed, except in CI (`CI=true`), where that
+//! fails.
+
+use std::time::Duration;
+
+use keel_replication::service::resp::{self, Reply};
+use keel_testkit::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(30);
+const CALL: Duration = Duration::from_millis(500);
+
+fn have_redis() -> bool {
+    let ok = std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "redis-server is missing in CI: install the redis-server package (scripts/lib.sh KEEL_TEST_PACKAGES)"
+        );
+        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+    }
+    ok
+}
+
+/// Three nodes, each with its own Redis port on the cluster's IP, started.
+fn cluster() -> (Cluster, Vec<String>) {
+    let mut c = Cluster::new(3, &[]);
+    let mut addrs = Vec::new();
+    for n in c.nodes.iter_mut() {
+        let port = free_port(&n.api.ip().to_string());
+        n.extra = vec!["--redis-port".into(), port.to_string()];
+        addrs.push(format!("{}:{port}", n.api.ip()));
+    }
+    c.start_all();
+    (c, addrs)
+}
+
+fn addr(addrs: &[String], id: u64) -> &str {
+    &addrs[id as usize - 1]
+}
+
+async fn cmd(addr: &str, args: &[&str]) -> Result<Reply, String> {
+    resp::call(addr, args, CALL).await.map_err(|e| e.to_string())
+}
+
+async fn get(addr: &str, key: &str) -> Option<String> {
+    match cmd(addr, &["GET", key]).await {
+        Ok(Reply::Bulk(Some(b))) => Some(String::from_utf8_lossy(&b).into_owned()),
+        _ => None,
+    }
+}
+
+/// `INFO replication` as key → value.
+async fn info(addr: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    let text = cmd(addr, &["INFO", "replication"]).await.ok()?.text()?;
+    Some(
+        text.lines()
+            .filter_map(|l| l.trim().split_once(':'))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+/// Wait until `replica`'s Redis replicates from `master` and has `key` = `value`.
+async fn wait_replicates(c: &Cluster, replica: &str, master: &str, key: &str, value: &str) {
+    let port = master.rsplit_once(':').unwrap().1.to_string();
+    c.wait_for(T, &format!("{replica} replicating {key} from {master}"), || async {
+        let i = info(replica).await?;
+        (i.get("role")? == "slave" && i.get("master_port")? == &port && get(replica, key).await? == value).then_some(())
+    })
+    .await
+}
+
+/// Wait until a SET through `addr` is acknowledged.
+async fn wait_set(c: &Cluster, addr: &str, key: &str, value: &str) {
+    c.wait_for(T, &format!("a write accepted by {addr}"), || async {
+        cmd(addr, &["SET", key, value]).await.ok().map(|_| ())
+    })
+    .await
+}
+
+async fn service(c: &Cluster, id: u64) -> Option<Value> {
+    c.status(id).await.map(|s| s["service"].clone())
+}
+
+/// `/v1/status` samples Redis every 100 ms: wait for it to show `role`.
+async fn wait_service_role(c: &Cluster, id: u64, role: &str) {
+    c.wait_for(
+        Duration::from_secs(3),
+        &format!("node {id}'s status to show redis role {role}"),
+        || async { (service(c, id).await?["role"] == role).then_some(()) },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_follows_the_primary_across_a_node_kill() {
+    if !have_redis() {
+        return;
+    }
+    let (mut c, addrs) = cluster();
+    let p = c.wait_primary(&[], T).await;
+    let master = addr(&addrs, p).to_string();
+    let role = cmd(&master, &["ROLE"]).await.unwrap();
+    assert!(
+        matches!(&role, Reply::Array(Some(r)) if r.first() == Some(&Reply::Bulk(Some(b"master".to_vec())))),
+        "{role:?}"
+    );
+    let s = service(&c, p).await.unwrap();
+    assert_eq!(s["kind"], "redis");
+    assert_eq!(s["role"], "master", "{s}");
+    assert_eq!(s["addr"], master.as_str());
+
+    wait_set(&c, &master, "k1", "v1").await;
+    let others: Vec<u64> = (1..=3).filter(|i| *i != p).collect();
+    for o in &others {
+        wait_replicates(&c, addr(&addrs, *o), &master, "k1", "v1").await;
+        // A replica refuses writes.
+        assert!(cmd(addr(&addrs, *o), &["SET", "x", "y"]).await.is_err());
+        wait_service_role(&c, *o, "replica").await;
+    }
+    // The Redis metric families: every one documented in docs/http-api.md is exported (the lag by a
+    // replica), and the role gauge says what the status says.
+    let metrics = |id: u64| {
+        let url = format!("{}/metrics", c.node(id).url());
+        let http = c.http.clone();
+        async move { http.get(url).send().await.ok()?.text().await.ok() }
+    };
+    let (pm, rm) = (metrics(p).await.unwrap(), metrics(others[0]).await.unwrap());
+    assert!(pm.contains("keel_redis_role{role=\"master\"} 1"), "{pm}");
+    assert!(rm.contains("keel_redis_role{role=\"replica\"} 1"), "{rm}");
+    let docs = include_str!("../../docs/http-api.md");
+    for family in [
+        "keel_redis_role",
+        "keel_redis_offset_bytes",
+        "keel_redis_restarts_total",
+    ] {
+        assert!(docs.contains(&format!("| `{family}` |")), "{family} is not documented");
+        assert!(pm.contains(&format!("# TYPE {family} ")), "{family} missing:\n{pm}");
+    }
+    // The lag is exported once a sample (every 100 ms) saw the replica's link up.
+    c.wait_for(
+        Duration::from_secs(3),
+        "a replica exporting keel_redis_lag_seconds",
+        || async {
+            metrics(others[0])
+                .await
+                .filter(|m| m.contains("# TYPE keel_redis_lag_seconds gauge"))
+        },
+    )
+    .await;
+    assert!(docs.contains("| `keel_redis_lag_seconds` |"));
+
+    // kill -9 the whole primary node: its redis-server dies with it.
+    c.kill(p);
+    c.wait_for(
+        Duration::from_secs(5),
+        "the killed node's redis-server to die",
+        || async { cmd(&master, &["PING"]).await.is_err().then_some(()) },
+    )
+    .await;
+    let q = c.wait_primary(&[p], T).await;
+    let new_master = addr(&addrs, q).to_string();
+    wait_set(&c, &new_master, "k2", "v2").await;
+    assert_eq!(
+        get(&new_master, "k1").await.as_deref(),
+        Some("v1"),
+        "the new master kept the replicated data"
+    );
+    let r = *others.iter().find(|o| **o != q).unwrap();
+    wait_replicates(&c, addr(&addrs, r), &new_master, "k2", "v2").await;
+
+    // The killed node comes back as a replica of the new master.
+    c.start(p);
+    wait_replicates(&c, &master, &new_master, "k2", "v2").await;
+    assert!(
+        cmd(&master, &["SET", "x", "y"]).await.is_err(),
+        "the old master refuses writes"
+    );
+    assert_eq!(c.wait_primary(&[], T).await, q, "the primary did not move back");
+}
+
+/// The pid of the `redis-server` serving `addr` (it titles itself `redis-server HOST:PORT`).
+fn redis_pid(addr: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.starts_with("redis-server") && c.contains(addr)
+            })
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_redis_server_is_restarted_or_replaced() {
+    if !have_redis() {
+        return;
+    }
+    let (mut c, addrs) = cluster();
+    let p = c.wait_primary(&[], T).await;
+    let master = addr(&addrs, p).to_string();
+    wait_set(&c, &master, "k1", "v1").await;
+    // Replication is asynchronous: wait until the replicas have k1 before the kill.
+    for o in (1..=3).filter(|i| *i != p) {
+        wait_replicates(&c, addr(&addrs, o), &master, "k1", "v1").await;
+    }
+    let pid = redis_pid(&master).expect("the primary's redis-server process");
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    // Writes resume on a master that /primary names: the same node's restarted Redis, or another's.
+    let (q, new_master) = c
+        .wait_for(T, "a write accepted by the master /primary names", || async {
+            for id in 1..=3 {
+                if c.holds_lease(id, CALL).await {
+                    let a = addr(&addrs, id).to_string();
+                    if cmd(&a, &["SET", "k2", "v2"]).await.is_ok() {
+                        return Some((id, a));
+                    }
+                }
+            }
+            None
+        })
+        .await;
+    // Nothing acknowledged before the kill is lost: a restarted master would have come back
+    // without it, so a replica that has it takes over.
+    if q == p {
+        c.dump_logs();
+        panic!("node {p}, whose redis-server died, stayed primary");
+    }
+    assert_eq!(get(&new_master, "k1").await.as_deref(), Some("v1"));
+    // The old server is back (restarted by its keel) and follows the master, or is the master.
+    c.wait_for(T, "the killed redis-server restarted", || async {
+        let s = service(&c, p).await?;
+        (s["healthy"] == true && s["restarts"].as_u64()? >= 1).then_some(())
+    })
+    .await;
+    if q != p {
+        wait_replicates(&c, &master, &new_master, "k2", "v2").await;
+    }
+
+    // A clean stop (SIGTERM) stops the node's redis-server too.
+    assert_eq!(c.stop(p), Some(0), "clean exit on SIGTERM");
+    assert!(
+        cmd(&master, &["PING"]).await.is_err(),
+        "redis-server outlived its node's shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_past_its_lease_has_its_redis_refuse_writes() {
+    if !have_redis() {
+        return;
+    }
+    let (c, addrs) = cluster();
+    let p = c.wait_primary(&[], T).await;
+    let master = addr(&addrs, p).to_string();
+    wait_set(&c, &master, "k1", "v1").await;
+    let pid = c.node(p).child.as_ref().unwrap().id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // Another node becomes primary meanwhile, and its Redis takes writes.
+    let q = c.wait_primary(&[p], T).await;
+    wait_set(&c, addr(&addrs, q), "k2", "v2").await;
+    assert!(std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // Once keel runs again, its Redis refuses writes (fenced, then a replica of the new master).
+    c.wait_for(
+        Duration::from_secs(5),
+        "the old primary's redis to refuse writes",
+        || async { cmd(&master, &["SET", "late", "x"]).await.is_err().then_some(()) },
+    )
+    .await;
+    wait_replicates(&c, &master, addr(&addrs, q), "k2", "v2").await;
+    assert_ne!(get(&master, "late").await.as_deref(), Some("x"));
+    wait_service_role(&c, p, "replica").await;
+}

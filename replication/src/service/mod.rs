@@ -1,0 +1,202 @@
+//! Managed datastores: a datastore Keel does not implement itself but runs and keeps in step
+//! with the cluster's roles (issue 19). The node drives a [`ManagedService`] from the cluster
+//! state and the lease: the lease holder's service is promoted and unfenced, every other node's
+//! service is fenced if it was a master and follows the primary's. The failover code only sees
+//! [`ServiceHealth`] and [`ManagedService::position`], so a third datastore (PostgreSQL: start =
+//! `pg_ctl start`, follow = `primary_conninfo` + standby.signal, promote = `pg_promote()`, fence =
+//! `default_transaction_read_only` + terminating sessions) fits the same trait.
+//!
+//! Implementations: [`redis::RedisService`]. The built-in key-value store does not implement it
+//! yet: its promote/follow are the replication protocol itself ([`crate::Replica`],
+//! [`crate::Repl::publish_view`]) and its fence is the lease check on every write in the node;
+//! wrapping those as a `ManagedService` is the next step (position = the datastore position).
+
+pub mod redis;
+pub mod resp;
+
+use std::future::Future;
+
+use serde::Serialize;
+
+/// What a managed service is doing, as `/v1/status` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceRole {
+    /// Takes writes.
+    Master,
+    /// Follows another node's service.
+    Replica,
+    /// Not running, or not answering.
+    Down,
+    /// A master that Keel told to refuse writes (its lease lapsed, or it is not the primary).
+    Fenced,
+}
+
+/// One health sample of a managed service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceHealth {
+    /// `"redis"`.
+    pub kind: &'static str,
+    /// Where clients reach it (`host:port`).
+    pub addr: String,
+    pub role: ServiceRole,
+    /// Replication offset (Redis: `master_repl_offset` on a master, `slave_repl_offset` on a replica).
+    pub offset: Option<u64>,
+    /// On a replica: seconds since it last heard from its master (Redis `master_last_io_seconds_ago`);
+    /// `None` on a master or when the link is down.
+    pub lag: Option<u64>,
+    /// On a replica: the master it follows (`host:port`).
+    pub following: Option<String>,
+    /// On a replica: is its link to the master up?
+    pub link_up: bool,
+    /// Up and answering.
+    pub healthy: bool,
+    pub last_error: Option<String>,
+    /// How often the supervisor restarted the process after it died.
+    pub restarts: u64,
+}
+
+/// Why a call to a managed service failed. Messages are lowercase and end up in `last_error`.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("io: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("{command}: no answer within {timeout_ms} ms")]
+    Timeout { command: String, timeout_ms: u64 },
+    #[error("{command} refused: {message}")]
+    Command { command: String, message: String },
+    #[error("malformed answer: {0}")]
+    Protocol(String),
+    #[error("start {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("write config {path}: {source}")]
+    Config {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A datastore Keel runs and keeps in step with the cluster's roles. Every call is bounded in time.
+pub trait ManagedService: Send + Sync {
+    /// Short name (`"redis"`).
+    fn kind(&self) -> &'static str;
+    /// Where clients and other nodes' services reach this one.
+    fn addr(&self) -> String;
+    /// Start the service (or attach to the one already running) and supervise it until `cancel`,
+    /// then stop it. Restarts a service that died.
+    fn run(self: std::sync::Arc<Self>, cancel: tokio_util::sync::CancellationToken) -> impl Future<Output = ()> + Send;
+    /// One health sample (never fails: a service that does not answer is [`ServiceRole::Down`]).
+    fn health(&self) -> impl Future<Output = ServiceHealth> + Send;
+    /// Replication position, for ranking failover candidates.
+    fn position(&self) -> impl Future<Output = Result<u64, ServiceError>> + Send;
+    /// Become the writable master (stop following).
+    fn promote(&self) -> impl Future<Output = Result<(), ServiceError>> + Send;
+    /// Follow the master at `primary` (`host:port`).
+    fn follow(&self, primary: &str) -> impl Future<Output = Result<(), ServiceError>> + Send;
+    /// Refuse writes from now on.
+    fn fence(&self) -> impl Future<Output = Result<(), ServiceError>> + Send;
+    /// Take writes again (only ever called on the lease holder).
+    fn unfence(&self) -> impl Future<Output = Result<(), ServiceError>> + Send;
+}
+
+/// The fields of Redis `INFO replication` that Keel uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicationInfo {
+    /// `master` or `slave`.
+    pub role: String,
+    pub master_repl_offset: Option<u64>,
+    pub slave_repl_offset: Option<u64>,
+    pub master_host: Option<String>,
+    pub master_port: Option<u16>,
+    pub master_link_up: bool,
+    pub master_last_io_seconds_ago: Option<u64>,
+    pub connected_slaves: u64,
+}
+
+impl ReplicationInfo {
+    /// Parse the text of `INFO replication` (`key:value` lines, `#` comments).
+    pub fn parse(text: &str) -> ReplicationInfo {
+        let mut r = ReplicationInfo::default();
+        for line in text.lines() {
+            let Some((k, v)) = line.trim().split_once(':') else {
+                continue;
+            };
+            match k {
+                "role" => r.role = v.to_string(),
+                "master_repl_offset" => r.master_repl_offset = v.parse().ok(),
+                "slave_repl_offset" => r.slave_repl_offset = v.parse().ok(),
+                "master_host" => r.master_host = Some(v.to_string()),
+                "master_port" => r.master_port = v.parse().ok(),
+                "master_link_status" => r.master_link_up = v == "up",
+                // -1 before the first contact.
+                "master_last_io_seconds_ago" => r.master_last_io_seconds_ago = v.parse().ok(),
+                "connected_slaves" => r.connected_slaves = v.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        r
+    }
+
+    pub fn is_master(&self) -> bool {
+        self.role == "master"
+    }
+
+    /// The master a replica follows, as `host:port`.
+    pub fn following(&self) -> Option<String> {
+        match (&self.master_host, self.master_port) {
+            (Some(h), Some(p)) if !self.is_master() => Some(format!("{h}:{p}")),
+            _ => None,
+        }
+    }
+
+    /// The replication offset this server has.
+    pub fn offset(&self) -> Option<u64> {
+        if self.is_master() {
+            self.master_repl_offset
+        } else {
+            self.slave_repl_offset.or(self.master_repl_offset)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MASTER: &str = "# Replication\r\nrole:master\r\nconnected_slaves:2\r\nslave0:ip=127.0.0.1,port=6381,state=online,offset=1234,lag=0\r\nmaster_failover_state:no-failover\r\nmaster_replid:8c1f\r\nmaster_repl_offset:1234\r\n";
+    const REPLICA: &str = "# Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\nmaster_port:6380\r\nmaster_link_status:up\r\nmaster_last_io_seconds_ago:1\r\nmaster_sync_in_progress:0\r\nslave_read_repl_offset:1200\r\nslave_repl_offset:1200\r\nconnected_slaves:0\r\nmaster_repl_offset:1200\r\n";
+
+    #[test]
+    fn parses_a_masters_info() {
+        let i = ReplicationInfo::parse(MASTER);
+        assert!(i.is_master());
+        assert_eq!(i.offset(), Some(1234));
+        assert_eq!(i.connected_slaves, 2);
+        assert_eq!(i.following(), None);
+    }
+
+    #[test]
+    fn parses_a_replicas_info() {
+        let i = ReplicationInfo::parse(REPLICA);
+        assert!(!i.is_master());
+        assert_eq!(i.offset(), Some(1200));
+        assert_eq!(i.following().as_deref(), Some("127.0.0.1:6380"));
+        assert!(i.master_link_up);
+        assert_eq!(i.master_last_io_seconds_ago, Some(1));
+    }
+
+    #[test]
+    fn a_replica_before_first_contact_has_no_lag() {
+        let i = ReplicationInfo::parse(
+            "role:slave\nmaster_host:127.0.0.1\nmaster_port:1\nmaster_link_status:down\nmaster_last_io_seconds_ago:-1\n",
+        );
+        assert!(!i.master_link_up);
+        assert_eq!(i.master_last_io_seconds_ago, None);
+        assert_eq!(i.offset(), None);
+    }
+}

@@ -1,0 +1,358 @@
+//! Redis as a managed service: Keel runs one `redis-server` per node as a child process, restarts
+//! it when it dies, and drives its role over RESP.
+//!
+//! - Config: `<dir>/redis.conf`, written before every start: the operator's `--redis-conf` is
+//!   included first, then Keel's own lines, which win (port, bind, dir, `replica-read-only yes`,
+//!   `repl-diskless-sync-delay 0` so a new replica's first sync starts at once instead of after
+//!   5 s, and the fence below).
+//! - Fence: `min-replicas-to-write` set to [`FENCE_REPLICAS`]: a master then answers every write
+//!   with `-NOREPLICAS` at once, and keeps serving reads. A server starts fenced, so it takes no
+//!   write before Keel has decided its role; unfence restores [`RedisConfig::min_replicas`].
+//! - The child dies with Keel: it is spawned with `PR_SET_PDEATHSIG = SIGKILL` (Linux), so a
+//!   kill -9 of keel kills it too, and it is killed on shutdown. The death signal is tied to the
+//!   spawning *thread*: spawns happen on the runtime's worker threads, which live as long as the
+//!   runtime does.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::resp::{self, Reply};
+use super::{ManagedService, ReplicationInfo, ServiceError, ServiceHealth, ServiceRole};
+
+/// `min-replicas-to-write` while fenced: more replicas than any cluster has (Redis takes 0..=i32::MAX).
+pub const FENCE_REPLICAS: u32 = i32::MAX as u32;
+
+/// Timeout of each RESP call. The server is local; a busy one still answers PING in milliseconds.
+const CALL_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Restart backoff: doubles from the first to the last, and starts again from the first after
+/// the server ran for [`STABLE_RUN`].
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const STABLE_RUN: Duration = Duration::from_secs(10);
+
+/// How to run this node's Redis.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// The `redis-server` program (a path, or a name looked up in PATH).
+    pub server: PathBuf,
+    /// Host to bind and announce (the node's API host).
+    pub host: String,
+    pub port: u16,
+    /// Data directory (`<data-dir>/redis`); the generated config goes here too.
+    pub dir: PathBuf,
+    /// The operator's extra settings (`--redis-conf`), included before Keel's own lines.
+    pub include: Option<PathBuf>,
+    /// `min-replicas-to-write` while unfenced (0: async; sync mode raises it).
+    pub min_replicas: u32,
+}
+
+impl RedisConfig {
+    pub fn addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The generated `redis.conf`.
+    pub fn render(&self) -> String {
+        let mut s = String::from("# Written by keel at every start of redis-server; edits here are lost.\n");
+        if let Some(inc) = &self.include {
+            s.push_str(&format!("include {}\n", quote(&inc.display().to_string())));
+        }
+        s.push_str(&format!(
+            "port {}\nbind {}\ndir {}\ndaemonize no\nreplica-read-only yes\nrepl-diskless-sync-delay 0\n\
+             min-replicas-to-write {FENCE_REPLICAS}\nmin-replicas-max-lag 10\n",
+            self.port,
+            self.host,
+            quote(&self.dir.display().to_string()),
+        ));
+        s
+    }
+}
+
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// A supervised `redis-server`.
+#[derive(Debug)]
+pub struct RedisService {
+    config: RedisConfig,
+    restarts: AtomicU64,
+    /// Keel's own fence flag: set by [`ManagedService::fence`] (and at start), cleared by unfence.
+    fenced: AtomicBool,
+    /// Is the child process running right now?
+    running: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+impl RedisService {
+    pub fn new(config: RedisConfig) -> RedisService {
+        RedisService {
+            config,
+            restarts: AtomicU64::new(0),
+            fenced: AtomicBool::new(true),
+            running: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    fn set_error(&self, e: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    async fn call(&self, args: &[&str]) -> Result<Reply, ServiceError> {
+        resp::call(&self.config.addr(), args, CALL_TIMEOUT).await
+    }
+
+    /// `INFO replication`, parsed.
+    pub async fn info(&self) -> Result<ReplicationInfo, ServiceError> {
+        let r = self.call(&["INFO", "replication"]).await?;
+        let text = r
+            .text()
+            .ok_or_else(|| ServiceError::Protocol(format!("INFO answered {r:?}")))?;
+        Ok(ReplicationInfo::parse(&text))
+    }
+
+    fn write_config(&self) -> Result<PathBuf, ServiceError> {
+        let dir = &self.config.dir;
+        let path = dir.join("redis.conf");
+        let err = |source| ServiceError::Config {
+            path: path.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(err)?;
+        std::fs::write(&path, self.config.render()).map_err(err)?;
+        Ok(path)
+    }
+
+    fn spawn(&self) -> Result<tokio::process::Child, ServiceError> {
+        let conf = self.write_config()?;
+        let mut cmd = tokio::process::Command::new(&self.config.server);
+        cmd.arg(&conf)
+            .current_dir(&self.config.dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn().map_err(|source| ServiceError::Spawn {
+            program: self.config.server.display().to_string(),
+            source,
+        })
+    }
+}
+
+impl ManagedService for RedisService {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn addr(&self) -> String {
+        self.config.addr()
+    }
+
+    async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut backoff = BACKOFF_FIRST;
+        let mut first = true;
+        while !cancel.is_cancelled() {
+            if !first {
+                self.restarts.fetch_add(1, Ordering::SeqCst);
+            }
+            first = false;
+            let started = Instant::now();
+            // A restarted server is a master with its old data: fence it before Keel decides.
+            self.fenced.store(true, Ordering::SeqCst);
+            match self.spawn() {
+                Ok(mut child) => {
+                    self.running.store(true, Ordering::SeqCst);
+                    info!(addr = %self.config.addr(), pid = child.id(), "redis-server started");
+                    tokio::select! {
+                        _ = cancel.cancelled() => {
+                            let _ = child.start_kill();
+                            let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+                            self.running.store(false, Ordering::SeqCst);
+                            info!("redis-server stopped");
+                            return;
+                        }
+                        status = child.wait() => {
+                            self.running.store(false, Ordering::SeqCst);
+                            let msg = match status {
+                                Ok(s) => format!("redis-server exited ({s})"),
+                                Err(e) => format!("wait for redis-server: {e}"),
+                            };
+                            warn!(error = %msg, "redis-server died; restarting");
+                            self.set_error(Some(msg));
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "start redis-server");
+                    self.set_error(Some(e.to_string()));
+                }
+            }
+            if started.elapsed() >= STABLE_RUN {
+                backoff = BACKOFF_FIRST;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    async fn health(&self) -> ServiceHealth {
+        let info = self.info().await;
+        let restarts = self.restarts.load(Ordering::SeqCst);
+        let mut h = ServiceHealth {
+            kind: "redis",
+            addr: self.config.addr(),
+            role: ServiceRole::Down,
+            offset: None,
+            lag: None,
+            following: None,
+            link_up: false,
+            healthy: false,
+            last_error: self.last_error(),
+            restarts,
+        };
+        match info {
+            Ok(i) => {
+                h.healthy = true;
+                h.offset = i.offset();
+                h.following = i.following();
+                h.link_up = i.master_link_up;
+                h.role = if i.is_master() {
+                    if self.fenced.load(Ordering::SeqCst) {
+                        ServiceRole::Fenced
+                    } else {
+                        ServiceRole::Master
+                    }
+                } else {
+                    h.lag = i.master_last_io_seconds_ago.filter(|_| i.master_link_up);
+                    ServiceRole::Replica
+                };
+            }
+            Err(e) => {
+                let running = self.running.load(Ordering::SeqCst);
+                h.last_error = Some(if running {
+                    format!("not answering: {e}")
+                } else {
+                    h.last_error.unwrap_or_else(|| "not running".into())
+                });
+            }
+        }
+        h
+    }
+
+    async fn position(&self) -> Result<u64, ServiceError> {
+        self.info()
+            .await?
+            .offset()
+            .ok_or_else(|| ServiceError::Protocol("INFO replication has no offset".into()))
+    }
+
+    async fn promote(&self) -> Result<(), ServiceError> {
+        self.call(&["REPLICAOF", "NO", "ONE"]).await.map(|_| ())
+    }
+
+    async fn follow(&self, primary: &str) -> Result<(), ServiceError> {
+        let (host, port) = primary
+            .rsplit_once(':')
+            .ok_or_else(|| ServiceError::Protocol(format!("bad master address {primary:?}")))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        self.call(&["REPLICAOF", host, port]).await.map(|_| ())
+    }
+
+    async fn fence(&self) -> Result<(), ServiceError> {
+        // The flag first: status says fenced even if the server is down and cannot be told.
+        self.fenced.store(true, Ordering::SeqCst);
+        let n = FENCE_REPLICAS.to_string();
+        self.call(&["CONFIG", "SET", "min-replicas-to-write", &n])
+            .await
+            .map(|_| ())
+    }
+
+    async fn unfence(&self) -> Result<(), ServiceError> {
+        let n = self.config.min_replicas.to_string();
+        self.call(&["CONFIG", "SET", "min-replicas-to-write", &n]).await?;
+        self.fenced.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl RedisService {
+    /// Is Keel's fence flag set?
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::SeqCst)
+    }
+
+    /// Clear the last error once the server answers again.
+    pub fn clear_error(&self) {
+        self.set_error(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_includes_the_operators_file_first_and_starts_fenced() {
+        let c = RedisConfig {
+            server: "redis-server".into(),
+            host: "127.0.0.1".into(),
+            port: 7301,
+            dir: "/d/redis".into(),
+            include: Some("/etc/extra.conf".into()),
+            min_replicas: 0,
+        };
+        let s = c.render();
+        let inc = s.find("include \"/etc/extra.conf\"").unwrap();
+        let port = s.find("port 7301").unwrap();
+        assert!(inc < port, "keel's lines must come after the include so they win:\n{s}");
+        assert!(s.contains("repl-diskless-sync-delay 0"));
+        assert!(s.contains(&format!("min-replicas-to-write {FENCE_REPLICAS}")));
+        assert_eq!(c.addr(), "127.0.0.1:7301");
+    }
+
+    #[test]
+    fn ipv6_hosts_are_bracketed() {
+        let c = RedisConfig {
+            server: "redis-server".into(),
+            host: "::1".into(),
+            port: 1,
+            dir: "/d".into(),
+            include: None,
+            min_replicas: 0,
+        };
+        assert_eq!(c.addr(), "[::1]:1");
+        assert!(!c.render().contains("include"));
+    }
+}
