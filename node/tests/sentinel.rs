@@ -461,3 +461,59 @@ async fn ioredis_finds_the_primarys_redis_before_and_after_a_failover() {
     l.wait_all_name(l.redis(new)).await;
     assert_eq!(ioredis_write(&module, &all, "after"), l.redis(new));
 }
+
+/// Three nodes that each run a managed Redis (`--redis-port`) and a Sentinel listener, no Redis
+/// address list: the listeners learn the Redis addresses from the nodes themselves.
+fn managed_layout() -> Layout {
+    let ip = process_ip();
+    let mut c = Cluster::new(3, &[]);
+    let (mut sentinels, mut redis) = (Vec::new(), Vec::new());
+    for n in c.nodes.iter_mut() {
+        let s = format!("{ip}:{}", free_port(&ip));
+        let r = free_port(&ip);
+        n.extra = vec![
+            "--sentinel-addr".into(),
+            s.clone(),
+            "--redis-port".into(),
+            r.to_string(),
+        ];
+        sentinels.push(s);
+        redis.push(format!("{ip}:{r}"));
+    }
+    Layout { c, sentinels, redis }
+}
+
+/// The whole path with Keel managing Redis: redis-py's unmodified Sentinel code finds the
+/// primary's managed Redis and writes to it; after kill -9 of the primary node (its Redis dies
+/// with it) the same code finds the new primary's Redis, which has the first write, and writes
+/// there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_py_finds_keels_managed_redis_across_a_failover() {
+    let test = "redis_py_finds_keels_managed_redis_across_a_failover";
+    if redis_tools(test).is_none() {
+        return;
+    }
+    let mut l = managed_layout();
+    l.c.start_all();
+    let old = l.c.wait_primary(&[], T).await;
+    l.wait_all_name(l.redis(old)).await;
+    let all = l.sentinels.join(",");
+    assert_eq!(discover_and_write(&all, "before"), l.redis(old));
+
+    // Wait until both replicas have the first write, so the promoted one has it too.
+    for id in (1..=3).filter(|id| *id != old) {
+        let addr = l.redis(id).to_string();
+        l.c.wait_for(T, &format!("the replica {addr} to have the first write"), || async {
+            let mut c = Client::connect(&addr).ok()?;
+            (c.call(&["GET", "written-through-sentinel"]) == R::Str("before".into())).then_some(())
+        })
+        .await;
+    }
+
+    l.c.kill(old);
+    let new = l.c.wait_primary(&[old], T).await;
+    l.wait_all_name(l.redis(new)).await;
+    let mut c = Client::connect(l.redis(new)).unwrap();
+    assert_eq!(c.call(&["GET", "written-through-sentinel"]), R::Str("before".into()));
+    assert_eq!(discover_and_write(&all, "after"), l.redis(new));
+}

@@ -51,10 +51,34 @@ pub struct Event {
 
 /// Each member's Redis address as discovery names it.
 ///
-/// Placeholder: the `--sentinel-redis-addrs` map, for a Redis Keel does not start itself.
-// joined with cluster::service::service_addrs when the managed Redis lands
-pub fn placeholder_redis_addrs(config: &SentinelConfig) -> BTreeMap<NodeId, String> {
-    config.redis_addrs.clone()
+/// With managed Redis (`--redis-port`) these are the members' managed Redis addresses
+/// ([`crate::cluster::service::service_addrs`]), and the primary's is kept only while
+/// [`crate::cluster::service::master_addr`] names it (its Redis up, the unfenced master), so a
+/// fenced or down Redis is never named master. Otherwise, the `--sentinel-redis-addrs` map, for a
+/// Redis Keel does not start itself.
+pub fn redis_addrs(node: &Node, config: &SentinelConfig) -> BTreeMap<NodeId, String> {
+    if node.service.is_none() {
+        return config.redis_addrs.clone();
+    }
+    let mut addrs = crate::cluster::service::service_addrs(node);
+    if let Some(p) = node.view().state.primary {
+        if crate::cluster::service::master_addr(node).map(|(id, _)| id) != Some(p.node) {
+            addrs.remove(&p.node);
+        }
+    }
+    addrs
+}
+
+/// The members whose replicas count as healthy: reachable, and with managed Redis, whose Redis
+/// was last seen healthy.
+fn healthy_members(node: &Node, members: &BTreeSet<NodeId>) -> BTreeSet<NodeId> {
+    let services = crate::cluster::service::service_views(node);
+    members
+        .iter()
+        .copied()
+        .filter(|id| node.reachable(*id))
+        .filter(|id| node.service.is_none() || services.get(id).is_some_and(|s| s.healthy))
+        .collect()
 }
 
 /// The other members' Sentinel listeners: each member's API host at this node's Sentinel port
@@ -97,9 +121,9 @@ fn inputs(node: &Node, config: &SentinelConfig) -> ViewInputs {
         primary,
         own_lease: node.lease.valid_epoch(),
         primary_seen,
-        reachable: members.iter().copied().filter(|id| node.reachable(*id)).collect(),
+        reachable: healthy_members(node, &members),
         members,
-        redis_addrs: placeholder_redis_addrs(config),
+        redis_addrs: redis_addrs(node, config),
         sentinels: sentinel_peers(node.id, &api_addrs, config.addr.port()),
     }
 }
