@@ -129,6 +129,52 @@ async fn redis_follows_the_primary_across_a_node_kill() {
         assert!(cmd(addr(&addrs, *o), &["SET", "x", "y"]).await.is_err());
         wait_service_role(&c, *o, "replica").await;
     }
+    // `/replica`: 200 on a replica whose Redis follows the primary's; the primary is not one.
+    let probe = |id: u64| {
+        let url = format!("{}/replica", c.node(id).url());
+        let http = c.http.clone();
+        async move {
+            let r = http.get(url).send().await.ok()?;
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.ok()?;
+            Some((status, body["error"]["code"].as_str().unwrap_or("").to_string()))
+        }
+    };
+    for o in &others {
+        c.wait_for(T, "a replica's /replica answering 200", || async {
+            (probe(*o).await?.0 == 200).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(probe(p).await.map(|r| r.0), Some(503));
+    // A replica whose Redis is killed leaves the rotation until the supervisor restarts it.
+    let victim = others[0];
+    let pid = info(addr(&addrs, victim)).await;
+    assert!(pid.is_some());
+    let server_pid = cmd(addr(&addrs, victim), &["INFO", "server"])
+        .await
+        .unwrap()
+        .text()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("process_id:").map(str::to_string))
+        .unwrap();
+    let _ = std::process::Command::new("kill").args(["-9", &server_pid]).status();
+    c.wait_for(
+        T,
+        "/replica of a node whose Redis died answering service_down",
+        || async {
+            let (status, code) = probe(victim).await?;
+            (status == 503 && code.starts_with("service_")).then_some(())
+        },
+    )
+    .await;
+    c.wait_for(
+        T,
+        "/replica back to 200 once its Redis is restarted and follows",
+        || async { (probe(victim).await?.0 == 200).then_some(()) },
+    )
+    .await;
     // The Redis metric families: every one documented in docs/http-api.md is exported (the lag by a
     // replica), and the role gauge says what the status says.
     let metrics = |id: u64| {

@@ -178,6 +178,72 @@ pub fn master_addr(node: &Node) -> Option<(NodeId, String)> {
     (peer.healthy && peer.role.as_deref() == Some("master")).then_some((p.node, peer.addr))
 }
 
+/// Why this node's managed Redis is not a healthy replica of the primary's (`/replica` answers 503).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReplica {
+    #[error("the managed Redis has not been sampled yet or is down: {0}")]
+    Down(String),
+    #[error("the managed Redis is {0}, not a replica")]
+    Role(&'static str),
+    #[error("the managed Redis follows {following}, not the primary's Redis {primary}")]
+    WrongMaster { following: String, primary: String },
+    #[error("the managed Redis's link to its master {0} is down")]
+    LinkDown(String),
+}
+
+impl NotReplica {
+    /// The probe's 503 code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            NotReplica::Down(_) => "service_down",
+            NotReplica::Role(_) => "service_not_replica",
+            NotReplica::WrongMaster { .. } | NotReplica::LinkDown(_) => "service_not_following",
+        }
+    }
+}
+
+/// Is `health` a healthy replica of `primary` (the primary's Redis address)? Pure, for `/replica`.
+pub fn replica_check(health: Option<&ServiceHealth>, primary: Option<&str>) -> Result<(), NotReplica> {
+    let h = health.ok_or_else(|| NotReplica::Down("no sample yet".into()))?;
+    if !h.healthy {
+        return Err(NotReplica::Down(
+            h.last_error.clone().unwrap_or_else(|| "not answering".into()),
+        ));
+    }
+    if h.role != ServiceRole::Replica {
+        return Err(NotReplica::Role(role_name(h.role)));
+    }
+    let following = h.following.clone().unwrap_or_default();
+    if let Some(p) = primary {
+        if following != p {
+            return Err(NotReplica::WrongMaster {
+                following,
+                primary: p.to_string(),
+            });
+        }
+    }
+    if !h.link_up {
+        return Err(NotReplica::LinkDown(following));
+    }
+    Ok(())
+}
+
+fn role_name(r: ServiceRole) -> &'static str {
+    match r {
+        ServiceRole::Master => "master",
+        ServiceRole::Replica => "replica",
+        ServiceRole::Down => "down",
+        ServiceRole::Fenced => "fenced",
+    }
+}
+
+/// [`replica_check`] for this node (`Ok` without managed Redis).
+pub fn replica_ok(node: &Node) -> Result<(), NotReplica> {
+    let Some(s) = &node.service else { return Ok(()) };
+    let primary = primary_redis(node).map(|(_, a)| a);
+    replica_check(s.health().as_ref(), primary.as_deref())
+}
+
 /// Is this node's Redis up and the unfenced master? (`true` without managed Redis.) `/primary` needs it.
 pub fn master_ok(node: &Node) -> bool {
     match &node.service {
@@ -410,5 +476,45 @@ pub async fn directory_task(node: Arc<Node>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(following: &str, link_up: bool) -> ServiceHealth {
+        ServiceHealth {
+            kind: "redis",
+            addr: "10.0.0.2:6379".into(),
+            role: ServiceRole::Replica,
+            offset: Some(10),
+            lag: Some(0),
+            following: Some(following.into()),
+            link_up,
+            healthy: true,
+            last_error: None,
+            restarts: 0,
+        }
+    }
+
+    #[test]
+    fn replica_check_cases() {
+        let p = Some("10.0.0.1:6379");
+        assert_eq!(replica_check(Some(&replica("10.0.0.1:6379", true)), p), Ok(()));
+        let code = |h: Option<&ServiceHealth>, p: Option<&str>| replica_check(h, p).unwrap_err().code();
+        assert_eq!(code(None, p), "service_down");
+        let mut down = replica("10.0.0.1:6379", true);
+        down.healthy = false;
+        assert_eq!(code(Some(&down), p), "service_down");
+        let mut master = replica("", true);
+        master.role = ServiceRole::Master;
+        assert_eq!(code(Some(&master), p), "service_not_replica");
+        master.role = ServiceRole::Fenced;
+        assert_eq!(code(Some(&master), p), "service_not_replica");
+        assert_eq!(code(Some(&replica("10.0.0.3:6379", true)), p), "service_not_following");
+        assert_eq!(code(Some(&replica("10.0.0.1:6379", false)), p), "service_not_following");
+        // No primary known: following anything with the link up is not checked against it.
+        assert_eq!(replica_check(Some(&replica("10.0.0.3:6379", true)), None), Ok(()));
     }
 }

@@ -568,6 +568,8 @@ async fn probe_replica(State(node): State<Arc<Node>>, RawQuery(q): RawQuery) -> 
         crate::cluster::gitsync::freshness(&g.status(), max, crate::util::unix_ms())
             .map_err(|stale| ApiError::unavailable(stale.code(), stale.to_string()))?;
     }
+    // With managed Redis, only a healthy replica of the primary's Redis is routed to.
+    crate::cluster::service::replica_ok(&node).map_err(|e| ApiError::unavailable(e.code(), e.to_string()))?;
     Ok(Json(json!({"role": role(&node), "lag_ms": lag_ms})).into_response())
 }
 
