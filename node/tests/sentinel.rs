@@ -331,17 +331,21 @@ while time.time() < deadline:
 sys.exit(1)
 "#;
 
-fn discover_and_write(sentinels: &str, value: &str) -> String {
-    let out = Command::new(PYTHON)
-        .args(["-c", DISCOVER_AND_WRITE, sentinels, value])
-        .output()
-        .expect("run python3");
+/// Run a client program to completion; its trimmed stdout, or a panic naming `what` with its stderr.
+fn client_output(mut cmd: Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {what}: {e}"));
     assert!(
         out.status.success(),
-        "redis-py discover_master/master_for failed: {}",
+        "{what} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn discover_and_write(sentinels: &str, value: &str) -> String {
+    let mut cmd = Command::new(PYTHON);
+    cmd.args(["-c", DISCOVER_AND_WRITE, sentinels, value]);
+    client_output(cmd, "redis-py discover_master/master_for")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,17 +424,10 @@ const r = new Redis({ sentinels, name: "keel", connectTimeout: 2000, sentinelRet
 "#;
 
 fn ioredis_write(module: &str, sentinels: &str, value: &str) -> String {
-    let out = Command::new("node")
-        .env("KEEL_IOREDIS", module)
-        .args(["-e", IOREDIS_WRITE, sentinels, value])
-        .output()
-        .expect("run node");
-    assert!(
-        out.status.success(),
-        "ioredis through the Sentinels failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    let mut cmd = Command::new("node");
+    cmd.env("KEEL_IOREDIS", module)
+        .args(["-e", IOREDIS_WRITE, sentinels, value]);
+    client_output(cmd, "ioredis through the Sentinels")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

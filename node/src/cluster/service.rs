@@ -255,17 +255,13 @@ pub fn master_ok(node: &Node) -> bool {
 /// The `service` object of `/v1/status`; `None` without managed Redis.
 pub fn status(node: &Node) -> Option<ServiceHealth> {
     let s = node.service.as_ref()?;
-    Some(s.health().unwrap_or_else(|| ServiceHealth {
-        kind: "redis",
-        addr: s.advertise_addr.clone(),
-        role: ServiceRole::Down,
-        offset: None,
-        lag: None,
-        following: None,
-        link_up: false,
-        healthy: false,
-        last_error: Some("no recent health sample".into()),
-        restarts: 0,
+    Some(s.health().unwrap_or_else(|| {
+        ServiceHealth::down(
+            "redis",
+            s.advertise_addr.clone(),
+            Some("no recent health sample".into()),
+            0,
+        )
     }))
 }
 

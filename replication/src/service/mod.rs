@@ -56,6 +56,24 @@ pub struct ServiceHealth {
     pub restarts: u64,
 }
 
+impl ServiceHealth {
+    /// A service of `kind` at `addr` that is down (or not sampled yet): no role, offset or link.
+    pub fn down(kind: &'static str, addr: String, last_error: Option<String>, restarts: u64) -> ServiceHealth {
+        ServiceHealth {
+            kind,
+            addr,
+            role: ServiceRole::Down,
+            offset: None,
+            lag: None,
+            following: None,
+            link_up: false,
+            healthy: false,
+            last_error,
+            restarts,
+        }
+    }
+}
+
 /// Why a call to a managed service failed. Messages are lowercase and end up in `last_error`.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {

@@ -230,18 +230,7 @@ impl ManagedService for RedisService {
     async fn health(&self) -> ServiceHealth {
         let info = self.info().await;
         let restarts = self.restarts.load(Ordering::SeqCst);
-        let mut h = ServiceHealth {
-            kind: "redis",
-            addr: self.config.addr(),
-            role: ServiceRole::Down,
-            offset: None,
-            lag: None,
-            following: None,
-            link_up: false,
-            healthy: false,
-            last_error: self.last_error(),
-            restarts,
-        };
+        let mut h = ServiceHealth::down("redis", self.config.addr(), self.last_error(), restarts);
         match info {
             Ok(i) => {
                 h.healthy = true;
