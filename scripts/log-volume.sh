@@ -14,26 +14,11 @@ secs=${1:-60}
 which=${2:-follower}
 [ -x "$bin" ] || { echo "error: $bin not found; run cargo build first (or set KEEL_BIN)" >&2; exit 1; }
 case "$which" in follower|leader) ;; *) echo "error: second argument must be follower or leader" >&2; exit 2;; esac
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$(dirname "$0")/cluster.sh"
 d=$(mktemp -d)
-api=() peer=() pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$d"' EXIT
-for i in 1 2 3; do api+=("$(free_port)"); peer+=("$(free_port)"); done
-peers="1=127.0.0.1:${peer[0]},2=127.0.0.1:${peer[1]},3=127.0.0.1:${peer[2]}"
-for i in 0 1 2; do
-    env -u RUST_LOG NO_COLOR=1 "$bin" serve --id $((i + 1)) --api-addr "127.0.0.1:${api[$i]}" \
-        --peer-addr "127.0.0.1:${peer[$i]}" --data-dir "$d/n$((i + 1))" --peers "$peers" >"$d/log$((i + 1))" 2>&1 &
-    pids+=($!)
-done
-primary=""
-for _ in $(seq 1 100); do
-    for i in 0 1 2; do
-        if curl -sf --max-time 1 "http://127.0.0.1:${api[$i]}/primary" >/dev/null; then primary=$i; fi
-    done
-    [ -n "$primary" ] && break
-    sleep 0.1
-done
-[ -n "$primary" ] || { echo "error: no primary within 10 s" >&2; exit 1; }
+keel_cluster_start "$bin" "$d" -u RUST_LOG NO_COLOR=1
+keel_cluster_wait_primary || { echo "error: no primary within 10 s" >&2; exit 1; }
 # Let start-up settle (elections, first lease, first probes) before the member goes.
 sleep 3
 leader=$(curl -sf --max-time 1 "http://127.0.0.1:${api[$primary]}/v1/status" |

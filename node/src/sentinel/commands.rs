@@ -270,83 +270,77 @@ fn master_fields(view: &SentinelView, a: &Addr) -> Reply {
     let sentinels = view.sentinels.len().to_string();
     let epoch = view.epoch.to_string();
     let port = a.port.to_string();
-    Reply::fields([
-        ("name", view.name.as_str()),
-        ("ip", &a.host),
-        ("port", &port),
-        ("runid", &runid(a)),
-        ("flags", "master"),
-        ("link-pending-commands", "0"),
-        ("link-refcount", "1"),
-        ("last-ping-sent", "0"),
-        ("last-ok-ping-reply", "0"),
-        ("last-ping-reply", "0"),
-        ("down-after-milliseconds", "0"),
-        ("info-refresh", "0"),
-        ("role-reported", "master"),
-        ("role-reported-time", "0"),
-        ("config-epoch", &epoch),
-        ("num-slaves", &slaves),
-        ("num-other-sentinels", &sentinels),
-        ("quorum", "1"),
-        ("failover-timeout", "0"),
-        ("parallel-syncs", "1"),
-    ])
+    with_link(
+        &[
+            ("name", view.name.as_str()),
+            ("ip", &a.host),
+            ("port", &port),
+            ("runid", &runid(a)),
+            ("flags", "master"),
+        ],
+        &[
+            ("info-refresh", "0"),
+            ("role-reported", "master"),
+            ("role-reported-time", "0"),
+            ("config-epoch", &epoch),
+            ("num-slaves", &slaves),
+            ("num-other-sentinels", &sentinels),
+            ("quorum", "1"),
+            ("failover-timeout", "0"),
+            ("parallel-syncs", "1"),
+        ],
+    )
 }
 
 fn replica_fields(r: &super::view::ReplicaView, master: &Addr) -> Reply {
     let port = r.addr.port.to_string();
     let master_port = master.port.to_string();
-    Reply::fields([
-        ("name", r.addr.to_string().as_str()),
-        ("ip", &r.addr.host),
-        ("port", &port),
-        ("runid", &runid(&r.addr)),
-        (
-            "flags",
-            if r.healthy {
-                "slave"
-            } else {
-                "slave,s_down,disconnected"
-            },
-        ),
-        ("link-pending-commands", "0"),
-        ("link-refcount", "1"),
-        ("last-ping-sent", "0"),
-        ("last-ok-ping-reply", "0"),
-        ("last-ping-reply", "0"),
-        ("down-after-milliseconds", "0"),
-        ("info-refresh", "0"),
-        ("role-reported", "slave"),
-        ("role-reported-time", "0"),
-        ("master-link-down-time", "0"),
-        ("master-link-status", if r.healthy { "ok" } else { "err" }),
-        ("master-host", &master.host),
-        ("master-port", &master_port),
-        ("slave-priority", "100"),
-        ("slave-repl-offset", "0"),
-        ("replica-announced", "1"),
-    ])
+    with_link(
+        &[
+            ("name", r.addr.to_string().as_str()),
+            ("ip", &r.addr.host),
+            ("port", &port),
+            ("runid", &runid(&r.addr)),
+            (
+                "flags",
+                if r.healthy {
+                    "slave"
+                } else {
+                    "slave,s_down,disconnected"
+                },
+            ),
+        ],
+        &[
+            ("info-refresh", "0"),
+            ("role-reported", "slave"),
+            ("role-reported-time", "0"),
+            ("master-link-down-time", "0"),
+            ("master-link-status", if r.healthy { "ok" } else { "err" }),
+            ("master-host", &master.host),
+            ("master-port", &master_port),
+            ("slave-priority", "100"),
+            ("slave-repl-offset", "0"),
+            ("replica-announced", "1"),
+        ],
+    )
 }
 
 fn sentinel_fields(a: &Addr) -> Reply {
     let port = a.port.to_string();
-    Reply::fields([
-        ("name", runid(a).as_str()),
-        ("ip", &a.host),
-        ("port", &port),
-        ("runid", &runid(a)),
-        ("flags", "sentinel"),
-        ("link-pending-commands", "0"),
-        ("link-refcount", "1"),
-        ("last-ping-sent", "0"),
-        ("last-ok-ping-reply", "0"),
-        ("last-ping-reply", "0"),
-        ("down-after-milliseconds", "0"),
-        ("last-hello-message", "0"),
-        ("voted-leader", "?"),
-        ("voted-leader-epoch", "0"),
-    ])
+    with_link(
+        &[
+            ("name", runid(a).as_str()),
+            ("ip", &a.host),
+            ("port", &port),
+            ("runid", &runid(a)),
+            ("flags", "sentinel"),
+        ],
+        &[
+            ("last-hello-message", "0"),
+            ("voted-leader", "?"),
+            ("voted-leader-epoch", "0"),
+        ],
+    )
 }
 
 fn info(view: &SentinelView) -> String {
@@ -483,3 +477,19 @@ fn class_has(set: &[u8], c: u8) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+/// The link and ping fields every Sentinel entry (master, replica, sentinel) carries: constant here,
+/// because Keel does not ping the way Sentinel does.
+const LINK_FIELDS: [(&str, &str); 6] = [
+    ("link-pending-commands", "0"),
+    ("link-refcount", "1"),
+    ("last-ping-sent", "0"),
+    ("last-ok-ping-reply", "0"),
+    ("last-ping-reply", "0"),
+    ("down-after-milliseconds", "0"),
+];
+
+/// A Sentinel entry: `head`, the [`LINK_FIELDS`], then `tail`.
+fn with_link(head: &[(&str, &str)], tail: &[(&str, &str)]) -> Reply {
+    Reply::fields(head.iter().chain(LINK_FIELDS.iter()).chain(tail).copied())
+}
