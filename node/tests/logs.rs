@@ -57,14 +57,7 @@ async fn a_member_down_is_logged_once_not_every_retry() {
     c.kill(victim);
     let killed = Instant::now();
     let down_line = format!("peer {victim} unreachable");
-    c.wait_for(T, "each survivor to log the member unreachable", || async {
-        survivors
-            .iter()
-            .zip(&marks)
-            .all(|(id, mark)| log_since(&c, *id, *mark).contains(&down_line))
-            .then_some(())
-    })
-    .await;
+    wait_logged(&c, &survivors, &marks, &down_line).await;
     // The counting window is the measurement itself.
     tokio::time::sleep(WINDOW.saturating_sub(killed.elapsed())).await;
     let lines: Vec<String> = survivors
@@ -94,14 +87,7 @@ async fn a_member_down_is_logged_once_not_every_retry() {
     let marks: Vec<usize> = survivors.iter().map(|id| c.log(*id).len()).collect();
     c.start(victim);
     let back_line = format!("peer {victim} reachable again after");
-    c.wait_for(T, "each survivor to log the member reachable again", || async {
-        survivors
-            .iter()
-            .zip(&marks)
-            .all(|(id, mark)| log_since(&c, *id, *mark).contains(&back_line))
-            .then_some(())
-    })
-    .await;
+    wait_logged(&c, &survivors, &marks, &back_line).await;
 }
 
 /// The summary line is a new event written from inside the limiting layer; this checks it reaches
@@ -153,4 +139,16 @@ fn repeats_end_in_one_summary_line_under_the_global_subscriber() {
         lines[1].contains("keel::log: 20 similar messages suppressed in the last 200 ms: disk almost full attempt=1"),
         "{text}"
     );
+}
+
+/// Waits until each of `nodes` logged `line` after its `marks` (log lengths taken before).
+async fn wait_logged(c: &Cluster, nodes: &[u64], marks: &[usize], line: &str) {
+    c.wait_for(T, &format!("each of nodes {nodes:?} to log {line:?}"), || async {
+        nodes
+            .iter()
+            .zip(marks)
+            .all(|(id, mark)| log_since(c, *id, *mark).contains(line))
+            .then_some(())
+    })
+    .await;
 }

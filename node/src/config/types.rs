@@ -266,6 +266,20 @@ impl RaftTimings {
     }
 }
 
+/// Each file given (`Some`) must be a file: else the error names its key and says `hint`.
+fn files_exist(files: &[(&'static str, Option<&PathBuf>)], hint: &str) -> Result<(), ConfigError> {
+    for (key, file) in files {
+        if let Some(file) = file.filter(|f| !f.is_file()) {
+            return Err(bad_value(
+                key,
+                file.display(),
+                format!("is not a readable file; {hint}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl TlsConfig {
     /// The files must exist; their contents are checked when the node loads them (`keel serve` refuses
     /// to start on a bad file, a reload keeps the old certificate).
@@ -275,18 +289,7 @@ impl TlsConfig {
             ("tls_key", Some(&self.key)),
             ("peer_ca", self.peer_ca.as_ref()),
         ];
-        for (key, file) in files {
-            if let Some(file) = file {
-                if !file.is_file() {
-                    return Err(bad_value(
-                        key,
-                        file.display(),
-                        "is not a readable file; give the path of a PEM file",
-                    ));
-                }
-            }
-        }
-        Ok(())
+        files_exist(&files, "give the path of a PEM file")
     }
 }
 
@@ -336,17 +339,13 @@ impl GitSyncConfig {
                 ),
             ));
         }
-        for (key, file) in [("gitsync.ssh_key", &g.ssh_key), ("gitsync.known_hosts", &g.known_hosts)] {
-            if let Some(file) = file {
-                if !file.is_file() {
-                    return Err(bad_value(
-                        key,
-                        file.display(),
-                        "is not a readable file; check the path (it is read when Git Sync connects)",
-                    ));
-                }
-            }
-        }
+        files_exist(
+            &[
+                ("gitsync.ssh_key", g.ssh_key.as_ref()),
+                ("gitsync.known_hosts", g.known_hosts.as_ref()),
+            ],
+            "check the path (it is read when Git Sync connects)",
+        )?;
         check_secret("gitsync.webhook_secret", g.webhook_secret.as_deref())
     }
 }
