@@ -13,7 +13,7 @@
 //!   port or a duration does not make each line new, but another error from the same call site is
 //!   not hidden): the first passes, repeats within [`WINDOW`] are counted and dropped, and the
 //!   first repeat after the window is replaced by one line "N similar messages suppressed in the
-//!   last 30 s: <the first of them>" (target `keel::log`).
+//!   last 30 s: `<the first of them>`" (target `keel::log`).
 //!
 //! `KEEL_LOG_RATE_LIMIT=off` turns this layer off: openraft's lines and every repeat are written (the
 //! peer client's own lines are limited where they are made and stay as they are).

@@ -4,7 +4,7 @@
 //! A dead peer fails every Raft heartbeat, every replication retry and every probe, several
 //! times a second; logging each failure buried everything else (openraft's own per-retry lines
 //! for the same condition are dropped by the node's log filter, which relies on these lines).
-//! [`PeerLog`] is the pure state machine (the caller passes the clock); [`PeerHealth`]
+//! [`PeerLog`] is the pure state machine (the caller passes the clock); [`PeerHealth`](crate::network::PeerHealth)
 //! (crate::network::PeerHealth) feeds it every outcome and writes the lines it returns.
 
 use std::time::{Duration, Instant};

@@ -129,7 +129,7 @@ fn inputs(node: &Node, config: &SentinelConfig) -> ViewInputs {
 }
 
 /// Keep `tx` at the view the node's state gives: recomputed on every cluster-state change, every
-/// change of this node's lease, and every [`REFRESH`]; sent only when it differs.
+/// change of this node's lease, and every `REFRESH`; sent only when it differs.
 pub async fn view_task(node: Arc<Node>, config: SentinelConfig, tx: watch::Sender<SentinelView>) {
     let mut state = node.state.clone();
     let mut lease = node.lease.subscribe();

@@ -4,10 +4,10 @@
 //! compact stream on stdout, waits until every node answers and one reports a leader, prints the endpoints,
 //! and on Ctrl-C / SIGTERM stops the children (SIGTERM, then SIGKILL after `STOP_TIMEOUT`).
 //!
-//! The ports are chosen once and saved in `<data-dir>/up.json` ([`plan`]); the next `keel up` on the same
+//! The ports are chosen once and saved in `<data-dir>/up.json` (`plan.rs`); the next `keel up` on the same
 //! data dir reuses them, so the same cluster (same ids, peer addresses and node data) comes back. With
 //! `--tls` the nodes serve HTTPS and use mutual TLS between peers, with certificates from a throwaway CA
-//! in `<data-dir>/tls/` ([`tls`]). The pure parts, plan handling and log formatting ([`logfmt`]), are
+//! in `<data-dir>/tls/` (`tls.rs`). The pure parts, plan handling and log formatting (`logfmt.rs`), are
 //! plain functions with unit tests.
 
 mod logfmt;
