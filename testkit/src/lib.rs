@@ -13,8 +13,8 @@
 //!   benchmark's `keel serve` cluster and find its primary;
 //! - ports ([`free_port`], [`process_ip`], shared with the chaos runner), waits ([`wait_for`],
 //!   [`poll_until`]), the `keel` binary's path ([`keel_bin`]), log helpers ([`logs`]), git
-//!   helpers ([`git`](mod@git)), etcd helpers ([`etcd`]), the network-namespace lab ([`netns`]) and
-//!   the benchmarks' argument parsing ([`parse_args`]).
+//!   helpers ([`git`](mod@git)), etcd helpers ([`etcd`]), a real HAProxy ([`haproxy`]), the
+//!   network-namespace lab ([`netns`]) and the benchmarks' argument parsing ([`parse_args`]).
 //!
 //! The chaos runner (`keel-jepsen`) keeps its own blocking process fixture (faketime, wipes,
 //! SIGSTOP): that crate sits below this one (the kit uses its netns lab and port rule), so it
@@ -31,6 +31,7 @@ mod args;
 pub mod cluster;
 pub mod etcd;
 pub mod git;
+pub mod haproxy;
 pub mod logs;
 pub mod procs;
 pub mod wait;
