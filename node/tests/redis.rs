@@ -376,6 +376,7 @@ async fn keel_up_with_a_redis_port_base_runs_redis_found_through_sentinel() {
     // Without a redis-server to run it says so, and starts nothing.
     let out = std::process::Command::new(keel_bin())
         .args(["up", "--data-dir", data.to_str().unwrap(), "--redis-port-base", &rb])
+        .args(["--sentinel-port-base", &sb])
         .args(["--", "--redis-server", "/nonexistent/redis-server"])
         .output()
         .unwrap();
@@ -387,11 +388,13 @@ async fn keel_up_with_a_redis_port_base_runs_redis_found_through_sentinel() {
     );
     assert!(!data.join("node-1").exists(), "a node was started");
 
-    let mut up = KeelUp::start(
+    // A relative --data-dir, as a user types it.
+    let mut up = KeelUp::start_in(
+        dir.path(),
         &[
             "up",
             "--data-dir",
-            data.to_str().unwrap(),
+            "up",
             "--redis-port-base",
             &rb,
             "--sentinel-port-base",

@@ -13,8 +13,14 @@ pub struct KeelUp {
 impl KeelUp {
     /// Runs `keel ARGS` (e.g. `up --data-dir D`) with stdout and stderr in `out`.
     pub fn start(args: &[&str], out: &Path) -> KeelUp {
+        KeelUp::start_in(Path::new("."), args, out)
+    }
+
+    /// [`KeelUp::start`] in the working directory `cwd` (for a relative `--data-dir`).
+    pub fn start_in(cwd: &Path, args: &[&str], out: &Path) -> KeelUp {
         let file = std::fs::File::create(out).expect("create the keel up output file");
         let child = Command::new(crate::keel_bin())
+            .current_dir(cwd)
             .args(args)
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("clone the output file handle"))

@@ -155,8 +155,15 @@ fn spawn_node(
         .collect();
     extra.extend(redis.map(|r| r.serve_flags(node.id)).unwrap_or_default());
     extra.extend(args.serve_args.iter().cloned());
+    // The managed redis-server runs inside its data dir, so a relative `--data-dir` would name a
+    // directory that does not exist from there: give the nodes an absolute one.
+    let data_dir = match redis {
+        Some(_) => std::path::absolute(&args.data_dir)
+            .with_context(|| format!("make {} absolute", args.data_dir.display()))?,
+        None => args.data_dir.clone(),
+    };
     let mut cmd = Command::new(exe);
-    cmd.args(serve_command_args(plan, node, &args.data_dir, &extra))
+    cmd.args(serve_command_args(plan, node, &data_dir, &extra))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
