@@ -389,7 +389,10 @@ fn status_rendering_with_a_managed_service() {
     *s.get_mut(&3).unwrap() = None;
     let text = render_status(&c, &s, Verdict::Degraded, "voter 3 unreachable");
     let row3 = text.lines().nth(4).unwrap();
-    assert!(row3.ends_with("127.0.0.1:7103  -              -       -    -"), "{row3:?}");
+    assert!(
+        row3.ends_with("127.0.0.1:7103  -              -       -    -"),
+        "{row3:?}"
+    );
 }
 
 #[test]

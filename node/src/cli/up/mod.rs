@@ -158,8 +158,9 @@ fn spawn_node(
     // The managed redis-server runs inside its data dir, so a relative `--data-dir` would name a
     // directory that does not exist from there: give the nodes an absolute one.
     let data_dir = match redis {
-        Some(_) => std::path::absolute(&args.data_dir)
-            .with_context(|| format!("make {} absolute", args.data_dir.display()))?,
+        Some(_) => {
+            std::path::absolute(&args.data_dir).with_context(|| format!("make {} absolute", args.data_dir.display()))?
+        }
         None => args.data_dir.clone(),
     };
     let mut cmd = Command::new(exe);
@@ -318,7 +319,12 @@ enum NotReady {
 /// Polls until every node answers and all report the same leader (and, with `redis_master`, the
 /// primary's Redis is the master); returns the leader, or what was missing at the deadline. With
 /// `tls`, over HTTPS trusting only its CA.
-async fn wait_ready(plan: &UpPlan, tls: Option<&UpTls>, redis_master: bool, deadline: Instant) -> Result<u64, NotReady> {
+async fn wait_ready(
+    plan: &UpPlan,
+    tls: Option<&UpTls>,
+    redis_master: bool,
+    deadline: Instant,
+) -> Result<u64, NotReady> {
     keel_raft::network::install_crypto_provider();
     let mut builder = reqwest::Client::builder().no_proxy().timeout(PROBE_TIMEOUT);
     if let Some(tls) = tls {
@@ -618,8 +624,17 @@ mod tests {
         a.redis_port_base = Some(7000);
         let redis = UpRedis::new(7000, None, 2).unwrap();
         let text = ready_banner(&plan, &a, (None, Some(&redis)), Duration::from_millis(1234), 2);
-        assert!(text.contains("n2  redis 127.0.0.1:7001  sentinel 127.0.0.1:27001"), "{text}");
-        assert!(text.contains("redis-cli -p 27000 SENTINEL get-master-addr-by-name keel"), "{text}");
-        assert!(text.contains("run `keel up --nodes 2 --data-dir x --redis-port-base 7000` again"), "{text}");
+        assert!(
+            text.contains("n2  redis 127.0.0.1:7001  sentinel 127.0.0.1:27001"),
+            "{text}"
+        );
+        assert!(
+            text.contains("redis-cli -p 27000 SENTINEL get-master-addr-by-name keel"),
+            "{text}"
+        );
+        assert!(
+            text.contains("run `keel up --nodes 2 --data-dir x --redis-port-base 7000` again"),
+            "{text}"
+        );
     }
 }

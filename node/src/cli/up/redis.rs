@@ -208,7 +208,9 @@ mod tests {
         let r = UpRedis::new(port, Some(if port > 30000 { 20000 } else { 40000 }), 1).unwrap();
         let taken = r.taken(1);
         assert!(
-            taken.iter().any(|t| t.starts_with(&format!("node 1 redis port 127.0.0.1:{port}"))),
+            taken
+                .iter()
+                .any(|t| t.starts_with(&format!("node 1 redis port 127.0.0.1:{port}"))),
             "{taken:?}"
         );
     }
