@@ -20,6 +20,10 @@ KEEL_BUILD_PACKAGES=(pkg-config libssl-dev gcc libc6-dev git ca-certificates cur
 KEEL_TEST_PACKAGES=("${KEEL_BUILD_PACKAGES[@]}" haproxy iproute2 iptables procps openssh-server openssh-client
     prometheus python3-venv python3-pip chromium faketime redis-server python3-redis)
 
+# ...and for the Sentinel test with ioredis (scripts/test.sh installs ioredis itself with npm). Only
+# installed when `node` or `npm` is missing, so a Node.js from elsewhere is left alone.
+KEEL_NODE_PACKAGES=(nodejs npm)
+
 keel_log() { printf '==> %s\n' "$*"; }
 keel_warn() { printf 'warning: %s\n' "$*" >&2; }
 keel_die() {

@@ -49,6 +49,34 @@ if [ "$(cat "$st_venv/.keel-installed" 2>/dev/null)" != "$SCHEMATHESIS_VERSION" 
     fi
 fi
 
+# 2c. ioredis (npm), the Node.js Sentinel client of node/tests/sentinel.rs (a client in a second
+#     language), into target/ioredis with npm's cache beside it; KEEL_IOREDIS tells the tests where it
+#     is. Node.js and npm come from Debian when missing (KEEL_NODE_PACKAGES; checked by command, since
+#     a Node.js from elsewhere may bundle its own npm). Without them, or when the install fails
+#     (offline), the ioredis tests skip with a message, and CI fails here instead.
+IOREDIS_VERSION=5
+ior_dir=target/ioredis
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    keel_ensure_packages "${KEEL_NODE_PACKAGES[@]}" || true
+fi
+if [ "$(cat "$ior_dir/.keel-installed" 2>/dev/null)" != "$IOREDIS_VERSION" ]; then
+    keel_log "installing ioredis@$IOREDIS_VERSION into $ior_dir"
+    rm -rf "$ior_dir/node_modules" "$ior_dir/.keel-installed"
+    mkdir -p "$ior_dir"
+    if command -v npm >/dev/null 2>&1 &&
+        npm install --prefix "$ior_dir" --cache "$ior_dir/.npm-cache" --no-audit --no-fund --loglevel=error \
+            "ioredis@$IOREDIS_VERSION" >/dev/null; then
+        echo "$IOREDIS_VERSION" >"$ior_dir/.keel-installed"
+    elif [ -n "${CI:-}" ]; then
+        keel_die "could not install ioredis (needs node and npm, and npm's registry): the Sentinel test with a second client language cannot run"
+    else
+        keel_warn "could not install ioredis: the ioredis tests in node/tests/sentinel.rs skip"
+    fi
+fi
+if [ -d "$ior_dir/node_modules/ioredis" ]; then
+    export KEEL_IOREDIS="$ROOT/$ior_dir/node_modules/ioredis"
+fi
+
 # 3. Build everything, including the test targets and the keel binary they start.
 keel_log "cargo build --workspace --all-targets"
 cargo build --workspace --all-targets

@@ -5,10 +5,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use keel_testkit::haproxy::{self, deploy_file, server_states, up_servers as up, HaProxy};
 use keel_testkit::*;
 
 const T: Duration = Duration::from_secs(20);
@@ -20,13 +21,6 @@ const FAILOVER_DEADLINE: Duration = Duration::from_secs(15);
 /// Backend names in deploy/haproxy.cfg.
 const WRITE_BACKEND: &str = "keel_primary";
 const READ_BACKEND: &str = "keel_replicas";
-
-fn deploy_file(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("deploy")
-        .join(name)
-}
 
 fn read_deploy_file(name: &str) -> String {
     let path = deploy_file(name);
@@ -81,89 +75,6 @@ fn rewrite_haproxy_cfg(text: &str, f: &Frontends, servers: &BTreeMap<String, Soc
         "deploy/haproxy.cfg should list three servers in each of two backends"
     );
     out
-}
-
-/// A running `haproxy -db` (foreground). Killed when dropped, on every exit path of the test; its
-/// log is printed when that happens during a panic.
-struct HaProxy {
-    child: Child,
-    log: PathBuf,
-}
-
-impl HaProxy {
-    fn start(bin: &Path, cfg: &Path, log: PathBuf) -> HaProxy {
-        let out = std::fs::File::create(&log).expect("create haproxy log");
-        let child = Command::new(bin)
-            .arg("-db")
-            .arg("-f")
-            .arg(cfg)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-        HaProxy { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Panics (with HAProxy's log) if it has exited.
-    fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("haproxy exited ({status}):\n{}", self.log());
-        }
-    }
-}
-
-impl Drop for HaProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            eprintln!("----- haproxy log (last 60 lines) -----\n{}", tail.join("\n"));
-        }
-    }
-}
-
-/// Server status per (backend, server) from HAProxy's CSV stats ("UP", "DOWN", "UP 1/2", ...).
-async fn server_states(http: &reqwest::Client, stats: SocketAddr) -> Option<BTreeMap<(String, String), String>> {
-    let r = http
-        .get(format!("http://{stats}/stats;csv"))
-        .timeout(Duration::from_secs(1))
-        .send()
-        .await
-        .ok()?;
-    if !r.status().is_success() {
-        return None;
-    }
-    let text = r.text().await.ok()?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next()?.trim_start_matches("# ").split(',').collect();
-    let col = |name: &str| header.iter().position(|h| *h == name);
-    let (px, sv, st) = (col("pxname")?, col("svname")?, col("status")?);
-    let mut out = BTreeMap::new();
-    for line in lines {
-        let f: Vec<&str> = line.split(',').collect();
-        if f.len() <= st || f[sv] == "FRONTEND" || f[sv] == "BACKEND" {
-            continue;
-        }
-        out.insert((f[px].to_owned(), f[sv].to_owned()), f[st].to_owned());
-    }
-    Some(out)
-}
-
-/// The servers of `backend` HAProxy sends traffic to.
-fn up(states: &BTreeMap<(String, String), String>, backend: &str) -> BTreeSet<String> {
-    states
-        .iter()
-        .filter(|((b, _), status)| b == backend && status.starts_with("UP"))
-        .map(|((_, s), _)| s.clone())
-        .collect()
 }
 
 fn server(id: u64) -> String {
@@ -233,17 +144,7 @@ async fn writes_through_haproxy_follow_the_primary_across_kill_9() {
     };
 
     // The shipped file is valid as it is (its host names need not resolve: `init-addr libc,none`).
-    let check = Command::new(&haproxy)
-        .arg("-c")
-        .arg("-f")
-        .arg(deploy_file("haproxy.cfg"))
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "haproxy -c deploy/haproxy.cfg: {}",
-        stderr(&check)
-    );
+    haproxy::assert_valid(&haproxy, &deploy_file("haproxy.cfg"));
 
     let mut c = Cluster::new(3, &[]);
     let frontends = Frontends {
@@ -258,8 +159,7 @@ async fn writes_through_haproxy_follow_the_primary_across_kill_9() {
         rewrite_haproxy_cfg(&read_deploy_file("haproxy.cfg"), &frontends, &servers),
     )
     .unwrap();
-    let check = Command::new(&haproxy).arg("-c").arg("-f").arg(&cfg).output().unwrap();
-    assert!(check.status.success(), "haproxy -c: {}", stderr(&check));
+    haproxy::assert_valid(&haproxy, &cfg);
 
     c.start_all();
     let mut ha = HaProxy::start(&haproxy, &cfg, c.dir.path().join("haproxy.log"));

@@ -341,3 +341,118 @@ async fn a_primary_past_its_lease_has_its_redis_refuse_writes() {
     assert_ne!(get(&master, "late").await.as_deref(), Some("x"));
     wait_service_role(&c, p, "replica").await;
 }
+
+/// `SENTINEL get-master-addr-by-name keel` at `sentinel`, as `host:port`.
+async fn discovered_master(sentinel: &str) -> Option<String> {
+    match resp::call(sentinel, &["SENTINEL", "get-master-addr-by-name", "keel"], CALL)
+        .await
+        .ok()?
+    {
+        Reply::Array(Some(hp)) => match hp.as_slice() {
+            [h, p] => Some(format!("{}:{}", h.text()?, p.text()?)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keel_up_with_a_redis_port_base_runs_redis_found_through_sentinel() {
+    if !have_redis() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("up");
+    let ip = "127.0.0.1";
+    let redis_base = free_port_run(ip, 3);
+    let sentinel_base = loop {
+        let s = free_port_run(ip, 3);
+        if s.abs_diff(redis_base) >= 3 {
+            break s;
+        }
+    };
+    let (rb, sb) = (redis_base.to_string(), sentinel_base.to_string());
+
+    // Without a redis-server to run it says so, and starts nothing.
+    let out = std::process::Command::new(keel_bin())
+        .args(["up", "--data-dir", data.to_str().unwrap(), "--redis-port-base", &rb])
+        .args(["--sentinel-port-base", &sb])
+        .args(["--", "--redis-server", "/nonexistent/redis-server"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("needs redis-server") && stderr(&out).contains("apt-get install redis-server"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!data.join("node-1").exists(), "a node was started");
+
+    // A relative --data-dir, as a user types it.
+    let mut up = KeelUp::start_in(
+        dir.path(),
+        &[
+            "up",
+            "--data-dir",
+            "up",
+            "--redis-port-base",
+            &rb,
+            "--sentinel-port-base",
+            &sb,
+        ],
+        &dir.path().join("up.out"),
+    );
+    // Ready: the banner lists every node's Redis and Sentinel, and the redis-cli hint.
+    let hint = format!("redis-cli -p {sb} SENTINEL get-master-addr-by-name keel");
+    poll_until(Duration::from_secs(40), Duration::from_millis(100), || async {
+        up.output().contains(&hint).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("keel up --redis-port-base did not come up:\n{}", up.output()));
+    let banner = up.output();
+    let redis: Vec<String> = (0..3).map(|i| format!("{ip}:{}", redis_base + i)).collect();
+    let sentinels: Vec<String> = (0..3).map(|i| format!("{ip}:{}", sentinel_base + i)).collect();
+    for i in 0..3 {
+        let line = format!("n{}  redis {}  sentinel {}", i + 1, redis[i], sentinels[i]);
+        assert!(banner.contains(&line), "no {line:?} in:\n{banner}");
+    }
+
+    // Every listener names one master, among the nodes' Redis, and it takes writes (keel up waited
+    // until the primary's Redis was the master; the other nodes learn it within a status poll).
+    let master = poll_until(T, Duration::from_millis(50), || async {
+        let mut named = Vec::new();
+        for s in &sentinels {
+            named.push(discovered_master(s).await?);
+        }
+        named.iter().all(|m| *m == named[0]).then(|| named[0].clone())
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "the three Sentinel listeners did not agree on a master:\n{}",
+            up.output()
+        )
+    });
+    assert!(redis.contains(&master), "{master} is not one of {redis:?}");
+    cmd(&master, &["SET", "via-keel-up", "yes"]).await.unwrap();
+    assert_eq!(get(&master, "via-keel-up").await.as_deref(), Some("yes"));
+    let pids: Vec<u32> = redis
+        .iter()
+        .map(|a| redis_pid(a).unwrap_or_else(|| panic!("no redis-server process for {a}")))
+        .collect();
+
+    // SIGTERM: every node stops cleanly, and takes its redis-server with it.
+    assert_eq!(up.stop(), Some(0), "{}", up.output());
+    let text = up.output();
+    for id in 1..=3 {
+        assert!(text.contains(&format!("[n{id}] stopped: exit status: 0")), "{text}");
+    }
+    let left: Vec<&u32> = pids
+        .iter()
+        .filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+        .collect();
+    assert!(left.is_empty(), "redis-server processes outlived keel up: {left:?}");
+    for a in &redis {
+        assert!(cmd(a, &["PING"]).await.is_err(), "a Redis still answers at {a}");
+    }
+}

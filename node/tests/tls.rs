@@ -643,57 +643,17 @@ async fn tls_without_peer_ca_verifies_peers_with_the_system_trust_store() {
     }
 }
 
-/// A `keel up` child: SIGTERM on drop (so it stops its nodes), SIGKILL if that takes over 15 s.
-struct Up(std::process::Child);
-
-impl Up {
-    /// SIGTERM, then wait up to 15 s for the exit; the exit code (None when it had to be killed).
-    fn stop(&mut self) -> Option<i32> {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(s)) = self.0.try_wait() {
-                return s.code();
-            }
-            if Instant::now() > deadline {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            self.stop();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keel_up_tls_runs_an_mtls_cluster_with_a_throwaway_ca() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("up");
-    let out_path = dir.path().join("up.out");
-    let out = std::fs::File::create(&out_path).unwrap();
-    let mut up = Up(std::process::Command::new(keel_bin())
-        .args(["up", "--tls", "--data-dir"])
-        .arg(&data)
-        .stdin(std::process::Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .env_remove("RUST_LOG")
-        .spawn()
-        .unwrap());
-    let output = || std::fs::read_to_string(&out_path).unwrap_or_default();
+    let mut up = KeelUp::start(
+        &["up", "--tls", "--data-dir", data.to_str().unwrap()],
+        &dir.path().join("up.out"),
+    );
     // Ready: the banner names the HTTPS API of node 1.
     let api = poll_until(Duration::from_secs(40), Duration::from_millis(100), || async {
-        let text = output();
+        let text = up.output();
         let line = text.lines().find(|l| l.trim_start().starts_with("n1  api https://"))?;
         Some(
             line.split_whitespace()
@@ -703,8 +663,8 @@ async fn keel_up_tls_runs_an_mtls_cluster_with_a_throwaway_ca() {
         )
     })
     .await
-    .unwrap_or_else(|| panic!("keel up --tls did not come up:\n{}", output()));
-    let banner = output();
+    .unwrap_or_else(|| panic!("keel up --tls did not come up:\n{}", up.output()));
+    let banner = up.output();
     let ca = data.join("tls").join("ca.pem");
     let ca_arg = ca.display().to_string();
     assert!(
@@ -752,8 +712,8 @@ async fn keel_up_tls_runs_an_mtls_cluster_with_a_throwaway_ca() {
     assert!(served_cert(peer, &ca_pem, None).await.is_none());
 
     // Ctrl-C / SIGTERM stops every node cleanly.
-    assert_eq!(up.stop(), Some(0), "{}", output());
-    let text = output();
+    assert_eq!(up.stop(), Some(0), "{}", up.output());
+    let text = up.output();
     for id in 1..=3 {
         assert!(text.contains(&format!("[n{id}] stopped: exit status: 0")), "{text}");
     }

@@ -13,8 +13,9 @@
 //!   benchmark's `keel serve` cluster and find its primary;
 //! - ports ([`free_port`], [`process_ip`], shared with the chaos runner), waits ([`wait_for`],
 //!   [`poll_until`]), the `keel` binary's path ([`keel_bin`]), log helpers ([`logs`]), git
-//!   helpers ([`git`](mod@git)), etcd helpers ([`etcd`]), the network-namespace lab ([`netns`]) and
-//!   the benchmarks' argument parsing ([`parse_args`]).
+//!   helpers ([`git`](mod@git)), etcd helpers ([`etcd`]), a real HAProxy ([`haproxy`]), the
+//!   network-namespace lab ([`netns`]), a `keel up` child ([`KeelUp`]) and the benchmarks' argument
+//!   parsing ([`parse_args`]).
 //!
 //! The chaos runner (`keel-jepsen`) keeps its own blocking process fixture (faketime, wipes,
 //! SIGSTOP): that crate sits below this one (the kit uses its netns lab and port rule), so it
@@ -31,8 +32,10 @@ mod args;
 pub mod cluster;
 pub mod etcd;
 pub mod git;
+pub mod haproxy;
 pub mod logs;
 pub mod procs;
+pub mod up;
 pub mod wait;
 
 pub use api::{error_code, status_json, Sent};
@@ -44,6 +47,7 @@ pub use keel_jepsen::ports::{free_port, process_ip};
 pub use keel_node::util::{strip_ansi, unix_ms};
 pub use logs::{stderr, stdout};
 pub use procs::{KeelProc, Procs};
+pub use up::{free_port_run, KeelUp};
 pub use wait::{poll_until, poll_until_blocking, wait_for};
 
 use std::path::{Path, PathBuf};

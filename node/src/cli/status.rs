@@ -38,6 +38,10 @@ impl Verdict {
 /// members disagree on the leader, failover is blocked (while a primary exists), a member's
 /// replication is paused, a voter lags the most advanced one by more than `max_lag_on_failover`
 /// entries (so it cannot be promoted), or a member's Git Sync is in conflict.
+///
+/// With a managed service (`service` in the statuses, e.g. Redis): critical when the primary's
+/// service is not the master (down, fenced or a replica: writes to it fail); degraded when another
+/// member's service is down.
 pub fn verdict(cluster: &Value, statuses: &BTreeMap<u64, Option<Value>>) -> (Verdict, String) {
     let answered: BTreeMap<u64, &Value> = statuses
         .iter()
@@ -90,11 +94,45 @@ pub fn verdict(cluster: &Value, statuses: &BTreeMap<u64, Option<Value>>) -> (Ver
             ),
         ));
     }
+    problems.extend(service_problems(&answered));
     // Most severe first; within one severity, the order above.
     problems.sort_by_key(|(v, _)| std::cmp::Reverse(*v));
     let verdict = problems.first().map_or(Verdict::Healthy, |(v, _)| *v);
     let reasons: Vec<String> = problems.into_iter().map(|(_, r)| r).collect();
     (verdict, reasons.join("; "))
+}
+
+/// The managed service's problems: the primary's service is not the master (critical), other
+/// members' services are down (degraded). Nothing for members without a `service` object.
+fn service_problems(answered: &BTreeMap<u64, &Value>) -> Vec<(Verdict, String)> {
+    let mut problems = Vec::new();
+    let primaries = ids_where(answered, |s| s["role"] == "primary");
+    for id in &primaries {
+        let svc = &answered[id]["service"];
+        if svc.is_object() && svc["role"] != "master" {
+            problems.push((
+                Verdict::Critical,
+                format!(
+                    "primary {id}'s {} is not the master (role {})",
+                    svc["kind"].as_str().unwrap_or("service"),
+                    svc["role"].as_str().unwrap_or("unknown")
+                ),
+            ));
+        }
+    }
+    let is_down = |s: &Value| {
+        let svc = &s["service"];
+        svc.is_object() && (svc["role"] == "down" || svc["healthy"] == false)
+    };
+    let down: Vec<u64> = ids_where(answered, is_down)
+        .into_iter()
+        .filter(|id| !primaries.contains(id))
+        .collect();
+    if !down.is_empty() {
+        let kind = answered[&down[0]]["service"]["kind"].as_str().unwrap_or("service");
+        problems.push((Verdict::Degraded, format!("{kind} down on {}", join_ids(&down))));
+    }
+    problems
 }
 
 /// The ids (ascending) of the members whose status satisfies `f`.
@@ -235,13 +273,15 @@ pub(crate) fn render_status(
     };
     let mut out = format!("cluster {cluster_id} — leader {leader}, {primary}, maintenance {maintenance}\n");
 
+    // The service columns only when some member runs a managed service.
+    let with_service = statuses.values().flatten().any(|s| s["service"].is_object());
     let rows: Vec<Vec<String>> = member_list(cluster)
         .into_iter()
         .map(|m| {
             let id = m["id"].as_u64();
             let status = id.and_then(|id| statuses.get(&id)).and_then(Option::as_ref);
             let per_node = |f: &dyn Fn(&Value) -> &Value| status.map_or("-".to_string(), |s| cell(f(s)));
-            vec![
+            let mut row = vec![
                 cell(&m["id"]),
                 per_node(&|s| &s["role"]),
                 per_node(&|s| &s["raft"]["state"]),
@@ -251,10 +291,14 @@ pub(crate) fn render_status(
                 per_node(&|s| &s["raft"]["last_applied"]),
                 cell(&m["voter"]),
                 cell(&m["api_addr"]),
-            ]
+            ];
+            if with_service {
+                row.extend(service_cells(status.map(|s| &s["service"])));
+            }
+            row
         })
         .collect();
-    let headers = [
+    let mut headers = vec![
         "NODE",
         "ROLE",
         "RAFT",
@@ -265,10 +309,34 @@ pub(crate) fn render_status(
         "VOTER",
         "API",
     ];
+    if with_service {
+        headers.extend(SERVICE_HEADERS);
+    }
     out.push_str(&render_table(&headers, &rows));
     out.push_str(&verdict_line(verdict, reason));
     out.push('\n');
     out
+}
+
+/// The service columns of `keel status`.
+const SERVICE_HEADERS: [&str; 4] = ["SERVICE", "OFFSET", "LAG", "HEALTHY"];
+
+/// A member's service cells: `kind:role` (`redis:master`), the replication offset, the lag in
+/// seconds (`2s`) and healthy yes/no; `-` for a member that did not answer or runs no service.
+fn service_cells(svc: Option<&Value>) -> [String; 4] {
+    match svc.filter(|s| s.is_object()) {
+        None => ["-", "-", "-", "-"].map(String::from),
+        Some(s) => [
+            format!(
+                "{}:{}",
+                s["kind"].as_str().unwrap_or("?"),
+                s["role"].as_str().unwrap_or("?")
+            ),
+            cell(&s["offset"]),
+            s["lag"].as_u64().map_or("-".to_string(), |l| format!("{l}s")),
+            cell(&s["healthy"]),
+        ],
+    }
 }
 
 /// `GET /v1/status` of every member at its own API address, concurrently, [`NODE_STATUS_TIMEOUT`] each.

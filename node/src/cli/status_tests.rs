@@ -20,7 +20,7 @@ fn node_status(id: u64, leader: Option<u64>) -> Value {
            "raft": {"state": if leader == Some(id) { "leader" } else { "follower" }, "term": 3,
                     "leader": leader, "last_applied": 12, "last_log_index": 12, "voter": true},
            "primary": {"node": 1, "epoch": 2}, "lease_remaining_ms": null, "maintenance": false, "cluster_id": "abc",
-           "failover_blocked": null, "gitsync": null,
+           "failover_blocked": null, "gitsync": null, "service": null,
            "replication": {"mode": "async", "position": "2:12", "paused": false, "lag_ms": 0},
            "api_addr": format!("127.0.0.1:710{id}"), "peer_addr": format!("127.0.0.1:720{id}")})
 }
@@ -271,6 +271,128 @@ fn verdict_table_beyond_the_leader() {
         let (got, reason) = verdict(&c, &s);
         assert_eq!((got, reason.as_str()), (want, want_reason), "case {name}");
     }
+}
+
+/// A managed Redis in member `id`'s status.
+fn redis(role: &str, healthy: bool, offset: Option<u64>, lag: Option<u64>) -> Value {
+    json!({"kind": "redis", "addr": "127.0.0.1:6379", "role": role, "offset": offset, "lag": lag,
+           "following": null, "link_up": role == "replica", "healthy": healthy, "last_error": null,
+           "restarts": 0})
+}
+
+/// The healthy fixture with managed Redis: node 1's is the master, the others replicate.
+fn healthy3_with_redis() -> (Value, BTreeMap<u64, Option<Value>>) {
+    let (c, mut s) = healthy3();
+    set(&mut s, 1, "/service", redis("master", true, Some(1200), None));
+    for id in [2, 3] {
+        set(&mut s, id, "/service", redis("replica", true, Some(1200), Some(0)));
+    }
+    (c, s)
+}
+
+#[test]
+fn verdict_with_a_managed_service() {
+    type Change = fn(&mut BTreeMap<u64, Option<Value>>);
+    let cases: Vec<(&str, Change, Verdict, &str)> = vec![
+        ("all healthy", |_| {}, Verdict::Healthy, ""),
+        (
+            "a replica's redis down",
+            |s| set(s, 3, "/service", redis("down", false, None, None)),
+            Verdict::Degraded,
+            "redis down on 3",
+        ),
+        (
+            "a replica's redis answering but unhealthy",
+            |s| set(s, 2, "/service/healthy", json!(false)),
+            Verdict::Degraded,
+            "redis down on 2",
+        ),
+        (
+            "two replicas' redis down",
+            |s| {
+                set(s, 2, "/service", redis("down", false, None, None));
+                set(s, 3, "/service", redis("down", false, None, None));
+            },
+            Verdict::Degraded,
+            "redis down on 2 and 3",
+        ),
+        (
+            "the primary's redis down: named once, as not the master",
+            |s| set(s, 1, "/service", redis("down", false, None, None)),
+            Verdict::Critical,
+            "primary 1's redis is not the master (role down)",
+        ),
+        (
+            "the primary's redis fenced",
+            |s| set(s, 1, "/service/role", json!("fenced")),
+            Verdict::Critical,
+            "primary 1's redis is not the master (role fenced)",
+        ),
+        (
+            "the primary's redis still a replica, and a replica's down",
+            |s| {
+                set(s, 1, "/service", redis("replica", true, Some(1100), Some(1)));
+                set(s, 2, "/service", redis("down", false, None, None));
+            },
+            Verdict::Critical,
+            "primary 1's redis is not the master (role replica); redis down on 2",
+        ),
+        (
+            "a replica lagging seconds is not a verdict of its own",
+            |s| set(s, 2, "/service/lag", json!(4)),
+            Verdict::Healthy,
+            "",
+        ),
+    ];
+    for (name, change, want, want_reason) in cases {
+        let (c, mut s) = healthy3_with_redis();
+        change(&mut s);
+        let (got, reason) = verdict(&c, &s);
+        assert_eq!((got, reason.as_str()), (want, want_reason), "case {name}");
+    }
+    // Without a service object nothing about services is said (the healthy fixture has none).
+    let (c, s) = healthy3();
+    assert_eq!(verdict(&c, &s), (Verdict::Healthy, String::new()));
+}
+
+#[test]
+fn status_rendering_with_a_managed_service() {
+    let (c, mut s) = healthy3_with_redis();
+    set(&mut s, 2, "/service/lag", json!(2));
+    set(&mut s, 3, "/service", redis("down", false, None, None));
+    let (v, reason) = verdict(&c, &s);
+    let text = render_status(&c, &s, v, &reason);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[1],
+        "NODE  ROLE     RAFT      TERM  LEADER  REACHABLE  APPLIED  VOTER  API             \
+         SERVICE        OFFSET  LAG  HEALTHY"
+    );
+    assert_eq!(
+        lines[2],
+        "1     primary  leader    3     1       yes        12       yes    127.0.0.1:7101  \
+         redis:master   1200    -    yes"
+    );
+    assert_eq!(
+        lines[3],
+        "2     replica  follower  3     1       yes        12       yes    127.0.0.1:7102  \
+         redis:replica  1200    2s   yes"
+    );
+    assert_eq!(
+        lines[4],
+        "3     replica  follower  3     1       yes        12       yes    127.0.0.1:7103  \
+         redis:down     -       -    no"
+    );
+    assert_eq!(lines[5], "degraded: redis down on 3");
+
+    // An unreachable member shows dashes in the service columns too.
+    *s.get_mut(&3).unwrap() = None;
+    let text = render_status(&c, &s, Verdict::Degraded, "voter 3 unreachable");
+    let row3 = text.lines().nth(4).unwrap();
+    assert!(
+        row3.ends_with("127.0.0.1:7103  -              -       -    -"),
+        "{row3:?}"
+    );
 }
 
 #[test]

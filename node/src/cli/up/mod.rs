@@ -7,11 +7,14 @@
 //! The ports are chosen once and saved in `<data-dir>/up.json` (`plan.rs`); the next `keel up` on the same
 //! data dir reuses them, so the same cluster (same ids, peer addresses and node data) comes back. With
 //! `--tls` the nodes serve HTTPS and use mutual TLS between peers, with certificates from a throwaway CA
-//! in `<data-dir>/tls/` (`tls.rs`). The pure parts, plan handling and log formatting (`logfmt.rs`), are
+//! in `<data-dir>/tls/` (`tls.rs`). With `--redis-port-base N` every node also runs a managed
+//! `redis-server` and a Sentinel-compatible listener (`redis.rs`). The pure parts, plan handling and log
+//! formatting (`logfmt.rs`), are
 //! plain functions with unit tests.
 
 mod logfmt;
 mod plan;
+mod redis;
 mod tls;
 
 use std::collections::{BTreeSet, VecDeque};
@@ -32,6 +35,7 @@ use tokio::time::Instant;
 use crate::cli::print_out;
 use logfmt::format_log_line;
 use plan::{node_data_dir, prepare, serve_command_args, validate_nodes, UpNode, UpPlan};
+use redis::{check_redis_server, UpRedis};
 use tls::UpTls;
 
 /// How long the cluster has to answer and elect a leader.
@@ -63,6 +67,17 @@ pub struct UpArgs {
     /// `<data-dir>/tls/` (kept for the next `keel up --tls`)
     #[arg(long)]
     pub tls: bool,
+
+    /// Run managed Redis: node i's `redis-server` on port N+i-1 (`keel serve --redis-port`), and a
+    /// Sentinel-compatible listener on port S+i-1 (`--sentinel-addr`) that names the master as `keel`.
+    /// Needs `redis-server` on PATH (or `-- --redis-server PATH`)
+    #[arg(long, value_name = "N")]
+    pub redis_port_base: Option<u16>,
+
+    /// First port of the Sentinel listeners with --redis-port-base [default: N + 20000, e.g. 26379 for
+    /// 6379]
+    #[arg(long, value_name = "S", requires = "redis_port_base")]
+    pub sentinel_port_base: Option<u16>,
 
     /// extra flags passed to every `keel serve` (after `--`)
     #[arg(last = true)]
@@ -130,6 +145,7 @@ fn spawn_node(
     node: &UpNode,
     args: &UpArgs,
     tls: Option<&UpTls>,
+    redis: Option<&UpRedis>,
     exits: mpsc::UnboundedSender<ExitReport>,
 ) -> anyhow::Result<Proc> {
     let mut extra: Vec<String> = tls
@@ -138,9 +154,18 @@ fn spawn_node(
         .into_iter()
         .map(|f| f.to_string_lossy().into_owned())
         .collect();
+    extra.extend(redis.map(|r| r.serve_flags(node.id)).unwrap_or_default());
     extra.extend(args.serve_args.iter().cloned());
+    // The managed redis-server runs inside its data dir, so a relative `--data-dir` would name a
+    // directory that does not exist from there: give the nodes an absolute one.
+    let data_dir = match redis {
+        Some(_) => {
+            std::path::absolute(&args.data_dir).with_context(|| format!("make {} absolute", args.data_dir.display()))?
+        }
+        None => args.data_dir.clone(),
+    };
     let mut cmd = Command::new(exe);
-    cmd.args(serve_command_args(plan, node, &args.data_dir, &extra))
+    cmd.args(serve_command_args(plan, node, &data_dir, &extra))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -286,13 +311,21 @@ enum NotReady {
     Client(String),
     #[error("every node answers but none reports a leader")]
     NoLeader,
+    #[error("no primary's Redis is the master yet")]
+    NoRedisMaster,
     #[error("no answer from {}", .0.join(", "))]
     Silent(Vec<String>),
 }
 
-/// Polls until every node answers and all report the same leader; returns the leader, or what was missing at
-/// the deadline. With `tls`, over HTTPS trusting only its CA.
-async fn wait_ready(plan: &UpPlan, tls: Option<&UpTls>, deadline: Instant) -> Result<u64, NotReady> {
+/// Polls until every node answers and all report the same leader (and, with `redis_master`, the
+/// primary's Redis is the master); returns the leader, or what was missing at the deadline. With
+/// `tls`, over HTTPS trusting only its CA.
+async fn wait_ready(
+    plan: &UpPlan,
+    tls: Option<&UpTls>,
+    redis_master: bool,
+    deadline: Instant,
+) -> Result<u64, NotReady> {
     keel_raft::network::install_crypto_provider();
     let mut builder = reqwest::Client::builder().no_proxy().timeout(PROBE_TIMEOUT);
     if let Some(tls) = tls {
@@ -318,9 +351,15 @@ async fn wait_ready(plan: &UpPlan, tls: Option<&UpTls>, deadline: Instant) -> Re
             [Some(l)] => Some(*l),
             _ => None,
         };
+        let master = !redis_master
+            || results
+                .iter()
+                .flat_map(|(_, s)| s)
+                .any(|s| s["role"] == "primary" && s["service"]["role"] == "master");
         match (silent.is_empty(), leader) {
-            (true, Some(leader)) => return Ok(leader),
+            (true, Some(leader)) if master => return Ok(leader),
             _ if Instant::now() + PROBE_INTERVAL < deadline => tokio::time::sleep(PROBE_INTERVAL).await,
+            (true, Some(_)) => return Err(NotReady::NoRedisMaster),
             (true, None) => return Err(NotReady::NoLeader),
             (false, _) => {
                 let names: Vec<String> = silent.iter().map(|n| format!("n{} ({})", n.id, n.api_addr)).collect();
@@ -351,11 +390,23 @@ fn up_again_command(args: &UpArgs) -> String {
     if args.tls {
         cmd.push_str(" --tls");
     }
+    if let Some(base) = args.redis_port_base {
+        cmd.push_str(&format!(" --redis-port-base {base}"));
+    }
+    if let Some(base) = args.sentinel_port_base {
+        cmd.push_str(&format!(" --sentinel-port-base {base}"));
+    }
     cmd
 }
 
 /// The block printed once the cluster is up: endpoints, data dirs and commands to try.
-fn ready_banner(plan: &UpPlan, args: &UpArgs, tls: Option<&UpTls>, elapsed: Duration, leader: u64) -> String {
+fn ready_banner(
+    plan: &UpPlan,
+    args: &UpArgs,
+    (tls, redis): (Option<&UpTls>, Option<&UpRedis>),
+    elapsed: Duration,
+    leader: u64,
+) -> String {
     let scheme = scheme(tls);
     let mut out = format!("\ncluster up in {:.2} s: leader n{leader}\n\n", elapsed.as_secs_f64());
     for node in &plan.nodes {
@@ -366,6 +417,9 @@ fn ready_banner(plan: &UpPlan, args: &UpArgs, tls: Option<&UpTls>, elapsed: Dura
             node.peer_addr,
             node_data_dir(&args.data_dir, node.id).display()
         ));
+    }
+    if let Some(redis) = redis {
+        out.push_str(&redis.banner(plan.nodes.len() as u32));
     }
     // The CLI's and curl's options for trusting the throwaway CA.
     let (ca, cacert) = match tls {
@@ -399,6 +453,22 @@ enum Startup {
 /// Runs `keel up` until Ctrl-C / SIGTERM; returns the process exit code.
 pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
     validate_nodes(args.nodes)?;
+    let redis = args
+        .redis_port_base
+        .map(|base| UpRedis::new(base, args.sentinel_port_base, args.nodes))
+        .transpose()?;
+    if let Some(redis) = &redis {
+        check_redis_server(&args.serve_args)?;
+        let taken = redis.taken(args.nodes);
+        if !taken.is_empty() {
+            eprintln!(
+                "error: ports of --redis-port-base are in use:\n  {}\nis another Redis, or an earlier `keel up`, \
+                 still running? stop it or pick another --redis-port-base",
+                taken.join("\n  ")
+            );
+            return Ok(1);
+        }
+    }
     let plan = match prepare(&args)? {
         Ok(plan) => plan,
         Err(message) => {
@@ -425,7 +495,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
     let (exit_tx, mut exits) = mpsc::unbounded_channel();
     let mut procs = Vec::new();
     for node in &plan.nodes {
-        match spawn_node(&exe, &plan, node, &args, tls.as_ref(), exit_tx.clone()) {
+        match spawn_node(&exe, &plan, node, &args, tls.as_ref(), redis.as_ref(), exit_tx.clone()) {
             Ok(proc) => procs.push(proc),
             Err(e) => {
                 stop_all(&mut procs, &mut exits).await;
@@ -435,13 +505,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
     }
 
     let outcome = tokio::select! {
-        ready = wait_ready(&plan, tls.as_ref(), started + READY_TIMEOUT) => Startup::Ready(ready),
+        ready = wait_ready(&plan, tls.as_ref(), redis.is_some(), started + READY_TIMEOUT) => Startup::Ready(ready),
         Some(report) = exits.recv() => Startup::Exited(report),
         _ = sigint.recv() => Startup::Signal,
         _ = sigterm.recv() => Startup::Signal,
     };
     match outcome {
-        Startup::Ready(Ok(leader)) => print_out(&ready_banner(&plan, &args, tls.as_ref(), started.elapsed(), leader)),
+        Startup::Ready(Ok(leader)) => print_out(&ready_banner(
+            &plan,
+            &args,
+            (tls.as_ref(), redis.as_ref()),
+            started.elapsed(),
+            leader,
+        )),
         Startup::Ready(Err(missing)) => {
             eprintln!(
                 "error: the cluster did not come up within {} s: {missing}",
@@ -505,9 +581,11 @@ mod tests {
             nodes: 2,
             data_dir: PathBuf::from("x"),
             tls: false,
+            redis_port_base: None,
+            sentinel_port_base: None,
             serve_args: vec![],
         };
-        let text = ready_banner(&plan, &a, None, Duration::from_millis(1234), 2);
+        let text = ready_banner(&plan, &a, (None, None), Duration::from_millis(1234), 2);
         let api = plan.nodes[0].api_addr;
         assert!(text.contains("cluster up in 1.23 s: leader n2"), "{text}");
         assert!(text.contains(&format!("keel status --addr http://{api}")), "{text}");
@@ -518,6 +596,8 @@ mod tests {
             nodes: 3,
             data_dir: PathBuf::from("keel-data"),
             tls: false,
+            redis_port_base: None,
+            sentinel_port_base: None,
             serve_args: vec![],
         };
         assert_eq!(up_again_command(&default), "keel up");
@@ -525,7 +605,7 @@ mod tests {
         // With TLS: https, and the CA in every hint.
         a.tls = true;
         let tls = UpTls::new(&a.data_dir);
-        let text = ready_banner(&plan, &a, Some(&tls), Duration::from_millis(1234), 2);
+        let text = ready_banner(&plan, &a, (Some(&tls), None), Duration::from_millis(1234), 2);
         assert!(text.contains(&format!("api https://{api}")), "{text}");
         assert!(
             text.contains(&format!("keel status --addr https://{api} --ca x/tls/ca.pem")),
@@ -537,6 +617,24 @@ mod tests {
         );
         assert!(
             text.contains("run `keel up --nodes 2 --data-dir x --tls` again"),
+            "{text}"
+        );
+
+        // With managed Redis: each node's Redis and Sentinel, and the flags in the command to come back.
+        a.tls = false;
+        a.redis_port_base = Some(7000);
+        let redis = UpRedis::new(7000, None, 2).unwrap();
+        let text = ready_banner(&plan, &a, (None, Some(&redis)), Duration::from_millis(1234), 2);
+        assert!(
+            text.contains("n2  redis 127.0.0.1:7001  sentinel 127.0.0.1:27001"),
+            "{text}"
+        );
+        assert!(
+            text.contains("redis-cli -p 27000 SENTINEL get-master-addr-by-name keel"),
+            "{text}"
+        );
+        assert!(
+            text.contains("run `keel up --nodes 2 --data-dir x --redis-port-base 7000` again"),
             "{text}"
         );
     }

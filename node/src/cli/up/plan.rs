@@ -258,6 +258,8 @@ mod tests {
             nodes,
             data_dir: dir.to_path_buf(),
             tls: false,
+            redis_port_base: None,
+            sentinel_port_base: None,
             serve_args: vec![],
         }
     }
