@@ -274,21 +274,37 @@ async fn a_primary_promoted_after_a_fast_path_failover_gets_the_failover_timeout
     let target = (1..=3).find(|i| *i != p && *i != coord).unwrap();
     let pid = c.node(target).child.as_ref().unwrap().id().to_string();
     let signal = |sig: &str| {
-        let ok = std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success();
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "kill {sig} {pid}");
     };
     signal("-STOP");
-    let out = c.cli(&["switchover", "--to", &target.to_string(), "--addr", &c.node(coord).url()]);
+    let out = c.cli(&[
+        "switchover",
+        "--to",
+        &target.to_string(),
+        "--addr",
+        &c.node(coord).url(),
+    ]);
     assert_eq!(out.status.code(), Some(0), "{} {}", stdout(&out), stderr(&out));
     let history = || async {
         let h = c.get(coord, "/v1/history").await?;
         h["history"].as_array().cloned()
     };
     let switched = history().await.unwrap().last().unwrap().clone();
-    assert!(switched["reason"].as_str().unwrap().starts_with("switchover"), "{switched}");
+    assert!(
+        switched["reason"].as_str().unwrap().starts_with("switchover"),
+        "{switched}"
+    );
     let next = c
         .wait_for(T, "a promotion away from the paused switchover target", || async {
-            history().await?.into_iter().find(|e| e["epoch"].as_u64() > switched["epoch"].as_u64())
+            history()
+                .await?
+                .into_iter()
+                .find(|e| e["epoch"].as_u64() > switched["epoch"].as_u64())
         })
         .await;
     signal("-CONT");
