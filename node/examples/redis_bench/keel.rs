@@ -152,7 +152,7 @@ impl Setup for Keel {
                     .iter()
                     .flat_map(|l| l.lines())
                     .filter(|l| l.contains(needle))
-                    .filter_map(|l| log_unix_ms(l))
+                    .filter_map(log_unix_ms)
                     .filter(|t| *t >= kill_ms)
                     .min()?;
                 Some(format!("{label} +{}", at - kill_ms))
