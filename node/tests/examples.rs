@@ -13,6 +13,7 @@ const EXAMPLES: &[(&str, &[&str])] = &[
     ("failover", &["--runs", "0"]),
     ("kv_bench", &["--secs", "0"]),
     ("gitsync_bench", &["--pushes", "none"]),
+    ("redis_bench", &["--runs", "0"]),
 ];
 
 fn example(name: &str) -> PathBuf {

@@ -215,6 +215,106 @@ async fn kill_primary_promotes_another() {
     );
 }
 
+/// The Raft leader's Raft id as node `id` sees it.
+async fn leader(c: &Cluster, id: u64) -> Option<u64> {
+    c.status(id).await?["raft"]["leader"].as_u64()
+}
+
+/// Switch the primary over to `to` (through node `via`) and wait until it alone answers `/primary`.
+async fn switch_to(c: &Cluster, via: u64, to: u64, down: &[u64]) {
+    let out = c.cli(&["switchover", "--to", &to.to_string(), "--addr", &c.node(via).url()]);
+    assert_eq!(out.status.code(), Some(0), "{} {}", stdout(&out), stderr(&out));
+    c.wait_for(T, "the switchover target as the only primary", || async {
+        let u: Vec<_> = urls(c).into_iter().filter(|(id, _)| !down.contains(id)).collect();
+        (primaries(&c.http, &u).await == [to]).then_some(())
+    })
+    .await;
+}
+
+/// A coordinator elected while the primary is dead takes the fast path (it promotes without
+/// waiting for the failover timeout). That probe was about the dead primary only: a primary this
+/// coordinator promotes later has not renewed yet when the next check runs, and must not be taken
+/// for lost too (it was: a switchover was followed at once by a second promotion "primary N
+/// unreachable when coordinator M was elected"). Here the switchover target is paused, so it never
+/// renews: the next promotion must wait for the failover timeout and say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_promoted_after_a_fast_path_failover_gets_the_failover_timeout() {
+    let (mut c, mut p) = started().await;
+    // Without the anti-flap interval, nothing but the decision itself holds a second promotion back.
+    c.patch_config(p, json!({"min_failover_interval_ms": 0})).await;
+    // The primary must be the Raft leader, so that killing it elects a coordinator that finds it lost.
+    let l = c
+        .wait_for(T, "a Raft leader", || async { leader(&c, p).await.filter(|l| *l != 0) })
+        .await;
+    if l != p {
+        switch_to(&c, l, l, &[]).await;
+        p = l;
+    }
+    c.kill(p);
+    wait_single_primary(&c, &[p]).await;
+    let coord = c
+        .wait_for(T, "a new Raft leader", || async {
+            let s = (1..=3).find(|i| *i != p)?;
+            leader(&c, s).await.filter(|l| *l != p && *l != 0)
+        })
+        .await;
+    assert!(
+        strip_ansi(&c.log(coord)).contains("primary_lost=true"),
+        "the new coordinator n{coord} did not find the primary lost: no fast path to test"
+    );
+    // The killed node back as a replica: the quorum that commits the switchover below.
+    c.start(p);
+    c.wait_for(T, "the killed node back as a replica", || async {
+        (c.status(p).await?["role"] == "replica").then_some(())
+    })
+    .await;
+    if primaries(&c.http, &urls(&c)).await != [coord] {
+        switch_to(&c, coord, coord, &[]).await;
+    }
+    let target = (1..=3).find(|i| *i != p && *i != coord).unwrap();
+    let pid = c.node(target).child.as_ref().unwrap().id().to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let out = c.cli(&[
+        "switchover",
+        "--to",
+        &target.to_string(),
+        "--addr",
+        &c.node(coord).url(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{} {}", stdout(&out), stderr(&out));
+    let history = || async {
+        let h = c.get(coord, "/v1/history").await?;
+        h["history"].as_array().cloned()
+    };
+    let switched = history().await.unwrap().last().unwrap().clone();
+    assert!(
+        switched["reason"].as_str().unwrap().starts_with("switchover"),
+        "{switched}"
+    );
+    let next = c
+        .wait_for(T, "a promotion away from the paused switchover target", || async {
+            history()
+                .await?
+                .into_iter()
+                .find(|e| e["epoch"].as_u64() > switched["epoch"].as_u64())
+        })
+        .await;
+    signal("-CONT");
+    let reason = next["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(&format!("primary {target} did not renew its lease")),
+        "the paused target was replaced for another reason than its silence: {next}"
+    );
+}
+
 /// Acceptance 2: SIGSTOP the primary past the failover timeout, SIGCONT: a new primary took
 /// over and the old one never answers 200 again; never two 200s in one poll round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

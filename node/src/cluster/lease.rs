@@ -127,6 +127,8 @@ pub(crate) struct CoordInner {
     pub(crate) fence_until: Option<Instant>,
     /// Epoch whose renewals are refused (switchover in progress or done).
     pub(crate) refused_epoch: Option<u64>,
+    /// The primary did not answer the probe when this node became leader (the fast path). Cleared
+    /// when this node promotes a new primary: the probe said nothing about that one.
     pub(crate) primary_lost_at_election: bool,
     pub(crate) last_auto_failover: Option<Instant>,
     /// Last promotion committed here: the new primary's silence is counted from it, since it

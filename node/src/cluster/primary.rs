@@ -314,7 +314,13 @@ async fn promote(node: &Node, to: NodeId, epoch: u64, reason: &FailoverReason) -
         },
     )
     .await?;
-    node.coordinator.lock().last_promotion = Some(Instant::now());
+    {
+        let mut c = node.coordinator.lock();
+        c.last_promotion = Some(Instant::now());
+        // The probe at election was about the primary of that time. The one just promoted has not
+        // renewed yet and must not be taken for lost: its silence counts from `last_promotion`.
+        c.primary_lost_at_election = false;
+    }
     crate::metrics::failover(reason);
     info!(to, epoch, %reason, "promoted a new primary");
     Ok(())

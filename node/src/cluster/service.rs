@@ -8,8 +8,8 @@
 //! - [`supervise_task`]: runs and restarts the `redis-server` child.
 //! - [`duty_task`]: every [`DUTY_INTERVAL`] and on every state or lease change: promote/unfence on
 //!   the lease holder, fence at once when the lease lapses, follow the primary's Redis otherwise.
-//!   A lease holder whose Redis has not answered for [`GIVE_UP_AFTER`] gives up the primary role
-//!   (a switchover to the member whose Redis is healthy and most advanced).
+//!   A lease holder whose Redis exited, or has not answered for [`GIVE_UP_AFTER`], gives up the
+//!   primary role (a switchover to the member whose Redis is healthy and most advanced).
 //! - [`directory_task`]: learns the other members' Redis addresses and health from their
 //!   `/v1/status` (`service` object). Nothing is added to the Raft state or the peer messages, so
 //!   a mixed-version cluster decodes everything as before; a member of an older release simply has
@@ -34,7 +34,8 @@ use crate::state::Node;
 
 /// How often the duty loop samples Redis and re-checks its role.
 pub const DUTY_INTERVAL: Duration = Duration::from_millis(100);
-/// A lease holder whose Redis does not answer for this long gives up the primary role.
+/// A lease holder whose Redis does not answer for this long gives up the primary role (at once
+/// when the `redis-server` process exited).
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(1);
 /// How often the directory asks the other members for their Redis address.
 const DIRECTORY_INTERVAL: Duration = Duration::from_millis(500);
@@ -318,7 +319,10 @@ pub async fn duty_task(node: Arc<Node>) {
                     false
                 } else if !h.healthy {
                     let since = *down_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= GIVE_UP_AFTER && gave_up != Some(epoch) {
+                    // A server that exited is not waited for: its restart (after a backoff that
+                    // doubles up to 5 s) comes back fenced and hands over anyway.
+                    let died = !s.redis.is_running();
+                    if (died || since.elapsed() >= GIVE_UP_AFTER) && gave_up != Some(epoch) {
                         gave_up = Some(epoch);
                         alone = !give_up(&node, &s, epoch).await;
                     }

@@ -297,6 +297,11 @@ impl ManagedService for RedisService {
 }
 
 impl RedisService {
+    /// Is the `redis-server` child running right now? False from its exit until the restart.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+
     /// Is Keel's fence flag set?
     pub fn is_fenced(&self) -> bool {
         self.fenced.load(Ordering::SeqCst)
