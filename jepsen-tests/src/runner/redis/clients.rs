@@ -55,8 +55,19 @@ pub(super) struct Shared {
     pub(super) list_keys: Mutex<BTreeSet<String>>,
     /// Unique register values.
     pub(super) values: AtomicU64,
-    /// Every discovery answer a client got: (ns since start, process, listener node, named).
-    pub(super) discoveries: Mutex<Vec<(u64, u64, u64, Option<String>)>>,
+    /// Every discovery answer a client got.
+    pub(super) discoveries: Mutex<Vec<Discovery>>,
+}
+
+/// One discovery answer a client got (`discoveries.jsonl`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub(super) struct Discovery {
+    pub(super) time_ns: u64,
+    pub(super) process: u64,
+    /// The node whose listener answered.
+    pub(super) listener: u64,
+    /// `host:port`, or `None` for nil.
+    pub(super) named: Option<String>,
 }
 
 /// Asks one listener which address is the master: `Ok(None)` for nil.
@@ -91,7 +102,12 @@ impl Shared {
             self.discoveries
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push((t, process, *lid, named.clone()));
+                .push(Discovery {
+                    time_ns: t,
+                    process,
+                    listener: *lid,
+                    named: named.clone(),
+                });
             if let Some(a) = named {
                 return Some((self.node_of(&a).unwrap_or(0), a));
             }
@@ -102,7 +118,7 @@ impl Shared {
 
 /// One client until the pacer stops it.
 pub(super) fn client(process: u64, seed: u64, sh: Arc<Shared>, mut pacer: Pacer) {
-    let mut rng = Rng::new(seed ^ (process + 1).wrapping_mul(0x5eed_0f_4ed1));
+    let mut rng = Rng::new(seed ^ (process + 1).wrapping_mul(0x005e_ed0f_4ed1));
     let mut conn: Option<(u64, Conn)> = None;
     let mut next_elem = 0u64;
     let mut turn = process as usize;

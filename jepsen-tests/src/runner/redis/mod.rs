@@ -122,7 +122,8 @@ impl RedisReport {
 
 /// A table of the figures of several runs, one column per run.
 pub fn side_by_side(reports: &[&RedisReport]) -> String {
-    let rows: Vec<(&str, Box<dyn Fn(&RedisReport) -> String>)> = vec![
+    type Row = (&'static str, Box<dyn Fn(&RedisReport) -> String>);
+    let rows: Vec<Row> = vec![
         ("system", Box::new(|r| format!("{} ({})", r.system, r.mode))),
         ("verdict", Box::new(|r| r.verdict().into())),
         (
@@ -314,7 +315,7 @@ pub fn run_redis(cfg: &RunConfig, opts: &RunOptions) -> Result<RedisReport, Stri
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
-        .map(|(t, p, l, a)| json!({"time_ns": t, "process": p, "listener": l, "named": a}).to_string() + "\n")
+        .map(|d| serde_json::to_string(d).unwrap_or_default() + "\n")
         .collect();
     write("discoveries.jsonl", discoveries)?;
     write(
