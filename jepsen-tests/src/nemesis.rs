@@ -36,7 +36,8 @@ pub const PARTITIONS: &[&str] = &[
 pub const REDIS_KINDS: &[&str] = &["kill", "kill-primary", "pause-keel", "pause-redis", "pause-both"];
 
 /// Check the kinds of a Redis run (`all` = [`REDIS_KINDS`]; `pause` = `pause-keel`; variants
-/// `kill:one|majority`, `pause-*:one|primary`).
+/// `kill:one`, `pause-*:one|primary`). A Redis run never kills a majority at once (Redis keeps its
+/// data in memory): `kill:majority` is refused, and the runner cuts a drawn one down.
 pub fn parse_redis_kinds(list: &[String]) -> Result<Vec<String>, String> {
     let mut out: Vec<String> = Vec::new();
     for k in list {
@@ -49,7 +50,7 @@ pub fn parse_redis_kinds(list: &[String]) -> Result<Vec<String>, String> {
             let ok = REDIS_KINDS.contains(&kind)
                 && match (kind, v) {
                     (_, None) => true,
-                    ("kill", Some(v)) => ["one", "majority"].contains(&v),
+                    ("kill", Some(v)) => v == "one",
                     (k, Some(v)) if k.starts_with("pause") => ["one", "primary"].contains(&v),
                     _ => false,
                 };
@@ -235,6 +236,7 @@ mod tests {
         );
         assert!(parse_redis_kinds(&["partition".into()]).is_err());
         assert!(parse_redis_kinds(&["pause-both:majority".into()]).is_err());
+        assert!(parse_redis_kinds(&["kill:majority".into()]).is_err());
         let kinds = parse_redis_kinds(&["all".into()]).unwrap();
         let steps = schedule(&kinds, 3, 120_000, 4_000, 2_000);
         for k in REDIS_KINDS {

@@ -404,7 +404,18 @@ enum Heal {
 }
 
 /// Start one planned fault: (nodes hit, whether the primary was among them, how to heal).
-fn apply(backend: &mut Backend, f: &Planned, sh: &Shared, taken: &BTreeSet<u64>) -> (Vec<u64>, bool, Heal) {
+///
+/// A step never kills a majority of the Redis servers (`killed`: how many this step killed so far;
+/// a `kill:majority` drawn by the schedule, or a kill on top of another, is cut down to a
+/// minority): Redis keeps its data in memory, and a kill -9 of a majority at once loses what only
+/// their memory held, which no failover can bring back.
+fn apply(
+    backend: &mut Backend,
+    f: &Planned,
+    sh: &Shared,
+    taken: &BTreeSet<u64>,
+    killed: &mut usize,
+) -> (Vec<u64>, bool, Heal) {
     let primary = named_master(sh, &[]);
     let ids: Vec<u64> = sh.redis.iter().map(|(id, _)| *id).collect();
     let free: Vec<u64> = ids.iter().copied().filter(|i| !taken.contains(i)).collect();
@@ -431,6 +442,11 @@ fn apply(backend: &mut Backend, f: &Planned, sh: &Shared, taken: &BTreeSet<u64>)
         }
         _ => target.into_iter().collect(),
     };
+    let mut nodes = nodes;
+    if f.kind.starts_with("kill") {
+        nodes.truncate(((ids.len() - 1) / 2).saturating_sub(*killed));
+        *killed += nodes.len();
+    }
     let hit_primary = primary.is_some_and(|p| nodes.contains(&p));
     let idx = |id: u64| (id - 1) as usize;
     let heal = match (f.kind.as_str(), nodes.first()) {
@@ -500,10 +516,11 @@ fn play(
         std::thread::sleep(at.saturating_duration_since(Instant::now()));
         let t0 = Instant::now();
         let mut taken = BTreeSet::new();
+        let mut killed = 0;
         let mut active = Vec::new();
         for f in &step.faults {
             let start_ms = ms();
-            let (hit, was_primary, h) = apply(backend, f, sh, &taken);
+            let (hit, was_primary, h) = apply(backend, f, sh, &taken, &mut killed);
             taken.extend(hit.iter().copied());
             let on = if hit.is_empty() {
                 "skipped".to_string()
