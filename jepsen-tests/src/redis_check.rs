@@ -124,6 +124,8 @@ pub struct NamingReport {
     /// Named a server that was fenced or a replica on both sides of the answer: a client would be
     /// sent to a server that refuses its writes, or worse, to a stale one.
     pub named_fenced: u64,
+    /// Of those, a replica in both probes: a demoted (old) primary, or one not yet promoted.
+    pub named_replica: u64,
     /// Fenced or a replica on one side only (the state may have changed in between).
     pub named_fenced_racy: u64,
     /// Named a server that did not answer the probes (killed or paused).
@@ -148,6 +150,9 @@ pub fn judge_namings(namings: &[Naming]) -> NamingReport {
         match (stale(n.before), stale(n.after)) {
             (true, true) => {
                 r.named_fenced += 1;
+                if n.before == Seen::Replica && n.after == Seen::Replica {
+                    r.named_replica += 1;
+                }
                 if r.examples.len() < 10 {
                     r.examples.push(format!(
                         "at {} listener n{} named {addr}, which was {:?} before and {:?} after",
@@ -241,18 +246,20 @@ mod tests {
             n(Some("127.0.0.1:1"), Seen::Master, Seen::Master),
             n(Some("127.0.0.1:1"), Seen::Fenced, Seen::Fenced),
             n(Some("127.0.0.1:1"), Seen::Replica, Seen::Fenced),
+            n(Some("127.0.0.1:1"), Seen::Replica, Seen::Replica),
             n(Some("127.0.0.1:1"), Seen::Master, Seen::Fenced),
             n(Some("127.0.0.1:1"), Seen::Fenced, Seen::Master),
             n(Some("127.0.0.1:1"), Seen::Unreachable, Seen::Unreachable),
             n(Some("127.0.0.1:1"), Seen::Unreachable, Seen::Master),
             n(None, Seen::Unreachable, Seen::Unreachable),
         ]);
-        assert_eq!(r.answers, 8);
-        assert_eq!(r.named_fenced, 2);
+        assert_eq!(r.answers, 9);
+        assert_eq!(r.named_fenced, 3);
+        assert_eq!(r.named_replica, 1);
         assert_eq!(r.named_fenced_racy, 2);
         assert_eq!(r.named_unreachable, 1);
         assert_eq!(r.named_nobody, 1);
-        assert_eq!(r.examples.len(), 2);
+        assert_eq!(r.examples.len(), 3);
         assert!(
             r.examples[0].contains("listener n2 named 127.0.0.1:1"),
             "{}",

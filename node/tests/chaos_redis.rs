@@ -3,9 +3,10 @@
 //! and write with `WAIT` (sync mode), under kill -9 of the primary and SIGSTOP of a node's Keel
 //! alone, its Redis alone and both. Every acknowledged RPUSH must be in the final lists, the
 //! registers must be linearizable and the lists pass the append checker. How often discovery named
-//! a fenced server is printed, not asserted: a primary whose lease lapses for a moment (and whose
-//! Redis Keel fences) is still named by the other nodes' listeners until the lease is back, found
-//! by this workload (docs/measurements.md) and not fixed yet.
+//! a fenced server is printed, not asserted yet: this workload found two ways it still happens
+//! (docs/measurements.md, "Redis under chaos"), a listener answering from a stale view right after
+//! its keel process was paused, and the other nodes' listeners naming a primary during a short
+//! lapse of its lease; neither is fixed yet.
 //!
 //! The long run and the Sentinel baseline are `keel-jepsen run --workload redis [--baseline
 //! sentinel]` (docs/testing.md). Skipped with a message when redis-server is not installed,

@@ -94,7 +94,7 @@ impl RedisReport {
     pub fn summary(&self) -> String {
         format!(
             "{} ({} mode): {} — lost acknowledged writes {} of {} (unread lists {}); linearizable {:?}; append {:?}; \
-             discovery named a fenced/replica master {} times (racy {}, unreachable {}, nil {}) in {} answers; \
+             discovery named a fenced/replica master {} times (a replica {}; racy {}, unreachable {}, nil {}) in {} answers; \
              split-brain rounds {} of {}; failovers {} (ms {:?}); ops ok {} fail {} info {}",
             self.system,
             self.mode,
@@ -105,6 +105,7 @@ impl RedisReport {
             self.linearizable,
             self.append,
             self.naming.named_fenced,
+            self.naming.named_replica,
             self.naming.named_fenced_racy,
             self.naming.named_unreachable,
             self.naming.named_nobody,
