@@ -37,6 +37,8 @@ pub mod linearizable;
 pub mod nemesis;
 pub mod netns;
 pub mod ports;
+pub mod redis_check;
+pub mod resp;
 mod rng;
 pub mod runner;
 #[cfg(test)]

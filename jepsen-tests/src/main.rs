@@ -1,7 +1,8 @@
 //! `keel-jepsen`: run a chaos test against real Keel processes, or check a recorded history.
 //!
 //! ```text
-//! keel-jepsen run [--nodes 3] [--time 60] [--clients 5] [--keys 5] [--workload register|append]
+//! keel-jepsen run [--nodes 3] [--time 60] [--clients 5] [--keys 5] [--workload register|append|redis|redis-register|redis-append]
+//!                 [--baseline sentinel (Redis workloads: then Redis's own Sentinel on the same schedule, side by side)]
 //!                 [--nemesis kill,kill-primary,pause,partition,netem,skew,wipe|all] [--netns]
 //!                 [--fault-every-ms 4000] [--fault-for-ms 2000] [--mode async|sync] [--seed N]
 //!                 [--min-acks N (sync; default nodes/2)] [--skew-rate R] [--quiet-ms 3000] [--keel target/release/keel] [--out report/<run>]
@@ -13,12 +14,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use keel_jepsen::runner::redis::{run_redis, side_by_side};
 use keel_jepsen::runner::{run_with, RunConfig, RunOptions, Workload};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: keel-jepsen run [--nodes N] [--time SECS] [--clients N] [--keys N] [--workload register|append] \
-         [--nemesis kill,kill-primary,pause,partition,netem,skew,wipe|all] [--netns] [--fault-every-ms MS] \
+        "usage: keel-jepsen run [--nodes N] [--time SECS] [--clients N] [--keys N] \
+         [--workload register|append|redis|redis-register|redis-append] [--baseline sentinel] \
+         [--nemesis kill,kill-primary,pause,partition,netem,skew,wipe|all (Redis: kill,kill-primary,pause-keel,pause-redis,pause-both|all)] [--netns] [--fault-every-ms MS] \
          [--fault-for-ms MS] [--mode async|sync] [--min-acks N] [--seed N] [--skew-rate R] [--quiet-ms MS] [--keel PATH] \
          [--rate OPS_PER_SEC] [--out DIR]\n       \
          keel-jepsen check HISTORY.jsonl"
@@ -68,6 +71,9 @@ fn check(mut args: impl Iterator<Item = String>) -> ! {
 /// `keel-jepsen run ...`: one chaos run, its verdict and where the report is.
 fn run(args: impl Iterator<Item = String>) -> ! {
     let (cfg, opts) = parse_run(args);
+    if opts.workload.is_redis() {
+        run_redis_cmd(&cfg, &opts);
+    }
     println!(
         "keel-jepsen: seed {} ({} s, {} nodes{}, {:?} workload, nemesis {:?}, mode {}), report in {}",
         cfg.seed,
@@ -92,6 +98,57 @@ fn run(args: impl Iterator<Item = String>) -> ! {
     println!("faults: {kinds:?}");
     println!("report: {}", cfg.out.join("index.html").display());
     std::process::exit(if r.ok() { 0 } else { 1 });
+}
+
+/// A Redis workload: Keel managing Redis, and with `--baseline sentinel` Redis's own Sentinel on
+/// the same schedule after it (reports in `<out>/keel` and `<out>/sentinel`), then the figures side
+/// by side.
+fn run_redis_cmd(cfg: &RunConfig, opts: &RunOptions) -> ! {
+    println!(
+        "keel-jepsen: seed {} ({} s, {} nodes on loopback, {:?} workload, nemesis {:?}, mode {}{}), report in {}",
+        cfg.seed,
+        cfg.time.as_secs(),
+        cfg.nodes,
+        opts.workload,
+        cfg.nemesis,
+        cfg.mode,
+        if opts.sentinel_baseline {
+            ", then the Sentinel baseline"
+        } else {
+            ""
+        },
+        cfg.out.display()
+    );
+    let keel_cfg = RunConfig {
+        out: if opts.sentinel_baseline {
+            cfg.out.join("keel")
+        } else {
+            cfg.out.clone()
+        },
+        ..cfg.clone()
+    };
+    let keel = or_exit(run_redis(
+        &keel_cfg,
+        &RunOptions {
+            sentinel_baseline: false,
+            ..opts.clone()
+        },
+    ));
+    println!("{}", keel.summary());
+    let mut ok = keel.ok();
+    if opts.sentinel_baseline {
+        let base_cfg = RunConfig {
+            out: cfg.out.join("sentinel"),
+            ..cfg.clone()
+        };
+        let base = or_exit(run_redis(&base_cfg, opts));
+        println!("{}", base.summary());
+        println!("\n{}", side_by_side(&[&keel, &base]));
+        // The baseline is measured, not judged.
+        ok = keel.ok();
+    }
+    println!("report: {}", cfg.out.display());
+    std::process::exit(if ok { 0 } else { 1 });
 }
 
 /// The flags of `run` over the defaults; bad usage exits 2.
@@ -137,6 +194,7 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> (RunConfig, RunOptions) 
                 usage()
             })
     };
+    let mut nemesis_given = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--nodes" => cfg.nodes = num(args.next(), "--nodes"),
@@ -149,6 +207,13 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> (RunConfig, RunOptions) 
             "--mode" => cfg.mode = args.next().unwrap_or_else(|| usage()),
             "--quiet-ms" => cfg.quiet = Duration::from_millis(num(args.next(), "--quiet-ms")),
             "--netns" => opts.netns = true,
+            "--baseline" => match args.next().as_deref() {
+                Some("sentinel") => opts.sentinel_baseline = true,
+                _ => {
+                    eprintln!("error: --baseline takes sentinel");
+                    usage()
+                }
+            },
             "--min-acks" => opts.min_acks = Some(num(args.next(), "--min-acks")),
             "--rate" => {
                 opts.rate = Some(rate(
@@ -161,8 +226,11 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> (RunConfig, RunOptions) 
                 opts.workload = match args.next().as_deref() {
                     Some("register") => Workload::Register,
                     Some("append") => Workload::Append,
+                    Some("redis") => Workload::Redis,
+                    Some("redis-register") => Workload::RedisRegister,
+                    Some("redis-append") => Workload::RedisAppend,
                     _ => {
-                        eprintln!("error: --workload is register or append");
+                        eprintln!("error: --workload is register, append, redis, redis-register or redis-append");
                         usage()
                     }
                 }
@@ -177,6 +245,7 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> (RunConfig, RunOptions) 
             "--keel" => cfg.keel = PathBuf::from(args.next().unwrap_or_else(|| usage())),
             "--out" => cfg.out = PathBuf::from(args.next().unwrap_or_else(|| usage())),
             "--nemesis" => {
+                nemesis_given = true;
                 cfg.nemesis = args
                     .next()
                     .unwrap_or_else(|| usage())
@@ -191,6 +260,18 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> (RunConfig, RunOptions) 
     if cfg.nodes < 3 || !matches!(cfg.mode.as_str(), "async" | "sync") {
         eprintln!("error: --nodes must be at least 3 and --mode async or sync");
         usage();
+    }
+    if opts.sentinel_baseline && !opts.workload.is_redis() {
+        eprintln!(
+            "error: --baseline sentinel needs a Redis workload (--workload redis, redis-register or redis-append)"
+        );
+        usage();
+    }
+    if opts.workload.is_redis() && !nemesis_given {
+        cfg.nemesis = keel_jepsen::nemesis::REDIS_KINDS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     }
     if cfg.out.as_os_str().is_empty() {
         cfg.out = PathBuf::from(format!("report/run-{}", cfg.seed));

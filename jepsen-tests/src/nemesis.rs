@@ -30,6 +30,50 @@ pub const PARTITIONS: &[&str] = &[
     "bridge",
 ];
 
+/// Kinds of the Redis workloads (`runner::redis`), in the order `all` expands to there: kill -9 of
+/// a node, of the primary, SIGSTOP of the node's Keel process alone (`pause` is the same), of its
+/// `redis-server` alone, and of both. Against the Sentinel baseline, "Keel" is the node's Sentinel.
+pub const REDIS_KINDS: &[&str] = &["kill", "kill-primary", "pause-keel", "pause-redis", "pause-both"];
+
+/// Check the kinds of a Redis run (`all` = [`REDIS_KINDS`]; `pause` = `pause-keel`; variants
+/// `kill:one`, `pause-*:one|primary`). A Redis run never kills a majority at once (Redis keeps its
+/// data in memory): `kill:majority` is refused, and the runner cuts a drawn one down.
+pub fn parse_redis_kinds(list: &[String]) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for k in list {
+        let k = if k == "pause" { "pause-keel" } else { k.as_str() };
+        let add: Vec<String> = if k == "all" {
+            REDIS_KINDS.iter().map(|s| s.to_string()).collect()
+        } else {
+            let (kind, v) = k.split_once(':').map_or((k, None), |(a, b)| (a, Some(b)));
+            let kind = if kind == "pause" { "pause-keel" } else { kind };
+            let ok = REDIS_KINDS.contains(&kind)
+                && match (kind, v) {
+                    (_, None) => true,
+                    ("kill", Some(v)) => v == "one",
+                    (k, Some(v)) if k.starts_with("pause") => ["one", "primary"].contains(&v),
+                    _ => false,
+                };
+            if !ok {
+                return Err(format!(
+                    "unknown nemesis {k:?} for a Redis workload: use {} or all",
+                    REDIS_KINDS.join(", ")
+                ));
+            }
+            vec![match v {
+                Some(v) => format!("{kind}:{v}"),
+                None => kind.to_string(),
+            }]
+        };
+        for a in add {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Kinds that need network namespaces.
 pub const NETNS_ONLY: &[&str] = &["partition", "netem"];
 
@@ -102,7 +146,7 @@ fn variant(kind: &str, rng: &mut Rng) -> String {
     let pick = |rng: &mut Rng, v: &[&str]| v[rng.below(v.len() as u64) as usize].to_string();
     match kind {
         "kill" => pick(rng, &["one", "one", "one", "majority"]),
-        "pause" => pick(rng, &["one", "primary"]),
+        "pause" | "pause-keel" | "pause-redis" | "pause-both" => pick(rng, &["one", "primary"]),
         "partition" => pick(rng, PARTITIONS),
         "netem" => pick(rng, &["loss", "delay", "loss+delay"]),
         _ => String::new(),
@@ -181,6 +225,31 @@ mod tests {
             .iter()
             .all(|s| s.faults.len() < 2 || s.faults[0].kind != s.faults[1].kind));
         assert!(a.last().is_some_and(|s| s.at_ms + s.for_ms <= 600_000));
+    }
+
+    #[test]
+    fn redis_kinds() {
+        assert_eq!(parse_redis_kinds(&["all".into()]).unwrap(), REDIS_KINDS);
+        assert_eq!(
+            parse_redis_kinds(&["pause".into(), "pause-keel".into(), "pause-redis:primary".into()]).unwrap(),
+            vec!["pause-keel", "pause-redis:primary"]
+        );
+        assert!(parse_redis_kinds(&["partition".into()]).is_err());
+        assert!(parse_redis_kinds(&["pause-both:majority".into()]).is_err());
+        assert!(parse_redis_kinds(&["kill:majority".into()]).is_err());
+        let kinds = parse_redis_kinds(&["all".into()]).unwrap();
+        let steps = schedule(&kinds, 3, 120_000, 4_000, 2_000);
+        for k in REDIS_KINDS {
+            assert!(
+                steps.iter().any(|s| s.faults.iter().any(|f| f.kind == *k)),
+                "{k} never scheduled"
+            );
+        }
+        assert!(steps
+            .iter()
+            .flat_map(|s| &s.faults)
+            .filter(|f| f.kind.starts_with("pause"))
+            .all(|f| f.variant == "one" || f.variant == "primary"));
     }
 
     #[test]

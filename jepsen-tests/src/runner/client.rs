@@ -38,7 +38,7 @@ impl Pacer {
 
     /// Waits for this client's next slot (in steps of at most 100 ms, so a stop is noticed);
     /// `false` once the run stops.
-    fn next_op(&mut self) -> bool {
+    pub(super) fn next_op(&mut self) -> bool {
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 return false;
@@ -132,20 +132,20 @@ impl Recorder {
 
 /// One operation of one client: its function, key and the node it is sent to, which its
 /// invocation and its completion record both carry.
-struct Call<'a> {
-    rec: &'a Recorder,
-    process: u64,
-    f: OpFn,
-    key: String,
-    node: u64,
+pub(super) struct Call<'a> {
+    pub(super) rec: &'a Recorder,
+    pub(super) process: u64,
+    pub(super) f: OpFn,
+    pub(super) key: String,
+    pub(super) node: u64,
 }
 
 impl Call<'_> {
-    fn invoke(&self, value: Value) {
+    pub(super) fn invoke(&self, value: Value) {
         self.rec.record(self, OpKind::Invoke, value, None, None);
     }
 
-    fn complete(&self, kind: OpKind, value: Value, epoch: Option<u64>, error: Option<String>) {
+    pub(super) fn complete(&self, kind: OpKind, value: Value, epoch: Option<u64>, error: Option<String>) {
         self.rec.record(self, kind, value, epoch, error);
     }
 
@@ -260,6 +260,7 @@ pub(super) fn spawn_clients(
                 })
                 .collect()
         }
+        Workload::Redis | Workload::RedisRegister | Workload::RedisAppend => Vec::new(),
         Workload::Append => {
             let counts: Arc<Vec<AtomicU64>> = Arc::new((0..cfg.keys).map(|_| AtomicU64::new(0)).collect());
             (0..cfg.clients)

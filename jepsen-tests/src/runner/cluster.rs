@@ -35,6 +35,18 @@ pub(super) struct Node {
     pub(super) faketime: Option<String>,
     /// After a wipe the node restarts empty with `--join URL` instead of `--peers`.
     pub(super) join: Option<String>,
+    /// Managed Redis (the Redis workloads): this node's `--redis-port` address and its
+    /// `--sentinel-addr` discovery listener.
+    pub(super) redis: Option<RedisAddrs>,
+    /// The node's `redis-server` while SIGSTOPped by the nemesis (its pid).
+    pub(super) redis_paused: Option<u32>,
+}
+
+/// Where a node's managed Redis and its Sentinel-protocol listener listen.
+#[derive(Debug, Clone)]
+pub(super) struct RedisAddrs {
+    pub(super) redis: String,
+    pub(super) sentinel: String,
 }
 
 /// The processes of one run (and the namespaces they live in).
@@ -88,17 +100,28 @@ impl Cluster {
         };
         for (i, (api, peer)) in addrs.into_iter().enumerate() {
             let id = i as u64 + 1;
+            let redis = opts.workload.is_redis().then(|| {
+                let ip = api.rsplit_once(':').map_or("127.0.0.1", |(ip, _)| ip).to_string();
+                let free = || crate::ports::free_port(&ip);
+                RedisAddrs {
+                    redis: format!("{ip}:{}", free()),
+                    sentinel: format!("{ip}:{}", free()),
+                }
+            });
             c.nodes.push(Node {
                 id,
                 api,
                 peer,
-                data: cfg.out.join(format!("data/n{id}")),
+                data: std::path::absolute(cfg.out.join(format!("data/n{id}")))
+                    .unwrap_or_else(|_| cfg.out.join(format!("data/n{id}"))),
                 log: cfg.out.join(format!("n{id}.log")),
                 ns: c.lab.as_ref().map(|l| l.ns(id)),
                 child: None,
                 paused: false,
                 faketime: None,
                 join: None,
+                redis,
+                redis_paused: None,
             });
         }
         for i in 0..c.nodes.len() {
@@ -138,6 +161,10 @@ impl Cluster {
         ]);
         if self.mode == "sync" {
             cmd.args(["--min-acks", &self.min_acks.to_string()]);
+        }
+        if let Some(r) = &n.redis {
+            let port = r.redis.rsplit_once(':').map_or("", |(_, p)| p);
+            cmd.args(["--redis-port", port, "--sentinel-addr", &r.sentinel]);
         }
         match &n.join {
             Some(url) => cmd.args(["--join", url]),
@@ -185,6 +212,26 @@ impl Cluster {
         }
     }
 
+    /// SIGSTOP the node's `redis-server` alone (the child of its keel process); `false` when it
+    /// has none running now.
+    pub(super) fn pause_redis(&mut self, i: usize) -> bool {
+        let Some(keel) = self.nodes[i].child.as_ref().map(|c| c.id()) else {
+            return false;
+        };
+        let Some(pid) = child_named(keel, "redis-server") else {
+            return false;
+        };
+        let _ = Command::new("kill").args(["-STOP", &pid.to_string()]).status();
+        self.nodes[i].redis_paused = Some(pid);
+        true
+    }
+
+    pub(super) fn resume_redis(&mut self, i: usize) {
+        if let Some(pid) = self.nodes[i].redis_paused.take() {
+            let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+        }
+    }
+
     pub(super) fn pause(&mut self, i: usize) {
         self.signal(i, "-STOP");
         self.nodes[i].paused = true;
@@ -204,6 +251,7 @@ impl Cluster {
         }
         for i in 0..self.nodes.len() {
             self.resume(i);
+            self.resume_redis(i);
             if self.nodes[i].faketime.take().is_some() {
                 self.kill(i);
             }
@@ -217,6 +265,20 @@ impl Cluster {
     pub(super) fn apis(&self) -> Vec<(u64, String)> {
         self.nodes.iter().map(|n| (n.id, n.api.clone())).collect()
     }
+}
+
+/// A child of `pid` whose command name is `name` (from `/proc/<pid>/task/*/children`).
+pub(super) fn child_named(pid: u32, name: &str) -> Option<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .find(|c| std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|comm| comm.trim() == name))
 }
 
 impl Drop for Cluster {

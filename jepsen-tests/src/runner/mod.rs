@@ -22,6 +22,7 @@ mod faults;
 mod preflight;
 mod probe;
 mod progress;
+pub mod redis;
 mod report;
 
 use std::path::PathBuf;
@@ -71,6 +72,20 @@ pub enum Workload {
     Register,
     /// append unique elements to per-key lists, read whole lists (append checker).
     Append,
+    /// Managed Redis found through Keel's Sentinel-protocol listeners ([`redis::run_redis`]):
+    /// SET / GET registers and RPUSH / LRANGE lists, mixed.
+    Redis,
+    /// The Redis workload with registers only.
+    RedisRegister,
+    /// The Redis workload with lists only.
+    RedisAppend,
+}
+
+impl Workload {
+    /// One of the Redis workloads (run by [`redis::run_redis`], not [`run_with`]).
+    pub fn is_redis(self) -> bool {
+        matches!(self, Workload::Redis | Workload::RedisRegister | Workload::RedisAppend)
+    }
 }
 
 /// Switches beyond [`RunConfig`].
@@ -94,6 +109,8 @@ pub struct RunOptions {
     /// Print a progress line on stdout at the start of each fault and every 10 s (operations so
     /// far, failures, the current primary). The `keel-jepsen` binary turns it on.
     pub progress: bool,
+    /// Redis workloads: run Redis's own Sentinel (3 sentinels, 1 s down-after) instead of Keel.
+    pub sentinel_baseline: bool,
 }
 
 /// Run one test in loopback mode with the register workload (see [`run_with`]).
@@ -104,6 +121,9 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport, String> {
 /// Run one test: start the cluster, run clients and the nemesis schedule for `time`, heal
 /// every fault, wait `quiet`, check, and write the report directory.
 pub fn run_with(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport, String> {
+    if opts.workload.is_redis() {
+        return Err("the Redis workloads run with runner::redis::run_redis".into());
+    }
     let kinds = nemesis::parse_kinds(&cfg.nemesis, opts.netns)?;
     // Before anything is written or started: every tool the nemeses need is here.
     preflight::check(&kinds, opts.netns, &cfg.keel)?;
