@@ -78,17 +78,22 @@ pub enum PullReply {
     NotPrimary { primary: Option<NodeId> },
 }
 
-/// Writes one frame: the payload's length (u32, big-endian), then the payload, in one write.
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(payload.len())
+/// The length field of a frame of `n` payload bytes; refused over [`MAX_FRAME_BYTES`].
+pub(crate) fn frame_len(n: usize) -> io::Result<u32> {
+    u32::try_from(n)
         .ok()
         .filter(|n| *n as usize <= MAX_FRAME_BYTES)
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("frame of {} bytes over the limit of {MAX_FRAME_BYTES}", payload.len()),
+                format!("frame of {n} bytes over the limit of {MAX_FRAME_BYTES}"),
             )
-        })?;
+        })
+}
+
+/// Writes one frame: the payload's length (u32, big-endian), then the payload, in one write.
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> io::Result<()> {
+    let len = frame_len(payload.len())?;
     let mut frame = Vec::with_capacity(4 + payload.len());
     frame.extend_from_slice(&len.to_be_bytes());
     frame.extend_from_slice(payload);
