@@ -11,8 +11,8 @@ use tracing::{debug, info, warn};
 use crate::codec::{decode, encode};
 use crate::peers::{ByteStream, PeerRpc, ReplicationPeers};
 use crate::protocol::{
-    MAX_BATCH_BYTES,
-    read_frame_into, write_frame, PullReply, PullRequest, ASYNC_PULL_GAP, PULL_WAIT, REPORT_EVERY, RETRY_STREAM,
+    read_frame_into, write_frame, PullReply, PullRequest, ASYNC_PULL_GAP, MAX_BATCH_BYTES, PULL_WAIT, REPORT_EVERY,
+    RETRY_STREAM,
 };
 use crate::state::lock;
 use crate::{DataStore, LogRead, NodeId, Position, PrimaryView, Repl, ReplCounters, ReplError, ReplicationMode};
