@@ -351,7 +351,7 @@ impl Goals<'_> {
         let (keel, sync, etcd) = (us("keel", "async"), us("keel", "sync"), us("etcd", "quorum"));
         let ratio = keel / etcd;
         println!(
-            "servers' CPU per {} write, {last} clients = {ratio:.2}× etcd's (goal ≤ 0.2×, Keel async) — {}              [Keel async {keel:.0} µs, sync {sync:.0} µs ({:.2}×), etcd {etcd:.0} µs]",
+            "servers' CPU per {} write, {last} clients = {ratio:.2}× etcd's (goal ≤ 0.2×, Keel async) — {} [Keel async {keel:.0} µs, sync {sync:.0} µs ({:.2}×), etcd {etcd:.0} µs]",
             size_label(size),
             verdict(ratio <= 0.2),
             sync / etcd
