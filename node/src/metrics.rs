@@ -210,12 +210,12 @@ fn datastore_series(out: &mut Exposition, node: &Node) {
     let (cache_used, cache_budget) = node.repl.store.cache_use();
     out.gauge(
         "keel_datastore_cache_used_bytes",
-        "Bytes in the datastore's page cache (reads and the write buffer); at most keel_datastore_cache_bytes.",
+        "Bytes in the datastore's cache: redb's page cache (reads and the write buffer) and the newest change-log entries kept for the replicas' pulls; at most keel_datastore_cache_bytes.",
         cache_used as f64,
     );
     out.gauge(
         "keel_datastore_cache_bytes",
-        "The datastore's page-cache budget: --cache-mb less the Raft stores' share.",
+        "The datastore's cache budget: --cache-mb less the Raft stores' share (an eighth of it, at most 32 MiB, keeps the newest change-log entries).",
         cache_budget as f64,
     );
     if let Some(rss) = crate::util::rss_bytes() {

@@ -47,6 +47,7 @@ mod error;
 mod journal;
 pub mod peers;
 pub mod protocol;
+mod recent;
 mod replica;
 mod serve;
 pub mod service;
@@ -61,7 +62,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use snapshot::{SnapshotInstaller, SnapshotReader, SNAPSHOT_CHUNK_BYTES};
-pub use store::{journaled_batch, DataStats, DataStore, StoreOptions, DEFAULT_CACHE_BYTES};
+pub use store::{journaled_batch, recent_bytes, DataStats, DataStore, StoreOptions, DEFAULT_CACHE_BYTES, RECENT_MAX};
 pub use values::{CHUNK_MAX, INLINE_MAX, NEWEST_FORMAT};
 
 pub use error::ReplError;

@@ -78,17 +78,22 @@ pub enum PullReply {
     NotPrimary { primary: Option<NodeId> },
 }
 
-/// Writes one frame: the payload's length (u32, big-endian), then the payload, in one write.
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(payload.len())
+/// The length field of a frame of `n` payload bytes; refused over [`MAX_FRAME_BYTES`].
+pub(crate) fn frame_len(n: usize) -> io::Result<u32> {
+    u32::try_from(n)
         .ok()
         .filter(|n| *n as usize <= MAX_FRAME_BYTES)
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("frame of {} bytes over the limit of {MAX_FRAME_BYTES}", payload.len()),
+                format!("frame of {n} bytes over the limit of {MAX_FRAME_BYTES}"),
             )
-        })?;
+        })
+}
+
+/// Writes one frame: the payload's length (u32, big-endian), then the payload, in one write.
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> io::Result<()> {
+    let len = frame_len(payload.len())?;
     let mut frame = Vec::with_capacity(4 + payload.len());
     frame.extend_from_slice(&len.to_be_bytes());
     frame.extend_from_slice(payload);
@@ -98,10 +103,17 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> io
 
 /// Reads one frame's payload; `None` when the other side closed the connection between frames.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<Vec<u8>>> {
+    let mut payload = Vec::new();
+    Ok(read_frame_into(r, &mut payload).await?.then_some(payload))
+}
+
+/// [`read_frame`] into `payload` (replacing what it held, reusing its memory); `false` when the
+/// other side closed the connection between frames.
+pub async fn read_frame_into<R: AsyncRead + Unpin>(r: &mut R, payload: &mut Vec<u8>) -> io::Result<bool> {
     let mut len = [0u8; 4];
     // The first byte apart: EOF there is a clean close, anywhere later a torn frame.
     if r.read(&mut len[..1]).await? == 0 {
-        return Ok(None);
+        return Ok(false);
     }
     r.read_exact(&mut len[1..]).await?;
     let n = u32::from_be_bytes(len) as usize;
@@ -111,9 +123,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<Ve
             format!("frame of {n} bytes over the limit of {MAX_FRAME_BYTES}"),
         ));
     }
-    let mut payload = vec![0; n];
-    r.read_exact(&mut payload).await?;
-    Ok(Some(payload))
+    payload.resize(n, 0);
+    r.read_exact(payload).await?;
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@ use tracing::{debug, info, warn};
 use crate::codec::{decode, encode};
 use crate::peers::{ByteStream, PeerRpc, ReplicationPeers};
 use crate::protocol::{
-    read_frame, write_frame, PullReply, PullRequest, ASYNC_PULL_GAP, PULL_WAIT, REPORT_EVERY, RETRY_STREAM,
+    read_frame_into, write_frame, PullReply, PullRequest, ASYNC_PULL_GAP, MAX_BATCH_BYTES, PULL_WAIT, REPORT_EVERY,
+    RETRY_STREAM,
 };
 use crate::state::lock;
 use crate::{DataStore, LogRead, NodeId, Position, PrimaryView, Repl, ReplCounters, ReplError, ReplicationMode};
@@ -402,6 +403,9 @@ pub struct PullStream<S> {
     open: Option<(NodeId, S)>,
     /// A peer that answered 404 to the stream, and until when to use plain pulls there.
     unsupported: Option<(NodeId, Instant)>,
+    /// The last answer's frame: one buffer for the stream's life, not a fresh (zeroed, page
+    /// faulted) one per answer.
+    frame: Vec<u8>,
 }
 
 impl<S> Default for PullStream<S> {
@@ -409,6 +413,7 @@ impl<S> Default for PullStream<S> {
         PullStream {
             open: None,
             unsupported: None,
+            frame: Vec::new(),
         }
     }
 }
@@ -459,13 +464,14 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> PullStream<S> {
             let Some((_, io)) = self.open.as_mut() else {
                 unreachable!("opened above");
             };
+            let frame = &mut self.frame;
             let exchange = async {
                 write_frame(io, &encode(req)).await?;
-                read_frame(io).await
+                read_frame_into(io, frame).await.map(|read| read.then_some(()))
             };
             let res = match tokio::time::timeout(timeout, exchange).await {
-                Ok(Ok(Some(bytes))) => match decode::<PullReply>(&bytes) {
-                    Ok(reply) => Ok((reply, bytes.len())),
+                Ok(Ok(Some(()))) => match decode::<PullReply>(&self.frame) {
+                    Ok(reply) => Ok((reply, self.frame.len())),
                     Err(error) => Err(ReplError::MalformedAnswer {
                         peer: source,
                         source: error,
@@ -487,6 +493,9 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> PullStream<S> {
                     timeout_ms: timeout.as_millis() as u64,
                 }),
             };
+            if self.frame.capacity() > MAX_BATCH_BYTES + (1 << 20) {
+                self.frame = Vec::new();
+            }
             return match res {
                 Ok(answer) => {
                     peers.record_exchange(source, Ok(()));

@@ -27,6 +27,7 @@ use redb::Durability;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::journal::JOURNAL_BATCH_MAX;
+use crate::recent::BatchEntries;
 use crate::store::{apply_write, begin_write, write_meta, Ctx, Inner, KV, LOG};
 use crate::values::{with_appenders, VALUES};
 use crate::{DataError, WriteOp, WriteResult};
@@ -164,6 +165,7 @@ fn commit_batch(inner: &Inner, meta: crate::store::Meta, ops: Vec<(u64, WriteOp)
     let mut tx = begin_write(&inner.db)?;
     let mut new = meta;
     let mut results = Vec::with_capacity(ops.len());
+    let mut recent = BatchEntries::new(&inner.recent);
     {
         let mut kv = tx.open_table(KV).ctx("open kv table")?;
         let mut log = tx.open_table(LOG).ctx("open log table")?;
@@ -180,6 +182,7 @@ fn commit_batch(inner: &Inner, meta: crate::store::Meta, ops: Vec<(u64, WriteOp)
                     epoch,
                     op,
                     journal.as_mut(),
+                    &mut recent,
                 )?);
             }
             Ok(())
@@ -201,6 +204,8 @@ fn commit_batch(inner: &Inner, meta: crate::store::Meta, ops: Vec<(u64, WriteOp)
         inner.raise_visible(new.position);
         tx.set_durability(Durability::None).ctx("set durability")?;
         tx.commit().ctx("commit write batch (visible)")?;
+        // Into the ring of newest entries before anyone is woken to read them (`recent.rs`).
+        recent.finish(meta.position);
         inner.signal_visible(new.position);
         // DURABILITY POINT of primary writes with early visibility, small batch: the batch's
         // entries appended to the journal and fdatasynced. Nobody is answered before.
@@ -227,6 +232,7 @@ fn commit_batch(inner: &Inner, meta: crate::store::Meta, ops: Vec<(u64, WriteOp)
         // change-log entries and the new position of every write in the batch at once (and every
         // journaled batch before it). Nobody is answered before it returns.
         tx.commit().ctx("commit write batch")?;
+        recent.finish(meta.position);
         inner.journal_superseded();
         return Ok((new, results));
     };
@@ -244,6 +250,7 @@ fn commit_batch(inner: &Inner, meta: crate::store::Meta, ops: Vec<(u64, WriteOp)
         }
         return Err(DataError::Storage(format!("commit write batch: {e}")));
     }
+    recent.finish(meta.position);
     Ok((new, results))
 }
 

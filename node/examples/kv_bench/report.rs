@@ -341,6 +341,22 @@ impl Goals<'_> {
             verdict(vs > 1.0)
         );
     }
+
+    /// The servers' CPU per 16 KiB write with the most clients, Keel (async, and sync) against
+    /// etcd: what a write costs each cluster on a machine whose cores they share.
+    fn cpu_versus_etcd(&self) {
+        let (size, last) = (SIZES[SIZES.len() - 1], CLIENTS[CLIENTS.len() - 1]);
+        let us =
+            |system, mode| find(self.rows, system, mode, size, last).map_or(f64::NAN, |r| r.out.server_us_per_write());
+        let (keel, sync, etcd) = (us("keel", "async"), us("keel", "sync"), us("etcd", "quorum"));
+        let ratio = keel / etcd;
+        println!(
+            "servers' CPU per {} write, {last} clients = {ratio:.2}× etcd's (goal ≤ 0.2×, Keel async) — {} [Keel async {keel:.0} µs, sync {sync:.0} µs ({:.2}×), etcd {etcd:.0} µs]",
+            size_label(size),
+            verdict(ratio <= 0.2),
+            sync / etcd
+        );
+    }
 }
 
 /// The goal checks: group commit, the no-disk ceiling, sync against async, replication lag and,
@@ -353,6 +369,7 @@ pub(crate) fn print_goals(rows: &[Row], lag: &Lag, tmpfs: Option<&Path>, bandwid
     goals.lag(lag);
     if with_etcd {
         goals.versus_etcd();
+        goals.cpu_versus_etcd();
     }
 }
 

@@ -11,6 +11,7 @@ use super::log::entry_position;
 use super::tables::{begin_write, read_kv, write_meta, Ctx, Meta, KV, LOG};
 use super::DataStore;
 use crate::journal::JOURNAL_BATCH_MAX;
+use crate::recent::BatchEntries;
 use crate::values::{hold, with_appenders, Append, StoredEntry, StoredKv, VALUES};
 use crate::{validate_key, validate_value, DataError, Entry, Position, WriteOp, WriteResult};
 
@@ -228,7 +229,8 @@ pub fn journaled_batch(entries: &[Entry]) -> bool {
 /// this write only (CAS mismatch, stale epoch); `Err(..)` fails the whole batch. With `journal`,
 /// the change-log entry of an applied write is also pushed there, for the journal record of the
 /// batch (`writer.rs`); its before-image carries the position only, no bytes (a replay reads the
-/// before-image from the store itself, see `apply_locked`).
+/// before-image from the store itself, see `apply_locked`). The entry also goes to `recent`, the
+/// batch's entries for the ring of newest entries (`recent.rs`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn apply_write(
     kv: &mut Table<'_, &'static str, &'static [u8]>,
@@ -239,6 +241,7 @@ pub(crate) fn apply_write(
     epoch: u64,
     op: WriteOp,
     journal: Option<&mut Vec<Entry>>,
+    recent: &mut BatchEntries<'_>,
 ) -> Result<Result<WriteResult, DataError>, DataError> {
     if epoch < meta.newest_epoch {
         return Ok(Err(DataError::StaleEpoch {
@@ -280,6 +283,7 @@ pub(crate) fn apply_write(
             prev: current.as_ref().map(|c| (Vec::new(), c.pos)),
         });
     }
+    recent.push(pos, &key, value.as_deref(), current.as_ref().map(|c| (&c.held, c.pos)));
     let value = match value {
         Some(v) => {
             let record = StoredKv {

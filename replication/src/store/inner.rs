@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::tables::{begin_write, load_meta, Ctx, Meta};
 use crate::journal::Journal;
+use crate::recent::RecentLog;
 use crate::{DataError, Entry, Position};
 
 /// Counters of the group-commit writer (exported by the node as metrics).
@@ -74,8 +75,12 @@ pub(crate) struct Inner {
     pub installing: AtomicBool,
     /// Where replica applies become durable (`journal.rs`). Locked only under `meta`.
     pub(super) journal: Mutex<Journal>,
-    /// redb's page-cache budget for this file (see [`crate::StoreOptions`]).
+    /// The memory budget of this store (see [`crate::StoreOptions`]): redb's page cache and
+    /// `recent` together.
     pub cache_bytes: usize,
+    /// The newest change-log entries as pulls carry them (`recent.rs`): the primary serves its
+    /// replicas from here. Follows every commit through [`Inner::publish`].
+    pub recent: RecentLog,
 }
 
 impl Inner {
@@ -88,6 +93,7 @@ impl Inner {
     /// Install `new` as the committed bookkeeping. Call with the `meta` guard, after commit.
     pub fn publish(&self, guard: &mut MutexGuard<'_, Meta>, new: Meta) {
         **guard = new;
+        self.recent.sync(&new);
         *self.position.write().unwrap_or_else(|e| e.into_inner()) = new.position;
         *self.visible.write().unwrap_or_else(|e| e.into_inner()) = new.position;
         self.newest_epoch.store(new.newest_epoch, Ordering::Release);

@@ -46,6 +46,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 
 use crate::codec::{decode, encode};
 use crate::journal::Journal;
+use crate::recent::RecentLog;
 use crate::values::{NEWEST_FORMAT, VALUES};
 use crate::writer::WriterHandle;
 use crate::{DataError, Entry, Position, WriteOp, WriteResult};
@@ -65,8 +66,18 @@ pub(crate) use tables::{
 pub struct StoreOptions {
     /// Datastore format to write (see [`DataStore::open_with`]); `None` keeps or picks the newest.
     pub format: Option<u8>,
-    /// redb page-cache budget in bytes (reads and the write buffer together).
+    /// Memory budget in bytes: redb's page cache (reads and the write buffer together) and the
+    /// newest change-log entries kept for the replicas' pulls ([`recent_bytes`]).
     pub cache_bytes: usize,
+}
+
+/// Most bytes of newest change-log entries a store keeps for the replicas' pulls (`recent.rs`).
+pub const RECENT_MAX: usize = 32 << 20;
+
+/// The part of a store's memory budget `cache_bytes` that keeps the newest change-log entries:
+/// an eighth, at most [`RECENT_MAX`] (14 MiB of the default). redb's page cache gets the rest.
+pub fn recent_bytes(cache_bytes: usize) -> usize {
+    (cache_bytes / 8).min(RECENT_MAX)
 }
 
 /// Cache budget of a store opened without one: the node's default (`--cache-mb 128`) less what
@@ -140,8 +151,9 @@ impl DataStore {
         }
         let existed = path.exists();
         let opened = Instant::now();
+        let recent = recent_bytes(options.cache_bytes);
         let db = Database::builder()
-            .set_cache_size(options.cache_bytes)
+            .set_cache_size(options.cache_bytes - recent)
             .create(path)
             .ctx(&format!("open datastore {}", path.display()))?;
         // Create every table so that readers never see "table does not exist".
@@ -193,6 +205,7 @@ impl DataStore {
             installing: AtomicBool::new(false),
             journal: Mutex::new(Journal::new(path)),
             cache_bytes: options.cache_bytes,
+            recent: RecentLog::new(recent),
         });
         let writer = Arc::new(WriterHandle::spawn(inner.clone())?);
         let store = DataStore { writer, inner };
@@ -316,9 +329,30 @@ impl DataStore {
         self.inner.checkpoint(&guard)
     }
 
-    /// redb's page cache for this file: `(bytes in use, budget)`.
+    /// The store's memory budget: `(bytes in use, budget)`; in use = redb's page cache and the
+    /// newest change-log entries kept for the replicas' pulls.
     pub fn cache_use(&self) -> (usize, usize) {
-        (self.inner.db.cache_stats().used_bytes(), self.inner.cache_bytes)
+        (
+            self.inner.db.cache_stats().used_bytes() + self.inner.recent.bytes(),
+            self.inner.cache_bytes,
+        )
+    }
+
+    /// Bytes of the newest change-log entries held in memory now.
+    #[cfg(test)]
+    pub(crate) fn recent_held(&self) -> usize {
+        self.inner.recent.bytes()
+    }
+
+    /// Entries after `after` from the newest ones kept in memory (`recent.rs`), or `None` when
+    /// they cannot tell: then [`DataStore::read_log`] answers.
+    pub(crate) fn read_recent(
+        &self,
+        after: Position,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Option<Vec<Arc<crate::recent::Encoded>>> {
+        self.inner.recent.read(after, max_entries, max_bytes)
     }
 
     /// Counters of the group-commit writer.
