@@ -22,9 +22,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use keel_raft::state::ReplicationMode;
 use keel_raft::NodeId;
-use keel_replication::service::redis::{RedisConfig, RedisService};
-use keel_replication::service::{ManagedService, ServiceHealth, ServiceRole};
+use keel_replication::service::redis::{self as redis_svc, RedisConfig, RedisService};
+use keel_replication::service::{lost_on_demotion, Loss, ManagedService, ServiceHealth, ServiceRole};
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -41,6 +42,59 @@ const DIRECTORY_INTERVAL: Duration = Duration::from_millis(500);
 const DIRECTORY_TIMEOUT: Duration = Duration::from_millis(400);
 /// A health sample older than this is not trusted by `/primary`.
 const SAMPLE_FRESH: Duration = Duration::from_secs(1);
+/// Budget for fencing the other members' Redis directly before this node's Redis takes writes:
+/// short, because promotion must not wait on an old master that is gone or cut off (its own
+/// `min-replicas-to-write` backstop stops it then).
+pub const FENCE_OTHERS_TIMEOUT: Duration = Duration::from_millis(250);
+/// Budget for asking another member's Redis its replication state (fresh offsets for ranking,
+/// the new master's history before a demotion).
+pub const PEER_INFO_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// `min-replicas-to-write` for the unfenced master. Sync mode: floor(voters / 2), so the master and
+/// the replicas that acknowledged a write (`WAIT floor(voters/2)`) are a majority of the voters.
+/// Async mode: 1 once the cluster has a second member (the backstop: a master cut off from
+/// every replica stops taking writes within `min-replicas-max-lag` + 2 s), else 0 (a lone node).
+pub fn write_quorum(mode: ReplicationMode, voters: usize, redis_members: usize) -> u32 {
+    match mode {
+        ReplicationMode::Sync => (voters / 2) as u32,
+        ReplicationMode::Async => u32::from(redis_members >= 2),
+    }
+}
+
+/// What this node's Redis lost when it was demoted (a master that rejoined as a replica of a new
+/// master), since the node started. Node-local: the failover history is replicated state in a
+/// format the previous release must keep reading (docs/upgrading.md), so it is not recorded there.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LostWrites {
+    /// Demotions that lost data (a known number of bytes, or an unknown amount).
+    pub events: u64,
+    /// Bytes of the replication stream lost, summed over the events whose amount is known.
+    pub bytes: u64,
+    /// Events whose amount could not be computed (unrelated histories).
+    pub unknown: u64,
+    /// The latest demotion that lost data.
+    pub last: Option<LostReport>,
+}
+
+/// One demotion that lost data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LostReport {
+    /// Unix time (ms).
+    pub at_ms: u64,
+    /// The new master it now follows.
+    pub master: String,
+    /// Its offset when it was demoted.
+    pub offset: u64,
+    pub loss: Loss,
+}
+
+/// The `service` object of `/v1/status`: the latest sample and the lost writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceStatus {
+    #[serde(flatten)]
+    pub health: ServiceHealth,
+    pub lost: LostWrites,
+}
 
 /// What another member said about its Redis in its `/v1/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -63,6 +117,7 @@ pub struct ManagedRedis {
     pub advertise_addr: String,
     last: Mutex<Option<(Instant, ServiceHealth)>>,
     peers: Mutex<BTreeMap<NodeId, PeerService>>,
+    lost: Mutex<LostWrites>,
 }
 
 impl ManagedRedis {
@@ -86,6 +141,7 @@ impl ManagedRedis {
             advertise_addr: r.advertise_addr(&config.advertise_api_addr),
             last: Mutex::new(None),
             peers: Mutex::new(BTreeMap::new()),
+            lost: Mutex::new(LostWrites::default()),
         }))
     }
 
@@ -103,6 +159,27 @@ impl ManagedRedis {
 
     fn peers(&self) -> BTreeMap<NodeId, PeerService> {
         self.peers.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// What demotions of this node's Redis lost so far.
+    pub fn lost(&self) -> LostWrites {
+        self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn record_loss(&self, master: &str, offset: u64, loss: Loss) {
+        let mut l = self.lost.lock().unwrap_or_else(|e| e.into_inner());
+        match loss {
+            Loss::None => return,
+            Loss::Bytes(b) => l.bytes += b,
+            Loss::Unknown(_) => l.unknown += 1,
+        }
+        l.events += 1;
+        l.last = Some(LostReport {
+            at_ms: crate::util::unix_ms(),
+            master: master.to_string(),
+            offset,
+            loss,
+        });
     }
 }
 
@@ -155,6 +232,54 @@ pub fn service_views(node: &Node) -> BTreeMap<NodeId, crate::cluster::failover::
         );
     }
     out
+}
+
+/// Each of `ids`' managed Redis asked directly, just now (in parallel, within [`PEER_INFO_TIMEOUT`]),
+/// for the failover decision: the directory's samples may be half a second old. A Redis that does
+/// not answer is reported unhealthy; a member whose address is unknown is left out.
+pub async fn fresh_service_views(
+    node: &Node,
+    ids: &[NodeId],
+) -> BTreeMap<NodeId, crate::cluster::failover::ServiceView> {
+    use crate::cluster::failover::ServiceView;
+    let addrs = service_addrs(node);
+    let mut set = tokio::task::JoinSet::new();
+    for id in ids {
+        let Some(addr) = addrs.get(id).cloned() else { continue };
+        let id = *id;
+        set.spawn(async move { (id, redis_svc::info_at(&addr, PEER_INFO_TIMEOUT).await) });
+    }
+    let mut out = BTreeMap::new();
+    while let Some(r) = set.join_next().await {
+        let Ok((id, r)) = r else { continue };
+        let view = match r {
+            Ok(i) => ServiceView {
+                healthy: true,
+                offset: i.offset(),
+            },
+            Err(_) => ServiceView {
+                healthy: false,
+                offset: None,
+            },
+        };
+        out.insert(id, view);
+    }
+    out
+}
+
+/// Fence `member`'s Redis directly (the old primary's, when the coordinator decides to replace it),
+/// within [`FENCE_OTHERS_TIMEOUT`]: its offset stops moving before the candidates are ranked. Its own
+/// node restores the setting if it turns out to hold a valid lease after all.
+pub async fn fence_member(node: &Node, member: NodeId) {
+    if member == node.id {
+        return;
+    }
+    let Some(addr) = service_addrs(node).remove(&member) else {
+        return;
+    };
+    if let Err(e) = redis_svc::fence_at(&addr, FENCE_OTHERS_TIMEOUT).await {
+        info!(member, redis = %addr, error = %e, "could not fence the old primary's redis directly");
+    }
 }
 
 /// The primary's Redis address and id, as the cluster state names the primary (whether its lease is
@@ -253,16 +378,17 @@ pub fn master_ok(node: &Node) -> bool {
 }
 
 /// The `service` object of `/v1/status`; `None` without managed Redis.
-pub fn status(node: &Node) -> Option<ServiceHealth> {
+pub fn status(node: &Node) -> Option<ServiceStatus> {
     let s = node.service.as_ref()?;
-    Some(s.health().unwrap_or_else(|| {
+    let health = s.health().unwrap_or_else(|| {
         ServiceHealth::down(
             "redis",
             s.advertise_addr.clone(),
             Some("no recent health sample".into()),
             0,
         )
-    }))
+    });
+    Some(ServiceStatus { health, lost: s.lost() })
 }
 
 /// Run and restart this node's `redis-server` until shutdown (then stop it).
@@ -325,7 +451,7 @@ pub async fn duty_task(node: Arc<Node>) {
                     false
                 } else {
                     down_since = None;
-                    lead(&s, &h).await
+                    lead(&node, &s, &h).await
                 }
             }
             None => {
@@ -346,9 +472,52 @@ pub async fn duty_task(node: Arc<Node>) {
     }
 }
 
-/// The lease holder: its Redis must be the unfenced master. Returns whether it changed anything.
-async fn lead(s: &ManagedRedis, h: &ServiceHealth) -> bool {
+/// The write quorum this node's Redis should have as the unfenced master now.
+fn wanted_quorum(node: &Node) -> u32 {
+    let view = node.view();
+    // Every member runs a managed Redis (`--redis-port` on all nodes): count the members, not the
+    // addresses the directory learned so far, so a new cluster's first master does not take writes
+    // without a replica during its first half second.
+    let members = view.state.members.len().max(service_addrs(node).len());
+    write_quorum(view.state.config.replication_mode, node.voters().len(), members)
+}
+
+/// Fence every other member's Redis directly (in parallel, within [`FENCE_OTHERS_TIMEOUT`]): an old
+/// master whose node is paused or cut off from the cluster but whose Redis this node reaches stops
+/// taking writes before this node's Redis starts. Replicas are unaffected. Failures are logged
+/// and do not block: the old master's own backstop (`min-replicas-to-write` with
+/// `min-replicas-max-lag`) stops it once its replicas have left it.
+pub async fn fence_others(node: &Node) -> usize {
+    let mut set = tokio::task::JoinSet::new();
+    for (id, addr) in service_addrs(node) {
+        if id == node.id {
+            continue;
+        }
+        set.spawn(async move { (id, redis_svc::fence_at(&addr, FENCE_OTHERS_TIMEOUT).await, addr) });
+    }
+    let mut fenced = 0;
+    while let Some(r) = set.join_next().await {
+        let Ok((id, r, addr)) = r else { continue };
+        match r {
+            Ok(()) => fenced += 1,
+            Err(e) => info!(member = id, redis = %addr, error = %e, "could not fence another member's redis directly"),
+        }
+    }
+    fenced
+}
+
+/// The lease holder: its Redis must be the unfenced master, with the write quorum of the moment.
+/// Returns whether it changed anything.
+async fn lead(node: &Node, s: &ManagedRedis, h: &ServiceHealth) -> bool {
     let mut acted = false;
+    let want = wanted_quorum(node);
+    s.redis.set_write_quorum(want);
+    if h.role == ServiceRole::Replica || s.redis.is_fenced() {
+        // Before this Redis takes writes (and before it leaves the old master's history):
+        // stop any old master that is still running unfenced.
+        let n = fence_others(node).await;
+        info!(fenced = n, "fenced the other members' redis before taking writes");
+    }
     if h.role == ServiceRole::Replica {
         match s.redis.promote().await {
             Ok(()) => {
@@ -362,9 +531,23 @@ async fn lead(s: &ManagedRedis, h: &ServiceHealth) -> bool {
         match s.redis.unfence().await {
             Ok(()) => {
                 acted = true;
-                info!(addr = %s.advertise_addr, "redis unfenced: taking writes as master")
+                info!(addr = %s.advertise_addr, min_replicas_to_write = want, "redis unfenced: taking writes as master")
             }
             Err(e) => warn!(error = %e, "unfence redis"),
+        }
+    } else {
+        // Keep the setting in step with the membership, and undo a direct fence by another node
+        // that believed this one was an old master (its lease is valid: it is not).
+        match s.redis.min_replicas_to_write().await {
+            Ok(n) if n != want => match s.redis.unfence().await {
+                Ok(()) => {
+                    acted = true;
+                    info!(was = n, min_replicas_to_write = want, "redis write quorum updated")
+                }
+                Err(e) => warn!(error = %e, "update redis write quorum"),
+            },
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "read redis min-replicas-to-write"),
         }
     }
     acted
@@ -389,6 +572,9 @@ async fn follow(node: &Node, s: &ManagedRedis, h: &ServiceHealth) -> bool {
     if primary == node.id || !h.healthy || h.following.as_deref() == Some(addr.as_str()) {
         return acted;
     }
+    if matches!(h.role, ServiceRole::Master | ServiceRole::Fenced) && !account_demotion(s, &addr).await {
+        return acted;
+    }
     match s.redis.follow(&addr).await {
         Ok(()) => {
             info!(primary, master = %addr, "redis now replicates from the primary's");
@@ -399,6 +585,44 @@ async fn follow(node: &Node, s: &ManagedRedis, h: &ServiceHealth) -> bool {
             acted
         }
     }
+}
+
+/// This node's Redis is a (fenced) master about to follow the new master at `master`: count what it
+/// loses (its bytes past the history the new master shares with it), never silently. Returns
+/// false when it should not follow yet (the new master does not answer or is not a master yet).
+async fn account_demotion(s: &ManagedRedis, master: &str) -> bool {
+    let (mine, theirs) = tokio::join!(s.redis.info(), redis_svc::info_at(master, PEER_INFO_TIMEOUT));
+    let Ok(mine) = mine else { return false };
+    if !mine.is_master() {
+        return true;
+    }
+    let theirs = match theirs {
+        Ok(t) if t.is_master() => t,
+        Ok(_) => return false,
+        Err(e) => {
+            info!(master, error = %e, "new master's redis not answering yet; following later");
+            return false;
+        }
+    };
+    let offset = mine.offset().unwrap_or(0);
+    let loss = lost_on_demotion(&mine, &theirs);
+    match loss {
+        Loss::None => info!(master, offset, "redis demoted: the new master has everything it had"),
+        Loss::Bytes(b) => {
+            warn!(
+                master,
+                offset,
+                lost_bytes = b,
+                "redis demoted: {b} bytes of its replication stream are not on the new master and are lost"
+            )
+        }
+        Loss::Unknown(o) => warn!(
+            master,
+            offset, "redis demoted: its history is unrelated to the new master's; up to {o} bytes may be lost"
+        ),
+    }
+    s.record_loss(master, offset, loss);
+    true
 }
 
 /// The lease holder's Redis is down: stop taking writes and hand the primary role to the member whose
@@ -492,6 +716,25 @@ mod tests {
             last_error: None,
             restarts: 0,
         }
+    }
+
+    #[test]
+    fn write_quorum_is_a_majority_in_sync_mode_and_a_backstop_in_async() {
+        use ReplicationMode::*;
+        // Sync: the master plus floor(voters/2) replicas are a majority of the voters.
+        for (voters, want) in [(1, 0), (2, 1), (3, 1), (4, 2), (5, 2), (7, 3)] {
+            let n = write_quorum(Sync, voters, voters);
+            assert_eq!(n, want, "{voters} voters");
+            assert!(
+                2 * (n as usize + 1) > voters,
+                "master + {n} replicas is a majority of {voters}"
+            );
+        }
+        // Async: one replica once there is a second Redis, none for a lone server.
+        assert_eq!(write_quorum(Async, 3, 3), 1);
+        assert_eq!(write_quorum(Async, 5, 2), 1);
+        assert_eq!(write_quorum(Async, 3, 1), 0);
+        assert_eq!(write_quorum(Async, 1, 1), 0);
     }
 
     #[test]
