@@ -424,6 +424,50 @@ async fn a_primary_whose_keel_is_paused_has_its_redis_refuse_writes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_whose_replicas_stop_acknowledging_refuses_writes_by_itself() {
+    if !have_redis() {
+        return;
+    }
+    let (c, addrs) = cluster();
+    let p = c.wait_primary(&[], T).await;
+    let master = addr(&addrs, p).to_string();
+    wait_set(&c, &master, "k1", "v1").await;
+    let others: Vec<u64> = (1..=3).filter(|i| *i != p).collect();
+    for o in &others {
+        wait_replicates(&c, addr(&addrs, *o), &master, "k1", "v1").await;
+    }
+    // Freeze both replicas' redis-servers: their connections stay open but they stop
+    // acknowledging, as when the master is cut off from them. Keel's lease is unaffected, so only
+    // Redis's own backstop (min-replicas-to-write 1, min-replicas-max-lag 2) can refuse.
+    let pids: Vec<u32> = others
+        .iter()
+        .map(|o| redis_pid(addr(&addrs, *o)).expect("replica's redis-server"))
+        .collect();
+    for pid in &pids {
+        signal(*pid, "-STOP");
+    }
+    let frozen = std::time::Instant::now();
+    // The documented bound, plus 1 s for this test's own scheduling on a loaded machine.
+    let refusal = c
+        .wait_for(
+            ISOLATED_MASTER_BOUND + Duration::from_secs(1),
+            "the master to refuse writes without acknowledging replicas",
+            || async {
+                let r = cmd(&master, &["SET", "k2", "v2"]).await;
+                matches!(&r, Err(e) if e.contains("NOREPLICAS")).then(|| frozen.elapsed())
+            },
+        )
+        .await;
+    eprintln!("master refused writes {refusal:?} after its replicas stopped acknowledging");
+    for pid in &pids {
+        signal(*pid, "-CONT");
+    }
+    // Replicas acknowledge again: writes resume without a failover.
+    wait_set(&c, &master, "k3", "v3").await;
+    assert_eq!(c.wait_primary(&[], T).await, p);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_old_masters_writes_are_counted_as_lost() {
     if !have_redis() {
         return;

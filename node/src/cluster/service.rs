@@ -46,6 +46,8 @@ const SAMPLE_FRESH: Duration = Duration::from_secs(1);
 /// short, because promotion must not wait on an old master that is gone or cut off (its own
 /// `min-replicas-to-write` backstop stops it then).
 pub const FENCE_OTHERS_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long a new primary waits for the rest of the old master's stream before promoting.
+const CATCH_UP_MAX: Duration = Duration::from_secs(1);
 /// Budget for asking another member's Redis its replication state (fresh offsets for ranking,
 /// the new master's history before a demotion).
 pub const PEER_INFO_TIMEOUT: Duration = Duration::from_millis(200);
@@ -519,6 +521,9 @@ async fn lead(node: &Node, s: &ManagedRedis, h: &ServiceHealth) -> bool {
         info!(fenced = n, "fenced the other members' redis before taking writes");
     }
     if h.role == ServiceRole::Replica {
+        if let Some(master) = &h.following {
+            catch_up(s, master).await;
+        }
         match s.redis.promote().await {
             Ok(()) => {
                 acted = true;
@@ -584,6 +589,39 @@ async fn follow(node: &Node, s: &ManagedRedis, h: &ServiceHealth) -> bool {
             warn!(error = %e, master = %addr, "redis follow");
             acted
         }
+    }
+}
+
+/// Before promoting this node's Redis (a replica of `master`, the old master, just fenced): if the
+/// old master still answers, wait (at most [`CATCH_UP_MAX`]) until this Redis has received all of
+/// its stream. A write the old master took before the fence and a replica acknowledged (`WAIT`) may
+/// still be in flight to this one; promoting before it arrives would drop it. A dead or unreachable
+/// old master is not waited for (nothing more can arrive from it).
+async fn catch_up(s: &ManagedRedis, master: &str) {
+    let Ok(m) = redis_svc::info_at(master, PEER_INFO_TIMEOUT).await else {
+        return;
+    };
+    let Some(target) = m.master_repl_offset.filter(|_| m.is_master()) else {
+        return;
+    };
+    let deadline = Instant::now() + CATCH_UP_MAX;
+    loop {
+        let mine = s.redis.info().await.ok().and_then(|i| i.offset()).unwrap_or(0);
+        if mine >= target {
+            info!(master, offset = mine, "caught up with the old master before promotion");
+            return;
+        }
+        if Instant::now() >= deadline {
+            warn!(
+                master,
+                offset = mine,
+                target,
+                "promoting without the old master's last {} bytes",
+                target - mine
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
