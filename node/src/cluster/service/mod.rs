@@ -15,6 +15,10 @@
 //!   a mixed-version cluster decodes everything as before; a member of an older release simply has
 //!   no Redis address.
 //!
+//! [`fence`]: the write quorum (`min-replicas-to-write`, the Redis-side backstop), fencing other
+//! members' Redis directly, fresh offsets for failover ranking, catching up with a fenced old master
+//! before promotion, and the count of what a demoted old master loses.
+//!
 //! For the Sentinel listener: [`service_addrs`] (every member's Redis address) and [`master_addr`]
 //! (the one to name as master, only while it is the unfenced master of the lease-holding primary).
 
@@ -22,12 +26,17 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keel_raft::state::ReplicationMode;
 use keel_raft::NodeId;
-use keel_replication::service::redis::{self as redis_svc, RedisConfig, RedisService};
-use keel_replication::service::{lost_on_demotion, Loss, ManagedService, ServiceHealth, ServiceRole};
+use keel_replication::service::redis::{RedisConfig, RedisService};
+use keel_replication::service::{Loss, ManagedService, ServiceHealth, ServiceRole};
 use serde::Serialize;
 use tracing::{info, warn};
+
+mod fence;
+
+use fence::{account_demotion, catch_up};
+pub use fence::{fence_member, fence_others, fresh_service_views, write_quorum, LostReport, LostWrites};
+pub use fence::{FENCE_OTHERS_TIMEOUT, PEER_INFO_TIMEOUT};
 
 use crate::cluster::admin::{self, AdminOp};
 use crate::config::Config;
@@ -42,54 +51,6 @@ const DIRECTORY_INTERVAL: Duration = Duration::from_millis(500);
 const DIRECTORY_TIMEOUT: Duration = Duration::from_millis(400);
 /// A health sample older than this is not trusted by `/primary`.
 const SAMPLE_FRESH: Duration = Duration::from_secs(1);
-/// Budget for fencing the other members' Redis directly before this node's Redis takes writes:
-/// short, because promotion must not wait on an old master that is gone or cut off (its own
-/// `min-replicas-to-write` backstop stops it then).
-pub const FENCE_OTHERS_TIMEOUT: Duration = Duration::from_millis(250);
-/// How long a new primary waits for the rest of the old master's stream before promoting.
-const CATCH_UP_MAX: Duration = Duration::from_secs(1);
-/// Budget for asking another member's Redis its replication state (fresh offsets for ranking,
-/// the new master's history before a demotion).
-pub const PEER_INFO_TIMEOUT: Duration = Duration::from_millis(200);
-
-/// `min-replicas-to-write` for the unfenced master. Sync mode: floor(voters / 2), so the master and
-/// the replicas that acknowledged a write (`WAIT floor(voters/2)`) are a majority of the voters.
-/// Async mode: 1 once the cluster has a second member (the backstop: a master cut off from
-/// every replica stops taking writes within `min-replicas-max-lag` + 2 s), else 0 (a lone node).
-pub fn write_quorum(mode: ReplicationMode, voters: usize, redis_members: usize) -> u32 {
-    match mode {
-        ReplicationMode::Sync => (voters / 2) as u32,
-        ReplicationMode::Async => u32::from(redis_members >= 2),
-    }
-}
-
-/// What this node's Redis lost when it was demoted (a master that rejoined as a replica of a new
-/// master), since the node started. Node-local: the failover history is replicated state in a
-/// format the previous release must keep reading (docs/upgrading.md), so it is not recorded there.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct LostWrites {
-    /// Demotions that lost data (a known number of bytes, or an unknown amount).
-    pub events: u64,
-    /// Bytes of the replication stream lost, summed over the events whose amount is known.
-    pub bytes: u64,
-    /// Events whose amount could not be computed (unrelated histories).
-    pub unknown: u64,
-    /// The latest demotion that lost data.
-    pub last: Option<LostReport>,
-}
-
-/// One demotion that lost data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LostReport {
-    /// Unix time (ms).
-    pub at_ms: u64,
-    /// The new master it now follows.
-    pub master: String,
-    /// Its offset when it was demoted.
-    pub offset: u64,
-    pub loss: Loss,
-}
-
 /// The `service` object of `/v1/status`: the latest sample and the lost writes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServiceStatus {
@@ -234,54 +195,6 @@ pub fn service_views(node: &Node) -> BTreeMap<NodeId, crate::cluster::failover::
         );
     }
     out
-}
-
-/// Each of `ids`' managed Redis asked directly, just now (in parallel, within [`PEER_INFO_TIMEOUT`]),
-/// for the failover decision: the directory's samples may be half a second old. A Redis that does
-/// not answer is reported unhealthy; a member whose address is unknown is left out.
-pub async fn fresh_service_views(
-    node: &Node,
-    ids: &[NodeId],
-) -> BTreeMap<NodeId, crate::cluster::failover::ServiceView> {
-    use crate::cluster::failover::ServiceView;
-    let addrs = service_addrs(node);
-    let mut set = tokio::task::JoinSet::new();
-    for id in ids {
-        let Some(addr) = addrs.get(id).cloned() else { continue };
-        let id = *id;
-        set.spawn(async move { (id, redis_svc::info_at(&addr, PEER_INFO_TIMEOUT).await) });
-    }
-    let mut out = BTreeMap::new();
-    while let Some(r) = set.join_next().await {
-        let Ok((id, r)) = r else { continue };
-        let view = match r {
-            Ok(i) => ServiceView {
-                healthy: true,
-                offset: i.offset(),
-            },
-            Err(_) => ServiceView {
-                healthy: false,
-                offset: None,
-            },
-        };
-        out.insert(id, view);
-    }
-    out
-}
-
-/// Fence `member`'s Redis directly (the old primary's, when the coordinator decides to replace it),
-/// within [`FENCE_OTHERS_TIMEOUT`]: its offset stops moving before the candidates are ranked. Its own
-/// node restores the setting if it turns out to hold a valid lease after all.
-pub async fn fence_member(node: &Node, member: NodeId) {
-    if member == node.id {
-        return;
-    }
-    let Some(addr) = service_addrs(node).remove(&member) else {
-        return;
-    };
-    if let Err(e) = redis_svc::fence_at(&addr, FENCE_OTHERS_TIMEOUT).await {
-        info!(member, redis = %addr, error = %e, "could not fence the old primary's redis directly");
-    }
 }
 
 /// The primary's Redis address and id, as the cluster state names the primary (whether its lease is
@@ -484,30 +397,6 @@ fn wanted_quorum(node: &Node) -> u32 {
     write_quorum(view.state.config.replication_mode, node.voters().len(), members)
 }
 
-/// Fence every other member's Redis directly (in parallel, within [`FENCE_OTHERS_TIMEOUT`]): an old
-/// master whose node is paused or cut off from the cluster but whose Redis this node reaches stops
-/// taking writes before this node's Redis starts. Replicas are unaffected. Failures are logged
-/// and do not block: the old master's own backstop (`min-replicas-to-write` with
-/// `min-replicas-max-lag`) stops it once its replicas have left it.
-pub async fn fence_others(node: &Node) -> usize {
-    let mut set = tokio::task::JoinSet::new();
-    for (id, addr) in service_addrs(node) {
-        if id == node.id {
-            continue;
-        }
-        set.spawn(async move { (id, redis_svc::fence_at(&addr, FENCE_OTHERS_TIMEOUT).await, addr) });
-    }
-    let mut fenced = 0;
-    while let Some(r) = set.join_next().await {
-        let Ok((id, r, addr)) = r else { continue };
-        match r {
-            Ok(()) => fenced += 1,
-            Err(e) => info!(member = id, redis = %addr, error = %e, "could not fence another member's redis directly"),
-        }
-    }
-    fenced
-}
-
 /// The lease holder: its Redis must be the unfenced master, with the write quorum of the moment.
 /// Returns whether it changed anything.
 async fn lead(node: &Node, s: &ManagedRedis, h: &ServiceHealth) -> bool {
@@ -592,82 +481,11 @@ async fn follow(node: &Node, s: &ManagedRedis, h: &ServiceHealth) -> bool {
     }
 }
 
-/// Before promoting this node's Redis (a replica of `master`, the old master, just fenced): if the
-/// old master still answers, wait (at most [`CATCH_UP_MAX`]) until this Redis has received all of
-/// its stream. A write the old master took before the fence and a replica acknowledged (`WAIT`) may
-/// still be in flight to this one; promoting before it arrives would drop it. A dead or unreachable
-/// old master is not waited for (nothing more can arrive from it).
-async fn catch_up(s: &ManagedRedis, master: &str) {
-    let Ok(m) = redis_svc::info_at(master, PEER_INFO_TIMEOUT).await else {
-        return;
-    };
-    let Some(target) = m.master_repl_offset.filter(|_| m.is_master()) else {
-        return;
-    };
-    let deadline = Instant::now() + CATCH_UP_MAX;
-    loop {
-        let mine = s.redis.info().await.ok().and_then(|i| i.offset()).unwrap_or(0);
-        if mine >= target {
-            info!(master, offset = mine, "caught up with the old master before promotion");
-            return;
-        }
-        if Instant::now() >= deadline {
-            warn!(
-                master,
-                offset = mine,
-                target,
-                "promoting without the old master's last {} bytes",
-                target - mine
-            );
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// This node's Redis is a (fenced) master about to follow the new master at `master`: count what it
-/// loses (its bytes past the history the new master shares with it), never silently. Returns
-/// false when it should not follow yet (the new master does not answer or is not a master yet).
-async fn account_demotion(s: &ManagedRedis, master: &str) -> bool {
-    let (mine, theirs) = tokio::join!(s.redis.info(), redis_svc::info_at(master, PEER_INFO_TIMEOUT));
-    let Ok(mine) = mine else { return false };
-    if !mine.is_master() {
-        return true;
-    }
-    let theirs = match theirs {
-        Ok(t) if t.is_master() => t,
-        Ok(_) => return false,
-        Err(e) => {
-            info!(master, error = %e, "new master's redis not answering yet; following later");
-            return false;
-        }
-    };
-    let offset = mine.offset().unwrap_or(0);
-    let loss = lost_on_demotion(&mine, &theirs);
-    match loss {
-        Loss::None => info!(master, offset, "redis demoted: the new master has everything it had"),
-        Loss::Bytes(b) => {
-            warn!(
-                master,
-                offset,
-                lost_bytes = b,
-                "redis demoted: {b} bytes of its replication stream are not on the new master and are lost"
-            )
-        }
-        Loss::Unknown(o) => warn!(
-            master,
-            offset, "redis demoted: its history is unrelated to the new master's; up to {o} bytes may be lost"
-        ),
-    }
-    s.record_loss(master, offset, loss);
-    true
-}
-
 /// The lease holder's Redis is down: stop taking writes and hand the primary role to the member whose
 /// Redis is healthy and most advanced (a planned switchover, run by the coordinator).
 /// Returns whether the switchover was accepted.
 async fn give_up(node: &Node, s: &ManagedRedis, epoch: u64) -> bool {
-    let to = healthy_peer(node, s);
+    let to = healthy_peer(node, s).await;
     warn!(epoch, to = ?to, "this node's redis died or does not answer: giving up the primary role");
     match admin::submit(node, AdminOp::Switchover { to }, Duration::from_secs(3)).await {
         Ok(_) => true,
@@ -679,13 +497,24 @@ async fn give_up(node: &Node, s: &ManagedRedis, epoch: u64) -> bool {
 }
 
 /// The other member whose Redis is healthy and most advanced (highest offset, then lowest id),
-/// skipping `nofailover` members.
-fn healthy_peer(node: &Node, s: &ManagedRedis) -> Option<NodeId> {
+/// skipping `nofailover` members. Offsets are asked of each Redis now ([`fresh_service_views`]):
+/// the directory's may be half a second old, older than the last writes a replica acknowledged.
+async fn healthy_peer(node: &Node, s: &ManagedRedis) -> Option<NodeId> {
     let members = node.view().state.members.clone();
-    s.peers()
+    let ids: Vec<NodeId> = s
+        .peers()
+        .into_keys()
+        .filter(|id| *id != node.id && members.get(id).is_some_and(|m| !m.tags.nofailover))
+        .collect();
+    most_advanced(fresh_service_views(node, &ids).await)
+}
+
+/// The healthy service with the highest offset (then the lowest id).
+fn most_advanced(views: BTreeMap<NodeId, crate::cluster::failover::ServiceView>) -> Option<NodeId> {
+    views
         .into_iter()
-        .filter(|(id, p)| *id != node.id && p.healthy && members.get(id).is_some_and(|m| !m.tags.nofailover))
-        .max_by_key(|(id, p)| (p.offset, std::cmp::Reverse(*id)))
+        .filter(|(_, v)| v.healthy)
+        .max_by_key(|(id, v)| (v.offset, std::cmp::Reverse(*id)))
         .map(|(id, _)| id)
 }
 
@@ -757,22 +586,23 @@ mod tests {
     }
 
     #[test]
-    fn write_quorum_is_a_majority_in_sync_mode_and_a_backstop_in_async() {
-        use ReplicationMode::*;
-        // Sync: the master plus floor(voters/2) replicas are a majority of the voters.
-        for (voters, want) in [(1, 0), (2, 1), (3, 1), (4, 2), (5, 2), (7, 3)] {
-            let n = write_quorum(Sync, voters, voters);
-            assert_eq!(n, want, "{voters} voters");
-            assert!(
-                2 * (n as usize + 1) > voters,
-                "master + {n} replicas is a majority of {voters}"
-            );
-        }
-        // Async: one replica once there is a second Redis, none for a lone server.
-        assert_eq!(write_quorum(Async, 3, 3), 1);
-        assert_eq!(write_quorum(Async, 5, 2), 1);
-        assert_eq!(write_quorum(Async, 3, 1), 0);
-        assert_eq!(write_quorum(Async, 1, 1), 0);
+    fn the_most_advanced_healthy_service_wins() {
+        use crate::cluster::failover::ServiceView;
+        let v = |healthy, offset| ServiceView { healthy, offset };
+        let views = |list: &[(NodeId, ServiceView)]| list.iter().copied().collect::<BTreeMap<_, _>>();
+        assert_eq!(
+            most_advanced(views(&[(2, v(true, Some(10))), (3, v(true, Some(12)))])),
+            Some(3)
+        );
+        assert_eq!(
+            most_advanced(views(&[(2, v(true, Some(10))), (3, v(false, Some(12)))])),
+            Some(2)
+        );
+        assert_eq!(
+            most_advanced(views(&[(2, v(true, Some(10))), (3, v(true, Some(10)))])),
+            Some(2)
+        );
+        assert_eq!(most_advanced(views(&[(2, v(false, None))])), None);
     }
 
     #[test]
