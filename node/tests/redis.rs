@@ -2,8 +2,12 @@
 //! `redis-server`s: the primary's Redis is the master and the others replicate from it; a kill -9 of
 //! the whole primary node (its Redis dies with it) makes another node's Redis the master; the old
 //! node comes back as a replica; a killed `redis-server` alone is restarted and its node hands the
-//! primary role to a replica that has the data; a primary
-//! paused past its lease has its Redis refuse writes once it runs again.
+//! primary role to a replica that has the data. Fencing and consistency: a primary whose keel is
+//! paused has its Redis refuse writes once a new primary is elected (fenced directly, and by
+//! Redis's own `min-replicas-to-write` backstop), and it follows the new master once keel runs
+//! again; a master whose replicas stop acknowledging refuses writes by itself within the
+//! documented bound; what an isolated old master took alone is reported as lost when it rejoins;
+//! in sync mode every write acknowledged by `WAIT 1` survives a kill -9 of the primary node.
 //!
 //! Skipped with a message when redis-server is not installed, except in CI (`CI=true`), where that
 //! fails.
@@ -238,6 +242,8 @@ async fn redis_follows_the_primary_across_a_node_kill() {
         "keel_redis_role",
         "keel_redis_offset_bytes",
         "keel_redis_restarts_total",
+        "keel_redis_lost_bytes_total",
+        "keel_redis_lost_events_total",
     ] {
         assert!(docs.contains(&format!("| `{family}` |")), "{family} is not documented");
         assert!(pm.contains(&format!("# TYPE {family} ")), "{family} missing:\n{pm}");

@@ -39,6 +39,7 @@ pub use fence::{fence_member, fence_others, fresh_service_views, write_quorum, L
 pub use fence::{FENCE_OTHERS_TIMEOUT, PEER_INFO_TIMEOUT};
 
 use crate::cluster::admin::{self, AdminOp};
+use crate::cluster::ClusterError;
 use crate::config::Config;
 use crate::state::Node;
 
@@ -351,8 +352,11 @@ pub async fn duty_task(node: Arc<Node>) {
                     // followed it would resync to that: hand over to a replica that has the data.
                     // Only when no switchover is possible (no other candidate) does it take writes.
                     gave_up = Some(epoch);
-                    if !give_up(&node, &s, epoch).await {
-                        alone = true;
+                    match give_up(&node, &s, epoch).await {
+                        Handover::Accepted => {}
+                        Handover::NoCandidate => alone = true,
+                        // Try again next tick; the restarted Redis stays fenced meanwhile.
+                        Handover::Failed => gave_up = None,
                     }
                     false
                 } else if gave_up == Some(epoch) && !alone {
@@ -361,7 +365,11 @@ pub async fn duty_task(node: Arc<Node>) {
                     let since = *down_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= GIVE_UP_AFTER && gave_up != Some(epoch) {
                         gave_up = Some(epoch);
-                        alone = !give_up(&node, &s, epoch).await;
+                        match give_up(&node, &s, epoch).await {
+                            Handover::Accepted => {}
+                            Handover::NoCandidate => alone = true,
+                            Handover::Failed => gave_up = None,
+                        }
                     }
                     false
                 } else {
@@ -481,17 +489,32 @@ async fn follow(node: &Node, s: &ManagedRedis, h: &ServiceHealth) -> bool {
     }
 }
 
-/// The lease holder's Redis is down: stop taking writes and hand the primary role to the member whose
-/// Redis is healthy and most advanced (a planned switchover, run by the coordinator).
-/// Returns whether the switchover was accepted.
-async fn give_up(node: &Node, s: &ManagedRedis, epoch: u64) -> bool {
+/// How a hand-over of the primary role went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handover {
+    Accepted,
+    /// No other member can take the role: this node keeps it and takes writes again.
+    NoCandidate,
+    /// Anything else (the coordinator did not answer in time, saw the target unreachable, ...):
+    /// try again rather than take writes on a Redis that lost data.
+    Failed,
+}
+
+/// The lease holder's Redis is down or was restarted: stop taking writes and hand the primary role
+/// to the member whose Redis is healthy and most advanced (a planned switchover, run by the
+/// coordinator).
+async fn give_up(node: &Node, s: &ManagedRedis, epoch: u64) -> Handover {
     let to = healthy_peer(node, s).await;
     warn!(epoch, to = ?to, "this node's redis died or does not answer: giving up the primary role");
     match admin::submit(node, AdminOp::Switchover { to }, Duration::from_secs(3)).await {
-        Ok(_) => true,
+        Ok(_) => Handover::Accepted,
         Err(e) => {
             warn!(error = %e, "switchover away from a primary whose redis died");
-            false
+            match &e {
+                ClusterError::NoCandidate => Handover::NoCandidate,
+                ClusterError::Remote(r) if r.code == "no_candidate" => Handover::NoCandidate,
+                _ => Handover::Failed,
+            }
         }
     }
 }
