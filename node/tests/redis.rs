@@ -465,6 +465,10 @@ async fn a_master_whose_replicas_stop_acknowledging_refuses_writes_by_itself() {
         )
         .await;
     eprintln!("master refused writes {refusal:?} after its replicas stopped acknowledging");
+    // A master short of acknowledging replicas is reported fenced, and never named as the master.
+    wait_service_role(&c, p, "fenced").await;
+    let r = c.http.get(format!("{}/primary", c.node(p).url())).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
     for pid in &pids {
         signal(*pid, "-CONT");
     }

@@ -28,7 +28,8 @@ pub enum ServiceRole {
     Replica,
     /// Not running, or not answering.
     Down,
-    /// A master that Keel told to refuse writes (its lease lapsed, or it is not the primary).
+    /// A master that refuses writes: Keel fenced it (its lease lapsed, or it is not the primary), or
+    /// fewer replicas acknowledge it than its `min-replicas-to-write` asks for.
     Fenced,
 }
 
@@ -141,6 +142,9 @@ pub struct ReplicationInfo {
     /// The first offset of `master_replid` that is not shared with `master_replid2`: the history is
     /// common up to `second_repl_offset - 1` (`-1` when there is no second id).
     pub second_repl_offset: Option<u64>,
+    /// On a master with `min-replicas-to-write` set: the replicas that count towards it now
+    /// (online, acknowledged within `min-replicas-max-lag`).
+    pub good_replicas: Option<u64>,
 }
 
 impl ReplicationInfo {
@@ -165,6 +169,7 @@ impl ReplicationInfo {
                 "master_replid2" => r.master_replid2 = Some(v.to_string()),
                 // -1 without a second id.
                 "second_repl_offset" => r.second_repl_offset = v.parse().ok(),
+                "min_slaves_good_slaves" => r.good_replicas = v.parse().ok(),
                 _ => {}
             }
         }
@@ -240,7 +245,7 @@ pub fn lost_on_demotion(old: &ReplicationInfo, new: &ReplicationInfo) -> Loss {
 mod tests {
     use super::*;
 
-    const MASTER: &str = "# Replication\r\nrole:master\r\nconnected_slaves:2\r\nslave0:ip=127.0.0.1,port=6381,state=online,offset=1234,lag=0\r\nmaster_failover_state:no-failover\r\nmaster_replid:8c1f\r\nmaster_replid2:77aa\r\nmaster_repl_offset:1234\r\nsecond_repl_offset:1001\r\n";
+    const MASTER: &str = "# Replication\r\nrole:master\r\nconnected_slaves:2\r\nslave0:ip=127.0.0.1,port=6381,state=online,offset=1234,lag=0\r\nmaster_failover_state:no-failover\r\nmaster_replid:8c1f\r\nmaster_replid2:77aa\r\nmaster_repl_offset:1234\r\nsecond_repl_offset:1001\r\nmin_slaves_good_slaves:2\r\n";
     const REPLICA: &str = "# Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\nmaster_port:6380\r\nmaster_link_status:up\r\nmaster_last_io_seconds_ago:1\r\nmaster_sync_in_progress:0\r\nslave_read_repl_offset:1200\r\nslave_repl_offset:1200\r\nconnected_slaves:0\r\nmaster_repl_offset:1200\r\n";
 
     #[test]
@@ -253,6 +258,7 @@ mod tests {
         assert_eq!(i.master_replid.as_deref(), Some("8c1f"));
         assert_eq!(i.master_replid2.as_deref(), Some("77aa"));
         assert_eq!(i.second_repl_offset, Some(1001));
+        assert_eq!(i.good_replicas, Some(2));
     }
 
     #[test]

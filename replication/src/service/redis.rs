@@ -258,7 +258,9 @@ impl ManagedService for RedisService {
                 h.following = i.following();
                 h.link_up = i.master_link_up;
                 h.role = if i.is_master() {
-                    if self.fenced.load(Ordering::SeqCst) {
+                    // Unfenced but short of acknowledging replicas: it refuses writes all the same.
+                    let short = i.good_replicas.is_some_and(|g| g < u64::from(self.write_quorum()));
+                    if self.fenced.load(Ordering::SeqCst) || short {
                         ServiceRole::Fenced
                     } else {
                         ServiceRole::Master

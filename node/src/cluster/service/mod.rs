@@ -459,10 +459,10 @@ async fn lead(node: &Node, s: &ManagedRedis, h: &ServiceHealth) -> bool {
 /// Returns whether it changed anything that succeeded.
 async fn follow(node: &Node, s: &ManagedRedis, h: &ServiceHealth) -> bool {
     let mut acted = false;
-    if h.role == ServiceRole::Master || (h.role == ServiceRole::Down && !s.redis.is_fenced()) {
+    if h.role != ServiceRole::Replica && !s.redis.is_fenced() {
         match s.redis.fence().await {
             Ok(()) => {
-                acted = h.role == ServiceRole::Master;
+                acted = h.role != ServiceRole::Down;
                 info!(addr = %s.advertise_addr, "redis fenced: not the lease holder")
             }
             Err(e) => warn!(error = %e, "fence redis"),
