@@ -235,9 +235,20 @@ fn datastore_series(out: &mut Exposition, node: &Node) {
 /// Git Sync, when it is configured.
 /// The managed Redis (`--redis-port`), from the duty loop's latest sample.
 fn redis_series(out: &mut Exposition, node: &Node) {
-    let Some(h) = crate::cluster::service::status(node) else {
+    let Some(status) = crate::cluster::service::status(node) else {
         return;
     };
+    let h = status.health;
+    out.counter(
+        "keel_redis_lost_bytes_total",
+        "Bytes of the replication stream this node's Redis had as master that the new master did not, dropped when it was demoted.",
+        status.lost.bytes as f64,
+    );
+    out.counter(
+        "keel_redis_lost_events_total",
+        "Demotions of this node's Redis that lost data (bytes known or not).",
+        status.lost.events as f64,
+    );
     let role = serde_json::to_value(h.role).unwrap_or_default();
     let samples: Vec<(String, f64)> = ["master", "replica", "fenced", "down"]
         .iter()

@@ -2,8 +2,12 @@
 //! `redis-server`s: the primary's Redis is the master and the others replicate from it; a kill -9 of
 //! the whole primary node (its Redis dies with it) makes another node's Redis the master; the old
 //! node comes back as a replica; a killed `redis-server` alone is restarted and its node hands the
-//! primary role to a replica that has the data; a primary
-//! paused past its lease has its Redis refuse writes once it runs again.
+//! primary role to a replica that has the data. Fencing and consistency: a primary whose keel is
+//! paused has its Redis refuse writes once a new primary is elected (fenced directly, and by
+//! Redis's own `min-replicas-to-write` backstop), and it follows the new master once keel runs
+//! again; a master whose replicas stop acknowledging refuses writes by itself within the
+//! documented bound; what an isolated old master took alone is reported as lost when it rejoins;
+//! in sync mode every write acknowledged by `WAIT 1` survives a kill -9 of the primary node.
 //!
 //! Skipped with a message when redis-server is not installed, except in CI (`CI=true`), where that
 //! fails.
@@ -34,7 +38,12 @@ fn have_redis() -> bool {
 
 /// Three nodes, each with its own Redis port on the cluster's IP, started.
 fn cluster() -> (Cluster, Vec<String>) {
-    let mut c = Cluster::new(3, &[]);
+    cluster_with(&[])
+}
+
+/// [`cluster`] with `common` flags on every node.
+fn cluster_with(common: &[&str]) -> (Cluster, Vec<String>) {
+    let mut c = Cluster::new(3, common);
     let mut addrs = Vec::new();
     for n in c.nodes.iter_mut() {
         let port = free_port(&n.api.ip().to_string());
@@ -87,6 +96,49 @@ async fn wait_set(c: &Cluster, addr: &str, key: &str, value: &str) {
         cmd(addr, &["SET", key, value]).await.ok().map(|_| ())
     })
     .await
+}
+
+/// Commands sent in order on one connection (WAIT counts the replicas that acknowledged this
+/// connection's last write), every reply read back, within `CALL` per reply.
+async fn pipeline(addr: &str, cmds: &[&[&str]]) -> Result<Vec<Reply>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let run = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        for c in cmds {
+            s.write_all(&resp::encode(c)).await.map_err(|e| e.to_string())?;
+        }
+        let (mut buf, mut out, mut chunk) = (Vec::new(), Vec::new(), [0u8; 4096]);
+        while out.len() < cmds.len() {
+            if let Some((r, used)) = resp::parse(&buf).map_err(|e| e.to_string())? {
+                buf.drain(..used);
+                out.push(r);
+                continue;
+            }
+            let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("connection closed".to_string());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Ok(out)
+    };
+    tokio::time::timeout(CALL * cmds.len() as u32, run)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
+
+/// `SIGSTOP`/`SIGCONT` (or another signal) to a process.
+fn signal(pid: u32, sig: &str) {
+    assert!(std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// The old master's refusal of a write: an error naming the missing replicas or a read-only replica.
+fn refused(r: &Result<Reply, String>) -> bool {
+    matches!(r, Err(e) if e.contains("NOREPLICAS") || e.contains("READONLY"))
 }
 
 async fn service(c: &Cluster, id: u64) -> Option<Value> {
@@ -190,6 +242,8 @@ async fn redis_follows_the_primary_across_a_node_kill() {
         "keel_redis_role",
         "keel_redis_offset_bytes",
         "keel_redis_restarts_total",
+        "keel_redis_lost_bytes_total",
+        "keel_redis_lost_events_total",
     ] {
         assert!(docs.contains(&format!("| `{family}` |")), "{family} is not documented");
         assert!(pm.contains(&format!("# TYPE {family} ")), "{family} missing:\n{pm}");
@@ -307,8 +361,13 @@ async fn a_killed_redis_server_is_restarted_or_replaced() {
     );
 }
 
+/// The bound on writes an isolated old master acknowledges (docs/operations.md): it is fenced
+/// directly by the coordinator and the new primary when they reach it, and otherwise refuses by
+/// itself `min-replicas-max-lag` (2 s) + 2 s after its replicas stopped acknowledging.
+const ISOLATED_MASTER_BOUND: Duration = Duration::from_secs(4);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_primary_past_its_lease_has_its_redis_refuse_writes() {
+async fn a_primary_whose_keel_is_paused_has_its_redis_refuse_writes() {
     if !have_redis() {
         return;
     }
@@ -316,30 +375,214 @@ async fn a_primary_past_its_lease_has_its_redis_refuse_writes() {
     let p = c.wait_primary(&[], T).await;
     let master = addr(&addrs, p).to_string();
     wait_set(&c, &master, "k1", "v1").await;
-    let pid = c.node(p).child.as_ref().unwrap().id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap()
-        .success());
-    // Another node becomes primary meanwhile, and its Redis takes writes.
+    // The unfenced master of a 3-node async cluster needs one replica (the Redis-side backstop).
+    c.wait_for(T, "min-replicas-to-write 1 on the master", || async {
+        let r = cmd(&master, &["CONFIG", "GET", "min-replicas-to-write"]).await.ok()?;
+        (r == Reply::Array(Some(vec![
+            Reply::Bulk(Some(b"min-replicas-to-write".to_vec())),
+            Reply::Bulk(Some(b"1".to_vec())),
+        ])))
+        .then_some(())
+    })
+    .await;
+    for o in (1..=3).filter(|i| *i != p) {
+        wait_replicates(&c, addr(&addrs, o), &master, "k1", "v1").await;
+    }
+    let pid = c.node(p).child.as_ref().unwrap().id();
+    // Pause keel alone: its redis-server keeps running as an unfenced master.
+    signal(pid, "-STOP");
+    assert!(
+        cmd(&master, &["SET", "during-pause", "x"]).await.is_ok(),
+        "the paused node's Redis still takes writes before a failover"
+    );
     let q = c.wait_primary(&[p], T).await;
-    wait_set(&c, addr(&addrs, q), "k2", "v2").await;
-    assert!(std::process::Command::new("kill")
-        .args(["-CONT", &pid])
-        .status()
-        .unwrap()
-        .success());
-    // Once keel runs again, its Redis refuses writes (fenced, then a replica of the new master).
+    let elected = std::time::Instant::now();
+    // With keel still paused, the old master refuses writes within the bound.
     c.wait_for(
-        Duration::from_secs(5),
-        "the old primary's redis to refuse writes",
-        || async { cmd(&master, &["SET", "late", "x"]).await.is_err().then_some(()) },
+        ISOLATED_MASTER_BOUND,
+        "the paused primary's redis to refuse writes",
+        || async { refused(&cmd(&master, &["SET", "late", "x"]).await).then_some(()) },
     )
     .await;
-    wait_replicates(&c, &master, addr(&addrs, q), "k2", "v2").await;
+    eprintln!(
+        "old master refused writes {:?} after the new primary was seen",
+        elected.elapsed()
+    );
+    // The backstop alone: undo the direct fence, as if it had not reached the old master. Its
+    // replicas now follow the new master, so it has none and still refuses.
+    cmd(&master, &["CONFIG", "SET", "min-replicas-to-write", "1"])
+        .await
+        .unwrap();
+    c.wait_for(
+        ISOLATED_MASTER_BOUND,
+        "the backstop to refuse writes on the old master",
+        || async { refused(&cmd(&master, &["SET", "late", "x"]).await).then_some(()) },
+    )
+    .await;
+    let new_master = addr(&addrs, q).to_string();
+    wait_set(&c, &new_master, "k2", "v2").await;
+    signal(pid, "-CONT");
+    // Once keel runs again its Redis follows the new master.
+    wait_replicates(&c, &master, &new_master, "k2", "v2").await;
     assert_ne!(get(&master, "late").await.as_deref(), Some("x"));
     wait_service_role(&c, p, "replica").await;
+    assert!(cmd(&master, &["SET", "late", "x"]).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_whose_replicas_stop_acknowledging_refuses_writes_by_itself() {
+    if !have_redis() {
+        return;
+    }
+    let (c, addrs) = cluster();
+    let p = c.wait_primary(&[], T).await;
+    let master = addr(&addrs, p).to_string();
+    wait_set(&c, &master, "k1", "v1").await;
+    let others: Vec<u64> = (1..=3).filter(|i| *i != p).collect();
+    for o in &others {
+        wait_replicates(&c, addr(&addrs, *o), &master, "k1", "v1").await;
+    }
+    // Freeze both replicas' redis-servers: their connections stay open but they stop
+    // acknowledging, as when the master is cut off from them. Keel's lease is unaffected, so only
+    // Redis's own backstop (min-replicas-to-write 1, min-replicas-max-lag 2) can refuse.
+    let pids: Vec<u32> = others
+        .iter()
+        .map(|o| redis_pid(addr(&addrs, *o)).expect("replica's redis-server"))
+        .collect();
+    for pid in &pids {
+        signal(*pid, "-STOP");
+    }
+    let frozen = std::time::Instant::now();
+    // The documented bound, plus 1 s for this test's own scheduling on a loaded machine.
+    let refusal = c
+        .wait_for(
+            ISOLATED_MASTER_BOUND + Duration::from_secs(1),
+            "the master to refuse writes without acknowledging replicas",
+            || async {
+                let r = cmd(&master, &["SET", "k2", "v2"]).await;
+                matches!(&r, Err(e) if e.contains("NOREPLICAS")).then(|| frozen.elapsed())
+            },
+        )
+        .await;
+    eprintln!("master refused writes {refusal:?} after its replicas stopped acknowledging");
+    // A master short of acknowledging replicas is reported fenced, and never named as the master.
+    wait_service_role(&c, p, "fenced").await;
+    let r = c.http.get(format!("{}/primary", c.node(p).url())).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    for pid in &pids {
+        signal(*pid, "-CONT");
+    }
+    // Replicas acknowledge again: writes resume without a failover.
+    wait_set(&c, &master, "k3", "v3").await;
+    assert_eq!(c.wait_primary(&[], T).await, p);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_old_masters_writes_are_counted_as_lost() {
+    if !have_redis() {
+        return;
+    }
+    let (c, addrs) = cluster();
+    let p = c.wait_primary(&[], T).await;
+    let master = addr(&addrs, p).to_string();
+    wait_set(&c, &master, "k1", "v1").await;
+    for o in (1..=3).filter(|i| *i != p) {
+        wait_replicates(&c, addr(&addrs, o), &master, "k1", "v1").await;
+    }
+    let pid = c.node(p).child.as_ref().unwrap().id();
+    signal(pid, "-STOP");
+    let q = c.wait_primary(&[p], T).await;
+    let new_master = addr(&addrs, q).to_string();
+    wait_set(&c, &new_master, "k2", "v2").await;
+    // Both fences hold now (direct fence, no replicas left). Bypass them by hand, as if the old
+    // master had been cut off where no fence reached it and the backstop had not bitten yet, and
+    // write to it: these writes exist only there.
+    cmd(&master, &["CONFIG", "SET", "min-replicas-to-write", "0"])
+        .await
+        .unwrap();
+    for i in 0..10 {
+        cmd(&master, &["SET", &format!("lost{i}"), "on the old master only"])
+            .await
+            .unwrap();
+    }
+    signal(pid, "-CONT");
+    wait_replicates(&c, &master, &new_master, "k2", "v2").await;
+    assert_eq!(
+        get(&master, "lost0").await,
+        None,
+        "the resync dropped the old master's writes"
+    );
+    // Counted, never silently: status, metrics and the log.
+    let lost = c
+        .wait_for(T, "the old node's status to report the loss", || async {
+            let s = service(&c, p).await?;
+            (s["lost"]["events"].as_u64()? >= 1).then_some(s["lost"].clone())
+        })
+        .await;
+    let bytes = lost["bytes"].as_u64().unwrap();
+    assert!(bytes > 0, "{lost}");
+    assert_eq!(lost["last"]["loss"]["kind"], "bytes", "{lost}");
+    assert_eq!(lost["last"]["master"], new_master.as_str(), "{lost}");
+    let metrics = c
+        .http
+        .get(format!("{}/metrics", c.node(p).url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!("keel_redis_lost_bytes_total {bytes}")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("keel_redis_lost_events_total 1"), "{metrics}");
+    assert!(c
+        .log(p)
+        .contains("bytes of its replication stream are not on the new master"));
+    // The new master's side lost nothing.
+    let s = service(&c, q).await.unwrap();
+    assert_eq!(s["lost"]["events"], 0, "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_mode_writes_acknowledged_by_wait_survive_a_primary_kill() {
+    if !have_redis() {
+        return;
+    }
+    let (mut c, addrs) = cluster_with(&["--replication-mode", "sync"]);
+    let p = c.wait_primary(&[], T).await;
+    let master = addr(&addrs, p).to_string();
+    // floor(3 voters / 2) = 1 replica, so master + replica are a majority.
+    c.wait_for(T, "min-replicas-to-write 1 on the sync-mode master", || async {
+        let r = cmd(&master, &["CONFIG", "GET", "min-replicas-to-write"]).await.ok()?;
+        matches!(&r, Reply::Array(Some(v)) if v.get(1) == Some(&Reply::Bulk(Some(b"1".to_vec())))).then_some(())
+    })
+    .await;
+    wait_set(&c, &master, "k0", "v").await;
+    // Write and WAIT 1 until the kill; keep what was acknowledged by a replica.
+    let mut acked = Vec::new();
+    for i in 0..200 {
+        let key = format!("w{i}");
+        let r = pipeline(&master, &[&["SET", &key, "v"], &["WAIT", "1", "500"]])
+            .await
+            .unwrap();
+        if r[0] == Reply::Simple("OK".into()) && matches!(r[1], Reply::Integer(n) if n >= 1) {
+            acked.push(key);
+        }
+    }
+    assert!(acked.len() >= 100, "most writes acknowledged: {}", acked.len());
+    c.kill(p);
+    let q = c.wait_primary(&[p], T).await;
+    let new_master = addr(&addrs, q).to_string();
+    wait_set(&c, &new_master, "after", "v").await;
+    let mut missing = Vec::new();
+    for k in &acked {
+        if get(&new_master, k).await.is_none() {
+            missing.push(k.clone());
+        }
+    }
+    assert!(missing.is_empty(), "acknowledged by WAIT 1 but lost: {missing:?}");
 }
 
 /// `SENTINEL get-master-addr-by-name keel` at `sentinel`, as `host:port`.

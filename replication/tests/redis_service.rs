@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel_replication::service::redis::{RedisConfig, RedisService};
+use keel_replication::service::redis::{self, RedisConfig, RedisService, FENCE_REPLICAS};
 use keel_replication::service::resp::{self, Reply};
 use keel_replication::service::{ManagedService, ServiceRole};
 use tokio_util::sync::CancellationToken;
@@ -95,10 +95,26 @@ async fn fence_follow_promote_and_restart() {
 
     // Fence a at once; promote b.
     a.fence().await.unwrap();
+    let a_info = a.info().await.unwrap();
     assert!(set(&a.addr(), "k", "2").await.is_err());
     b.promote().await.unwrap();
     b.unfence().await.unwrap();
     set(&b.addr(), "k", "3").await.unwrap();
+    assert_eq!(b.min_replicas_to_write().await.unwrap(), 0);
+    // The backstop: with a write quorum of 1, a master without a replica refuses writes by itself.
+    b.set_write_quorum(1);
+    b.unfence().await.unwrap();
+    assert_eq!(b.min_replicas_to_write().await.unwrap(), 1);
+    let e = set(&b.addr(), "k", "4").await.unwrap_err().to_string();
+    assert!(e.contains("NOREPLICAS"), "{e}");
+    // Another node fences it directly, and reads its history.
+    redis::fence_at(&b.addr(), Duration::from_secs(1)).await.unwrap();
+    assert_eq!(b.min_replicas_to_write().await.unwrap(), FENCE_REPLICAS);
+    let i = redis::info_at(&b.addr(), Duration::from_secs(1)).await.unwrap();
+    assert!(i.is_master());
+    // b was promoted from a's history: Redis keeps a's id as the second one.
+    assert_eq!(i.master_replid2, a_info.master_replid, "{i:?}");
+    assert!(i.second_repl_offset.is_some(), "{i:?}");
 
     // Kill a's server: the supervisor restarts it, counts it, and it comes back fenced. redis-server
     // rewrites its process title to `redis-server host:port`.

@@ -180,6 +180,30 @@ pub fn decide(v: &ClusterView) -> Decision {
     }
 }
 
+/// The candidates whose managed service should be asked again at decision time: every voter but
+/// the current primary.
+pub fn recheck_ids(v: &ClusterView) -> Vec<NodeId> {
+    let old = v.primary.map(|p| p.node);
+    v.members
+        .iter()
+        .filter(|m| m.voter && Some(m.id) != old)
+        .map(|m| m.id)
+        .collect()
+}
+
+/// `v` with the managed-service views sampled just now (`fresh`, from asking each candidate's
+/// service directly) in place of the directory's, which may be up to half a second old: a replica
+/// that acknowledged the last writes (`WAIT`) then ranks above one that did not. A member missing
+/// from `fresh` keeps what it had.
+pub fn with_fresh_services(mut v: ClusterView, fresh: &std::collections::BTreeMap<NodeId, ServiceView>) -> ClusterView {
+    for m in v.members.iter_mut() {
+        if let Some(f) = fresh.get(&m.id) {
+            m.service = Some(*f);
+        }
+    }
+    v
+}
+
 /// Rank candidates: a managed service that is down disqualifies; then the most advanced managed-service
 /// offset (the data clients wrote), then the most advanced position, then priority, then the coordinator itself (the
 /// fast path: a primary that is also the Raft leader renews its lease locally), then lowest id.
@@ -330,6 +354,57 @@ mod tests {
     }
     fn blocked(needle: &'static str) -> impl Fn(&Decision) -> bool {
         move |d| matches!(d, Decision::Blocked { reason } if reason.contains(needle))
+    }
+
+    #[test]
+    fn fresh_service_offsets_decide_the_ranking() {
+        let svc = |healthy, offset| {
+            Some(ServiceView {
+                healthy,
+                offset: Some(offset),
+            })
+        };
+        let mut v = view();
+        v.last_renewal_ms = Some(8_000);
+        // The directory (half a second old) says 2 and 3 are level; 2 wins as the coordinator.
+        v.members[1].service = svc(true, 100);
+        v.members[2].service = svc(true, 100);
+        assert!(promote(2)(&decide(&v)));
+        assert_eq!(recheck_ids(&v), vec![2, 3]);
+        // Asked just now: 3 has the write 2 never acknowledged.
+        let fresh = [
+            (
+                2,
+                ServiceView {
+                    healthy: true,
+                    offset: Some(100),
+                },
+            ),
+            (
+                3,
+                ServiceView {
+                    healthy: true,
+                    offset: Some(180),
+                },
+            ),
+        ]
+        .into_iter()
+        .collect();
+        assert!(promote(3)(&decide(&with_fresh_services(v.clone(), &fresh))));
+        // 3's service did not answer just now: skipped, even though the directory had it ahead.
+        v.members[2].service = svc(true, 500);
+        let fresh = [(
+            3,
+            ServiceView {
+                healthy: false,
+                offset: None,
+            },
+        )]
+        .into_iter()
+        .collect();
+        assert!(promote(2)(&decide(&with_fresh_services(v.clone(), &fresh))));
+        // A member missing from the fresh answers keeps its directory view.
+        assert!(promote(3)(&decide(&with_fresh_services(v, &Default::default()))));
     }
 
     #[test]

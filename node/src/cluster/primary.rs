@@ -251,7 +251,11 @@ pub async fn controller_task(node: Arc<Node>) {
             members,
             last_auto_failover_ms: c.last_auto_failover.map(|t| ms_since(origin, t)),
         };
-        match failover::decide(&view) {
+        let mut decision = failover::decide(&view);
+        if matches!(decision, Decision::Promote { .. }) && node.service.is_some() {
+            decision = decide_with_fresh_services(&node, view).await;
+        }
+        match decision {
             Decision::Healthy => {
                 let mut c = node.coordinator.lock();
                 c.blocked = None;
@@ -288,6 +292,17 @@ pub async fn controller_task(node: Arc<Node>) {
             }
         }
     }
+}
+
+/// A promotion is due with managed Redis: stop the old primary's Redis (directly, a short bounded
+/// try: it is dead or its lease lapsed, so its own node would fence it too), then rank the candidates
+/// by their Redis offsets asked just now rather than by the directory's half-second-old samples.
+async fn decide_with_fresh_services(node: &Node, view: ClusterView) -> Decision {
+    if let Some(p) = view.primary {
+        crate::cluster::service::fence_member(node, p.node).await;
+    }
+    let fresh = crate::cluster::service::fresh_service_views(node, &failover::recheck_ids(&view)).await;
+    failover::decide(&failover::with_fresh_services(view, &fresh))
 }
 
 /// Commit `Promote`, fencing the new epoch's first lease behind the old one's end.

@@ -28,7 +28,8 @@ pub enum ServiceRole {
     Replica,
     /// Not running, or not answering.
     Down,
-    /// A master that Keel told to refuse writes (its lease lapsed, or it is not the primary).
+    /// A master that refuses writes: Keel fenced it (its lease lapsed, or it is not the primary), or
+    /// fewer replicas acknowledge it than its `min-replicas-to-write` asks for.
     Fenced,
 }
 
@@ -134,6 +135,16 @@ pub struct ReplicationInfo {
     pub master_link_up: bool,
     pub master_last_io_seconds_ago: Option<u64>,
     pub connected_slaves: u64,
+    /// The replication history this server's offsets belong to.
+    pub master_replid: Option<String>,
+    /// The history it continued from when it was promoted (Redis keeps one step of it).
+    pub master_replid2: Option<String>,
+    /// The first offset of `master_replid` that is not shared with `master_replid2`: the history is
+    /// common up to `second_repl_offset - 1` (`-1` when there is no second id).
+    pub second_repl_offset: Option<u64>,
+    /// On a master with `min-replicas-to-write` set: the replicas that count towards it now
+    /// (online, acknowledged within `min-replicas-max-lag`).
+    pub good_replicas: Option<u64>,
 }
 
 impl ReplicationInfo {
@@ -154,6 +165,11 @@ impl ReplicationInfo {
                 // -1 before the first contact.
                 "master_last_io_seconds_ago" => r.master_last_io_seconds_ago = v.parse().ok(),
                 "connected_slaves" => r.connected_slaves = v.parse().unwrap_or(0),
+                "master_replid" => r.master_replid = Some(v.to_string()),
+                "master_replid2" => r.master_replid2 = Some(v.to_string()),
+                // -1 without a second id.
+                "second_repl_offset" => r.second_repl_offset = v.parse().ok(),
+                "min_slaves_good_slaves" => r.good_replicas = v.parse().ok(),
                 _ => {}
             }
         }
@@ -182,11 +198,54 @@ impl ReplicationInfo {
     }
 }
 
+/// What a master that is demoted to a replica of `new` loses: bytes of its replication stream that
+/// `new` does not have (they are dropped by the resync). See [`lost_on_demotion`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "bytes")]
+pub enum Loss {
+    /// `new` has everything it had.
+    None,
+    /// This many bytes of its replication stream (commands, not a count of writes) are not in `new`.
+    Bytes(u64),
+    /// The two histories are not related in a way Redis records (the new master was not promoted
+    /// from this one's history, or more than one failover happened meanwhile): the loss cannot be
+    /// computed. Up to `offset` bytes.
+    Unknown(u64),
+}
+
+/// What a server at `old` (its `INFO replication`, taken once it was fenced, just before it follows
+/// `new`) loses by following `new` (the new master's `INFO replication`). Redis offsets count bytes
+/// of the replication stream; a promoted replica keeps its old history id as `master_replid2`, valid
+/// up to `second_repl_offset - 1`, so the old master's bytes past that point were never on the new
+/// master and are dropped by the resync.
+pub fn lost_on_demotion(old: &ReplicationInfo, new: &ReplicationInfo) -> Loss {
+    let offset = old.offset().unwrap_or(0);
+    if offset == 0 {
+        return Loss::None;
+    }
+    let Some(id) = old.master_replid.as_deref() else {
+        return Loss::Unknown(offset);
+    };
+    let have = if new.master_replid.as_deref() == Some(id) {
+        // Same history (no promotion since): the new master has what its own offset says.
+        new.offset()
+    } else if new.master_replid2.as_deref() == Some(id) {
+        new.second_repl_offset.map(|s| s.saturating_sub(1))
+    } else {
+        None
+    };
+    match have {
+        Some(h) if offset <= h => Loss::None,
+        Some(h) => Loss::Bytes(offset - h),
+        None => Loss::Unknown(offset),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const MASTER: &str = "# Replication\r\nrole:master\r\nconnected_slaves:2\r\nslave0:ip=127.0.0.1,port=6381,state=online,offset=1234,lag=0\r\nmaster_failover_state:no-failover\r\nmaster_replid:8c1f\r\nmaster_repl_offset:1234\r\n";
+    const MASTER: &str = "# Replication\r\nrole:master\r\nconnected_slaves:2\r\nslave0:ip=127.0.0.1,port=6381,state=online,offset=1234,lag=0\r\nmaster_failover_state:no-failover\r\nmaster_replid:8c1f\r\nmaster_replid2:77aa\r\nmaster_repl_offset:1234\r\nsecond_repl_offset:1001\r\nmin_slaves_good_slaves:2\r\n";
     const REPLICA: &str = "# Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\nmaster_port:6380\r\nmaster_link_status:up\r\nmaster_last_io_seconds_ago:1\r\nmaster_sync_in_progress:0\r\nslave_read_repl_offset:1200\r\nslave_repl_offset:1200\r\nconnected_slaves:0\r\nmaster_repl_offset:1200\r\n";
 
     #[test]
@@ -196,6 +255,10 @@ mod tests {
         assert_eq!(i.offset(), Some(1234));
         assert_eq!(i.connected_slaves, 2);
         assert_eq!(i.following(), None);
+        assert_eq!(i.master_replid.as_deref(), Some("8c1f"));
+        assert_eq!(i.master_replid2.as_deref(), Some("77aa"));
+        assert_eq!(i.second_repl_offset, Some(1001));
+        assert_eq!(i.good_replicas, Some(2));
     }
 
     #[test]
@@ -206,6 +269,45 @@ mod tests {
         assert_eq!(i.following().as_deref(), Some("127.0.0.1:6380"));
         assert!(i.master_link_up);
         assert_eq!(i.master_last_io_seconds_ago, Some(1));
+    }
+
+    fn at(replid: &str, offset: u64) -> ReplicationInfo {
+        ReplicationInfo {
+            role: "master".into(),
+            master_repl_offset: Some(offset),
+            master_replid: Some(replid.into()),
+            ..Default::default()
+        }
+    }
+
+    fn promoted(replid: &str, offset: u64, replid2: &str, second: u64) -> ReplicationInfo {
+        ReplicationInfo {
+            master_replid2: Some(replid2.into()),
+            second_repl_offset: Some(second),
+            ..at(replid, offset)
+        }
+    }
+
+    #[test]
+    fn loss_on_demotion_counts_the_bytes_past_the_shared_history() {
+        // The new master was promoted at offset 1000 (second_repl_offset 1001) from history A.
+        let new = promoted("B", 1500, "A", 1001);
+        assert_eq!(lost_on_demotion(&at("A", 1000), &new), Loss::None);
+        assert_eq!(lost_on_demotion(&at("A", 900), &new), Loss::None);
+        assert_eq!(lost_on_demotion(&at("A", 1234), &new), Loss::Bytes(234));
+        // Unrelated history: unknown, bounded by what it had.
+        assert_eq!(lost_on_demotion(&at("C", 50), &new), Loss::Unknown(50));
+        // An empty server loses nothing, whatever its id.
+        assert_eq!(lost_on_demotion(&at("C", 0), &new), Loss::None);
+        // Same history, no promotion in between: compared with the new master's own offset.
+        assert_eq!(lost_on_demotion(&at("B", 1600), &new), Loss::Bytes(100));
+        assert_eq!(lost_on_demotion(&at("B", 1400), &new), Loss::None);
+        // A new master without a second id (-1 does not parse) cannot vouch for history A.
+        let fresh = ReplicationInfo::parse(
+            "role:master\nmaster_replid:B\nmaster_replid2:0000\nsecond_repl_offset:-1\nmaster_repl_offset:10\n",
+        );
+        assert_eq!(fresh.second_repl_offset, None);
+        assert_eq!(lost_on_demotion(&at("A", 5), &fresh), Loss::Unknown(5));
     }
 
     #[test]

@@ -7,14 +7,20 @@
 //!   5 s, and the fence below).
 //! - Fence: `min-replicas-to-write` set to [`FENCE_REPLICAS`]: a master then answers every write
 //!   with `-NOREPLICAS` at once, and keeps serving reads. A server starts fenced, so it takes no
-//!   write before Keel has decided its role; unfence restores [`RedisConfig::min_replicas`].
+//!   write before Keel has decided its role; unfence sets the write quorum
+//!   ([`RedisService::set_write_quorum`], kept in step by the node).
+//! - Backstop: while unfenced, `min-replicas-to-write` is the write quorum (1 in async mode once
+//!   the cluster has two Redis servers, floor(voters/2) in sync mode) with
+//!   `min-replicas-max-lag` [`MAX_LAG_SECS`]: a master whose replicas stop acknowledging (they
+//!   follow a new master, or it is cut off from them) refuses writes by itself, even while Keel
+//!   is paused.
 //! - The child dies with Keel: it is spawned with `PR_SET_PDEATHSIG = SIGKILL` (Linux), so a
 //!   kill -9 of keel kills it too, and it is killed on shutdown. The death signal is tied to the
 //!   spawning *thread*: spawns happen on the runtime's worker threads, which live as long as the
 //!   runtime does.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +32,16 @@ use super::{ManagedService, ReplicationInfo, ServiceError, ServiceHealth, Servic
 
 /// `min-replicas-to-write` while fenced: more replicas than any cluster has (Redis takes 0..=i32::MAX).
 pub const FENCE_REPLICAS: u32 = i32::MAX as u32;
+
+/// `min-replicas-max-lag`: a replica counts towards the write quorum while its last
+/// acknowledgement (replicas send one every second) is at most this many whole seconds old. 2 and
+/// not 1: Redis measures the lag in whole seconds of its clock and refreshes the count once a
+/// second, so with 1 a replica that is on time but acknowledges just past a second boundary
+/// reads as 2 s behind and the master refuses writes for a second under ordinary scheduling jitter.
+/// The price is the bound: a master cut off from its replicas stops within
+/// [`MAX_LAG_SECS`] + 2 s of their last acknowledgement (+1 for the whole-second rounding, +1 for
+/// the once-a-second refresh).
+pub const MAX_LAG_SECS: u32 = 2;
 
 /// Timeout of each RESP call. The server is local; a busy one still answers PING in milliseconds.
 const CALL_TIMEOUT: Duration = Duration::from_millis(500);
@@ -48,7 +64,8 @@ pub struct RedisConfig {
     pub dir: PathBuf,
     /// The operator's extra settings (`--redis-conf`), included before Keel's own lines.
     pub include: Option<PathBuf>,
-    /// `min-replicas-to-write` while unfenced (0: async; sync mode raises it).
+    /// `min-replicas-to-write` while unfenced, until the node sets the write quorum
+    /// ([`RedisService::set_write_quorum`]).
     pub min_replicas: u32,
 }
 
@@ -69,7 +86,7 @@ impl RedisConfig {
         }
         s.push_str(&format!(
             "port {}\nbind {}\ndir {}\ndaemonize no\nreplica-read-only yes\nrepl-diskless-sync-delay 0\n\
-             min-replicas-to-write {FENCE_REPLICAS}\nmin-replicas-max-lag 10\n",
+             min-replicas-to-write {FENCE_REPLICAS}\nmin-replicas-max-lag {MAX_LAG_SECS}\n",
             self.port,
             self.host,
             quote(&self.dir.display().to_string()),
@@ -91,12 +108,15 @@ pub struct RedisService {
     fenced: AtomicBool,
     /// Is the child process running right now?
     running: AtomicBool,
+    /// `min-replicas-to-write` while unfenced.
+    write_quorum: AtomicU32,
     last_error: Mutex<Option<String>>,
 }
 
 impl RedisService {
     pub fn new(config: RedisConfig) -> RedisService {
         RedisService {
+            write_quorum: AtomicU32::new(config.min_replicas),
             config,
             restarts: AtomicU64::new(0),
             fenced: AtomicBool::new(true),
@@ -238,7 +258,9 @@ impl ManagedService for RedisService {
                 h.following = i.following();
                 h.link_up = i.master_link_up;
                 h.role = if i.is_master() {
-                    if self.fenced.load(Ordering::SeqCst) {
+                    // Unfenced but short of acknowledging replicas: it refuses writes all the same.
+                    let short = i.good_replicas.is_some_and(|g| g < u64::from(self.write_quorum()));
+                    if self.fenced.load(Ordering::SeqCst) || short {
                         ServiceRole::Fenced
                     } else {
                         ServiceRole::Master
@@ -289,7 +311,7 @@ impl ManagedService for RedisService {
     }
 
     async fn unfence(&self) -> Result<(), ServiceError> {
-        let n = self.config.min_replicas.to_string();
+        let n = self.write_quorum().to_string();
         self.call(&["CONFIG", "SET", "min-replicas-to-write", &n]).await?;
         self.fenced.store(false, Ordering::SeqCst);
         Ok(())
@@ -307,10 +329,50 @@ impl RedisService {
         self.fenced.load(Ordering::SeqCst)
     }
 
+    /// The `min-replicas-to-write` to use while unfenced (applied by the next unfence).
+    pub fn set_write_quorum(&self, n: u32) {
+        self.write_quorum.store(n, Ordering::SeqCst);
+    }
+
+    pub fn write_quorum(&self) -> u32 {
+        self.write_quorum.load(Ordering::SeqCst)
+    }
+
+    /// The server's `min-replicas-to-write` right now (another node may have fenced it directly).
+    pub async fn min_replicas_to_write(&self) -> Result<u32, ServiceError> {
+        let r = self.call(&["CONFIG", "GET", "min-replicas-to-write"]).await?;
+        let value = match &r {
+            Reply::Array(Some(items)) => items.get(1).and_then(Reply::text),
+            _ => None,
+        };
+        value
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| ServiceError::Protocol(format!("CONFIG GET answered {r:?}")))
+    }
+
     /// Clear the last error once the server answers again.
     pub fn clear_error(&self) {
         self.set_error(None);
     }
+}
+
+/// `INFO replication` of the Redis at `addr` (another node's), within `timeout`.
+pub async fn info_at(addr: &str, timeout: Duration) -> Result<ReplicationInfo, ServiceError> {
+    let r = resp::call(addr, &["INFO", "replication"], timeout).await?;
+    let text = r
+        .text()
+        .ok_or_else(|| ServiceError::Protocol(format!("INFO answered {r:?}")))?;
+    Ok(ReplicationInfo::parse(&text))
+}
+
+/// Fence the Redis at `addr` (another node's) directly, within `timeout`: a master there refuses
+/// writes from now on (a replica is unaffected: `min-replicas-to-write` only applies to masters).
+/// Its own node restores its setting when it holds the lease.
+pub async fn fence_at(addr: &str, timeout: Duration) -> Result<(), ServiceError> {
+    let n = FENCE_REPLICAS.to_string();
+    resp::call(addr, &["CONFIG", "SET", "min-replicas-to-write", &n], timeout)
+        .await
+        .map(|_| ())
 }
 
 #[cfg(test)]
@@ -333,6 +395,7 @@ mod tests {
         assert!(inc < port, "keel's lines must come after the include so they win:\n{s}");
         assert!(s.contains("repl-diskless-sync-delay 0"));
         assert!(s.contains(&format!("min-replicas-to-write {FENCE_REPLICAS}")));
+        assert!(s.contains(&format!("min-replicas-max-lag {MAX_LAG_SECS}")));
         assert_eq!(c.addr(), "127.0.0.1:7301");
     }
 

@@ -15,6 +15,10 @@
 //!   a mixed-version cluster decodes everything as before; a member of an older release simply has
 //!   no Redis address.
 //!
+//! [`fence`]: the write quorum (`min-replicas-to-write`, the Redis-side backstop), fencing other
+//! members' Redis directly, fresh offsets for failover ranking, catching up with a fenced old master
+//! before promotion, and the count of what a demoted old master loses.
+//!
 //! For the Sentinel listener: [`service_addrs`] (every member's Redis address) and [`master_addr`]
 //! (the one to name as master, only while it is the unfenced master of the lease-holding primary).
 
@@ -24,11 +28,18 @@ use std::time::{Duration, Instant};
 
 use keel_raft::NodeId;
 use keel_replication::service::redis::{RedisConfig, RedisService};
-use keel_replication::service::{ManagedService, ServiceHealth, ServiceRole};
+use keel_replication::service::{Loss, ManagedService, ServiceHealth, ServiceRole};
 use serde::Serialize;
 use tracing::{info, warn};
 
+mod fence;
+
+use fence::{account_demotion, catch_up};
+pub use fence::{fence_member, fence_others, fresh_service_views, write_quorum, LostReport, LostWrites};
+pub use fence::{FENCE_OTHERS_TIMEOUT, PEER_INFO_TIMEOUT};
+
 use crate::cluster::admin::{self, AdminOp};
+use crate::cluster::ClusterError;
 use crate::config::Config;
 use crate::state::Node;
 
@@ -42,6 +53,13 @@ const DIRECTORY_INTERVAL: Duration = Duration::from_millis(500);
 const DIRECTORY_TIMEOUT: Duration = Duration::from_millis(400);
 /// A health sample older than this is not trusted by `/primary`.
 const SAMPLE_FRESH: Duration = Duration::from_secs(1);
+/// The `service` object of `/v1/status`: the latest sample and the lost writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceStatus {
+    #[serde(flatten)]
+    pub health: ServiceHealth,
+    pub lost: LostWrites,
+}
 
 /// What another member said about its Redis in its `/v1/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -64,6 +82,7 @@ pub struct ManagedRedis {
     pub advertise_addr: String,
     last: Mutex<Option<(Instant, ServiceHealth)>>,
     peers: Mutex<BTreeMap<NodeId, PeerService>>,
+    lost: Mutex<LostWrites>,
 }
 
 impl ManagedRedis {
@@ -87,6 +106,7 @@ impl ManagedRedis {
             advertise_addr: r.advertise_addr(&config.advertise_api_addr),
             last: Mutex::new(None),
             peers: Mutex::new(BTreeMap::new()),
+            lost: Mutex::new(LostWrites::default()),
         }))
     }
 
@@ -104,6 +124,27 @@ impl ManagedRedis {
 
     fn peers(&self) -> BTreeMap<NodeId, PeerService> {
         self.peers.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// What demotions of this node's Redis lost so far.
+    pub fn lost(&self) -> LostWrites {
+        self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn record_loss(&self, master: &str, offset: u64, loss: Loss) {
+        let mut l = self.lost.lock().unwrap_or_else(|e| e.into_inner());
+        match loss {
+            Loss::None => return,
+            Loss::Bytes(b) => l.bytes += b,
+            Loss::Unknown(_) => l.unknown += 1,
+        }
+        l.events += 1;
+        l.last = Some(LostReport {
+            at_ms: crate::util::unix_ms(),
+            master: master.to_string(),
+            offset,
+            loss,
+        });
     }
 }
 
@@ -254,16 +295,17 @@ pub fn master_ok(node: &Node) -> bool {
 }
 
 /// The `service` object of `/v1/status`; `None` without managed Redis.
-pub fn status(node: &Node) -> Option<ServiceHealth> {
+pub fn status(node: &Node) -> Option<ServiceStatus> {
     let s = node.service.as_ref()?;
-    Some(s.health().unwrap_or_else(|| {
+    let health = s.health().unwrap_or_else(|| {
         ServiceHealth::down(
             "redis",
             s.advertise_addr.clone(),
             Some("no recent health sample".into()),
             0,
         )
-    }))
+    });
+    Some(ServiceStatus { health, lost: s.lost() })
 }
 
 /// Run and restart this node's `redis-server` until shutdown (then stop it).
@@ -311,8 +353,11 @@ pub async fn duty_task(node: Arc<Node>) {
                     // followed it would resync to that: hand over to a replica that has the data.
                     // Only when no switchover is possible (no other candidate) does it take writes.
                     gave_up = Some(epoch);
-                    if !give_up(&node, &s, epoch).await {
-                        alone = true;
+                    match give_up(&node, &s, epoch).await {
+                        Handover::Accepted => {}
+                        Handover::NoCandidate => alone = true,
+                        // Try again next tick; the restarted Redis stays fenced meanwhile.
+                        Handover::Failed => gave_up = None,
                     }
                     false
                 } else if gave_up == Some(epoch) && !alone {
@@ -324,12 +369,16 @@ pub async fn duty_task(node: Arc<Node>) {
                     let died = !s.redis.is_running();
                     if (died || since.elapsed() >= GIVE_UP_AFTER) && gave_up != Some(epoch) {
                         gave_up = Some(epoch);
-                        alone = !give_up(&node, &s, epoch).await;
+                        match give_up(&node, &s, epoch).await {
+                            Handover::Accepted => {}
+                            Handover::NoCandidate => alone = true,
+                            Handover::Failed => gave_up = None,
+                        }
                     }
                     false
                 } else {
                     down_since = None;
-                    lead(&s, &h).await
+                    lead(&node, &s, &h).await
                 }
             }
             None => {
@@ -350,10 +399,32 @@ pub async fn duty_task(node: Arc<Node>) {
     }
 }
 
-/// The lease holder: its Redis must be the unfenced master. Returns whether it changed anything.
-async fn lead(s: &ManagedRedis, h: &ServiceHealth) -> bool {
+/// The write quorum this node's Redis should have as the unfenced master now.
+fn wanted_quorum(node: &Node) -> u32 {
+    let view = node.view();
+    // Every member runs a managed Redis (`--redis-port` on all nodes): count the members, not the
+    // addresses the directory learned so far, so a new cluster's first master does not take writes
+    // without a replica during its first half second.
+    let members = view.state.members.len().max(service_addrs(node).len());
+    write_quorum(view.state.config.replication_mode, node.voters().len(), members)
+}
+
+/// The lease holder: its Redis must be the unfenced master, with the write quorum of the moment.
+/// Returns whether it changed anything.
+async fn lead(node: &Node, s: &ManagedRedis, h: &ServiceHealth) -> bool {
     let mut acted = false;
+    let want = wanted_quorum(node);
+    s.redis.set_write_quorum(want);
+    if h.role == ServiceRole::Replica || s.redis.is_fenced() {
+        // Before this Redis takes writes (and before it leaves the old master's history):
+        // stop any old master that is still running unfenced.
+        let n = fence_others(node).await;
+        info!(fenced = n, "fenced the other members' redis before taking writes");
+    }
     if h.role == ServiceRole::Replica {
+        if let Some(master) = &h.following {
+            catch_up(s, master).await;
+        }
         match s.redis.promote().await {
             Ok(()) => {
                 acted = true;
@@ -366,9 +437,23 @@ async fn lead(s: &ManagedRedis, h: &ServiceHealth) -> bool {
         match s.redis.unfence().await {
             Ok(()) => {
                 acted = true;
-                info!(addr = %s.advertise_addr, "redis unfenced: taking writes as master")
+                info!(addr = %s.advertise_addr, min_replicas_to_write = want, "redis unfenced: taking writes as master")
             }
             Err(e) => warn!(error = %e, "unfence redis"),
+        }
+    } else {
+        // Keep the setting in step with the membership, and undo a direct fence by another node
+        // that believed this one was an old master (its lease is valid: it is not).
+        match s.redis.min_replicas_to_write().await {
+            Ok(n) if n != want => match s.redis.unfence().await {
+                Ok(()) => {
+                    acted = true;
+                    info!(was = n, min_replicas_to_write = want, "redis write quorum updated")
+                }
+                Err(e) => warn!(error = %e, "update redis write quorum"),
+            },
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "read redis min-replicas-to-write"),
         }
     }
     acted
@@ -378,10 +463,10 @@ async fn lead(s: &ManagedRedis, h: &ServiceHealth) -> bool {
 /// Returns whether it changed anything that succeeded.
 async fn follow(node: &Node, s: &ManagedRedis, h: &ServiceHealth) -> bool {
     let mut acted = false;
-    if h.role == ServiceRole::Master || (h.role == ServiceRole::Down && !s.redis.is_fenced()) {
+    if h.role != ServiceRole::Replica && !s.redis.is_fenced() {
         match s.redis.fence().await {
             Ok(()) => {
-                acted = h.role == ServiceRole::Master;
+                acted = h.role != ServiceRole::Down;
                 info!(addr = %s.advertise_addr, "redis fenced: not the lease holder")
             }
             Err(e) => warn!(error = %e, "fence redis"),
@@ -391,6 +476,9 @@ async fn follow(node: &Node, s: &ManagedRedis, h: &ServiceHealth) -> bool {
         return acted;
     };
     if primary == node.id || !h.healthy || h.following.as_deref() == Some(addr.as_str()) {
+        return acted;
+    }
+    if matches!(h.role, ServiceRole::Master | ServiceRole::Fenced) && !account_demotion(s, &addr).await {
         return acted;
     }
     match s.redis.follow(&addr).await {
@@ -405,29 +493,55 @@ async fn follow(node: &Node, s: &ManagedRedis, h: &ServiceHealth) -> bool {
     }
 }
 
-/// The lease holder's Redis is down: stop taking writes and hand the primary role to the member whose
-/// Redis is healthy and most advanced (a planned switchover, run by the coordinator).
-/// Returns whether the switchover was accepted.
-async fn give_up(node: &Node, s: &ManagedRedis, epoch: u64) -> bool {
-    let to = healthy_peer(node, s);
+/// How a hand-over of the primary role went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handover {
+    Accepted,
+    /// No other member can take the role: this node keeps it and takes writes again.
+    NoCandidate,
+    /// Anything else (the coordinator did not answer in time, saw the target unreachable, ...):
+    /// try again rather than take writes on a Redis that lost data.
+    Failed,
+}
+
+/// The lease holder's Redis is down or was restarted: stop taking writes and hand the primary role
+/// to the member whose Redis is healthy and most advanced (a planned switchover, run by the
+/// coordinator).
+async fn give_up(node: &Node, s: &ManagedRedis, epoch: u64) -> Handover {
+    let to = healthy_peer(node, s).await;
     warn!(epoch, to = ?to, "this node's redis died or does not answer: giving up the primary role");
     match admin::submit(node, AdminOp::Switchover { to }, Duration::from_secs(3)).await {
-        Ok(_) => true,
+        Ok(_) => Handover::Accepted,
         Err(e) => {
             warn!(error = %e, "switchover away from a primary whose redis died");
-            false
+            match &e {
+                ClusterError::NoCandidate => Handover::NoCandidate,
+                ClusterError::Remote(r) if r.code == "no_candidate" => Handover::NoCandidate,
+                _ => Handover::Failed,
+            }
         }
     }
 }
 
 /// The other member whose Redis is healthy and most advanced (highest offset, then lowest id),
-/// skipping `nofailover` members.
-fn healthy_peer(node: &Node, s: &ManagedRedis) -> Option<NodeId> {
+/// skipping `nofailover` members. Offsets are asked of each Redis now ([`fresh_service_views`]):
+/// the directory's may be half a second old, older than the last writes a replica acknowledged.
+async fn healthy_peer(node: &Node, s: &ManagedRedis) -> Option<NodeId> {
     let members = node.view().state.members.clone();
-    s.peers()
+    let ids: Vec<NodeId> = s
+        .peers()
+        .into_keys()
+        .filter(|id| *id != node.id && members.get(id).is_some_and(|m| !m.tags.nofailover))
+        .collect();
+    most_advanced(fresh_service_views(node, &ids).await)
+}
+
+/// The healthy service with the highest offset (then the lowest id).
+fn most_advanced(views: BTreeMap<NodeId, crate::cluster::failover::ServiceView>) -> Option<NodeId> {
+    views
         .into_iter()
-        .filter(|(id, p)| *id != node.id && p.healthy && members.get(id).is_some_and(|m| !m.tags.nofailover))
-        .max_by_key(|(id, p)| (p.offset, std::cmp::Reverse(*id)))
+        .filter(|(_, v)| v.healthy)
+        .max_by_key(|(id, v)| (v.offset, std::cmp::Reverse(*id)))
         .map(|(id, _)| id)
 }
 
@@ -496,6 +610,26 @@ mod tests {
             last_error: None,
             restarts: 0,
         }
+    }
+
+    #[test]
+    fn the_most_advanced_healthy_service_wins() {
+        use crate::cluster::failover::ServiceView;
+        let v = |healthy, offset| ServiceView { healthy, offset };
+        let views = |list: &[(NodeId, ServiceView)]| list.iter().copied().collect::<BTreeMap<_, _>>();
+        assert_eq!(
+            most_advanced(views(&[(2, v(true, Some(10))), (3, v(true, Some(12)))])),
+            Some(3)
+        );
+        assert_eq!(
+            most_advanced(views(&[(2, v(true, Some(10))), (3, v(false, Some(12)))])),
+            Some(2)
+        );
+        assert_eq!(
+            most_advanced(views(&[(2, v(true, Some(10))), (3, v(true, Some(10)))])),
+            Some(2)
+        );
+        assert_eq!(most_advanced(views(&[(2, v(false, None))])), None);
     }
 
     #[test]
