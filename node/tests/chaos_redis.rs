@@ -45,10 +45,15 @@ fn chaos_redis_sync_loses_no_acknowledged_write() {
         time: Duration::from_secs(24),
         clients: 4,
         keys: 3,
-        nemesis: ["kill-primary", "pause-keel:primary", "pause-redis:primary", "pause-both:primary"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        nemesis: [
+            "kill-primary",
+            "pause-keel:primary",
+            "pause-redis:primary",
+            "pause-both:primary",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
         fault_every: Duration::from_millis(4000),
         fault_for: Duration::from_millis(2000),
         mode: "sync".into(),
@@ -64,12 +69,23 @@ fn chaos_redis_sync_loses_no_acknowledged_write() {
     for f in &r.faults {
         println!("  fault {f}");
     }
-    let faults_hit = r.faults.iter().filter(|f| f["nodes"].as_array().is_some_and(|n| !n.is_empty())).count();
+    let faults_hit = r
+        .faults
+        .iter()
+        .filter(|f| f["nodes"].as_array().is_some_and(|n| !n.is_empty()))
+        .count();
     let valid = keel_jepsen::Verdict::Valid;
     if r.lost.lost != 0 || !r.lost.keys_unread.is_empty() || r.linearizable != valid || r.append != valid {
         let keep = dir.keep();
-        panic!("redis-sync failed; report kept in {}", keep.join("redis-sync").display());
+        panic!(
+            "redis-sync failed; report kept in {}",
+            keep.join("redis-sync").display()
+        );
     }
-    assert!(r.lost.acknowledged > 100, "too few acknowledged writes: {}", r.lost.acknowledged);
+    assert!(
+        r.lost.acknowledged > 100,
+        "too few acknowledged writes: {}",
+        r.lost.acknowledged
+    );
     assert!(faults_hit >= 3, "too few faults applied: {:?}", r.faults);
 }
