@@ -378,6 +378,10 @@ fn spawn_background(node: &Arc<Node>) -> Vec<(&'static str, JoinHandle<()>)> {
             "redis directory",
             tokio::spawn(crate::cluster::service::directory_task(node.clone())),
         ));
+        background.push((
+            "redis primary watch",
+            tokio::spawn(crate::cluster::service::primary_watch_task(node.clone())),
+        ));
     }
     if let Some(join) = node.config.join.clone() {
         background.push((

@@ -699,3 +699,64 @@ async fn keel_up_with_a_redis_port_base_runs_redis_found_through_sentinel() {
         assert!(cmd(a, &["PING"]).await.is_err(), "a Redis still answers at {a}");
     }
 }
+
+/// The primary's node is killed and started again at once (before a failover): its redis-server
+/// comes back empty at the same address, and it may get the lease again in the same epoch. It must
+/// neither become a master the replicas resync to (dropping what they hold) nor be promoted while a
+/// replica holds more: every write acknowledged by both replicas is still there afterwards, on
+/// whichever node is the master then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_node_restarted_at_once_does_not_wipe_the_replicas() {
+    if !have_redis() {
+        return;
+    }
+    let (mut c, addrs) = cluster();
+    let p = c.wait_primary(&[], T).await;
+    let master = addr(&addrs, p).to_string();
+    wait_set(&c, &master, "k0", "v").await;
+    let mut acked = Vec::new();
+    for i in 0..100 {
+        let key = format!("r{i}");
+        let r = pipeline(&master, &[&["SET", &key, "v"], &["WAIT", "2", "1000"]])
+            .await
+            .unwrap();
+        if r[0] == Reply::Simple("OK".into()) && r[1] == Reply::Integer(2) {
+            acked.push(key);
+        }
+    }
+    assert!(
+        acked.len() >= 50,
+        "most writes acknowledged by both replicas: {}",
+        acked.len()
+    );
+    c.kill(p);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.start(p);
+    // Whichever Redis takes writes now (the restarted node's, or a promoted replica's) has them all.
+    let new_master = c
+        .wait_for(T, "a Redis that takes writes again", || async {
+            for a in &addrs {
+                if cmd(a, &["SET", "after", "v"]).await.is_ok() {
+                    return Some(a.clone());
+                }
+            }
+            None
+        })
+        .await;
+    let mut missing = Vec::new();
+    for k in &acked {
+        if get(&new_master, k).await.is_none() {
+            missing.push(k.clone());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} writes acknowledged by both replicas are gone from the master {new_master} after node {p} restarted: {missing:?}",
+        missing.len(),
+        acked.len()
+    );
+    // And the restarted node's Redis follows it with the same data.
+    if new_master != master {
+        wait_replicates(&c, &master, &new_master, &acked[0], "v").await;
+    }
+}

@@ -1,4 +1,5 @@
-//! The Redis adapter against a real `redis-server`: it starts fenced, unfence lets writes in,
+//! The Redis adapter against a real `redis-server`: it starts as a replica of itself, promoted it is
+//! fenced, unfence lets writes in,
 //! fence refuses them at once, follow/promote switch roles, and a killed server is restarted and
 //! counted. Skipped (with a message) when redis-server is missing, except in CI (`CI=true`).
 
@@ -71,12 +72,29 @@ async fn fence_follow_promote_and_restart() {
     })
     .await;
 
-    // Starts fenced: a master that refuses writes.
+    // Starts as a replica of itself: it refuses writes, and it serves no sync to another server
+    // (whose data would be replaced by its own).
+    let h = a.health().await;
+    assert_eq!(h.role, ServiceRole::Replica);
+    assert_eq!(h.following.as_deref(), Some(a.addr().as_str()));
+    let e = set(&a.addr(), "k", "1").await.unwrap_err().to_string();
+    assert!(e.contains("READONLY"), "{e}");
+    let e = resp::call(&a.addr(), &["SYNC"], Duration::from_secs(1))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("NOMASTERLINK"), "{e}");
+    assert!(!redis::takes_writes_at(&a.addr(), Duration::from_secs(1)).await.unwrap());
+
+    // Promoted, it is still fenced: a master that refuses writes.
+    a.promote().await.unwrap();
     assert_eq!(a.health().await.role, ServiceRole::Fenced);
     let e = set(&a.addr(), "k", "1").await.unwrap_err().to_string();
     assert!(e.contains("NOREPLICAS"), "{e}");
+    assert!(!redis::takes_writes_at(&a.addr(), Duration::from_secs(1)).await.unwrap());
 
     a.unfence().await.unwrap();
+    assert!(redis::takes_writes_at(&a.addr(), Duration::from_secs(1)).await.unwrap());
     assert_eq!(a.health().await.role, ServiceRole::Master);
     set(&a.addr(), "k", "1").await.unwrap();
 
@@ -107,6 +125,7 @@ async fn fence_follow_promote_and_restart() {
     assert_eq!(b.min_replicas_to_write().await.unwrap(), 1);
     let e = set(&b.addr(), "k", "4").await.unwrap_err().to_string();
     assert!(e.contains("NOREPLICAS"), "{e}");
+    assert!(!redis::takes_writes_at(&b.addr(), Duration::from_secs(1)).await.unwrap());
     // Another node fences it directly, and reads its history.
     redis::fence_at(&b.addr(), Duration::from_secs(1)).await.unwrap();
     assert_eq!(b.min_replicas_to_write().await.unwrap(), FENCE_REPLICAS);
@@ -116,7 +135,7 @@ async fn fence_follow_promote_and_restart() {
     assert_eq!(i.master_replid2, a_info.master_replid, "{i:?}");
     assert!(i.second_repl_offset.is_some(), "{i:?}");
 
-    // Kill a's server: the supervisor restarts it, counts it, and it comes back fenced. redis-server
+    // Kill a's server: the supervisor restarts it, counts it, and it comes back a replica of itself. redis-server
     // rewrites its process title to `redis-server host:port`.
     let title = a.addr();
     let pid = std::fs::read_dir("/proc")
@@ -135,7 +154,11 @@ async fn fence_follow_promote_and_restart() {
         h.healthy && h.restarts == 1
     })
     .await;
-    assert_eq!(a.health().await.role, ServiceRole::Fenced);
+    let h = a.health().await;
+    assert_eq!(
+        (h.role, h.following.as_deref()),
+        (ServiceRole::Replica, Some(a.addr().as_str()))
+    );
 
     cancel.cancel();
     ta.await.unwrap();

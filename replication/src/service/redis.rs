@@ -5,6 +5,14 @@
 //!   included first, then Keel's own lines, which win (port, bind, dir, `replica-read-only yes`,
 //!   `repl-diskless-sync-delay 0` so a new replica's first sync starts at once instead of after
 //!   5 s, and the fence below).
+//! - Start as a replica of itself (`replicaof` its own address): a server that just started takes
+//!   no write (`READONLY`) and, having no link to a master, serves no sync to other servers
+//!   (`-NOMASTERLINK`). Without this, a master's node restarted after a crash would bring back an
+//!   empty (or older) master at the same address, and the replicas still pointed at it would
+//!   resync to it and drop the data they hold, before Keel decided anything. Keel then promotes
+//!   it, only if no replica holds more (`cluster::service`), or points it at the primary's.
+//! - Stop: SIGTERM, so the server writes its RDB snapshot (Redis's default `save` points apply
+//!   unless `--redis-conf` says otherwise), then SIGKILL after [`STOP_TIMEOUT`].
 //! - Fence: `min-replicas-to-write` set to [`FENCE_REPLICAS`]: a master then answers every write
 //!   with `-NOREPLICAS` at once, and keeps serving reads. A server starts fenced, so it takes no
 //!   write before Keel has decided its role; unfence sets the write quorum
@@ -15,7 +23,7 @@
 //!   follow a new master, or it is cut off from them) refuses writes by itself, even while Keel
 //!   is paused.
 //! - The child dies with Keel: it is spawned with `PR_SET_PDEATHSIG = SIGKILL` (Linux), so a
-//!   kill -9 of keel kills it too, and it is killed on shutdown. The death signal is tied to the
+//!   kill -9 of keel kills it too. The death signal is tied to the
 //!   spawning *thread*: spawns happen on the runtime's worker threads, which live as long as the
 //!   runtime does.
 
@@ -42,6 +50,9 @@ pub const FENCE_REPLICAS: u32 = i32::MAX as u32;
 /// [`MAX_LAG_SECS`] + 2 s of their last acknowledgement (+1 for the whole-second rounding, +1 for
 /// the once-a-second refresh).
 pub const MAX_LAG_SECS: u32 = 2;
+
+/// How long a stopping server may take to save its snapshot and exit before it is killed.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Timeout of each RESP call. The server is local; a busy one still answers PING in milliseconds.
 const CALL_TIMEOUT: Duration = Duration::from_millis(500);
@@ -78,6 +89,15 @@ impl RedisConfig {
         }
     }
 
+    /// The host this server reaches itself at (for its start as a replica of itself).
+    fn self_host(&self) -> &str {
+        match self.host.as_str() {
+            "0.0.0.0" => "127.0.0.1",
+            "::" => "::1",
+            h => h,
+        }
+    }
+
     /// The generated `redis.conf`.
     pub fn render(&self) -> String {
         let mut s = String::from("# Written by keel at every start of redis-server; edits here are lost.\n");
@@ -86,10 +106,12 @@ impl RedisConfig {
         }
         s.push_str(&format!(
             "port {}\nbind {}\ndir {}\ndaemonize no\nreplica-read-only yes\nrepl-diskless-sync-delay 0\n\
-             min-replicas-to-write {FENCE_REPLICAS}\nmin-replicas-max-lag {MAX_LAG_SECS}\n",
+             min-replicas-to-write {FENCE_REPLICAS}\nmin-replicas-max-lag {MAX_LAG_SECS}\nreplicaof {} {}\n",
             self.port,
             self.host,
             quote(&self.dir.display().to_string()),
+            self.self_host(),
+            self.port,
         ));
         s
     }
@@ -214,8 +236,7 @@ impl ManagedService for RedisService {
                     info!(addr = %self.config.addr(), pid = child.id(), "redis-server started");
                     tokio::select! {
                         _ = cancel.cancelled() => {
-                            let _ = child.start_kill();
-                            let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+                            stop(&mut child).await;
                             self.running.store(false, Ordering::SeqCst);
                             info!("redis-server stopped");
                             return;
@@ -341,19 +362,56 @@ impl RedisService {
     /// The server's `min-replicas-to-write` right now (another node may have fenced it directly).
     pub async fn min_replicas_to_write(&self) -> Result<u32, ServiceError> {
         let r = self.call(&["CONFIG", "GET", "min-replicas-to-write"]).await?;
-        let value = match &r {
-            Reply::Array(Some(items)) => items.get(1).and_then(Reply::text),
-            _ => None,
-        };
-        value
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| ServiceError::Protocol(format!("CONFIG GET answered {r:?}")))
+        config_value(&r)
     }
 
     /// Clear the last error once the server answers again.
     pub fn clear_error(&self) {
         self.set_error(None);
     }
+}
+
+/// SIGTERM (Redis saves its snapshot and exits), then SIGKILL after [`STOP_TIMEOUT`].
+async fn stop(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: plain kill(2) on our own child's pid, which is not reaped before `wait` below.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+        if tokio::time::timeout(STOP_TIMEOUT, child.wait()).await.is_ok() {
+            return;
+        }
+        warn!(
+            pid,
+            "redis-server did not exit within {STOP_TIMEOUT:?} of SIGTERM; killing it"
+        );
+    }
+    let _ = child.start_kill();
+    let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+}
+
+/// Does the Redis at `addr` (another node's) take writes right now: a master that is neither
+/// fenced (`min-replicas-to-write` at [`FENCE_REPLICAS`]) nor short of acknowledging replicas?
+/// Two calls within `timeout` each.
+pub async fn takes_writes_at(addr: &str, timeout: Duration) -> Result<bool, ServiceError> {
+    let info = info_at(addr, timeout).await?;
+    if !info.is_master() {
+        return Ok(false);
+    }
+    let r = resp::call(addr, &["CONFIG", "GET", "min-replicas-to-write"], timeout).await?;
+    let quorum = config_value(&r)?;
+    Ok(quorum != FENCE_REPLICAS && info.good_replicas.unwrap_or(0) >= u64::from(quorum))
+}
+
+/// The number in a `CONFIG GET` answer (`[name, value]`).
+fn config_value(r: &Reply) -> Result<u32, ServiceError> {
+    let value = match r {
+        Reply::Array(Some(items)) => items.get(1).and_then(Reply::text),
+        _ => None,
+    };
+    value
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| ServiceError::Protocol(format!("CONFIG GET answered {r:?}")))
 }
 
 /// `INFO replication` of the Redis at `addr` (another node's), within `timeout`.
@@ -396,6 +454,10 @@ mod tests {
         assert!(s.contains("repl-diskless-sync-delay 0"));
         assert!(s.contains(&format!("min-replicas-to-write {FENCE_REPLICAS}")));
         assert!(s.contains(&format!("min-replicas-max-lag {MAX_LAG_SECS}")));
+        assert!(
+            s.contains("replicaof 127.0.0.1 7301"),
+            "starts as a replica of itself:\n{s}"
+        );
         assert_eq!(c.addr(), "127.0.0.1:7301");
     }
 

@@ -136,6 +136,32 @@ pub async fn fence_others(node: &Node) -> usize {
     fenced
 }
 
+/// Another member's Redis that is a replica holding more than `mine` (this node's offset), asked
+/// directly now (in parallel, within [`PEER_INFO_TIMEOUT`]): the member and its offset, the most
+/// advanced first. Masters are left out: an old master still answering is fenced and waited for by
+/// [`catch_up`]. This is what keeps a lease holder whose Redis came back empty or older (its node
+/// restarted after a crash and got the lease again in the same epoch) from becoming the master that
+/// the replicas would then resync to, dropping what they hold.
+pub(super) async fn more_advanced_replica(node: &Node, mine: u64) -> Option<(NodeId, u64)> {
+    let mut set = tokio::task::JoinSet::new();
+    for (id, addr) in service_addrs(node) {
+        if id != node.id {
+            set.spawn(async move { (id, redis_svc::info_at(&addr, PEER_INFO_TIMEOUT).await) });
+        }
+    }
+    let mut best: Option<(NodeId, u64)> = None;
+    while let Some(r) = set.join_next().await {
+        let Ok((id, Ok(info))) = r else { continue };
+        let Some(offset) = info.offset().filter(|_| !info.is_master()) else {
+            continue;
+        };
+        if offset > mine && best.is_none_or(|(_, b)| offset > b) {
+            best = Some((id, offset));
+        }
+    }
+    best
+}
+
 /// Before promoting this node's Redis (a replica of `master`, the old master, just fenced): if the
 /// old master still answers, wait (at most [`CATCH_UP_MAX`]) until this Redis has received all of
 /// its stream. A write the old master took before the fence and a replica acknowledged (`WAIT`) may

@@ -27,14 +27,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keel_raft::NodeId;
-use keel_replication::service::redis::{RedisConfig, RedisService};
+use keel_replication::service::redis::{self as redis_svc, RedisConfig, RedisService};
 use keel_replication::service::{Loss, ManagedService, ServiceHealth, ServiceRole};
 use serde::Serialize;
 use tracing::{info, warn};
 
 mod fence;
 
-use fence::{account_demotion, catch_up};
+use fence::{account_demotion, catch_up, more_advanced_replica};
 pub use fence::{fence_member, fence_others, fresh_service_views, write_quorum, LostReport, LostWrites};
 pub use fence::{FENCE_OTHERS_TIMEOUT, PEER_INFO_TIMEOUT};
 
@@ -51,6 +51,12 @@ pub const GIVE_UP_AFTER: Duration = Duration::from_secs(1);
 /// How often the directory asks the other members for their Redis address.
 const DIRECTORY_INTERVAL: Duration = Duration::from_millis(500);
 const DIRECTORY_TIMEOUT: Duration = Duration::from_millis(400);
+/// How often another node's listener probes the primary's Redis, and how old (at most) a probe it
+/// trusts may be. The time runs across a pause of this process, so a probe taken before it is stale
+/// after it.
+const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+const PROBE_FRESH: Duration = Duration::from_millis(150);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
 /// A health sample older than this is not trusted by `/primary`.
 const SAMPLE_FRESH: Duration = Duration::from_secs(1);
 /// The `service` object of `/v1/status`: the latest sample and the lost writes.
@@ -82,6 +88,13 @@ pub struct ManagedRedis {
     pub advertise_addr: String,
     last: Mutex<Option<(Instant, ServiceHealth)>>,
     peers: Mutex<BTreeMap<NodeId, PeerService>>,
+    /// The primary's Redis as [`primary_watch_task`] last found it, asked directly: when, which
+    /// member, and whether it took writes (the unfenced master with enough acknowledging replicas).
+    primary_probe: Mutex<Option<(Instant, NodeId, bool)>>,
+    /// The directory finished its first round since start: the other members' Redis addresses
+    /// that can be known are known. This node's Redis is not promoted before (it could not see
+    /// whether a replica holds more).
+    directory_ready: std::sync::atomic::AtomicBool,
     lost: Mutex<LostWrites>,
 }
 
@@ -97,7 +110,8 @@ impl ManagedRedis {
             server: r.server.clone(),
             host,
             port: r.port,
-            dir: config.data_dir.join("redis"),
+            // Absolute: redis-server runs inside this directory, where a relative path names nothing.
+            dir: std::path::absolute(config.data_dir.join("redis")).unwrap_or_else(|_| config.data_dir.join("redis")),
             include: r.conf.clone(),
             min_replicas: 0,
         });
@@ -106,6 +120,8 @@ impl ManagedRedis {
             advertise_addr: r.advertise_addr(&config.advertise_api_addr),
             last: Mutex::new(None),
             peers: Mutex::new(BTreeMap::new()),
+            primary_probe: Mutex::new(None),
+            directory_ready: std::sync::atomic::AtomicBool::new(false),
             lost: Mutex::new(LostWrites::default()),
         }))
     }
@@ -120,6 +136,12 @@ impl ManagedRedis {
 
     fn record(&self, h: ServiceHealth) {
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), h));
+    }
+
+    /// Did a direct probe of `member`'s Redis, at most [`PROBE_FRESH`] ago, find it taking writes?
+    fn probed_taking_writes(&self, member: NodeId) -> bool {
+        let probe = self.primary_probe.lock().unwrap_or_else(|e| e.into_inner());
+        probe.is_some_and(|(at, id, takes)| id == member && takes && at.elapsed() <= PROBE_FRESH)
     }
 
     fn peers(&self) -> BTreeMap<NodeId, PeerService> {
@@ -207,17 +229,41 @@ pub fn primary_redis(node: &Node) -> Option<(NodeId, String)> {
 }
 
 /// The Redis a client should write to, if any: the primary of the cluster state, when it is this
-/// node holding its lease with its Redis the unfenced master, or another member whose own last
-/// `/v1/status` (at most ~500 ms old) said its Redis is the master. A fenced or down Redis is never
-/// named. For the Sentinel listener (`get-master-addr-by-name`).
+/// node holding its lease with its Redis the unfenced master, or another member whose Redis this
+/// node's [`primary_watch_task`] found taking writes at most 150 ms ago. A fenced or down Redis is
+/// never named. For the Sentinel listener (`get-master-addr-by-name`).
 pub fn master_addr(node: &Node) -> Option<(NodeId, String)> {
     let s = node.service.as_ref()?;
     let p = node.view().state.primary?;
     if p.node == node.id {
         return (leased_epoch(node).is_some() && master_ok(node)).then(|| (node.id, s.advertise_addr.clone()));
     }
+    // The address from the directory (it rarely changes), the state from the direct probe (at most
+    // 150 ms old, where the directory's may be 500 ms old).
     let peer = s.peers().remove(&p.node)?;
-    (peer.healthy && peer.role.as_deref() == Some("master")).then_some((p.node, peer.addr))
+    s.probed_taking_writes(p.node).then_some((p.node, peer.addr))
+}
+
+/// Probe the primary's Redis directly every [`PROBE_INTERVAL`] (when the primary is another node):
+/// does it take writes? [`master_addr`] names another node's Redis only while the latest probe,
+/// at most [`PROBE_FRESH`] old, said so. The directory's samples come from the members' own
+/// `/v1/status` every 500 ms, and a listener answering from one taken before the primary's lease
+/// lapsed, or before this node was paused, would name a fenced master.
+pub async fn primary_watch_task(node: Arc<Node>) {
+    let Some(s) = node.service.clone() else {
+        return;
+    };
+    let mut tick = crate::util::Ticker::new(PROBE_INTERVAL, node.cancel.clone());
+    while tick.tick().await {
+        let probe = match primary_redis(&node) {
+            Some((id, addr)) if id != node.id => {
+                let takes = redis_svc::takes_writes_at(&addr, PROBE_TIMEOUT).await.unwrap_or(false);
+                Some((Instant::now(), id, takes))
+            }
+            _ => None,
+        };
+        *s.primary_probe.lock().unwrap_or_else(|e| e.into_inner()) = probe;
+    }
 }
 
 /// Why this node's managed Redis is not a healthy replica of the primary's (`/replica` answers 503).
@@ -378,7 +424,25 @@ pub async fn duty_task(node: Arc<Node>) {
                     false
                 } else {
                     down_since = None;
-                    lead(&node, &s, &h).await
+                    match lead(&node, &s, &h, !alone).await {
+                        Lead::Done(acted) => acted,
+                        Lead::Behind(peer, offset) => {
+                            warn!(
+                                epoch,
+                                peer,
+                                peer_offset = offset,
+                                offset = h.offset,
+                                "a replica's redis holds more than this node's: handing the primary role over instead of promoting"
+                            );
+                            gave_up = Some(epoch);
+                            match give_up(&node, &s, epoch).await {
+                                Handover::Accepted => {}
+                                Handover::NoCandidate => alone = true,
+                                Handover::Failed => gave_up = None,
+                            }
+                            false
+                        }
+                    }
                 }
             }
             None => {
@@ -409,22 +473,43 @@ fn wanted_quorum(node: &Node) -> u32 {
     write_quorum(view.state.config.replication_mode, node.voters().len(), members)
 }
 
+/// What [`lead`] did.
+enum Lead {
+    /// Whether it changed anything.
+    Done(bool),
+    /// Not promoted: this member's Redis, a replica, holds more (its id and offset).
+    Behind(NodeId, u64),
+}
+
 /// The lease holder: its Redis must be the unfenced master, with the write quorum of the moment.
-/// Returns whether it changed anything.
-async fn lead(node: &Node, s: &ManagedRedis, h: &ServiceHealth) -> bool {
+/// Before a promotion or an unfence it fences the other members' Redis, catches up with the old
+/// master, and (with `check_peers`) makes sure no replica holds more than this one.
+async fn lead(node: &Node, s: &ManagedRedis, h: &ServiceHealth, check_peers: bool) -> Lead {
     let mut acted = false;
     let want = wanted_quorum(node);
     s.redis.set_write_quorum(want);
     if h.role == ServiceRole::Replica || s.redis.is_fenced() {
+        if !s.directory_ready.load(std::sync::atomic::Ordering::SeqCst) {
+            // Just started: the other members' Redis are not known yet. Next tick.
+            return Lead::Done(false);
+        }
         // Before this Redis takes writes (and before it leaves the old master's history):
         // stop any old master that is still running unfenced.
         let n = fence_others(node).await;
         info!(fenced = n, "fenced the other members' redis before taking writes");
+        if h.role == ServiceRole::Replica {
+            if let Some(master) = &h.following {
+                catch_up(s, master).await;
+            }
+        }
+        if check_peers {
+            let mine = s.redis.info().await.ok().and_then(|i| i.offset()).unwrap_or(0);
+            if let Some((peer, offset)) = more_advanced_replica(node, mine).await {
+                return Lead::Behind(peer, offset);
+            }
+        }
     }
     if h.role == ServiceRole::Replica {
-        if let Some(master) = &h.following {
-            catch_up(s, master).await;
-        }
         match s.redis.promote().await {
             Ok(()) => {
                 acted = true;
@@ -456,7 +541,7 @@ async fn lead(node: &Node, s: &ManagedRedis, h: &ServiceHealth) -> bool {
             Err(e) => warn!(error = %e, "read redis min-replicas-to-write"),
         }
     }
-    acted
+    Lead::Done(acted)
 }
 
 /// Not the lease holder: fence a master at once, then follow the primary's Redis when known.
@@ -509,7 +594,7 @@ enum Handover {
 /// coordinator).
 async fn give_up(node: &Node, s: &ManagedRedis, epoch: u64) -> Handover {
     let to = healthy_peer(node, s).await;
-    warn!(epoch, to = ?to, "this node's redis died or does not answer: giving up the primary role");
+    warn!(epoch, to = ?to, "giving up the primary role: this node's redis died, was restarted, does not answer, or holds less than a replica");
     match admin::submit(node, AdminOp::Switchover { to }, Duration::from_secs(3)).await {
         Ok(_) => Handover::Accepted,
         Err(e) => {
@@ -590,6 +675,7 @@ pub async fn directory_task(node: Arc<Node>) {
                 }
             }
         }
+        s.directory_ready.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
