@@ -16,21 +16,7 @@ use std::time::Duration;
 
 use keel_jepsen::runner::redis::run_redis;
 use keel_jepsen::runner::{RunConfig, RunOptions, Workload};
-
-fn have_redis() -> bool {
-    let ok = std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "redis-server is missing in CI: install the redis-server package (scripts/lib.sh KEEL_TEST_PACKAGES)"
-        );
-        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
-    }
-    ok
-}
+use keel_testkit::have_redis;
 
 #[test]
 fn chaos_redis_sync_loses_no_acknowledged_write() {

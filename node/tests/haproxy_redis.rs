@@ -36,18 +36,6 @@ const READ_PORT: &str = ":6380";
 const STATS_PORT: &str = ":8405";
 const CFG_API_PORT: &str = "7101";
 
-fn have_redis() -> bool {
-    let ok = which("redis-server").is_some();
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "redis-server is missing in CI: install the redis-server package (scripts/lib.sh KEEL_TEST_PACKAGES)"
-        );
-        println!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
-    }
-    ok
-}
-
 /// Where the test's HAProxy listens.
 struct Frontends {
     write: SocketAddr,

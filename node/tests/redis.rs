@@ -21,21 +21,6 @@ use serde_json::Value;
 const T: Duration = Duration::from_secs(30);
 const CALL: Duration = Duration::from_millis(500);
 
-fn have_redis() -> bool {
-    let ok = std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "redis-server is missing in CI: install the redis-server package (scripts/lib.sh KEEL_TEST_PACKAGES)"
-        );
-        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
-    }
-    ok
-}
-
 /// Three nodes, each with its own Redis port on the cluster's IP, started.
 fn cluster() -> (Cluster, Vec<String>) {
     cluster_with(&[])

@@ -35,6 +35,7 @@ pub mod git;
 pub mod haproxy;
 pub mod logs;
 pub mod procs;
+pub mod redis;
 pub mod up;
 pub mod wait;
 
@@ -47,6 +48,7 @@ pub use keel_jepsen::ports::{free_port, process_ip};
 pub use keel_node::util::{strip_ansi, unix_ms};
 pub use logs::{stderr, stdout};
 pub use procs::{KeelProc, Procs};
+pub use redis::have_redis;
 pub use up::{free_port_run, KeelUp};
 pub use wait::{poll_until, poll_until_blocking, wait_for};
 

@@ -45,6 +45,8 @@ use crate::state::Node;
 
 /// How often the duty loop samples Redis and re-checks its role.
 pub const DUTY_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest a replica waits in one go for the primary's Redis to be a master before following it.
+const FOLLOW_WAIT: Duration = Duration::from_millis(500);
 /// A lease holder whose Redis does not answer for this long gives up the primary role (at once
 /// when the `redis-server` process exited).
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(1);
@@ -375,10 +377,8 @@ pub async fn duty_task(node: Arc<Node>) {
     let mut state = node.state.clone();
     let mut lease = node.lease.subscribe();
     let mut down_since: Option<Instant> = None;
-    let mut gave_up: Option<u64> = None;
+    let mut handing = Handing::default();
     let mut restarts_at_lease: Option<(u64, u64)> = None;
-    // A switchover away from this epoch's primary was refused: it keeps the role and takes writes.
-    let mut alone = false;
     loop {
         let mut h = s.redis.health().await;
         h.addr = s.advertise_addr.clone();
@@ -390,41 +390,31 @@ pub async fn duty_task(node: Arc<Node>) {
                     Some((e, r)) if e == epoch => r,
                     _ => {
                         restarts_at_lease = Some((epoch, h.restarts));
-                        alone = false;
+                        handing.alone = false;
                         h.restarts
                     }
                 };
-                if h.restarts > base && h.healthy && gave_up != Some(epoch) && !alone {
+                if h.restarts > base && h.healthy && handing.gave_up != Some(epoch) && !handing.alone {
                     // A restarted master has lost whatever it had not saved, and replicas that
                     // followed it would resync to that: hand over to a replica that has the data.
                     // Only when no switchover is possible (no other candidate) does it take writes.
-                    gave_up = Some(epoch);
-                    match give_up(&node, &s, epoch).await {
-                        Handover::Accepted => {}
-                        Handover::NoCandidate => alone = true,
-                        // Try again next tick; the restarted Redis stays fenced meanwhile.
-                        Handover::Failed => gave_up = None,
-                    }
+                    // (After a failed try, again next tick; the restarted Redis stays fenced meanwhile.)
+                    handing.hand_over(&node, &s, epoch).await;
                     false
-                } else if gave_up == Some(epoch) && !alone {
+                } else if handing.gave_up == Some(epoch) && !handing.alone {
                     false
                 } else if !h.healthy {
                     let since = *down_since.get_or_insert_with(Instant::now);
                     // A server that exited is not waited for: its restart (after a backoff that
                     // doubles up to 5 s) comes back fenced and hands over anyway.
                     let died = !s.redis.is_running();
-                    if (died || since.elapsed() >= GIVE_UP_AFTER) && gave_up != Some(epoch) {
-                        gave_up = Some(epoch);
-                        match give_up(&node, &s, epoch).await {
-                            Handover::Accepted => {}
-                            Handover::NoCandidate => alone = true,
-                            Handover::Failed => gave_up = None,
-                        }
+                    if (died || since.elapsed() >= GIVE_UP_AFTER) && handing.gave_up != Some(epoch) {
+                        handing.hand_over(&node, &s, epoch).await;
                     }
                     false
                 } else {
                     down_since = None;
-                    match lead(&node, &s, &h, !alone).await {
+                    match lead(&node, &s, &h, !handing.alone).await {
                         Lead::Done(acted) => acted,
                         Lead::Behind(peer, offset) => {
                             warn!(
@@ -434,12 +424,7 @@ pub async fn duty_task(node: Arc<Node>) {
                                 offset = h.offset,
                                 "a replica's redis holds more than this node's: handing the primary role over instead of promoting"
                             );
-                            gave_up = Some(epoch);
-                            match give_up(&node, &s, epoch).await {
-                                Handover::Accepted => {}
-                                Handover::NoCandidate => alone = true,
-                                Handover::Failed => gave_up = None,
-                            }
+                            handing.hand_over(&node, &s, epoch).await;
                             false
                         }
                     }
@@ -459,6 +444,29 @@ pub async fn duty_task(node: Arc<Node>) {
             _ = tokio::time::sleep(DUTY_INTERVAL) => {}
             r = state.changed() => if r.is_err() { return },
             r = lease.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// The duty loop's memory of handing the primary role over in this epoch.
+#[derive(Default)]
+struct Handing {
+    /// The epoch whose role this node tried to hand over (and, accepted, waits to lose).
+    gave_up: Option<u64>,
+    /// A switchover away from this epoch's primary was refused for want of a candidate: it keeps
+    /// the role and takes writes.
+    alone: bool,
+}
+
+impl Handing {
+    /// Hand the role over ([`give_up`]): accepted, wait for the lease to move; no candidate, keep
+    /// the role (`alone`); anything else, try again on the next tick.
+    async fn hand_over(&mut self, node: &Node, s: &ManagedRedis, epoch: u64) {
+        self.gave_up = Some(epoch);
+        match give_up(node, s, epoch).await {
+            Handover::Accepted => {}
+            Handover::NoCandidate => self.alone = true,
+            Handover::Failed => self.gave_up = None,
         }
     }
 }
@@ -566,6 +574,9 @@ async fn follow(node: &Node, s: &ManagedRedis, h: &ServiceHealth) -> bool {
     if matches!(h.role, ServiceRole::Master | ServiceRole::Fenced) && !account_demotion(s, &addr).await {
         return acted;
     }
+    if h.role == ServiceRole::Replica && !master_ready(node, &addr).await {
+        return acted;
+    }
     match s.redis.follow(&addr).await {
         Ok(()) => {
             info!(primary, master = %addr, "redis now replicates from the primary's");
@@ -575,6 +586,28 @@ async fn follow(node: &Node, s: &ManagedRedis, h: &ServiceHealth) -> bool {
             warn!(error = %e, master = %addr, "redis follow");
             acted
         }
+    }
+}
+
+/// Wait (at most [`FOLLOW_WAIT`], polling every 20 ms) until the Redis at `addr`, the primary's,
+/// is a master, while it stays the primary's. A replica told to follow a new primary's Redis that
+/// is not promoted yet is refused the stream (`-NOMASTERLINK`) and asks again only on Redis's
+/// once-a-second replication cron; until a replica is attached the new master, whose write quorum
+/// needs one, refuses writes. So attach only once it is the master. `false`: not yet (next tick).
+async fn master_ready(node: &Node, addr: &str) -> bool {
+    let deadline = Instant::now() + FOLLOW_WAIT;
+    loop {
+        if redis_svc::info_at(addr, PEER_INFO_TIMEOUT)
+            .await
+            .is_ok_and(|i| i.is_master())
+        {
+            return true;
+        }
+        let still = primary_redis(node).is_some_and(|(_, a)| a == addr);
+        if !still || Instant::now() >= deadline || node.cancel.is_cancelled() {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
