@@ -6,7 +6,7 @@
 //! linearizability of the registers, the append checker's verdict, what discovery named
 //! ([`crate::redis_check::judge_namings`]), the rounds with two writable masters, and failovers.
 //!
-//! The system is Keel managing Redis ([`backend::Backend::Keel`]) or, with
+//! The system is Keel managing Redis (`backend.rs`, `Backend::Keel`) or, with
 //! [`RunOptions::sentinel_baseline`], Redis's own Sentinel over plain `redis-server`s, on the same
 //! seeded schedule, so the two reports compare side by side ([`side_by_side`]).
 

@@ -15,7 +15,7 @@
 //!   a mixed-version cluster decodes everything as before; a member of an older release simply has
 //!   no Redis address.
 //!
-//! [`fence`]: the write quorum (`min-replicas-to-write`, the Redis-side backstop), fencing other
+//! `fence.rs`: the write quorum (`min-replicas-to-write`, the Redis-side backstop), fencing other
 //! members' Redis directly, fresh offsets for failover ranking, catching up with a fenced old master
 //! before promotion, and the count of what a demoted old master loses.
 //!
@@ -56,8 +56,8 @@ const DIRECTORY_TIMEOUT: Duration = Duration::from_millis(400);
 /// How often another node's listener probes the primary's Redis, and how old (at most) a probe it
 /// trusts may be. The time runs across a pause of this process, so a probe taken before it is stale
 /// after it.
-const PROBE_INTERVAL: Duration = Duration::from_millis(50);
-const PROBE_FRESH: Duration = Duration::from_millis(150);
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+pub const PROBE_FRESH: Duration = Duration::from_millis(150);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
 /// A health sample older than this is not trusted by `/primary`.
 const SAMPLE_FRESH: Duration = Duration::from_secs(1);
