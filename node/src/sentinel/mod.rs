@@ -131,20 +131,16 @@ fn inputs(node: &Node, config: &SentinelConfig) -> ViewInputs {
     }
 }
 
-/// Keep `tx` at the view the node's state gives: recomputed on every cluster-state change, every
-/// change of this node's lease, and every `REFRESH`; sent only when it differs.
+/// Keep `tx` at the view the node's state gives: recomputed and sent on every cluster-state change,
+/// every change of this node's lease, and every `REFRESH`, stamped with the time.
 pub async fn view_task(node: Arc<Node>, config: SentinelConfig, tx: watch::Sender<SentinelView>) {
     let mut state = node.state.clone();
     let mut lease = node.lease.subscribe();
     loop {
-        let new = view::compute(&inputs(&node, &config));
-        tx.send_if_modified(|v| {
-            let changed = *v != new;
-            if changed {
-                *v = new;
-            }
-            changed
-        });
+        let mut new = view::compute(&inputs(&node, &config));
+        new.computed_at = Some(std::time::Instant::now());
+        // Sent every time: connections check the view's age (`SentinelView::fresh_master`).
+        tx.send_replace(new);
         tokio::select! {
             _ = node.cancel.cancelled() => return,
             r = state.changed() => if r.is_err() { return },
@@ -281,7 +277,12 @@ async fn connection(
                     if args.is_empty() {
                         continue;
                     }
-                    let view = views.borrow().clone();
+                    let mut view = views.borrow().clone();
+                    // A view computed before a pause of this process (or a stalled task) names no
+                    // master: the client asks again, by then from a fresh one.
+                    if view.fresh_master().is_none() {
+                        view.master = None;
+                    }
                     let outcome = commands::handle(&args, &mut conn, &view);
                     outcome.replies.iter().for_each(|r| r.encode(conn.resp3, &mut out));
                     if outcome.close {

@@ -62,6 +62,21 @@ pub struct SentinelView {
     pub replicas: Vec<ReplicaView>,
     /// The other nodes' Sentinel listeners (for `SENTINEL sentinels`).
     pub sentinels: Vec<Addr>,
+    /// When the node's view task computed it (`None`: a view not fed by the task, as in tests). A
+    /// connection names no master from a view older than [`STALE_VIEW`]: after a pause of the
+    /// process, a connection may answer before the task has computed the view again.
+    pub computed_at: Option<std::time::Instant>,
+}
+
+/// Age past which a computed view names no master (the task recomputes every 20 ms).
+pub const STALE_VIEW: std::time::Duration = std::time::Duration::from_millis(80);
+
+impl SentinelView {
+    /// The master to name now: none from a view older than [`STALE_VIEW`].
+    pub fn fresh_master(&self) -> Option<&(NodeId, Addr)> {
+        let stale = self.computed_at.is_some_and(|t| t.elapsed() > STALE_VIEW);
+        self.master.as_ref().filter(|_| !stale)
+    }
 }
 
 /// What [`compute`] needs to know, all of it read from the node at one moment.
@@ -131,12 +146,29 @@ pub fn compute(i: &ViewInputs) -> SentinelView {
         master,
         replicas,
         sentinels,
+        computed_at: None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stale_view_names_no_master() {
+        let mut v = SentinelView {
+            master: Some((1, Addr::parse("10.0.0.1:6379").unwrap())),
+            ..SentinelView::default()
+        };
+        // Not fed by the view task (tests, static views): named.
+        assert!(v.fresh_master().is_some());
+        v.computed_at = Some(std::time::Instant::now());
+        assert!(v.fresh_master().is_some());
+        // Computed before a pause of the process longer than STALE_VIEW: not named.
+        v.computed_at = std::time::Instant::now().checked_sub(STALE_VIEW * 2);
+        assert!(v.computed_at.is_some());
+        assert!(v.fresh_master().is_none());
+    }
 
     fn inputs(primary: Option<(NodeId, u64)>, own_lease: Option<u64>, seen: bool) -> ViewInputs {
         ViewInputs {

@@ -56,8 +56,8 @@ const DIRECTORY_TIMEOUT: Duration = Duration::from_millis(400);
 /// How often another node's listener probes the primary's Redis, and how old (at most) a probe it
 /// trusts may be. The time runs across a pause of this process, so a probe taken before it is stale
 /// after it.
-pub const PROBE_INTERVAL: Duration = Duration::from_millis(50);
-pub const PROBE_FRESH: Duration = Duration::from_millis(150);
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(25);
+pub const PROBE_FRESH: Duration = Duration::from_millis(75);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
 /// A health sample older than this is not trusted by `/primary`.
 const SAMPLE_FRESH: Duration = Duration::from_secs(1);
@@ -232,7 +232,7 @@ pub fn primary_redis(node: &Node) -> Option<(NodeId, String)> {
 
 /// The Redis a client should write to, if any: the primary of the cluster state, when it is this
 /// node holding its lease with its Redis the unfenced master, or another member whose Redis this
-/// node's [`primary_watch_task`] found taking writes at most 150 ms ago. A fenced or down Redis is
+/// node's [`primary_watch_task`] found taking writes at most 75 ms ago. A fenced or down Redis is
 /// never named. For the Sentinel listener (`get-master-addr-by-name`).
 pub fn master_addr(node: &Node) -> Option<(NodeId, String)> {
     let s = node.service.as_ref()?;
@@ -241,7 +241,7 @@ pub fn master_addr(node: &Node) -> Option<(NodeId, String)> {
         return (leased_epoch(node).is_some() && master_ok(node)).then(|| (node.id, s.advertise_addr.clone()));
     }
     // The address from the directory (it rarely changes), the state from the direct probe (at most
-    // 150 ms old, where the directory's may be 500 ms old).
+    // 75 ms old, where the directory's may be 500 ms old).
     let peer = s.peers().remove(&p.node)?;
     s.probed_taking_writes(p.node).then_some((p.node, peer.addr))
 }

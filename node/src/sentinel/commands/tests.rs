@@ -19,6 +19,7 @@ fn view(master: bool) -> SentinelView {
             },
         ],
         sentinels: vec![Addr::parse("10.0.0.2:26379").unwrap()],
+        computed_at: None,
     }
 }
 
