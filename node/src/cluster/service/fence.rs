@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use keel_raft::state::ReplicationMode;
 use keel_raft::NodeId;
 use keel_replication::service::redis as redis_svc;
-use keel_replication::service::{lost_on_demotion, Loss};
+use keel_replication::service::{lost_on_demotion, Loss, ReplicationInfo, ServiceError};
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -64,37 +64,52 @@ pub struct LostReport {
     pub loss: Loss,
 }
 
-/// Each of `ids`' managed Redis asked directly, just now (in parallel, within [`PEER_INFO_TIMEOUT`]),
-/// for the failover decision: the directory's samples may be half a second old. A Redis that does
-/// not answer is reported unhealthy; a member whose address is unknown is left out.
+/// `INFO replication` of each of `ids`' managed Redis, asked directly, just now (in parallel,
+/// within [`PEER_INFO_TIMEOUT`]); a member whose address is unknown is left out.
+async fn infos(
+    node: &Node,
+    ids: impl IntoIterator<Item = NodeId>,
+) -> BTreeMap<NodeId, Result<ReplicationInfo, ServiceError>> {
+    let addrs = service_addrs(node);
+    let mut set = tokio::task::JoinSet::new();
+    for id in ids {
+        let Some(addr) = addrs.get(&id).cloned() else { continue };
+        set.spawn(async move { (id, redis_svc::info_at(&addr, PEER_INFO_TIMEOUT).await) });
+    }
+    let mut out = BTreeMap::new();
+    while let Some(r) = set.join_next().await {
+        if let Ok((id, r)) = r {
+            out.insert(id, r);
+        }
+    }
+    out
+}
+
+/// Each of `ids`' managed Redis asked directly ([`infos`]), for the failover decision: the
+/// directory's samples may be half a second old. A Redis that does not answer is reported
+/// unhealthy; a member whose address is unknown is left out.
 pub async fn fresh_service_views(
     node: &Node,
     ids: &[NodeId],
 ) -> BTreeMap<NodeId, crate::cluster::failover::ServiceView> {
     use crate::cluster::failover::ServiceView;
-    let addrs = service_addrs(node);
-    let mut set = tokio::task::JoinSet::new();
-    for id in ids {
-        let Some(addr) = addrs.get(id).cloned() else { continue };
-        let id = *id;
-        set.spawn(async move { (id, redis_svc::info_at(&addr, PEER_INFO_TIMEOUT).await) });
-    }
-    let mut out = BTreeMap::new();
-    while let Some(r) = set.join_next().await {
-        let Ok((id, r)) = r else { continue };
-        let view = match r {
-            Ok(i) => ServiceView {
-                healthy: true,
-                offset: i.offset(),
-            },
-            Err(_) => ServiceView {
-                healthy: false,
-                offset: None,
-            },
-        };
-        out.insert(id, view);
-    }
-    out
+    infos(node, ids.iter().copied())
+        .await
+        .into_iter()
+        .map(|(id, r)| {
+            let view = match r {
+                Ok(i) => ServiceView {
+                    healthy: true,
+                    offset: i.offset(),
+                },
+                Err(_) => ServiceView {
+                    healthy: false,
+                    offset: None,
+                },
+            };
+            (id, view)
+        })
+        .collect()
 }
 
 /// Fence `member`'s Redis directly (the old primary's, when the coordinator decides to replace it),
@@ -143,23 +158,16 @@ pub async fn fence_others(node: &Node) -> usize {
 /// restarted after a crash and got the lease again in the same epoch) from becoming the master that
 /// the replicas would then resync to, dropping what they hold.
 pub(super) async fn more_advanced_replica(node: &Node, mine: u64) -> Option<(NodeId, u64)> {
-    let mut set = tokio::task::JoinSet::new();
-    for (id, addr) in service_addrs(node) {
-        if id != node.id {
-            set.spawn(async move { (id, redis_svc::info_at(&addr, PEER_INFO_TIMEOUT).await) });
-        }
-    }
-    let mut best: Option<(NodeId, u64)> = None;
-    while let Some(r) = set.join_next().await {
-        let Ok((id, Ok(info))) = r else { continue };
-        let Some(offset) = info.offset().filter(|_| !info.is_master()) else {
-            continue;
-        };
-        if offset > mine && best.is_none_or(|(_, b)| offset > b) {
-            best = Some((id, offset));
-        }
-    }
-    best
+    let others = service_addrs(node).into_keys().filter(|id| *id != node.id);
+    infos(node, others)
+        .await
+        .into_iter()
+        .filter_map(|(id, r)| {
+            let info = r.ok()?;
+            info.offset().filter(|_| !info.is_master()).map(|offset| (id, offset))
+        })
+        .filter(|(_, offset)| *offset > mine)
+        .max_by_key(|(id, offset)| (*offset, std::cmp::Reverse(*id)))
 }
 
 /// Before promoting this node's Redis (a replica of `master`, the old master, just fenced): if the
