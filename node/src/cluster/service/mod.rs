@@ -406,7 +406,7 @@ pub async fn duty_task(node: Arc<Node>) {
                 } else if !h.healthy {
                     let since = *down_since.get_or_insert_with(Instant::now);
                     // A server that exited is not waited for: its restart (after a backoff that
-                    // doubles up to 5 s) comes back fenced and hands over anyway.
+                    // doubles up to 5 s) comes back a replica of itself and hands over anyway.
                     let died = !s.redis.is_running();
                     if (died || since.elapsed() >= GIVE_UP_AFTER) && handing.gave_up != Some(epoch) {
                         handing.hand_over(&node, &s, epoch).await;
