@@ -85,7 +85,7 @@ async fn infos(
     out
 }
 
-/// Each of `ids`' managed Redis asked directly ([`infos`]), for the failover decision: the
+/// Each of `ids`' managed Redis asked directly (`infos`), for the failover decision: the
 /// directory's samples may be half a second old. A Redis that does not answer is reported
 /// unhealthy; a member whose address is unknown is left out.
 pub async fn fresh_service_views(
