@@ -278,6 +278,7 @@ async fn edits_are_committed_by_the_primary() {
     wait_served(&c, "config.txt", "v1", "initial commit").await;
     let p = c.wait_primary(&[], T).await;
     let replica = (1..=3).find(|i| *i != p).unwrap();
+    c.wait_knows_primary(replica, p, T).await;
     let r = put_file(&c, replica, "edited.txt", "from the API").await;
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
     wait_served(&c, "edited.txt", "from the API", "edit served everywhere").await;

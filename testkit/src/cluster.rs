@@ -408,6 +408,17 @@ impl Cluster {
         .await
     }
 
+    /// Wait until node `id`'s status names `primary` as the primary (a replica learns of a new
+    /// primary a moment after the primary itself knows, so a write sent to it may meet
+    /// `no_primary` before then).
+    pub async fn wait_knows_primary(&self, id: u64, primary: u64, timeout: Duration) {
+        self.wait_for(timeout, "the node to know the primary", || async {
+            let s = self.status(id).await?;
+            (s["primary"]["node"].as_u64() == Some(primary)).then_some(())
+        })
+        .await
+    }
+
     /// Whether node `id` answers 200 on `/primary` (it is the primary and holds a valid lease)
     /// within `timeout`.
     pub async fn holds_lease(&self, id: u64, timeout: Duration) -> bool {
