@@ -7,7 +7,7 @@
 //!   Raft membership), and the pull stream is the HTTP/1.1 upgrade of `crate::peer::stream` (path [`STREAM_PATH`]).
 //! - The view feeder publishes a [`PrimaryView`] derived from the node's Raft state watch
 //!   (`node.state`) into [`Repl`], which the protocol reads.
-//! - The functions below keep the names the rest of the node calls (`serve_pull`, `apply_task`,
+//! - The functions below keep the names the rest of the node calls (`serve_pull`, `replicate`,
 //!   `catch_up`, ...) and delegate.
 
 use std::sync::Arc;
@@ -204,19 +204,19 @@ pub fn encode_reply(node: &Node, reply: &PullReply) -> Vec<u8> {
     node.repl.encode_reply(reply)
 }
 
-/// The replica apply worker, and the feeder of its view from the node's cluster state; both stop
-/// when the node does.
-pub async fn apply_task(node: Arc<Node>) {
-    refresh_view(&node);
+/// The replica apply worker, and the feeder of its view from the node's cluster state, until
+/// `cancel`: the built-in store's `ManagedService::run` (started by `cluster::kv::apply_task`).
+pub async fn replicate(node: &Node, cancel: tokio_util::sync::CancellationToken) {
+    refresh_view(node);
     let feed = keel_replication::feed_view(
         &node.repl,
         node.state.clone(),
         |view| primary_view(view),
-        node.cancel.clone(),
+        cancel.clone(),
     );
-    let peers = NodePeers::new(&node);
-    let replica = replica(&node, &peers);
-    tokio::join!(feed, replica.run(node.cancel.clone()));
+    let peers = NodePeers::new(node);
+    let replica = replica(node, &peers);
+    tokio::join!(feed, replica.run(cancel));
 }
 
 /// The new primary's catch-up step: pull whatever it lacks from the most advanced reachable

@@ -337,7 +337,10 @@ fn spawn_background(node: &Arc<Node>) -> Vec<(&'static str, JoinHandle<()>)> {
             "role tracker",
             tokio::spawn(crate::cluster::duties::role_task(node.clone())),
         ),
-        ("replication apply", tokio::spawn(crate::repl::apply_task(node.clone()))),
+        (
+            "replication apply",
+            tokio::spawn(crate::cluster::kv::apply_task(node.clone())),
+        ),
         (
             "replication report",
             tokio::spawn(crate::repl::report_task(node.clone())),

@@ -18,7 +18,9 @@ pub struct Candidate {
     pub reachable: bool,
     pub nofailover: bool,
     pub priority: i32,
-    /// Replication position it reported (higher is more advanced); `None` if unknown.
+    /// Its built-in store's position (`ManagedService::position` of the `kv` service: this node's
+    /// own asked through the trait, the others' as they reported it); higher is more advanced;
+    /// `None` if unknown.
     pub position: Option<u64>,
     /// Its managed Redis (`--redis-port`), as last seen: `None` without one or when unknown.
     pub service: Option<ServiceView>,
@@ -30,6 +32,16 @@ pub struct ServiceView {
     pub healthy: bool,
     /// Replication offset; offsets of one Redis primary/replica set are comparable across failovers.
     pub offset: Option<u64>,
+}
+
+impl ServiceView {
+    /// What the ranking reads of a `ManagedService` health sample, whatever the datastore.
+    pub fn of(h: &keel_replication::service::ServiceHealth) -> ServiceView {
+        ServiceView {
+            healthy: h.healthy,
+            offset: h.offset,
+        }
+    }
 }
 
 /// What the coordinator knows when deciding.

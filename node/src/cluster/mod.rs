@@ -1,7 +1,8 @@
 //! The decision layer: everything that decides and acts for the cluster — the lease and the
 //! coordinator ([`primary`]), the failover rules ([`failover`], pure), admin operations routed to
 //! the coordinator ([`admin`]), the role-change hook ([`hook`]), joining a cluster ([`join`]),
-//! and the duties every node runs ([`duties`]).
+//! the duties every node runs ([`duties`]), and the managed datastores: Redis ([`service`]) and the
+//! built-in store's side of the `ManagedService` trait ([`kv`]).
 //!
 //! Nothing here knows HTTP: no module under `cluster/` imports [`crate::http`], [`crate::cli`]
 //! or axum. Operations take and return domain types and fail with [`ClusterError`]; the HTTP and
@@ -14,6 +15,7 @@ pub mod failover;
 pub mod gitsync;
 pub mod hook;
 pub mod join;
+pub mod kv;
 pub mod lease;
 pub mod members;
 pub mod primary;

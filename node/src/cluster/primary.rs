@@ -133,7 +133,9 @@ pub async fn renew_task(node: Arc<Node>) {
     }
 }
 
-async fn renew_once(node: &Node, epoch: u64, lease_len: Duration) {
+/// Ask the coordinator (or grant locally, as the coordinator) for this node's lease in `epoch`;
+/// bounded by `lease_len / 3`.
+pub(crate) async fn renew_once(node: &Node, epoch: u64, lease_len: Duration) {
     let sent = Instant::now();
     let m = node.metrics();
     let res = match m.current_leader {
@@ -222,6 +224,8 @@ pub async fn controller_task(node: Arc<Node>) {
             _ => None,
         };
         let positions = node.repl.reported_positions(node.id);
+        // This node's own through the store's `ManagedService::position` (the same seq the others report).
+        let mine = crate::cluster::kv::position(&node).await;
         let services = crate::cluster::service::service_views(&node);
         let members = member_views(&node)
             .into_iter()
@@ -232,7 +236,11 @@ pub async fn controller_task(node: Arc<Node>) {
                 reachable: m.reachable,
                 nofailover: m.tags.nofailover,
                 priority: m.tags.priority,
-                position: positions.get(&m.id).map(|p| p.seq),
+                position: if m.id == node.id {
+                    Some(mine)
+                } else {
+                    positions.get(&m.id).map(|p| p.seq)
+                },
             })
             .collect();
         let view = ClusterView {

@@ -245,6 +245,7 @@ async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
     let m = node.metrics();
     let view = node.view();
     let voter = m.membership_config.membership().voter_ids().any(|v| v == node.id);
+    let datastore = crate::cluster::kv::health(&node).await;
     Json(json!({
         "node_id": node.id,
         "role": role(&node),
@@ -287,6 +288,8 @@ async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
         "gitsync": node.gitsync.as_ref().map(|g| g.status()),
         // Managed Redis (`--redis-port`); null without it.
         "service": crate::cluster::service::status(&node),
+        // The built-in key-value store as a managed service (kind `kv`), on every node.
+        "datastore": datastore,
         "memory": memory(&node),
     }))
 }

@@ -160,14 +160,17 @@ pub fn operations() -> Vec<Op> {
             method: "get",
             path: "/v1/status",
             tag: "cluster",
-            summary: "this node's view: role, Raft state, primary, lease, replication, Git Sync",
+            summary: "this node's view: role, Raft state, primary, lease, replication, Git Sync, managed datastores",
             params: vec![],
             body: None,
             responses: std(
                 &errors(&["503"]),
                 (
                     "200",
-                    ok("this node's status", obj(&["node_id", "role", "raft", "primary", "auth", "memory"])),
+                    ok(
+                        "this node's status",
+                        obj(&["node_id", "role", "raft", "primary", "auth", "memory", "datastore"]),
+                    ),
                 ),
             ),
         },

@@ -1,16 +1,24 @@
-//! Managed datastores: a datastore Keel does not implement itself but runs and keeps in step
-//! with the cluster's roles (issue 19). The node drives a [`ManagedService`] from the cluster
-//! state and the lease: the lease holder's service is promoted and unfenced, every other node's
-//! service is fenced if it was a master and follows the primary's. The failover code only sees
-//! [`ServiceHealth`] and [`ManagedService::position`], so a third datastore (PostgreSQL: start =
-//! `pg_ctl start`, follow = `primary_conninfo` + standby.signal, promote = `pg_promote()`, fence =
-//! `default_transaction_read_only` + terminating sessions) fits the same trait.
+//! Managed datastores: a datastore Keel runs and keeps in step with the cluster's roles (issue 19).
+//! A [`ManagedService`] is started or attached, sampled ([`ServiceHealth`]), ranked by its
+//! [`ManagedService::position`], and promoted, pointed at the primary's ([`Upstream`]), fenced and
+//! unfenced. The failover code only sees [`ServiceHealth`] and the position, so a third datastore
+//! (PostgreSQL: start = `pg_ctl start`, follow = `primary_conninfo` + standby.signal naming
+//! [`Upstream::addr`], promote = `pg_promote()`, fence = `default_transaction_read_only` +
+//! terminating sessions) fits the same trait without touching it.
 //!
-//! Implementations: [`redis::RedisService`]. The built-in key-value store does not implement it
-//! yet: its promote/follow are the replication protocol itself ([`crate::Replica`],
-//! [`crate::Repl::publish_view`]) and its fence is the lease check on every write in the node;
-//! wrapping those as a `ManagedService` is the next step (position = the datastore position).
+//! Implementations:
+//! - [`redis::RedisService`]: a supervised `redis-server`. The node's duty loop
+//!   (`keel-node`, `cluster/service/`) calls every method from the cluster state and the lease.
+//! - [`kv::KvService`]: Keel's own key-value store. Its roles are the replication protocol and the
+//!   lease, which already run at the right moments in the node (the view feeder, the new primary's
+//!   catch-up before its first lease, the lease check on every write), so the node does not drive
+//!   it through the duty loop (that would put a 100 ms tick between a state change and the
+//!   store's reaction). Each method does exactly what that existing mechanism does, by calling
+//!   it: promote = the catch-up step, follow = publish the view naming the primary, fence = drop
+//!   the lease, unfence = renew it. The node reads its health and position through the trait for
+//!   `/v1/status` (`datastore`) and for the coordinator's own entry in the failover ranking.
 
+pub mod kv;
 pub mod redis;
 pub mod resp;
 
@@ -36,15 +44,18 @@ pub enum ServiceRole {
 /// One health sample of a managed service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServiceHealth {
-    /// `"redis"`.
+    /// `"redis"` or `"kv"`.
     pub kind: &'static str,
-    /// Where clients reach it (`host:port`).
+    /// Where clients reach it (`host:port`; the built-in store: where other nodes reach its change
+    /// stream, the node's peer address).
     pub addr: String,
     pub role: ServiceRole,
-    /// Replication offset (Redis: `master_repl_offset` on a master, `slave_repl_offset` on a replica).
+    /// Replication offset (Redis: `master_repl_offset` on a master, `slave_repl_offset` on a replica;
+    /// the built-in store: the seq of its position).
     pub offset: Option<u64>,
-    /// On a replica: seconds since it last heard from its master (Redis `master_last_io_seconds_ago`);
-    /// `None` on a master or when the link is down.
+    /// On a replica: seconds since it last heard from its master (Redis `master_last_io_seconds_ago`;
+    /// the built-in store: seconds since it was last caught up, 0 while it is); `None` on a master or
+    /// when the link is down.
     pub lag: Option<u64>,
     /// On a replica: the master it follows (`host:port`).
     pub following: Option<String>,
@@ -92,6 +103,13 @@ pub enum ServiceError {
         #[source]
         source: std::io::Error,
     },
+    /// The built-in store's replication step failed (e.g. the new primary's catch-up).
+    #[error("replication: {0}")]
+    Replication(#[from] crate::ReplError),
+    /// The call does not fit the service's role now (e.g. promote on a node the cluster state does
+    /// not name primary).
+    #[error("{0}")]
+    Role(String),
     #[error("write config {path}: {source}")]
     Config {
         path: String,
@@ -100,9 +118,21 @@ pub enum ServiceError {
     },
 }
 
+/// The primary's service, for [`ManagedService::follow`]: the member, its epoch, and where its
+/// service is reached. Each implementation uses what its replication names the master by: Redis
+/// and PostgreSQL the address, the built-in store the member and epoch (its replication resolves
+/// the member's peer address itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub node: crate::NodeId,
+    pub epoch: u64,
+    /// `host:port` of the primary's service.
+    pub addr: String,
+}
+
 /// A datastore Keel runs and keeps in step with the cluster's roles. Every call is bounded in time.
 pub trait ManagedService: Send + Sync {
-    /// Short name (`"redis"`).
+    /// Short name (`"redis"`, `"kv"`).
     fn kind(&self) -> &'static str;
     /// Where clients and other nodes' services reach this one.
     fn addr(&self) -> String;
@@ -115,8 +145,8 @@ pub trait ManagedService: Send + Sync {
     fn position(&self) -> impl Future<Output = Result<u64, ServiceError>> + Send;
     /// Become the writable master (stop following).
     fn promote(&self) -> impl Future<Output = Result<(), ServiceError>> + Send;
-    /// Follow the master at `primary` (`host:port`).
-    fn follow(&self, primary: &str) -> impl Future<Output = Result<(), ServiceError>> + Send;
+    /// Follow the primary's service.
+    fn follow(&self, primary: &Upstream) -> impl Future<Output = Result<(), ServiceError>> + Send;
     /// Refuse writes from now on.
     fn fence(&self) -> impl Future<Output = Result<(), ServiceError>> + Send;
     /// Take writes again (only ever called on the lease holder).

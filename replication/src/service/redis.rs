@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::resp::{self, Reply};
-use super::{ManagedService, ReplicationInfo, ServiceError, ServiceHealth, ServiceRole};
+use super::{ManagedService, ReplicationInfo, ServiceError, ServiceHealth, ServiceRole, Upstream};
 
 /// `min-replicas-to-write` while fenced: more replicas than any cluster has (Redis takes 0..=i32::MAX).
 pub const FENCE_REPLICAS: u32 = i32::MAX as u32;
@@ -314,7 +314,8 @@ impl ManagedService for RedisService {
         self.call(&["REPLICAOF", "NO", "ONE"]).await.map(|_| ())
     }
 
-    async fn follow(&self, primary: &str) -> Result<(), ServiceError> {
+    async fn follow(&self, primary: &Upstream) -> Result<(), ServiceError> {
+        let primary = primary.addr.as_str();
         let (host, port) = primary
             .rsplit_once(':')
             .ok_or_else(|| ServiceError::Protocol(format!("bad master address {primary:?}")))?;

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use keel_raft::NodeId;
 use keel_replication::service::redis::{self as redis_svc, RedisConfig, RedisService};
-use keel_replication::service::{Loss, ManagedService, ServiceHealth, ServiceRole};
+use keel_replication::service::{Loss, ManagedService, ServiceHealth, ServiceRole, Upstream};
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -212,13 +212,7 @@ pub fn service_views(node: &Node) -> BTreeMap<NodeId, crate::cluster::failover::
         })
         .collect();
     if let Some(h) = s.health() {
-        out.insert(
-            node.id,
-            ServiceView {
-                healthy: h.healthy,
-                offset: h.offset,
-            },
-        );
+        out.insert(node.id, ServiceView::of(&h));
     }
     out
 }
@@ -577,7 +571,13 @@ async fn follow(node: &Node, s: &ManagedRedis, h: &ServiceHealth) -> bool {
     if h.role == ServiceRole::Replica && !master_ready(node, &addr).await {
         return acted;
     }
-    match s.redis.follow(&addr).await {
+    let epoch = node.view().state.primary.map_or(0, |p| p.epoch);
+    let upstream = Upstream {
+        node: primary,
+        epoch,
+        addr: addr.clone(),
+    };
+    match s.redis.follow(&upstream).await {
         Ok(()) => {
             info!(primary, master = %addr, "redis now replicates from the primary's");
             true
