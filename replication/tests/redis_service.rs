@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use keel_replication::service::redis::{self, RedisConfig, RedisService, FENCE_REPLICAS};
 use keel_replication::service::resp::{self, Reply};
-use keel_replication::service::{ManagedService, ServiceRole};
+use keel_replication::service::{ManagedService, ServiceRole, Upstream};
 use tokio_util::sync::CancellationToken;
 
 fn have_redis() -> bool {
@@ -99,7 +99,12 @@ async fn fence_follow_promote_and_restart() {
     set(&a.addr(), "k", "1").await.unwrap();
 
     // b follows a and gets the data.
-    b.follow(&a.addr()).await.unwrap();
+    let upstream = Upstream {
+        node: 1,
+        epoch: 1,
+        addr: a.addr(),
+    };
+    b.follow(&upstream).await.unwrap();
     wait_for("b replicates k", || async {
         resp::call(&b.addr(), &["GET", "k"], Duration::from_secs(1)).await.ok()
             == Some(Reply::Bulk(Some(b"1".to_vec())))

@@ -2,7 +2,9 @@
 //! cluster's roles. The lease holder's Redis is the unfenced master; every other node's Redis is
 //! fenced if it was a master and replicates from the primary's. The datastore itself is
 //! [`keel_replication::service::redis::RedisService`]; this module decides, from the cluster state
-//! and the lease, which of its operations to run.
+//! and the lease, which of its operations to run. (The built-in store is the other
+//! `ManagedService`; its roles are not driven here but by the lease and replication tasks, see
+//! [`crate::cluster::kv`] and node/DESIGN.md, "Managed datastores".)
 //!
 //! Tasks (started in `start.rs`, stopped by `node.cancel`):
 //! - [`supervise_task`]: runs and restarts the `redis-server` child.
