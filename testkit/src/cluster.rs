@@ -344,17 +344,22 @@ impl Cluster {
     }
 
     pub async fn get(&self, id: u64, path: &str) -> Option<Value> {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.node(id).url()))
-            .timeout(Duration::from_secs(2))
-            .send()
+        let url = format!("{}{path}", self.node(id).url());
+        crate::success(self.http.get(url), Duration::from_secs(2))
+            .await?
+            .json()
             .await
-            .ok()?;
-        if !r.status().is_success() {
-            return None;
-        }
-        r.json().await.ok()
+            .ok()
+    }
+
+    /// Node `id`'s `/metrics` text.
+    pub async fn metrics(&self, id: u64) -> Option<String> {
+        let url = format!("{}/metrics", self.node(id).url());
+        crate::success(self.http.get(url), Duration::from_secs(2))
+            .await?
+            .text()
+            .await
+            .ok()
     }
 
     pub async fn status(&self, id: u64) -> Option<Value> {
