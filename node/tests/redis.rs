@@ -21,13 +21,17 @@ use serde_json::Value;
 const T: Duration = Duration::from_secs(30);
 const CALL: Duration = Duration::from_millis(500);
 
-/// Three nodes, each with its own Redis port on the cluster's IP, started.
-fn cluster() -> (Cluster, Vec<String>) {
+/// Three nodes, each with its own Redis port on the cluster's IP, started; None (the test
+/// skips) without redis-server.
+fn cluster() -> Option<(Cluster, Vec<String>)> {
     cluster_with(&[])
 }
 
 /// [`cluster`] with `common` flags on every node.
-fn cluster_with(common: &[&str]) -> (Cluster, Vec<String>) {
+fn cluster_with(common: &[&str]) -> Option<(Cluster, Vec<String>)> {
+    if !have_redis() {
+        return None;
+    }
     let mut c = Cluster::new(3, common);
     let mut addrs = Vec::new();
     for n in c.nodes.iter_mut() {
@@ -36,7 +40,7 @@ fn cluster_with(common: &[&str]) -> (Cluster, Vec<String>) {
         addrs.push(format!("{}:{port}", n.api.ip()));
     }
     c.start_all();
-    (c, addrs)
+    Some((c, addrs))
 }
 
 fn addr(addrs: &[String], id: u64) -> &str {
@@ -193,10 +197,9 @@ async fn wait_service_role(c: &Cluster, id: u64, role: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_follows_the_primary_across_a_node_kill() {
-    if !have_redis() {
+    let Some((mut c, addrs)) = cluster() else {
         return;
-    }
-    let (mut c, addrs) = cluster();
+    };
     let (p, master) = primary_with_k1(&c, &addrs).await;
     let role = cmd(&master, &["ROLE"]).await.unwrap();
     assert!(
@@ -333,10 +336,9 @@ fn redis_pid(addr: &str) -> Option<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_redis_server_is_restarted_or_replaced() {
-    if !have_redis() {
+    let Some((mut c, addrs)) = cluster() else {
         return;
-    }
-    let (mut c, addrs) = cluster();
+    };
     let (p, master) = primary_with_k1(&c, &addrs).await;
     let pid = redis_pid(&master).expect("the primary's redis-server process");
     signal(pid, "-9");
@@ -386,10 +388,9 @@ const ISOLATED_MASTER_BOUND: Duration = Duration::from_secs(4);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_whose_keel_is_paused_has_its_redis_refuse_writes() {
-    if !have_redis() {
+    let Some((c, addrs)) = cluster() else {
         return;
-    }
-    let (c, addrs) = cluster();
+    };
     let (p, master) = primary_with_k1(&c, &addrs).await;
     // The unfenced master of a 3-node async cluster needs one replica (the Redis-side backstop).
     wait_min_replicas_1(&c, &master).await;
@@ -436,10 +437,9 @@ async fn a_primary_whose_keel_is_paused_has_its_redis_refuse_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_whose_replicas_stop_acknowledging_refuses_writes_by_itself() {
-    if !have_redis() {
+    let Some((c, addrs)) = cluster() else {
         return;
-    }
-    let (c, addrs) = cluster();
+    };
     let (p, master) = primary_with_k1(&c, &addrs).await;
     let others: Vec<u64> = (1..=3).filter(|i| *i != p).collect();
     // Freeze both replicas' redis-servers: their connections stay open but they stop
@@ -479,10 +479,9 @@ async fn a_master_whose_replicas_stop_acknowledging_refuses_writes_by_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_old_masters_writes_are_counted_as_lost() {
-    if !have_redis() {
+    let Some((c, addrs)) = cluster() else {
         return;
-    }
-    let (c, addrs) = cluster();
+    };
     let (p, master) = primary_with_k1(&c, &addrs).await;
     let pid = c.node(p).child.as_ref().unwrap().id();
     signal(pid, "-STOP");
@@ -534,10 +533,9 @@ async fn an_isolated_old_masters_writes_are_counted_as_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_mode_writes_acknowledged_by_wait_survive_a_primary_kill() {
-    if !have_redis() {
+    let Some((mut c, addrs)) = cluster_with(&["--replication-mode", "sync"]) else {
         return;
-    }
-    let (mut c, addrs) = cluster_with(&["--replication-mode", "sync"]);
+    };
     let p = c.wait_primary(&[], T).await;
     let master = addr(&addrs, p).to_string();
     // floor(3 voters / 2) = 1 replica, so master + replica are a majority.
@@ -676,10 +674,9 @@ async fn keel_up_with_a_redis_port_base_runs_redis_found_through_sentinel() {
 /// whichever node is the master then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_node_restarted_at_once_does_not_wipe_the_replicas() {
-    if !have_redis() {
+    let Some((mut c, addrs)) = cluster() else {
         return;
-    }
-    let (mut c, addrs) = cluster();
+    };
     let p = c.wait_primary(&[], T).await;
     let master = addr(&addrs, p).to_string();
     wait_set(&c, &master, "k0", "v").await;

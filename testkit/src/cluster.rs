@@ -343,23 +343,19 @@ impl Cluster {
         std::fs::read_to_string(&self.node(id).log).unwrap_or_default()
     }
 
-    pub async fn get(&self, id: u64, path: &str) -> Option<Value> {
+    /// Node `id`'s answer to a GET of `path`, if one came within 2 s with a success status.
+    async fn get_ok(&self, id: u64, path: &str) -> Option<reqwest::Response> {
         let url = format!("{}{path}", self.node(id).url());
-        crate::success(self.http.get(url), Duration::from_secs(2))
-            .await?
-            .json()
-            .await
-            .ok()
+        crate::success(self.http.get(url), Duration::from_secs(2)).await
+    }
+
+    pub async fn get(&self, id: u64, path: &str) -> Option<Value> {
+        self.get_ok(id, path).await?.json().await.ok()
     }
 
     /// Node `id`'s `/metrics` text.
     pub async fn metrics(&self, id: u64) -> Option<String> {
-        let url = format!("{}/metrics", self.node(id).url());
-        crate::success(self.http.get(url), Duration::from_secs(2))
-            .await?
-            .text()
-            .await
-            .ok()
+        self.get_ok(id, "/metrics").await?.text().await.ok()
     }
 
     pub async fn status(&self, id: u64) -> Option<Value> {
