@@ -68,11 +68,14 @@ fn json_body(schema: Value, required: bool) -> Option<Value> {
 }
 
 fn raw_body(description: &str) -> Option<Value> {
-    Some(json!({
-        "required": false,
-        "description": description,
-        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
-    }))
+    let mut body = binary(description);
+    body["required"] = json!(false);
+    Some(body)
+}
+
+/// Raw bytes, described.
+fn binary(description: &str) -> Value {
+    json!({"description": description, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}})
 }
 
 fn ok(description: &str, schema: Value) -> Value {
@@ -123,6 +126,13 @@ fn errors(statuses: &[&'static str]) -> Vec<(&'static str, Value)> {
             (*status, r(name))
         })
         .collect()
+}
+
+/// `success`, then the standard error answers for `statuses`.
+fn and_errors(success: (&'static str, Value), statuses: &[&'static str]) -> Vec<(&'static str, Value)> {
+    let mut v = vec![success];
+    v.extend(errors(statuses));
+    v
 }
 
 /// The standard error answers, shared through `components/responses`.
@@ -378,13 +388,7 @@ pub fn operations() -> Vec<Op> {
                 ),
             ],
             body: None,
-            responses: std(
-                &errors(&["400", "404", "413", "503"]),
-                (
-                    "200",
-                    json!({"description": "the value", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}),
-                ),
-            ),
+            responses: std(&errors(&["400", "404", "413", "503"]), ("200", binary("the value"))),
         },
         Op {
             method: "put",
@@ -394,12 +398,7 @@ pub fn operations() -> Vec<Op> {
             params: vec![kv_key.clone()],
             body: raw_body("the value, raw bytes, at most 1 MiB"),
             responses: std(
-                &[
-                    ("200", ok("replaced", write_answer.clone())),
-                    ("400", r("BadRequest")),
-                    ("413", r("TooLarge")),
-                    ("503", r("Unavailable")),
-                ],
+                &and_errors(("200", ok("replaced", write_answer.clone())), &["400", "413", "503"]),
                 ("201", ok("created", write_answer.clone())),
             ),
         },
@@ -411,7 +410,7 @@ pub fn operations() -> Vec<Op> {
             params: vec![kv_key.clone()],
             body: None,
             responses: std(
-                &[
+                &and_errors(
                     (
                         "201",
                         ok(
@@ -419,11 +418,8 @@ pub fn operations() -> Vec<Op> {
                             write_answer.clone(),
                         ),
                     ),
-                    ("400", r("BadRequest")),
-                    ("404", r("NotFound")),
-                    ("413", r("TooLarge")),
-                    ("503", r("Unavailable")),
-                ],
+                    &["400", "404", "413", "503"],
+                ),
                 ("200", ok("deleted", write_answer.clone())),
             ),
         },
@@ -439,13 +435,10 @@ pub fn operations() -> Vec<Op> {
             ],
             body: raw_body("the new value, raw bytes, at most 1 MiB"),
             responses: std(
-                &[
+                &and_errors(
                     ("201", ok("created", write_answer.clone())),
-                    ("400", r("BadRequest")),
-                    ("409", r("Conflict")),
-                    ("413", r("TooLarge")),
-                    ("503", r("Unavailable")),
-                ],
+                    &["400", "409", "413", "503"],
+                ),
                 ("200", ok("replaced", write_answer)),
             ),
         },
@@ -454,8 +447,7 @@ pub fn operations() -> Vec<Op> {
             "datastore",
             "a consistent backup of this node (cluster state + datastore at one position, with a SHA-256 \
              trailer), streamed; `keel backup --out FILE` writes it, `keel restore --from FILE` seeds a new cluster",
-            json!({"description": "the backup file (position in Keel-Position, key count in Keel-Backup-Keys)",
-                   "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}),
+            binary("the backup file (position in Keel-Position, key count in Keel-Backup-Keys)"),
         ),
         get(
             "/v1/diverged",
@@ -517,7 +509,7 @@ pub fn operations() -> Vec<Op> {
             ],
             body: Some(json!({"required": false, "content": {"application/json": {"schema": {"type": "object"}}}})),
             responses: std(
-                &[
+                &and_errors(
                     (
                         "202",
                         ok(
@@ -525,12 +517,8 @@ pub fn operations() -> Vec<Op> {
                             obj(&["webhook"]),
                         ),
                     ),
-                    ("400", r("BadRequest")),
-                    ("401", r("Unauthorized")),
-                    ("404", r("NotFound")),
-                    ("413", r("TooLarge")),
-                    ("503", r("Unavailable")),
-                ],
+                    &["400", "401", "404", "413", "503"],
+                ),
                 (
                     "200",
                     ok(
