@@ -348,7 +348,6 @@ impl ConfigPatch {
             min_acks: self.min_acks.unwrap_or(c.min_acks),
             max_lag_on_failover: self.max_lag_on_failover.unwrap_or(c.max_lag_on_failover),
             log_retention_entries: self.log_retention_entries.unwrap_or(c.log_retention_entries),
-            ..c
         }
     }
 }

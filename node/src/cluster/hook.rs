@@ -562,7 +562,7 @@ mod tests {
         runner.role_changed("candidate", "leader", 2);
         runner.role_changed("leader", "follower", 3);
 
-        let status = wait_runs(&runner, 3).await;
+        let status = wait_runs(runner, 3).await;
         assert_eq!(status.runs, 3);
         assert_eq!(status.failures, 0, "{status:?}");
         assert_eq!(status.pending, 0);
@@ -576,7 +576,7 @@ mod tests {
         assert!(last.succeeded());
         assert!(last.duration_ms >= 50, "{last:?}");
 
-        let lines = read_lines(&file);
+        let lines = read_lines(file);
         let roles: Vec<&str> = lines
             .iter()
             .map(String::as_str)
@@ -621,7 +621,7 @@ mod tests {
         runner.role_changed("follower", "leader", 1);
         runner.role_changed("leader", "follower", 2);
 
-        let status = wait_runs(&runner, 2).await;
+        let status = wait_runs(runner, 2).await;
         assert!(
             queued.elapsed() < Duration::from_secs(4),
             "the first hook was not killed"
@@ -656,7 +656,7 @@ mod tests {
         let runner = &f.runner;
         runner.role_changed("leader", "follower", 9);
 
-        let status = wait_runs(&runner, 1).await;
+        let status = wait_runs(runner, 1).await;
         assert_eq!(status.runs, 1);
         assert_eq!(status.failures, 1);
         let last = status.last.unwrap();
