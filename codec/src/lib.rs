@@ -1,15 +1,22 @@
-//! keel-codec: the versioned binary encoding of everything Keel writes to disk or sends to a peer.
+//! keel-codec: the versioned binary encoding of everything Keel writes to disk or sends to a peer,
+//! and the bytes of RESP2, the Redis protocol ([`resp`]).
 //!
 //! Every blob starts with one format-version byte followed by a postcard body. A reader
 //! refuses versions it does not know instead of guessing (postcard is not self-describing,
 //! so a silent mis-decode is the failure mode this byte exists to prevent), and refuses
 //! trailing bytes for the same reason.
 //!
-//! Owns only these bytes: [`encode`] / [`decode`] at [`FORMAT_VERSION`], [`encode_as`] /
+//! Of that encoding it owns only these bytes: [`encode`] / [`decode`] at [`FORMAT_VERSION`], [`encode_as`] /
 //! [`decode_as`] for a structure at another version, and [`decode_prefix`] to read a small header
 //! without copying a large trailing field. keel-raft and keel-replication both use it (and
 //! re-export it as their `codec` module) without depending on each other. It knows no Keel type,
 //! no storage and no network: which structure is at which version is the caller's business.
+//!
+//! [`resp`] owns the pure half of a Redis client: a request's encoding, the reply type and an
+//! incremental reply parser. keel-replication's managed-Redis client (async) and
+//! keel-jepsen's harness client (blocking) both parse with it and keep their own IO.
+
+pub mod resp;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -25,8 +25,11 @@
 //! `/v1/members`), and acts on them only from outside (signals, network namespaces, libfaketime,
 //! deleting a whole data directory for the `wipe` fault). It never links the daemon's crates:
 //! no `keel-*` crate is a dependency (a test below checks `Cargo.toml`), so a checker cannot
-//! lean on an internal that the system under test might get wrong. Only tests and the test kit
-//! depend on it; the daemon never does.
+//! lean on an internal that the system under test might get wrong. The one exception is
+//! `keel-codec`, for RESP2's bytes only (a request's encoding and the reply parser, as Redis
+//! defines them, no Keel type or logic): the Redis workloads' client talks to real
+//! `redis-server`s with it, and Keel's Sentinel listener encodes its replies with code of its own.
+//! Only tests and the test kit depend on it; the daemon never does.
 //!
 //! See `DESIGN.md` for the model and the meaning of `info`.
 
@@ -209,7 +212,8 @@ mod tests {
         assert_eq!(serde_json::from_value::<Report>(json).unwrap(), report);
     }
 
-    /// The harness drives `keel` as a black box: none of Keel's crates is a dependency.
+    /// The harness drives `keel` as a black box: none of Keel's crates is a dependency, except
+    /// keel-codec for RESP2's bytes.
     #[test]
     fn no_keel_crate_is_a_dependency() {
         let manifest = include_str!("../Cargo.toml");
@@ -218,7 +222,10 @@ mod tests {
             if line.starts_with('[') {
                 section = line;
             } else if section.ends_with("dependencies]") {
-                assert!(!line.starts_with("keel"), "keel-jepsen depends on a Keel crate: {line}");
+                assert!(
+                    !line.starts_with("keel") || line.starts_with("keel-codec "),
+                    "keel-jepsen depends on a Keel crate: {line}"
+                );
             }
         }
     }

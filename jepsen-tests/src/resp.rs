@@ -1,44 +1,14 @@
-//! A small blocking RESP2 client for the Redis workloads: requests encoded as arrays of bulk
-//! strings, replies parsed by [`parse`] (pure, incremental), and [`Conn`], one TCP connection
-//! whose every connect, read and write has a timeout. The harness drives Redis and Sentinel as
-//! black boxes, so it has its own client rather than a Keel crate's.
+//! A small blocking RESP2 client for the Redis workloads: requests encoded and replies parsed by
+//! keel-codec's pure RESP2 half ([`encode`], [`parse`]), and [`Conn`], one TCP connection whose
+//! every connect, read and write has a timeout. The harness drives Redis and Sentinel as
+//! black boxes, so it has its own blocking client rather than the node's async one; only the
+//! protocol's bytes are shared.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-/// A reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    /// `+OK`
-    Status(String),
-    /// `-ERR ...`: the whole error line.
-    Error(String),
-    Int(i64),
-    /// `$n` (None: `$-1`, nil).
-    Bulk(Option<Vec<u8>>),
-    /// `*n` (None: `*-1`, nil).
-    Array(Option<Vec<Reply>>),
-}
-
-impl Reply {
-    /// A bulk or status reply as text.
-    pub fn text(&self) -> Option<String> {
-        match self {
-            Reply::Bulk(Some(b)) => Some(String::from_utf8_lossy(b).into_owned()),
-            Reply::Status(s) => Some(s.clone()),
-            _ => None,
-        }
-    }
-
-    /// The error line, if this is an error reply.
-    pub fn error(&self) -> Option<&str> {
-        match self {
-            Reply::Error(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+pub use keel_codec::resp::{encode, Reply};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,70 +30,10 @@ impl RespError {
     }
 }
 
-/// A request as a RESP array of bulk strings.
-pub fn encode(args: &[&str]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
-/// One reply from the start of `buf`: `Ok(None)` when more bytes are needed, else the reply and
-/// the bytes it used.
+/// One reply from the start of `buf` ([`keel_codec::resp::parse`], no bound on a bulk reply):
+/// `Ok(None)` when more bytes are needed, else the reply and the bytes it used.
 pub fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, RespError> {
-    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
-        return Ok(None);
-    };
-    if buf.is_empty() {
-        return Ok(None);
-    }
-    let line = std::str::from_utf8(&buf[1..end]).map_err(|_| RespError::Protocol("line is not UTF-8".into()))?;
-    let after = end + 2;
-    let int = || {
-        line.parse::<i64>()
-            .map_err(|_| RespError::Protocol(format!("bad length or integer {line:?}")))
-    };
-    match buf[0] {
-        b'+' => Ok(Some((Reply::Status(line.to_string()), after))),
-        b'-' => Ok(Some((Reply::Error(line.to_string()), after))),
-        b':' => Ok(Some((Reply::Int(int()?), after))),
-        b'$' => {
-            let n = int()?;
-            if n < 0 {
-                return Ok(Some((Reply::Bulk(None), after)));
-            }
-            let n = n as usize;
-            if buf.len() < after + n + 2 {
-                return Ok(None);
-            }
-            if &buf[after + n..after + n + 2] != b"\r\n" {
-                return Err(RespError::Protocol("bulk string not ended by CRLF".into()));
-            }
-            Ok(Some((Reply::Bulk(Some(buf[after..after + n].to_vec())), after + n + 2)))
-        }
-        b'*' => {
-            let n = int()?;
-            if n < 0 {
-                return Ok(Some((Reply::Array(None), after)));
-            }
-            let mut items = Vec::with_capacity(n.min(1024) as usize);
-            let mut at = after;
-            for _ in 0..n {
-                match parse(&buf[at..])? {
-                    Some((r, used)) => {
-                        items.push(r);
-                        at += used;
-                    }
-                    None => return Ok(None),
-                }
-            }
-            Ok(Some((Reply::Array(Some(items)), at)))
-        }
-        other => Err(RespError::Protocol(format!("unknown reply type byte {other:#x}"))),
-    }
+    keel_codec::resp::parse(buf, usize::MAX).map_err(|e| RespError::Protocol(e.0))
 }
 
 /// One connection. Every call is bounded by the timeout given at connect.
@@ -208,49 +118,6 @@ pub fn info_fields(text: &str) -> std::collections::BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn encodes_arrays_of_bulk_strings() {
-        assert_eq!(encode(&["GET", "k"]), b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n".to_vec());
-        assert_eq!(encode(&[]), b"*0\r\n".to_vec());
-    }
-
-    #[test]
-    fn parses_every_reply_type_and_waits_for_whole_replies() {
-        let cases: Vec<(&[u8], Reply)> = vec![
-            (b"+OK\r\n", Reply::Status("OK".into())),
-            (
-                b"-NOREPLICAS Not enough good replicas\r\n",
-                Reply::Error("NOREPLICAS Not enough good replicas".into()),
-            ),
-            (b":-3\r\n", Reply::Int(-3)),
-            (b"$-1\r\n", Reply::Bulk(None)),
-            (b"$5\r\na\r\nbc\r\n", Reply::Bulk(Some(b"a\r\nbc".to_vec()))),
-            (b"*-1\r\n", Reply::Array(None)),
-            (
-                b"*2\r\n$9\r\n127.0.0.1\r\n$4\r\n6379\r\n",
-                Reply::Array(Some(vec![
-                    Reply::Bulk(Some(b"127.0.0.1".to_vec())),
-                    Reply::Bulk(Some(b"6379".to_vec())),
-                ])),
-            ),
-            (
-                b"*2\r\n*1\r\n:1\r\n$0\r\n\r\n",
-                Reply::Array(Some(vec![
-                    Reply::Array(Some(vec![Reply::Int(1)])),
-                    Reply::Bulk(Some(vec![])),
-                ])),
-            ),
-        ];
-        for (bytes, want) in cases {
-            for cut in 0..bytes.len() {
-                assert_eq!(parse(&bytes[..cut]).unwrap(), None, "{bytes:?} cut at {cut}");
-            }
-            let mut more = bytes.to_vec();
-            more.extend_from_slice(b"+next\r\n");
-            assert_eq!(parse(&more).unwrap(), Some((want, bytes.len())), "{bytes:?}");
-        }
-    }
 
     #[test]
     fn bad_replies_are_protocol_errors() {

@@ -357,6 +357,13 @@ mod tests {
         Duration::from_secs(n)
     }
 
+    fn summary(count: u64, first: &str) -> Verdict {
+        Verdict::Summary {
+            count,
+            first: first.into(),
+        }
+    }
+
     #[test]
     fn first_passes_repeats_are_counted_and_summarised_once_per_window() {
         let t0 = Instant::now();
@@ -368,22 +375,10 @@ mod tests {
             assert_eq!(rl.check("a", t0 + s(i), &format!("a{}", i + 1)), Verdict::Suppress);
         }
         // The first repeat after the window: a summary of the 29 dropped and this one.
-        assert_eq!(
-            rl.check("a", t0 + s(30), "a31"),
-            Verdict::Summary {
-                count: 30,
-                first: "a2".into()
-            }
-        );
+        assert_eq!(rl.check("a", t0 + s(30), "a31"), summary(30, "a2"));
         // ... which opened the next window.
         assert_eq!(rl.check("a", t0 + s(31), "a32"), Verdict::Suppress);
-        assert_eq!(
-            rl.check("a", t0 + s(60), "a33"),
-            Verdict::Summary {
-                count: 2,
-                first: "a32".into()
-            }
-        );
+        assert_eq!(rl.check("a", t0 + s(60), "a33"), summary(2, "a32"));
         // A key that did not repeat in its window just passes again.
         assert_eq!(rl.check("b", t0 + s(45), "b2"), Verdict::Emit);
         assert_eq!(rl.check("b", t0 + s(46), "b3"), Verdict::Suppress);
@@ -416,13 +411,7 @@ mod tests {
         // for its summary.
         assert_eq!(rl.check(4, t0 + s(31), "4"), Verdict::Emit);
         assert!(rl.entries.contains_key(&2) && rl.entries.contains_key(&4));
-        assert_eq!(
-            rl.check(2, t0 + s(32), "2"),
-            Verdict::Summary {
-                count: 2,
-                first: "2".into()
-            }
-        );
+        assert_eq!(rl.check(2, t0 + s(32), "2"), summary(2, "2"));
     }
 
     #[test]

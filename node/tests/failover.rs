@@ -220,10 +220,15 @@ async fn leader(c: &Cluster, id: u64) -> Option<u64> {
     c.status(id).await?["raft"]["leader"].as_u64()
 }
 
+/// `keel switchover --to TO --addr ADDR`, which must succeed.
+fn cli_switchover(c: &Cluster, addr: &str, to: u64) {
+    let out = c.cli(&["switchover", "--to", &to.to_string(), "--addr", addr]);
+    assert_eq!(out.status.code(), Some(0), "{} {}", stdout(&out), stderr(&out));
+}
+
 /// Switch the primary over to `to` (through node `via`) and wait until it alone answers `/primary`.
 async fn switch_to(c: &Cluster, via: u64, to: u64, down: &[u64]) {
-    let out = c.cli(&["switchover", "--to", &to.to_string(), "--addr", &c.node(via).url()]);
-    assert_eq!(out.status.code(), Some(0), "{} {}", stdout(&out), stderr(&out));
+    cli_switchover(c, &c.node(via).url(), to);
     c.wait_for(T, "the switchover target as the only primary", || async {
         let u: Vec<_> = urls(c).into_iter().filter(|(id, _)| !down.contains(id)).collect();
         (primaries(&c.http, &u).await == [to]).then_some(())
@@ -282,14 +287,7 @@ async fn a_primary_promoted_after_a_fast_path_failover_gets_the_failover_timeout
         assert!(ok, "kill {sig} {pid}");
     };
     signal("-STOP");
-    let out = c.cli(&[
-        "switchover",
-        "--to",
-        &target.to_string(),
-        "--addr",
-        &c.node(coord).url(),
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{} {}", stdout(&out), stderr(&out));
+    cli_switchover(&c, &c.node(coord).url(), target);
     let history = || async {
         let h = c.get(coord, "/v1/history").await?;
         h["history"].as_array().cloned()
@@ -396,8 +394,7 @@ async fn switchover_is_clean_and_validated() {
     let target = (1..=3).find(|i| *i != old).unwrap();
     let poller = Poller::start(&c);
     let any = c.node((1..=3).find(|i| *i != target && *i != old).unwrap()).url();
-    let out = c.cli(&["switchover", "--to", &target.to_string(), "--addr", &any]);
-    assert_eq!(out.status.code(), Some(0), "{} {}", stdout(&out), stderr(&out));
+    cli_switchover(&c, &any, target);
     assert_eq!(wait_single_primary(&c, &[]).await, target);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, doubles, _) = poller.finish().await;
@@ -493,18 +490,7 @@ async fn partition_isolated_coordinator_keeps_primary() {
     // Make the primary a node that is not the coordinator.
     let primary = if first == leader {
         let target = (1..=3).find(|i| *i != leader).unwrap();
-        let out = c.cli(&[
-            "switchover",
-            "--to",
-            &target.to_string(),
-            "--addr",
-            &c.node(leader).url(),
-        ]);
-        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-        c.wait_for(T, "switchover done", || async {
-            (primaries(&c.http, &urls(&c)).await == vec![target]).then_some(())
-        })
-        .await;
+        switch_to(&c, leader, target, &[]).await;
         target
     } else {
         first

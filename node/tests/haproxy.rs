@@ -9,7 +9,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keel_testkit::haproxy::{self, deploy_file, server_states, up_servers as up, HaProxy};
+use keel_testkit::haproxy::{
+    self, deploy_file, find_haproxy, server_name, server_states, up_servers, DeployCfg, Frontends, HaProxy,
+};
 use keel_testkit::*;
 
 const T: Duration = Duration::from_secs(20);
@@ -18,86 +20,23 @@ const T: Duration = Duration::from_secs(20);
 /// measured time (printed by the test) is about Keel's failover plus one check interval.
 const FAILOVER_DEADLINE: Duration = Duration::from_secs(15);
 
-/// Backend names in deploy/haproxy.cfg.
-const WRITE_BACKEND: &str = "keel_primary";
-const READ_BACKEND: &str = "keel_replicas";
+/// deploy/haproxy.cfg: its frontends and backends.
+const CFG: DeployCfg = DeployCfg {
+    file: "haproxy.cfg",
+    binds: [":5000", ":5001", ":8404"],
+    write_backend: "keel_primary",
+    read_backend: "keel_replicas",
+};
 
 fn read_deploy_file(name: &str) -> String {
     let path = deploy_file(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-/// Where the test's HAProxy listens.
-struct Frontends {
-    write: SocketAddr,
-    read: SocketAddr,
-    stats: SocketAddr,
-}
-
-/// deploy/haproxy.cfg with its `bind` lines moved to `f` and each `server keelN` pointed at node N's
-/// API address. Panics if the file no longer has the shape this test relies on.
-fn rewrite_haproxy_cfg(text: &str, f: &Frontends, servers: &BTreeMap<String, SocketAddr>) -> String {
-    let (mut binds, mut server_lines) = (0, 0);
-    let mut out = String::new();
-    for line in text.lines() {
-        let t = line.trim_start();
-        let indent = &line[..line.len() - t.len()];
-        let words: Vec<&str> = t.split_whitespace().collect();
-        let new = match words.as_slice() {
-            ["bind", addr, rest @ ..] => {
-                let to = if addr.ends_with(":5000") {
-                    f.write
-                } else if addr.ends_with(":5001") {
-                    f.read
-                } else if addr.ends_with(":8404") {
-                    f.stats
-                } else {
-                    panic!("deploy/haproxy.cfg: unexpected bind line {line:?}");
-                };
-                binds += 1;
-                format!("{indent}bind {to} {}", rest.join(" "))
-            }
-            ["server", name, _addr, rest @ ..] => {
-                let to = servers
-                    .get(*name)
-                    .unwrap_or_else(|| panic!("deploy/haproxy.cfg: unknown server {name:?} in {line:?}"));
-                server_lines += 1;
-                format!("{indent}server {name} {to} {}", rest.join(" "))
-            }
-            _ => line.to_owned(),
-        };
-        out.push_str(new.trim_end());
-        out.push('\n');
-    }
-    assert_eq!(binds, 3, "deploy/haproxy.cfg should bind :5000, :5001 and :8404");
-    assert_eq!(
-        server_lines, 6,
-        "deploy/haproxy.cfg should list three servers in each of two backends"
-    );
-    out
-}
-
-fn server(id: u64) -> String {
-    format!("keel{id}")
-}
-
 /// The node answering 200 on `/primary` among `ids`.
 async fn primary(c: &Cluster, ids: &[u64]) -> u64 {
     let others: Vec<u64> = c.nodes.iter().map(|n| n.id).filter(|id| !ids.contains(id)).collect();
     c.wait_primary(&others, T).await
-}
-
-/// Wait until HAProxy routes writes to `primary` only and reads to exactly `replicas`.
-async fn wait_routing(c: &Cluster, ha: &mut HaProxy, stats: SocketAddr, primary: u64, replicas: &[u64]) {
-    ha.assert_running();
-    let want_write: BTreeSet<String> = [server(primary)].into();
-    let want_read: BTreeSet<String> = replicas.iter().map(|id| server(*id)).collect();
-    let what = format!("HAProxy to route writes to {want_write:?} and reads to {want_read:?}");
-    c.wait_for(T, &what, || async {
-        let s = server_states(&c.http, stats).await?;
-        (up(&s, WRITE_BACKEND) == want_write && up(&s, READ_BACKEND) == want_read).then_some(())
-    })
-    .await;
 }
 
 async fn put(http: &reqwest::Client, url: &str, value: &str, timeout: Duration) -> Result<u16, String> {
@@ -135,37 +74,29 @@ async fn read_from_replica(c: &Cluster, read: SocketAddr, key: &str, want: &str)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_haproxy_follow_the_primary_across_kill_9() {
-    let Some(haproxy) = which("haproxy") else {
-        println!(
-            "SKIPPED: haproxy is not installed (not on PATH, nor in /usr/sbin); install Debian's `haproxy` \
-             package (scripts/test.sh does, as root) to run this test"
-        );
+    let Some(haproxy) = find_haproxy() else {
         return;
     };
 
     // The shipped file is valid as it is (its host names need not resolve: `init-addr libc,none`).
-    haproxy::assert_valid(&haproxy, &deploy_file("haproxy.cfg"));
+    haproxy::assert_valid(&haproxy, &CFG.path());
 
     let mut c = Cluster::new(3, &[]);
-    let frontends = Frontends {
-        write: format!("{}:{}", c.ip, free_port(&c.ip)).parse().unwrap(),
-        read: format!("{}:{}", c.ip, free_port(&c.ip)).parse().unwrap(),
-        stats: format!("{}:{}", c.ip, free_port(&c.ip)).parse().unwrap(),
-    };
-    let servers: BTreeMap<String, SocketAddr> = c.nodes.iter().map(|n| (server(n.id), n.api)).collect();
+    let frontends = Frontends::free(&c.ip);
+    // Each `server keelN` at node N's API address.
+    let servers: BTreeMap<String, SocketAddr> = c.nodes.iter().map(|n| (server_name(n.id), n.api)).collect();
     let cfg = c.dir.path().join("haproxy.cfg");
-    std::fs::write(
-        &cfg,
-        rewrite_haproxy_cfg(&read_deploy_file("haproxy.cfg"), &frontends, &servers),
-    )
-    .unwrap();
+    let text = CFG.rewritten(&frontends, |name, rest| {
+        Some(format!("{} {}", servers.get(name)?, rest.join(" ")))
+    });
+    std::fs::write(&cfg, text).unwrap();
     haproxy::assert_valid(&haproxy, &cfg);
 
     c.start_all();
     let mut ha = HaProxy::start(&haproxy, &cfg, c.dir.path().join("haproxy.log"));
     let p = primary(&c, &[1, 2, 3]).await;
     let replicas: Vec<u64> = (1..=3).filter(|id| *id != p).collect();
-    wait_routing(&c, &mut ha, frontends.stats, p, &replicas).await;
+    CFG.wait_routing(&c, &mut ha, frontends.stats, p, &replicas, T).await;
 
     // Writes through the write frontend reach the primary; reads through the read frontend a replica.
     let write_url = |key: &str| format!("http://{}/v1/kv/{key}", frontends.write);
@@ -188,11 +119,11 @@ async fn writes_through_haproxy_follow_the_primary_across_kill_9() {
         }
         false
     });
-    let survivors: BTreeSet<String> = replicas.iter().map(|id| server(*id)).collect();
+    let survivors: BTreeSet<String> = replicas.iter().map(|id| server_name(*id)).collect();
     let haproxy_up = first_time(t0, || async {
         server_states(&c.http, frontends.stats)
             .await
-            .is_some_and(|s| !up(&s, WRITE_BACKEND).is_disjoint(&survivors))
+            .is_some_and(|s| !up_servers(&s, CFG.write_backend).is_disjoint(&survivors))
     });
     let writes = writes_until_accepted(&c.http, frontends.write, t0);
     let (keel_t, up_t, (accepted, attempts)) = tokio::join!(keel_failover, haproxy_up, writes);
@@ -228,7 +159,7 @@ async fn writes_through_haproxy_follow_the_primary_across_kill_9() {
     // HAProxy settles on the new primary; writes go there and the remaining replica serves reads.
     let q = primary(&c, &replicas).await;
     let rest: Vec<u64> = replicas.iter().copied().filter(|id| *id != q).collect();
-    wait_routing(&c, &mut ha, frontends.stats, q, &rest).await;
+    CFG.wait_routing(&c, &mut ha, frontends.stats, q, &rest, T).await;
     let status = put(&c.http, &write_url("after"), "two", Duration::from_secs(5)).await;
     assert!(matches!(status, Ok(200..=299)), "write through HAProxy: {status:?}");
     read_from_replica(&c, frontends.read, "after", "two").await;

@@ -11,13 +11,15 @@
 //! Skipped with a message without `haproxy`; without `redis-server` too, except in CI (`CI=true`),
 //! where that fails.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use keel_replication::service::resp::{self, Reply};
 use keel_replication::service::ServiceError;
-use keel_testkit::haproxy::{self, deploy_file, server_states, up_servers, HaProxy};
+use keel_testkit::haproxy::{
+    self, find_haproxy, server_name, server_states, up_servers, DeployCfg, Frontends, HaProxy,
+};
 use keel_testkit::*;
 
 const T: Duration = Duration::from_secs(30);
@@ -27,21 +29,15 @@ const FAILOVER_DEADLINE: Duration = Duration::from_secs(15);
 /// Every Redis command of this test gives up after this long.
 const CALL: Duration = Duration::from_millis(500);
 
-/// Backend names in deploy/haproxy-redis.cfg.
-const WRITE_BACKEND: &str = "redis_master";
-const READ_BACKEND: &str = "redis_replicas";
-/// The ports deploy/haproxy-redis.cfg binds, and its Keel API port.
-const WRITE_PORT: &str = ":6379";
-const READ_PORT: &str = ":6380";
-const STATS_PORT: &str = ":8405";
+/// deploy/haproxy-redis.cfg: its frontends and backends.
+const CFG: DeployCfg = DeployCfg {
+    file: "haproxy-redis.cfg",
+    binds: [":6379", ":6380", ":8405"],
+    write_backend: "redis_master",
+    read_backend: "redis_replicas",
+};
+/// The Keel API port deploy/haproxy-redis.cfg checks each server on.
 const CFG_API_PORT: &str = "7101";
-
-/// Where the test's HAProxy listens.
-struct Frontends {
-    write: SocketAddr,
-    read: SocketAddr,
-    stats: SocketAddr,
-}
 
 /// One node as HAProxy sees it: its Redis address and its Keel API port.
 struct Server {
@@ -49,55 +45,16 @@ struct Server {
     api_port: u16,
 }
 
-/// deploy/haproxy-redis.cfg with its `bind` lines moved to `f`, and each `server keelN ADDR check
-/// port 7101` pointed at node N's Redis with the check on node N's API port. Panics if the file no
-/// longer has the shape this test relies on.
-fn rewrite_cfg(text: &str, f: &Frontends, servers: &BTreeMap<String, Server>) -> String {
-    let (mut binds, mut server_lines) = (0, 0);
-    let mut out = String::new();
-    for line in text.lines() {
-        let t = line.trim_start();
-        let indent = &line[..line.len() - t.len()];
-        let words: Vec<&str> = t.split_whitespace().collect();
-        let new = match words.as_slice() {
-            ["bind", addr, rest @ ..] => {
-                let to = match addr {
-                    a if a.ends_with(WRITE_PORT) => f.write,
-                    a if a.ends_with(READ_PORT) => f.read,
-                    a if a.ends_with(STATS_PORT) => f.stats,
-                    _ => panic!("deploy/haproxy-redis.cfg: unexpected bind line {line:?}"),
-                };
-                binds += 1;
-                format!("{indent}bind {to} {}", rest.join(" "))
-            }
-            ["server", name, _addr, rest @ ..] => {
-                let s = servers
-                    .get(*name)
-                    .unwrap_or_else(|| panic!("deploy/haproxy-redis.cfg: unknown server {name:?} in {line:?}"));
-                let at = rest
-                    .windows(2)
-                    .position(|w| w == ["port", CFG_API_PORT])
-                    .unwrap_or_else(|| panic!("deploy/haproxy-redis.cfg: no `port {CFG_API_PORT}` in {line:?}"));
-                let mut rest: Vec<String> = rest.iter().map(|w| w.to_string()).collect();
-                rest[at + 1] = s.api_port.to_string();
-                server_lines += 1;
-                format!("{indent}server {name} {} {}", s.redis, rest.join(" "))
-            }
-            _ => line.to_owned(),
-        };
-        out.push_str(new.trim_end());
-        out.push('\n');
-    }
-    assert_eq!(binds, 3, "deploy/haproxy-redis.cfg should bind :6379, :6380 and :8405");
-    assert_eq!(
-        server_lines, 6,
-        "deploy/haproxy-redis.cfg should list three servers in each of two backends"
-    );
-    out
-}
-
-fn server(id: u64) -> String {
-    format!("keel{id}")
+/// The rest of a `server keelN ADDR check port 7101 ...` line for `s`: its Redis address, and its
+/// check on its node's API port. Panics if the line has no `port 7101`.
+fn server_line(s: &Server, rest: &[&str]) -> String {
+    let at = rest
+        .windows(2)
+        .position(|w| w == ["port", CFG_API_PORT])
+        .unwrap_or_else(|| panic!("deploy/haproxy-redis.cfg: no `port {CFG_API_PORT}` in a server line: {rest:?}"));
+    let mut rest: Vec<String> = rest.iter().map(|w| w.to_string()).collect();
+    rest[at + 1] = s.api_port.to_string();
+    format!("{} {}", s.redis, rest.join(" "))
 }
 
 async fn cmd(addr: SocketAddr, args: &[&str]) -> Result<Reply, ServiceError> {
@@ -124,19 +81,6 @@ async fn role_behind(addr: SocketAddr) -> Option<String> {
         Reply::Array(Some(r)) => r.first()?.text(),
         _ => None,
     }
-}
-
-/// Wait until HAProxy sends writes to `primary` only and reads to exactly `replicas`.
-async fn wait_routing(c: &Cluster, ha: &mut HaProxy, stats: SocketAddr, primary: u64, replicas: &[u64]) {
-    ha.assert_running();
-    let want_write: BTreeSet<String> = [server(primary)].into();
-    let want_read: BTreeSet<String> = replicas.iter().map(|id| server(*id)).collect();
-    let what = format!("HAProxy to route writes to {want_write:?} and reads to {want_read:?}");
-    c.wait_for(T, &what, || async {
-        let s = server_states(&c.http, stats).await?;
-        (up_servers(&s, WRITE_BACKEND) == want_write && up_servers(&s, READ_BACKEND) == want_read).then_some(())
-    })
-    .await;
 }
 
 /// What the writes through HAProxy during a window were answered.
@@ -181,18 +125,14 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_sends_redis_writes_to_the_lease_holders_master_across_kill_9() {
-    let Some(bin) = which("haproxy") else {
-        println!(
-            "SKIPPED: haproxy is not installed (not on PATH, nor in /usr/sbin); install Debian's `haproxy` \
-             package (scripts/test.sh does, as root) to run this test"
-        );
+    let Some(bin) = find_haproxy() else {
         return;
     };
     if !have_redis() {
         return;
     }
     // The shipped file is valid as it is (its host names need not resolve: `init-addr libc,none`).
-    haproxy::assert_valid(&bin, &deploy_file("haproxy-redis.cfg"));
+    haproxy::assert_valid(&bin, &CFG.path());
 
     let mut c = Cluster::new(3, &[]);
     let mut servers = BTreeMap::new();
@@ -203,29 +143,27 @@ async fn haproxy_sends_redis_writes_to_the_lease_holders_master_across_kill_9() 
         let addr = SocketAddr::new(n.api.ip(), port);
         redis.insert(n.id, addr);
         servers.insert(
-            server(n.id),
+            server_name(n.id),
             Server {
                 redis: addr,
                 api_port: n.api.port(),
             },
         );
     }
-    let at = |c: &Cluster| -> SocketAddr { format!("{}:{}", c.ip, free_port(&c.ip)).parse().unwrap() };
-    let f = Frontends {
-        write: at(&c),
-        read: at(&c),
-        stats: at(&c),
-    };
-    let text = std::fs::read_to_string(deploy_file("haproxy-redis.cfg")).expect("read deploy/haproxy-redis.cfg");
+    let f = Frontends::free(&c.ip);
     let cfg = c.dir.path().join("haproxy-redis.cfg");
-    std::fs::write(&cfg, rewrite_cfg(&text, &f, &servers)).unwrap();
+    std::fs::write(
+        &cfg,
+        CFG.rewritten(&f, |name, rest| Some(server_line(servers.get(name)?, rest))),
+    )
+    .unwrap();
     haproxy::assert_valid(&bin, &cfg);
 
     c.start_all();
     let mut ha = HaProxy::start(&bin, &cfg, c.dir.path().join("haproxy.log"));
     let p = c.wait_primary(&[], T).await;
     let replicas: Vec<u64> = (1..=3).filter(|id| *id != p).collect();
-    wait_routing(&c, &mut ha, f.stats, p, &replicas).await;
+    CFG.wait_routing(&c, &mut ha, f.stats, p, &replicas, T).await;
 
     // Writes land on the primary's Redis, the master; reads come from a replica that has them.
     cmd(f.write, &["SET", "before", "one"])
@@ -268,7 +206,7 @@ async fn haproxy_sends_redis_writes_to_the_lease_holders_master_across_kill_9() 
     // It settles on the new primary, whose Redis has the write from before and takes the new ones.
     let q = c.wait_primary(&[p], T).await;
     let rest: Vec<u64> = replicas.iter().copied().filter(|id| *id != q).collect();
-    wait_routing(&c, &mut ha, f.stats, q, &rest).await;
+    CFG.wait_routing(&c, &mut ha, f.stats, q, &rest, T).await;
     assert_eq!(port_behind(f.write).await, Some(redis[&q].port()));
     cmd(f.write, &["SET", "after", "two"])
         .await
@@ -290,7 +228,7 @@ async fn haproxy_sends_redis_writes_to_the_lease_holders_master_across_kill_9() 
     let rejoin = write_until(f.write, "rejoin", T, |_| async move {
         server_states(&c_ref.http, stats)
             .await
-            .is_some_and(|s| up_servers(&s, READ_BACKEND).contains(&server(p)))
+            .is_some_and(|s| up_servers(&s, CFG.read_backend).contains(&server_name(p)))
     })
     .await;
     assert!(
@@ -298,7 +236,7 @@ async fn haproxy_sends_redis_writes_to_the_lease_holders_master_across_kill_9() 
         "writes through HAProxy while node {p} rejoined: {rejoin:?}"
     );
     let all_replicas: Vec<u64> = (1..=3).filter(|id| *id != q).collect();
-    wait_routing(&c, &mut ha, f.stats, q, &all_replicas).await;
+    CFG.wait_routing(&c, &mut ha, f.stats, q, &all_replicas, T).await;
     assert_eq!(c.wait_primary(&[], T).await, q, "the primary did not move back");
     assert_eq!(port_behind(f.write).await, Some(redis[&q].port()));
     ha.assert_running();

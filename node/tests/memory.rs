@@ -101,15 +101,7 @@ async fn rss_stays_within_the_cache_bound_past_the_cache_size() {
     assert!(used <= budget && used > budget / 2, "cache use {used} of {budget}: {m}");
     let reported = m["rss_bytes"].as_u64().expect("rss_bytes");
     assert!(reported > 4 << 20 && reported <= RSS_BOUND, "{m}");
-    let metrics = c
-        .http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = c.metrics(primary).await.expect("/metrics");
     for name in [
         "process_resident_memory_bytes ",
         "keel_datastore_cache_used_bytes ",

@@ -21,13 +21,17 @@ use serde_json::Value;
 const T: Duration = Duration::from_secs(30);
 const CALL: Duration = Duration::from_millis(500);
 
-/// Three nodes, each with its own Redis port on the cluster's IP, started.
-fn cluster() -> (Cluster, Vec<String>) {
+/// Three nodes, each with its own Redis port on the cluster's IP, started; None (the test
+/// skips) without redis-server.
+fn cluster() -> Option<(Cluster, Vec<String>)> {
     cluster_with(&[])
 }
 
 /// [`cluster`] with `common` flags on every node.
-fn cluster_with(common: &[&str]) -> (Cluster, Vec<String>) {
+fn cluster_with(common: &[&str]) -> Option<(Cluster, Vec<String>)> {
+    if !have_redis() {
+        return None;
+    }
     let mut c = Cluster::new(3, common);
     let mut addrs = Vec::new();
     for n in c.nodes.iter_mut() {
@@ -36,7 +40,7 @@ fn cluster_with(common: &[&str]) -> (Cluster, Vec<String>) {
         addrs.push(format!("{}:{port}", n.api.ip()));
     }
     c.start_all();
-    (c, addrs)
+    Some((c, addrs))
 }
 
 fn addr(addrs: &[String], id: u64) -> &str {
@@ -112,6 +116,57 @@ async fn pipeline(addr: &str, cmds: &[&[&str]]) -> Result<Vec<Reply>, String> {
         .map_err(|_| "timed out".to_string())?
 }
 
+/// The primary and its Redis address, once `k1` = `v1` written there has reached the other nodes'
+/// Redis (replication is asynchronous).
+async fn primary_with_k1(c: &Cluster, addrs: &[String]) -> (u64, String) {
+    let p = c.wait_primary(&[], T).await;
+    let master = addr(addrs, p).to_string();
+    wait_set(c, &master, "k1", "v1").await;
+    for o in (1..=3).filter(|i| *i != p) {
+        wait_replicates(c, addr(addrs, o), &master, "k1", "v1").await;
+    }
+    (p, master)
+}
+
+/// Wait until `master`'s `min-replicas-to-write` is 1.
+async fn wait_min_replicas_1(c: &Cluster, master: &str) {
+    c.wait_for(T, &format!("min-replicas-to-write 1 on {master}"), || async {
+        let r = cmd(master, &["CONFIG", "GET", "min-replicas-to-write"]).await.ok()?;
+        matches!(&r, Reply::Array(Some(v)) if v.get(1) == Some(&Reply::Bulk(Some(b"1".to_vec())))).then_some(())
+    })
+    .await
+}
+
+/// `n` writes of `{prefix}{i}` to `master`, each followed by `WAIT replicas wait_ms`: the keys at
+/// least `replicas` replicas acknowledged.
+async fn acked_writes(master: &str, prefix: &str, n: usize, replicas: i64, wait_ms: &str) -> Vec<String> {
+    let mut acked = Vec::new();
+    for i in 0..n {
+        let key = format!("{prefix}{i}");
+        let r = pipeline(
+            master,
+            &[&["SET", &key, "v"], &["WAIT", &replicas.to_string(), wait_ms]],
+        )
+        .await
+        .unwrap();
+        if r[0] == Reply::Status("OK".into()) && matches!(r[1], Reply::Int(n) if n >= replicas) {
+            acked.push(key);
+        }
+    }
+    acked
+}
+
+/// The `keys` that `addr`'s Redis does not have.
+async fn missing(addr: &str, keys: &[String]) -> Vec<String> {
+    let mut missing = Vec::new();
+    for k in keys {
+        if get(addr, k).await.is_none() {
+            missing.push(k.clone());
+        }
+    }
+    missing
+}
+
 /// `SIGSTOP`/`SIGCONT` (or another signal) to a process.
 fn signal(pid: u32, sig: &str) {
     assert!(std::process::Command::new("kill")
@@ -142,12 +197,10 @@ async fn wait_service_role(c: &Cluster, id: u64, role: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_follows_the_primary_across_a_node_kill() {
-    if !have_redis() {
+    let Some((mut c, addrs)) = cluster() else {
         return;
-    }
-    let (mut c, addrs) = cluster();
-    let p = c.wait_primary(&[], T).await;
-    let master = addr(&addrs, p).to_string();
+    };
+    let (p, master) = primary_with_k1(&c, &addrs).await;
     let role = cmd(&master, &["ROLE"]).await.unwrap();
     assert!(
         matches!(&role, Reply::Array(Some(r)) if r.first() == Some(&Reply::Bulk(Some(b"master".to_vec())))),
@@ -158,10 +211,8 @@ async fn redis_follows_the_primary_across_a_node_kill() {
     assert_eq!(s["role"], "master", "{s}");
     assert_eq!(s["addr"], master.as_str());
 
-    wait_set(&c, &master, "k1", "v1").await;
     let others: Vec<u64> = (1..=3).filter(|i| *i != p).collect();
     for o in &others {
-        wait_replicates(&c, addr(&addrs, *o), &master, "k1", "v1").await;
         // A replica refuses writes.
         assert!(cmd(addr(&addrs, *o), &["SET", "x", "y"]).await.is_err());
         wait_service_role(&c, *o, "replica").await;
@@ -214,12 +265,7 @@ async fn redis_follows_the_primary_across_a_node_kill() {
     .await;
     // The Redis metric families: every one documented in docs/http-api.md is exported (the lag by a
     // replica), and the role gauge says what the status says.
-    let metrics = |id: u64| {
-        let url = format!("{}/metrics", c.node(id).url());
-        let http = c.http.clone();
-        async move { http.get(url).send().await.ok()?.text().await.ok() }
-    };
-    let (pm, rm) = (metrics(p).await.unwrap(), metrics(others[0]).await.unwrap());
+    let (pm, rm) = (c.metrics(p).await.unwrap(), c.metrics(others[0]).await.unwrap());
     assert!(pm.contains("keel_redis_role{role=\"master\"} 1"), "{pm}");
     assert!(rm.contains("keel_redis_role{role=\"replica\"} 1"), "{rm}");
     let docs = include_str!("../../docs/http-api.md");
@@ -238,7 +284,7 @@ async fn redis_follows_the_primary_across_a_node_kill() {
         Duration::from_secs(3),
         "a replica exporting keel_redis_lag_seconds",
         || async {
-            metrics(others[0])
+            c.metrics(others[0])
                 .await
                 .filter(|m| m.contains("# TYPE keel_redis_lag_seconds gauge"))
         },
@@ -290,23 +336,12 @@ fn redis_pid(addr: &str) -> Option<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_redis_server_is_restarted_or_replaced() {
-    if !have_redis() {
+    let Some((mut c, addrs)) = cluster() else {
         return;
-    }
-    let (mut c, addrs) = cluster();
-    let p = c.wait_primary(&[], T).await;
-    let master = addr(&addrs, p).to_string();
-    wait_set(&c, &master, "k1", "v1").await;
-    // Replication is asynchronous: wait until the replicas have k1 before the kill.
-    for o in (1..=3).filter(|i| *i != p) {
-        wait_replicates(&c, addr(&addrs, o), &master, "k1", "v1").await;
-    }
+    };
+    let (p, master) = primary_with_k1(&c, &addrs).await;
     let pid = redis_pid(&master).expect("the primary's redis-server process");
-    assert!(std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
+    signal(pid, "-9");
     // Writes resume on a master that /primary names: the same node's restarted Redis, or another's.
     let (q, new_master) = c
         .wait_for(T, "a write accepted by the master /primary names", || async {
@@ -353,26 +388,12 @@ const ISOLATED_MASTER_BOUND: Duration = Duration::from_secs(4);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_whose_keel_is_paused_has_its_redis_refuse_writes() {
-    if !have_redis() {
+    let Some((c, addrs)) = cluster() else {
         return;
-    }
-    let (c, addrs) = cluster();
-    let p = c.wait_primary(&[], T).await;
-    let master = addr(&addrs, p).to_string();
-    wait_set(&c, &master, "k1", "v1").await;
+    };
+    let (p, master) = primary_with_k1(&c, &addrs).await;
     // The unfenced master of a 3-node async cluster needs one replica (the Redis-side backstop).
-    c.wait_for(T, "min-replicas-to-write 1 on the master", || async {
-        let r = cmd(&master, &["CONFIG", "GET", "min-replicas-to-write"]).await.ok()?;
-        (r == Reply::Array(Some(vec![
-            Reply::Bulk(Some(b"min-replicas-to-write".to_vec())),
-            Reply::Bulk(Some(b"1".to_vec())),
-        ])))
-        .then_some(())
-    })
-    .await;
-    for o in (1..=3).filter(|i| *i != p) {
-        wait_replicates(&c, addr(&addrs, o), &master, "k1", "v1").await;
-    }
+    wait_min_replicas_1(&c, &master).await;
     let pid = c.node(p).child.as_ref().unwrap().id();
     // Pause keel alone: its redis-server keeps running as an unfenced master.
     signal(pid, "-STOP");
@@ -416,17 +437,11 @@ async fn a_primary_whose_keel_is_paused_has_its_redis_refuse_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_whose_replicas_stop_acknowledging_refuses_writes_by_itself() {
-    if !have_redis() {
+    let Some((c, addrs)) = cluster() else {
         return;
-    }
-    let (c, addrs) = cluster();
-    let p = c.wait_primary(&[], T).await;
-    let master = addr(&addrs, p).to_string();
-    wait_set(&c, &master, "k1", "v1").await;
+    };
+    let (p, master) = primary_with_k1(&c, &addrs).await;
     let others: Vec<u64> = (1..=3).filter(|i| *i != p).collect();
-    for o in &others {
-        wait_replicates(&c, addr(&addrs, *o), &master, "k1", "v1").await;
-    }
     // Freeze both replicas' redis-servers: their connections stay open but they stop
     // acknowledging, as when the master is cut off from them. Keel's lease is unaffected, so only
     // Redis's own backstop (min-replicas-to-write 1, min-replicas-max-lag 2) can refuse.
@@ -464,16 +479,10 @@ async fn a_master_whose_replicas_stop_acknowledging_refuses_writes_by_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_old_masters_writes_are_counted_as_lost() {
-    if !have_redis() {
+    let Some((c, addrs)) = cluster() else {
         return;
-    }
-    let (c, addrs) = cluster();
-    let p = c.wait_primary(&[], T).await;
-    let master = addr(&addrs, p).to_string();
-    wait_set(&c, &master, "k1", "v1").await;
-    for o in (1..=3).filter(|i| *i != p) {
-        wait_replicates(&c, addr(&addrs, o), &master, "k1", "v1").await;
-    }
+    };
+    let (p, master) = primary_with_k1(&c, &addrs).await;
     let pid = c.node(p).child.as_ref().unwrap().id();
     signal(pid, "-STOP");
     let q = c.wait_primary(&[p], T).await;
@@ -508,15 +517,7 @@ async fn an_isolated_old_masters_writes_are_counted_as_lost() {
     assert!(bytes > 0, "{lost}");
     assert_eq!(lost["last"]["loss"]["kind"], "bytes", "{lost}");
     assert_eq!(lost["last"]["master"], new_master.as_str(), "{lost}");
-    let metrics = c
-        .http
-        .get(format!("{}/metrics", c.node(p).url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = c.metrics(p).await.unwrap();
     assert!(
         metrics.contains(&format!("keel_redis_lost_bytes_total {bytes}")),
         "{metrics}"
@@ -532,41 +533,22 @@ async fn an_isolated_old_masters_writes_are_counted_as_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_mode_writes_acknowledged_by_wait_survive_a_primary_kill() {
-    if !have_redis() {
+    let Some((mut c, addrs)) = cluster_with(&["--replication-mode", "sync"]) else {
         return;
-    }
-    let (mut c, addrs) = cluster_with(&["--replication-mode", "sync"]);
+    };
     let p = c.wait_primary(&[], T).await;
     let master = addr(&addrs, p).to_string();
     // floor(3 voters / 2) = 1 replica, so master + replica are a majority.
-    c.wait_for(T, "min-replicas-to-write 1 on the sync-mode master", || async {
-        let r = cmd(&master, &["CONFIG", "GET", "min-replicas-to-write"]).await.ok()?;
-        matches!(&r, Reply::Array(Some(v)) if v.get(1) == Some(&Reply::Bulk(Some(b"1".to_vec())))).then_some(())
-    })
-    .await;
+    wait_min_replicas_1(&c, &master).await;
     wait_set(&c, &master, "k0", "v").await;
     // Write and WAIT 1 until the kill; keep what was acknowledged by a replica.
-    let mut acked = Vec::new();
-    for i in 0..200 {
-        let key = format!("w{i}");
-        let r = pipeline(&master, &[&["SET", &key, "v"], &["WAIT", "1", "500"]])
-            .await
-            .unwrap();
-        if r[0] == Reply::Simple("OK".into()) && matches!(r[1], Reply::Integer(n) if n >= 1) {
-            acked.push(key);
-        }
-    }
+    let acked = acked_writes(&master, "w", 200, 1, "500").await;
     assert!(acked.len() >= 100, "most writes acknowledged: {}", acked.len());
     c.kill(p);
     let q = c.wait_primary(&[p], T).await;
     let new_master = addr(&addrs, q).to_string();
     wait_set(&c, &new_master, "after", "v").await;
-    let mut missing = Vec::new();
-    for k in &acked {
-        if get(&new_master, k).await.is_none() {
-            missing.push(k.clone());
-        }
-    }
+    let missing = missing(&new_master, &acked).await;
     assert!(missing.is_empty(), "acknowledged by WAIT 1 but lost: {missing:?}");
 }
 
@@ -692,23 +674,13 @@ async fn keel_up_with_a_redis_port_base_runs_redis_found_through_sentinel() {
 /// whichever node is the master then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_node_restarted_at_once_does_not_wipe_the_replicas() {
-    if !have_redis() {
+    let Some((mut c, addrs)) = cluster() else {
         return;
-    }
-    let (mut c, addrs) = cluster();
+    };
     let p = c.wait_primary(&[], T).await;
     let master = addr(&addrs, p).to_string();
     wait_set(&c, &master, "k0", "v").await;
-    let mut acked = Vec::new();
-    for i in 0..100 {
-        let key = format!("r{i}");
-        let r = pipeline(&master, &[&["SET", &key, "v"], &["WAIT", "2", "1000"]])
-            .await
-            .unwrap();
-        if r[0] == Reply::Simple("OK".into()) && r[1] == Reply::Integer(2) {
-            acked.push(key);
-        }
-    }
+    let acked = acked_writes(&master, "r", 100, 2, "1000").await;
     assert!(
         acked.len() >= 50,
         "most writes acknowledged by both replicas: {}",
@@ -728,12 +700,7 @@ async fn a_primary_node_restarted_at_once_does_not_wipe_the_replicas() {
             None
         })
         .await;
-    let mut missing = Vec::new();
-    for k in &acked {
-        if get(&new_master, k).await.is_none() {
-            missing.push(k.clone());
-        }
-    }
+    let missing = missing(&new_master, &acked).await;
     assert!(
         missing.is_empty(),
         "{} of {} writes acknowledged by both replicas are gone from the master {new_master} after node {p} restarted: {missing:?}",

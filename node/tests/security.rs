@@ -373,24 +373,21 @@ async fn open_endpoints_stay_open(c: &Cluster, primary: u64, replica: u64) {
     }
 }
 
+/// PUT `body` at `path` on node `id` with `token`.
+async fn put_as(c: &Cluster, id: u64, path: &str, token: &str, body: &'static str) -> reqwest::Response {
+    c.req(Method::PUT, id, path).bearer_auth(token).body(body).sent().await
+}
+
 /// Every request of [`data_plane_requests`] with every token kind on the primary and a replica:
 /// refused ones get the JSON error and write nothing; allowed writes land on the primary.
 async fn matrix(c: &Cluster, primary: u64, replica: u64, repo: &std::path::Path) {
     // What the allowed reads and deletes find.
-    let seed = c
-        .req(Method::PUT, primary, "/v1/kv/tok/seed")
-        .bearer_auth(ADMIN)
-        .body("s");
-    assert_eq!(seed.sent().await.status(), 201);
+    let seed = put_as(c, primary, "/v1/kv/tok/seed", ADMIN, "s").await;
+    assert_eq!(seed.status(), 201);
     for node in [primary, replica] {
         for kind in KINDS {
             let path = format!("/v1/kv/tok/{}-del", tag(node, kind));
-            let r = c
-                .req(Method::PUT, primary, &path)
-                .bearer_auth(ADMIN)
-                .body("d")
-                .sent()
-                .await;
+            let r = put_as(c, primary, &path, ADMIN, "d").await;
             assert_eq!(r.status(), 201, "seed {path}");
         }
     }
@@ -533,12 +530,7 @@ async fn sighup_rotates_the_client_token(c: &mut Cluster, conf: &std::path::Path
     }
     // The old token is refused everywhere, also when forwarded; the others still work.
     for id in [primary, replica] {
-        let r = c
-            .req(Method::PUT, id, "/v1/kv/tok/old")
-            .bearer_auth(CLIENT)
-            .body("x")
-            .sent()
-            .await;
+        let r = put_as(c, id, "/v1/kv/tok/old", CLIENT, "x").await;
         assert_eq!(
             error_code(r).await,
             (401, "unauthorized".into()),
@@ -546,12 +538,7 @@ async fn sighup_rotates_the_client_token(c: &mut Cluster, conf: &std::path::Path
         );
         let r = c.req(Method::GET, id, "/v1/kv/tok/seed").bearer_auth(READ).sent().await;
         assert_eq!(r.status(), 200, "read token on node {id}");
-        let r = c
-            .req(Method::PUT, id, "/v1/kv/tok/adm")
-            .bearer_auth(ADMIN)
-            .body("x")
-            .sent()
-            .await;
+        let r = put_as(c, id, "/v1/kv/tok/adm", ADMIN, "x").await;
         assert!(r.status().is_success(), "admin token on node {id}");
     }
     assert_eq!(on_primary(c, primary, "tok/old").await, None);
@@ -615,12 +602,7 @@ async fn data_plane_tokens_without_an_admin_token() {
     assert_eq!(c.status(primary).await.unwrap()["auth"], "tokens");
     let r = c.put(primary, "k", "v").await;
     assert_eq!(error_code(r).await, (401, "unauthorized".into()));
-    let r = c
-        .req(Method::PUT, primary, "/v1/kv/k")
-        .bearer_auth(ADMIN)
-        .body("v")
-        .sent()
-        .await;
+    let r = put_as(&c, primary, "/v1/kv/k", ADMIN, "v").await;
     assert_eq!(
         error_code(r).await,
         (401, "unauthorized".into()),

@@ -163,14 +163,72 @@ impl Layout {
             )
             .await;
     }
+
+    /// Start the nodes and wait until every listener names the primary's Redis: the primary.
+    async fn start(&mut self) -> u64 {
+        self.c.start_all();
+        let old = self.c.wait_primary(&[], T).await;
+        self.wait_all_name(self.redis(old)).await;
+        old
+    }
+
+    /// kill -9 the primary `old`'s node and wait until every listener left names the new primary's
+    /// Redis: the new primary.
+    async fn fail_over(&mut self, old: u64) -> u64 {
+        self.c.kill(old);
+        let new = self.c.wait_primary(&[old], T).await;
+        self.wait_all_name(self.redis(new)).await;
+        new
+    }
+
+    /// The `+switch-master` message for a move from `old`'s Redis to `new`'s.
+    fn switch_master(&self, old: u64, new: u64) -> String {
+        let (o, n) = (
+            self.redis(old).rsplit_once(':').unwrap(),
+            self.redis(new).rsplit_once(':').unwrap(),
+        );
+        format!("keel {} {} {} {}", o.0, o.1, n.0, n.1)
+    }
+
+    /// A plain `redis-server` (`bin`) at each member's Redis address.
+    fn redis_servers(&self, bin: &Path) -> Vec<RedisServer> {
+        self.redis
+            .iter()
+            .map(|a| RedisServer::start(bin, a, self.c.dir.path()))
+            .collect()
+    }
+}
+
+/// A test that cannot run here says `why` and is skipped (None), except under CI, where it fails.
+fn skip<T>(test: &str, why: &str) -> Option<T> {
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+    assert!(!ci, "{test}: {why}; CI is set, so this is a failure, not a skip");
+    println!("SKIPPED {test}: {why}");
+    None
+}
+
+/// The lines `child` prints on its (piped) stdout, as they come.
+fn stdout_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// Kill and reap a client process.
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_sentinel_protocol_names_the_lease_holder_and_announces_a_new_one() {
     let mut l = layout();
-    l.c.start_all();
-    let old = l.c.wait_primary(&[], T).await;
-    l.wait_all_name(l.redis(old)).await;
+    let old = l.start().await;
 
     let other = (1..=3).find(|id| *id != old).unwrap();
     let mut c = Client::connect(l.sentinel(other)).unwrap();
@@ -214,16 +272,10 @@ async fn raw_sentinel_protocol_names_the_lease_holder_and_announces_a_new_one() 
         ])
     );
 
-    l.c.kill(old);
-    let new = l.c.wait_primary(&[old], T).await;
-    l.wait_all_name(l.redis(new)).await;
+    let new = l.fail_over(old).await;
     // The failover takes longer than one read timeout: read until the message or a deadline.
     sub.w.set_read_timeout(Some(T)).unwrap();
-    let (o, n) = (
-        l.redis(old).rsplit_once(':').unwrap(),
-        l.redis(new).rsplit_once(':').unwrap(),
-    );
-    let want = format!("keel {} {} {} {}", o.0, o.1, n.0, n.1);
+    let want = l.switch_master(old, new);
     assert_eq!(
         read_reply(&mut sub.r),
         R::Arr(vec![
@@ -255,13 +307,10 @@ fn redis_tools(test: &str) -> Option<PathBuf> {
         .is_ok_and(|s| s.success());
     match (server, py) {
         (Some(s), true) => Some(s),
-        _ => {
-            let why = "needs Debian's redis-server and python3-redis (scripts/test.sh installs them, as root)";
-            let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
-            assert!(!ci, "{test}: {why}; CI is set, so this is a failure, not a skip");
-            println!("SKIPPED {test}: {why}");
-            None
-        }
+        _ => skip(
+            test,
+            "needs Debian's redis-server and python3-redis (scripts/test.sh installs them, as root)",
+        ),
     }
 }
 
@@ -354,14 +403,8 @@ async fn redis_py_sentinel_finds_the_primarys_redis_and_follows_a_failover() {
     let test = "redis_py_sentinel_finds_the_primarys_redis_and_follows_a_failover";
     let Some(bin) = redis_tools(test) else { return };
     let mut l = layout();
-    let _servers: Vec<RedisServer> = l
-        .redis
-        .iter()
-        .map(|a| RedisServer::start(&bin, a, l.c.dir.path()))
-        .collect();
-    l.c.start_all();
-    let old = l.c.wait_primary(&[], T).await;
-    l.wait_all_name(l.redis(old)).await;
+    let _servers = l.redis_servers(&bin);
+    let old = l.start().await;
     let all = l.sentinels.join(",");
     assert_eq!(discover_and_write(&all, "before"), l.redis(old));
 
@@ -372,34 +415,17 @@ async fn redis_py_sentinel_finds_the_primarys_redis_and_follows_a_failover() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("run python3");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = sub.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = stdout_lines(&mut sub);
     let first = rx.recv_timeout(T);
     if first.as_deref() != Ok("subscribed") {
-        let _ = sub.kill();
-        let _ = sub.wait();
+        kill(&mut sub);
         panic!("the redis-py subscriber did not subscribe: {first:?}");
     }
 
-    l.c.kill(old);
-    let new = l.c.wait_primary(&[old], T).await;
-    l.wait_all_name(l.redis(new)).await;
+    let new = l.fail_over(old).await;
     let message = rx.recv_timeout(T + T);
-    let _ = sub.kill();
-    let _ = sub.wait();
-    let (o, n) = (
-        l.redis(old).rsplit_once(':').unwrap(),
-        l.redis(new).rsplit_once(':').unwrap(),
-    );
-    assert_eq!(
-        message.as_deref(),
-        Ok(format!("keel {} {} {} {}", o.0, o.1, n.0, n.1).as_str())
-    );
+    kill(&mut sub);
+    assert_eq!(message, Ok(l.switch_master(old, new)));
 
     // The same code, unchanged, now finds and writes to the new primary's Redis (the killed node's
     // Sentinel is in the list and does not answer: redis-py moves on to the next).
@@ -435,12 +461,11 @@ fn ioredis_write(module: &str, sentinels: &str, value: &str) -> String {
 /// None when the test must be skipped (a panic under CI).
 fn ioredis(test: &str) -> Option<String> {
     let Some(module) = std::env::var("KEEL_IOREDIS").ok().filter(|m| Path::new(m).is_dir()) else {
-        let why = "set KEEL_IOREDIS to an installed ioredis package directory (scripts/test.sh installs one into \
-                   target/ioredis and sets it)";
-        let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
-        assert!(!ci, "{test}: {why}; CI is set, so this is a failure, not a skip");
-        println!("SKIPPED {test}: {why}");
-        return None;
+        return skip(
+            test,
+            "set KEEL_IOREDIS to an installed ioredis package directory (scripts/test.sh installs one into \
+             target/ioredis and sets it)",
+        );
     };
     assert!(
         which("node").is_some(),
@@ -455,19 +480,11 @@ async fn ioredis_finds_the_primarys_redis_before_and_after_a_failover() {
     let Some(module) = ioredis(test) else { return };
     let Some(bin) = redis_tools(test) else { return };
     let mut l = layout();
-    let _servers: Vec<RedisServer> = l
-        .redis
-        .iter()
-        .map(|a| RedisServer::start(&bin, a, l.c.dir.path()))
-        .collect();
-    l.c.start_all();
-    let old = l.c.wait_primary(&[], T).await;
-    l.wait_all_name(l.redis(old)).await;
+    let _servers = l.redis_servers(&bin);
+    let old = l.start().await;
     let all = l.sentinels.join(",");
     assert_eq!(ioredis_write(&module, &all, "before"), l.redis(old));
-    l.c.kill(old);
-    let new = l.c.wait_primary(&[old], T).await;
-    l.wait_all_name(l.redis(new)).await;
+    let new = l.fail_over(old).await;
     assert_eq!(ioredis_write(&module, &all, "after"), l.redis(new));
 }
 
@@ -503,9 +520,7 @@ async fn redis_py_finds_keels_managed_redis_across_a_failover() {
         return;
     }
     let mut l = managed_layout();
-    l.c.start_all();
-    let old = l.c.wait_primary(&[], T).await;
-    l.wait_all_name(l.redis(old)).await;
+    let old = l.start().await;
     let all = l.sentinels.join(",");
     assert_eq!(discover_and_write(&all, "before"), l.redis(old));
 
@@ -525,20 +540,14 @@ async fn redis_py_finds_keels_managed_redis_across_a_failover() {
     sub.send(&["SUBSCRIBE", "+switch-master"]);
     assert!(matches!(read_reply(&mut sub.r), R::Arr(v) if v.len() == 3));
 
-    l.c.kill(old);
-    let new = l.c.wait_primary(&[old], T).await;
-    l.wait_all_name(l.redis(new)).await;
+    let new = l.fail_over(old).await;
     sub.w.set_read_timeout(Some(T)).unwrap();
-    let (o, n) = (
-        l.redis(old).rsplit_once(':').unwrap(),
-        l.redis(new).rsplit_once(':').unwrap(),
-    );
     assert_eq!(
         read_reply(&mut sub.r),
         R::Arr(vec![
             R::Str("message".into()),
             R::Str("+switch-master".into()),
-            R::Str(format!("keel {} {} {} {}", o.0, o.1, n.0, n.1))
+            R::Str(l.switch_master(old, new))
         ])
     );
     let mut c = Client::connect(l.redis(new)).unwrap();
@@ -592,27 +601,18 @@ async fn ioredis_keeps_writing_across_a_failover_of_keels_managed_redis() {
         return;
     }
     let mut l = managed_layout();
-    l.c.start_all();
-    let old = l.c.wait_primary(&[], T).await;
-    l.wait_all_name(l.redis(old)).await;
+    let old = l.start().await;
     let mut client = Command::new("node")
         .env("KEEL_IOREDIS", &module)
         .args(["-e", IOREDIS_KEEP_WRITING, &l.sentinels.join(",")])
         .stdout(Stdio::piped())
         .spawn()
         .expect("run node");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = client.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = stdout_lines(&mut client);
     let first = rx.recv_timeout(T);
     let want = format!("master {} after 1 writes, 0 errors", l.redis(old));
     if first.as_deref() != Ok(want.as_str()) {
-        let _ = client.kill();
-        let _ = client.wait();
+        kill(&mut client);
         panic!("ioredis' first write: {first:?}, want {want:?}");
     }
 
@@ -621,8 +621,7 @@ async fn ioredis_keeps_writing_across_a_failover_of_keels_managed_redis() {
     let second = rx.recv_timeout(T + T);
     let status = poll_until_blocking(T, Duration::from_millis(50), || client.try_wait().ok().flatten());
     if status.is_none() {
-        let _ = client.kill();
-        let _ = client.wait();
+        kill(&mut client);
     }
     println!("ioredis across kill -9 of primary node {old}: {second:?}");
     let second = second.expect("a line from ioredis naming the second master");

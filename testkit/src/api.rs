@@ -21,6 +21,12 @@ impl Sent for RequestBuilder {
     }
 }
 
+/// The answer to `req` sent with `timeout`, if one came with a success status.
+pub async fn success(req: RequestBuilder, timeout: Duration) -> Option<Response> {
+    let r = req.timeout(timeout).send().await.ok()?;
+    r.status().is_success().then_some(r)
+}
+
 /// An answer's status and JSON body (`Value::Null` when the body is not JSON).
 pub async fn status_json(r: Response) -> (u16, Value) {
     let s = r.status().as_u16();

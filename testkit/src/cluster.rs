@@ -343,18 +343,19 @@ impl Cluster {
         std::fs::read_to_string(&self.node(id).log).unwrap_or_default()
     }
 
+    /// Node `id`'s answer to a GET of `path`, if one came within 2 s with a success status.
+    async fn get_ok(&self, id: u64, path: &str) -> Option<reqwest::Response> {
+        let url = format!("{}{path}", self.node(id).url());
+        crate::success(self.http.get(url), Duration::from_secs(2)).await
+    }
+
     pub async fn get(&self, id: u64, path: &str) -> Option<Value> {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.node(id).url()))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .ok()?;
-        if !r.status().is_success() {
-            return None;
-        }
-        r.json().await.ok()
+        self.get_ok(id, path).await?.json().await.ok()
+    }
+
+    /// Node `id`'s `/metrics` text.
+    pub async fn metrics(&self, id: u64) -> Option<String> {
+        self.get_ok(id, "/metrics").await?.text().await.ok()
     }
 
     pub async fn status(&self, id: u64) -> Option<Value> {

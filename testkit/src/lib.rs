@@ -39,7 +39,7 @@ pub mod redis;
 pub mod up;
 pub mod wait;
 
-pub use api::{error_code, status_json, Sent};
+pub use api::{error_code, status_json, success, Sent};
 pub use args::parse_args;
 pub use cluster::{Backend, Cluster, TestNode};
 pub use git::{git, git_cmd, gitsync_cluster, gitsync_upstream, install_hook, webhook_signature, GitDaemon, Upstream};

@@ -170,7 +170,7 @@ impl Discovering {
         }
         let conn = self.master.as_mut().ok_or(Miss::NoMaster)?;
         match conn.call(&["SET", key, value]) {
-            Ok(Reply::Simple(s)) if s == "OK" => Ok(Ack {
+            Ok(Reply::Status(s)) if s == "OK" => Ok(Ack {
                 master: conn.addr.clone(),
                 at: Instant::now(),
             }),

@@ -280,7 +280,7 @@ fn throughput(what: &str, addr: &str, clients: usize, dur: Duration, control: &[
                     while start.elapsed() < dur {
                         let key = format!("tput:{c}:{ok}");
                         match conn.call(&["SET", &key, value]) {
-                            Ok(Reply::Simple(r)) if r == "OK" => ok += 1,
+                            Ok(Reply::Status(r)) if r == "OK" => ok += 1,
                             _ => failed += 1,
                         }
                     }

@@ -9,16 +9,14 @@ pub(crate) async fn gitsync_sync(api: &Api, accept_reset: bool, output: OutputFo
         "/v1/gitsync/sync"
     };
     let answer = api.call(Method::POST, path, None).await?;
-    match output {
-        OutputFormat::Json => print_json(&answer),
-        OutputFormat::Table => print_out(&format!(
+    answered(&answer, output, |a| {
+        format!(
             "node {}: {} at {}\n",
-            cell(&answer["node_id"]),
-            cell(&answer["outcome"]["change"]),
-            short_sha(&answer["outcome"]["commit"]["sha"])
-        )),
-    }
-    Ok(EXIT_OK)
+            cell(&a["node_id"]),
+            cell(&a["outcome"]["change"]),
+            short_sha(&a["outcome"]["commit"]["sha"])
+        )
+    })
 }
 
 pub(crate) fn short_sha(v: &Value) -> String {

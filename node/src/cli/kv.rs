@@ -191,16 +191,13 @@ pub(crate) async fn kv_write(
             }
             other => other,
         })?;
-    let v = answer.json()?;
-    match output {
-        OutputFormat::Json => print_json(&v),
-        OutputFormat::Table => print_out(&format!(
+    answered(&answer.json()?, output, |v| {
+        format!(
             "{key}: version {} at position {}\n",
             cell(&v["version"]),
             cell(&v["position"])
-        )),
-    }
-    Ok(EXIT_OK)
+        )
+    })
 }
 
 pub(crate) async fn kv(api: &Api, cmd: KvCommand, output: OutputFormat) -> Result<i32, CallError> {
@@ -234,17 +231,17 @@ pub(crate) async fn kv(api: &Api, cmd: KvCommand, output: OutputFormat) -> Resul
         KvCommand::Del { key } => {
             let path = kv_path(&key).map_err(|e| CallError::Local(e.to_string()))?;
             let answer = api.call_raw(Method::DELETE, &path, ReqBody::Empty).await?;
-            let v = answer.json()?;
-            match output {
-                OutputFormat::Json => print_json(&v),
+            answered(&answer.json()?, output, |v| {
                 // 201: the key did not exist; the delete is recorded anyway.
-                OutputFormat::Table if answer.status == StatusCode::CREATED => print_out(&format!(
-                    "{key}: was not set (delete recorded at position {})\n",
-                    cell(&v["position"])
-                )),
-                OutputFormat::Table => print_out(&format!("{key}: deleted at position {}\n", cell(&v["position"]))),
-            }
-            Ok(EXIT_OK)
+                if answer.status == StatusCode::CREATED {
+                    format!(
+                        "{key}: was not set (delete recorded at position {})\n",
+                        cell(&v["position"])
+                    )
+                } else {
+                    format!("{key}: deleted at position {}\n", cell(&v["position"]))
+                }
+            })
         }
         KvCommand::List { prefix, limit, all } => {
             let mut items = Vec::new();
@@ -276,9 +273,5 @@ pub(crate) async fn kv(api: &Api, cmd: KvCommand, output: OutputFormat) -> Resul
 
 pub(crate) async fn diverged(api: &Api, output: OutputFormat) -> Result<i32, CallError> {
     let answer = api.call(Method::GET, "/v1/diverged", None).await?;
-    match output {
-        OutputFormat::Json => print_json(&answer),
-        OutputFormat::Table => print_out(&render_diverged(&answer)),
-    }
-    Ok(EXIT_OK)
+    answered(&answer, output, render_diverged)
 }

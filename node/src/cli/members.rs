@@ -93,11 +93,7 @@ pub(crate) async fn members(api: &Api, cmd: MembersCommand, output: OutputFormat
             (answer, line)
         }
     };
-    match output {
-        OutputFormat::Json => print_json(&answer),
-        OutputFormat::Table => print_out(&confirmation),
-    }
-    Ok(EXIT_OK)
+    answered(&answer, output, |_| confirmation)
 }
 
 pub(crate) fn render_history(answer: &Value) -> String {
@@ -119,11 +115,7 @@ pub(crate) fn render_history(answer: &Value) -> String {
 
 pub(crate) async fn history(api: &Api, output: OutputFormat) -> Result<i32, CallError> {
     let answer = api.call(Method::GET, "/v1/history", None).await?;
-    match output {
-        OutputFormat::Json => print_json(&answer),
-        OutputFormat::Table => print_out(&render_history(&answer)),
-    }
-    Ok(EXIT_OK)
+    answered(&answer, output, render_history)
 }
 
 pub(crate) async fn maintenance(api: &Api, state: OnOff, output: OutputFormat) -> Result<i32, CallError> {
@@ -131,30 +123,20 @@ pub(crate) async fn maintenance(api: &Api, state: OnOff, output: OutputFormat) -
     let answer = api
         .call(Method::PUT, "/v1/maintenance", Some(json!({"enabled": enabled})))
         .await?;
-    match output {
-        OutputFormat::Json => print_json(&answer),
-        OutputFormat::Table => {
-            let now = answer["maintenance"].as_bool().unwrap_or(enabled);
-            print_out(&format!("maintenance {}\n", if now { "on" } else { "off" }));
-        }
-    }
-    Ok(EXIT_OK)
+    answered(&answer, output, |a| {
+        let now = a["maintenance"].as_bool().unwrap_or(enabled);
+        format!("maintenance {}\n", if now { "on" } else { "off" })
+    })
 }
 
 pub(crate) async fn promotion(api: &Api, path: &str, body: Value, output: OutputFormat) -> Result<i32, CallError> {
     let answer = api.call(Method::POST, path, Some(body)).await?;
-    match output {
-        OutputFormat::Json => print_json(&answer),
-        OutputFormat::Table => print_out(&format!(
-            "primary is now node {} (epoch {}), was {}\n",
-            answer["to"],
-            answer["epoch"],
-            if answer["from"].is_null() {
-                "none".to_string()
-            } else {
-                format!("node {}", answer["from"])
-            }
-        )),
-    }
-    Ok(EXIT_OK)
+    answered(&answer, output, |a| {
+        let was = if a["from"].is_null() {
+            "none".to_string()
+        } else {
+            format!("node {}", a["from"])
+        };
+        format!("primary is now node {} (epoch {}), was {was}\n", a["to"], a["epoch"])
+    })
 }

@@ -18,6 +18,19 @@ pub(crate) fn print_json(v: &Value) {
     print_out(&format!("{text}\n"));
 }
 
+/// Prints a command's `answer`, as JSON or as `table` renders it; the command succeeded.
+pub(crate) fn answered(
+    answer: &Value,
+    output: OutputFormat,
+    table: impl FnOnce(&Value) -> String,
+) -> Result<i32, CallError> {
+    match output {
+        OutputFormat::Json => print_json(answer),
+        OutputFormat::Table => print_out(&table(answer)),
+    }
+    Ok(EXIT_OK)
+}
+
 /// Renders rows under headers, columns separated by two spaces and as wide as their widest cell. The last
 /// column is not padded, so no line has trailing whitespace. Missing cells are blank; extra cells dropped.
 pub fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {

@@ -214,9 +214,14 @@ async fn add_member(node: &Node, id: NodeId, api_addr: String, peer_addr: String
         .await
         .map_err(map_write_error)?;
     info!(member = id, "added learner");
+    member_answer(node, id, "add")
+}
+
+/// The answer to a membership change that just committed: member `id` as it is now.
+fn member_answer(node: &Node, id: NodeId, change: &str) -> Result<AdminReply, ClusterError> {
     member_view(node, id)
         .map(AdminReply::Member)
-        .ok_or_else(|| ClusterError::Internal("learner missing after add".into()))
+        .ok_or_else(|| ClusterError::Internal(format!("member {id} missing after {change}")))
 }
 
 async fn promote_member(node: &Node, id: NodeId) -> Result<AdminReply, ClusterError> {
@@ -255,9 +260,7 @@ async fn promote_member(node: &Node, id: NodeId) -> Result<AdminReply, ClusterEr
         .await
         .map_err(map_write_error)?;
     info!(member = id, "promoted learner to voter");
-    member_view(node, id)
-        .map(AdminReply::Member)
-        .ok_or_else(|| ClusterError::Internal("member missing after promote".into()))
+    member_answer(node, id, "promote")
 }
 
 /// Would removing `id` leave fewer reachable voters than the new configuration's quorum?
@@ -336,29 +339,16 @@ pub struct ConfigPatch {
 
 impl ConfigPatch {
     /// The config with this patch applied.
-    pub fn apply(&self, mut c: keel_raft::state::DynamicConfig) -> keel_raft::state::DynamicConfig {
-        if let Some(v) = self.lease_ms {
-            c.lease_ms = v;
+    pub fn apply(&self, c: keel_raft::state::DynamicConfig) -> keel_raft::state::DynamicConfig {
+        keel_raft::state::DynamicConfig {
+            lease_ms: self.lease_ms.unwrap_or(c.lease_ms),
+            failover_timeout_ms: self.failover_timeout_ms.unwrap_or(c.failover_timeout_ms),
+            min_failover_interval_ms: self.min_failover_interval_ms.unwrap_or(c.min_failover_interval_ms),
+            replication_mode: self.replication_mode.unwrap_or(c.replication_mode),
+            min_acks: self.min_acks.unwrap_or(c.min_acks),
+            max_lag_on_failover: self.max_lag_on_failover.unwrap_or(c.max_lag_on_failover),
+            log_retention_entries: self.log_retention_entries.unwrap_or(c.log_retention_entries),
         }
-        if let Some(v) = self.failover_timeout_ms {
-            c.failover_timeout_ms = v;
-        }
-        if let Some(v) = self.min_failover_interval_ms {
-            c.min_failover_interval_ms = v;
-        }
-        if let Some(v) = self.replication_mode {
-            c.replication_mode = v;
-        }
-        if let Some(v) = self.min_acks {
-            c.min_acks = v;
-        }
-        if let Some(v) = self.max_lag_on_failover {
-            c.max_lag_on_failover = v;
-        }
-        if let Some(v) = self.log_retention_entries {
-            c.log_retention_entries = v;
-        }
-        c
     }
 }
 

@@ -368,52 +368,27 @@ mod tests {
         move |d| matches!(d, Decision::Blocked { reason } if reason.contains(needle))
     }
 
+    fn svc(healthy: bool, offset: Option<u64>) -> ServiceView {
+        ServiceView { healthy, offset }
+    }
+
     #[test]
     fn fresh_service_offsets_decide_the_ranking() {
-        let svc = |healthy, offset| {
-            Some(ServiceView {
-                healthy,
-                offset: Some(offset),
-            })
-        };
         let mut v = view();
         v.last_renewal_ms = Some(8_000);
         // The directory (half a second old) says 2 and 3 are level; 2 wins as the coordinator.
-        v.members[1].service = svc(true, 100);
-        v.members[2].service = svc(true, 100);
+        v.members[1].service = Some(svc(true, Some(100)));
+        v.members[2].service = Some(svc(true, Some(100)));
         assert!(promote(2)(&decide(&v)));
         assert_eq!(recheck_ids(&v), vec![2, 3]);
         // Asked just now: 3 has the write 2 never acknowledged.
-        let fresh = [
-            (
-                2,
-                ServiceView {
-                    healthy: true,
-                    offset: Some(100),
-                },
-            ),
-            (
-                3,
-                ServiceView {
-                    healthy: true,
-                    offset: Some(180),
-                },
-            ),
-        ]
-        .into_iter()
-        .collect();
+        let fresh = [(2, svc(true, Some(100))), (3, svc(true, Some(180)))]
+            .into_iter()
+            .collect();
         assert!(promote(3)(&decide(&with_fresh_services(v.clone(), &fresh))));
         // 3's service did not answer just now: skipped, even though the directory had it ahead.
-        v.members[2].service = svc(true, 500);
-        let fresh = [(
-            3,
-            ServiceView {
-                healthy: false,
-                offset: None,
-            },
-        )]
-        .into_iter()
-        .collect();
+        v.members[2].service = Some(svc(true, Some(500)));
+        let fresh = [(3, svc(false, None))].into_iter().collect();
         assert!(promote(2)(&decide(&with_fresh_services(v.clone(), &fresh))));
         // A member missing from the fresh answers keeps its directory view.
         assert!(promote(3)(&decide(&with_fresh_services(v, &Default::default()))));
@@ -542,14 +517,8 @@ mod tests {
                 Box::new(|v| {
                     v.last_renewal_ms = Some(1_000);
                     v.members[1].position = Some(50);
-                    v.members[1].service = Some(ServiceView {
-                        healthy: true,
-                        offset: Some(100),
-                    });
-                    v.members[2].service = Some(ServiceView {
-                        healthy: true,
-                        offset: Some(200),
-                    });
+                    v.members[1].service = Some(svc(true, Some(100)));
+                    v.members[2].service = Some(svc(true, Some(200)));
                 }),
                 Box::new(promote(3)),
             ),
@@ -557,14 +526,8 @@ mod tests {
                 "a member whose managed Redis is down is skipped",
                 Box::new(|v| {
                     v.last_renewal_ms = Some(1_000);
-                    v.members[1].service = Some(ServiceView {
-                        healthy: true,
-                        offset: Some(100),
-                    });
-                    v.members[2].service = Some(ServiceView {
-                        healthy: false,
-                        offset: Some(200),
-                    });
+                    v.members[1].service = Some(svc(true, Some(100)));
+                    v.members[2].service = Some(svc(false, Some(200)));
                 }),
                 Box::new(promote(2)),
             ),

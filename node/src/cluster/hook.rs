@@ -506,6 +506,38 @@ mod tests {
         }
     }
 
+    /// A started runner, the file its hook may write to, and its cancel token.
+    struct Fixture {
+        runner: HookRunner,
+        file: std::path::PathBuf,
+        cancel: CancellationToken,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        /// A runner of `command(file)` as node `node_id`, each run limited to `timeout`.
+        fn start(command: impl FnOnce(&std::path::Path) -> String, node_id: u64, timeout: Duration) -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("hook.log");
+            let cancel = CancellationToken::new();
+            let runner = HookRunner::start(Some(command(&file)), node_id, timeout, cancel.clone());
+            Fixture {
+                runner,
+                file,
+                cancel,
+                _dir: dir,
+            }
+        }
+
+        /// Cancel, and wait until the runner has stopped.
+        async fn stop(&self) {
+            self.cancel.cancel();
+            tokio::time::timeout(DEADLINE, self.runner.wait_stopped())
+                .await
+                .unwrap();
+        }
+    }
+
     fn read_lines(path: &std::path::Path) -> Vec<String> {
         std::fs::read_to_string(path)
             .unwrap_or_default()
@@ -516,21 +548,21 @@ mod tests {
 
     #[tokio::test]
     async fn changes_run_in_order_one_at_a_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("hook.log");
-        let command = format!(
-            "f='{}'; echo \"start $KEEL_EPOCH\" >> \"$f\"; \
-             echo \"$KEEL_PREVIOUS_ROLE>$KEEL_ROLE@$KEEL_EPOCH:$KEEL_NODE_ID\" >> \"$f\"; \
-             sleep 0.05; echo \"end $KEEL_EPOCH\" >> \"$f\"",
-            file.display()
-        );
-        let cancel = CancellationToken::new();
-        let runner = HookRunner::start(Some(command), 7, Duration::from_secs(10), cancel.clone());
+        let command = |file: &std::path::Path| {
+            format!(
+                "f='{}'; echo \"start $KEEL_EPOCH\" >> \"$f\"; \
+                 echo \"$KEEL_PREVIOUS_ROLE>$KEEL_ROLE@$KEEL_EPOCH:$KEEL_NODE_ID\" >> \"$f\"; \
+                 sleep 0.05; echo \"end $KEEL_EPOCH\" >> \"$f\"",
+                file.display()
+            )
+        };
+        let f = Fixture::start(command, 7, Duration::from_secs(10));
+        let (runner, file) = (&f.runner, &f.file);
         runner.role_changed("follower", "candidate", 1);
         runner.role_changed("candidate", "leader", 2);
         runner.role_changed("leader", "follower", 3);
 
-        let status = wait_runs(&runner, 3).await;
+        let status = wait_runs(runner, 3).await;
         assert_eq!(status.runs, 3);
         assert_eq!(status.failures, 0, "{status:?}");
         assert_eq!(status.pending, 0);
@@ -544,7 +576,7 @@ mod tests {
         assert!(last.succeeded());
         assert!(last.duration_ms >= 50, "{last:?}");
 
-        let lines = read_lines(&file);
+        let lines = read_lines(file);
         let roles: Vec<&str> = lines
             .iter()
             .map(String::as_str)
@@ -569,28 +601,27 @@ mod tests {
                 "end 3",
             ]
         );
-        cancel.cancel();
-        tokio::time::timeout(DEADLINE, runner.wait_stopped()).await.unwrap();
+        f.stop().await;
     }
 
     #[tokio::test]
     async fn timed_out_hook_is_killed_and_next_change_still_runs() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("hook.log");
         // Epoch 1 sleeps in a forked child (not exec'd), which holds the pipes open: only killing
         // the whole process group lets the run end promptly.
-        let command = format!(
-            "if [ \"$KEEL_EPOCH\" = 1 ]; then echo begin >&2; sleep 5; echo after-sleep >> '{f}'; \
-             else echo \"ran $KEEL_EPOCH\" >> '{f}'; fi",
-            f = file.display()
-        );
-        let cancel = CancellationToken::new();
-        let runner = HookRunner::start(Some(command), 1, Duration::from_millis(200), cancel.clone());
+        let command = |file: &std::path::Path| {
+            format!(
+                "if [ \"$KEEL_EPOCH\" = 1 ]; then echo begin >&2; sleep 5; echo after-sleep >> '{f}'; \
+                 else echo \"ran $KEEL_EPOCH\" >> '{f}'; fi",
+                f = file.display()
+            )
+        };
+        let f = Fixture::start(command, 1, Duration::from_millis(200));
+        let (runner, file) = (&f.runner, &f.file);
         let queued = Instant::now();
         runner.role_changed("follower", "leader", 1);
         runner.role_changed("leader", "follower", 2);
 
-        let status = wait_runs(&runner, 2).await;
+        let status = wait_runs(runner, 2).await;
         assert!(
             queued.elapsed() < Duration::from_secs(4),
             "the first hook was not killed"
@@ -612,21 +643,20 @@ mod tests {
         assert!(first.duration_ms >= 200, "{first:?}");
         // Well under timeout + PIPE_DRAIN_GRACE: the sleeping grandchild was killed with its group.
         assert!(first.duration_ms < 1000, "{first:?}");
-        assert_eq!(read_lines(&file), ["ran 2"]);
+        assert_eq!(read_lines(file), ["ran 2"]);
 
-        cancel.cancel();
-        tokio::time::timeout(DEADLINE, runner.wait_stopped()).await.unwrap();
+        f.stop().await;
     }
 
     #[tokio::test]
     async fn failing_hook_reports_exit_code_and_stderr_tail() {
         let command = "echo oops >&2; i=0; while [ $i -lt 100 ]; do echo xxxxxxxxxxxxxxxxxxxx >&2; i=$((i+1)); done; \
                        echo 'last words' >&2; exit 3";
-        let cancel = CancellationToken::new();
-        let runner = HookRunner::start(Some(command.to_owned()), 2, Duration::from_secs(10), cancel.clone());
+        let f = Fixture::start(|_| command.to_owned(), 2, Duration::from_secs(10));
+        let runner = &f.runner;
         runner.role_changed("leader", "follower", 9);
 
-        let status = wait_runs(&runner, 1).await;
+        let status = wait_runs(runner, 1).await;
         assert_eq!(status.runs, 1);
         assert_eq!(status.failures, 1);
         let last = status.last.unwrap();
@@ -646,8 +676,7 @@ mod tests {
         );
         assert!(!last.stderr_tail.contains("oops"), "only the tail is kept");
 
-        cancel.cancel();
-        tokio::time::timeout(DEADLINE, runner.wait_stopped()).await.unwrap();
+        f.stop().await;
     }
 
     #[tokio::test]
@@ -665,31 +694,30 @@ mod tests {
 
     #[tokio::test]
     async fn cancel_finishes_current_run_and_drops_pending() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("hook.log");
-        let command = format!(
-            "echo \"start $KEEL_EPOCH\" >> '{f}'; sleep 0.3; echo \"end $KEEL_EPOCH\" >> '{f}'",
-            f = file.display()
-        );
-        let cancel = CancellationToken::new();
-        let runner = HookRunner::start(Some(command), 1, Duration::from_secs(10), cancel.clone());
+        let command = |file: &std::path::Path| {
+            format!(
+                "echo \"start $KEEL_EPOCH\" >> '{f}'; sleep 0.3; echo \"end $KEEL_EPOCH\" >> '{f}'",
+                f = file.display()
+            )
+        };
+        let f = Fixture::start(command, 1, Duration::from_secs(10));
+        let (runner, file) = (&f.runner, &f.file);
         for epoch in 1..=3 {
             runner.role_changed("a", "b", epoch);
         }
         // Wait until the first run is under way, then cancel.
         let deadline = Instant::now() + DEADLINE;
-        while read_lines(&file).is_empty() {
+        while read_lines(file).is_empty() {
             assert!(Instant::now() < deadline, "first hook never started");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        cancel.cancel();
-        tokio::time::timeout(DEADLINE, runner.wait_stopped()).await.unwrap();
+        f.stop().await;
 
         let status = runner.status();
         assert_eq!(status.runs, 1, "{status:?}");
         assert_eq!(status.failures, 0);
         assert_eq!(status.pending, 0);
-        assert_eq!(read_lines(&file), ["start 1", "end 1"]);
+        assert_eq!(read_lines(file), ["start 1", "end 1"]);
         // After shutdown, changes are ignored.
         runner.role_changed("b", "a", 4);
         assert_eq!(runner.status().pending, 0);

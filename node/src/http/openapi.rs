@@ -68,11 +68,14 @@ fn json_body(schema: Value, required: bool) -> Option<Value> {
 }
 
 fn raw_body(description: &str) -> Option<Value> {
-    Some(json!({
-        "required": false,
-        "description": description,
-        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
-    }))
+    let mut body = binary(description);
+    body["required"] = json!(false);
+    Some(body)
+}
+
+/// Raw bytes, described.
+fn binary(description: &str) -> Value {
+    json!({"description": description, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}})
 }
 
 fn ok(description: &str, schema: Value) -> Value {
@@ -81,6 +84,24 @@ fn ok(description: &str, schema: Value) -> Value {
 
 fn obj(required: &[&str]) -> Value {
     json!({"type": "object", "required": required})
+}
+
+/// A GET without parameters or body: 200 with `answer`, or 503.
+fn get(path: &'static str, tag: &'static str, summary: &'static str, answer: Value) -> Op {
+    Op {
+        method: "get",
+        path,
+        tag,
+        summary,
+        params: vec![],
+        body: None,
+        responses: vec![("200", answer), ("503", r("Unavailable"))],
+    }
+}
+
+/// A 200 answer of `mime` text.
+fn text(description: &str, mime: &str) -> Value {
+    json!({"description": description, "content": {mime: {"schema": {"type": "string"}}}})
 }
 
 fn r(name: &str) -> Value {
@@ -105,6 +126,13 @@ fn errors(statuses: &[&'static str]) -> Vec<(&'static str, Value)> {
             (*status, r(name))
         })
         .collect()
+}
+
+/// `success`, then the standard error answers for `statuses`.
+fn and_errors(success: (&'static str, Value), statuses: &[&'static str]) -> Vec<(&'static str, Value)> {
+    let mut v = vec![success];
+    v.extend(errors(statuses));
+    v
 }
 
 /// The standard error answers, shared through `components/responses`.
@@ -156,57 +184,30 @@ pub fn operations() -> Vec<Op> {
     // Switchover and failover name a target member, which may not exist.
     let promotion_errs = errors(&["400", "404", "409", "413", "503"]);
     vec![
-        Op {
-            method: "get",
-            path: "/v1/status",
-            tag: "cluster",
-            summary: "this node's view: role, Raft state, primary, lease, replication, Git Sync, managed datastores",
-            params: vec![],
-            body: None,
-            responses: std(
-                &errors(&["503"]),
-                (
-                    "200",
-                    ok(
-                        "this node's status",
-                        obj(&["node_id", "role", "raft", "primary", "auth", "memory", "datastore"]),
-                    ),
-                ),
+        get(
+            "/v1/status",
+            "cluster",
+            "this node's view: role, Raft state, primary, lease, replication, Git Sync, managed datastores",
+            ok(
+                "this node's status",
+                obj(&["node_id", "role", "raft", "primary", "auth", "memory", "datastore"]),
             ),
-        },
-        Op {
-            method: "get",
-            path: "/v1/cluster",
-            tag: "cluster",
-            summary: "members, leader, primary, maintenance, dynamic config",
-            params: vec![],
-            body: None,
-            responses: std(
-                &errors(&["503"]),
-                (
-                    "200",
-                    ok("the cluster", obj(&["members", "primary", "maintenance", "config"])),
-                ),
+        ),
+        get(
+            "/v1/cluster",
+            "cluster",
+            "members, leader, primary, maintenance, dynamic config",
+            ok("the cluster", obj(&["members", "primary", "maintenance", "config"])),
+        ),
+        get(
+            "/v1/members",
+            "members",
+            "the members",
+            ok(
+                "members",
+                json!({"type": "object", "required": ["members"], "properties": {"members": {"type": "array", "items": member}}}),
             ),
-        },
-        Op {
-            method: "get",
-            path: "/v1/members",
-            tag: "members",
-            summary: "the members",
-            params: vec![],
-            body: None,
-            responses: std(
-                &errors(&["503"]),
-                (
-                    "200",
-                    ok(
-                        "members",
-                        json!({"type": "object", "required": ["members"], "properties": {"members": {"type": "array", "items": member}}}),
-                    ),
-                ),
-            ),
-        },
+        ),
         Op {
             method: "post",
             path: "/v1/members",
@@ -278,18 +279,12 @@ pub fn operations() -> Vec<Op> {
                 ("200", ok("the member with its new tags", obj(&["member"]))),
             ),
         },
-        Op {
-            method: "get",
-            path: "/v1/history",
-            tag: "cluster",
-            summary: "failovers and switchovers",
-            params: vec![],
-            body: None,
-            responses: std(
-                &errors(&["503"]),
-                ("200", ok("history, oldest first", obj(&["history"]))),
-            ),
-        },
+        get(
+            "/v1/history",
+            "cluster",
+            "failovers and switchovers",
+            ok("history, oldest first", obj(&["history"])),
+        ),
         Op {
             method: "put",
             path: "/v1/maintenance",
@@ -393,13 +388,7 @@ pub fn operations() -> Vec<Op> {
                 ),
             ],
             body: None,
-            responses: std(
-                &errors(&["400", "404", "413", "503"]),
-                (
-                    "200",
-                    json!({"description": "the value", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}),
-                ),
-            ),
+            responses: std(&errors(&["400", "404", "413", "503"]), ("200", binary("the value"))),
         },
         Op {
             method: "put",
@@ -409,12 +398,7 @@ pub fn operations() -> Vec<Op> {
             params: vec![kv_key.clone()],
             body: raw_body("the value, raw bytes, at most 1 MiB"),
             responses: std(
-                &[
-                    ("200", ok("replaced", write_answer.clone())),
-                    ("400", r("BadRequest")),
-                    ("413", r("TooLarge")),
-                    ("503", r("Unavailable")),
-                ],
+                &and_errors(("200", ok("replaced", write_answer.clone())), &["400", "413", "503"]),
                 ("201", ok("created", write_answer.clone())),
             ),
         },
@@ -426,7 +410,7 @@ pub fn operations() -> Vec<Op> {
             params: vec![kv_key.clone()],
             body: None,
             responses: std(
-                &[
+                &and_errors(
                     (
                         "201",
                         ok(
@@ -434,11 +418,8 @@ pub fn operations() -> Vec<Op> {
                             write_answer.clone(),
                         ),
                     ),
-                    ("400", r("BadRequest")),
-                    ("404", r("NotFound")),
-                    ("413", r("TooLarge")),
-                    ("503", r("Unavailable")),
-                ],
+                    &["400", "404", "413", "503"],
+                ),
                 ("200", ok("deleted", write_answer.clone())),
             ),
         },
@@ -454,45 +435,26 @@ pub fn operations() -> Vec<Op> {
             ],
             body: raw_body("the new value, raw bytes, at most 1 MiB"),
             responses: std(
-                &[
+                &and_errors(
                     ("201", ok("created", write_answer.clone())),
-                    ("400", r("BadRequest")),
-                    ("409", r("Conflict")),
-                    ("413", r("TooLarge")),
-                    ("503", r("Unavailable")),
-                ],
+                    &["400", "409", "413", "503"],
+                ),
                 ("200", ok("replaced", write_answer)),
             ),
         },
-        Op {
-            method: "get",
-            path: "/v1/backup",
-            tag: "datastore",
-            summary: "a consistent backup of this node (cluster state + datastore at one position, with a SHA-256 \
-                      trailer), streamed; `keel backup --out FILE` writes it, `keel restore --from FILE` seeds a new cluster",
-            params: vec![],
-            body: None,
-            responses: std(
-                &errors(&["503"]),
-                (
-                    "200",
-                    json!({"description": "the backup file (position in Keel-Position, key count in Keel-Backup-Keys)",
-                           "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}),
-                ),
-            ),
-        },
-        Op {
-            method: "get",
-            path: "/v1/diverged",
-            tag: "datastore",
-            summary: "writes this node rolled back when it rejoined a newer primary (kept, never dropped)",
-            params: vec![],
-            body: None,
-            responses: std(
-                &errors(&["503"]),
-                ("200", ok("rolled-back entries", obj(&["diverged"]))),
-            ),
-        },
+        get(
+            "/v1/backup",
+            "datastore",
+            "a consistent backup of this node (cluster state + datastore at one position, with a SHA-256 \
+             trailer), streamed; `keel backup --out FILE` writes it, `keel restore --from FILE` seeds a new cluster",
+            binary("the backup file (position in Keel-Position, key count in Keel-Backup-Keys)"),
+        ),
+        get(
+            "/v1/diverged",
+            "datastore",
+            "writes this node rolled back when it rejoined a newer primary (kept, never dropped)",
+            ok("rolled-back entries", obj(&["diverged"])),
+        ),
         Op {
             method: "put",
             path: "/v1/replication/paused",
@@ -515,10 +477,7 @@ pub fn operations() -> Vec<Op> {
             summary: "this node's Git Sync agent: state, commit, last sync, last error, last webhook",
             params: vec![],
             body: None,
-            responses: std(
-                &errors(&["404", "503"]),
-                ("200", ok("agent status", obj(&["node_id"]))),
-            ),
+            responses: std(&errors(&["404", "503"]), ("200", ok("agent status", obj(&["node_id"])))),
         },
         Op {
             method: "post",
@@ -550,7 +509,7 @@ pub fn operations() -> Vec<Op> {
             ],
             body: Some(json!({"required": false, "content": {"application/json": {"schema": {"type": "object"}}}})),
             responses: std(
-                &[
+                &and_errors(
                     (
                         "202",
                         ok(
@@ -558,12 +517,8 @@ pub fn operations() -> Vec<Op> {
                             obj(&["webhook"]),
                         ),
                     ),
-                    ("400", r("BadRequest")),
-                    ("401", r("Unauthorized")),
-                    ("404", r("NotFound")),
-                    ("413", r("TooLarge")),
-                    ("503", r("Unavailable")),
-                ],
+                    &["400", "401", "404", "413", "503"],
+                ),
                 (
                     "200",
                     ok(
@@ -597,18 +552,12 @@ pub fn operations() -> Vec<Op> {
                 ("200", ok("the new commit", obj(&["commit", "epoch"]))),
             ),
         },
-        Op {
-            method: "get",
-            path: "/primary",
-            tag: "probes",
-            summary: "load-balancer probe: 200 only on the primary holding a valid lease, else 503",
-            params: vec![],
-            body: None,
-            responses: std(
-                &errors(&["503"]),
-                ("200", ok("this node is the primary", obj(&["role", "epoch"]))),
-            ),
-        },
+        get(
+            "/primary",
+            "probes",
+            "load-balancer probe: 200 only on the primary holding a valid lease, else 503",
+            ok("this node is the primary", obj(&["role", "epoch"])),
+        ),
         Op {
             method: "get",
             path: "/replica",
@@ -634,88 +583,45 @@ pub fn operations() -> Vec<Op> {
                 ("200", ok("a healthy replica", obj(&["role", "lag_ms"]))),
             ),
         },
-        Op {
-            method: "get",
-            path: "/health",
-            tag: "probes",
-            summary: "200 when the process is up and its data readable",
-            params: vec![],
-            body: None,
-            responses: std(&errors(&["503"]), ("200", ok("healthy", obj(&["status"])))),
-        },
-        Op {
-            method: "get",
-            path: "/readyz",
-            tag: "probes",
-            summary:
-                "200 when this node is a member of a cluster with a leader it can reach; 503 names the failed check",
-            params: vec![],
-            body: None,
-            responses: std(
-                &errors(&["503"]),
-                ("200", ok("ready", obj(&["status", "leader"]))),
+        get(
+            "/health",
+            "probes",
+            "200 when the process is up and its data readable",
+            ok("healthy", obj(&["status"])),
+        ),
+        get(
+            "/readyz",
+            "probes",
+            "200 when this node is a member of a cluster with a leader it can reach; 503 names the failed check",
+            ok("ready", obj(&["status", "leader"])),
+        ),
+        get(
+            "/metrics",
+            "monitoring",
+            "Prometheus text format (see the metrics reference in docs/http-api.md)",
+            text("metrics", "text/plain"),
+        ),
+        get(
+            "/ui",
+            "monitoring",
+            "the status page (one self-contained HTML page)",
+            text("the page", "text/html"),
+        ),
+        get(
+            "/ui/cluster.json",
+            "monitoring",
+            "what the status page polls: this node's cluster view, every member's status, history",
+            ok(
+                "the aggregate",
+                obj(&["served_by", "cluster", "nodes", "errors", "history"]),
             ),
-        },
-        Op {
-            method: "get",
-            path: "/metrics",
-            tag: "monitoring",
-            summary: "Prometheus text format (see the metrics reference in docs/http-api.md)",
-            params: vec![],
-            body: None,
-            responses: std(
-                &errors(&["503"]),
-                (
-                    "200",
-                    json!({"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}),
-                ),
-            ),
-        },
-        Op {
-            method: "get",
-            path: "/ui",
-            tag: "monitoring",
-            summary: "the status page (one self-contained HTML page)",
-            params: vec![],
-            body: None,
-            responses: std(
-                &errors(&["503"]),
-                (
-                    "200",
-                    json!({"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}),
-                ),
-            ),
-        },
-        Op {
-            method: "get",
-            path: "/ui/cluster.json",
-            tag: "monitoring",
-            summary: "what the status page polls: this node's cluster view, every member's status, history",
-            params: vec![],
-            body: None,
-            responses: std(
-                &errors(&["503"]),
-                (
-                    "200",
-                    ok(
-                        "the aggregate",
-                        obj(&["served_by", "cluster", "nodes", "errors", "history"]),
-                    ),
-                ),
-            ),
-        },
-        Op {
-            method: "get",
-            path: "/v1/openapi.json",
-            tag: "monitoring",
-            summary: "this document",
-            params: vec![],
-            body: None,
-            responses: std(
-                &errors(&["503"]),
-                ("200", ok("OpenAPI 3.0 document", obj(&["openapi", "paths"]))),
-            ),
-        },
+        ),
+        get(
+            "/v1/openapi.json",
+            "monitoring",
+            "this document",
+            ok("OpenAPI 3.0 document", obj(&["openapi", "paths"])),
+        ),
     ]
 }
 

@@ -8,99 +8,24 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use keel_codec::resp::ProtocolError;
+pub use keel_codec::resp::{encode, Reply};
+
 use super::ServiceError;
 
 /// Largest reply accepted (INFO replication is a few hundred bytes).
 const MAX_REPLY: usize = 1 << 20;
 
-/// A RESP2 reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    Simple(String),
-    Error(String),
-    Integer(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Option<Vec<Reply>>),
-}
-
-impl Reply {
-    /// The reply as text (simple string or bulk), for INFO and status answers.
-    pub fn text(&self) -> Option<String> {
-        match self {
-            Reply::Simple(s) => Some(s.clone()),
-            Reply::Bulk(Some(b)) => Some(String::from_utf8_lossy(b).into_owned()),
-            _ => None,
-        }
+impl From<ProtocolError> for ServiceError {
+    fn from(e: ProtocolError) -> Self {
+        ServiceError::Protocol(e.0)
     }
 }
 
-/// Encode a command as a RESP array of bulk strings.
-pub fn encode(args: &[&str]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
-/// Parse one reply from the front of `buf`: `Ok(None)` when more bytes are needed, else the reply
-/// and how many bytes it took.
+/// Parse one reply from the front of `buf` ([`keel_codec::resp::parse`], bulk replies up to 1 MiB):
+/// `Ok(None)` when more bytes are needed, else the reply and how many bytes it took.
 pub fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, ServiceError> {
-    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
-        return Ok(None);
-    };
-    let Some((&kind, rest)) = buf[..end].split_first() else {
-        return Err(ServiceError::Protocol("empty reply line".into()));
-    };
-    let line = std::str::from_utf8(rest).map_err(|_| ServiceError::Protocol("reply line is not utf-8".into()))?;
-    let head = end + 2;
-    let int = |s: &str| {
-        s.parse::<i64>()
-            .map_err(|_| ServiceError::Protocol(format!("bad length or integer {s:?}")))
-    };
-    match kind {
-        b'+' => Ok(Some((Reply::Simple(line.to_string()), head))),
-        b'-' => Ok(Some((Reply::Error(line.to_string()), head))),
-        b':' => Ok(Some((Reply::Integer(int(line)?), head))),
-        b'$' => {
-            let n = int(line)?;
-            if n < 0 {
-                return Ok(Some((Reply::Bulk(None), head)));
-            }
-            let n = n as usize;
-            if n > MAX_REPLY {
-                return Err(ServiceError::Protocol(format!("bulk reply of {n} bytes is too large")));
-            }
-            if buf.len() < head + n + 2 {
-                return Ok(None);
-            }
-            if &buf[head + n..head + n + 2] != b"\r\n" {
-                return Err(ServiceError::Protocol("bulk reply not terminated by CRLF".into()));
-            }
-            Ok(Some((Reply::Bulk(Some(buf[head..head + n].to_vec())), head + n + 2)))
-        }
-        b'*' => {
-            let n = int(line)?;
-            if n < 0 {
-                return Ok(Some((Reply::Array(None), head)));
-            }
-            let mut items = Vec::with_capacity((n as usize).min(1024));
-            let mut at = head;
-            for _ in 0..n {
-                match parse(&buf[at..])? {
-                    Some((r, used)) => {
-                        items.push(r);
-                        at += used;
-                    }
-                    None => return Ok(None),
-                }
-            }
-            Ok(Some((Reply::Array(Some(items)), at)))
-        }
-        other => Err(ServiceError::Protocol(format!("unknown reply type byte {other:#04x}"))),
-    }
+    Ok(keel_codec::resp::parse(buf, MAX_REPLY)?)
 }
 
 /// Send one command to `addr` and read its reply, all within `timeout`. A `-ERR` reply is
@@ -145,43 +70,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn encodes_a_command_as_bulk_strings() {
-        assert_eq!(encode(&["PING"]), b"*1\r\n$4\r\nPING\r\n".to_vec());
-        assert_eq!(
-            encode(&["REPLICAOF", "NO", "ONE"]),
-            b"*3\r\n$9\r\nREPLICAOF\r\n$2\r\nNO\r\n$3\r\nONE\r\n".to_vec()
-        );
-    }
-
-    #[test]
-    fn parses_every_reply_type() {
-        assert_eq!(parse(b"+OK\r\n").unwrap(), Some((Reply::Simple("OK".into()), 5)));
-        assert_eq!(parse(b"-ERR no\r\n").unwrap(), Some((Reply::Error("ERR no".into()), 9)));
-        assert_eq!(parse(b":42\r\n").unwrap(), Some((Reply::Integer(42), 5)));
-        assert_eq!(
-            parse(b"$3\r\nabc\r\n").unwrap(),
-            Some((Reply::Bulk(Some(b"abc".to_vec())), 9))
-        );
-        assert_eq!(parse(b"$-1\r\n").unwrap(), Some((Reply::Bulk(None), 5)));
+    fn parses_into_this_reply_type_and_refuses_oversized_bulk_replies() {
         let (r, used) = parse(b"*2\r\n$6\r\nmaster\r\n:7\r\nrest").unwrap().unwrap();
         assert_eq!(
             r,
-            Reply::Array(Some(vec![Reply::Bulk(Some(b"master".to_vec())), Reply::Integer(7)]))
+            Reply::Array(Some(vec![Reply::Bulk(Some(b"master".to_vec())), Reply::Int(7)]))
         );
         assert_eq!(used, 20);
-    }
-
-    #[test]
-    fn incomplete_input_asks_for_more() {
-        for partial in [&b""[..], b"+OK", b"$5\r\nab", b"*2\r\n:1\r\n", b"$3\r\nabc\r"] {
-            assert_eq!(parse(partial).unwrap(), None, "{partial:?}");
-        }
-    }
-
-    #[test]
-    fn malformed_input_is_an_error() {
-        for bad in [&b"?x\r\n"[..], b":abc\r\n", b"$3\r\nabcd\r\n", b"\r\n"] {
-            assert!(parse(bad).is_err(), "{bad:?}");
-        }
+        assert_eq!(parse(b"+OK").unwrap(), None);
+        let huge = format!("${}\r\n", MAX_REPLY + 1);
+        assert!(matches!(parse(huge.as_bytes()), Err(ServiceError::Protocol(_))));
     }
 }
