@@ -69,6 +69,10 @@ impl Directory {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
     }
+
+    pub(super) fn mark_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
 }
 
 /// Each member's service address (`host:port`), this node's (`own`) included, for the members whose
@@ -150,6 +154,6 @@ pub(super) async fn run<D: DrivenService>(node: &Node, d: &D) {
                 }
             }
         }
-        dir.ready.store(true, Ordering::SeqCst);
+        dir.mark_ready();
     }
 }

@@ -5,11 +5,12 @@
 //! for [`GIVE_UP_AFTER`], or was restarted, hands the primary role over (a switchover to the member
 //! whose service is healthy and most advanced).
 //!
-//! One tick is [`decide`] (pure: what to do with this sample), then the datastore's own checks
-//! (the [`DrivenService`] hooks, which may hold the step back), then the [`ManagedService`] calls
-//! ([`become_master`], [`fence_master`], [`follow_upstream`]).
+//! One tick is [`decide`] (pure: what to do with this sample), then [`act`]: the datastore's own
+//! checks (the [`DrivenService`] hooks, which may hold the step back) and the [`ManagedService`]
+//! calls. Only a hand-over (a switchover asked of the coordinator) is left to the loop.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use keel_raft::NodeId;
@@ -150,27 +151,24 @@ pub(super) async fn run<D: DrivenService>(node: &Node, d: &D) {
             primary: super::primary_upstream(node, d),
             now: Instant::now(),
         };
-        let acted = match decide(&tick, &mut mem) {
-            Duty::Hold => false,
-            Duty::HandOver { epoch } => {
+        let duty = decide(&tick, &mut mem);
+        let acted = match act(d, &Bound { node, d }, duty, &h).await {
+            Outcome::Done(acted) => acted,
+            Outcome::HandOver { epoch } => {
                 mem.handing.hand_over(node, d, epoch).await;
                 false
             }
-            Duty::Lead { epoch, check_peers } => match lead(node, d, &h, check_peers).await {
-                Lead::Done(acted) => acted,
-                Lead::Behind(peer, offset) => {
-                    warn!(
-                        epoch,
-                        peer,
-                        peer_offset = offset,
-                        offset = h.offset,
-                        "a replica's {kind} holds more than this node's: handing the primary role over instead of promoting"
-                    );
-                    mem.handing.hand_over(node, d, epoch).await;
-                    false
-                }
-            },
-            Duty::Follow { fence, upstream } => follow(node, d, &h, fence, upstream).await,
+            Outcome::Behind { epoch, peer, offset } => {
+                warn!(
+                    epoch,
+                    peer,
+                    peer_offset = offset,
+                    offset = h.offset,
+                    "a replica's {kind} holds more than this node's: handing the primary role over instead of promoting"
+                );
+                mem.handing.hand_over(node, d, epoch).await;
+                false
+            }
         };
         if acted {
             // Sample again at once, so /v1/status and /primary show the new role without a tick's delay.
@@ -198,39 +196,89 @@ impl Handing {
     }
 }
 
-/// What [`lead`] did.
-enum Lead {
-    /// Whether it changed anything.
+/// The datastore's hooks ([`DrivenService`]'s provided methods) for one tick, bound to the node:
+/// [`Bound`] in the loop; the tests use their own, without a node.
+pub(super) trait Hooks: Sync {
+    fn on_lead(&self);
+    fn before_writes(&self, h: &ServiceHealth, check_peers: bool)
+        -> impl Future<Output = Option<(NodeId, u64)>> + Send;
+    fn keep_leading(&self) -> impl Future<Output = bool> + Send;
+    fn before_follow(&self, h: &ServiceHealth, primary: &Upstream) -> impl Future<Output = bool> + Send;
+}
+
+/// A [`DrivenService`]'s hooks with the node they run on.
+struct Bound<'a, D> {
+    node: &'a Node,
+    d: &'a D,
+}
+
+impl<D: DrivenService> Hooks for Bound<'_, D> {
+    fn on_lead(&self) {
+        self.d.on_lead(self.node)
+    }
+    async fn before_writes(&self, h: &ServiceHealth, check_peers: bool) -> Option<(NodeId, u64)> {
+        self.d.before_writes(self.node, h, check_peers).await
+    }
+    async fn keep_leading(&self) -> bool {
+        self.d.keep_leading(self.node).await
+    }
+    async fn before_follow(&self, h: &ServiceHealth, primary: &Upstream) -> bool {
+        self.d.before_follow(self.node, h, primary).await
+    }
+}
+
+/// What [`act`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// Whether it changed anything that succeeded.
     Done(bool),
-    /// Not promoted: this member's service, a replica, holds more (its id and offset).
-    Behind(NodeId, u64),
+    /// The lease holder is to hand the primary role over (the loop asks the coordinator).
+    HandOver { epoch: u64 },
+    /// Not promoted: `peer`'s service, a replica, holds more (`offset`); hand the role over.
+    Behind { epoch: u64, peer: NodeId, offset: u64 },
+}
+
+/// Carry out `duty` (decided on the sample `h`): the hooks and the [`ManagedService`] calls.
+pub(super) async fn act<D: DrivenService, H: Hooks>(d: &D, hooks: &H, duty: Duty, h: &ServiceHealth) -> Outcome {
+    match duty {
+        Duty::Hold => Outcome::Done(false),
+        Duty::HandOver { epoch } => Outcome::HandOver { epoch },
+        Duty::Lead { epoch, check_peers } => lead(d, hooks, h, epoch, check_peers).await,
+        Duty::Follow { fence, upstream } => Outcome::Done(follow(d, hooks, h, fence, upstream).await),
+    }
 }
 
 /// The lease holder: its service must be the unfenced master. Before a promotion or an unfence the
 /// datastore's own checks run ([`DrivenService::before_writes`]), once the directory knows the
 /// other members' services.
-async fn lead<D: DrivenService>(node: &Node, d: &D, h: &ServiceHealth, check_peers: bool) -> Lead {
-    d.on_lead(node);
+async fn lead<D: DrivenService, H: Hooks>(
+    d: &D,
+    hooks: &H,
+    h: &ServiceHealth,
+    epoch: u64,
+    check_peers: bool,
+) -> Outcome {
+    hooks.on_lead();
     if h.role == ServiceRole::Replica || d.is_fenced() {
         if !d.directory().is_ready() {
             // Just started: the other members' services are not known yet. Next tick.
-            return Lead::Done(false);
+            return Outcome::Done(false);
         }
-        if let Some((peer, offset)) = d.before_writes(node, h, check_peers).await {
-            return Lead::Behind(peer, offset);
+        if let Some((peer, offset)) = hooks.before_writes(h, check_peers).await {
+            return Outcome::Behind { epoch, peer, offset };
         }
     }
     let (acted, was_unfenced) = become_master(d, h).await;
     if was_unfenced {
-        let kept = d.keep_leading(node).await;
-        return Lead::Done(acted || kept);
+        let kept = hooks.keep_leading().await;
+        return Outcome::Done(acted || kept);
     }
-    Lead::Done(acted)
+    Outcome::Done(acted)
 }
 
 /// Promote a replica, unfence a fenced master. Returns whether a call succeeded, and whether the
 /// service was unfenced already (nothing to unfence).
-pub(super) async fn become_master<D: DrivenService>(d: &D, h: &ServiceHealth) -> (bool, bool) {
+async fn become_master<D: DrivenService>(d: &D, h: &ServiceHealth) -> (bool, bool) {
     let s = d.service();
     let kind = s.kind();
     let mut acted = false;
@@ -258,23 +306,23 @@ pub(super) async fn become_master<D: DrivenService>(d: &D, h: &ServiceHealth) ->
 
 /// Not the lease holder: fence a master at once, then follow the primary's service when known.
 /// Returns whether it changed anything that succeeded.
-async fn follow<D: DrivenService>(
-    node: &Node,
+async fn follow<D: DrivenService, H: Hooks>(
     d: &D,
+    hooks: &H,
     h: &ServiceHealth,
     fence: bool,
     upstream: Option<Upstream>,
 ) -> bool {
     let acted = fence && fence_master(d, h).await;
     let Some(up) = upstream else { return acted };
-    if !d.before_follow(node, h, &up).await {
+    if !hooks.before_follow(h, &up).await {
         return acted;
     }
     follow_upstream(d, &up).await || acted
 }
 
 /// Fence this node's service. Returns whether that changed a running service.
-pub(super) async fn fence_master<D: DrivenService>(d: &D, h: &ServiceHealth) -> bool {
+async fn fence_master<D: DrivenService>(d: &D, h: &ServiceHealth) -> bool {
     let kind = d.service().kind();
     match d.service().fence().await {
         Ok(()) => {
@@ -289,7 +337,7 @@ pub(super) async fn fence_master<D: DrivenService>(d: &D, h: &ServiceHealth) -> 
 }
 
 /// Point this node's service at the primary's. Returns whether that succeeded.
-pub(super) async fn follow_upstream<D: DrivenService>(d: &D, up: &Upstream) -> bool {
+async fn follow_upstream<D: DrivenService>(d: &D, up: &Upstream) -> bool {
     let kind = d.service().kind();
     match d.service().follow(up).await {
         Ok(()) => {

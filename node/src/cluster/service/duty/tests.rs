@@ -12,6 +12,10 @@ use crate::cluster::service::Directory;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Call {
+    OnLead,
+    BeforeWrites,
+    KeepLeading,
+    BeforeFollow,
     Promote,
     Unfence,
     Fence,
@@ -128,32 +132,70 @@ fn tick<'a>(h: &'a ServiceHealth, leased: Option<u64>, fenced: bool, primary: Op
     }
 }
 
-/// One tick as the loop composes it, minus the datastore's hooks (the fake has none): the
-/// decision, then the `ManagedService` calls it leads to. Returns the decision and the calls.
-async fn step(d: &FakeDriven, t: &Tick<'_>) -> (Duty, Vec<Call>) {
-    let duty = decide(t, &mut Memory::default());
-    match &duty {
-        Duty::Lead { .. } => {
-            become_master(d, t.health).await;
-        }
-        Duty::Follow { fence, upstream } => {
-            if *fence {
-                fence_master(d, t.health).await;
-            }
-            if let Some(up) = upstream {
-                follow_upstream(d, up).await;
-            }
-        }
-        Duty::Hold | Duty::HandOver { .. } => {}
+/// The hooks, recorded in the same log as the service's calls; what they answer is set per test.
+struct TestHooks<'a> {
+    svc: &'a Fake,
+    /// `before_writes` finds this replica holding more.
+    behind: Option<(NodeId, u64)>,
+    /// `before_follow` lets the follow go ahead.
+    follow_ok: bool,
+}
+
+impl Hooks for TestHooks<'_> {
+    fn on_lead(&self) {
+        let _ = self.svc.push(Call::OnLead);
     }
+    async fn before_writes(&self, _h: &ServiceHealth, _check_peers: bool) -> Option<(NodeId, u64)> {
+        let _ = self.svc.push(Call::BeforeWrites);
+        self.behind
+    }
+    async fn keep_leading(&self) -> bool {
+        let _ = self.svc.push(Call::KeepLeading);
+        false
+    }
+    async fn before_follow(&self, _h: &ServiceHealth, _primary: &Upstream) -> bool {
+        let _ = self.svc.push(Call::BeforeFollow);
+        self.follow_ok
+    }
+}
+
+/// A fake datastore whose directory finished its first round (`ready`) and whose fence is `fenced`.
+fn driven(ready: bool, fenced: bool) -> FakeDriven {
+    let d = FakeDriven::default();
+    if ready {
+        d.dir.mark_ready();
+    }
+    d.svc.fenced.store(fenced, Ordering::SeqCst);
+    d
+}
+
+/// One tick of the loop on the sample `t` (a fresh memory: the first tick of its epoch), with the
+/// hooks answering `behind` and `follow_ok`: the decision, what `act` did, and the calls made.
+async fn step_with(
+    d: &FakeDriven,
+    t: &Tick<'_>,
+    behind: Option<(NodeId, u64)>,
+    follow_ok: bool,
+) -> (Duty, Outcome, Vec<Call>) {
+    let duty = decide(t, &mut Memory::default());
+    let hooks = TestHooks {
+        svc: &d.svc,
+        behind,
+        follow_ok,
+    };
+    let outcome = act(d, &hooks, duty.clone(), t.health).await;
     let calls = std::mem::take(&mut *d.svc.calls.lock().unwrap());
+    (duty, outcome, calls)
+}
+
+async fn step(d: &FakeDriven, t: &Tick<'_>) -> (Duty, Vec<Call>) {
+    let (duty, _, calls) = step_with(d, t, None, true).await;
     (duty, calls)
 }
 
 #[tokio::test]
 async fn the_lease_holder_promotes_and_unfences() {
-    let d = FakeDriven::default();
-    d.svc.fenced.store(true, Ordering::SeqCst);
+    let d = driven(true, true);
     let h = health(ServiceRole::Replica, Some("127.0.0.2:6379"));
     let (duty, calls) = step(&d, &tick(&h, Some(3), true, Some(upstream(ME)))).await;
     assert_eq!(
@@ -163,20 +205,49 @@ async fn the_lease_holder_promotes_and_unfences() {
             check_peers: true
         }
     );
-    assert_eq!(calls, vec![Call::Promote, Call::Unfence]);
+    assert_eq!(
+        calls,
+        vec![Call::OnLead, Call::BeforeWrites, Call::Promote, Call::Unfence]
+    );
     assert!(!d.is_fenced());
 
-    // Already the unfenced master: nothing to call.
+    // Already the unfenced master: only kept so (the datastore's own re-check).
     let h = health(ServiceRole::Master, None);
     let (_, calls) = step(&d, &tick(&h, Some(3), false, Some(upstream(ME)))).await;
-    assert_eq!(calls, vec![]);
+    assert_eq!(calls, vec![Call::OnLead, Call::KeepLeading]);
+}
+
+#[tokio::test]
+async fn the_lease_holder_waits_for_the_directory_and_yields_to_a_replica_that_holds_more() {
+    // Just started: the other members' services are not known, so no promotion yet.
+    let d = driven(false, true);
+    let h = health(ServiceRole::Replica, Some("127.0.0.2:6379"));
+    let t = tick(&h, Some(3), true, Some(upstream(ME)));
+    let (_, outcome, calls) = step_with(&d, &t, None, true).await;
+    assert_eq!(outcome, Outcome::Done(false));
+    assert_eq!(calls, vec![Call::OnLead]);
+    assert!(d.is_fenced());
+    // A replica holds more: neither promoted nor unfenced, the role goes to it.
+    let d = driven(true, true);
+    let (_, outcome, calls) = step_with(&d, &t, Some((2, 99)), true).await;
+    assert_eq!(
+        outcome,
+        Outcome::Behind {
+            epoch: 3,
+            peer: 2,
+            offset: 99
+        }
+    );
+    assert_eq!(calls, vec![Call::OnLead, Call::BeforeWrites]);
+    assert!(d.is_fenced());
 }
 
 #[tokio::test]
 async fn a_demoted_master_is_fenced_then_follows_the_primary() {
-    let d = FakeDriven::default();
+    let d = driven(true, false);
     let h = health(ServiceRole::Master, None);
-    let (duty, calls) = step(&d, &tick(&h, None, false, Some(upstream(2)))).await;
+    let t = tick(&h, None, false, Some(upstream(2)));
+    let (duty, outcome, calls) = step_with(&d, &t, None, true).await;
     assert_eq!(
         duty,
         Duty::Follow {
@@ -184,17 +255,27 @@ async fn a_demoted_master_is_fenced_then_follows_the_primary() {
             upstream: Some(upstream(2))
         }
     );
-    assert_eq!(calls, vec![Call::Fence, Call::Follow(upstream(2).addr)]);
+    assert_eq!(outcome, Outcome::Done(true));
+    assert_eq!(
+        calls,
+        vec![Call::Fence, Call::BeforeFollow, Call::Follow(upstream(2).addr)]
+    );
+    assert!(d.is_fenced());
+
+    // The datastore's check holds the follow back (the new master is not ready): fenced all the same.
+    let d = driven(true, false);
+    let (_, outcome, calls) = step_with(&d, &t, None, false).await;
+    assert_eq!(outcome, Outcome::Done(true));
+    assert_eq!(calls, vec![Call::Fence, Call::BeforeFollow]);
     assert!(d.is_fenced());
 }
 
 #[tokio::test]
 async fn a_replica_follows_the_primary_once() {
-    let d = FakeDriven::default();
-    d.svc.fenced.store(true, Ordering::SeqCst);
+    let d = driven(true, true);
     let h = health(ServiceRole::Replica, Some("127.0.0.9:6379"));
     let (_, calls) = step(&d, &tick(&h, None, true, Some(upstream(2)))).await;
-    assert_eq!(calls, vec![Call::Follow(upstream(2).addr)]);
+    assert_eq!(calls, vec![Call::BeforeFollow, Call::Follow(upstream(2).addr)]);
 
     // Already following the primary's: nothing to do.
     let h = health(ServiceRole::Replica, Some(upstream(2).addr.as_str()));
