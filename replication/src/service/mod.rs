@@ -8,7 +8,9 @@
 //!
 //! Implementations:
 //! - [`redis::RedisService`]: a supervised `redis-server`. The node's duty loop
-//!   (`keel-node`, `cluster/service/`) calls every method from the cluster state and the lease.
+//!   (`keel-node`, `cluster/service/duty.rs`, generic over the node-side `DrivenService` whose
+//!   `Service` is a `ManagedService`) calls every method from the cluster state and the lease; a
+//!   third datastore implements this trait here and `DrivenService` in the node.
 //! - [`kv::KvService`]: Keel's own key-value store. Its roles are the replication protocol and the
 //!   lease, which already run at the right moments in the node (the view feeder, the new primary's
 //!   catch-up before its first lease, the lease check on every write), so the node does not drive

@@ -13,7 +13,8 @@ use keel_replication::service::{lost_on_demotion, Loss, ReplicationInfo, Service
 use serde::Serialize;
 use tracing::{info, warn};
 
-use super::{service_addrs, ManagedRedis};
+use super::redis::ManagedRedis;
+use super::service_addrs;
 use crate::state::Node;
 
 /// Budget for fencing the other members' Redis directly before this node's Redis takes writes:
@@ -88,7 +89,7 @@ async fn infos(
 /// Each of `ids`' managed Redis asked directly (`infos`), for the failover decision: the
 /// directory's samples may be half a second old. A Redis that does not answer is reported
 /// unhealthy; a member whose address is unknown is left out.
-pub async fn fresh_service_views(
+pub(super) async fn fresh_views(
     node: &Node,
     ids: &[NodeId],
 ) -> BTreeMap<NodeId, crate::cluster::failover::ServiceView> {
@@ -115,7 +116,7 @@ pub async fn fresh_service_views(
 /// Fence `member`'s Redis directly (the old primary's, when the coordinator decides to replace it),
 /// within [`FENCE_OTHERS_TIMEOUT`]: its offset stops moving before the candidates are ranked. Its own
 /// node restores the setting if it turns out to hold a valid lease after all.
-pub async fn fence_member(node: &Node, member: NodeId) {
+pub(super) async fn fence_member(node: &Node, member: NodeId) {
     if member == node.id {
         return;
     }
