@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::SentinelConfig;
 use crate::state::Node;
-pub use view::{Addr, SentinelView, ViewInputs};
+pub use view::{answer_master, Addr, LiveState, ManagedNow, SentinelView, ViewInputs};
 
 /// A connection that is not subscribed and sends nothing for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -139,7 +139,7 @@ pub async fn view_task(node: Arc<Node>, config: SentinelConfig, tx: watch::Sende
     loop {
         let mut new = view::compute(&inputs(&node, &config));
         new.computed_at = Some(std::time::Instant::now());
-        // Sent every time: connections check the view's age (`SentinelView::fresh_master`).
+        // Sent every time: connections check the view's age and the node's live state (`answer_master`).
         tx.send_replace(new);
         tokio::select! {
             _ = node.cancel.cancelled() => return,
@@ -150,15 +150,35 @@ pub async fn view_task(node: Arc<Node>, config: SentinelConfig, tx: watch::Sende
     }
 }
 
+/// Reads the node's state at the instant a connection answers ([`LiveState`]).
+pub type LiveFn = Arc<dyn Fn() -> LiveState + Send + Sync>;
+
+/// The node's state now, as a connection checks it before naming a master: the lease, Keel's fence
+/// flag on the managed Redis, and the master [`crate::cluster::service::master_addr`] names now.
+pub fn live_state(node: &Node) -> LiveState {
+    LiveState {
+        me: node.id,
+        own_lease: node.lease.valid_epoch(),
+        managed: node.service.as_ref().map(|s| ManagedNow {
+            fenced: s.redis.is_fenced(),
+            master: crate::cluster::service::master_addr(node).map(|(id, _)| id),
+        }),
+    }
+}
+
 /// Start the listener's tasks on `listener`: the view feeder and the server.
 pub fn spawn(node: &Arc<Node>, config: SentinelConfig, listener: TcpListener) -> Vec<(&'static str, JoinHandle<()>)> {
     let (tx, rx) = watch::channel(SentinelView {
         name: config.name.clone(),
         ..SentinelView::default()
     });
+    let live: LiveFn = {
+        let node = node.clone();
+        Arc::new(move || live_state(&node))
+    };
     vec![
         ("sentinel view", tokio::spawn(view_task(node.clone(), config, tx))),
-        ("sentinel", tokio::spawn(serve(listener, rx, node.cancel.clone()))),
+        ("sentinel", tokio::spawn(serve(listener, rx, live, node.cancel.clone()))),
     ]
 }
 
@@ -195,8 +215,14 @@ async fn publish_task(
     }
 }
 
-/// Serve Sentinel clients on `listener` until `cancel`, from the views `views` carries.
-pub async fn serve(listener: TcpListener, views: watch::Receiver<SentinelView>, cancel: CancellationToken) {
+/// Serve Sentinel clients on `listener` until `cancel`, from the views `views` carries, naming a
+/// master only when `live` (read at each answer) agrees ([`answer_master`]).
+pub async fn serve(
+    listener: TcpListener,
+    views: watch::Receiver<SentinelView>,
+    live: LiveFn,
+    cancel: CancellationToken,
+) {
     if let Ok(addr) = listener.local_addr() {
         info!(addr = %addr, "sentinel-compatible discovery listening");
     }
@@ -229,8 +255,9 @@ pub async fn serve(listener: TcpListener, views: watch::Receiver<SentinelView>, 
                 let id = ids.fetch_add(1, Ordering::Relaxed);
                 debug!(%peer, id, "sentinel: connection");
                 let (views, events, cancel) = (views.clone(), events.subscribe(), cancel.clone());
+                let live = live.clone();
                 conns.spawn(async move {
-                    connection(stream, id, views, events, cancel).await;
+                    connection(stream, id, views, live, events, cancel).await;
                     drop(permit);
                 });
             }
@@ -256,6 +283,7 @@ async fn connection(
     stream: TcpStream,
     id: u64,
     views: watch::Receiver<SentinelView>,
+    live: LiveFn,
     mut events: broadcast::Receiver<Event>,
     cancel: CancellationToken,
 ) {
@@ -278,9 +306,11 @@ async fn connection(
                         continue;
                     }
                     let mut view = views.borrow().clone();
-                    // A view computed before a pause of this process (or a stalled task) names no
-                    // master: the client asks again, by then from a fresh one.
-                    if view.fresh_master().is_none() {
+                    // Checked at the answer, not only when the view was computed: a view computed
+                    // before a pause of this process (or a stalled task), or before the lease
+                    // lapsed and Keel fenced the Redis it names, names no master. The client asks
+                    // again, by then from a fresh view.
+                    if answer_master(&view, &live(), std::time::Instant::now()).is_none() {
                         view.master = None;
                     }
                     let outcome = commands::handle(&args, &mut conn, &view);

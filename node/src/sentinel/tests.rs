@@ -24,9 +24,31 @@ async fn line(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> String {
     l
 }
 
+/// The live state of a node (2) other than the views' master (1), without managed Redis: every
+/// master a fresh view names is named.
+fn another_node() -> LiveFn {
+    Arc::new(|| LiveState {
+        me: 2,
+        own_lease: None,
+        managed: None,
+    })
+}
+
 /// A listener on a free loopback port; its address, the view sender, the cancel token and task.
 async fn listen(
     initial: SentinelView,
+) -> (
+    std::net::SocketAddr,
+    watch::Sender<SentinelView>,
+    CancellationToken,
+    JoinHandle<()>,
+) {
+    listen_live(initial, another_node()).await
+}
+
+async fn listen_live(
+    initial: SentinelView,
+    live: LiveFn,
 ) -> (
     std::net::SocketAddr,
     watch::Sender<SentinelView>,
@@ -37,7 +59,7 @@ async fn listen(
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = watch::channel(initial);
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(serve(listener, rx, cancel.clone()));
+    let task = tokio::spawn(serve(listener, rx, live, cancel.clone()));
     (addr, tx, cancel, task)
 }
 
@@ -109,6 +131,41 @@ async fn answers_and_publishes_switch_master_across_a_time_without_master() {
         .expect("listener stops on cancel")
         .unwrap();
     assert_eq!(line(&mut sr).await, "", "connection closed at shutdown");
+}
+
+#[tokio::test]
+async fn the_master_is_checked_against_the_nodes_state_at_each_answer() {
+    // The master's own node: named while its lease (epoch 1) is valid and Keel has not fenced its
+    // Redis, as read when the request is answered, whatever the view (computed before) says.
+    let fenced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let live: LiveFn = {
+        let fenced = fenced.clone();
+        Arc::new(move || LiveState {
+            me: 1,
+            own_lease: Some(1),
+            managed: Some(ManagedNow {
+                fenced: fenced.load(Ordering::SeqCst),
+                master: Some(1),
+            }),
+        })
+    };
+    let (addr, _tx, cancel, task) = listen_live(view(Some("10.0.0.1:6379"), 1), live).await;
+    let (mut r, mut w) = connect(addr).await;
+    w.write_all(b"SENTINEL get-master-addr-by-name keel\r\n").await.unwrap();
+    assert_eq!(line(&mut r).await, "*2\r\n");
+    for _ in 0..4 {
+        line(&mut r).await;
+    }
+    // Fenced since the view was computed: nil, and no master for `SENTINEL master(s)` either.
+    fenced.store(true, Ordering::SeqCst);
+    w.write_all(b"SENTINEL get-master-addr-by-name keel\r\n").await.unwrap();
+    assert_eq!(line(&mut r).await, "$-1\r\n");
+    w.write_all(b"SENTINEL masters\r\n").await.unwrap();
+    assert_eq!(line(&mut r).await, "*0\r\n");
+    w.write_all(b"SENTINEL master keel\r\n").await.unwrap();
+    assert_eq!(line(&mut r).await, "-ERR No such master with that name\r\n");
+    cancel.cancel();
+    tokio::time::timeout(T, task).await.unwrap().unwrap();
 }
 
 #[tokio::test]
