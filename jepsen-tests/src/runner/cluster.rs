@@ -102,10 +102,18 @@ impl Cluster {
             let id = i as u64 + 1;
             let redis = opts.workload.is_redis().then(|| {
                 let ip = api.rsplit_once(':').map_or("127.0.0.1", |(ip, _)| ip).to_string();
-                let free = || crate::ports::free_port(&ip);
+                // In its own namespace a node has its address to itself (and the harness cannot
+                // bind it to probe for a free port): Redis's and Sentinel's usual ports.
+                let port = |usual: u16| {
+                    if c.lab.is_some() {
+                        usual
+                    } else {
+                        crate::ports::free_port(&ip)
+                    }
+                };
                 RedisAddrs {
-                    redis: format!("{ip}:{}", free()),
-                    sentinel: format!("{ip}:{}", free()),
+                    redis: format!("{ip}:{}", port(6379)),
+                    sentinel: format!("{ip}:{}", port(26379)),
                 }
             });
             c.nodes.push(Node {

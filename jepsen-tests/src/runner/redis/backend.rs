@@ -114,6 +114,22 @@ impl Backend {
         }
     }
 
+    /// The network-namespace lab of a Keel run with `--netns` (the baseline runs on loopback).
+    pub(super) fn lab(&self) -> Option<&crate::netns::NetLab> {
+        match self {
+            Backend::Keel(c) => c.lab.as_ref(),
+            Backend::Sentinel(_) => None,
+        }
+    }
+
+    /// `(id, API address)` of Keel's nodes (none for the baseline).
+    pub(super) fn apis(&self) -> Vec<(u64, String)> {
+        match self {
+            Backend::Keel(c) => c.apis(),
+            Backend::Sentinel(_) => Vec::new(),
+        }
+    }
+
     /// Everything running and resumed.
     pub(super) fn heal_all(&mut self) -> Result<(), String> {
         match self {
