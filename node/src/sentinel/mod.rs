@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_raft::NodeId;
+use keel_replication::service::redis as redis_svc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, watch, Semaphore};
@@ -27,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::SentinelConfig;
 use crate::state::Node;
-pub use view::{answer_master, Addr, LiveState, ManagedNow, SentinelView, ViewInputs};
+pub use view::{answer_master, confirm_by_probe, Addr, LiveState, ManagedNow, SentinelView, ViewInputs};
 
 /// A connection that is not subscribed and sends nothing for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -41,6 +42,10 @@ const MAX_CONNECTIONS: usize = 1024;
 /// 100 ms that was a tenth of a second on every failover (redis_bench); a computation is a few
 /// map lookups.
 const REFRESH: Duration = Duration::from_millis(20);
+
+/// Longest the direct probe of another member's Redis may take before an answer that names it
+/// (`confirm_by_probe`); no answer in time, no master named.
+const CONFIRM_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// The channel Sentinel announces a new master on.
 pub const SWITCH_MASTER: &str = "+switch-master";
@@ -268,6 +273,19 @@ pub async fn serve(
     let _ = publisher.await;
 }
 
+/// Does this request's answer name the master (so that it is confirmed first)?
+fn names_master(args: &[Vec<u8>]) -> bool {
+    let word = |i: usize| args.get(i).map(|a| String::from_utf8_lossy(a).to_lowercase());
+    match word(0).as_deref() {
+        Some("info") => true,
+        Some("sentinel") => matches!(
+            word(1).as_deref(),
+            Some("get-master-addr-by-name" | "master" | "masters" | "replicas" | "slaves" | "ckquorum")
+        ),
+        _ => false,
+    }
+}
+
 /// Write `out` (and clear it); false when the peer is gone or too slow.
 async fn flush(w: &mut tokio::net::tcp::OwnedWriteHalf, out: &mut Vec<u8>) -> bool {
     if out.is_empty() {
@@ -310,8 +328,16 @@ async fn connection(
                     // before a pause of this process (or a stalled task), or before the lease
                     // lapsed and Keel fenced the Redis it names, names no master. The client asks
                     // again, by then from a fresh view.
-                    if answer_master(&view, &live(), std::time::Instant::now()).is_none() {
-                        view.master = None;
+                    let now = live();
+                    view.master = answer_master(&view, &now, std::time::Instant::now()).cloned();
+                    if let Some((node, addr)) = view.master.clone() {
+                        if confirm_by_probe(node, &now) && names_master(&args) {
+                            let takes = redis_svc::takes_writes_at(&addr.to_string(), CONFIRM_TIMEOUT).await;
+                            if !takes.unwrap_or(false) {
+                                debug!(node, %addr, "sentinel: the primary's redis does not take writes now: no master named");
+                                view.master = None;
+                            }
+                        }
                     }
                     let outcome = commands::handle(&args, &mut conn, &view);
                     outcome.replies.iter().for_each(|r| r.encode(conn.resp3, &mut out));

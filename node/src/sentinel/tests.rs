@@ -192,3 +192,20 @@ fn sentinel_peers_are_the_other_hosts_at_this_port() {
         vec!["10.0.0.1:26380".to_owned(), "10.0.0.1:26380".to_owned()]
     );
 }
+
+#[test]
+fn the_requests_whose_answers_name_the_master() {
+    let req = |s: &str| s.split(' ').map(|w| w.as_bytes().to_vec()).collect::<Vec<_>>();
+    for yes in [
+        "SENTINEL get-master-addr-by-name keel",
+        "sentinel MASTER keel",
+        "SENTINEL masters",
+        "SENTINEL replicas keel",
+        "INFO",
+    ] {
+        assert!(names_master(&req(yes)), "{yes}");
+    }
+    for no in ["PING", "SENTINEL sentinels keel", "SENTINEL myid", "SUBSCRIBE +switch-master"] {
+        assert!(!names_master(&req(no)), "{no}");
+    }
+}

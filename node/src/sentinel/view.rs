@@ -121,6 +121,16 @@ pub fn answer_master<'a>(
     view.master.as_ref().filter(|_| ok)
 }
 
+/// Whether a connection confirms the master [`answer_master`] allows with a direct probe of its
+/// Redis before naming it: with managed Redis, when it is another member's. This node's own Redis
+/// is known to Keel directly (the lease and the fence flag); another member's is known only from
+/// this node's last probe, up to 75 ms old, in which time that member's lease can lapse and its
+/// Redis be fenced. A probe made after the request arrived cannot predate a fence the client could
+/// have seen before asking.
+pub fn confirm_by_probe(master: NodeId, live: &LiveState) -> bool {
+    live.managed.is_some() && master != live.me
+}
+
 /// What [`compute`] needs to know, all of it read from the node at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct ViewInputs {
@@ -272,6 +282,14 @@ mod tests {
             ..v.clone()
         };
         assert_eq!(named(&none, &live(1, None, Some((false, Some(2)))), now), None);
+    }
+
+    #[test]
+    fn only_another_members_managed_redis_is_confirmed_by_a_probe() {
+        assert!(confirm_by_probe(2, &live(1, None, Some((false, Some(2))))));
+        assert!(!confirm_by_probe(1, &live(1, Some(3), Some((false, Some(1))))));
+        // Without managed Redis there is no Redis of Keel's to probe.
+        assert!(!confirm_by_probe(2, &live(1, None, None)));
     }
 
     fn inputs(primary: Option<(NodeId, u64)>, own_lease: Option<u64>, seen: bool) -> ViewInputs {
