@@ -205,7 +205,12 @@ fn the_requests_whose_answers_name_the_master() {
     ] {
         assert!(names_master(&req(yes)), "{yes}");
     }
-    for no in ["PING", "SENTINEL sentinels keel", "SENTINEL myid", "SUBSCRIBE +switch-master"] {
+    for no in [
+        "PING",
+        "SENTINEL sentinels keel",
+        "SENTINEL myid",
+        "SUBSCRIBE +switch-master",
+    ] {
         assert!(!names_master(&req(no)), "{no}");
     }
 }
