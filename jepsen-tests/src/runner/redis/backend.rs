@@ -19,7 +19,7 @@ pub(super) const SENTINEL_DOWN_AFTER_MS: u64 = 1000;
 pub(super) const SENTINEL_FAILOVER_TIMEOUT_MS: u64 = 5000;
 
 pub(super) enum Backend {
-    Keel(Cluster),
+    Keel(Box<Cluster>),
     Sentinel(Baseline),
 }
 

@@ -214,7 +214,7 @@ pub fn run_redis(cfg: &RunConfig, opts: &RunOptions) -> Result<RedisReport, Stri
             min_acks: Some(opts.min_acks.unwrap_or(need)),
             ..opts.clone()
         };
-        Backend::Keel(Cluster::start(cfg, &o, false)?)
+        Backend::Keel(Box::new(Cluster::start(cfg, &o, false)?))
     };
     let (redis, listeners) = (backend.redis_addrs(), backend.listeners());
     wait_ready(&redis, &listeners, Duration::from_secs(60))?;
