@@ -526,6 +526,12 @@ fn heal(backend: &mut Backend, h: Heal) -> Result<(), String> {
     Ok(())
 }
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Play the schedule (each step's faults start together and are healed together); for a step
 /// that hit the primary, time until a listener of another node names a master that is up.
 #[allow(clippy::too_many_arguments)]
@@ -602,6 +608,8 @@ fn play(
                 "nodes": hit,
                 "start_ms": start_ms,
                 "end_ms": ms(),
+                // Wall clock, to find the fault in the nodes' logs.
+                "start_unix_ms": unix_ms().saturating_sub(ms().saturating_sub(start_ms)),
                 "was_primary": was_primary,
             }));
         }
