@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use keel_raft::NodeId;
 use keel_replication::service::redis as redis_svc;
+use keel_replication::service::resp as svc_resp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, watch, Semaphore};
@@ -28,7 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::SentinelConfig;
 use crate::state::Node;
-pub use view::{answer_master, confirm_by_probe, Addr, LiveState, ManagedNow, SentinelView, ViewInputs};
+pub use view::{answer_master, confirm_by_probe, Addr, Confirm, LiveState, ManagedNow, SentinelView, ViewInputs};
 
 /// A connection that is not subscribed and sends nothing for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -273,6 +274,29 @@ pub async fn serve(
     let _ = publisher.await;
 }
 
+/// Probe the Redis at `addr` as `how` says (within [`CONFIRM_TIMEOUT`] per call; no answer: no).
+async fn confirmed(how: Confirm, addr: &str) -> bool {
+    match how {
+        Confirm::TakesWrites => redis_svc::takes_writes_at(addr, CONFIRM_TIMEOUT).await.unwrap_or(false),
+        Confirm::Unfenced => {
+            if !redis_svc::info_at(addr, CONFIRM_TIMEOUT)
+                .await
+                .is_ok_and(|i| i.is_master())
+            {
+                return false;
+            }
+            let r = svc_resp::call(addr, &["CONFIG", "GET", "min-replicas-to-write"], CONFIRM_TIMEOUT).await;
+            let value = match r {
+                Ok(svc_resp::Reply::Array(Some(items))) => items.get(1).and_then(svc_resp::Reply::text),
+                _ => None,
+            };
+            value
+                .and_then(|v| v.parse::<u32>().ok())
+                .is_some_and(|v| v != redis_svc::FENCE_REPLICAS)
+        }
+    }
+}
+
 /// Does this request's answer name the master (so that it is confirmed first)?
 fn names_master(args: &[Vec<u8>]) -> bool {
     let word = |i: usize| args.get(i).map(|a| String::from_utf8_lossy(a).to_lowercase());
@@ -331,10 +355,9 @@ async fn connection(
                     let now = live();
                     view.master = answer_master(&view, &now, std::time::Instant::now()).cloned();
                     if let Some((node, addr)) = view.master.clone() {
-                        if confirm_by_probe(node, &now) && names_master(&args) {
-                            let takes = redis_svc::takes_writes_at(&addr.to_string(), CONFIRM_TIMEOUT).await;
-                            if !takes.unwrap_or(false) {
-                                debug!(node, %addr, "sentinel: the primary's redis does not take writes now: no master named");
+                        if let Some(how) = confirm_by_probe(node, &now).filter(|_| names_master(&args)) {
+                            if !confirmed(how, &addr.to_string()).await {
+                                debug!(node, %addr, ?how, "sentinel: the primary's redis is not the master to name now");
                                 view.master = None;
                             }
                         }

@@ -121,14 +121,30 @@ pub fn answer_master<'a>(
     view.master.as_ref().filter(|_| ok)
 }
 
-/// Whether a connection confirms the master [`answer_master`] allows with a direct probe of its
-/// Redis before naming it: with managed Redis, when it is another member's. This node's own Redis
-/// is known to Keel directly (the lease and the fence flag); another member's is known only from
-/// this node's last probe, up to 75 ms old, in which time that member's lease can lapse and its
-/// Redis be fenced. A probe made after the request arrived cannot predate a fence the client could
-/// have seen before asking.
-pub fn confirm_by_probe(master: NodeId, live: &LiveState) -> bool {
-    live.managed.is_some() && master != live.me
+/// How a connection confirms the master [`answer_master`] allows, with a direct probe of its
+/// Redis made after the request arrived (so it cannot predate a fence the client could have seen
+/// before asking).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirm {
+    /// Another member's Redis must take writes (the unfenced master with its acknowledging
+    /// replicas, as the background probe asks): this node knows it only from that probe, up to
+    /// 75 ms old, in which time that member's lease can lapse and its Redis be fenced.
+    TakesWrites,
+    /// This node's own Redis must be the master with no fence set: Keel's flag covers its own
+    /// fence, not one another node set directly (a coordinator that resumed from a pause fences
+    /// the primary's Redis before a promotion that then fails; the duty loop lifts it within a
+    /// tick).
+    Unfenced,
+}
+
+/// The probe a master needs before it is named: only with managed Redis (`None` otherwise).
+pub fn confirm_by_probe(master: NodeId, live: &LiveState) -> Option<Confirm> {
+    live.managed.as_ref()?;
+    Some(if master == live.me {
+        Confirm::Unfenced
+    } else {
+        Confirm::TakesWrites
+    })
 }
 
 /// What [`compute`] needs to know, all of it read from the node at one moment.
@@ -285,11 +301,18 @@ mod tests {
     }
 
     #[test]
-    fn only_another_members_managed_redis_is_confirmed_by_a_probe() {
-        assert!(confirm_by_probe(2, &live(1, None, Some((false, Some(2))))));
-        assert!(!confirm_by_probe(1, &live(1, Some(3), Some((false, Some(1))))));
+    fn a_managed_redis_is_confirmed_by_a_probe_before_it_is_named() {
+        assert_eq!(
+            confirm_by_probe(2, &live(1, None, Some((false, Some(2))))),
+            Some(Confirm::TakesWrites)
+        );
+        assert_eq!(
+            confirm_by_probe(1, &live(1, Some(3), Some((false, Some(1))))),
+            Some(Confirm::Unfenced)
+        );
         // Without managed Redis there is no Redis of Keel's to probe.
-        assert!(!confirm_by_probe(2, &live(1, None, None)));
+        assert_eq!(confirm_by_probe(2, &live(1, None, None)), None);
+        assert_eq!(confirm_by_probe(1, &live(1, Some(3), None)), None);
     }
 
     fn inputs(primary: Option<(NodeId, u64)>, own_lease: Option<u64>, seen: bool) -> ViewInputs {
