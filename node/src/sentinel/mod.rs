@@ -44,8 +44,8 @@ const MAX_CONNECTIONS: usize = 1024;
 /// map lookups.
 const REFRESH: Duration = Duration::from_millis(20);
 
-/// Longest the direct probe of another member's Redis may take before an answer that names it
-/// (`confirm_by_probe`); no answer in time, no master named.
+/// Longest each call of the direct probe of the master's Redis (this node's or another member's)
+/// may take before an answer that names it (`confirm_by_probe`); no answer in time, no master named.
 const CONFIRM_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// The channel Sentinel announces a new master on.
