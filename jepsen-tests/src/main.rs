@@ -21,7 +21,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: keel-jepsen run [--nodes N] [--time SECS] [--clients N] [--keys N] \
          [--workload register|append|redis|redis-register|redis-append] [--baseline sentinel] \
-         [--nemesis kill,kill-primary,pause,partition,netem,skew,wipe|all (Redis: kill,kill-primary,pause-keel,pause-redis,pause-both|all)] [--netns] [--fault-every-ms MS] \
+         [--nemesis kill,kill-primary,pause,partition,netem,skew,wipe|all (Redis: kill,kill-primary,pause-keel,pause-redis,pause-both,partition (--netns)|all)] [--netns] [--fault-every-ms MS] \
          [--fault-for-ms MS] [--mode async|sync] [--min-acks N] [--seed N] [--skew-rate R] [--quiet-ms MS] [--keel PATH] \
          [--rate OPS_PER_SEC] [--out DIR]\n       \
          keel-jepsen check HISTORY.jsonl"
@@ -105,10 +105,15 @@ fn run(args: impl Iterator<Item = String>) -> ! {
 /// by side.
 fn run_redis_cmd(cfg: &RunConfig, opts: &RunOptions) -> ! {
     println!(
-        "keel-jepsen: seed {} ({} s, {} nodes on loopback, {:?} workload, nemesis {:?}, mode {}{}), report in {}",
+        "keel-jepsen: seed {} ({} s, {} nodes {}, {:?} workload, nemesis {:?}, mode {}{}), report in {}",
         cfg.seed,
         cfg.time.as_secs(),
         cfg.nodes,
+        if opts.netns {
+            "in network namespaces"
+        } else {
+            "on loopback"
+        },
         opts.workload,
         cfg.nemesis,
         cfg.mode,
@@ -267,11 +272,13 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> (RunConfig, RunOptions) 
         );
         usage();
     }
+    if opts.sentinel_baseline && opts.netns {
+        eprintln!("error: --baseline sentinel runs on loopback: it cannot be combined with --netns");
+        usage();
+    }
     if opts.workload.is_redis() && !nemesis_given {
-        cfg.nemesis = keel_jepsen::nemesis::REDIS_KINDS
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        // Every Redis kind this mode supports (partitions only with --netns).
+        cfg.nemesis = vec!["all".to_string()];
     }
     if cfg.out.as_os_str().is_empty() {
         cfg.out = PathBuf::from(format!("report/run-{}", cfg.seed));

@@ -32,18 +32,32 @@ pub const PARTITIONS: &[&str] = &[
 
 /// Kinds of the Redis workloads (`runner::redis`), in the order `all` expands to there: kill -9 of
 /// a node, of the primary, SIGSTOP of the node's Keel process alone (`pause` is the same), of its
-/// `redis-server` alone, and of both. Against the Sentinel baseline, "Keel" is the node's Sentinel.
-pub const REDIS_KINDS: &[&str] = &["kill", "kill-primary", "pause-keel", "pause-redis", "pause-both"];
+/// `redis-server` alone, and of both, and (with `--netns` only) a network partition that cuts a
+/// node's Keel and Redis together off from the other nodes (the [`PARTITIONS`] variants). Against
+/// the Sentinel baseline, "Keel" is the node's Sentinel.
+pub const REDIS_KINDS: &[&str] = &[
+    "kill",
+    "kill-primary",
+    "pause-keel",
+    "pause-redis",
+    "pause-both",
+    "partition",
+];
 
-/// Check the kinds of a Redis run (`all` = [`REDIS_KINDS`]; `pause` = `pause-keel`; variants
-/// `kill:one`, `pause-*:one|primary`). A Redis run never kills a majority at once (Redis keeps its
-/// data in memory): `kill:majority` is refused, and the runner cuts a drawn one down.
-pub fn parse_redis_kinds(list: &[String]) -> Result<Vec<String>, String> {
+/// Check the kinds of a Redis run (`all` = [`REDIS_KINDS`], without `partition` unless `netns`;
+/// `pause` = `pause-keel`; variants `kill:one`, `pause-*:one|primary`, `partition:<one of
+/// PARTITIONS>`). A Redis run never kills a majority at once (Redis keeps its data in memory):
+/// `kill:majority` is refused, and the runner cuts a drawn one down.
+pub fn parse_redis_kinds(list: &[String], netns: bool) -> Result<Vec<String>, String> {
     let mut out: Vec<String> = Vec::new();
     for k in list {
         let k = if k == "pause" { "pause-keel" } else { k.as_str() };
         let add: Vec<String> = if k == "all" {
-            REDIS_KINDS.iter().map(|s| s.to_string()).collect()
+            REDIS_KINDS
+                .iter()
+                .filter(|k| netns || !NETNS_ONLY.contains(k))
+                .map(|s| s.to_string())
+                .collect()
         } else {
             let (kind, v) = k.split_once(':').map_or((k, None), |(a, b)| (a, Some(b)));
             let kind = if kind == "pause" { "pause-keel" } else { kind };
@@ -52,6 +66,7 @@ pub fn parse_redis_kinds(list: &[String]) -> Result<Vec<String>, String> {
                     (_, None) => true,
                     ("kill", Some(v)) => v == "one",
                     (k, Some(v)) if k.starts_with("pause") => ["one", "primary"].contains(&v),
+                    ("partition", Some(v)) => PARTITIONS.contains(&v),
                     _ => false,
                 };
             if !ok {
@@ -59,6 +74,9 @@ pub fn parse_redis_kinds(list: &[String]) -> Result<Vec<String>, String> {
                     "unknown nemesis {k:?} for a Redis workload: use {} or all",
                     REDIS_KINDS.join(", ")
                 ));
+            }
+            if NETNS_ONLY.contains(&kind) && !netns {
+                return Err(format!("nemesis {kind} needs --netns (root, network namespaces)"));
             }
             vec![match v {
                 Some(v) => format!("{kind}:{v}"),
@@ -229,15 +247,32 @@ mod tests {
 
     #[test]
     fn redis_kinds() {
-        assert_eq!(parse_redis_kinds(&["all".into()]).unwrap(), REDIS_KINDS);
+        assert_eq!(parse_redis_kinds(&["all".into()], true).unwrap(), REDIS_KINDS);
         assert_eq!(
-            parse_redis_kinds(&["pause".into(), "pause-keel".into(), "pause-redis:primary".into()]).unwrap(),
+            parse_redis_kinds(&["all".into()], false).unwrap(),
+            REDIS_KINDS[..REDIS_KINDS.len() - 1]
+        );
+        assert_eq!(
+            parse_redis_kinds(
+                &["pause".into(), "pause-keel".into(), "pause-redis:primary".into()],
+                false
+            )
+            .unwrap(),
             vec!["pause-keel", "pause-redis:primary"]
         );
-        assert!(parse_redis_kinds(&["partition".into()]).is_err());
-        assert!(parse_redis_kinds(&["pause-both:majority".into()]).is_err());
-        assert!(parse_redis_kinds(&["kill:majority".into()]).is_err());
-        let kinds = parse_redis_kinds(&["all".into()]).unwrap();
+        assert!(parse_redis_kinds(&["partition".into()], false)
+            .unwrap_err()
+            .contains("--netns"));
+        assert!(parse_redis_kinds(&["partition:isolate-primary".into()], false).is_err());
+        assert_eq!(
+            parse_redis_kinds(&["partition:isolate-primary".into()], true).unwrap(),
+            vec!["partition:isolate-primary"]
+        );
+        assert!(parse_redis_kinds(&["partition:nope".into()], true).is_err());
+        assert!(parse_redis_kinds(&["netem".into()], true).is_err());
+        assert!(parse_redis_kinds(&["pause-both:majority".into()], false).is_err());
+        assert!(parse_redis_kinds(&["kill:majority".into()], false).is_err());
+        let kinds = parse_redis_kinds(&["all".into()], true).unwrap();
         let steps = schedule(&kinds, 3, 120_000, 4_000, 2_000);
         for k in REDIS_KINDS {
             assert!(
@@ -250,6 +285,11 @@ mod tests {
             .flat_map(|s| &s.faults)
             .filter(|f| f.kind.starts_with("pause"))
             .all(|f| f.variant == "one" || f.variant == "primary"));
+        assert!(steps
+            .iter()
+            .flat_map(|s| &s.faults)
+            .filter(|f| f.kind == "partition")
+            .all(|f| PARTITIONS.contains(&f.variant.as_str())));
     }
 
     #[test]

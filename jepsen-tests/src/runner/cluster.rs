@@ -57,6 +57,8 @@ pub(super) struct Cluster {
     peers: String,
     pub(super) nodes: Vec<Node>,
     faketime_lib: Option<PathBuf>,
+    /// `--redis-conf` of every node (the Redis workloads in namespaces).
+    redis_conf: Option<PathBuf>,
     /// Dropped after the processes are killed (fields drop after `Drop::drop`).
     pub(super) lab: Option<NetLab>,
 }
@@ -89,6 +91,21 @@ impl Cluster {
             .map(|(i, a)| format!("{}={}", i + 1, a.1))
             .collect::<Vec<_>>()
             .join(",");
+        // In a namespace each Redis binds the node's lab address, not loopback, and Redis's
+        // protected mode (on by default, no password set) refuses every client but loopback ones:
+        // the other nodes' Keel and Redis, and the harness. The lab's network is the run's own.
+        let redis_conf = if netns && opts.workload.is_redis() {
+            std::fs::create_dir_all(&cfg.out).map_err(|e| format!("create {}: {e}", cfg.out.display()))?;
+            let path = std::path::absolute(cfg.out.join("redis-netns.conf")).map_err(|e| e.to_string())?;
+            std::fs::write(
+                &path,
+                "# keel-jepsen: the lab's private network; see runner/cluster.rs\nprotected-mode no\n",
+            )
+            .map_err(|e| format!("write {}: {e}", path.display()))?;
+            Some(path)
+        } else {
+            None
+        };
         let mut c = Cluster {
             keel: cfg.keel.clone(),
             mode: cfg.mode.clone(),
@@ -96,16 +113,25 @@ impl Cluster {
             peers,
             nodes: Vec::new(),
             faketime_lib,
+            redis_conf,
             lab,
         };
         for (i, (api, peer)) in addrs.into_iter().enumerate() {
             let id = i as u64 + 1;
             let redis = opts.workload.is_redis().then(|| {
                 let ip = api.rsplit_once(':').map_or("127.0.0.1", |(ip, _)| ip).to_string();
-                let free = || crate::ports::free_port(&ip);
+                // In its own namespace a node has its address to itself (and the harness cannot
+                // bind it to probe for a free port): Redis's and Sentinel's usual ports.
+                let port = |usual: u16| {
+                    if c.lab.is_some() {
+                        usual
+                    } else {
+                        crate::ports::free_port(&ip)
+                    }
+                };
                 RedisAddrs {
-                    redis: format!("{ip}:{}", free()),
-                    sentinel: format!("{ip}:{}", free()),
+                    redis: format!("{ip}:{}", port(6379)),
+                    sentinel: format!("{ip}:{}", port(26379)),
                 }
             });
             c.nodes.push(Node {
@@ -165,6 +191,9 @@ impl Cluster {
         if let Some(r) = &n.redis {
             let port = r.redis.rsplit_once(':').map_or("", |(_, p)| p);
             cmd.args(["--redis-port", port, "--sentinel-addr", &r.sentinel]);
+            if let Some(conf) = &self.redis_conf {
+                cmd.arg("--redis-conf").arg(conf);
+            }
         }
         match &n.join {
             Some(url) => cmd.args(["--join", url]),

@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_raft::NodeId;
+use keel_replication::service::redis as redis_svc;
+use keel_replication::service::resp as svc_resp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, watch, Semaphore};
@@ -27,7 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::SentinelConfig;
 use crate::state::Node;
-pub use view::{Addr, SentinelView, ViewInputs};
+pub use view::{answer_master, confirm_by_probe, Addr, Confirm, LiveState, ManagedNow, SentinelView, ViewInputs};
 
 /// A connection that is not subscribed and sends nothing for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -41,6 +43,10 @@ const MAX_CONNECTIONS: usize = 1024;
 /// 100 ms that was a tenth of a second on every failover (redis_bench); a computation is a few
 /// map lookups.
 const REFRESH: Duration = Duration::from_millis(20);
+
+/// Longest each call of the direct probe of the master's Redis (this node's or another member's)
+/// may take before an answer that names it (`confirm_by_probe`); no answer in time, no master named.
+const CONFIRM_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// The channel Sentinel announces a new master on.
 pub const SWITCH_MASTER: &str = "+switch-master";
@@ -139,7 +145,7 @@ pub async fn view_task(node: Arc<Node>, config: SentinelConfig, tx: watch::Sende
     loop {
         let mut new = view::compute(&inputs(&node, &config));
         new.computed_at = Some(std::time::Instant::now());
-        // Sent every time: connections check the view's age (`SentinelView::fresh_master`).
+        // Sent every time: connections check the view's age and the node's live state (`answer_master`).
         tx.send_replace(new);
         tokio::select! {
             _ = node.cancel.cancelled() => return,
@@ -150,15 +156,35 @@ pub async fn view_task(node: Arc<Node>, config: SentinelConfig, tx: watch::Sende
     }
 }
 
+/// Reads the node's state at the instant a connection answers ([`LiveState`]).
+pub type LiveFn = Arc<dyn Fn() -> LiveState + Send + Sync>;
+
+/// The node's state now, as a connection checks it before naming a master: the lease, Keel's fence
+/// flag on the managed Redis, and the master [`crate::cluster::service::master_addr`] names now.
+pub fn live_state(node: &Node) -> LiveState {
+    LiveState {
+        me: node.id,
+        own_lease: node.lease.valid_epoch(),
+        managed: node.service.as_ref().map(|s| ManagedNow {
+            fenced: s.redis.is_fenced(),
+            master: crate::cluster::service::master_addr(node).map(|(id, _)| id),
+        }),
+    }
+}
+
 /// Start the listener's tasks on `listener`: the view feeder and the server.
 pub fn spawn(node: &Arc<Node>, config: SentinelConfig, listener: TcpListener) -> Vec<(&'static str, JoinHandle<()>)> {
     let (tx, rx) = watch::channel(SentinelView {
         name: config.name.clone(),
         ..SentinelView::default()
     });
+    let live: LiveFn = {
+        let node = node.clone();
+        Arc::new(move || live_state(&node))
+    };
     vec![
         ("sentinel view", tokio::spawn(view_task(node.clone(), config, tx))),
-        ("sentinel", tokio::spawn(serve(listener, rx, node.cancel.clone()))),
+        ("sentinel", tokio::spawn(serve(listener, rx, live, node.cancel.clone()))),
     ]
 }
 
@@ -195,8 +221,14 @@ async fn publish_task(
     }
 }
 
-/// Serve Sentinel clients on `listener` until `cancel`, from the views `views` carries.
-pub async fn serve(listener: TcpListener, views: watch::Receiver<SentinelView>, cancel: CancellationToken) {
+/// Serve Sentinel clients on `listener` until `cancel`, from the views `views` carries, naming a
+/// master only when `live` (read at each answer) agrees ([`answer_master`]).
+pub async fn serve(
+    listener: TcpListener,
+    views: watch::Receiver<SentinelView>,
+    live: LiveFn,
+    cancel: CancellationToken,
+) {
     if let Ok(addr) = listener.local_addr() {
         info!(addr = %addr, "sentinel-compatible discovery listening");
     }
@@ -229,8 +261,9 @@ pub async fn serve(listener: TcpListener, views: watch::Receiver<SentinelView>, 
                 let id = ids.fetch_add(1, Ordering::Relaxed);
                 debug!(%peer, id, "sentinel: connection");
                 let (views, events, cancel) = (views.clone(), events.subscribe(), cancel.clone());
+                let live = live.clone();
                 conns.spawn(async move {
-                    connection(stream, id, views, events, cancel).await;
+                    connection(stream, id, views, live, events, cancel).await;
                     drop(permit);
                 });
             }
@@ -239,6 +272,42 @@ pub async fn serve(listener: TcpListener, views: watch::Receiver<SentinelView>, 
     // Every connection watches `cancel` too: they end at once.
     while conns.join_next().await.is_some() {}
     let _ = publisher.await;
+}
+
+/// Probe the Redis at `addr` as `how` says (within [`CONFIRM_TIMEOUT`] per call; no answer: no).
+async fn confirmed(how: Confirm, addr: &str) -> bool {
+    match how {
+        Confirm::TakesWrites => redis_svc::takes_writes_at(addr, CONFIRM_TIMEOUT).await.unwrap_or(false),
+        Confirm::Unfenced => {
+            if !redis_svc::info_at(addr, CONFIRM_TIMEOUT)
+                .await
+                .is_ok_and(|i| i.is_master())
+            {
+                return false;
+            }
+            let r = svc_resp::call(addr, &["CONFIG", "GET", "min-replicas-to-write"], CONFIRM_TIMEOUT).await;
+            let value = match r {
+                Ok(svc_resp::Reply::Array(Some(items))) => items.get(1).and_then(svc_resp::Reply::text),
+                _ => None,
+            };
+            value
+                .and_then(|v| v.parse::<u32>().ok())
+                .is_some_and(|v| v != redis_svc::FENCE_REPLICAS)
+        }
+    }
+}
+
+/// Does this request's answer name the master (so that it is confirmed first)?
+fn names_master(args: &[Vec<u8>]) -> bool {
+    let word = |i: usize| args.get(i).map(|a| String::from_utf8_lossy(a).to_lowercase());
+    match word(0).as_deref() {
+        Some("info") => true,
+        Some("sentinel") => matches!(
+            word(1).as_deref(),
+            Some("get-master-addr-by-name" | "master" | "masters" | "replicas" | "slaves" | "ckquorum")
+        ),
+        _ => false,
+    }
 }
 
 /// Write `out` (and clear it); false when the peer is gone or too slow.
@@ -256,6 +325,7 @@ async fn connection(
     stream: TcpStream,
     id: u64,
     views: watch::Receiver<SentinelView>,
+    live: LiveFn,
     mut events: broadcast::Receiver<Event>,
     cancel: CancellationToken,
 ) {
@@ -278,10 +348,19 @@ async fn connection(
                         continue;
                     }
                     let mut view = views.borrow().clone();
-                    // A view computed before a pause of this process (or a stalled task) names no
-                    // master: the client asks again, by then from a fresh one.
-                    if view.fresh_master().is_none() {
-                        view.master = None;
+                    // Checked at the answer, not only when the view was computed: a view computed
+                    // before a pause of this process (or a stalled task), or before the lease
+                    // lapsed and Keel fenced the Redis it names, names no master. The client asks
+                    // again, by then from a fresh view.
+                    let now = live();
+                    view.master = answer_master(&view, &now, std::time::Instant::now()).cloned();
+                    if let Some((node, addr)) = view.master.clone() {
+                        if let Some(how) = confirm_by_probe(node, &now).filter(|_| names_master(&args)) {
+                            if !confirmed(how, &addr.to_string()).await {
+                                debug!(node, %addr, ?how, "sentinel: the primary's redis is not the master to name now");
+                                view.master = None;
+                            }
+                        }
                     }
                     let outcome = commands::handle(&args, &mut conn, &view);
                     outcome.replies.iter().for_each(|r| r.encode(conn.resp3, &mut out));

@@ -24,9 +24,31 @@ async fn line(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> String {
     l
 }
 
+/// The live state of a node (2) other than the views' master (1), without managed Redis: every
+/// master a fresh view names is named.
+fn another_node() -> LiveFn {
+    Arc::new(|| LiveState {
+        me: 2,
+        own_lease: None,
+        managed: None,
+    })
+}
+
 /// A listener on a free loopback port; its address, the view sender, the cancel token and task.
 async fn listen(
     initial: SentinelView,
+) -> (
+    std::net::SocketAddr,
+    watch::Sender<SentinelView>,
+    CancellationToken,
+    JoinHandle<()>,
+) {
+    listen_live(initial, another_node()).await
+}
+
+async fn listen_live(
+    initial: SentinelView,
+    live: LiveFn,
 ) -> (
     std::net::SocketAddr,
     watch::Sender<SentinelView>,
@@ -37,7 +59,7 @@ async fn listen(
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = watch::channel(initial);
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(serve(listener, rx, cancel.clone()));
+    let task = tokio::spawn(serve(listener, rx, live, cancel.clone()));
     (addr, tx, cancel, task)
 }
 
@@ -112,6 +134,39 @@ async fn answers_and_publishes_switch_master_across_a_time_without_master() {
 }
 
 #[tokio::test]
+async fn the_master_is_checked_against_the_nodes_state_at_each_answer() {
+    // The master's own node: named while its lease (epoch 1) is valid, as read when the request is
+    // answered, whatever the view (computed before) says. (No managed Redis here: with it, the
+    // fence flag is checked too, `view::tests`, and the Redis probed, which needs a real one.)
+    let leased = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let live: LiveFn = {
+        let leased = leased.clone();
+        Arc::new(move || LiveState {
+            me: 1,
+            own_lease: leased.load(Ordering::SeqCst).then_some(1),
+            managed: None,
+        })
+    };
+    let (addr, _tx, cancel, task) = listen_live(view(Some("10.0.0.1:6379"), 1), live).await;
+    let (mut r, mut w) = connect(addr).await;
+    w.write_all(b"SENTINEL get-master-addr-by-name keel\r\n").await.unwrap();
+    assert_eq!(line(&mut r).await, "*2\r\n");
+    for _ in 0..4 {
+        line(&mut r).await;
+    }
+    // The lease lapsed since the view was computed: nil, and no master for `SENTINEL master(s)`.
+    leased.store(false, Ordering::SeqCst);
+    w.write_all(b"SENTINEL get-master-addr-by-name keel\r\n").await.unwrap();
+    assert_eq!(line(&mut r).await, "$-1\r\n");
+    w.write_all(b"SENTINEL masters\r\n").await.unwrap();
+    assert_eq!(line(&mut r).await, "*0\r\n");
+    w.write_all(b"SENTINEL master keel\r\n").await.unwrap();
+    assert_eq!(line(&mut r).await, "-ERR No such master with that name\r\n");
+    cancel.cancel();
+    tokio::time::timeout(T, task).await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn quit_closes_the_connection() {
     let (addr, _tx, cancel, task) = listen(view(None, 0)).await;
     let (mut r, mut w) = connect(addr).await;
@@ -134,4 +189,26 @@ fn sentinel_peers_are_the_other_hosts_at_this_port() {
         sentinel_peers(2, &api, 26380),
         vec!["10.0.0.1:26380".to_owned(), "10.0.0.1:26380".to_owned()]
     );
+}
+
+#[test]
+fn the_requests_whose_answers_name_the_master() {
+    let req = |s: &str| s.split(' ').map(|w| w.as_bytes().to_vec()).collect::<Vec<_>>();
+    for yes in [
+        "SENTINEL get-master-addr-by-name keel",
+        "sentinel MASTER keel",
+        "SENTINEL masters",
+        "SENTINEL replicas keel",
+        "INFO",
+    ] {
+        assert!(names_master(&req(yes)), "{yes}");
+    }
+    for no in [
+        "PING",
+        "SENTINEL sentinels keel",
+        "SENTINEL myid",
+        "SUBSCRIBE +switch-master",
+    ] {
+        assert!(!names_master(&req(no)), "{no}");
+    }
 }

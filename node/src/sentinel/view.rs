@@ -63,20 +63,88 @@ pub struct SentinelView {
     /// The other nodes' Sentinel listeners (for `SENTINEL sentinels`).
     pub sentinels: Vec<Addr>,
     /// When the node's view task computed it (`None`: a view not fed by the task, as in tests). A
-    /// connection names no master from a view older than [`STALE_VIEW`]: after a pause of the
-    /// process, a connection may answer before the task has computed the view again.
+    /// connection names no master from a view older than [`STALE_VIEW`] ([`answer_master`]): after
+    /// a pause of the process, a connection may answer before the task has computed the view again.
     pub computed_at: Option<std::time::Instant>,
 }
 
 /// Age past which a computed view names no master (the task recomputes every 20 ms).
 pub const STALE_VIEW: std::time::Duration = std::time::Duration::from_millis(80);
 
-impl SentinelView {
-    /// The master to name now: none from a view older than [`STALE_VIEW`].
-    pub fn fresh_master(&self) -> Option<&(NodeId, Addr)> {
-        let stale = self.computed_at.is_some_and(|t| t.elapsed() > STALE_VIEW);
-        self.master.as_ref().filter(|_| !stale)
+/// What the node knows at the instant a connection answers, read then rather than when the view
+/// was computed: a view may be up to [`STALE_VIEW`] old, and in that time the lease can lapse and
+/// the node fence its Redis (within a millisecond of each other).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveState {
+    /// This node.
+    pub me: NodeId,
+    /// The epoch of this node's lease, when it holds a valid one right now.
+    pub own_lease: Option<u64>,
+    /// What Keel knows of the managed Redis now; `None` without managed Redis (`--redis-port`).
+    pub managed: Option<ManagedNow>,
+}
+
+/// The managed Redis as Keel knows it at answer time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedNow {
+    /// Keel's fence flag on this node's Redis (set before the fence is sent to the server, cleared
+    /// only after an unfence succeeded).
+    pub fenced: bool,
+    /// The member whose Redis is to be named master now
+    /// ([`crate::cluster::service::master_addr`]): this node's only with its lease valid and its
+    /// Redis last seen the master; another's only while a direct probe, at most 75 ms old, found
+    /// it taking writes.
+    pub master: Option<NodeId>,
+}
+
+/// The master a connection may name at `now`, from `view` and the node's state at that instant
+/// (`live`): none from a view older than [`STALE_VIEW`]; this node's own Redis only while its
+/// lease for the view's epoch is valid and Keel has not fenced it; with managed Redis, only the
+/// member [`ManagedNow::master`] names now. A static view (no `computed_at`) is only checked
+/// against `live`.
+pub fn answer_master<'a>(
+    view: &'a SentinelView,
+    live: &LiveState,
+    now: std::time::Instant,
+) -> Option<&'a (NodeId, Addr)> {
+    let stale = view
+        .computed_at
+        .is_some_and(|t| now.saturating_duration_since(t) > STALE_VIEW);
+    let (node, _) = view.master.as_ref().filter(|_| !stale)?;
+    if *node == live.me && live.own_lease != Some(view.epoch) {
+        return None;
     }
+    let ok = match &live.managed {
+        None => true,
+        Some(m) => m.master == Some(*node) && !(*node == live.me && m.fenced),
+    };
+    view.master.as_ref().filter(|_| ok)
+}
+
+/// How a connection confirms the master [`answer_master`] allows, with a direct probe of its
+/// Redis made after the request arrived (so it cannot predate a fence the client could have seen
+/// before asking).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirm {
+    /// Another member's Redis must take writes (the unfenced master with its acknowledging
+    /// replicas, as the background probe asks): this node knows it only from that probe, up to
+    /// 75 ms old, in which time that member's lease can lapse and its Redis be fenced.
+    TakesWrites,
+    /// This node's own Redis must be the master with no fence set: Keel's flag covers its own
+    /// fence, not one another node set directly (a coordinator that resumed from a pause fences
+    /// the primary's Redis before a promotion that then fails; the duty loop lifts it within a
+    /// tick).
+    Unfenced,
+}
+
+/// The probe a master needs before it is named: only with managed Redis (`None` otherwise).
+pub fn confirm_by_probe(master: NodeId, live: &LiveState) -> Option<Confirm> {
+    live.managed.as_ref()?;
+    Some(if master == live.me {
+        Confirm::Unfenced
+    } else {
+        Confirm::TakesWrites
+    })
 }
 
 /// What [`compute`] needs to know, all of it read from the node at one moment.
@@ -154,20 +222,97 @@ pub fn compute(i: &ViewInputs) -> SentinelView {
 mod tests {
     use super::*;
 
+    fn live(me: NodeId, own_lease: Option<u64>, managed: Option<(bool, Option<NodeId>)>) -> LiveState {
+        LiveState {
+            me,
+            own_lease,
+            managed: managed.map(|(fenced, master)| ManagedNow { fenced, master }),
+        }
+    }
+
+    fn named(v: &SentinelView, l: &LiveState, now: std::time::Instant) -> Option<NodeId> {
+        answer_master(v, l, now).map(|(n, _)| *n)
+    }
+
     #[test]
     fn a_stale_view_names_no_master() {
+        let now = std::time::Instant::now();
         let mut v = SentinelView {
+            epoch: 3,
             master: Some((1, Addr::parse("10.0.0.1:6379").unwrap())),
             ..SentinelView::default()
         };
+        let other = live(2, None, None);
         // Not fed by the view task (tests, static views): named.
-        assert!(v.fresh_master().is_some());
-        v.computed_at = Some(std::time::Instant::now());
-        assert!(v.fresh_master().is_some());
-        // Computed before a pause of the process longer than STALE_VIEW: not named.
-        v.computed_at = std::time::Instant::now().checked_sub(STALE_VIEW * 2);
-        assert!(v.computed_at.is_some());
-        assert!(v.fresh_master().is_none());
+        assert_eq!(named(&v, &other, now), Some(1));
+        v.computed_at = Some(now);
+        assert_eq!(named(&v, &other, now), Some(1));
+        assert_eq!(named(&v, &other, now + STALE_VIEW), Some(1));
+        // Answered more than STALE_VIEW after it was computed (a pause of the process): not named.
+        assert_eq!(named(&v, &other, now + STALE_VIEW * 2), None);
+    }
+
+    #[test]
+    fn own_redis_is_named_only_while_the_lease_is_valid_and_keel_has_not_fenced_it_at_answer_time() {
+        let now = std::time::Instant::now();
+        let v = SentinelView {
+            epoch: 3,
+            master: Some((1, Addr::parse("10.0.0.1:6379").unwrap())),
+            computed_at: Some(now),
+            ..SentinelView::default()
+        };
+        // Computed while node 1 held its lease with its Redis unfenced: named while that holds.
+        assert_eq!(named(&v, &live(1, Some(3), Some((false, Some(1)))), now), Some(1));
+        assert_eq!(named(&v, &live(1, Some(3), None), now), Some(1));
+        // The lease lapsed since (and the node is about to fence its Redis): not named, even with
+        // the fence not yet applied and the health sample still saying master.
+        assert_eq!(named(&v, &live(1, None, Some((false, Some(1)))), now), None);
+        assert_eq!(named(&v, &live(1, None, None), now), None);
+        // A lease of another epoch (lost and granted again after a promotion elsewhere).
+        assert_eq!(named(&v, &live(1, Some(4), Some((false, Some(1)))), now), None);
+        // Lease valid, but Keel set its fence (a restarted redis-server, a hand-over in progress).
+        assert_eq!(named(&v, &live(1, Some(3), Some((true, Some(1)))), now), None);
+        // Lease valid and unfenced, but the node's last sample says not the master.
+        assert_eq!(named(&v, &live(1, Some(3), Some((false, None))), now), None);
+    }
+
+    #[test]
+    fn another_members_redis_is_named_only_while_it_is_the_live_master() {
+        let now = std::time::Instant::now();
+        let v = SentinelView {
+            epoch: 3,
+            master: Some((2, Addr::parse("10.0.0.2:6379").unwrap())),
+            computed_at: Some(now),
+            ..SentinelView::default()
+        };
+        // This node's own lease and fence say nothing about another member's Redis.
+        assert_eq!(named(&v, &live(1, None, Some((true, Some(2)))), now), Some(2));
+        // The probe of the primary's Redis lapsed, or names another member: not named.
+        assert_eq!(named(&v, &live(1, None, Some((false, None))), now), None);
+        assert_eq!(named(&v, &live(1, None, Some((false, Some(3)))), now), None);
+        // Without managed Redis the view's own criterion (recent contact) is all there is.
+        assert_eq!(named(&v, &live(1, None, None), now), Some(2));
+        // No master in the view: none, whatever the live state.
+        let none = SentinelView {
+            master: None,
+            ..v.clone()
+        };
+        assert_eq!(named(&none, &live(1, None, Some((false, Some(2)))), now), None);
+    }
+
+    #[test]
+    fn a_managed_redis_is_confirmed_by_a_probe_before_it_is_named() {
+        assert_eq!(
+            confirm_by_probe(2, &live(1, None, Some((false, Some(2))))),
+            Some(Confirm::TakesWrites)
+        );
+        assert_eq!(
+            confirm_by_probe(1, &live(1, Some(3), Some((false, Some(1))))),
+            Some(Confirm::Unfenced)
+        );
+        // Without managed Redis there is no Redis of Keel's to probe.
+        assert_eq!(confirm_by_probe(2, &live(1, None, None)), None);
+        assert_eq!(confirm_by_probe(1, &live(1, Some(3), None)), None);
     }
 
     fn inputs(primary: Option<(NodeId, u64)>, own_lease: Option<u64>, seen: bool) -> ViewInputs {

@@ -19,7 +19,7 @@ pub(super) const SENTINEL_DOWN_AFTER_MS: u64 = 1000;
 pub(super) const SENTINEL_FAILOVER_TIMEOUT_MS: u64 = 5000;
 
 pub(super) enum Backend {
-    Keel(Cluster),
+    Keel(Box<Cluster>),
     Sentinel(Baseline),
 }
 
@@ -111,6 +111,22 @@ impl Backend {
         match self {
             Backend::Keel(c) => c.resume_redis(i),
             Backend::Sentinel(b) => b.resume(i, Proc::Redis),
+        }
+    }
+
+    /// The network-namespace lab of a Keel run with `--netns` (the baseline runs on loopback).
+    pub(super) fn lab(&self) -> Option<&crate::netns::NetLab> {
+        match self {
+            Backend::Keel(c) => c.lab.as_ref(),
+            Backend::Sentinel(_) => None,
+        }
+    }
+
+    /// `(id, API address)` of Keel's nodes (none for the baseline).
+    pub(super) fn apis(&self) -> Vec<(u64, String)> {
+        match self {
+            Backend::Keel(c) => c.apis(),
+            Backend::Sentinel(_) => Vec::new(),
         }
     }
 

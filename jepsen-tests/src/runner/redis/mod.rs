@@ -1,7 +1,8 @@
 //! The Redis workloads (issue 19, Chaos): clients find the master through Sentinel-protocol
 //! discovery and run registers (SET / GET) and lists (RPUSH / LRANGE) on it, `WAIT`ing for
 //! replicas in sync mode, while the nemesis kills and pauses nodes, Keel alone, Redis alone, or
-//! both. Afterwards every fault is healed, every list is read once more through the master, and
+//! both, and (`--netns`, each node's Keel and Redis in its own network namespace) cuts nodes off
+//! from each other (`partition.rs`). Afterwards every fault is healed, every list is read once more through the master, and
 //! the report gives the lost acknowledged writes ([`crate::redis_check::lost_writes`]), the
 //! linearizability of the registers, the append checker's verdict, what discovery named
 //! ([`crate::redis_check::judge_namings`]), the rounds with two writable masters, and failovers.
@@ -12,6 +13,7 @@
 
 mod backend;
 mod clients;
+mod partition;
 mod watch;
 
 use std::collections::BTreeSet;
@@ -177,7 +179,10 @@ pub fn side_by_side(reports: &[&RedisReport]) -> String {
 
 /// Run one Redis test (see the module docs).
 pub fn run_redis(cfg: &RunConfig, opts: &RunOptions) -> Result<RedisReport, String> {
-    let kinds = nemesis::parse_redis_kinds(&cfg.nemesis)?;
+    let kinds = nemesis::parse_redis_kinds(&cfg.nemesis, opts.netns)?;
+    if opts.sentinel_baseline && opts.netns {
+        return Err("the Sentinel baseline runs on loopback: it cannot be combined with --netns".into());
+    }
     preflight(cfg, opts)?;
     std::fs::create_dir_all(&cfg.out).map_err(|e| format!("create {}: {e}", cfg.out.display()))?;
     let data = cfg.out.join("data");
@@ -209,7 +214,7 @@ pub fn run_redis(cfg: &RunConfig, opts: &RunOptions) -> Result<RedisReport, Stri
             min_acks: Some(opts.min_acks.unwrap_or(need)),
             ..opts.clone()
         };
-        Backend::Keel(Cluster::start(cfg, &o, false)?)
+        Backend::Keel(Box::new(Cluster::start(cfg, &o, false)?))
     };
     let (redis, listeners) = (backend.redis_addrs(), backend.listeners());
     wait_ready(&redis, &listeners, Duration::from_secs(60))?;
@@ -401,6 +406,8 @@ enum Heal {
     ResumeControl(usize),
     ResumeRedis(usize),
     ResumeBoth(usize),
+    /// Remove every network cut.
+    Network,
     Nothing,
 }
 
@@ -448,6 +455,9 @@ fn apply(
         nodes.truncate(((ids.len() - 1) / 2).saturating_sub(*killed));
         *killed += nodes.len();
     }
+    if f.kind == "partition" {
+        return apply_partition(backend, f, primary, &ids);
+    }
     let hit_primary = primary.is_some_and(|p| nodes.contains(&p));
     let idx = |id: u64| (id - 1) as usize;
     let heal = match (f.kind.as_str(), nodes.first()) {
@@ -476,6 +486,23 @@ fn apply(
     (nodes, hit_primary, heal)
 }
 
+/// A network partition ([`partition::sides`]): the nodes on the small side (or the left one of a
+/// bridge) are the ones hit. Without a lab (no `--netns`; the kinds check refuses that first),
+/// nothing is cut.
+fn apply_partition(backend: &mut Backend, f: &Planned, primary: Option<u64>, ids: &[u64]) -> (Vec<u64>, bool, Heal) {
+    let Some(lab) = backend.lab() else {
+        return (Vec::new(), false, Heal::Nothing);
+    };
+    let coordinator = (f.variant == "isolate-coordinator")
+        .then(|| super::probe::coordinator(&super::probe::new_http(), &backend.apis()))
+        .flatten();
+    let sides = partition::sides(&f.variant, f.pick, ids, primary, coordinator);
+    partition::cut(lab, &sides);
+    let nodes: Vec<u64> = sides.small.iter().copied().collect();
+    let hit_primary = primary.is_some_and(|p| nodes.contains(&p));
+    (nodes, hit_primary, Heal::Network)
+}
+
 fn heal(backend: &mut Backend, h: Heal) -> Result<(), String> {
     match h {
         Heal::Restart(v) => {
@@ -489,9 +516,20 @@ fn heal(backend: &mut Backend, h: Heal) -> Result<(), String> {
             backend.resume_control(i);
             backend.resume_redis(i);
         }
+        Heal::Network => {
+            if let Some(lab) = backend.lab() {
+                lab.heal();
+            }
+        }
         Heal::Nothing => {}
     }
     Ok(())
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Play the schedule (each step's faults start together and are healed together); for a step
@@ -570,6 +608,8 @@ fn play(
                 "nodes": hit,
                 "start_ms": start_ms,
                 "end_ms": ms(),
+                // Wall clock, to find the fault in the nodes' logs.
+                "start_unix_ms": unix_ms().saturating_sub(ms().saturating_sub(start_ms)),
                 "was_primary": was_primary,
             }));
         }
