@@ -57,8 +57,6 @@ pub(super) struct Cluster {
     peers: String,
     pub(super) nodes: Vec<Node>,
     faketime_lib: Option<PathBuf>,
-    /// `--redis-conf` of every node (the Redis workloads in namespaces).
-    redis_conf: Option<PathBuf>,
     /// Dropped after the processes are killed (fields drop after `Drop::drop`).
     pub(super) lab: Option<NetLab>,
 }
@@ -91,21 +89,6 @@ impl Cluster {
             .map(|(i, a)| format!("{}={}", i + 1, a.1))
             .collect::<Vec<_>>()
             .join(",");
-        // In a namespace each Redis binds the node's lab address, not loopback, and Redis's
-        // protected mode (on by default, no password set) refuses every client but loopback ones:
-        // the other nodes' Keel and Redis, and the harness. The lab's network is the run's own.
-        let redis_conf = if netns && opts.workload.is_redis() {
-            std::fs::create_dir_all(&cfg.out).map_err(|e| format!("create {}: {e}", cfg.out.display()))?;
-            let path = std::path::absolute(cfg.out.join("redis-netns.conf")).map_err(|e| e.to_string())?;
-            std::fs::write(
-                &path,
-                "# keel-jepsen: the lab's private network; see runner/cluster.rs\nprotected-mode no\n",
-            )
-            .map_err(|e| format!("write {}: {e}", path.display()))?;
-            Some(path)
-        } else {
-            None
-        };
         let mut c = Cluster {
             keel: cfg.keel.clone(),
             mode: cfg.mode.clone(),
@@ -113,7 +96,6 @@ impl Cluster {
             peers,
             nodes: Vec::new(),
             faketime_lib,
-            redis_conf,
             lab,
         };
         for (i, (api, peer)) in addrs.into_iter().enumerate() {
@@ -191,9 +173,6 @@ impl Cluster {
         if let Some(r) = &n.redis {
             let port = r.redis.rsplit_once(':').map_or("", |(_, p)| p);
             cmd.args(["--redis-port", port, "--sentinel-addr", &r.sentinel]);
-            if let Some(conf) = &self.redis_conf {
-                cmd.arg("--redis-conf").arg(conf);
-            }
         }
         match &n.join {
             Some(url) => cmd.args(["--join", url]),

@@ -98,9 +98,20 @@ impl RedisConfig {
         }
     }
 
+    /// Is the bind host a loopback address (or `localhost`)?
+    fn loopback(&self) -> bool {
+        self.host == "localhost" || self.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
     /// The generated `redis.conf`.
     pub fn render(&self) -> String {
         let mut s = String::from("# Written by keel at every start of redis-server; edits here are lost.\n");
+        if !self.loopback() {
+            // Redis 7's protected mode refuses every non-loopback client of a server without a
+            // password, the other nodes' Redis and Keel included: a managed set across hosts
+            // could not replicate. Before the include, so the operator's file may say otherwise.
+            s.push_str("protected-mode no\n");
+        }
         if let Some(inc) = &self.include {
             s.push_str(&format!("include {}\n", quote(&inc.display().to_string())));
         }
@@ -460,6 +471,24 @@ mod tests {
             "starts as a replica of itself:\n{s}"
         );
         assert_eq!(c.addr(), "127.0.0.1:7301");
+        assert!(!s.contains("protected-mode"), "loopback keeps Redis's default:\n{s}");
+    }
+
+    #[test]
+    fn a_non_loopback_host_turns_protected_mode_off_before_the_include() {
+        for host in ["10.0.0.7", "0.0.0.0", "::", "fd00::2"] {
+            let c = RedisConfig {
+                server: "redis-server".into(),
+                host: host.into(),
+                port: 6379,
+                dir: "/d".into(),
+                include: Some("/etc/extra.conf".into()),
+                min_replicas: 0,
+            };
+            let s = c.render();
+            let off = s.find("protected-mode no").unwrap_or_else(|| panic!("{host}:\n{s}"));
+            assert!(off < s.find("include").unwrap(), "the operator's file may override:\n{s}");
+        }
     }
 
     #[test]
