@@ -74,21 +74,7 @@ fn run(args: impl Iterator<Item = String>) -> ! {
     if opts.workload.is_redis() {
         run_redis_cmd(&cfg, &opts);
     }
-    println!(
-        "keel-jepsen: seed {} ({} s, {} nodes{}, {:?} workload, nemesis {:?}, mode {}), report in {}",
-        cfg.seed,
-        cfg.time.as_secs(),
-        cfg.nodes,
-        if opts.netns {
-            " in network namespaces"
-        } else {
-            " on loopback"
-        },
-        opts.workload,
-        cfg.nemesis,
-        cfg.mode,
-        cfg.out.display()
-    );
+    println!("{}", banner(&cfg, &opts, ""));
     let r = or_exit(run_with(&cfg, &opts));
     println!("{}", r.summary());
     let kinds: std::collections::BTreeMap<&str, usize> = r.faults.iter().fold(Default::default(), |mut m, f| {
@@ -100,30 +86,36 @@ fn run(args: impl Iterator<Item = String>) -> ! {
     std::process::exit(if r.ok() { 0 } else { 1 });
 }
 
+/// The line a run starts with: seed, length, where the nodes run, workload, nemesis, mode (and
+/// `then`, what follows the run), and the report directory.
+fn banner(cfg: &RunConfig, opts: &RunOptions, then: &str) -> String {
+    let place = if opts.netns {
+        "in network namespaces"
+    } else {
+        "on loopback"
+    };
+    format!(
+        "keel-jepsen: seed {} ({} s, {} nodes {place}, {:?} workload, nemesis {:?}, mode {}{then}), report in {}",
+        cfg.seed,
+        cfg.time.as_secs(),
+        cfg.nodes,
+        opts.workload,
+        cfg.nemesis,
+        cfg.mode,
+        cfg.out.display()
+    )
+}
+
 /// A Redis workload: Keel managing Redis, and with `--baseline sentinel` Redis's own Sentinel on
 /// the same schedule after it (reports in `<out>/keel` and `<out>/sentinel`), then the figures side
 /// by side.
 fn run_redis_cmd(cfg: &RunConfig, opts: &RunOptions) -> ! {
-    println!(
-        "keel-jepsen: seed {} ({} s, {} nodes {}, {:?} workload, nemesis {:?}, mode {}{}), report in {}",
-        cfg.seed,
-        cfg.time.as_secs(),
-        cfg.nodes,
-        if opts.netns {
-            "in network namespaces"
-        } else {
-            "on loopback"
-        },
-        opts.workload,
-        cfg.nemesis,
-        cfg.mode,
-        if opts.sentinel_baseline {
-            ", then the Sentinel baseline"
-        } else {
-            ""
-        },
-        cfg.out.display()
-    );
+    let then = if opts.sentinel_baseline {
+        ", then the Sentinel baseline"
+    } else {
+        ""
+    };
+    println!("{}", banner(cfg, opts, then));
     let keel_cfg = RunConfig {
         out: if opts.sentinel_baseline {
             cfg.out.join("keel")

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::cluster::Cluster;
+use super::partition::{self, choose};
 use super::probe::{coordinator, primaries, Shared};
 use super::RunOptions;
 use crate::nemesis::{self, Planned, Step};
-use crate::rng::Rng;
 
 /// A fault in force, and how to undo it.
 struct Active {
@@ -59,17 +59,6 @@ enum Retried {
     Already,
     /// Never done within the time; the last answer or error.
     NotDone(String),
-}
-
-/// Deterministic choice of `k` items from `from` driven by `pick`.
-fn choose(pick: u64, from: &[u64], k: usize) -> Vec<u64> {
-    let mut v = from.to_vec();
-    let mut rng = Rng::new(pick);
-    for i in (1..v.len()).rev() {
-        v.swap(i, rng.below(i as u64 + 1) as usize);
-    }
-    v.truncate(k);
-    v
 }
 
 impl<'a> Nemesis<'a> {
@@ -229,50 +218,13 @@ impl<'a> Nemesis<'a> {
     /// side and the detail.
     fn partition(&self, f: &Planned, primary: Option<u64>, a: &mut Active) -> Result<(), String> {
         let lab = self.cluster.lab.as_ref().ok_or("partition needs --netns")?;
-        let n = self.apis.len();
-        let all = self.ids();
-        match f.variant.as_str() {
-            "isolate-primary" | "isolate-coordinator" => {
-                let target = if f.variant == "isolate-primary" {
-                    primary
-                } else {
-                    coordinator(&self.http, &self.apis)
-                };
-                let target = target.or_else(|| choose(f.pick, &all, 1).first().copied());
-                if let Some(t) = target {
-                    lab.isolate(t);
-                    a.nodes = vec![t];
-                    a.detail = format!("n{t} cut off from every other node");
-                }
-            }
-            "halves" | "primary-minority" => {
-                // primary-minority: the primary and n/2 - 1 others on the small side.
-                let minority: BTreeSet<u64> = match primary.filter(|_| f.variant == "primary-minority") {
-                    Some(p) => {
-                        let others: Vec<u64> = all.iter().copied().filter(|i| *i != p).collect();
-                        let mut m = choose(f.pick, &others, n / 2 - 1);
-                        m.push(p);
-                        m.into_iter().collect()
-                    }
-                    None => choose(f.pick, &all, n / 2).into_iter().collect(),
-                };
-                let majority: BTreeSet<u64> = all.iter().copied().filter(|i| !minority.contains(i)).collect();
-                lab.split(&minority, &majority);
-                a.nodes = minority.iter().copied().collect();
-                a.detail = format!("{minority:?} | {majority:?}");
-            }
-            _ => {
-                // bridge: two halves that both still see one middle node.
-                let order = choose(f.pick, &all, n);
-                let middle = order[0];
-                let rest = &order[1..];
-                let left: BTreeSet<u64> = rest[..rest.len() / 2].iter().copied().collect();
-                let right: BTreeSet<u64> = rest[rest.len() / 2..].iter().copied().collect();
-                lab.split(&left, &right);
-                a.nodes = left.iter().copied().collect();
-                a.detail = format!("{left:?} | {right:?}, bridged by n{middle}");
-            }
-        }
+        let coordinator = (f.variant == "isolate-coordinator")
+            .then(|| coordinator(&self.http, &self.apis))
+            .flatten();
+        let sides = partition::sides(&f.variant, f.pick, &self.ids(), primary, coordinator);
+        partition::cut(lab, &sides);
+        a.nodes = sides.small.iter().copied().collect();
+        a.detail = sides.detail();
         Ok(())
     }
 

@@ -19,6 +19,7 @@
 mod client;
 mod cluster;
 mod faults;
+mod partition;
 mod preflight;
 mod probe;
 mod progress;
@@ -188,7 +189,7 @@ pub fn run_with(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport, String>
 /// Make the report directory fresh for this run (a directory used before loses its nodes'
 /// data, whose membership names the old run's addresses, and logs), and write the schedule
 /// drawn from the seed to `schedule.json`.
-fn prepare_out_dir(cfg: &RunConfig, kinds: &[String]) -> Result<Vec<Step>, String> {
+pub(super) fn prepare_out_dir(cfg: &RunConfig, kinds: &[String]) -> Result<Vec<Step>, String> {
     std::fs::create_dir_all(&cfg.out).map_err(|e| format!("create {}: {e}", cfg.out.display()))?;
     let data = cfg.out.join("data");
     if data.exists() {

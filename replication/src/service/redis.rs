@@ -487,7 +487,10 @@ mod tests {
             };
             let s = c.render();
             let off = s.find("protected-mode no").unwrap_or_else(|| panic!("{host}:\n{s}"));
-            assert!(off < s.find("include").unwrap(), "the operator's file may override:\n{s}");
+            assert!(
+                off < s.find("include").unwrap(),
+                "the operator's file may override:\n{s}"
+            );
         }
     }
 

@@ -13,7 +13,6 @@
 
 mod backend;
 mod clients;
-mod partition;
 mod watch;
 
 use std::collections::BTreeSet;
@@ -184,27 +183,9 @@ pub fn run_redis(cfg: &RunConfig, opts: &RunOptions) -> Result<RedisReport, Stri
         return Err("the Sentinel baseline runs on loopback: it cannot be combined with --netns".into());
     }
     preflight(cfg, opts)?;
-    std::fs::create_dir_all(&cfg.out).map_err(|e| format!("create {}: {e}", cfg.out.display()))?;
-    let data = cfg.out.join("data");
-    if data.exists() {
-        std::fs::remove_dir_all(&data).map_err(|e| format!("remove old {}: {e}", data.display()))?;
-    }
-    for id in 1..=cfg.nodes {
-        let _ = std::fs::remove_file(cfg.out.join(format!("n{id}.log")));
-    }
-    let steps = nemesis::schedule(
-        &kinds,
-        cfg.seed,
-        cfg.time.as_millis() as u64,
-        cfg.fault_every.as_millis() as u64,
-        cfg.fault_for.as_millis() as u64,
-    );
+    let steps = super::prepare_out_dir(cfg, &kinds)?;
     let write =
         |name: &str, text: String| std::fs::write(cfg.out.join(name), text).map_err(|e| format!("write {name}: {e}"));
-    write(
-        "schedule.json",
-        serde_json::to_string_pretty(&steps).unwrap_or_default(),
-    )?;
     let need = (cfg.nodes / 2).max(1);
     let mut backend = if opts.sentinel_baseline {
         Backend::Sentinel(Baseline::start(&cfg.out, cfg.nodes, MASTER_NAME)?)
@@ -486,7 +467,7 @@ fn apply(
     (nodes, hit_primary, heal)
 }
 
-/// A network partition ([`partition::sides`]): the nodes on the small side (or the left one of a
+/// A network partition ([`super::partition::sides`]): the nodes on the small side (or the left one of a
 /// bridge) are the ones hit. Without a lab (no `--netns`; the kinds check refuses that first),
 /// nothing is cut.
 fn apply_partition(backend: &mut Backend, f: &Planned, primary: Option<u64>, ids: &[u64]) -> (Vec<u64>, bool, Heal) {
@@ -496,8 +477,8 @@ fn apply_partition(backend: &mut Backend, f: &Planned, primary: Option<u64>, ids
     let coordinator = (f.variant == "isolate-coordinator")
         .then(|| super::probe::coordinator(&super::probe::new_http(), &backend.apis()))
         .flatten();
-    let sides = partition::sides(&f.variant, f.pick, ids, primary, coordinator);
-    partition::cut(lab, &sides);
+    let sides = super::partition::sides(&f.variant, f.pick, ids, primary, coordinator);
+    super::partition::cut(lab, &sides);
     let nodes: Vec<u64> = sides.small.iter().copied().collect();
     let hit_primary = primary.is_some_and(|p| nodes.contains(&p));
     (nodes, hit_primary, Heal::Network)

@@ -1,9 +1,9 @@
-//! Network partitions of the Redis workload (`--netns` only): which nodes a [`PARTITIONS`] variant
-//! puts on which side, as a pure function ([`sides`]), and the cut itself. A node's Keel and its
-//! `redis-server` share the node's namespace, so a cut separates both from the other nodes at
-//! once, while the harness (clients, watcher) still reaches every node over the lab's bridge: a
-//! client that holds the isolated old master's address keeps writing to it, which is what the
-//! fencing must make harmless.
+//! Network partitions (`--netns` only), for the key-value and the Redis workloads: which nodes a
+//! [`PARTITIONS`] variant puts on which side, as a pure function ([`sides`]), and the cut itself.
+//! A node's Keel (and, in the Redis workload, its `redis-server`) share the node's namespace, so a
+//! cut separates them from the other nodes at once, while the harness (clients, watcher) still
+//! reaches every node over the lab's bridge: a client that holds the isolated old primary's
+//! address keeps writing to it, which is what the fencing must make harmless.
 //!
 //! [`PARTITIONS`]: crate::nemesis::PARTITIONS
 
@@ -15,14 +15,14 @@ use crate::rng::Rng;
 /// Two sides of a cut: every link between `small` and `other` is cut. With `bridge`, one node is on
 /// neither side and still sees both.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Sides {
-    pub(super) small: BTreeSet<u64>,
-    pub(super) other: BTreeSet<u64>,
-    pub(super) bridge: Option<u64>,
+pub(crate) struct Sides {
+    pub(crate) small: BTreeSet<u64>,
+    pub(crate) other: BTreeSet<u64>,
+    pub(crate) bridge: Option<u64>,
 }
 
 /// `k` of `from`, drawn by `pick`.
-fn choose(pick: u64, from: &[u64], k: usize) -> Vec<u64> {
+pub(crate) fn choose(pick: u64, from: &[u64], k: usize) -> Vec<u64> {
     let mut v = from.to_vec();
     let mut rng = Rng::new(pick);
     for i in (1..v.len()).rev() {
@@ -34,7 +34,7 @@ fn choose(pick: u64, from: &[u64], k: usize) -> Vec<u64> {
 
 /// The sides of partition `variant` over nodes `all` (the primary and the Raft coordinator as the
 /// harness found them when the fault started; a random node stands in for an unknown one).
-pub(super) fn sides(variant: &str, pick: u64, all: &[u64], primary: Option<u64>, coordinator: Option<u64>) -> Sides {
+pub(crate) fn sides(variant: &str, pick: u64, all: &[u64], primary: Option<u64>, coordinator: Option<u64>) -> Sides {
     let n = all.len();
     let rest = |small: &BTreeSet<u64>| all.iter().copied().filter(|i| !small.contains(i)).collect();
     let small: BTreeSet<u64> = match variant {
@@ -76,8 +76,18 @@ pub(super) fn sides(variant: &str, pick: u64, all: &[u64], primary: Option<u64>,
     }
 }
 
+impl Sides {
+    /// The report's words for the cut: `[1] | [2, 3]`, with `, bridged by nN` for a bridge.
+    pub(crate) fn detail(&self) -> String {
+        match self.bridge {
+            Some(m) => format!("{:?} | {:?}, bridged by n{m}", self.small, self.other),
+            None => format!("{:?} | {:?}", self.small, self.other),
+        }
+    }
+}
+
 /// Cut every link between the two sides (healed by [`NetLab::heal`]).
-pub(super) fn cut(lab: &NetLab, s: &Sides) {
+pub(crate) fn cut(lab: &NetLab, s: &Sides) {
     lab.split(&s.small, &s.other);
 }
 
