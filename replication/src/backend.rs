@@ -275,7 +275,11 @@ mod tests {
         b.write(4096, &[1; 4096]).unwrap();
         b.write(4 * 4096, &[4; 4096]).unwrap();
         b.write(0, &[0; 4096]).unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), vec![0; 5 * 4096], "held until a sync or a read");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            vec![0; 5 * 4096],
+            "held until a sync or a read"
+        );
         assert_eq!(read(&b, 4096 + 100, 10), vec![1; 10], "a read sees held writes");
         b.write(2 * 4096 + 10, &[2; 20]).unwrap();
         b.sync_data().unwrap();
@@ -321,7 +325,8 @@ mod tests {
                 {
                     let mut t = tx.open_table(T).unwrap();
                     for i in 0..500u64 {
-                        t.insert(round * 1000 + i, vec![(i % 251) as u8; 3000].as_slice()).unwrap();
+                        t.insert(round * 1000 + i, vec![(i % 251) as u8; 3000].as_slice())
+                            .unwrap();
                     }
                 }
                 tx.commit().unwrap();
@@ -332,7 +337,10 @@ mod tests {
         let t = rtx.open_table(T).unwrap();
         for round in 0..3u64 {
             for i in (0..500u64).step_by(37) {
-                assert_eq!(t.get(round * 1000 + i).unwrap().unwrap().value(), vec![(i % 251) as u8; 3000]);
+                assert_eq!(
+                    t.get(round * 1000 + i).unwrap().unwrap().value(),
+                    vec![(i % 251) as u8; 3000]
+                );
             }
         }
     }
