@@ -21,6 +21,11 @@
 //!
 //! Reads: a read that overlaps a held write first writes everything held (so it reads what
 //! redb wrote), as do `set_len` and `close`. Writes held at once are bounded by [`HOLD_MAX`].
+//!
+//! Errors: a failure writing held pages is returned by the call that wrote them out (a sync, a
+//! read, ...), not by the `write` that handed them over. redb latches any backend error, so from
+//! then on it refuses every operation on the file, as after a failed `pwrite` before: nothing
+//! is acknowledged on top of pages that did not reach the file.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
