@@ -42,6 +42,7 @@
 //! `Durability::Immediate` before they return. Every persisted or peer-sent structure goes through
 //! the versioned codec (`codec.rs`).
 
+mod backend;
 pub mod codec;
 mod error;
 mod journal;

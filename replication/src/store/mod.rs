@@ -44,6 +44,7 @@ use std::time::Instant;
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
+use crate::backend::CoalescingFile;
 use crate::codec::{decode, encode};
 use crate::journal::Journal;
 use crate::recent::RecentLog;
@@ -152,9 +153,10 @@ impl DataStore {
         let existed = path.exists();
         let opened = Instant::now();
         let recent = recent_bytes(options.cache_bytes);
+        let file = CoalescingFile::open(path).ctx(&format!("open datastore {}", path.display()))?;
         let db = Database::builder()
             .set_cache_size(options.cache_bytes - recent)
-            .create(path)
+            .create_with_backend(file)
             .ctx(&format!("open datastore {}", path.display()))?;
         // Create every table so that readers never see "table does not exist".
         let tx = begin_write(&db)?;
