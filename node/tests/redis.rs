@@ -479,7 +479,7 @@ async fn a_master_whose_replicas_stop_acknowledging_refuses_writes_by_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_old_masters_writes_are_counted_as_lost() {
-    let Some((c, addrs)) = cluster() else {
+    let Some((mut c, addrs)) = cluster() else {
         return;
     };
     let (p, master) = primary_with_k1(&c, &addrs).await;
@@ -529,6 +529,31 @@ async fn an_isolated_old_masters_writes_are_counted_as_lost() {
     // The new master's side lost nothing.
     let s = service(&c, q).await.unwrap();
     assert_eq!(s["lost"]["events"], 0, "{s}");
+    // In the failover history, asked of any node: under the epoch of the failover, with the node.
+    let epoch = lost["last"]["epoch"].as_u64().unwrap();
+    let h = c.get(q, "/v1/history").await.unwrap();
+    let entry = h["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["epoch"] == epoch)
+        .unwrap_or_else(|| panic!("no history entry for epoch {epoch}: {h}"));
+    assert_eq!(entry["to"], q, "{h}");
+    let rec = &entry["redis_lost"][0];
+    assert_eq!(
+        (rec["node"].as_u64(), rec["loss"]["bytes"].as_u64()),
+        (Some(p), Some(bytes)),
+        "{h}"
+    );
+    assert_eq!(h["redis_lost_unanswered"], serde_json::json!([]), "{h}");
+    // Kept on disk: a restart of the old node does not forget it.
+    c.kill(p);
+    c.start(p);
+    let again = c
+        .wait_for(T, "the restarted node's status", || async { service(&c, p).await })
+        .await;
+    assert_eq!(again["lost"]["bytes"].as_u64(), Some(bytes), "{again}");
+    assert_eq!(again["lost"]["last"]["epoch"].as_u64(), Some(epoch), "{again}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

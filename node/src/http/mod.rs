@@ -421,13 +421,44 @@ async fn members_remove(
 
 async fn history(State(node): State<Arc<Node>>) -> Json<Value> {
     let view = node.view();
+    let lost = crate::cluster::service::lost_everywhere(&node).await;
+    let mut listed = std::collections::BTreeSet::new();
     let items: Vec<Value> = view
         .state
         .history
         .iter()
-        .map(|h| json!({"epoch": h.epoch, "from": h.from, "to": h.to, "reason": h.reason, "at": rfc3339(h.at_ms), "at_ms": h.at_ms}))
+        .map(|h| {
+            let mut item = json!({"epoch": h.epoch, "from": h.from, "to": h.to, "reason": h.reason, "at": rfc3339(h.at_ms), "at_ms": h.at_ms});
+            if let Some((records, _)) = &lost {
+                listed.insert(h.epoch);
+                item["redis_lost"] = lost_in(records, |e| e == h.epoch);
+            }
+            item
+        })
         .collect();
-    Json(json!({ "history": items }))
+    let mut answer = json!({ "history": items });
+    if let Some((records, silent)) = &lost {
+        // Losses under a failover no longer in the (bounded) history, and the members not asked.
+        answer["redis_lost_earlier"] = lost_in(records, |e| !listed.contains(&e));
+        answer["redis_lost_unanswered"] = json!(silent);
+    }
+    Json(answer)
+}
+
+/// The members' lost-writes records whose epoch `matches`, each with its node id.
+fn lost_in(
+    records: &std::collections::BTreeMap<NodeId, Vec<crate::cluster::service::LostReport>>,
+    matches: impl Fn(u64) -> bool,
+) -> Value {
+    let mut out = Vec::new();
+    for (id, rs) in records {
+        for r in rs.iter().filter(|r| matches(r.epoch)) {
+            let mut v = json!(r);
+            v["node"] = json!(id);
+            out.push(v);
+        }
+    }
+    Value::Array(out)
 }
 
 #[derive(Deserialize)]

@@ -282,7 +282,7 @@ pub fn operations() -> Vec<Op> {
         get(
             "/v1/history",
             "cluster",
-            "failovers and switchovers",
+            "failovers and switchovers (with managed Redis, what each old master lost)",
             ok("history, oldest first", obj(&["history"])),
         ),
         Op {

@@ -42,6 +42,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/peer/repl/report", post(repl_report))
         .route("/peer/repl/snapshot", post(repl_snapshot))
         .route("/peer/gitsync/kick", post(gitsync_kick))
+        .route(crate::cluster::service::LOST_PATH, post(redis_lost))
         .with_state(node.clone())
         .merge(raft_router(node.raft.clone()))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such peer endpoint") })
@@ -207,6 +208,12 @@ async fn repl_snapshot(State(node): State<Arc<Node>>) -> Response {
 }
 
 /// Another node verified a webhook (or an operator asked): sync now.
+/// This node's managed Redis lost-writes records (JSON), `None` without managed Redis
+/// (`GET /v1/history` gathers them).
+async fn redis_lost(State(node): State<Arc<Node>>) -> Response {
+    encoded(&crate::cluster::service::lost_records_json(&node))
+}
+
 async fn gitsync_kick(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     match decode_body::<String>(&body) {
         Ok(trigger) => {

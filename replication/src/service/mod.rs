@@ -232,7 +232,7 @@ impl ReplicationInfo {
 
 /// What a master that is demoted to a replica of `new` loses: bytes of its replication stream that
 /// `new` does not have (they are dropped by the resync). See [`lost_on_demotion`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "bytes")]
 pub enum Loss {
     /// `new` has everything it had.

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use keel_raft::state::ReplicationMode;
 use keel_raft::NodeId;
 use keel_replication::service::redis as redis_svc;
-use keel_replication::service::{lost_on_demotion, Loss, ReplicationInfo, ServiceError};
-use serde::Serialize;
+use keel_replication::service::{lost_on_demotion, Loss, ReplicationInfo, ServiceError, Upstream};
 use tracing::{info, warn};
 
 use super::redis::ManagedRedis;
@@ -36,33 +35,6 @@ pub fn write_quorum(mode: ReplicationMode, voters: usize, redis_members: usize) 
         ReplicationMode::Sync => (voters / 2) as u32,
         ReplicationMode::Async => u32::from(redis_members >= 2),
     }
-}
-
-/// What this node's Redis lost when it was demoted (a master that rejoined as a replica of a new
-/// master), since the node started. Node-local: the failover history is replicated state in a
-/// format the previous release must keep reading (docs/upgrading.md), so it is not recorded there.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct LostWrites {
-    /// Demotions that lost data (a known number of bytes, or an unknown amount).
-    pub events: u64,
-    /// Bytes of the replication stream lost, summed over the events whose amount is known.
-    pub bytes: u64,
-    /// Events whose amount could not be computed (unrelated histories).
-    pub unknown: u64,
-    /// The latest demotion that lost data.
-    pub last: Option<LostReport>,
-}
-
-/// One demotion that lost data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LostReport {
-    /// Unix time (ms).
-    pub at_ms: u64,
-    /// The new master it now follows.
-    pub master: String,
-    /// Its offset when it was demoted.
-    pub offset: u64,
-    pub loss: Loss,
 }
 
 /// `INFO replication` of each of `ids`' managed Redis, asked directly, just now (in parallel,
@@ -213,7 +185,8 @@ pub(super) async fn catch_up(s: &ManagedRedis, master: &str) {
 /// This node's Redis is a (fenced) master about to follow the new master at `master`: count what it
 /// loses (its bytes past the history the new master shares with it), never silently. Returns
 /// false when it should not follow yet (the new master does not answer or is not a master yet).
-pub(super) async fn account_demotion(s: &ManagedRedis, master: &str) -> bool {
+pub(super) async fn account_demotion(s: &ManagedRedis, primary: &Upstream) -> bool {
+    let master = primary.addr.as_str();
     let (mine, theirs) = tokio::join!(s.redis.info(), redis_svc::info_at(master, PEER_INFO_TIMEOUT));
     let Ok(mine) = mine else { return false };
     if !mine.is_master() {
@@ -244,7 +217,7 @@ pub(super) async fn account_demotion(s: &ManagedRedis, master: &str) -> bool {
             offset, "redis demoted: its history is unrelated to the new master's; up to {o} bytes may be lost"
         ),
     }
-    s.record_loss(master, offset, loss);
+    s.record_loss(primary, offset, loss);
     true
 }
 

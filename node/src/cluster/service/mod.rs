@@ -40,12 +40,14 @@ use serde::Serialize;
 mod directory;
 mod duty;
 mod fence;
+mod lost;
 mod redis;
 
 pub use directory::{Directory, PeerService};
 pub use duty::{DUTY_INTERVAL, GIVE_UP_AFTER};
-pub use fence::{fence_others, write_quorum, LostReport, LostWrites};
+pub use fence::{fence_others, write_quorum};
 pub use fence::{FENCE_OTHERS_TIMEOUT, PEER_INFO_TIMEOUT};
+pub use lost::{LostReport, LostWrites};
 pub use redis::{master_addr, primary_redis, primary_watch_task, ManagedRedis, PROBE_FRESH, PROBE_INTERVAL};
 
 use crate::cluster::failover::ServiceView;
@@ -258,6 +260,55 @@ pub fn status(node: &Node) -> Option<ServiceStatus> {
         )
     });
     Some(ServiceStatus { health, lost: s.lost() })
+}
+
+/// Path of the peer RPC that answers this node's Redis lost-writes records.
+pub const LOST_PATH: &str = "/peer/redis/lost";
+/// How long `lost_everywhere` waits for each member.
+const LOST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// This node's lost-writes records as the peer RPC answers them (JSON, so that the record can
+/// grow fields without a wire format change); `None` without managed Redis.
+pub fn lost_records_json(node: &Node) -> Option<String> {
+    let s = node.service.as_ref()?;
+    serde_json::to_string(&s.lost_records()).ok()
+}
+
+/// Every member's Redis lost-writes records (this node's read locally, the others' asked over the
+/// peer port in parallel, [`LOST_TIMEOUT`] each), and the members that did not answer (down, cut
+/// off, or a release without the RPC). `None` without managed Redis.
+pub async fn lost_everywhere(node: &Node) -> Option<(BTreeMap<NodeId, Vec<LostReport>>, Vec<NodeId>)> {
+    let s = node.service.as_ref()?;
+    let mut found = BTreeMap::from([(node.id, s.lost_records())]);
+    let mut set = tokio::task::JoinSet::new();
+    for id in node.view().state.members.keys().copied().filter(|id| *id != node.id) {
+        let (peers, addr) = (node.peers.clone(), node.peer_addr_of(id));
+        set.spawn(async move {
+            let answer = match addr {
+                Some(a) => peers
+                    .call::<(), Option<String>>(None, &a, LOST_PATH, &(), LOST_TIMEOUT)
+                    .await
+                    .ok(),
+                None => None,
+            };
+            let records = answer
+                .flatten()
+                .and_then(|j| serde_json::from_str::<Vec<LostReport>>(&j).ok());
+            (id, records)
+        });
+    }
+    let mut silent = Vec::new();
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok((id, Some(records))) => {
+                found.insert(id, records);
+            }
+            Ok((id, None)) => silent.push(id),
+            Err(_) => {}
+        }
+    }
+    silent.sort_unstable();
+    Some((found, silent))
 }
 
 /// Is this node the primary with a valid lease right now? Returns the epoch.

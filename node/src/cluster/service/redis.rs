@@ -24,9 +24,9 @@ use tracing::{info, warn};
 
 use super::directory::Directory;
 use super::fence::{
-    self, account_demotion, catch_up, fence_others, more_advanced_replica, write_quorum, LostReport, LostWrites,
-    PEER_INFO_TIMEOUT,
+    self, account_demotion, catch_up, fence_others, more_advanced_replica, write_quorum, PEER_INFO_TIMEOUT,
 };
+use super::lost::{LostLog, LostReport, LostWrites};
 use super::{leased_epoch, master_ok, primary_upstream, service_addrs, DrivenService};
 use crate::cluster::failover::ServiceView;
 use crate::config::Config;
@@ -51,7 +51,7 @@ pub struct ManagedRedis {
     /// The primary's Redis as [`primary_watch_task`] last found it, asked directly: when, which
     /// member, and whether it took writes (the unfenced master with enough acknowledging replicas).
     primary_probe: Mutex<Option<(Instant, NodeId, bool)>>,
-    lost: Mutex<LostWrites>,
+    lost: Mutex<LostLog>,
 }
 
 impl ManagedRedis {
@@ -76,7 +76,7 @@ impl ManagedRedis {
             advertise_addr: r.advertise_addr(&config.advertise_api_addr),
             dir: Directory::default(),
             primary_probe: Mutex::new(None),
-            lost: Mutex::new(LostWrites::default()),
+            lost: Mutex::new(LostLog::open(config.data_dir.join("redis-lost.jsonl"))),
         }))
     }
 
@@ -91,22 +91,23 @@ impl ManagedRedis {
         probe.is_some_and(|(at, id, takes)| id == member && takes && at.elapsed() <= PROBE_FRESH)
     }
 
-    /// What demotions of this node's Redis lost so far.
+    /// What demotions of this node's Redis lost, since its data dir was made.
     pub fn lost(&self) -> LostWrites {
-        self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.lost.lock().unwrap_or_else(|e| e.into_inner()).totals()
     }
 
-    pub(super) fn record_loss(&self, master: &str, offset: u64, loss: Loss) {
-        let mut l = self.lost.lock().unwrap_or_else(|e| e.into_inner());
-        match loss {
-            Loss::None => return,
-            Loss::Bytes(b) => l.bytes += b,
-            Loss::Unknown(_) => l.unknown += 1,
-        }
-        l.events += 1;
-        l.last = Some(LostReport {
+    /// The newest of those demotions, oldest first.
+    pub fn lost_records(&self) -> Vec<LostReport> {
+        self.lost.lock().unwrap_or_else(|e| e.into_inner()).records()
+    }
+
+    /// Record (on disk, then in memory) what the demotion to a replica of `primary`'s Redis lost.
+    pub(super) fn record_loss(&self, primary: &Upstream, offset: u64, loss: Loss) {
+        self.lost.lock().unwrap_or_else(|e| e.into_inner()).record(LostReport {
             at_ms: crate::util::unix_ms(),
-            master: master.to_string(),
+            epoch: primary.epoch,
+            primary: primary.node,
+            master: primary.addr.clone(),
             offset,
             loss,
         });
@@ -189,7 +190,7 @@ impl DrivenService for ManagedRedis {
     }
 
     async fn before_follow(&self, node: &Node, h: &ServiceHealth, primary: &Upstream) -> bool {
-        if matches!(h.role, ServiceRole::Master | ServiceRole::Fenced) && !account_demotion(self, &primary.addr).await {
+        if matches!(h.role, ServiceRole::Master | ServiceRole::Fenced) && !account_demotion(self, primary).await {
             return false;
         }
         if h.role == ServiceRole::Replica && !master_ready(node, &primary.addr).await {
