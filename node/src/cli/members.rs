@@ -97,20 +97,75 @@ pub(crate) async fn members(api: &Api, cmd: MembersCommand, output: OutputFormat
 }
 
 pub(crate) fn render_history(answer: &Value) -> String {
+    // With managed Redis the answer lists what old masters lost: one more column.
+    let redis = answer.get("redis_lost_unanswered").is_some();
     let rows: Vec<Vec<String>> = array(answer, "history")
         .iter()
         .map(|h| {
             let at = if h["at"].is_null() { &h["at_ms"] } else { &h["at"] };
-            vec![
+            let mut row = vec![
                 cell(&h["epoch"]),
                 cell(&h["from"]),
                 cell(&h["to"]),
                 cell(&h["reason"]),
                 cell(at),
-            ]
+            ];
+            if redis {
+                row.push(redis_lost(&h["redis_lost"]));
+            }
+            row
         })
         .collect();
-    render_table(&["EPOCH", "FROM", "TO", "REASON", "AT"], &rows)
+    let mut head = vec!["EPOCH", "FROM", "TO", "REASON", "AT"];
+    if redis {
+        head.push("REDIS LOST");
+    }
+    let mut out = render_table(&head, &rows);
+    for (what, key) in [
+        ("lost in failovers no longer listed", "redis_lost_earlier"),
+        (
+            "members that did not answer (their losses are not shown)",
+            "redis_lost_unanswered",
+        ),
+    ] {
+        let items = array(answer, key);
+        if !items.is_empty() {
+            let shown: Vec<String> = items
+                .iter()
+                .map(|v| {
+                    if v.is_object() {
+                        redis_lost(&json!([v]))
+                    } else {
+                        cell(v)
+                    }
+                })
+                .collect();
+            out.push_str(&format!("{what}: {}\n", shown.join(", ")));
+        }
+    }
+    out
+}
+
+/// `n1 370 B`, `n1 up to 1418 B` (unknown amount), comma-separated; `-` for none.
+fn redis_lost(records: &Value) -> String {
+    let parts: Vec<String> = records
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let bytes = cell(&r["loss"]["bytes"]);
+            match r["loss"]["kind"].as_str() {
+                Some("unknown") => format!("n{} up to {bytes} B", cell(&r["node"])),
+                _ => format!("n{} {bytes} B", cell(&r["node"])),
+            }
+        })
+        .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 pub(crate) async fn history(api: &Api, output: OutputFormat) -> Result<i32, CallError> {

@@ -134,6 +134,20 @@ fn members_and_history_rendering() {
          2      1     2   switchover  1700000000000\n"
     );
     assert_eq!(render_history(&json!({})), "EPOCH  FROM  TO  REASON  AT\n");
+    // With managed Redis: what each old master lost, and who did not answer.
+    let lost =
+        |node: u64, kind: &str, bytes: u64| json!({"node": node, "epoch": 2, "loss": {"kind": kind, "bytes": bytes}});
+    let answer = json!({"history": [
+        {"epoch": 1, "from": null, "to": 1, "reason": "bootstrap", "at_ms": 1, "redis_lost": []},
+        {"epoch": 2, "from": 1, "to": 2, "reason": "expired", "at_ms": 2, "redis_lost": [lost(1, "bytes", 370), lost(3, "unknown", 90)]},
+    ], "redis_lost_earlier": [], "redis_lost_unanswered": [3]});
+    assert_eq!(
+        render_history(&answer),
+        "EPOCH  FROM  TO  REASON     AT  REDIS LOST\n\
+         1      -     1   bootstrap  1   -\n\
+         2      1     2   expired    2   n1 370 B, n3 up to 90 B\n\
+         members that did not answer (their losses are not shown): 3\n"
+    );
 }
 
 /// The `keel` command line the lead wires in main.rs: client options flattened at the top level, and
