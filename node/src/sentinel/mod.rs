@@ -197,6 +197,7 @@ pub fn switch_master_message(name: &str, old: &Addr, new: &Addr) -> String {
 /// one named, also across a time with none).
 async fn publish_task(
     mut views: watch::Receiver<SentinelView>,
+    live: LiveFn,
     events: broadcast::Sender<Event>,
     cancel: CancellationToken,
 ) {
@@ -207,7 +208,11 @@ async fn publish_task(
             r = views.changed() => if r.is_err() { return },
         }
         let v = views.borrow_and_update().clone();
-        let Some((node, new)) = v.master else { continue };
+        // Announced only once a connection could name it too (the lease and the fence as they are
+        // now, [`answer_master`]); until then a later view announces it.
+        let Some((node, new)) = answer_master(&v, &live(), std::time::Instant::now()).cloned() else {
+            continue;
+        };
         if let Some(old) = last.as_ref().filter(|old| **old != new) {
             let message = switch_master_message(&v.name, old, &new);
             info!(%message, node, epoch = v.epoch, "sentinel: +switch-master");
@@ -233,7 +238,12 @@ pub async fn serve(
         info!(addr = %addr, "sentinel-compatible discovery listening");
     }
     let (events, _) = broadcast::channel(64);
-    let publisher = tokio::spawn(publish_task(views.clone(), events.clone(), cancel.clone()));
+    let publisher = tokio::spawn(publish_task(
+        views.clone(),
+        live.clone(),
+        events.clone(),
+        cancel.clone(),
+    ));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let ids = AtomicU64::new(1);
     let mut conns = JoinSet::new();
