@@ -275,7 +275,7 @@ pub fn lost_records_json(node: &Node) -> Option<String> {
 }
 
 /// Every member's Redis lost-writes records (this node's read locally, the others' asked over the
-/// peer port in parallel, [`LOST_TIMEOUT`] each), and the members that did not answer (down, cut
+/// peer port in parallel, `LOST_TIMEOUT` (1 s) each), and the members that did not answer (down, cut
 /// off, or a release without the RPC). `None` without managed Redis.
 pub async fn lost_everywhere(node: &Node) -> Option<(BTreeMap<NodeId, Vec<LostReport>>, Vec<NodeId>)> {
     let s = node.service.as_ref()?;
