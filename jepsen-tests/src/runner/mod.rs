@@ -149,14 +149,7 @@ pub fn run_with(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport, String>
     let result = run_schedule(&mut nem, &steps, end, &mut faults, &mut failover_ms, &|e| {
         progress.say(e)
     });
-    std::thread::sleep(end.saturating_duration_since(Instant::now()));
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        let _ = c.join();
-    }
-    if let Some(t) = ticker {
-        let _ = t.join();
-    }
+    stop_clients_at(end, &stop, clients, ticker);
     progress.say("clients stopped");
     let samples = sampler.join().map_err(|_| "sampler panicked")?;
     result?;
@@ -184,6 +177,23 @@ pub fn run_with(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport, String>
     report::write_report(cfg, &report, &history, &samples.timeline)?;
     drop(cluster);
     Ok(report)
+}
+
+/// Wait until `end`, tell the clients to stop, and wait for them and the progress ticker.
+pub(super) fn stop_clients_at<T, U>(
+    end: Instant,
+    stop: &AtomicBool,
+    clients: Vec<std::thread::JoinHandle<T>>,
+    ticker: Option<std::thread::JoinHandle<U>>,
+) {
+    std::thread::sleep(end.saturating_duration_since(Instant::now()));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.join();
+    }
+    if let Some(t) = ticker {
+        let _ = t.join();
+    }
 }
 
 /// Make the report directory fresh for this run (a directory used before loses its nodes'

@@ -16,7 +16,7 @@ mod clients;
 mod watch;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -250,14 +250,7 @@ pub fn run_redis(cfg: &RunConfig, opts: &RunOptions) -> Result<RedisReport, Stri
         &mut failover_ms,
         &|e| progress.say(e),
     );
-    std::thread::sleep(end.saturating_duration_since(Instant::now()));
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        let _ = c.join();
-    }
-    if let Some(t) = ticker {
-        let _ = t.join();
-    }
+    super::stop_clients_at(end, &stop, clients, ticker);
     let watched = watcher.join().map_err(|_| "watcher panicked")?;
     progress.say("clients stopped");
     played?;
