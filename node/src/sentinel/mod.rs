@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use keel_raft::NodeId;
 use keel_replication::service::redis as redis_svc;
-use keel_replication::service::resp as svc_resp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, watch, Semaphore};
@@ -288,22 +287,9 @@ pub async fn serve(
 async fn confirmed(how: Confirm, addr: &str) -> bool {
     match how {
         Confirm::TakesWrites => redis_svc::takes_writes_at(addr, CONFIRM_TIMEOUT).await.unwrap_or(false),
-        Confirm::Unfenced => {
-            if !redis_svc::info_at(addr, CONFIRM_TIMEOUT)
-                .await
-                .is_ok_and(|i| i.is_master())
-            {
-                return false;
-            }
-            let r = svc_resp::call(addr, &["CONFIG", "GET", "min-replicas-to-write"], CONFIRM_TIMEOUT).await;
-            let value = match r {
-                Ok(svc_resp::Reply::Array(Some(items))) => items.get(1).and_then(svc_resp::Reply::text),
-                _ => None,
-            };
-            value
-                .and_then(|v| v.parse::<u32>().ok())
-                .is_some_and(|v| v != redis_svc::FENCE_REPLICAS)
-        }
+        Confirm::Unfenced => redis_svc::unfenced_master_at(addr, CONFIRM_TIMEOUT)
+            .await
+            .is_ok_and(|m| m.is_some()),
     }
 }
 

@@ -406,13 +406,22 @@ async fn stop(child: &mut tokio::process::Child) {
 /// fenced (`min-replicas-to-write` at [`FENCE_REPLICAS`]) nor short of acknowledging replicas?
 /// Two calls within `timeout` each.
 pub async fn takes_writes_at(addr: &str, timeout: Duration) -> Result<bool, ServiceError> {
+    Ok(unfenced_master_at(addr, timeout)
+        .await?
+        .is_some_and(|(info, quorum)| info.good_replicas.unwrap_or(0) >= u64::from(quorum)))
+}
+
+/// The Redis at `addr` (another node's, or this node's asked from outside its service), within
+/// `timeout` per call: when it is a master that no one fenced, its `INFO replication` and its
+/// `min-replicas-to-write` (the write quorum); `None` for a replica or a fenced master.
+pub async fn unfenced_master_at(addr: &str, timeout: Duration) -> Result<Option<(ReplicationInfo, u32)>, ServiceError> {
     let info = info_at(addr, timeout).await?;
     if !info.is_master() {
-        return Ok(false);
+        return Ok(None);
     }
     let r = resp::call(addr, &["CONFIG", "GET", "min-replicas-to-write"], timeout).await?;
     let quorum = config_value(&r)?;
-    Ok(quorum != FENCE_REPLICAS && info.good_replicas.unwrap_or(0) >= u64::from(quorum))
+    Ok((quorum != FENCE_REPLICAS).then_some((info, quorum)))
 }
 
 /// The number in a `CONFIG GET` answer (`[name, value]`).
