@@ -263,9 +263,15 @@ async fn force_push_is_a_conflict_until_accepted() {
         "new history served on every node after one accept-reset",
     )
     .await;
+    // The tree is checked out a moment before the status records the sync, and a timer sync
+    // may be running when we ask ("syncing"): wait for each node to report the new commit.
+    let head = git(&up.bare, &["rev-parse", "main"]);
     for id in 1..=3u64 {
-        let s = c.get(id, "/v1/gitsync").await.unwrap();
-        assert_eq!(s["state"], "ok", "node {id}: {s}");
+        c.wait_for(T, "every node reports the accepted history", || async {
+            let s = c.get(id, "/v1/gitsync").await?;
+            (s["state"] == "ok" && s["commit"] == head.trim()).then_some(())
+        })
+        .await;
     }
     wait_replica(&c, replica, "/replica", 200, "", "the replica is back in rotation").await;
 }
