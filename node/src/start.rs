@@ -216,6 +216,7 @@ impl Node {
         let options = keel_replication::StoreOptions {
             format: config.replication.datastore_format,
             cache_bytes: config.datastore_cache_bytes(),
+            ..Default::default()
         };
         let store = keel_replication::DataStore::open_with(&data_path, &options)
             .map_err(|e| StartError::Data(format!("open {}: {e}", data_path.display())))?;

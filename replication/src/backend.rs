@@ -34,10 +34,12 @@ use std::ops::Bound;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use redb::backends::FileBackend;
 use redb::{BackendError, StorageBackend};
+
+use crate::vlog::ValuesLog;
 
 /// More bytes than this held are written at once (redb's write buffer flushes a few MiB at a
 /// durable commit; this bounds what cache evictions between syncs can pile up).
@@ -59,6 +61,9 @@ pub(crate) struct CoalescingFile {
     /// The same open file (a duplicate descriptor) for the held writes.
     file: File,
     held: Mutex<Held>,
+    /// Synced first in every `sync_data`: the values log (`vlog.rs`), whose records the pages
+    /// being made durable may name.
+    values: Option<Arc<ValuesLog>>,
 }
 
 /// Writes not yet on the file: their bytes one after another in `bytes`, and by file offset
@@ -115,6 +120,21 @@ impl Held {
     }
 }
 
+/// Write `bytes` at `offset` the way held pages are written: one write per piece, cut where the
+/// file offset crosses a multiple of [`RUN_BYTES`], so each fills one aligned page-cache folio
+/// (the values log appends this way; see [`RUN_BYTES`] for why not larger).
+pub(crate) fn write_runs_at(file: &File, offset: u64, bytes: &[u8]) -> io::Result<()> {
+    let (mut at, mut rest) = (offset, bytes);
+    while !rest.is_empty() {
+        let room = (RUN_BYTES - at % RUN_BYTES) as usize;
+        let (piece, tail) = rest.split_at(room.min(rest.len()));
+        file.write_all_at(piece, at)?;
+        at += piece.len() as u64;
+        rest = tail;
+    }
+    Ok(())
+}
+
 /// Write `bufs` one after another at `offset` (`pwritev`, again for what a short write left).
 fn write_vectored_at(file: &File, offset: u64, bufs: &[&[u8]]) -> io::Result<()> {
     let iov: Vec<libc::iovec> = bufs
@@ -154,7 +174,7 @@ fn write_vectored_at(file: &File, offset: u64, bufs: &[&[u8]]) -> io::Result<()>
 
 impl CoalescingFile {
     /// Open (creating if needed) the file at `path` the way redb's `Builder::create` does.
-    pub fn open(path: &Path) -> io::Result<CoalescingFile> {
+    pub fn open(path: &Path, values: Option<Arc<ValuesLog>>) -> io::Result<CoalescingFile> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -167,6 +187,7 @@ impl CoalescingFile {
             inner,
             file: writes,
             held: Mutex::new(Held::default()),
+            values,
         })
     }
 
@@ -203,6 +224,9 @@ impl StorageBackend for CoalescingFile {
     }
 
     fn sync_data(&self) -> Result<(), io::Error> {
+        if let Some(values) = &self.values {
+            values.sync()?;
+        }
         self.write_out()?;
         self.inner.sync_data()
     }
@@ -228,6 +252,9 @@ impl StorageBackend for CoalescingFile {
     }
 
     fn close(&self) -> Result<(), io::Error> {
+        if let Some(values) = &self.values {
+            values.sync()?;
+        }
         let written = self.write_out();
         self.inner.close()?;
         written
@@ -272,7 +299,7 @@ mod tests {
     fn held_writes_are_read_back_and_land_in_file_order_at_sync() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        let b = CoalescingFile::open(&path).unwrap();
+        let b = CoalescingFile::open(&path, None).unwrap();
         b.set_len(5 * 4096).unwrap();
         // Out of order, two contiguous runs (pages 3-4 and 0-1), and page 1 written twice.
         b.write(3 * 4096, &[3; 4096]).unwrap();
@@ -303,7 +330,7 @@ mod tests {
     fn an_overlapping_write_of_another_size_keeps_the_order_of_writes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        let b = CoalescingFile::open(&path).unwrap();
+        let b = CoalescingFile::open(&path, None).unwrap();
         b.set_len(8192).unwrap();
         b.write(0, &[1; 8192]).unwrap();
         b.write(4096, &[2; 100]).unwrap();
@@ -323,7 +350,7 @@ mod tests {
         let path = dir.path().join("db.redb");
         {
             let db = redb::Database::builder()
-                .create_with_backend(CoalescingFile::open(&path).unwrap())
+                .create_with_backend(CoalescingFile::open(&path, None).unwrap())
                 .unwrap();
             for round in 0..3u64 {
                 let tx = db.begin_write().unwrap();

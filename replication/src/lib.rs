@@ -8,8 +8,9 @@
 //! ([`DataStore::rollback_to`], kept in a `diverged` table, never dropped silently), stream a
 //! consistent snapshot ([`DataStore::snapshot`], [`DataStore::begin_install`]), and trim the log
 //! ([`DataStore::trim`]). Owns one redb file (e.g. `<data_dir>/data.redb`) with the tables `kv`,
-//! `log`, `meta`, `diverged`, `values` (large values of datastore format 2) and the staging tables
-//! of a snapshot install, and its journal next to it (`data.redb.journal`).
+//! `log`, `meta`, `diverged`, `values` (large values of datastore format 2, their locations in
+//! format 3), `value_segments` and the staging tables of a snapshot install; next to it its
+//! journal (`data.redb.journal`) and, in format 3, the values log (`data.redb.values/`).
 //!
 //! **Protocol** (see DESIGN.md, "Replication protocol"): the primary's pull serving with long poll
 //! and sync-mode acknowledgements ([`serve_pull`], [`serve_stream`], [`Repl::wait_acks`]), the
@@ -56,6 +57,7 @@ mod snapshot;
 mod state;
 mod store;
 mod values;
+mod vlog;
 mod writer;
 
 use std::fmt;

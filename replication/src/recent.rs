@@ -495,6 +495,7 @@ mod tests {
         let options = crate::StoreOptions {
             format: None,
             cache_bytes: 8 * 400_000,
+            ..Default::default()
         };
         let store = crate::DataStore::open_with(&dir.path().join("data.redb"), &options).unwrap();
         let big = |tag: u8| vec![tag; 16 * 1024];

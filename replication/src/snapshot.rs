@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{decode, encode};
 use crate::store::{begin_write, read_meta, write_meta, Ctx, Inner, KV, KV_STAGING, LOG, META};
 use crate::values::{hold, resolve, StoredKv, VALUES, VALUES_STAGING};
+use crate::vlog::{apply_delta, OwnedPin, SEGMENTS};
 use crate::{validate_key, validate_value, DataError, DataStore, Position};
 
 /// Target size of one snapshot chunk. A chunk is larger only when a single record is (a value
@@ -69,6 +70,7 @@ pub struct SnapshotReader {
     keys: u64,
     /// Records put into chunks so far.
     sent: u64,
+    _pin: OwnedPin,
     _inner: Arc<Inner>,
 }
 
@@ -106,7 +108,7 @@ impl SnapshotReader {
                         let stored = StoredKv::decode(key, v.value())?;
                         SnapshotRecord {
                             key: key.to_string(),
-                            value: resolve(&self.values, stored.pos.seq, stored.held)?,
+                            value: resolve(&self.values, &self._inner.vlog, stored.pos.seq, stored.held)?,
                             pos: stored.pos,
                         }
                     }
@@ -148,6 +150,9 @@ pub struct SnapshotInstaller {
     /// [`STAGE_COMMIT_BYTES`] and before `finish`.
     staging: Option<redb::WriteTransaction>,
     staged_bytes: usize,
+    /// Live bytes the staged values add to each values-log segment (format 3, `vlog.rs`): the
+    /// `value_segments` table gets exactly these when the snapshot is swapped in.
+    staged_live: std::collections::BTreeMap<u32, i64>,
     /// Where the install's time went, for its log line.
     timing: InstallTiming,
 }
@@ -227,13 +232,21 @@ impl SnapshotInstaller {
             let mut t = tx.open_table(KV_STAGING).ctx("open staging table")?;
             let mut values = tx.open_table(VALUES_STAGING).ctx("open values staging table")?;
             let external = self.inner.format >= 2;
+            let mut vlog = self.inner.vlog.begin();
             for r in chunk.records {
                 // A large value goes to the values table as a write at its own position would.
-                let held = hold(&mut values, external, r.pos.seq, Cow::Owned(r.value))?;
+                let held = hold(
+                    &mut values,
+                    self.inner.vlog_for_hold(&mut vlog),
+                    external,
+                    r.pos.seq,
+                    Cow::Owned(r.value),
+                )?;
                 let record = StoredKv { pos: r.pos, held };
                 t.insert(r.key.as_str(), record.encode().as_slice())
                     .ctx("stage snapshot record")?;
             }
+            vlog.finish_staged(&mut self.staged_live)?;
         }
         self.staging = Some(tx);
         self.staged_bytes += bytes.len();
@@ -274,6 +287,13 @@ impl SnapshotInstaller {
         // Nothing names the old large values any more; the snapshot's come with it.
         tx.delete_table(VALUES).ctx("drop old values table")?;
         tx.rename_table(VALUES_STAGING, VALUES).ctx("swap in snapshot values")?;
+        // Only the snapshot's values are live in the values log now; segments holding none of
+        // them are removed by compaction (`vlog.rs`).
+        tx.delete_table(SEGMENTS).ctx("drop old value segments")?;
+        apply_delta(
+            &mut tx.open_table(SEGMENTS).ctx("create value segments table")?,
+            &self.staged_live,
+        )?;
         let old = *guard;
         let new = crate::store::Meta {
             position: pos,
@@ -305,6 +325,9 @@ impl Drop for SnapshotInstaller {
 impl DataStore {
     /// A consistent snapshot of the whole store, streamed in chunks; see [`SnapshotReader`].
     pub fn snapshot(&self) -> Result<SnapshotReader, DataError> {
+        // Before the read transaction: the values segments it may name stay until the reader is
+        // dropped (`vlog.rs`).
+        let pin = OwnedPin::new(self.inner().clone());
         let rtx = self.inner().db.begin_read().ctx("begin read transaction")?;
         let meta = read_meta(&rtx.open_table(META).ctx("open meta table")?)?;
         let kv = rtx.open_table(KV).ctx("open kv table")?;
@@ -321,6 +344,7 @@ impl DataStore {
             done: false,
             keys,
             sent: 0,
+            _pin: pin,
             _inner: self.inner().clone(),
         })
     }
@@ -348,6 +372,7 @@ impl DataStore {
             done: false,
             staging: None,
             staged_bytes: 0,
+            staged_live: Default::default(),
             timing: InstallTiming::default(),
         };
         // Clear what an interrupted install may have left behind.

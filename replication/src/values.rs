@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError, FORMAT_EXTERNAL, FORMAT_VERSION};
 use crate::store::Ctx;
+use crate::vlog::{Loc, ValuesLog, VlogTx, LOC_CHUNK};
 use crate::{DataError, Entry, Position};
 
 pub(crate) const VALUES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("values");
@@ -55,8 +56,9 @@ pub const CHUNK_MAX: usize = LEAF_BYTES - CHUNK_OVERHEAD;
 /// encode, append, copy into its leaf and read back (a key allocation each, in redb).
 const CHUNK_COST: usize = 48;
 
-/// The datastore format a new file gets, and the newest this build writes.
-pub const NEWEST_FORMAT: u8 = 2;
+/// The datastore format a new file gets, and the newest this build writes (3: large values in
+/// the values log, `vlog.rs`).
+pub const NEWEST_FORMAT: u8 = 3;
 
 /// How a `kv` record or a log entry holds a value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,9 +179,12 @@ pub(crate) fn with_appenders<R>(
     Ok(out)
 }
 
-/// Store `value` as the value of write `seq`: external if `external` and it is long, else inline.
+/// Store `value` as the value of write `seq`: inline if short or not `external`; else in the
+/// values log when there is one (format 3, `vlog.rs`: its location under `(seq, LOC_CHUNK)`),
+/// else in chunks (format 2).
 pub(crate) fn hold(
     values: &mut dyn Append<(u64, u32)>,
+    vlog: Option<&mut VlogTx<'_>>,
     external: bool,
     seq: u64,
     value: Cow<'_, [u8]>,
@@ -187,18 +192,24 @@ pub(crate) fn hold(
     if !external || value.len() <= INLINE_MAX {
         return Ok(Held::Inline(value.into_owned()));
     }
-    let (_, size) = chunking(value.len());
-    for (i, chunk) in value.chunks(size).enumerate() {
-        values.append((seq, i as u32), chunk)?;
+    if let Some(vlog) = vlog {
+        let loc = vlog.put(seq, &value)?;
+        values.append((seq, LOC_CHUNK), &loc.encode())?;
+    } else {
+        let (_, size) = chunking(value.len());
+        for (i, chunk) in value.chunks(size).enumerate() {
+            values.append((seq, i as u32), chunk)?;
+        }
     }
     Ok(Held::External {
         len: value.len() as u64,
     })
 }
 
-/// The bytes of a value held as `held` by write `seq`.
+/// The bytes of a value held as `held` by write `seq`: from its chunks, or from the values log.
 pub(crate) fn resolve(
     values: &impl ReadableTable<(u64, u32), &'static [u8]>,
+    vlog: &ValuesLog,
     seq: u64,
     held: Held,
 ) -> Result<Vec<u8>, DataError> {
@@ -209,7 +220,10 @@ pub(crate) fn resolve(
     // Every chunk under `seq`, whatever split wrote them (the module doc).
     let mut out = Vec::with_capacity(len);
     for item in values.range((seq, 0)..=(seq, u32::MAX)).ctx("read value chunks")? {
-        let (_, chunk) = item.ctx("read value chunk")?;
+        let (key, chunk) = item.ctx("read value chunk")?;
+        if key.value().1 == LOC_CHUNK && out.is_empty() {
+            return vlog.read(seq, len as u64, Loc::decode(seq, chunk.value())?);
+        }
         out.extend_from_slice(chunk.value());
         if out.len() > len {
             break;
@@ -224,13 +238,18 @@ pub(crate) fn resolve(
     Ok(out)
 }
 
-/// Remove the chunks of value `seq` if `held` is external.
+/// Remove value `seq` if `held` is external: its chunks, or its location (its record in the
+/// values log is then dead, counted in `vlog`).
 pub(crate) fn release(
     values: &mut Table<'_, (u64, u32), &'static [u8]>,
+    vlog: &mut VlogTx<'_>,
     seq: u64,
     held: &Held,
 ) -> Result<(), DataError> {
-    if held.is_external() {
+    if let Held::External { len } = held {
+        if let Some(loc) = values.get((seq, LOC_CHUNK)).ctx("read value location")? {
+            vlog.release(*len, Loc::decode(seq, loc.value())?);
+        }
         // Every chunk under `seq`, whatever split wrote them (the module doc).
         values
             .retain_in((seq, 0)..=(seq, u32::MAX), |_, _| false)
@@ -383,13 +402,17 @@ impl StoredEntry {
     }
 
     /// The entry with its values' bytes, as sent to replicas and kept in `diverged`.
-    pub fn resolve(self, values: &impl ReadableTable<(u64, u32), &'static [u8]>) -> Result<Entry, DataError> {
+    pub fn resolve(
+        self,
+        values: &impl ReadableTable<(u64, u32), &'static [u8]>,
+        vlog: &ValuesLog,
+    ) -> Result<Entry, DataError> {
         let value = match self.value {
-            Some(h) => Some(resolve(values, self.pos.seq, h)?),
+            Some(h) => Some(resolve(values, vlog, self.pos.seq, h)?),
             None => None,
         };
         let prev = match self.prev {
-            Some((h, p)) => Some((resolve(values, p.seq, h)?, p)),
+            Some((h, p)) => Some((resolve(values, vlog, p.seq, h)?, p)),
             None => None,
         };
         Ok(Entry {
@@ -435,7 +458,7 @@ mod tests {
                 with_appenders(&mut log, &mut values, seq + 1, |_, values| {
                     for _ in 0..batch {
                         seq += 1;
-                        hold(values, true, seq, Cow::Owned(vec![seq as u8; len]))?;
+                        hold(values, None, true, seq, Cow::Owned(vec![seq as u8; len]))?;
                     }
                     Ok(())
                 })
@@ -472,7 +495,7 @@ mod tests {
             with_appenders(&mut log, &mut values, seqs[0], |log, values| {
                 for &seq in seqs {
                     // Two full chunks each.
-                    let held = hold(values, true, seq, Cow::Owned(vec![seq as u8; 2 * CHUNK_MAX]))?;
+                    let held = hold(values, None, true, seq, Cow::Owned(vec![seq as u8; 2 * CHUNK_MAX]))?;
                     assert_eq!(
                         held,
                         Held::External {
@@ -515,8 +538,10 @@ mod tests {
         assert_eq!(values.len(), 10);
         let rtx = db.begin_read().unwrap();
         let t = rtx.open_table(VALUES).unwrap();
+        let vlog = ValuesLog::open(dir.path().join("v"), 1 << 20).unwrap();
         let back = resolve(
             &t,
+            &vlog,
             3,
             Held::External {
                 len: 2 * CHUNK_MAX as u64,
@@ -539,18 +564,19 @@ mod tests {
             for (i, chunk) in old.chunks(3277).enumerate() {
                 values.insert((7, i as u32), chunk).unwrap();
             }
-            hold(&mut values, true, 8, Cow::Borrowed(&old)).unwrap();
+            hold(&mut values, None, true, 8, Cow::Borrowed(&old)).unwrap();
             let held = Held::External { len: old.len() as u64 };
-            assert_eq!(resolve(&values, 7, held.clone()).unwrap(), old);
-            assert_eq!(resolve(&values, 8, held.clone()).unwrap(), old);
+            let vlog = ValuesLog::open(dir.path().join("v"), 1 << 20).unwrap();
+            assert_eq!(resolve(&values, &vlog, 7, held.clone()).unwrap(), old);
+            assert_eq!(resolve(&values, &vlog, 8, held.clone()).unwrap(), old);
             // A length that does not match the chunks is corruption, loudly.
             let short = Held::External {
                 len: old.len() as u64 - 1,
             };
-            assert!(matches!(resolve(&values, 7, short), Err(DataError::Corrupt(_))));
-            release(&mut values, 7, &held).unwrap();
+            assert!(matches!(resolve(&values, &vlog, 7, short), Err(DataError::Corrupt(_))));
+            release(&mut values, &mut vlog.begin(), 7, &held).unwrap();
             assert_eq!(values.range((7, 0)..=(7, u32::MAX)).unwrap().count(), 0);
-            assert_eq!(resolve(&values, 8, held).unwrap(), old, "its neighbour stays");
+            assert_eq!(resolve(&values, &vlog, 8, held).unwrap(), old, "its neighbour stays");
         }
         tx.commit().unwrap();
     }

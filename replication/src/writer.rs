@@ -171,12 +171,14 @@ fn commit_batch(inner: &Inner, meta: crate::store::Meta, ops: Vec<(u64, WriteOp)
         let mut log = tx.open_table(LOG).ctx("open log table")?;
         let mut values = tx.open_table(VALUES).ctx("open values table")?;
         let external = inner.format >= 2;
+        let mut vlog = inner.vlog.begin();
         with_appenders(&mut log, &mut values, meta.position.seq + 1, |log, values| {
             for (epoch, op) in ops {
                 results.push(apply_write(
                     &mut kv,
                     log,
                     values,
+                    inner.vlog_for_hold(&mut vlog),
                     external,
                     &mut new,
                     epoch,
@@ -187,6 +189,8 @@ fn commit_batch(inner: &Inner, meta: crate::store::Meta, ops: Vec<(u64, WriteOp)
             }
             Ok(())
         })?;
+        // The batch's large values, written before the commit that names them (`vlog.rs`).
+        vlog.finish(&tx)?;
     }
     if new == meta {
         tx.abort().ctx("abort empty write batch")?;
@@ -399,6 +403,58 @@ mod tests {
         match s.read_log(Position::default(), 1000, usize::MAX).unwrap() {
             LogRead::Entries(e) => assert_eq!(e.len(), 300),
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// The same crash with large values (format 3: in the values log, `vlog.rs`), written one at
+    /// a time so that each batch is journaled: after the abort, the segment the values went to is
+    /// named by no durable commit, so it is removed at open and the journal's replay writes the
+    /// values again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn acknowledged_large_values_survive_a_crash_through_the_journal() {
+        const CHILD: &str = "KEEL_TEST_CRASH_STORE_LARGE";
+        let value = |i: usize| vec![(i % 251) as u8; 600 + i * 500];
+        if let Some(path) = std::env::var_os(CHILD) {
+            let s = crate::DataStore::open(std::path::Path::new(&path)).unwrap();
+            for i in 0..20 {
+                let r = s.write(1, put(&format!("k{i:03}"), &value(i))).await;
+                println!("ACKED {i} {}", r.unwrap().pos.seq);
+            }
+            use std::io::Write;
+            std::io::stdout().flush().unwrap();
+            std::process::abort();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.redb");
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "writer::tests::acknowledged_large_values_survive_a_crash_through_the_journal",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, &path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "the child must die by abort: {out:?}");
+        let acked = String::from_utf8_lossy(&out.stdout).matches("ACKED ").count();
+        assert_eq!(acked, 20, "child output: {out:?}");
+        let journal = crate::journal::Journal::read(&crate::journal::Journal::path_for(&path)).unwrap();
+        assert!(
+            !journal.batches.is_empty(),
+            "the crash left journaled writes to apply again"
+        );
+        let s = crate::DataStore::open(&path).unwrap();
+        assert_eq!(s.inner().format, 3);
+        for i in 0..20 {
+            let (v, _) = s.get(&format!("k{i:03}")).unwrap().expect("acknowledged write lost");
+            assert_eq!(v, value(i), "k{i:03}");
+        }
+        drop(s);
+        // And once more, after the replay's checkpoint made them durable in redb.
+        let s = crate::DataStore::open(&path).unwrap();
+        for i in 0..20 {
+            assert_eq!(s.get(&format!("k{i:03}")).unwrap().unwrap().0, value(i));
         }
     }
 

@@ -163,10 +163,11 @@ pub struct ReplicationArgs {
     #[arg(long, env = "KEEL_MIN_ACKS", value_name = "N")]
     pub min_acks: Option<u32>,
 
-    /// On-disk format of this node's datastore: 2 stores each value over 512 bytes once, in page-sized
-    /// chunks; 1 is what releases before it read. Moving a datastore from 1 to 2 is allowed, back is
-    /// refused [default: 2 for a new datastore, else the format it has].
-    #[arg(long, env = "KEEL_DATASTORE_FORMAT", value_name = "N", value_parser = clap::value_parser!(u8).range(1..=2))]
+    /// On-disk format of this node's datastore: 3 appends each value over 512 bytes once to a values
+    /// log beside the datastore file; 2 stores it once in page-sized chunks; 1 is what releases before
+    /// format 2 read. Moving a datastore to a newer format is allowed, back is refused [default: 3
+    /// for a new datastore, else the format it has].
+    #[arg(long, env = "KEEL_DATASTORE_FORMAT", value_name = "N", value_parser = clap::value_parser!(u8).range(1..=3))]
     pub datastore_format: Option<u8>,
 }
 

@@ -13,6 +13,7 @@ use super::DataStore;
 use crate::journal::JOURNAL_BATCH_MAX;
 use crate::recent::BatchEntries;
 use crate::values::{hold, with_appenders, Append, StoredEntry, StoredKv, VALUES};
+use crate::vlog::VlogTx;
 use crate::{validate_key, validate_value, DataError, Entry, Position, WriteOp, WriteResult};
 
 impl DataStore {
@@ -102,6 +103,7 @@ impl DataStore {
             }
             let external = self.inner.format >= 2;
             let first = meta.position.seq + 1;
+            let mut vlog = self.inner.vlog.begin();
             with_appenders(&mut log, &mut values, first, |log, values| {
                 for e in rest {
                     let current = read_kv(&kv, &e.key)?;
@@ -114,7 +116,13 @@ impl DataStore {
                     let prev = current.map(|c| (c.held, c.pos));
                     let value = match &e.value {
                         Some(v) => {
-                            let held = hold(values, external, e.pos.seq, Cow::Borrowed(v))?;
+                            let held = hold(
+                                values,
+                                self.inner.vlog_for_hold(&mut vlog),
+                                external,
+                                e.pos.seq,
+                                Cow::Borrowed(v),
+                            )?;
                             let record = StoredKv { pos: e.pos, held };
                             kv.insert(e.key.as_str(), record.encode().as_slice()).ctx("write key")?;
                             Some(record.held)
@@ -135,6 +143,7 @@ impl DataStore {
                 }
                 Ok(())
             })?;
+            vlog.finish(&tx)?;
         }
         if new == meta {
             return Ok((meta.position, false));
@@ -236,6 +245,7 @@ pub(crate) fn apply_write(
     kv: &mut Table<'_, &'static str, &'static [u8]>,
     log: &mut dyn Append<u64>,
     values: &mut dyn Append<(u64, u32)>,
+    vlog: Option<&mut VlogTx<'_>>,
     external: bool,
     meta: &mut Meta,
     epoch: u64,
@@ -288,7 +298,7 @@ pub(crate) fn apply_write(
         Some(v) => {
             let record = StoredKv {
                 pos,
-                held: hold(values, external, pos.seq, Cow::Owned(v))?,
+                held: hold(values, vlog, external, pos.seq, Cow::Owned(v))?,
             };
             kv.insert(key.as_str(), record.encode().as_slice()).ctx("write key")?;
             Some(record.held)

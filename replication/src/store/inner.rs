@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use redb::Database;
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::tables::{begin_write, load_meta, Ctx, Meta};
 use crate::journal::Journal;
 use crate::recent::RecentLog;
+use crate::values::VALUES;
+use crate::vlog::{read_live, ValuesLog, VlogTx, SEGMENTS};
 use crate::{DataError, Entry, Position};
 
 /// Counters of the group-commit writer (exported by the node as metrics).
@@ -48,6 +51,9 @@ pub struct DataStats {
     pub journal_bytes: u64,
 }
 
+/// How often a store without compaction in progress looks for values-log segments to compact.
+const COMPACT_EVERY: Duration = Duration::from_millis(500);
+
 pub(crate) struct Inner {
     pub db: Database,
     pub path: PathBuf,
@@ -69,7 +75,8 @@ pub(crate) struct Inner {
     /// caller to be scheduled first.
     pub(super) head: tokio::sync::watch::Sender<Position>,
     pub stats: Stats,
-    /// The datastore format this file is written in: 2 stores large values once (`values.rs`).
+    /// The datastore format this file is written in: 2 stores large values once (`values.rs`), 3
+    /// in the values log (`vlog.rs`).
     pub format: u8,
     /// At most one snapshot install at a time (they share the staging table).
     pub installing: AtomicBool,
@@ -81,6 +88,10 @@ pub(crate) struct Inner {
     /// The newest change-log entries as pulls carry them (`recent.rs`): the primary serves its
     /// replicas from here. Follows every commit through [`Inner::publish`].
     pub recent: RecentLog,
+    /// The values log (format 3, `vlog.rs`): large values, appended.
+    pub vlog: Arc<ValuesLog>,
+    /// When compaction last looked for work (`Inner::compact_if_due`).
+    pub(super) last_compact_check: Mutex<Option<Instant>>,
 }
 
 impl Inner {
@@ -138,6 +149,58 @@ impl Inner {
                 tracing::warn!(error = %e, "datastore checkpoint failed; the journal keeps every batch since the last one");
             }
         }
+        self.compact_if_due(held);
+    }
+
+    /// The values log's part of a write transaction, for `hold`: `Some` in format 3.
+    pub fn vlog_for_hold<'a, 'v>(&self, tx: &'a mut VlogTx<'v>) -> Option<&'a mut VlogTx<'v>> {
+        (self.format >= 3).then_some(tx)
+    }
+
+    /// One step of values-log compaction (`vlog.rs`) if there is work: looked for at most every
+    /// [`COMPACT_EVERY`], at once while a segment is being compacted. Call with the `meta` guard,
+    /// after a batch; a failure is logged and the step tried again later.
+    pub fn compact_if_due(&self, held: &MutexGuard<'_, Meta>) {
+        if self.format < 3 || self.installing.load(Ordering::Acquire) {
+            return;
+        }
+        {
+            let mut last = self.last_compact_check.lock().unwrap_or_else(|e| e.into_inner());
+            if !self.vlog.compacting() && last.is_some_and(|t| t.elapsed() < COMPACT_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        if let Err(e) = self.compact_step(held).map(drop) {
+            self.vlog.reset_compaction();
+            tracing::warn!(error = %e, "values log compaction step failed; it is tried again later");
+        }
+    }
+
+    /// One compaction step; false when there was nothing to do.
+    pub(super) fn compact_step(&self, _held: &MutexGuard<'_, Meta>) -> Result<bool, DataError> {
+        if !self.vlog.compacting() {
+            // Cheap look first: most of the time there is nothing to do, and a write transaction
+            // would cost a durable commit.
+            let rtx = redb::ReadableDatabase::begin_read(&self.db).ctx("begin read transaction")?;
+            let live = read_live(&rtx.open_table(SEGMENTS).ctx("open value segments table")?)?;
+            if !self.vlog.has_work(&live) {
+                return Ok(false);
+            }
+        }
+        // Durable: the copies (synced first by the backend, `vlog.rs`) and their new locations
+        // are on disk before the emptied segment is removed.
+        let tx = begin_write(&self.db)?;
+        let retire = {
+            let mut values = tx.open_table(VALUES).ctx("open values table")?;
+            let mut segments = tx.open_table(SEGMENTS).ctx("open value segments table")?;
+            self.vlog.compact_step(&mut values, &mut segments)?
+        };
+        tx.commit().ctx("commit values log compaction step")?;
+        if let Some(segment) = retire {
+            self.vlog.retire_after_commit(segment);
+        }
+        Ok(true)
     }
 
     /// Append a batch (a primary's write batch, a replica's applied entries: `what`) to the

@@ -18,6 +18,8 @@ impl DataStore {
     ///   beyond this node's position (the reader has entries this node never had);
     /// - `Entries(vec![])` when the reader is caught up.
     pub fn read_log(&self, after: Position, max_entries: usize, max_bytes: usize) -> Result<LogRead, DataError> {
+        // Before the read transaction: the values segments it may name stay (`vlog.rs`).
+        let _pin = self.inner.vlog.pin();
         let rtx = self.inner.db.begin_read().ctx("begin read transaction")?;
         let meta = read_meta(&rtx.open_table(META).ctx("open meta table")?)?;
         let log = rtx.open_table(LOG).ctx("open log table")?;
@@ -53,7 +55,7 @@ impl DataStore {
             if entries.len() >= max_entries || (!entries.is_empty() && bytes + size > max_bytes) {
                 break;
             }
-            entries.push(stored.resolve(&values)?);
+            entries.push(stored.resolve(&values, &self.inner.vlog)?);
             bytes += size;
         }
         Ok(LogRead::Entries(entries))
@@ -101,9 +103,11 @@ impl DataStore {
                     }
                 }
             }
+            let mut vlog = self.inner.vlog.begin();
             for (seq, held) in &released {
-                release(&mut values, *seq, held)?;
+                release(&mut values, &mut vlog, *seq, held)?;
             }
+            vlog.finish(&tx)?;
             log.retain_in(..=cutoff, |_, _| {
                 dropped += 1;
                 false
@@ -116,6 +120,8 @@ impl DataStore {
             return Err(DataError::Storage(format!("commit log trim: {e}")));
         }
         self.inner.publish(&mut guard, new);
+        // The values log may have segments to compact now.
+        self.inner.compact_if_due(&guard);
         tracing::debug!(dropped, log_start = %new.log_start, "trimmed datastore change log");
         Ok(dropped)
     }

@@ -11,7 +11,9 @@
 //!   `log_start` (position of the last trimmed entry, or of the installed snapshot: the log
 //!   starts right after it, and its epoch is kept so a fork is still detected at that seq).
 //! - `diverged`: record id → encoded `{at_ms, entry}` for every rolled-back entry (values inline).
-//! - `values`: `(seq, chunk)` → bytes of the large values of format 2 (`values.rs`).
+//! - `values`: `(seq, chunk)` → bytes of the large values of format 2 (`values.rs`); in format 3
+//!   one location per value under `(seq, u32::MAX)`, its bytes in the values log (`vlog.rs`).
+//! - `value_segments`: live bytes of each values-log segment (format 3, `vlog.rs`).
 //! - `meta` also holds `format`, the datastore format this file is written in (absent: 1).
 //!
 //! Locks: `Inner::meta` (a mutex) is taken by every write transaction of this store, for the
@@ -49,6 +51,7 @@ use crate::codec::{decode, encode};
 use crate::journal::Journal;
 use crate::recent::RecentLog;
 use crate::values::{NEWEST_FORMAT, VALUES};
+use crate::vlog::{read_live, ValuesLog, SEGMENTS, SEGMENT_MAX};
 use crate::writer::WriterHandle;
 use crate::{DataError, Entry, Position, WriteOp, WriteResult};
 use log::entry_position;
@@ -70,6 +73,8 @@ pub struct StoreOptions {
     /// Memory budget in bytes: redb's page cache (reads and the write buffer together) and the
     /// newest change-log entries kept for the replicas' pulls ([`recent_bytes`]).
     pub cache_bytes: usize,
+    /// Size at which a values-log segment is sealed (format 3, `vlog.rs`); tests make it small.
+    pub segment_bytes: u64,
 }
 
 /// Most bytes of newest change-log entries a store keeps for the replicas' pulls (`recent.rs`).
@@ -90,6 +95,7 @@ impl Default for StoreOptions {
         StoreOptions {
             format: None,
             cache_bytes: DEFAULT_CACHE_BYTES,
+            segment_bytes: SEGMENT_MAX,
         }
     }
 }
@@ -133,11 +139,12 @@ impl DataStore {
         )
     }
 
-    /// [`DataStore::open`] with options. `options.format` is the datastore format (1 or 2, see `values.rs`). `None`: a new file
+    /// [`DataStore::open`] with options. `options.format` is the datastore format (1, 2 or 3, see
+    /// `values.rs` and `vlog.rs`). `None`: a new file
     /// gets [`NEWEST_FORMAT`], an existing one keeps the format it has (a file without a recorded
-    /// format was written by a release that knew only format 1). `Some(2)` moves a format-1 file
-    /// to format 2 (its old records stay as they are); `Some(1)` is refused for a format-2 file,
-    /// which may already hold records a format-1 release cannot read.
+    /// format was written by a release that knew only format 1). `Some(f)` moves an older file up
+    /// to format `f` (its old records stay as they are and read as before); going back to an older
+    /// format is refused, as the file may already hold records that format cannot read.
     ///
     /// `options.cache_bytes` bounds redb's page cache (reads and the write buffer together), so
     /// the memory this store holds stays flat however large the file grows.
@@ -153,7 +160,11 @@ impl DataStore {
         let existed = path.exists();
         let opened = Instant::now();
         let recent = recent_bytes(options.cache_bytes);
-        let file = CoalescingFile::open(path).ctx(&format!("open datastore {}", path.display()))?;
+        let vlog_dir = ValuesLog::path_for(path);
+        let vlog = Arc::new(
+            ValuesLog::open(vlog_dir.clone(), options.segment_bytes).ctx(&format!("open {}", vlog_dir.display()))?,
+        );
+        let file = CoalescingFile::open(path, Some(vlog.clone())).ctx(&format!("open datastore {}", path.display()))?;
         let db = Database::builder()
             .set_cache_size(options.cache_bytes - recent)
             .create_with_backend(file)
@@ -164,6 +175,7 @@ impl DataStore {
         tx.open_table(LOG).ctx("create log table")?;
         tx.open_table(DIVERGED).ctx("create diverged table")?;
         tx.open_table(VALUES).ctx("create values table")?;
+        tx.open_table(SEGMENTS).ctx("create value segments table")?;
         let format = {
             let mut t = tx.open_table(META).ctx("create meta table")?;
             let stored: Option<u8> = match t.get(META_FORMAT).ctx("read meta")? {
@@ -190,6 +202,18 @@ impl DataStore {
         tx.commit().ctx("commit table creation")?;
         let meta = load_meta(&db)?;
         check_log_shape(&db, &meta)?;
+        // Segment files no durable commit names (the module doc of `vlog.rs`).
+        let live = {
+            let rtx = db.begin_read().ctx("begin read transaction")?;
+            read_live(&rtx.open_table(SEGMENTS).ctx("open value segments table")?)?
+        };
+        let dropped = vlog
+            .drop_unknown(&live)
+            .ctx(&format!("remove unnamed segments of {}", vlog_dir.display()))?;
+        if dropped > 0 {
+            tracing::info!(dir = %vlog_dir.display(), segments = dropped,
+                "removed values segments that no durable commit names (written before a crash, or of a removed datastore)");
+        }
         tracing::info!(path = %path.display(), position = %meta.position, log_start = %meta.log_start,
             newest_epoch = meta.newest_epoch, format, cache_mib = options.cache_bytes >> 20,
             open_ms = opened.elapsed().as_millis() as u64, "opened datastore");
@@ -208,6 +232,8 @@ impl DataStore {
             journal: Mutex::new(Journal::new(path)),
             cache_bytes: options.cache_bytes,
             recent: RecentLog::new(recent),
+            vlog,
+            last_compact_check: Mutex::new(None),
         });
         let writer = Arc::new(WriterHandle::spawn(inner.clone())?);
         let store = DataStore { writer, inner };
@@ -338,6 +364,18 @@ impl DataStore {
             self.inner.db.cache_stats().used_bytes() + self.inner.recent.bytes(),
             self.inner.cache_bytes,
         )
+    }
+
+    /// Run values-log compaction until it has nothing to do; the steps it took.
+    #[cfg(test)]
+    pub(crate) fn compact_all(&self) -> usize {
+        let guard = self.inner.lock_meta();
+        let mut steps = 0;
+        while self.inner.compact_step(&guard).unwrap() {
+            steps += 1;
+            assert!(steps < 10_000, "compaction does not finish");
+        }
+        steps
     }
 
     /// Bytes of the newest change-log entries held in memory now.

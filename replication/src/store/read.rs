@@ -13,6 +13,8 @@ use crate::{DataError, ListItem, ListPage, ValueMeta, MAX_LIST_LIMIT};
 impl DataStore {
     /// The value of `key` and its metadata, or `None` if absent.
     pub fn get(&self, key: &str) -> Result<Option<(Vec<u8>, ValueMeta)>, DataError> {
+        // Before the read transaction: the values segments it may name stay (`vlog.rs`).
+        let _pin = self.inner.vlog.pin();
         let rtx = self.inner.db.begin_read().ctx("begin read transaction")?;
         let kv = rtx.open_table(KV).ctx("open kv table")?;
         let Some(stored) = read_kv(&kv, key)? else {
@@ -23,7 +25,10 @@ impl DataStore {
             pos: stored.pos,
         };
         let values = rtx.open_table(VALUES).ctx("open values table")?;
-        Ok(Some((resolve(&values, stored.pos.seq, stored.held)?, meta)))
+        Ok(Some((
+            resolve(&values, &self.inner.vlog, stored.pos.seq, stored.held)?,
+            meta,
+        )))
     }
 
     /// Keys starting with `prefix`, in byte order, strictly after `after` if given. `limit` is

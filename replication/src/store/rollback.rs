@@ -45,6 +45,7 @@ impl DataStore {
             let mut log = tx.open_table(LOG).ctx("open log table")?;
             let mut diverged = tx.open_table(DIVERGED).ctx("open diverged table")?;
             let mut values = tx.open_table(VALUES).ctx("open values table")?;
+            let mut vlog = self.inner.vlog.begin();
             if entry_position(&log, &meta, fork.seq)? != Some(fork) {
                 return Err(not_in_log());
             }
@@ -60,7 +61,7 @@ impl DataStore {
                 };
                 // Newest first, so the key's current value must be exactly what this entry wrote.
                 let current = read_kv(&kv, &stored.key)?.map(|c| c.pos);
-                let entry = stored.clone().resolve(&values)?;
+                let entry = stored.clone().resolve(&values, &self.inner.vlog)?;
                 let expected = entry.value.as_ref().map(|_| entry.pos);
                 if current != expected {
                     return Err(DataError::Corrupt(format!(
@@ -76,7 +77,7 @@ impl DataStore {
                 };
                 // This entry's own value is now only in the diverged record.
                 if let Some(held) = &stored.value {
-                    release(&mut values, seq, held)?;
+                    release(&mut values, &mut vlog, seq, held)?;
                 }
                 let record = DivergedRecord { at_ms, entry };
                 diverged
@@ -84,6 +85,7 @@ impl DataStore {
                     .ctx("write diverged entry")?;
                 rolled.push(record.entry);
             }
+            vlog.finish(&tx)?;
         }
         let new = Meta { position: fork, ..meta };
         write_meta(&tx, &new)?;
