@@ -50,6 +50,8 @@ const HOLD_MAX: usize = 32 << 20;
 /// fdatasync, system time: 4 KiB writes 1.15-1.35 s, 8 KiB 0.56-0.67, 16 KiB 0.37-0.85, 32 KiB
 /// 0.81-1.56, 64 KiB 0.93-1.00; noisy, other work shared the machine).
 const RUN_BYTES: u64 = 16 << 10;
+/// The file's first page, where redb's header is.
+const HEADER_PAGE: u64 = 4096;
 /// Most buffers one `pwritev` takes (Linux's `IOV_MAX`).
 const IOV_MAX: usize = 1024;
 
@@ -198,7 +200,19 @@ impl CoalescingFile {
 
     /// Write everything held.
     fn write_out(&self) -> io::Result<()> {
-        self.held().write_out(&self.file)
+        self.write_out_held(&mut self.held())
+    }
+
+    /// Write everything `held` holds. When that includes the first page (redb's header, which
+    /// makes a commit durable), the values log is synced first: a header on the file must never
+    /// name values that a crash could still lose (`vlog.rs`).
+    fn write_out_held(&self, held: &mut Held) -> io::Result<()> {
+        if let Some(values) = &self.values {
+            if held.overlapping(0, HEADER_PAGE).is_some() {
+                values.sync()?;
+            }
+        }
+        held.write_out(&self.file)
     }
 }
 
@@ -212,7 +226,7 @@ impl StorageBackend for CoalescingFile {
         {
             let mut held = self.held();
             if held.overlapping(offset, out.len() as u64).is_some() {
-                held.write_out(&self.file)?;
+                self.write_out_held(&mut held)?;
             }
         }
         self.inner.read(offset, out)
@@ -240,13 +254,13 @@ impl StorageBackend for CoalescingFile {
                 held.bytes[start..start + len].copy_from_slice(data);
                 return Ok(());
             }
-            held.write_out(&self.file)?;
+            self.write_out_held(&mut held)?;
         }
         let start = held.bytes.len();
         held.bytes.extend_from_slice(data);
         held.at.insert(offset, (start, data.len()));
         if held.bytes.len() > HOLD_MAX {
-            held.write_out(&self.file)?;
+            self.write_out_held(&mut held)?;
         }
         Ok(())
     }

@@ -268,7 +268,7 @@ impl ValuesLog {
     /// Make every record written so far durable (fdatasync of the segments written since the last
     /// call). The datastore file's backend calls this first in each `sync_data`.
     pub fn sync(&self) -> io::Result<()> {
-        if !self.any_dirty.swap(false, Ordering::AcqRel) {
+        if !self.any_dirty.swap(false, Ordering::AcqRel) && !self.new_segment.load(Ordering::Acquire) {
             return Ok(());
         }
         let files = std::mem::take(&mut *lock(&self.dirty));
@@ -508,6 +508,8 @@ impl VlogTx<'_> {
             .create_new(true)
             .open(&path)
             .ctx(&format!("create values segment {}", path.display()))?;
+        // Taken even if the magic cannot be written: the next roll must not try this name again.
+        self.active.next_id = id + 1;
         file.write_all_at(MAGIC, 0)
             .ctx(&format!("write values segment {}", path.display()))?;
         let file = Arc::new(file);
@@ -518,7 +520,6 @@ impl VlogTx<'_> {
             .insert(id, file.clone());
         self.log.mark_dirty(&file);
         self.log.new_segment.store(true, Ordering::Release);
-        self.active.next_id = id + 1;
         self.active.file = Some((id, file));
         self.active.len = MAGIC.len() as u64;
         Ok(())
@@ -591,8 +592,15 @@ pub(crate) enum CompactPlan {
 }
 
 /// Pick the work: a segment already being compacted first, then empty segments, then the one
-/// with the lowest live share under one half.
-pub(crate) fn plan(sealed: &[(u32, u64)], live: &BTreeMap<u32, u64>, current: Option<(u32, u64)>) -> CompactPlan {
+/// with the lowest live share under one half, then a small one (under an eighth of
+/// `segment_max`: every open starts a segment, so restarts would otherwise leave many small ones,
+/// each an open file).
+pub(crate) fn plan(
+    sealed: &[(u32, u64)],
+    live: &BTreeMap<u32, u64>,
+    current: Option<(u32, u64)>,
+    segment_max: u64,
+) -> CompactPlan {
     if let Some((id, offset)) = current {
         if sealed.iter().any(|(s, _)| *s == id) {
             return CompactPlan::Copy(id, offset);
@@ -609,8 +617,11 @@ pub(crate) fn plan(sealed: &[(u32, u64)], live: &BTreeMap<u32, u64>, current: Op
             best = Some((id, share));
         }
     }
-    match best {
-        Some((id, _)) => CompactPlan::Copy(id, MAGIC.len() as u64),
+    if let Some((id, _)) = best {
+        return CompactPlan::Copy(id, MAGIC.len() as u64);
+    }
+    match sealed.iter().find(|(_, size)| *size < segment_max / 8) {
+        Some((id, _)) => CompactPlan::Copy(*id, MAGIC.len() as u64),
         None => CompactPlan::Nothing,
     }
 }
@@ -625,7 +636,7 @@ impl ValuesLog {
     ) -> Result<Option<u32>, DataError> {
         let live = read_live(segments)?;
         let current = *lock(&self.compacting);
-        match plan(&self.sealed(), &live, current) {
+        match plan(&self.sealed(), &live, current, self.segment_max) {
             CompactPlan::Nothing => Ok(None),
             CompactPlan::Drop(id) => {
                 segments.remove(id).ctx("remove segment live bytes")?;
@@ -733,7 +744,7 @@ impl ValuesLog {
 
     /// Whether a compaction step would do anything, given every segment's live bytes.
     pub fn has_work(&self, live: &BTreeMap<u32, u64>) -> bool {
-        plan(&self.sealed(), live, None) != CompactPlan::Nothing
+        plan(&self.sealed(), live, None, self.segment_max) != CompactPlan::Nothing
     }
 
     /// Forget an unfinished compaction (its transaction failed).
@@ -815,16 +826,19 @@ mod tests {
 
     #[test]
     fn plan_prefers_the_running_step_then_empty_then_the_emptiest_under_half() {
-        let live = BTreeMap::from([(1, 100), (2, 10), (3, 0), (4, 60)]);
+        let max = 800;
+        let live = BTreeMap::from([(1, 100), (2, 10), (3, 0), (4, 60), (5, 90)]);
         let sealed = [(1, 1000), (2, 1000), (4, 100)];
-        assert_eq!(plan(&sealed, &live, Some((4, 500))), CompactPlan::Copy(4, 500));
-        assert_eq!(plan(&sealed, &live, None), CompactPlan::Copy(2, 8));
+        assert_eq!(plan(&sealed, &live, Some((4, 500)), max), CompactPlan::Copy(4, 500));
+        assert_eq!(plan(&sealed, &live, None, max), CompactPlan::Copy(2, 8));
         let with_empty = [(1, 1000), (3, 1000)];
-        assert_eq!(plan(&with_empty, &live, None), CompactPlan::Drop(3));
-        // Half or more live: left alone.
-        assert_eq!(plan(&[(4, 100)], &live, None), CompactPlan::Nothing);
+        assert_eq!(plan(&with_empty, &live, None, max), CompactPlan::Drop(3));
+        // Half or more live and not small: left alone.
+        assert_eq!(plan(&[(4, 100)], &live, None, max), CompactPlan::Nothing);
+        // Small (under max / 8) even if all live: merged into the active segment.
+        assert_eq!(plan(&[(4, 100), (5, 95)], &live, None, max), CompactPlan::Copy(5, 8));
         // A step of a segment that is no longer sealed-and-known is dropped.
-        assert_eq!(plan(&[(4, 100)], &live, Some((9, 50))), CompactPlan::Nothing);
+        assert_eq!(plan(&[(4, 100)], &live, Some((9, 50)), max), CompactPlan::Nothing);
     }
 
     #[test]

@@ -191,6 +191,12 @@ impl Inner {
         // Durable: the copies (synced first by the backend, `vlog.rs`) and their new locations
         // are on disk before the emptied segment is removed.
         let tx = begin_write(&self.db)?;
+        if self.installing.load(Ordering::Acquire) {
+            // An install began while this waited for the write lock: its staged values are in
+            // no books yet, so no segment may be judged by them now.
+            tx.abort().ctx("abort values log compaction step")?;
+            return Ok(false);
+        }
         let retire = {
             let mut values = tx.open_table(VALUES).ctx("open values table")?;
             let mut segments = tx.open_table(SEGMENTS).ctx("open value segments table")?;
