@@ -47,7 +47,7 @@ pub use keel_jepsen::netns;
 pub use keel_jepsen::ports::{free_port, process_ip};
 pub use keel_node::util::{strip_ansi, unix_ms};
 pub use logs::{stderr, stdout};
-pub use procs::{KeelProc, Procs};
+pub use procs::{dir_disk_bytes, KeelProc, Procs};
 pub use redis::have_redis;
 pub use up::{free_port_run, KeelUp};
 pub use wait::{poll_until, poll_until_blocking, wait_for};

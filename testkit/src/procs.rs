@@ -182,3 +182,18 @@ impl Drop for Procs {
         // `dir` is removed after this, when the fields drop.
     }
 }
+
+/// Blocks allocated to every file under `dir`, in bytes: what a data dir takes on the disk (the
+/// benchmarks' disk-per-value figures).
+pub fn dir_disk_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_disk_bytes(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}

@@ -125,6 +125,7 @@ pub(crate) fn keel_cell(
         )
     };
     let (w0, c0) = counters();
+    let d0 = keel_testkit::dir_disk_bytes(keel.cluster.path());
     let base: Arc<str> = format!("/v1/kv/bench/{mode}-{size}-{clients}").into();
     let client = Arc::new(raw_http::Client::new(&keel.primary));
     let out = run_load(gen, keel.cluster.pids(), clients, dur, None, move |t, step| {
@@ -132,6 +133,9 @@ pub(crate) fn keel_cell(
         async move { keel_put(&http, &path, &value).await }
     });
     let (w1, c1) = counters();
+    let catch_up = keel.catch_up(http);
+    let grown = keel_testkit::dir_disk_bytes(keel.cluster.path()).saturating_sub(d0);
+    let written = (out.lat.len() * size * keel.apis.len()) as u64;
     Row {
         system: "keel",
         mode,
@@ -139,8 +143,9 @@ pub(crate) fn keel_cell(
         clients,
         out,
         writes_per_fsync: (w1 - w0) / (c1 - c0).max(1.0),
-        catch_up: Some(keel.catch_up(http)),
+        catch_up: Some(catch_up),
         round_rates: Vec::new(),
+        disk_growth: Some((grown, written)),
     }
 }
 
@@ -268,6 +273,7 @@ pub(crate) fn keel_lag(http: &Http, gen: &Gen, keel: &Keel, rate: f64, size: usi
         writes_per_fsync: f64::NAN,
         catch_up: Some(keel.catch_up(http)),
         round_rates: Vec::new(),
+        disk_growth: None,
     };
     (row, lag)
 }

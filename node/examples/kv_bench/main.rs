@@ -51,6 +51,11 @@
 //! servers share, what bounds the many-client cells. `--only` lines split it into the primary's
 //! and each replica's.
 //!
+//! Disk per stored value: after each Keel cell (once the replicas have every write), how much the
+//! three data dirs grew during it (allocated blocks of every file) over the bytes of the values
+//! written times three; each write's key is new, so each value is stored once per node. The goal
+//! check prints it for the 16 KiB cells with the most clients.
+//!
 //! It prints one table row per cell, then the goal checks, then the failed writes by kind, any
 //! change of primary (or etcd leader) during a run, and the WARN/ERROR lines the Keel nodes
 //! logged. Every process it starts is killed (panics included) and every temp dir removed;

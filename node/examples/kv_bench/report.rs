@@ -14,6 +14,10 @@ pub(crate) struct Row {
     pub(crate) catch_up: Option<Option<Duration>>,
     /// Throughput of each round, when the cell ran in several (`--rounds`).
     pub(crate) round_rates: Vec<f64>,
+    /// Keel: how much the three data dirs grew during the cell (every file, allocated blocks,
+    /// measured once the replicas had every write), and the bytes of the values it wrote times
+    /// three (each key is new, so each value is stored once per node).
+    pub(crate) disk_growth: Option<(u64, u64)>,
 }
 
 impl Row {
@@ -37,6 +41,10 @@ impl Row {
                 *row.out.errors.entry(k).or_default() += n;
             }
             wpf.push(r.writes_per_fsync);
+            row.disk_growth = match (row.disk_growth, r.disk_growth) {
+                (Some(a), Some(b)) => Some((a.0 + b.0, a.1 + b.1)),
+                (a, b) => a.or(b),
+            };
             row.catch_up = match (row.catch_up, r.catch_up) {
                 (Some(Some(a)), Some(Some(b))) => Some(Some(a.max(b))),
                 (Some(None), _) | (_, Some(None)) => Some(None),
@@ -357,6 +365,23 @@ impl Goals<'_> {
             sync / etcd
         );
     }
+
+    /// Disk per stored byte of value: how much the data dirs grew per byte of value written, in
+    /// the 16 KiB cell with the most clients (each value stored once per node).
+    fn disk_per_value(&self) {
+        let (size, last) = (SIZES[SIZES.len() - 1], CLIENTS[CLIENTS.len() - 1]);
+        let ratio = |mode| {
+            find(self.rows, "keel", mode, size, last)
+                .and_then(|r| r.disk_growth)
+                .map_or(f64::NAN, |(disk, values)| disk as f64 / values.max(1) as f64)
+        };
+        let (a, s) = (ratio("async"), ratio("sync"));
+        println!(
+            "disk per stored {} value, {last} clients = {a:.2}× the value (goal ≤ 1.3×, Keel async) — {} [data dirs' growth over the values written, three nodes; sync {s:.2}×]",
+            size_label(size),
+            verdict(a <= 1.3),
+        );
+    }
 }
 
 /// The goal checks: group commit, the no-disk ceiling, sync against async, replication lag and,
@@ -367,6 +392,7 @@ pub(crate) fn print_goals(rows: &[Row], lag: &Lag, tmpfs: Option<&Path>, bandwid
     goals.no_disk_ceiling(tmpfs);
     goals.sync_over_async();
     goals.lag(lag);
+    goals.disk_per_value();
     if with_etcd {
         goals.versus_etcd();
         goals.cpu_versus_etcd();

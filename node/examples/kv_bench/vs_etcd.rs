@@ -97,5 +97,6 @@ pub(crate) fn etcd_cell(
         writes_per_fsync,
         catch_up: None,
         round_rates: Vec::new(),
+        disk_growth: None,
     }
 }

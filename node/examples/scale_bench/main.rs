@@ -28,7 +28,7 @@
 //! It runs the `keel` binary next to this example's own directory (target/release/keel), or
 //! `KEEL_BIN`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -314,20 +314,6 @@ fn position(http: &Http, api: &str) -> Option<String> {
         .and_then(|v| v["replication"]["position"].as_str().map(String::from))
 }
 
-/// Blocks allocated to every file under `dir`, in bytes.
-fn disk_bytes(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => disk_bytes(&e.path()),
-            Ok(m) => m.blocks() * 512,
-            Err(_) => 0,
-        })
-        .sum()
-}
-
 fn key(i: u64) -> String {
     format!("s{i:09}")
 }
@@ -362,7 +348,13 @@ fn run_size(http: &Http, args: &Args, values: u64) -> Row {
             .then_some(())
     });
     row.load_per_s = values as f64 / t0.elapsed().as_secs_f64();
-    row.disk_bytes_per_value = c.nodes.iter().map(|n| disk_bytes(&n.data)).sum::<u64>() as f64 / 3.0 / values as f64;
+    row.disk_bytes_per_value = c
+        .nodes
+        .iter()
+        .map(|n| keel_testkit::dir_disk_bytes(&n.data))
+        .sum::<u64>() as f64
+        / 3.0
+        / values as f64;
     std::thread::sleep(Duration::from_secs(2));
     row.rss_steady_mb = c.max_rss_mb();
     sampler.stop();
