@@ -34,7 +34,8 @@
 //!
 //! **Readers.** A reader pins the log ([`ValuesLog::pin`]) before it begins its read transaction:
 //! a segment retired after that is unlinked only once every older pin is gone, so a long
-//! snapshot stream still reads the locations its transaction sees.
+//! snapshot stream still reads the locations its transaction sees. Segment files are opened when
+//! read and at most [`OPEN_MAX`] stay open.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -42,7 +43,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
@@ -133,8 +134,8 @@ pub(crate) struct ValuesLog {
     dir: PathBuf,
     segment_max: u64,
     active: Mutex<Active>,
-    /// Every segment file that may still be read, by id.
-    files: RwLock<BTreeMap<u32, Arc<File>>>,
+    /// Every segment file that may still be read, and the ones open now.
+    files: Mutex<Files>,
     /// Segments written since the last [`ValuesLog::sync`].
     dirty: Mutex<Vec<Arc<File>>>,
     any_dirty: AtomicBool,
@@ -146,6 +147,47 @@ pub(crate) struct ValuesLog {
     stuck: Mutex<Vec<u32>>,
     /// The segment being compacted and the offset its next step starts at.
     compacting: Mutex<Option<(u32, u64)>>,
+}
+
+/// Segment files: which exist, and an open handle for the most recently used of them (at most
+/// [`OPEN_MAX`]: a large store has thousands of segments, and each open file counts against the
+/// process's descriptor limit). A handle a reader holds stays valid when it leaves the cache.
+#[derive(Debug, Default)]
+struct Files {
+    known: std::collections::BTreeSet<u32>,
+    /// id → (handle, last use).
+    open: BTreeMap<u32, (Arc<File>, u64)>,
+    tick: u64,
+}
+
+/// Most segment files kept open for reads (the active one is held by the writer besides).
+const OPEN_MAX: usize = 64;
+
+impl Files {
+    fn cached(&mut self, id: u32) -> Option<Arc<File>> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.open.get_mut(&id).map(|(f, used)| {
+            *used = tick;
+            f.clone()
+        })
+    }
+
+    fn insert(&mut self, id: u32, file: Arc<File>) {
+        self.tick += 1;
+        self.open.insert(id, (file, self.tick));
+        while self.open.len() > OPEN_MAX {
+            let Some(oldest) = self.open.iter().min_by_key(|(_, (_, used))| *used).map(|(id, _)| *id) else {
+                break;
+            };
+            self.open.remove(&oldest);
+        }
+    }
+
+    fn forget(&mut self, id: u32) {
+        self.known.remove(&id);
+        self.open.remove(&id);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -164,10 +206,10 @@ impl ValuesLog {
         PathBuf::from(p)
     }
 
-    /// Open the segments found at `dir` (none if it does not exist). Which of them are live is
-    /// decided later by [`ValuesLog::drop_unknown`], once redb is open.
+    /// List the segments found at `dir` (none if it does not exist; files are opened when read).
+    /// Which of them are live is decided later by [`ValuesLog::drop_unknown`], once redb is open.
     pub fn open(dir: PathBuf, segment_max: u64) -> io::Result<ValuesLog> {
-        let mut files = BTreeMap::new();
+        let mut files = Files::default();
         match std::fs::read_dir(&dir) {
             Ok(entries) => {
                 for entry in entries {
@@ -180,14 +222,13 @@ impl ValuesLog {
                     else {
                         continue;
                     };
-                    let file = File::open(entry.path())?;
-                    files.insert(id, Arc::new(file));
+                    files.known.insert(id);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let next_id = files.keys().next_back().map_or(1, |id| id + 1);
+        let next_id = files.known.iter().next_back().map_or(1, |id| id + 1);
         Ok(ValuesLog {
             dir,
             segment_max,
@@ -196,7 +237,7 @@ impl ValuesLog {
                 len: 0,
                 next_id,
             }),
-            files: RwLock::new(files),
+            files: Mutex::new(files),
             dirty: Mutex::new(Vec::new()),
             any_dirty: AtomicBool::new(false),
             new_segment: AtomicBool::new(false),
@@ -210,21 +251,36 @@ impl ValuesLog {
     /// transactions that never became durable, or left by a removed datastore file. Call at open,
     /// before any reader.
     pub fn drop_unknown(&self, live: &BTreeMap<u32, u64>) -> io::Result<usize> {
-        let mut files = self.files.write().unwrap_or_else(|e| e.into_inner());
-        let unknown: Vec<u32> = files.keys().filter(|id| !live.contains_key(id)).copied().collect();
+        let mut files = lock(&self.files);
+        let unknown: Vec<u32> = files
+            .known
+            .iter()
+            .filter(|id| !live.contains_key(id))
+            .copied()
+            .collect();
         for id in &unknown {
-            files.remove(id);
+            files.forget(*id);
             remove_file(&self.dir.join(segment_name(*id)))?;
         }
         Ok(unknown.len())
     }
 
+    /// A handle on segment `segment`, if it exists: from the cache, else opened now.
     fn file(&self, segment: u32) -> Option<Arc<File>> {
-        self.files
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&segment)
-            .cloned()
+        {
+            let mut files = lock(&self.files);
+            if !files.known.contains(&segment) {
+                return None;
+            }
+            if let Some(f) = files.cached(segment) {
+                return Some(f);
+            }
+        }
+        // Opened outside the lock. It cannot be unlinked meanwhile: only a retired segment is,
+        // and only once no reader that may name it is left (the module doc).
+        let file = Arc::new(File::open(self.dir.join(segment_name(segment))).ok()?);
+        lock(&self.files).insert(segment, file.clone());
+        Some(file)
     }
 
     /// Read the value of write `seq`, `len` bytes, at `loc`.
@@ -321,7 +377,7 @@ impl ValuesLog {
         let (gone, keep): (Vec<_>, Vec<_>) = pins.retired.drain(..).partition(|(g, _)| *g < oldest);
         pins.retired = keep;
         for (_, id) in gone {
-            self.files.write().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            lock(&self.files).forget(id);
             let path = self.dir.join(segment_name(id));
             if let Err(e) = remove_file(&path) {
                 tracing::warn!(path = %path.display(), error = %e, "could not remove a compacted values segment");
@@ -334,12 +390,17 @@ impl ValuesLog {
         let active = lock(&self.active).file.as_ref().map(|(id, _)| *id);
         let stuck = lock(&self.stuck).clone();
         let retired: Vec<u32> = lock(&self.pins).retired.iter().map(|(_, id)| *id).collect();
-        self.files
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        let ids: Vec<u32> = lock(&self.files)
+            .known
             .iter()
-            .filter(|(id, _)| Some(**id) != active && !stuck.contains(id) && !retired.contains(id))
-            .filter_map(|(id, f)| f.metadata().ok().map(|m| (*id, m.len())))
+            .filter(|id| Some(**id) != active && !stuck.contains(id) && !retired.contains(id))
+            .copied()
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| {
+                let m = std::fs::metadata(self.dir.join(segment_name(id))).ok()?;
+                Some((id, m.len()))
+            })
             .collect()
     }
 }
@@ -513,11 +574,11 @@ impl VlogTx<'_> {
         file.write_all_at(MAGIC, 0)
             .ctx(&format!("write values segment {}", path.display()))?;
         let file = Arc::new(file);
-        self.log
-            .files
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, file.clone());
+        {
+            let mut files = lock(&self.log.files);
+            files.known.insert(id);
+            files.insert(id, file.clone());
+        }
         self.log.mark_dirty(&file);
         self.log.new_segment.store(true, Ordering::Release);
         self.active.file = Some((id, file));
@@ -892,6 +953,26 @@ mod tests {
         assert_eq!(removed, 1);
         assert!(log.file(1).is_some() && log.file(2).is_none() && log.file(3).is_some());
         assert!(!dir.path().join("v").join(segment_name(2)).exists());
+    }
+
+    /// Thousands of segments, a bounded number of open files: every value still reads back.
+    #[test]
+    fn open_segment_files_stay_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ValuesLog::open(dir.path().join("v"), 1024).unwrap();
+        let locs: Vec<Loc> = (0..(3 * OPEN_MAX) as u64)
+            .map(|s| {
+                let mut tx = log.begin();
+                let l = tx.put(s, &[s as u8; 1000]).unwrap();
+                tx.write_buf().unwrap();
+                l
+            })
+            .collect();
+        assert_eq!(lock(&log.files).known.len(), 3 * OPEN_MAX, "one segment each");
+        for (s, l) in locs.iter().enumerate() {
+            assert_eq!(log.read(s as u64, 1000, *l).unwrap(), vec![s as u8; 1000]);
+        }
+        assert!(lock(&log.files).open.len() <= OPEN_MAX);
     }
 
     #[test]
