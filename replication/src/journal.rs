@@ -46,6 +46,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::codec::{decode, encode};
+use crate::crc::{crc32, crc32_update};
 use crate::Entry;
 
 /// Batches whose keys and values (before-images included) add up to more than this are not
@@ -354,34 +355,6 @@ fn record_crc(generation: Option<u64>, payload: &[u8]) -> u32 {
         Some(g) => crc32_update(crc32_update(!0, &g.to_le_bytes()), payload) ^ !0,
         None => crc32(payload),
     }
-}
-
-/// CRC-32 (IEEE 802.3, the zlib/PNG one) of `data`.
-pub(crate) fn crc32(data: &[u8]) -> u32 {
-    crc32_update(!0, data) ^ !0
-}
-
-/// Feed `data` into a running CRC-32 register (start with `!0`, finish with `^ !0`).
-fn crc32_update(mut c: u32, data: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut table = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-                k += 1;
-            }
-            table[i] = c;
-            i += 1;
-        }
-        table
-    };
-    for &b in data {
-        c = TABLE[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
-    }
-    c
 }
 
 #[cfg(test)]

@@ -45,6 +45,7 @@
 
 mod backend;
 pub mod codec;
+mod crc;
 mod error;
 mod journal;
 pub mod peers;

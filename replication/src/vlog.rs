@@ -48,6 +48,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use crate::backend::write_runs_at;
+use crate::crc::crc32c;
 use crate::store::Ctx;
 use crate::DataError;
 
@@ -362,9 +363,9 @@ impl ValuesLog {
         Pin { log: self, generation }
     }
 
-    /// `segment` is named by no location in any commit from now on: unlink it once every reader
-    /// that may have begun before is done.
-    fn retire(&self, segment: u32) {
+    /// `segment` is named by no location in any commit from now on (call after the durable commit
+    /// that emptied it): unlink it once every reader that may have begun before is done.
+    pub fn retire(&self, segment: u32) {
         let mut pins = lock(&self.pins);
         let generation = pins.generation;
         pins.retired.push((generation, segment));
@@ -474,20 +475,14 @@ fn read_exact_at2(file: &File, head: &mut [u8], value: &mut [u8], offset: u64) -
     // SAFETY: both iovecs point into buffers borrowed mutably for the call; the descriptor
     // belongs to `file`, which is alive.
     let n = unsafe { libc::preadv(file.as_raw_fd(), iov.as_ptr(), 2, off) };
-    let n = if n < 0 { 0 } else { n as usize };
-    let total = head.len() + value.len();
-    if n == total {
-        return Ok(());
-    }
-    let (h, v) = (head.len(), value.len());
+    // A failed or short read: the rest one buffer at a time (which reports any error).
+    let n = usize::try_from(n).unwrap_or(0);
+    let h = head.len();
     if n < h {
         file.read_exact_at(&mut head[n..], offset + n as u64)?;
-        file.read_exact_at(value, offset + h as u64)
-    } else {
-        let done = n - h;
-        let _ = v;
-        file.read_exact_at(&mut value[done..], offset + n as u64)
     }
+    let done = n.saturating_sub(h).min(value.len());
+    file.read_exact_at(&mut value[done..], offset + (h + done) as u64)
 }
 
 fn check_record(seq: u64, head: &[u8; HEADER], value: &[u8]) -> Result<(), String> {
@@ -793,11 +788,6 @@ impl ValuesLog {
         }
     }
 
-    /// After the durable commit of a step that emptied `segment`.
-    pub fn retire_after_commit(&self, segment: u32) {
-        self.retire(segment);
-    }
-
     /// A compaction is part way through a segment.
     pub fn compacting(&self) -> bool {
         lock(&self.compacting).is_some()
@@ -811,73 +801,6 @@ impl ValuesLog {
     /// Forget an unfinished compaction (its transaction failed).
     pub fn reset_compaction(&self) {
         *lock(&self.compacting) = None;
-    }
-}
-
-/// CRC-32C (Castagnoli): the SSE 4.2 instruction where the CPU has it (16 KiB in about a
-/// microsecond), else a table.
-mod crc32c {
-    pub fn update(crc: u32, data: &[u8]) -> u32 {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("sse4.2") {
-                // SAFETY: the CPU supports SSE 4.2 (checked just above).
-                return unsafe { update_sse42(crc, data) };
-            }
-        }
-        update_table(crc, data)
-    }
-
-    pub fn finish(crc: u32) -> u32 {
-        crc ^ !0
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "sse4.2")]
-    unsafe fn update_sse42(crc: u32, data: &[u8]) -> u32 {
-        use std::arch::x86_64::{_mm_crc32_u64, _mm_crc32_u8};
-        let mut c = crc as u64;
-        let mut chunks = data.chunks_exact(8);
-        for w in &mut chunks {
-            c = _mm_crc32_u64(c, u64::from_le_bytes(w.try_into().expect("8 bytes")));
-        }
-        let mut c = c as u32;
-        for &b in chunks.remainder() {
-            c = _mm_crc32_u8(c, b);
-        }
-        c
-    }
-
-    fn update_table(mut c: u32, data: &[u8]) -> u32 {
-        const TABLE: [u32; 256] = {
-            let mut table = [0u32; 256];
-            let mut i = 0;
-            while i < 256 {
-                let mut c = i as u32;
-                let mut k = 0;
-                while k < 8 {
-                    c = if c & 1 != 0 { 0x82F6_3B78 ^ (c >> 1) } else { c >> 1 };
-                    k += 1;
-                }
-                table[i] = c;
-                i += 1;
-            }
-            table
-        };
-        for &b in data {
-            c = TABLE[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
-        }
-        c
-    }
-
-    #[cfg(test)]
-    mod tests {
-        #[test]
-        fn known_value_and_both_paths_agree() {
-            assert_eq!(super::finish(super::update(!0, b"123456789")), 0xE306_9283);
-            let data: Vec<u8> = (0..10_007u32).map(|i| (i * 31 % 251) as u8).collect();
-            assert_eq!(super::update(!0, &data), super::update_table(!0, &data));
-        }
     }
 }
 

@@ -341,6 +341,38 @@ mod tests {
         assert_eq!(s.position(), Position::new(1, 600));
     }
 
+    /// In the child of [`crash_in_child`]: flush what it printed and die as in a crash.
+    fn abort_child() -> ! {
+        use std::io::Write;
+        std::io::stdout().flush().unwrap();
+        std::process::abort();
+    }
+
+    /// Run the test `test` of this module again in a child process with `env` set to `path`; it
+    /// writes, prints `ACKED <i> <seq>` per acknowledged write and aborts ([`abort_child`]).
+    /// Returns what it acknowledged.
+    fn crash_in_child(test: &str, env: &str, path: &std::path::Path) -> Vec<(usize, u64)> {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                &format!("writer::tests::{test}"),
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(env, path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "the child must die by abort: {out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split("ACKED ").nth(1))
+            .map(|l| {
+                let (i, seq) = l.split_once(' ').unwrap();
+                (i.parse().unwrap(), seq.parse().unwrap())
+            })
+            .collect()
+    }
+
     /// A real crash: a child process (this test binary, running only this test) writes, prints
     /// every acknowledged write, and aborts: redb's non-durable commits die with it. Every
     /// acknowledged write must be there when the store is opened again, from the journal.
@@ -363,32 +395,12 @@ mod tests {
                 let (i, r) = t.await.unwrap();
                 println!("ACKED {i} {}", r.unwrap().pos.seq);
             }
-            use std::io::Write;
-            std::io::stdout().flush().unwrap();
-            std::process::abort();
+            abort_child();
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("data.redb");
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "writer::tests::acknowledged_writes_survive_a_crash_through_the_journal",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD, &path)
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "the child must die by abort: {out:?}");
-        let acked: Vec<(usize, u64)> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split("ACKED ").nth(1))
-            .map(|l| {
-                let (i, seq) = l.split_once(' ').unwrap();
-                (i.parse().unwrap(), seq.parse().unwrap())
-            })
-            .collect();
-        assert_eq!(acked.len(), 300, "child output: {out:?}");
+        let acked = crash_in_child("acknowledged_writes_survive_a_crash_through_the_journal", CHILD, &path);
+        assert_eq!(acked.len(), 300, "acknowledged writes the child printed");
         let journal = crate::journal::Journal::read(&crate::journal::Journal::path_for(&path)).unwrap();
         let journaled: usize = journal.batches.iter().map(|b| b.1.len()).sum();
         assert!(journaled > 0, "the crash left journaled writes to apply again");
@@ -420,25 +432,16 @@ mod tests {
                 let r = s.write(1, put(&format!("k{i:03}"), &value(i))).await;
                 println!("ACKED {i} {}", r.unwrap().pos.seq);
             }
-            use std::io::Write;
-            std::io::stdout().flush().unwrap();
-            std::process::abort();
+            abort_child();
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("data.redb");
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "writer::tests::acknowledged_large_values_survive_a_crash_through_the_journal",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD, &path)
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "the child must die by abort: {out:?}");
-        let acked = String::from_utf8_lossy(&out.stdout).matches("ACKED ").count();
-        assert_eq!(acked, 20, "child output: {out:?}");
+        let acked = crash_in_child(
+            "acknowledged_large_values_survive_a_crash_through_the_journal",
+            CHILD,
+            &path,
+        );
+        assert_eq!(acked.len(), 20, "acknowledged writes the child printed");
         let journal = crate::journal::Journal::read(&crate::journal::Journal::path_for(&path)).unwrap();
         assert!(
             !journal.batches.is_empty(),

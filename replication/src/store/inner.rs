@@ -204,7 +204,7 @@ impl Inner {
         };
         tx.commit().ctx("commit values log compaction step")?;
         if let Some(segment) = retire {
-            self.vlog.retire_after_commit(segment);
+            self.vlog.retire(segment);
         }
         Ok(true)
     }
